@@ -1,0 +1,1 @@
+"""The `mtx` command line: Typer + Rich only; every command calls one core function."""

@@ -1,0 +1,55 @@
+"""Shared option aliases (Annotated), so every command spells them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _complete_encoders(incomplete: str) -> list[str]:
+    from ..encoders import encoder_names
+
+    return [n for n in encoder_names() if n.startswith(incomplete)]
+
+
+def _complete_sources(incomplete: str) -> list[str]:
+    from ..sources import source_names
+
+    return [n for n in source_names() if n.startswith(incomplete)]
+
+
+def _state_from_env():
+    from ..state import StateDir
+
+    return StateDir.resolve(None)
+
+
+def _complete_manifests(incomplete: str) -> list[str]:
+    return [n for n in _state_from_env().list_manifests() if n.startswith(incomplete)]
+
+
+def _complete_runs(incomplete: str) -> list[str]:
+    return [n for n in _state_from_env().list_runs() if n.startswith(incomplete)]
+
+
+Continue = Annotated[bool, typer.Option("--continue", help="Resume an interrupted run of this stage.")]
+Force = Annotated[bool, typer.Option("--force", help="Discard previous output of this stage and start over.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.",
+                                     autocompletion=lambda incomplete: ["auto", "cpu", "cuda", "mps"])]
+Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 / fp16 / fp32 by device), fp32, bf16, fp16.",
+                                        autocompletion=lambda incomplete: ["auto", "fp32", "bf16", "fp16"])]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
+AudioEncoder = Annotated[str, typer.Option("--audio-encoder", "-e", help="Audio encoder (see `mtx embed --help`).",
+                                           autocompletion=_complete_encoders)]
+Manifest = Annotated[str | None, typer.Option("--manifest", "-m",
+                                              help="Manifest name in the state dir or a path; default: newest.",
+                                              autocompletion=_complete_manifests)]
+Run = Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: newest trained run.",
+                                         autocompletion=_complete_runs)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")]
+NumWorkers = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
+Source = Annotated[str, typer.Argument(help="Dataset source name.", autocompletion=_complete_sources)]
+OutPath = Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")]

@@ -1,0 +1,115 @@
+"""Root of the `mtx` CLI: global options and command wiring only."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import MtxError
+from ._context import AppContext
+from ._errors import MtxGroup
+
+app = typer.Typer(
+    cls=MtxGroup,
+    name="mtx",
+    help="Train text-to-music retrieval models and search music with text.\n\n"
+         "Pipeline: download -> verify -> unify -> embed -> train -> eval -> export -> search. "
+         "`mtx demo` runs it all offline on a synthetic dataset.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mtx {__version__}")
+        raise typer.Exit()
+
+
+def _load_config_defaults(path: Path | None, state_root: Path) -> dict:
+    """TOML defaults: one table per command, keys spelled like the flags (dashes or underscores)."""
+    candidates = [path] if path else [state_root / "config.toml"]
+    for p in candidates:
+        if p is None or not p.exists():
+            if path is not None:
+                raise MtxError(f"config file not found: {path}", hint="check the --config path")
+            continue
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise MtxError(f"{p} is not valid TOML: {e}", hint="fix the file or remove --config") from None
+        return {cmd: {k.replace("-", "_"): v for k, v in (opts or {}).items()}
+                for cmd, opts in data.items() if isinstance(opts, dict)}
+    return {}
+
+
+def _setup_logging(app_ctx: AppContext) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if app_ctx.verbose or app_ctx.debug else logging.WARNING if app_ctx.quiet else logging.INFO
+    handler = RichHandler(console=app_ctx.out.err, show_time=False, show_path=app_ctx.debug,
+                          show_level=app_ctx.debug or app_ctx.verbose, markup=False, rich_tracebacks=app_ctx.debug)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pkg = logging.getLogger("musiccli")
+    pkg.handlers[:] = [handler]
+    pkg.setLevel(level)
+    pkg.propagate = False
+    for noisy in ("transformers", "urllib3", "h5py", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not app_ctx.debug else logging.INFO)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="MTX_HOME",
+                                                   help="State directory shared by all stages "
+                                                        "[default: the platform's user data dir]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", envvar="MTX_CONFIG",
+                                                help="TOML file with per-command defaults "
+                                                     "([train] epochs = 20); default <state>/config.toml.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    app_ctx = AppContext(state_root=str(state_dir) if state_dir else None, verbose=verbose, quiet=quiet, debug=debug)
+    app_ctx.out.quiet = quiet
+    ctx.obj = app_ctx
+    _setup_logging(app_ctx)
+    try:
+        defaults = _load_config_defaults(config, app_ctx.state.root)
+    except MtxError as e:
+        app_ctx.out.error(e.message, e.hint)
+        raise typer.Exit(1) from None
+    if defaults:
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+# ---------------------------------------------------------------- commands (pipeline order)
+def _register() -> None:
+    from . import demo, download, embed, evaluate, export, search, train, unify, verify
+
+    app.command("download")(download.command)
+    app.command("verify")(verify.command)
+    app.command("unify")(unify.command)
+    app.command("embed")(embed.command)
+    app.command("train")(train.command)
+    app.command("eval")(evaluate.command)
+    app.command("export")(export.command)
+    app.command("search")(search.command)
+    app.command("demo")(demo.command)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="mtx")

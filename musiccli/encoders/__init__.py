@@ -1,0 +1,27 @@
+"""Audio encoder registry. Adding an encoder = one module + one import line here."""
+
+from __future__ import annotations
+
+from ..errors import unknown_choice
+from ..runtime import Runtime
+from .base import AGGREGATIONS, AUDIO_ENCODERS, AudioEncoder, EncoderOptions, EncoderSpec, aggregate
+from . import dsp  # noqa: F401  (registers "dsp")
+
+
+def encoder_names() -> list[str]:
+    return sorted(AUDIO_ENCODERS)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    if name not in AUDIO_ENCODERS:
+        raise unknown_choice("audio encoder", name, AUDIO_ENCODERS)
+    return AUDIO_ENCODERS[name][0]
+
+
+def build_encoder(name: str, options: EncoderOptions, runtime: Runtime) -> AudioEncoder:
+    get_spec(name)
+    return AUDIO_ENCODERS[name][1](options, runtime)
+
+
+__all__ = ["AGGREGATIONS", "AudioEncoder", "EncoderOptions", "EncoderSpec", "aggregate",
+           "build_encoder", "encoder_names", "get_spec"]

@@ -1,0 +1,274 @@
+"""The unified manifest: record schema, reading/writing, sampling and splits.
+
+This is the one module that reads and writes manifests. A manifest is a JSON
+array of records (see ARCHITECTURE.md); extra fields are preserved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MtxError
+from .state import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+REQUIRED = ("id", "audio_path", "caption", "duration")
+DURATION_BINS = (("short", 0.0, 30.0), ("medium", 30.0, 180.0), ("long", 180.0, math.inf))
+
+
+@dataclass
+class Record:
+    id: str
+    audio_path: str
+    caption: str
+    duration: float
+    alt_captions: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    artist: str | None = None
+    title: str | None = None
+    tags: list[str] = field(default_factory=list)
+    license: str | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        out = {k: v for k, v in d.items() if v is not None and v != [] or k in REQUIRED}
+        out.update(extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Record":
+        missing = [k for k in REQUIRED if k not in d or d[k] in (None, "")]
+        if missing:
+            ident = d.get("id", "?")
+            raise MtxError(f"{where}: record {ident!r} lacks required field(s): {', '.join(missing)}",
+                           hint="every record needs id, audio_path, caption and duration")
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        try:
+            duration = float(d["duration"])
+        except (TypeError, ValueError):
+            raise MtxError(f"{where}: record {d['id']!r} has a non-numeric duration {d['duration']!r}",
+                           hint="duration is in seconds") from None
+        split = d.get("split")
+        if split is not None and split not in SPLITS:
+            raise MtxError(f"{where}: record {d['id']!r} has split {split!r}", hint="use train, val or test")
+        return cls(
+            id=str(d["id"]), audio_path=str(d["audio_path"]), caption=str(d["caption"]), duration=duration,
+            alt_captions=[str(c) for c in d.get("alt_captions") or []],
+            dataset=d.get("dataset"), artist=d.get("artist"), title=d.get("title"),
+            tags=[str(t) for t in d.get("tags") or []], license=d.get("license"), split=split,
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @property
+    def captions(self) -> list[str]:
+        return [self.caption, *self.alt_captions]
+
+
+def write_manifest(path: Path, records: Sequence[Record]) -> None:
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
+    text = json.dumps([r.to_dict() for r in records], ensure_ascii=False, indent=1)
+    atomic_write_text(path, text + "\n")
+
+
+def read_manifest(path: Path) -> list[Record]:
+    path = Path(path)
+    if not path.exists():
+        raise MtxError(f"manifest not found: {path}", hint="run `mtx unify` or pass an existing --manifest")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MtxError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})",
+                       hint="regenerate it with `mtx unify --force`") from None
+    if not isinstance(data, list):
+        raise MtxError(f"{path} is not a manifest (expected a JSON array of records)")
+    records = [Record.from_dict(d, where=path.name) for d in data]
+    ids = set()
+    for r in records:
+        if r.id in ids:
+            raise MtxError(f"{path.name}: duplicate record id {r.id!r}", hint="ids must be unique")
+        ids.add(r.id)
+    return records
+
+
+def manifest_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def resolve_manifest(state, name_or_path: str | None) -> tuple[str, Path]:
+    """Accept a manifest name in the state dir, a path, or None for the newest."""
+    if name_or_path is None:
+        name = state.newest_manifest()
+        return name, state.manifest_path(name)
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        return p.stem, p.resolve()
+    path = state.manifest_path(name_or_path)
+    if not path.exists():
+        from .errors import unknown_choice
+
+        raise unknown_choice("manifest", name_or_path, state.list_manifests() or ["(none: run `mtx unify`)"])
+    return name_or_path, path
+
+
+# --------------------------------------------------------------------------- sampling
+def _stable_key(seed: int, s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest(), "big")
+
+
+def _shuffled(records: Iterable[Record], seed: int) -> list[Record]:
+    """Deterministic shuffle that depends only on ids, not on input order."""
+    return sorted(records, key=lambda r: _stable_key(seed, r.id))
+
+
+def duration_bin(duration: float) -> str:
+    for name, lo, hi in DURATION_BINS:
+        if lo <= duration < hi:
+            return name
+    return DURATION_BINS[-1][0]
+
+
+def allocate_quota(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Split ``total`` evenly over groups, redistributing what small groups cannot use.
+
+    Water-filling: each round gives every unsaturated group an equal share of what is
+    left; groups smaller than their share take everything and drop out.
+    """
+    quota = {g: 0 for g in sizes}
+    remaining = min(total, sum(sizes.values()))
+    open_groups = sorted(g for g in sizes if sizes[g] > 0)
+    while remaining > 0 and open_groups:
+        share, extra = divmod(remaining, len(open_groups))
+        progressed = False
+        for i, g in enumerate(open_groups):
+            want = share + (1 if i < extra else 0)
+            take = min(want, sizes[g] - quota[g])
+            if take:
+                progressed = True
+            quota[g] += take
+            remaining -= take
+        open_groups = [g for g in open_groups if quota[g] < sizes[g]]
+        if not progressed:
+            break
+    return quota
+
+
+def sample_records(
+    records: Sequence[Record],
+    max_samples: int | None = None,
+    stratify_by: str = "dataset",
+    samples_per_dataset: int | None = None,
+    seed: int = 0,
+) -> list[Record]:
+    """Pick a subset; the result is ordered deterministically by (group, shuffle key)."""
+    if stratify_by not in ("dataset", "duration", "none"):
+        raise MtxError(f"unknown --stratify-by {stratify_by!r}", hint="choose dataset, duration or none")
+    by_dataset: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_dataset[r.dataset or "unknown"].append(r)
+    pool: list[Record] = []
+    for ds in sorted(by_dataset):
+        group = _shuffled(by_dataset[ds], seed)
+        pool.extend(group[:samples_per_dataset] if samples_per_dataset else group)
+    if max_samples is None or max_samples >= len(pool):
+        return _shuffled(pool, seed)
+    if stratify_by == "none":
+        return _shuffled(pool, seed)[:max_samples]
+    keyf = (lambda r: r.dataset or "unknown") if stratify_by == "dataset" else (lambda r: duration_bin(r.duration))
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in _shuffled(pool, seed):
+        groups[keyf(r)].append(r)
+    quota = allocate_quota({g: len(v) for g, v in groups.items()}, max_samples)
+    chosen = [r for g in sorted(groups) for r in groups[g][: quota[g]]]
+    return _shuffled(chosen, seed)
+
+
+# --------------------------------------------------------------------------- splits
+def assign_splits(
+    records: Sequence[Record],
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    keep_official: bool = False,
+) -> None:
+    """Assign train/val/test in place, artist-aware and reproducible.
+
+    Records are grouped by artist (records without an artist are their own group);
+    groups are shuffled with a seeded hash and packed greedily into the split that is
+    furthest below its target, per dataset so that every dataset is split 80/10/10.
+    With ``keep_official`` records that already carry a split keep it, and their
+    artists are pinned to that split so no artist crosses splits.
+    """
+    if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
+        raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
+    pinned: dict[str, str] = {}
+    if keep_official:
+        for r in records:
+            if r.split and r.artist:
+                pinned.setdefault(_artist_key(r), r.split)
+    else:
+        for r in records:
+            r.split = None
+    by_dataset: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_dataset[r.dataset or "unknown"].append(r)
+    for ds in sorted(by_dataset):
+        groups: dict[str, list[Record]] = defaultdict(list)
+        for r in by_dataset[ds]:
+            groups[_artist_key(r)].append(r)
+        counts = dict.fromkeys(SPLITS, 0)
+        todo = []
+        for key, members in groups.items():
+            fixed = pinned.get(key) or next((m.split for m in members if m.split), None)
+            if fixed:
+                pinned[key] = fixed
+            if fixed:
+                for m in members:
+                    m.split = fixed
+                counts[fixed] += len(members)
+            else:
+                todo.append(key)
+        total = len(by_dataset[ds])
+        targets = np.array(ratios) * total
+        # Large groups first so that they cannot overshoot small splits; ties by seeded hash.
+        todo.sort(key=lambda k: (-len(groups[k]), _stable_key(seed, k)))
+        for key in todo:
+            deficit = [targets[i] - counts[s] for i, s in enumerate(SPLITS)]
+            split = SPLITS[int(np.argmax(deficit))]
+            for m in groups[key]:
+                m.split = split
+            counts[split] += len(groups[key])
+            pinned[key] = split  # the same artist in a later dataset joins this split
+
+
+def _artist_key(r: Record) -> str:
+    # Artists are matched across sources by normalised name, so no artist crosses splits.
+    return f"artist::{' '.join(r.artist.lower().split())}" if r.artist else f"id::{r.id}"
+
+
+def split_counts(records: Iterable[Record]) -> dict[str, int]:
+    counts = dict.fromkeys(SPLITS, 0)
+    for r in records:
+        if r.split in counts:
+            counts[r.split] += 1
+    return counts

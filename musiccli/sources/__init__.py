@@ -1,0 +1,20 @@
+"""Source registry. Adding a dataset = one module + one import line here."""
+
+from __future__ import annotations
+
+from ..errors import unknown_choice
+from .base import SOURCES, DownloadConfig, ExpectedFile, Source, SourceInfo
+from . import synth  # noqa: F401  (registers "synth")
+
+
+def source_names() -> list[str]:
+    return sorted(SOURCES)
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        raise unknown_choice("dataset source", name, SOURCES)
+    return SOURCES[name]()
+
+
+__all__ = ["DownloadConfig", "ExpectedFile", "Source", "SourceInfo", "get_source", "source_names"]

@@ -1,0 +1,237 @@
+"""The HDF5 embedding store: one file per (encoder, manifest).
+
+Layout of the final file:
+- dataset ``ids``: utf-8 strings [N];
+- dataset ``embeddings``: [N, D] float32/float16, chunked (about 1 MiB chunks) and resizable;
+- optional dataset ``windows`` [M, D_window] with ``window_offsets`` [N+1] when aggregation is ``none``;
+- attributes: encoder, encoder_version, model_id, sample_rate, window, hop, aggregation, dim, manifest_hash, ...
+
+Writing is crash-safe: while a stage runs, each committed unit is a small HDF5
+*part* file written under a temporary name and renamed into
+``.<manifest>.parts/``. HDF5 is not safe against ``kill -9`` while a file is open
+for writing, so the final file is only assembled (streamed part by part, never all
+N x D in memory) once every part is present, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import MtxError
+from .state import atomic_path
+
+log = logging.getLogger(__name__)
+
+STR_DTYPE = h5py.string_dtype("utf-8")
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def chunk_rows(dim: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
+    return int(max(1, min(4096, target_bytes // max(1, dim * itemsize))))
+
+
+def parts_dir(path: Path) -> Path:
+    return path.parent / f".{path.stem}.parts"
+
+
+def write_part(path: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
+               failed: Sequence[tuple[str, str]] = (), windows: list[np.ndarray] | None = None) -> None:
+    """Commit one unit of work: rows for ``ids`` plus the ids that failed and why."""
+    pdir = parts_dir(path)
+    pdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(pdir / f"part-{index:06d}.h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR_DTYPE)
+            f.create_dataset("embeddings", data=vectors)
+            f.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object), dtype=STR_DTYPE)
+            f.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object),
+                             dtype=STR_DTYPE)
+            if windows is not None:
+                f.create_dataset("window_counts", data=np.array([len(w) for w in windows], dtype=np.int64))
+                if windows:
+                    f.create_dataset("windows", data=np.concatenate(windows, axis=0))
+
+
+def committed_parts(path: Path) -> dict[int, Path]:
+    pdir = parts_dir(path)
+    out = {}
+    for p in sorted(pdir.glob("part-*.h5")):
+        try:
+            out[int(p.stem.split("-")[1])] = p
+        except ValueError:
+            continue
+    return out
+
+
+def read_part_failures(part: Path) -> list[tuple[str, str]]:
+    with h5py.File(part, "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["failed_ids"][()]]
+        why = [s.decode() if isinstance(s, bytes) else s for s in f["failed_reasons"][()]]
+    return list(zip(ids, why))
+
+
+def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: int,
+             keep_windows: bool = False) -> int:
+    """Stream all parts, in order, into the final file; return the number of rows."""
+    parts = committed_parts(path)
+    missing = [i for i in range(n_parts) if i not in parts]
+    if missing:
+        raise MtxError(f"cannot assemble {path.name}: {len(missing)} part(s) missing",
+                       hint="rerun with --continue")
+    np_dtype = DTYPES[dtype]
+    rows = chunk_rows(dim, np.dtype(np_dtype).itemsize)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            ids_ds = out.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(4096,))
+            emb = out.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype=np_dtype,
+                                     chunks=(rows, dim))
+            win = offs = None
+            n = 0
+            n_windows = 0
+            for i in range(n_parts):
+                with h5py.File(parts[i], "r") as part:
+                    ids = part["ids"][()]
+                    vec = part["embeddings"][()]
+                    if len(ids) == 0:
+                        continue
+                    if vec.shape[1] != dim:
+                        raise MtxError(f"part {i} has dim {vec.shape[1]}, expected {dim}",
+                                       hint="rerun with --force")
+                    ids_ds.resize((n + len(ids),))
+                    ids_ds[n:] = ids
+                    emb.resize((n + len(ids), dim))
+                    emb[n:] = vec.astype(np_dtype, copy=False)
+                    if keep_windows and "windows" in part:
+                        w = part["windows"][()]
+                        counts = part["window_counts"][()]
+                        if win is None:
+                            win = out.create_dataset("windows", shape=(0, w.shape[1]), maxshape=(None, w.shape[1]),
+                                                     dtype=np_dtype, chunks=(chunk_rows(w.shape[1], 4), w.shape[1]))
+                            offs = [0]
+                        win.resize((n_windows + len(w), w.shape[1]))
+                        win[n_windows:] = w.astype(np_dtype, copy=False)
+                        for c in counts:
+                            offs.append(offs[-1] + int(c))
+                        n_windows += len(w)
+                    n += len(ids)
+            if offs is not None:
+                out.create_dataset("window_offsets", data=np.array(offs, dtype=np.int64))
+            for k, v in attrs.items():
+                out.attrs[k] = v if v is not None else ""
+            out.attrs["count"] = n
+    return n
+
+
+def discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def remove_parts(path: Path) -> None:
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+class EmbeddingStore:
+    """Read-only access to a finished store. Rows are read on demand, never all at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise MtxError(f"embedding store not found: {self.path}",
+                           hint="run `mtx embed --audio-encoder NAME` first")
+        try:
+            self._f = h5py.File(self.path, "r")
+            self._emb = self._f["embeddings"]
+            raw_ids = self._f["ids"][()]
+        except (OSError, KeyError) as e:
+            raise MtxError(f"{self.path} is not a valid embedding store ({e})",
+                           hint="rerun `mtx embed` with --force") from None
+        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in raw_ids]
+        self._pos = {i: k for k, i in enumerate(self.ids)}
+        self.attrs: dict[str, Any] = {k: _attr(v) for k, v in self._f.attrs.items()}
+
+    def __enter__(self) -> "EmbeddingStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:  # noqa: BLE001 - closing twice is harmless
+            pass
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self._emb.shape[1])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.attrs.get("encoder", ""))
+
+    def has(self, id_: str) -> bool:
+        return id_ in self._pos
+
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._pos[i] for i in ids], dtype=np.int64)
+
+    def rows(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 rows at the given positions (any order, duplicates allowed)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = np.argsort(pos, kind="stable")
+        uniq, inverse = np.unique(pos[order], return_inverse=True)
+        block = self._emb[uniq]  # h5py needs increasing indices
+        out = np.empty((pos.size, self.dim), dtype=np.float32)
+        out[order] = block[inverse]
+        return out
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        return self.rows(self.positions(ids))
+
+    def iter_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, len(self), size):
+            yield start, np.asarray(self._emb[start:start + size], dtype=np.float32)
+
+    def mean_std(self, positions: np.ndarray | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std, streamed in float64 (Chan et al. parallel merge)."""
+        n = 0
+        mean = np.zeros(self.dim, dtype=np.float64)
+        m2 = np.zeros(self.dim, dtype=np.float64)
+        sel = np.arange(len(self)) if positions is None else np.sort(np.asarray(positions))
+        for s in range(0, len(sel), chunk):
+            x = self.rows(sel[s:s + chunk]).astype(np.float64)
+            k = len(x)
+            bm = x.mean(0)
+            bm2 = ((x - bm) ** 2).sum(0)
+            delta = bm - mean
+            tot = n + k
+            mean += delta * k / tot
+            m2 += bm2 + delta**2 * n * k / tot
+            n = tot
+        if n == 0:
+            raise MtxError("no embeddings to compute statistics from", hint="check the manifest split")
+        std = np.sqrt(m2 / max(1, n - 1))
+        return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
