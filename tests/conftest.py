@@ -62,3 +62,63 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture()
+def make_run(state, tiny_backbone: Path):
+    """Fabricate a trained run the way `mtx train` leaves it (run.json, best/, manifest, store).
+
+    ``perfect=True`` stores, as each track's audio vector, exactly what the model predicts
+    for its main caption (native space), so retrieval with that model is near perfect.
+    Returns a dict with the run name, manifest name, store path, model and records.
+    """
+    import json
+    import time
+
+    import numpy as np
+
+    from musiccli import store as store_mod
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.manifest import Record, write_manifest
+
+    genres = ["rock", "jazz", "ambient", "techno"]
+    moods = ["dark", "happy", "calm", "angry", "dreamy"]
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+    def make(name: str = "run1", n: int = 40, dim: int = 16, perfect: bool = True, manifest: str = "lib",
+             encoder: str = "fake", seed: int = 0) -> dict:
+        import torch
+
+        records = []
+        for i in range(n):
+            genre, mood = genres[(i // 2) % 4], moods[i % 5]
+            tags = [genre, mood] + (["rare"] if i in (1, 2) else [])
+            records.append(Record(
+                id=f"t{i:03d}", audio_path=f"/music/{genre}/t{i:03d}.wav",
+                caption=f"{mood} {genre} song {numbers[i % 10]} {numbers[(i // 10) % 10]}",
+                alt_captions=[f"a {genre} piece"], duration=30.0 + i, dataset="synth" if i % 3 else "other",
+                artist=f"Artist {i // 2}", title=f"Title {i}", tags=tags, split="test" if i % 2 == 0 else "train"))
+        mpath = state.manifest_path(manifest)
+        write_manifest(mpath, records)
+        torch.manual_seed(seed + 1000)  # differs from eval's untrained baseline (seed 0)
+        model = TextEmbedder.from_backbone(str(tiny_backbone), out_dim=dim, hidden_dim=32, audio_encoder=encoder)
+        rng = np.random.default_rng(seed)
+        model.set_audio_stats(rng.normal(0.3, 0.1, dim).astype(np.float32),
+                              rng.uniform(1.0, 2.0, dim).astype(np.float32))
+        if perfect:
+            vectors = model.encode([r.caption for r in records], space="audio")
+        else:
+            vectors = rng.standard_normal((n, dim)).astype(np.float32)
+        spath = state.embeddings_path(encoder, manifest)
+        store_mod.write_part(spath, 0, [r.id for r in records], vectors)
+        store_mod.assemble(spath, dim, "float32", {"encoder": encoder, "dim": dim, "aggregation": "mean"}, 1)
+        rdir = state.run_dir(name)
+        model.save_pretrained(rdir / "best")
+        (rdir / "run.json").write_text(json.dumps({
+            "run": name, "audio_encoder": encoder, "manifest": manifest, "manifest_path": str(mpath),
+            "embeddings": str(spath), "manifest_hash": "x", "text_backbone": str(tiny_backbone),
+            "config": {"out_dim": dim}, "created": time.time(), "status": "complete", "best": {"step": 1}}))
+        return {"run": name, "manifest": manifest, "store": spath, "model": model, "records": records,
+                "dim": dim, "encoder": encoder}
+
+    return make

@@ -1,0 +1,389 @@
+"""Evaluate a trained run: caption retrieval both ways, tag retrieval, and baselines.
+
+Protocol (DATASETS.md, "Evaluation protocol conventions"):
+
+- text -> music: each track's *main* caption is one query; its relevant tracks are
+  the tracks that carry that exact caption (almost always just its own track).
+- music -> text: each track ranks every distinct caption of the split (main and
+  alternative captions); the relevant ones are the track's own captions.
+- R@K is a hit rate, mAP@10 = 1/rank if rank <= 10, MRR = mean 1/rank, and the
+  median rank is 1-based. Ties count against the target.
+- tags: each tag's text is embedded as a query and scored (cosine) against every
+  track; ROC-AUC and PR-AUC are macro-averaged over tags with >= 5 positives.
+
+Two baselines are computed in the same run over the same tracks: random text
+vectors (seeded Gaussian, same dim) and the untrained model (the run's backbone
+with a freshly initialised head, same audio statistics). The report is written
+atomically to ``runs/<run>/eval-<split>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MtxError, unknown_choice
+from .manifest import Record, read_manifest, resolve_manifest
+from .progress import NullProgress, Progress
+from .state import Resume, StateDir, atomic_write_json, begin_stage, diff_configs, file_sha256, load_stage, read_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("best", "latest")
+MIN_TAG_POSITIVES = 5
+SYSTEMS = ("model", "untrained", "random")
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass
+class RunInfo:
+    """A trained run as described by its ``run.json`` (the contract with `mtx train`)."""
+
+    name: str
+    dir: Path
+    meta: dict[str, Any]
+
+    @property
+    def audio_encoder(self) -> str:
+        return str(self.meta.get("audio_encoder", ""))
+
+    def checkpoint_dir(self, checkpoint: str) -> Path:
+        if checkpoint not in CHECKPOINTS:
+            raise unknown_choice("checkpoint", checkpoint, CHECKPOINTS)
+        path = self.dir / checkpoint
+        if not (path / "model.safetensors").exists():
+            have = [c for c in CHECKPOINTS if (self.dir / c / "model.safetensors").exists()]
+            raise MtxError(f"run {self.name!r} has no {checkpoint} checkpoint",
+                           hint=f"use --checkpoint {have[0]}" if have else "train it first with `mtx train`")
+        return path
+
+    def default_checkpoint(self) -> str:
+        return next((c for c in CHECKPOINTS if (self.dir / c / "model.safetensors").exists()), "best")
+
+
+def resolve_run(state: StateDir, run: str | None) -> RunInfo:
+    """The named run, or the newest run with saved weights; says which one it picked."""
+    if run is None:
+        name = state.newest_run()
+        log.info("using run %s", name)
+    else:
+        name = run
+        if not (state.root / "runs" / name / "run.json").exists():
+            raise unknown_choice("run", name, state.list_runs() or ["(none: run `mtx train` first)"])
+    path = state.run_dir(name)
+    meta_path = path / "run.json"
+    if not meta_path.exists():
+        raise MtxError(f"run {name!r} has no run.json", hint=f"{path} is incomplete: retrain it with --force")
+    return RunInfo(name=name, dir=path, meta=read_json(meta_path))
+
+
+def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
+    """Identity of saved weights: the sha of the (small) head file plus size/mtime of the backbone.
+
+    Hashing the head is cheap and the head changes at every save; the backbone file
+    can be hundreds of MB, so its stat stands in for a hash.
+    """
+    head = ckpt_dir / "model.safetensors"
+    ident: dict[str, Any] = {"head_sha256": file_sha256(head)[:16]}
+    backbone = ckpt_dir / "backbone" / "model.safetensors"
+    if backbone.exists():
+        st = backbone.stat()
+        ident["backbone"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return ident
+
+
+def store_identity(path: Path) -> dict[str, Any]:
+    st = Path(path).stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None) -> tuple[str, Path, Path]:
+    """(manifest name, manifest path, embeddings path): the run's own, or the given manifest's."""
+    if manifest is None:
+        mpath = Path(info.meta.get("manifest_path") or "")
+        name = str(info.meta.get("manifest") or mpath.stem)
+        if not mpath.is_file():
+            name, mpath = resolve_manifest(state, name)
+        emb = Path(info.meta.get("embeddings") or state.embeddings_path(info.audio_encoder, name))
+    else:
+        name, mpath = resolve_manifest(state, manifest)
+        emb = state.embeddings_path(info.audio_encoder, name)
+    if not emb.exists():
+        raise MtxError(f"no {info.audio_encoder} embeddings for manifest {name!r} ({emb})",
+                       hint=f"run `mtx embed --audio-encoder {info.audio_encoder} --manifest {name}` first")
+    return name, mpath, emb
+
+
+# --------------------------------------------------------------------------- config / result
+@dataclass
+class EvalConfig:
+    run: str | None = None
+    split: str = "test"
+    manifest: str | None = None
+    checkpoint: str = "best"
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    baselines: bool = True
+    seed: int = 0
+    resume: Resume = Resume.FRESH
+
+
+@dataclass
+class EvalReport:
+    run: str
+    split: str
+    checkpoint: str
+    path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+# --------------------------------------------------------------------------- evaluation data
+@dataclass
+class EvalData:
+    """Everything the three systems are scored on; built once per evaluation."""
+
+    records: list[Record]
+    audio_raw: np.ndarray                 # [N, D] native-space store vectors
+    texts: list[str]                      # distinct captions of the split
+    query_text: np.ndarray                # [N] index into texts of each track's main caption
+    track_texts: list[np.ndarray]         # per track: indices into texts of its captions
+    text_tracks: list[np.ndarray]         # per text: tracks that carry it
+    tags: list[str]
+    labels: np.ndarray                    # [N, T] 0/1
+    n_captions: int
+
+
+def build_eval_data(records: Sequence[Record], audio_raw: np.ndarray) -> EvalData:
+    texts: list[str] = []
+    pos: dict[str, int] = {}
+    track_texts = []
+    n_captions = 0
+    for r in records:
+        own = []
+        for c in r.captions:
+            n_captions += 1
+            if c not in pos:
+                pos[c] = len(texts)
+                texts.append(c)
+            if pos[c] not in own:
+                own.append(pos[c])
+        track_texts.append(np.array(own, dtype=np.int64))
+    owners: list[list[int]] = [[] for _ in texts]
+    for j, own in enumerate(track_texts):
+        for t in own:
+            owners[t].append(j)
+    tags = sorted({t for r in records for t in r.tags})
+    tag_pos = {t: i for i, t in enumerate(tags)}
+    labels = np.zeros((len(records), len(tags)), dtype=np.int8)
+    for j, r in enumerate(records):
+        for t in r.tags:
+            labels[j, tag_pos[t]] = 1
+    return EvalData(
+        records=list(records), audio_raw=audio_raw, texts=texts,
+        query_text=np.array([pos[r.caption] for r in records], dtype=np.int64),
+        track_texts=track_texts, text_tracks=[np.array(o, dtype=np.int64) for o in owners],
+        tags=tags, labels=labels, n_captions=n_captions,
+    )
+
+
+def score_system(data: EvalData, audio: np.ndarray, text: np.ndarray, tag_vecs: np.ndarray) -> dict[str, Any]:
+    """Metrics for one system: ``audio`` [N, D], ``text`` [len(texts), D], ``tag_vecs`` [T, D], unit rows."""
+    from .metrics import ranks_multi, summarize_ranks, tag_metrics
+
+    sim = text @ audio.T                                  # [texts, tracks]
+    q = data.query_text
+    t2m = summarize_ranks(ranks_multi(sim[q], [data.text_tracks[t] for t in q]))
+    m2t = summarize_ranks(ranks_multi(np.ascontiguousarray(sim.T), data.track_texts))
+    out: dict[str, Any] = {"text_to_music": t2m, "music_to_text": m2t}
+    if data.tags:
+        tags = tag_metrics(audio @ tag_vecs.T, data.labels, data.tags, min_positives=MIN_TAG_POSITIVES)
+        out["tags"] = {k: v for k, v in tags.items() if k != "per_tag_roc_auc"}
+        out["tags"]["per_tag_roc_auc"] = tags.get("per_tag_roc_auc", {})
+    else:
+        out["tags"] = {"roc_auc": float("nan"), "pr_auc": float("nan"), "n_tags": 0, "skipped": 0}
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _encode(model, texts: list[str], runtime, batch_size: int) -> np.ndarray:
+    import torch
+
+    if not texts:
+        return np.zeros((0, model.config.out_dim), dtype=np.float32)
+    with torch.inference_mode(), runtime.autocast():
+        return _unit(model.encode(texts, batch_size=batch_size))
+
+
+def _untrained_like(model, backbone: str, seed: int):
+    """The run's backbone with a freshly initialised head (seeded), carrying the same audio stats."""
+    import torch
+
+    from .encoders.text import TextEmbedder
+
+    c = model.config
+    torch.manual_seed(seed)
+    fresh = TextEmbedder.from_backbone(backbone, out_dim=c.out_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
+                                       pooling=c.pooling, max_length=c.max_length,
+                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation)
+    fresh.audio_mean.copy_(model.audio_mean.cpu())
+    fresh.audio_std.copy_(model.audio_std.cpu())
+    return fresh.eval()
+
+
+# --------------------------------------------------------------------------- the stage
+def report_path(state: StateDir, run: str, split: str) -> Path:
+    return state.run_dir(run) / f"eval-{split}.json"
+
+
+def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
+    from .encoders.text import TextEmbedder
+    from .runtime import select_runtime
+    from .store import EmbeddingStore
+
+    progress = progress or NullProgress()
+    if cfg.split not in ("train", "val", "test"):
+        raise unknown_choice("split", cfg.split, ("train", "val", "test"))
+    info = resolve_run(state, cfg.run)
+    ckpt = info.checkpoint_dir(cfg.checkpoint)
+    mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
+    from .manifest import manifest_hash
+
+    out_path = report_path(state, info.name, cfg.split)
+    key = f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}"
+    stage_config = {
+        "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
+        "weights": weights_identity(ckpt), "baselines": cfg.baselines, "seed": cfg.seed,
+    }
+    mode = cfg.resume
+    previous = load_stage(state, key)
+    if previous is not None and mode is Resume.FRESH and diff_configs(previous.config, to_plain(stage_config)):
+        # New weights (more training) or new data make the old report stale: evaluating again
+        # is the expected behaviour, not a conflict the user must resolve with --force.
+        log.info("inputs changed since the last evaluation (%s); evaluating afresh",
+                 "; ".join(diff_configs(previous.config, to_plain(stage_config))))
+        mode = Resume.FORCE
+    stage = begin_stage(state, "eval", key, config=stage_config, mode=mode,
+                        discard=lambda: out_path.unlink(missing_ok=True))
+    if stage.already_complete and out_path.exists():
+        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
+
+    runtime = select_runtime(cfg.device, cfg.precision)
+    log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
+             info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
+    model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
+    records_all = read_manifest(mpath)
+    with EmbeddingStore(emb_path) as store:
+        if store.dim != model.config.out_dim:
+            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
+                           hint="evaluate with the manifest/encoder the run was trained on")
+        in_split = [r for r in records_all if r.split == cfg.split]
+        records = [r for r in in_split if store.has(r.id)]
+        if not records:
+            from .manifest import split_counts
+
+            raise MtxError(f"no {cfg.split} records of {mname} have embeddings "
+                           f"(split sizes: {split_counts(records_all)})",
+                           hint="pick another --split, or run `mtx unify`/`mtx embed` so the split is populated")
+        audio_raw = store.get([r.id for r in records])
+    data = build_eval_data(records, audio_raw)
+    audio = _unit(model.audio_for_retrieval(audio_raw))
+
+    results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
+    systems = [s for s in SYSTEMS if cfg.baselines or s == "model"]
+    notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
+    with progress.task("Evaluating", total=len(systems), unit="systems", completed=len(results)) as task:
+        for name in systems:
+            progress.check_interrupt()
+            if name in results or name in notes:
+                continue
+            if name == "model":
+                results[name] = score_system(data, audio, _encode(model, data.texts, runtime, cfg.batch_size),
+                                             _encode(model, data.tags, runtime, cfg.batch_size))
+            elif name == "random":
+                rng = np.random.default_rng(cfg.seed)
+                d = model.config.out_dim
+                results[name] = score_system(data, audio, _unit(rng.standard_normal((len(data.texts), d))),
+                                             _unit(rng.standard_normal((len(data.tags), d))))
+            else:
+                backbone = str(info.meta.get("text_backbone") or model.config.backbone)
+                try:
+                    fresh = _untrained_like(model, backbone, cfg.seed).to(runtime.device)
+                except MtxError as e:
+                    log.warning("untrained baseline skipped: %s", e.message)
+                    notes[name] = f"skipped: {e.message}"
+                else:
+                    results[name] = score_system(data, audio, _encode(fresh, data.texts, runtime, cfg.batch_size),
+                                                 _encode(fresh, data.tags, runtime, cfg.batch_size))
+                    del fresh
+            stage.update(results=to_plain(results), notes=notes)   # one committed unit per system
+            task.advance()
+
+    report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
+    atomic_write_json(out_path, report)
+    stage.complete(result={"path": str(out_path)})
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_plain(report))
+
+
+def to_plain(obj: Any) -> Any:
+    from .state import to_jsonable
+
+    return to_jsonable(obj)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b > 0 else None
+
+
+def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, data: EvalData,
+                 results: dict[str, Any], notes: dict[str, str], stage_config: dict[str, Any]) -> dict[str, Any]:
+    model_tags = results["model"]["tags"]
+    ratio = {}
+    if "random" in results:
+        for d in ("text_to_music", "music_to_text"):
+            ratio[d] = _ratio(results["model"][d]["R@10"], results["random"][d]["R@10"])
+    return {
+        "run": info.name,
+        "checkpoint": cfg.checkpoint,
+        "split": cfg.split,
+        "manifest": mname,
+        "embeddings": str(emb_path),
+        "audio_encoder": info.audio_encoder,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "protocol": {
+            "text_to_music": "one query per track: its main caption; relevant = tracks carrying that exact caption",
+            "music_to_text": "each track ranks all distinct captions (main + alternative) of the split; "
+                             "relevant = its own captions",
+            "median_rank": "median rank is 1-based",
+            "metrics": "R@K = hit rate; mAP@10 = 1/rank if rank <= 10 else 0; MRR = mean 1/rank; "
+                       "ties count against the target",
+            "tags": f"each tag's text embedded as a query, cosine against every track; macro ROC-AUC / PR-AUC "
+                    f"over tags with >= {MIN_TAG_POSITIVES} positives",
+            "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
+                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats",
+        },
+        "counts": {
+            "tracks": len(data.records),
+            "text_queries": len(data.records),
+            "captions": data.n_captions,
+            "distinct_captions": len(data.texts),
+            "tags_total": len(data.tags),
+            "tags_used": int(model_tags.get("n_tags", 0)),
+            "tags_skipped": int(model_tags.get("skipped", 0)),
+        },
+        "results": results,
+        "baseline_notes": notes,
+        "ratio_r10_model_vs_random": ratio,
+        "inputs": stage_config,
+    }
