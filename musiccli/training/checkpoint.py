@@ -1,0 +1,146 @@
+"""Run-folder I/O: atomic checkpoint directories, run.json and the metrics log.
+
+A checkpoint directory (``latest/`` or ``best/``) is the ``TextEmbedder.save_pretrained``
+layout; ``latest/`` adds ``trainer_state.pt`` (everything needed to resume exactly)
+and a readable ``meta.json`` (as nanochat keeps next to its checkpoints).
+
+Directories cannot be ``os.replace``d over a non-empty target, so a checkpoint is
+written into ``.tmp-<name>-*``, the old directory is renamed to ``.tmp-old-<name>``,
+the new one renamed into place, and the old one removed. A crash between the two
+renames leaves only ``.tmp-old-<name>``; :func:`recover` puts it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..state import TMP_PREFIX, atomic_write_json, atomic_write_text, to_jsonable
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.pt"
+META = "meta.json"
+RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+
+
+def _old_name(name: str) -> str:
+    return f"{TMP_PREFIX}old-{name}"
+
+
+def recover(run_dir: Path) -> None:
+    """Undo a swap that a crash interrupted, and drop half-written temporary checkpoints."""
+    if not run_dir.exists():
+        return
+    for name in ("latest", "best"):
+        old = run_dir / _old_name(name)
+        if old.exists():
+            if (run_dir / name).exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, run_dir / name)
+    for tmp in run_dir.glob(f"{TMP_PREFIX}*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_checkpoint_dir(run_dir: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """Create ``run_dir/name`` atomically: ``fill(tmp_dir)`` writes the content."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=run_dir))
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final, old = run_dir / name, run_dir / _old_name(name)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    torch.save(state, path)
+
+
+def load_trainer_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    path = ckpt_dir / TRAINER_STATE
+    if not path.exists():
+        return None
+    # Our own file: it holds RNG states (python tuples, numpy arrays), so not weights_only.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    atomic_write_json(path, meta)
+
+
+def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / RUN_JSON, info)
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_JSON
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class MetricsLog:
+    """Append-only JSONL of training events, flushed per line."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def append(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(to_jsonable(event)) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        return list(_iter_jsonl(self.path))
+
+    def truncate_to(self, step: int, epochs_done: int) -> None:
+        """Keep only events a checkpoint at (step, epochs_done) already covers.
+
+        Steps logged after the last checkpoint are replayed on resume; dropping them
+        keeps the log equal to an uninterrupted run's.
+        """
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [e for e in self.read()
+                if (is_epoch_event(e) and e["epoch"] <= epochs_done)
+                or (not is_epoch_event(e) and e.get("step", 0) <= step)]
+        atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+
+
+def is_epoch_event(event: dict[str, Any]) -> bool:
+    return "val_loss" in event
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: everything after it is suspect
+                return
