@@ -1,0 +1,71 @@
+"""`mtx eval`: retrieval metrics of a trained run next to random and untrained baselines."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ._context import get_ctx
+from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
+from ._output import make_table
+
+METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")
+
+
+def command(
+    ctx: typer.Context,
+    run: Run = None,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    manifest: Manifest = None,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
+                                            help="Also score random and untrained baselines.")] = True,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: Seed = 0,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Evaluate a run: text->music and music->text retrieval (R@K, mAP@10, MRR, 1-based MedR) and tag ROC/PR-AUC.
+
+    Default: the newest trained run, its manifest's test split, the best checkpoint.
+    """
+    from ..evaluate import EvalConfig, run_eval
+    from ..state import Resume
+
+    app = get_ctx(ctx, json_mode=as_json)
+    cfg = EvalConfig(run=run, split=split, manifest=manifest, checkpoint=checkpoint, batch_size=batch_size,
+                     device=device, precision=precision, baselines=baselines, seed=seed,
+                     resume=Resume.from_flags(cont, force))
+    with app.progress(resume_hint="mtx eval --continue") as progress:
+        result = run_eval(app.state, cfg, progress)
+    rep = result.report
+    if result.skipped:
+        app.out.info(f"eval of run {result.run} ({result.checkpoint}, {result.split}) is up to date")
+    app.out.table(make_table(f"run {result.run}, {result.split} split, {result.checkpoint} checkpoint",
+                             *report_table(rep)))
+    c = rep.get("counts", {})
+    app.out.info(f"{c.get('tracks', 0)} tracks, {c.get('text_queries', 0)} text queries, "
+                 f"{c.get('distinct_captions', 0)} distinct captions, tags used {c.get('tags_used', 0)} "
+                 f"(skipped {c.get('tags_skipped', 0)} with < 5 positives); median rank is 1-based")
+    for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
+        if r is not None:
+            app.out.info(f"{d.replace('_', ' ')}: model R@10 is {r:.2f}x random")
+    app.out.info(f"report: {result.path}")
+    app.out.result(rep)
+
+
+def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Rows = metrics per task; columns = the systems that were scored."""
+    results = rep.get("results", {})
+    systems = [s for s in ("model", "untrained", "random") if s in results]
+    rows: list[list[Any]] = []
+    for task, label in (("text_to_music", "text->music"), ("music_to_text", "music->text")):
+        for m in METRICS:
+            rows.append([f"{label} {m}", *[results[s][task][m] for s in systems]])
+    for m, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
+        rows.append([f"tags {label}", *[results[s].get("tags", {}).get(m) for s in systems]])
+    return ["metric", *systems], rows

@@ -1,0 +1,42 @@
+"""`mtx export`: write a run's model as hf/ (save_pretrained + model card) and onnx/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import Continue, Force, JsonOut, Run
+
+
+def command(
+    ctx: typer.Context,
+    run: Run = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    formats: Annotated[list[str] | None, typer.Option("--format", "-f",
+                                                      help="hf and/or onnx (repeatable); default both.")] = None,
+    opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset version.")] = 17,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>.")] = None,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Export a trained run for use outside mtx: hf/ (from_pretrained + model card) and onnx/ (verified vs PyTorch)."""
+    from ..export import FORMATS, ExportConfig, run_export
+    from ..state import Resume
+
+    app = get_ctx(ctx, json_mode=as_json)
+    cfg = ExportConfig(run=run, checkpoint=checkpoint, formats=tuple(formats) if formats else FORMATS, opset=opset,
+                       out=out, resume=Resume.from_flags(cont, force))
+    with app.progress(resume_hint="mtx export --continue") as progress:
+        result = run_export(app.state, cfg, progress)
+    if result.skipped:
+        app.out.info(f"export of run {result.run} ({result.checkpoint}) is up to date")
+    for fmt in FORMATS:
+        if fmt in result.paths:
+            app.out.info(f"{fmt}: {result.paths[fmt]}")
+    if result.onnx_max_abs_diff is not None:
+        app.out.info(f"ONNX max abs diff vs PyTorch: {result.onnx_max_abs_diff:.2g}")
+    app.out.result(result)

@@ -1,0 +1,350 @@
+"""Export a trained run: ``hf/`` (save_pretrained layout + model card) and ``onnx/``.
+
+``hf/`` loads with ``musiccli.TextEmbedder.from_pretrained`` and its ``backbone/``
+with plain ``transformers.AutoModel``. ``onnx/model.onnx`` takes ``input_ids`` and
+``attention_mask`` (dynamic batch and sequence axes) and returns ``embedding``
+(L2-normalised retrieval-space vector) and ``audio_space`` (the prediction in the
+audio encoder's native space); the tokenizer files sit next to it. The ONNX graph
+is checked against PyTorch with onnxruntime and the export fails above 1e-4.
+
+Each format is built in a temporary folder and renamed into place, so an
+interrupted export never leaves a half-written ``hf/`` or ``onnx/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MtxError, unknown_choice
+from .evaluate import RunInfo, resolve_run, weights_identity
+from .progress import NullProgress, Progress
+from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, read_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "onnx")
+ONNX_TOLERANCE = 1e-4
+# Queries of different lengths, so the check exercises padding and the dynamic axes.
+CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
+                 "upbeat 80s synth pop with female vocals", "jazz"]
+
+
+@dataclass
+class ExportConfig:
+    run: str | None = None
+    checkpoint: str = "best"
+    formats: tuple[str, ...] = FORMATS
+    opset: int = 17
+    out: Path | None = None
+    resume: Resume = Resume.FRESH
+
+
+@dataclass
+class ExportResult:
+    run: str
+    checkpoint: str
+    out: Path
+    paths: dict[str, str] = field(default_factory=dict)
+    onnx_max_abs_diff: float | None = None
+    skipped: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place (the old one, if any, is removed first)."""
+    if final.exists():
+        old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _tmp_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
+
+
+def latest_eval_report(run_dir: Path) -> dict[str, Any] | None:
+    reports = sorted((p for p in run_dir.glob("eval-*.json") if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    return read_json(reports[0]) if reports else None
+
+
+def _training_data_summary(info: RunInfo) -> dict[str, Any]:
+    from .manifest import read_manifest, split_counts
+
+    mpath = Path(info.meta.get("manifest_path") or "")
+    summary: dict[str, Any] = {"manifest": info.meta.get("manifest"), "manifest_hash": info.meta.get("manifest_hash")}
+    if mpath.is_file():
+        records = read_manifest(mpath)
+        summary["tracks"] = len(records)
+        summary["by_dataset"] = dict(sorted(Counter(r.dataset or "unknown" for r in records).items()))
+        summary["splits"] = split_counts(records)
+    return summary
+
+
+def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -> str:
+    c = model.config
+    data = _training_data_summary(info)
+    lines = [
+        f"# mtx text embedder: {info.name}",
+        "",
+        f"Text-to-music retrieval model trained with `mtx`. It maps text into the embedding space of the "
+        f"**{c.audio_encoder or info.audio_encoder}** audio encoder, so text queries can be compared with "
+        f"stored audio embeddings.",
+        "",
+        "## Model",
+        "",
+        f"- audio encoder: `{c.audio_encoder or info.audio_encoder}` (aggregation: `{c.aggregation or 'unknown'}`)",
+        f"- output dim: {c.out_dim} (every dimension comes from the learned head)",
+        f"- text backbone: `{info.meta.get('text_backbone') or c.backbone}` ({c.pooling} pooling, "
+        f"max length {c.max_length} tokens)",
+        f"- head: Linear -> GELU -> Dropout({c.dropout}) -> Linear, hidden {c.hidden_dim}",
+        f"- checkpoint: `{checkpoint}` of run `{info.name}`",
+        "",
+        "## Training data",
+        "",
+        f"- manifest: `{data.get('manifest')}` (hash `{data.get('manifest_hash')}`)",
+    ]
+    if "tracks" in data:
+        lines.append(f"- tracks: {data['tracks']}")
+        lines.append("- by dataset: " + ", ".join(f"{k} {v}" for k, v in data["by_dataset"].items()))
+        lines.append("- splits: " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
+    report = latest_eval_report(info.dir)
+    lines += ["", "## Evaluation", ""]
+    if report:
+        res = report.get("results", {})
+        systems = [s for s in ("model", "untrained", "random") if s in res]
+        lines.append(f"Split `{report.get('split')}` of `{report.get('manifest')}`, "
+                     f"{report.get('counts', {}).get('tracks')} tracks; median rank is 1-based.")
+        lines += ["", "| metric | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+        for task in ("text_to_music", "music_to_text"):
+            for m in ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR"):
+                vals = [res[s][task][m] for s in systems]
+                lines.append(f"| {task.replace('_', ' ')} {m} | " + " | ".join(f"{v:.4g}" for v in vals) + " |")
+        for m in ("roc_auc", "pr_auc"):
+            vals = [res[s].get("tags", {}).get(m) for s in systems]
+            lines.append(f"| tags {m} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
+    else:
+        lines.append(f"No evaluation report yet: run `mtx eval --run {info.name}`.")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from musiccli import TextEmbedder",
+        "",
+        'model = TextEmbedder.from_pretrained("hf")',
+        'q = model.encode(["dark metal"])                  # unit vectors, retrieval space',
+        'raw = model.encode(["dark metal"], space="audio")  # native audio-encoder space',
+        "scores = model.audio_for_retrieval(stored_audio_vectors) @ q[0]",
+        "```",
+        "",
+        "ONNX (no PyTorch needed):",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "from transformers import AutoTokenizer",
+        "",
+        'tok = AutoTokenizer.from_pretrained("onnx")',
+        'sess = ort.InferenceSession("onnx/model.onnx")',
+        f'enc = tok(["dark metal"], padding=True, truncation=True, max_length={c.max_length}, return_tensors="np")',
+        'emb, audio_space = sess.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})',
+        "```",
+        "",
+        "Audio vectors must be standardised with the audio statistics stored in the model "
+        "(`audio_mean`, `audio_std` in `model.safetensors`) and L2-normalised before comparing with "
+        "`embedding`.",
+    ]
+    if onnx_diff is not None:
+        lines += ["", f"ONNX max abs diff vs PyTorch: {onnx_diff:.2g}"]
+    lines += [
+        "",
+        "## Licence",
+        "",
+        "The weights inherit the licence of the text backbone. The training audio and captions come from "
+        "the datasets listed above, each under its own licence (see each record's `license` field); check "
+        "them before using this model commercially.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- formats
+def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
+    tmp = _tmp_dir(out, "hf")
+    try:
+        model.save_pretrained(tmp)
+        atomic_write_text(tmp / "README.md", model_card(info, model, checkpoint, onnx_diff))
+        final = out / "hf"
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+class _OnnxWrapper:
+    """Built lazily (needs torch): returns (normalised retrieval vector, native audio-space vector)."""
+
+    @staticmethod
+    def build(model):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m) -> None:
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                z = self.m(input_ids, attention_mask)
+                emb = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                return emb, z * self.m.audio_std + self.m.audio_mean
+
+        return Wrapper(model).eval()
+
+
+def _torch_reference(model, enc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    wrapper = _OnnxWrapper.build(model)
+    with torch.inference_mode():
+        emb, audio = wrapper(torch.as_tensor(enc["input_ids"]), torch.as_tensor(enc["attention_mask"]))
+    return emb.numpy(), audio.numpy()
+
+
+def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> float:
+    """Max abs difference between onnxruntime and PyTorch, over single and padded batches."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    # Each query alone (its own length) and all of them padded together.
+    for batch in [[q] for q in queries] + [queries]:
+        enc = model.tokenizer(batch, padding=True, truncation=True, max_length=model.config.max_length,
+                              return_tensors="np")
+        feeds = {"input_ids": enc["input_ids"].astype(np.int64),
+                 "attention_mask": enc["attention_mask"].astype(np.int64)}
+        got_emb, got_audio = sess.run(["embedding", "audio_space"], feeds)
+        ref_emb, ref_audio = _torch_reference(model, feeds)
+        worst = max(worst, float(np.abs(got_emb - ref_emb).max()), float(np.abs(got_audio - ref_audio).max()))
+    return worst
+
+
+def export_onnx(model, out: Path, opset: int) -> tuple[Path, float]:
+    import torch
+
+    tmp = _tmp_dir(out, "onnx")
+    try:
+        model = model.cpu().eval()
+        # The eager attention path traces into a plain graph; SDPA mask helpers trip the exporter.
+        _set_eager_attention(model.backbone)
+        enc = model.tokenizer(["a short query", "a somewhat longer query about music"], padding=True,
+                              return_tensors="pt")
+        path = tmp / "model.onnx"
+        # The legacy exporter's deprecation and tracer notices are expected here: the trace is
+        # checked numerically right below, on lengths and batch sizes other than the traced ones.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _OnnxWrapper.build(model), (enc["input_ids"], enc["attention_mask"]), str(path),
+                input_names=["input_ids", "attention_mask"], output_names=["embedding", "audio_space"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                              "embedding": {0: "batch"}, "audio_space": {0: "batch"}},
+                opset_version=opset, dynamo=False, do_constant_folding=True,
+            )
+        diff = verify_onnx(model, path)
+        if diff > ONNX_TOLERANCE:
+            raise MtxError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})",
+                           hint="try another --opset; the hf/ export is unaffected")
+        model.tokenizer.save_pretrained(tmp)
+        c = model.config
+        atomic_write_json(tmp / "meta.json", {
+            "inputs": ["input_ids", "attention_mask"], "outputs": {
+                "embedding": "L2-normalised retrieval-space vector (compare with standardised, normalised audio)",
+                "audio_space": "un-normalised prediction in the audio encoder's native space"},
+            "dim": c.out_dim, "audio_encoder": c.audio_encoder, "aggregation": c.aggregation,
+            "backbone": c.backbone, "pooling": c.pooling, "max_length": c.max_length, "opset": opset,
+            "audio_stats": "audio_mean / audio_std in ../hf/model.safetensors; "
+                           "retrieval audio = normalize((audio - audio_mean) / audio_std)",
+            "max_abs_diff_vs_pytorch": diff,
+        })
+        final = out / "onnx"
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final / "model.onnx", diff
+
+
+def _set_eager_attention(backbone) -> None:
+    setter = getattr(backbone, "set_attn_implementation", None)
+    if callable(setter):
+        try:
+            setter("eager")
+            return
+        except (ValueError, TypeError, AttributeError):
+            pass
+    backbone.config._attn_implementation = "eager"
+
+
+# --------------------------------------------------------------------------- the stage
+def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
+    from .encoders.text import TextEmbedder
+
+    progress = progress or NullProgress()
+    for f in cfg.formats:
+        if f not in FORMATS:
+            raise unknown_choice("export format", f, FORMATS)
+    formats = tuple(f for f in FORMATS if f in cfg.formats)
+    if not formats:
+        raise MtxError("no export format chosen", hint="use --format hf and/or --format onnx")
+    info = resolve_run(state, cfg.run)
+    ckpt = info.checkpoint_dir(cfg.checkpoint)
+    out = Path(cfg.out).expanduser().resolve() if cfg.out else state.export_dir(info.name)
+    key = f"export:{info.name}:{cfg.checkpoint}"
+    config = {"weights": weights_identity(ckpt), "formats": list(formats), "opset": cfg.opset, "out": str(out)}
+
+    def discard() -> None:
+        for f in formats:
+            shutil.rmtree(out / f, ignore_errors=True)
+
+    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard)
+    if stage.already_complete and all((out / f).exists() for f in formats):
+        r = stage.record.result
+        return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),
+                            skipped=True)
+    done: dict[str, str] = dict(stage.record.counters.get("paths", {})) if stage.resumed else {}
+    diff: float | None = stage.record.counters.get("onnx_max_abs_diff") if stage.resumed else None
+    model = TextEmbedder.from_pretrained(ckpt)
+    log.info("exporting run %s (%s checkpoint) to %s", info.name, cfg.checkpoint, out)
+    # ONNX first, so the model card in hf/ can quote the verified difference.
+    order = [f for f in ("onnx", "hf") if f in formats]
+    with progress.task("Exporting", total=len(order), unit="formats", completed=len(done)) as task:
+        for f in order:
+            progress.check_interrupt()
+            if f in done and Path(done[f]).exists():
+                continue
+            if f == "onnx":
+                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset)
+                log.info("ONNX max abs diff vs PyTorch: %.2g", diff)
+            else:
+                path = export_hf(info, model, cfg.checkpoint, out, diff)
+            done[f] = str(path)
+            stage.update(paths=done, onnx_max_abs_diff=diff)
+            task.advance()
+    stage.complete(result={"paths": done, "onnx_max_abs_diff": diff})
+    return ExportResult(info.name, cfg.checkpoint, out, done, diff)
+
