@@ -1,0 +1,100 @@
+"""`mtx download`: fetch a dataset source into the state dir (resumable)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import Continue, Force, JsonOut, _complete_sources
+from ._output import make_table
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def command(
+    ctx: typer.Context,
+    source: Annotated[str | None, typer.Argument(help="Dataset source (e.g. synth); omit with --phase or --stats.",
+                                                 autocompletion=_complete_sources, show_default=False)] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="synth: number of clips.")] = 1000,
+    duration: Annotated[float, typer.Option("--duration", min=0.1, help="synth: seconds per clip.")] = 10.0,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", min=8000, help="synth: sample rate in Hz.")] = 24000,
+    seed: Annotated[int, typer.Option("--seed", help="synth: generator seed (same seed, same files).")] = 0,
+    max_items: Annotated[int | None, typer.Option("--max-items", min=0, help="Stop after this many items.")] = None,
+    subset: Annotated[str | None, typer.Option("--subset", help="Source-specific subset name.")] = None,
+    mirror: Annotated[str | None, typer.Option("--mirror", help="Base URL of a mirror to download from.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1,
+                                                help="Parallel workers [default: min(4, CPU count)].",
+                                                show_default=False)] = None,
+    rate_limit: Annotated[float, typer.Option("--rate-limit", min=0.0,
+                                              help="Max requests per second (0 = unlimited).")] = 0.0,
+    keep_archives: Annotated[bool, typer.Option("--keep-archives", help="Keep archives after extraction.")] = False,
+    size: Annotated[str, typer.Option("--size", help="fma: small / medium / large / full.")] = "small",
+    quality: Annotated[str, typer.Option("--quality", help="mtg-jamendo: low / raw audio quality.")] = "low",
+    max_shards: Annotated[int | None, typer.Option("--max-shards", min=1,
+                                                   help="Download at most this many archive shards.")] = None,
+    path: Annotated[Path | None, typer.Option("--path", help="folder: directory of your own music.")] = None,
+    phase: Annotated[int | None, typer.Option("--phase", min=1, max=2,
+                                              help="Download every source of a phase: 1 short clips, "
+                                                   "2 full songs.")] = None,
+    stats: Annotated[bool, typer.Option("--stats", help="Show what is downloaded (items, GB, hours).")] = False,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Download (or generate) a dataset into the state dir; interrupted runs resume with --continue.
+
+    Every item is recorded in a ledger (ok / failed + reason); failures never stop the
+    download and make the command exit 1 with the list of what failed.
+    """
+    from ..download import DownloadRequest, dataset_stats, download_phase, run_download
+    from ..sources.base import DownloadConfig
+    from ..state import Resume
+
+    app = get_ctx(ctx, json_mode=as_json)
+    if stats:
+        rows = dataset_stats(app.state)
+        if not rows:
+            app.out.info(f"no datasets downloaded in {app.state.root / 'datasets'}")
+        app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "GB", "hours"],
+                                 [[r.source, r.items, r.ok, r.failed, r.gb,
+                                   r.hours if r.hours is not None else "?"] for r in rows]))
+        app.out.result(rows)
+        return
+    if source is None and phase is None:
+        raise typer.BadParameter("give a SOURCE, --phase 1|2 or --stats", param_hint="SOURCE")
+    if source is not None and phase is not None:
+        raise typer.BadParameter("give either a SOURCE or --phase, not both", param_hint="--phase")
+
+    resume = Resume.from_flags(cont, force)
+    names = download_phase(phase) if phase is not None else [source]
+    results = []
+    for name in names:
+        cfg = DownloadConfig(source=name, max_items=max_items, subset=subset, mirror=mirror,
+                             workers=workers or _default_workers(), rate_limit=rate_limit,
+                             keep_archives=keep_archives, seed=seed, n=n, duration=duration,
+                             sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
+                             path=path.expanduser().resolve() if path else None)
+        with app.progress(resume_hint=f"mtx download {name} --continue") as progress:
+            results.append(run_download(app.state, DownloadRequest(cfg, resume), progress))
+
+    app.out.table(make_table("Download summary", ["source", "ok", "failed", "pending", "GB", "seconds", "status"],
+                             [[r.source, r.ok, r.failed, r.pending, round(r.bytes / 1e9, 4), r.seconds,
+                               "already complete" if r.skipped else "failed items" if r.failed else "done"]
+                              for r in results]))
+    for r in results:
+        app.out.info(f"{r.source}: {r.root}")
+    app.out.result(results)
+    failed = [r for r in results if r.failed]
+    if failed:
+        for r in failed:
+            lines = [f"  {i}: {reason}" for i, reason in r.failures[:20]]
+            more = f"\n  ... and {len(r.failures) - 20} more" if len(r.failures) > 20 else ""
+            app.out.error(f"{r.source}: {r.failed} item(s) failed:\n" + "\n".join(lines) + more,
+                          f"rerun `mtx download {r.source} --continue` to retry them")
+        raise typer.Exit(1)

@@ -1,0 +1,81 @@
+"""`mtx unify`: build one manifest from the downloaded datasets (sampled, split 80/10/10)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import Continue, Force, JsonOut, Seed
+from ._output import make_table
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    """--datasets a,b --datasets c -> [a, b, c]."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()] or None
+
+
+def command(
+    ctx: typer.Context,
+    datasets: Annotated[list[str] | None, typer.Option(
+        "--datasets", "-d", help="Sources to include (comma list or repeated) [default: every downloaded one].",
+        show_default=False)] = None,
+    max_samples: Annotated[int | None, typer.Option("--max-samples", min=1,
+                                                    help="Total records to keep [default: all].")] = None,
+    stratify_by: Annotated[str, typer.Option("--stratify-by", help="Balance the sample by dataset, duration "
+                                                                   "or none.",
+                                             autocompletion=lambda incomplete: ["dataset", "duration", "none"])
+                           ] = "dataset",
+    samples_per_dataset: Annotated[int | None, typer.Option("--samples-per-dataset", min=1,
+                                                            help="Cap on records per dataset.")] = None,
+    min_duration: Annotated[float | None, typer.Option("--min-duration", min=0.0,
+                                                       help="Drop clips shorter than this (s).")] = None,
+    max_duration: Annotated[float | None, typer.Option("--max-duration", min=0.0,
+                                                       help="Drop clips longer than this (s).")] = None,
+    seed: Seed = 0,
+    name: Annotated[str, typer.Option("--name", "-n", help="Manifest name (manifests/<name>.json).")] = "default",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the composition; write nothing.")] = False,
+    keep_official_splits: Annotated[bool, typer.Option("--keep-official-splits",
+                                                       help="Keep train/val/test splits that sources define.")
+                                    ] = False,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Merge downloaded datasets into one manifest with artist-aware 80/10/10 splits."""
+    from ..state import Resume
+    from ..unify import UnifyConfig, run_unify
+
+    app = get_ctx(ctx, json_mode=as_json)
+    if stratify_by not in ("dataset", "duration", "none"):
+        raise typer.BadParameter(f"{stratify_by!r} is not one of dataset, duration, none",
+                                 param_hint="--stratify-by")
+    cfg = UnifyConfig(datasets=_split_list(datasets), max_samples=max_samples, stratify_by=stratify_by,
+                      samples_per_dataset=samples_per_dataset, min_duration=min_duration,
+                      max_duration=max_duration, seed=seed, name=name, dry_run=dry_run,
+                      keep_official_splits=keep_official_splits, resume=Resume.from_flags(cont, force))
+    with app.progress(resume_hint="mtx unify --continue") as progress:
+        result = run_unify(app.state, cfg, progress)
+
+    rows = [[c.dataset, c.count, round(c.hours, 3), c.train, c.val, c.test] for c in result.composition]
+    total = [sum(c.count for c in result.composition), round(sum(c.hours for c in result.composition), 3),
+             sum(c.train for c in result.composition), sum(c.val for c in result.composition),
+             sum(c.test for c in result.composition)]
+    app.out.table(make_table(f"manifest {result.name}", ["dataset", "records", "hours", "train", "val", "test"],
+                             rows + [["total", *total]]))
+    if result.missing_audio:
+        app.out.info(f"[yellow]{result.missing_audio} record(s) without an audio file were left out[/], e.g.:")
+        for example in result.missing_examples:
+            app.out.info(f"  {example}")
+    if result.dropped_duration:
+        app.out.info(f"{result.dropped_duration} record(s) outside the duration range were left out")
+    if result.dry_run:
+        app.out.info("dry run: nothing was written")
+    elif result.skipped:
+        app.out.info(f"already up to date: {result.path} (use --force to rebuild it)")
+    else:
+        app.out.info(f"wrote {result.records:,} records to {result.path}")
+    app.out.result(result)

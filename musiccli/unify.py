@@ -1,0 +1,259 @@
+"""The unify stage: parse downloaded sources into one manifest, sample it and split it.
+
+Steps: parse each source (``Source.records``), cached per source under
+``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
+unify resumes without re-parsing; make ids unique across sources; drop records
+whose audio is missing (a cheap existence check, no decoding) or whose duration is
+out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
+(``manifest.assign_splits``); write with ``manifest.write_manifest``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .download import dataset_identity, resolve_source
+from .errors import MtxError
+from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
+from .progress import NullProgress, Progress
+from .sources import source_names
+from .state import Resume, StateDir, atomic_write_text, begin_stage, check_name, config_hash
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+MISSING_EXAMPLES = 5
+
+
+@dataclass
+class UnifyConfig:
+    datasets: list[str] | None = None      # None = every source with a dataset dir
+    max_samples: int | None = None
+    stratify_by: str = "dataset"           # dataset | duration | none
+    samples_per_dataset: int | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    seed: int = 0
+    name: str = "default"
+    dry_run: bool = False
+    keep_official_splits: bool = False
+    resume: Resume = Resume.FRESH
+
+
+@dataclass
+class CompositionRow:
+    dataset: str
+    count: int
+    hours: float
+    train: int
+    val: int
+    test: int
+
+
+@dataclass
+class UnifyResult:
+    name: str
+    path: str
+    records: int
+    composition: list[CompositionRow] = field(default_factory=list)
+    missing_audio: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+    dropped_duration: int = 0
+    parsed: int = 0
+    dry_run: bool = False
+    skipped: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
+        known = set(cls.__dataclass_fields__)
+        out = cls(**{k: v for k, v in d.items() if k in known and k != "composition"})
+        out.composition = [CompositionRow(**c) for c in d.get("composition", [])]
+        out.skipped = skipped
+        return out
+
+
+@dataclass
+class Filtered:
+    records: list[Record]
+    missing_audio: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+    dropped_duration: int = 0
+
+
+# --------------------------------------------------------------------------- pure steps
+def prefix_ids(records: Sequence[Record], source: str) -> list[Record]:
+    """Make ids unique across sources: ``<source>:<id>`` unless already prefixed with the source name."""
+    prefixes = tuple(f"{source}{sep}" for sep in (":", "-", "_", "/"))
+    for r in records:
+        if not r.id.startswith(prefixes):
+            r.id = f"{source}:{r.id}"
+        if not r.dataset:
+            r.dataset = source
+    return list(records)
+
+
+def filter_records(records: Sequence[Record], min_duration: float | None, max_duration: float | None,
+                   check_audio: bool = True) -> Filtered:
+    out = Filtered(records=[])
+    for r in records:
+        if check_audio and not os.path.exists(r.audio_path):
+            out.missing_audio += 1
+            if len(out.missing_examples) < MISSING_EXAMPLES:
+                out.missing_examples.append(f"{r.id}: {r.audio_path}")
+            continue
+        if (min_duration is not None and r.duration < min_duration) or \
+                (max_duration is not None and r.duration > max_duration):
+            out.dropped_duration += 1
+            continue
+        out.records.append(r)
+    return out
+
+
+def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> list[Record]:
+    chosen = sample_records(records, max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
+                            samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
+    assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
+    return chosen
+
+
+def composition(records: Sequence[Record]) -> list[CompositionRow]:
+    by_ds: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_ds[r.dataset or "unknown"].append(r)
+    rows = []
+    for ds in sorted(by_ds):
+        counts = split_counts(by_ds[ds])
+        rows.append(CompositionRow(dataset=ds, count=len(by_ds[ds]),
+                                   hours=round(sum(r.duration for r in by_ds[ds]) / 3600, 4), **counts))
+    return rows
+
+
+def _validate(cfg: UnifyConfig) -> None:
+    check_name("manifest", cfg.name)
+    if cfg.stratify_by not in ("dataset", "duration", "none"):
+        raise MtxError(f"unknown --stratify-by {cfg.stratify_by!r}", hint="choose dataset, duration or none")
+    for flag, v in (("--max-samples", cfg.max_samples), ("--samples-per-dataset", cfg.samples_per_dataset)):
+        if v is not None and v < 1:
+            raise MtxError(f"{flag} must be at least 1 (got {v})")
+    if cfg.min_duration is not None and cfg.max_duration is not None and cfg.min_duration > cfg.max_duration:
+        raise MtxError(f"--min-duration {cfg.min_duration} is above --max-duration {cfg.max_duration}")
+
+
+# --------------------------------------------------------------------------- parse cache
+def _cache_path(state: StateDir, source: str, identity: dict[str, Any]) -> Path:
+    key = config_hash({"source": source, "identity": identity, "v": CACHE_VERSION, "mtx": __version__})
+    return state.manifests_dir / ".cache" / f"{source}-{key}.json"
+
+
+def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cache: bool,
+                  write_cache: bool) -> list[Record]:
+    path = _cache_path(state, name, identity)
+    if use_cache and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            log.info("%s: using %d parsed records from the cache", name, len(data))
+            return [Record.from_dict(d, where=path.name) for d in data]
+        except (json.JSONDecodeError, MtxError):
+            log.warning("%s: parse cache %s is unreadable; parsing again", name, path)
+    source = resolve_source(name)
+    records = prefix_ids(source.records(state.dataset_dir(name)), name)
+    if write_cache:
+        # One committed unit per source: the cache file appears atomically or not at all.
+        atomic_write_text(path, json.dumps([r.to_dict() for r in records], ensure_ascii=False))
+    return records
+
+
+def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:
+    if requested:
+        names = list(dict.fromkeys(requested))
+        for n in names:
+            resolve_source(n)
+            if not state.dataset_dir(n).is_dir():
+                raise MtxError(f"dataset {n!r} is not downloaded ({state.dataset_dir(n)} does not exist)",
+                               hint=f"run `mtx download {n}` first")
+        return names
+    names = [n for n in source_names() if state.dataset_dir(n).is_dir()]
+    if not names:
+        raise MtxError(f"no downloaded datasets in {state.root / 'datasets'}",
+                       hint="run `mtx download synth` (offline) or another source first")
+    return names
+
+
+# --------------------------------------------------------------------------- stage
+def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = None) -> UnifyResult:
+    progress = progress or NullProgress()
+    _validate(cfg)
+    names = _select_datasets(state, cfg.datasets)
+    identities = {n: dataset_identity(state.dataset_dir(n)) for n in names}
+    out_path = state.manifest_path(cfg.name)
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "dry_run", "name", "datasets")}
+    config["datasets"] = names
+    config["inputs"] = identities
+
+    run = None
+    if not cfg.dry_run:
+        def discard() -> None:
+            out_path.unlink(missing_ok=True)
+            for n in names:
+                _cache_path(state, n, identities[n]).unlink(missing_ok=True)
+
+        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard)
+        if run.already_complete:
+            return UnifyResult.from_dict(run.record.result, skipped=True)
+
+    log.info("unifying %s into manifest %r", ", ".join(names), cfg.name)
+    parsed: list[Record] = []
+    with progress.task("Parsing sources", total=len(names), unit="sources") as task:
+        for i, name in enumerate(names):
+            parsed.extend(_parse_source(state, name, identities[name], use_cache=True, write_cache=not cfg.dry_run))
+            if run is not None:
+                run.update(parsed_sources=names[: i + 1])
+            task.advance(1)
+            progress.check_interrupt()
+
+    _check_unique(parsed)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration)
+    if filtered.missing_audio:
+        log.warning("%d record(s) have no audio file and are left out, e.g. %s", filtered.missing_audio,
+                    filtered.missing_examples[0])
+    if not filtered.records:
+        raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
+                                                     if filtered.missing_audio else ""),
+                       hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
+    chosen = select_and_split(filtered.records, cfg)
+    result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
+                         missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
+                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run)
+    if run is not None:
+        write_manifest(out_path, chosen)
+        run.complete(result=asdict(result))
+    return result
+
+
+def _check_unique(records: Sequence[Record]) -> None:
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise MtxError(f"duplicate record id {r.id!r} after prefixing with the source name",
+                           hint="a source produced the same id twice; re-download it with --force")
+        seen.add(r.id)
+
+
+def build_manifest(records_by_source: dict[str, list[Record]], cfg: UnifyConfig,
+                   check_audio: bool = True) -> tuple[list[Record], Filtered]:
+    """The in-memory part of unify (prefix -> filter -> sample -> split), for library use and benchmarks."""
+    parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
+    _check_unique(parsed)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
+    return select_and_split(filtered.records, cfg), filtered
+
+
+__all__ = ["UnifyConfig", "UnifyResult", "CompositionRow", "run_unify", "build_manifest"]

@@ -1,0 +1,257 @@
+"""The verify stage: check every expected file of a source and report problems as data.
+
+Per file: exists, non-empty, decodes fully (streamed in blocks, so a 2-hour file
+never sits in memory), sample rate, duration within tolerance, checksum (streamed)
+where the source knows one. Problems are counted and listed, never raised; the
+caller decides the exit code from ``passed``.
+
+Results are committed in batches to ``<dataset>/verify-<identity>.jsonl`` so an
+interrupted verify resumes with ``--continue``. The stage key includes the identity
+of the inputs (ledger size + mtime, number of expected files), so verifying again
+after a re-download is a fresh run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from .download import dataset_identity, resolve_source
+from .errors import MtxError
+from .progress import NullProgress, Progress
+from .sources.base import ExpectedFile
+from .state import Resume, StateDir, begin_stage, config_hash
+
+log = logging.getLogger(__name__)
+
+PROBLEMS = ("missing", "corrupt", "wrong_duration", "wrong_sample_rate", "checksum_mismatch")
+BLOCK_FRAMES = 1 << 16
+BATCH = 64
+
+
+@dataclass
+class VerifyConfig:
+    source: str
+    min_success: float = 0.9
+    workers: int = 4
+    duration_tolerance: float | None = None  # seconds; None = what each source declares
+    resume: Resume = Resume.FRESH
+
+
+@dataclass
+class BadFile:
+    id: str
+    path: str
+    problem: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    source: str
+    total: int
+    ok: int = 0
+    missing: int = 0
+    corrupt: int = 0
+    wrong_duration: int = 0
+    wrong_sample_rate: int = 0
+    checksum_mismatch: int = 0
+    success_rate: float = 0.0
+    min_success: float = 0.9
+    passed: bool = False
+    bad: list[BadFile] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {"ok": self.ok, **{p: getattr(self, p) for p in PROBLEMS}}
+
+
+# --------------------------------------------------------------------------- one file
+def check_file(ef: ExpectedFile, tolerance: float | None = None) -> tuple[str | None, str]:
+    """(problem or None, detail) for one expected file. Never raises for bad files."""
+    path = Path(ef.path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing", "file does not exist"
+    except OSError as e:
+        return "missing", f"cannot stat: {e}"
+    if size == 0:
+        return "corrupt", "empty file (0 bytes)"
+    try:
+        frames, sr = _decode_stream(path)
+    except _DecodeError as e:
+        return "corrupt", str(e)
+    if frames == 0:
+        return "corrupt", "no audio samples"
+    if ef.sample_rate is not None and sr != ef.sample_rate:
+        return "wrong_sample_rate", f"{sr} Hz, expected {ef.sample_rate} Hz"
+    duration = frames / sr
+    tol = ef.duration_tolerance if tolerance is None else tolerance
+    if ef.duration is not None and abs(duration - ef.duration) > tol:
+        return "wrong_duration", f"{duration:.3f} s, expected {ef.duration:.3f} s (± {tol:g} s)"
+    if ef.checksum is not None:
+        algo, expected = ef.checksum
+        try:
+            actual = _hash_file(path, algo)
+        except ValueError:
+            return "checksum_mismatch", f"unknown checksum algorithm {algo!r}"
+        if actual.lower() != expected.lower():
+            return "checksum_mismatch", f"{algo} {actual[:12]}..., expected {expected[:12]}..."
+    return None, ""
+
+
+class _DecodeError(Exception):
+    pass
+
+
+def _decode_stream(path: Path) -> tuple[int, int]:
+    """Decode the whole file block by block; (frames decoded, sample rate)."""
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # libsndfile raises several types for non-audio input
+        raise _DecodeError(f"not decodable audio: {_first_line(e)}") from None
+    with f:
+        sr, declared = int(f.samplerate), int(f.frames)
+        frames = 0
+        try:
+            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise _DecodeError(f"non-finite samples near {frames / sr:.2f} s")
+                frames += len(block)
+        except _DecodeError:
+            raise
+        except Exception as e:
+            raise _DecodeError(f"decoding failed after {frames / max(sr, 1):.2f} s: {_first_line(e)}") from None
+    # The header promised more frames than the stream holds: the file was cut short.
+    if 0 < declared and frames < declared and declared < (1 << 62):
+        raise _DecodeError(f"truncated: decoded {frames} of {declared} frames")
+    return frames, sr
+
+
+def _hash_file(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- stage
+def results_path(root: Path, identity_key: str) -> Path:
+    return root / f"verify-{identity_key}.jsonl"
+
+
+def _load_results(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+                done[d["id"]] = d
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line after a crash
+    return done
+
+
+def _append_batch(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = None) -> VerifyReport:
+    progress = progress or NullProgress()
+    if not 0.0 <= cfg.min_success <= 1.0:
+        raise MtxError(f"--min-success must be between 0 and 1 (got {cfg.min_success})")
+    source = resolve_source(cfg.source)
+    root = state.dataset_dir(source.info.name)
+    if not root.is_dir():
+        raise MtxError(f"{source.info.name} is not downloaded ({root} does not exist)",
+                       hint=f"run `mtx download {source.info.name}` first")
+    expected = source.expected_files(root)
+    identity = {**dataset_identity(root), "expected_files": len(expected),
+                "duration_tolerance": cfg.duration_tolerance}
+    ident_key = config_hash(identity)
+    out_path = results_path(root, ident_key)
+    run = begin_stage(state, "verify", f"verify:{source.info.name}:{ident_key}", config=identity, mode=cfg.resume,
+                      discard=lambda: out_path.unlink(missing_ok=True))
+    if run.already_complete:
+        return _report_from_result(run.record.result, cfg.min_success)
+    if not run.resumed:
+        # A fresh run never mixes in results from an older attempt (or an older dataset).
+        for old in root.glob("verify-*.jsonl"):
+            old.unlink(missing_ok=True)
+
+    start = time.monotonic()
+    done = _load_results(out_path) if run.resumed else {}
+    todo = [ef for ef in expected if ef.id not in done]
+    log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
+    with progress.task(f"Verifying {source.info.name}", total=len(expected), unit="files",
+                       completed=len(expected) - len(todo)) as task, \
+            ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        for i in range(0, len(todo), BATCH):
+            batch = todo[i:i + BATCH]
+            outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
+            rows = [{"id": ef.id, "path": str(ef.path), "problem": p, "detail": d}
+                    for ef, (p, d) in zip(batch, outcomes)]
+            _append_batch(out_path, rows)  # the batch is committed before progress moves
+            done.update({r["id"]: r for r in rows})
+            run.update(checked=len(done))
+            task.advance(len(batch))
+            progress.check_interrupt()
+
+    report = _summarise(source.info.name, expected, done, cfg.min_success)
+    report.seconds = round(time.monotonic() - start, 3)
+    run.complete(result=asdict(report))
+    return report
+
+
+def _summarise(name: str, expected: list[ExpectedFile], done: dict[str, dict[str, Any]],
+               min_success: float) -> VerifyReport:
+    report = VerifyReport(source=name, total=len(expected), min_success=min_success)
+    for ef in expected:
+        row = done[ef.id]
+        problem = row.get("problem")
+        if problem is None:
+            report.ok += 1
+        else:
+            setattr(report, problem, getattr(report, problem) + 1)
+            report.bad.append(BadFile(id=ef.id, path=row["path"], problem=problem, detail=row.get("detail", "")))
+    _judge(report)
+    return report
+
+
+def _judge(report: VerifyReport) -> None:
+    # An empty dataset has nothing verified: that is a failure, not 100 %.
+    report.success_rate = round(report.ok / report.total, 6) if report.total else 0.0
+    report.passed = report.total > 0 and report.success_rate >= report.min_success
+
+
+def _report_from_result(d: dict[str, Any], min_success: float) -> VerifyReport:
+    known = set(VerifyReport.__dataclass_fields__)
+    report = VerifyReport(**{k: v for k, v in d.items() if k in known and k != "bad"})
+    report.bad = [BadFile(**b) for b in d.get("bad", [])]
+    report.min_success = min_success  # the threshold is the caller's, not part of the stored check
+    report.skipped = True
+    _judge(report)
+    return report
