@@ -1,0 +1,53 @@
+"""`mtx search`: find music in an indexed library with a text query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import Device, JsonOut, Run
+from ._output import make_table
+
+MAX_TAGS = 4
+
+
+def _complete_indexes(incomplete: str) -> list[str]:
+    from ..search import list_indexes
+    from ._options import _state_from_env
+
+    return [n for n in list_indexes(_state_from_env()) if n.startswith(incomplete)]
+
+
+def command(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to look for, e.g. \"dark ambient drone with choir\".")],
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
+    run: Run = None,
+    index: Annotated[str | None, typer.Option("--index", "-i", help="Index name; default <run>--<newest library "
+                                                                      "manifest with embeddings>.",
+                                              autocompletion=_complete_indexes)] = None,
+    m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild the index before searching.")] = False,
+    device: Device = "cpu",
+    as_json: JsonOut = False,
+) -> None:
+    """Search the library with text. The index is built on first use and rebuilt when the run or store changes."""
+    from ..search import SearchConfig, search, write_m3u
+
+    app = get_ctx(ctx, json_mode=as_json)
+    cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=rebuild)
+    with app.progress() as progress:
+        result = search(app.state, cfg, progress)
+    app.out.info(f"using run {result.run}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
+    rows = []
+    for h in result.hits:
+        name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
+        tags = ", ".join(h["tags"][:MAX_TAGS]) + (", ..." if len(h["tags"]) > MAX_TAGS else "")
+        rows.append([h["rank"], round(h["score"], 4), name, h["dataset"] or "", tags, h["audio_path"] or ""])
+    app.out.table(make_table(f"\"{query}\"", ["rank", "score", "track", "dataset", "tags", "path"], rows))
+    if m3u is not None:
+        app.out.info(f"playlist: {write_m3u(m3u, result.hits)}")
+    app.out.result(result)
