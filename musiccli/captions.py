@@ -39,9 +39,14 @@ MOODS = frozenset("""
     inspiring motivational dramatic suspenseful triumphant heroic serene tender sexy cool quirky
     lively bouncy driving moody spooky scary eerie lonely love melodic catchy smooth laid-back
     laidback carefree festive christmas holiday summer sunny groove deep dynamic fast slow
-""".split()) | {"feel good", "feel-good", "action", "adventure", "background", "corporate", "documentary",
-                "film", "game", "trailer", "advertising", "children", "travel", "nature", "sport", "space",
-                "slow tempo", "fast tempo", "medium tempo", "mood", "sexy"}
+""".split()) | {"feel good", "feel-good", "slow tempo", "fast tempo", "medium tempo"}
+
+# Themes (MTG-Jamendo's "mood/theme---film") are uses, not moods: "a calm film track" reads
+# wrong, so they go to ``other``.
+THEMES = frozenset("""
+    action adventure advertising background children christmas commercial corporate documentary film game
+    holiday movie nature party sport sports space summer trailer travel wedding soundscape
+""".split())
 
 # Canonical instrument names; keys are lower-case tag spellings.
 INSTRUMENTS = {
@@ -99,7 +104,7 @@ def classify_tag(tag: str) -> tuple[str, str]:
     low = clean.lower()
     if low in INSTRUMENTS:
         return "instruments", INSTRUMENTS[low]
-    if low in MOODS:
+    if low in MOODS and low not in THEMES:
         return "moods", low
     if low in NON_GENRES or _DECADE.match(low) or _NUMBER.match(low) or len(low) < 2:
         return "other", clean
@@ -139,6 +144,8 @@ def tagset_from_prefixed(tags: Iterable[str]) -> TagSet:
             value = _norm(value)
             if bucket == "instruments":
                 value = INSTRUMENTS.get(value.lower(), value)
+            elif bucket == "moods" and value.lower() in THEMES:
+                bucket = "other"
         _add(getattr(out, bucket), value)
     return out
 
