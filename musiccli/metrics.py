@@ -20,11 +20,16 @@ def ranks_of_targets(sim: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def ranks_multi(sim: np.ndarray, relevant: list[np.ndarray]) -> np.ndarray:
-    """1-based rank of the best-ranked relevant item per row (several relevant items allowed)."""
+    """1-based rank of the best-ranked relevant item per row (several relevant items allowed).
+
+    Ties count against the target, as in ``ranks_of_targets``: irrelevant items scoring the
+    same as the best relevant one rank above it (relevant items tied with it do not).
+    """
     out = np.empty(sim.shape[0], dtype=np.int64)
     for i, rel in enumerate(relevant):
         best = sim[i, rel].max()
-        out[i] = int((sim[i] > best).sum()) + int((sim[i, rel] >= best).sum())
+        tied_irrelevant = int((sim[i] == best).sum()) - int((sim[i, rel] == best).sum())
+        out[i] = int((sim[i] > best).sum()) + tied_irrelevant + 1
     return out
 
 
