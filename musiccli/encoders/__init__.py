@@ -6,6 +6,9 @@ from ..errors import unknown_choice
 from ..runtime import Runtime
 from .base import AGGREGATIONS, AUDIO_ENCODERS, AudioEncoder, EncoderOptions, EncoderSpec, aggregate
 from . import dsp  # noqa: F401  (registers "dsp")
+from . import mert  # noqa: F401  (registers "mert")
+from . import clap  # noqa: F401  (registers "clap")
+from . import musicgen  # noqa: F401  (registers "musicgen")
 
 
 def encoder_names() -> list[str]:

@@ -1,0 +1,132 @@
+"""MERT (m-a-p/MERT-v1-330M, -95M): every hidden layer, time-pooled.
+
+Loading is exactly what the model card does: ``AutoModel.from_pretrained(model,
+trust_remote_code=True)`` and ``Wav2Vec2FeatureExtractor.from_pretrained(model,
+trust_remote_code=True)``; a local directory (``--model /path``) takes the same path.
+
+Windows are 5 s at 24 kHz with a 5 s hop (no overlap). MERT was pre-trained on 5 s
+crops, so a 5 s window is the longest context that matches its training, and
+non-overlapping windows keep the cost linear in the track length.
+
+Per window, ``output_hidden_states=True`` gives the CNN-feature projection plus one
+state per transformer layer: (n_layers + 1) tensors of [frames, hidden]. Each is
+averaged over frames and the results are concatenated layer-major
+(``[layer0 | layer1 | ...]``):
+
+- MERT-v1-330M: (24 + 1) x 1024 = 25,600 per window; ``stats`` -> 3 x 25,600 = 76,800
+- MERT-v1-95M:  (12 + 1) x 768  =  9,984 per window; ``stats`` -> 29,952
+
+``--layers 0,12,24`` keeps a subset (in the order given): len(layers) x hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from ..errors import MtxError
+from .base import AudioEncoder, EncoderSpec, register
+
+log = logging.getLogger(__name__)
+
+SPEC = EncoderSpec(
+    name="mert",
+    description="MERT-v1 self-supervised music model, all layers time-pooled ((L+1) x hidden)",
+    sample_rate=24_000,
+    window_s=5.0,
+    hop_s=5.0,
+    default_aggregation="stats",
+    default_model="m-a-p/MERT-v1-330M",
+    version="1",
+    license="CC-BY-NC-4.0 (model weights)",
+    citation="Li et al., MERT: Acoustic Music Understanding Model with Large-Scale "
+             "Self-supervised Training, ICLR 2024",
+)
+
+
+def load_error(what: str, model: str, e: Exception) -> MtxError:
+    """One readable line for a model that cannot be loaded (offline, typo, missing remote code)."""
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return MtxError(f"cannot load {what} {model!r}: {first}",
+                    hint="pass --model with a local directory saved by save_pretrained, "
+                         "or a Hub id reachable from this machine")
+
+
+def resolve_layers(layers: list[int] | None, n_states: int) -> list[int]:
+    """Validate ``--layers`` against the model's number of hidden states (negative = from the end)."""
+    if not layers:
+        return list(range(n_states))
+    out = []
+    for layer in layers:
+        idx = layer + n_states if layer < 0 else layer
+        if not 0 <= idx < n_states:
+            raise MtxError(f"layer {layer} out of range: this model has hidden states 0..{n_states - 1}",
+                           hint=f"pass --layers with values between 0 and {n_states - 1}")
+        out.append(idx)
+    return out
+
+
+def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
+    """Per-window normalisation, identical to ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``
+    (population variance, eps 1e-7) but batched on the model's device."""
+    x = x.float()
+    mean = x.mean(dim=-1, keepdim=True)
+    var = x.var(dim=-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-7)
+
+
+@register(SPEC)
+class MertEncoder(AudioEncoder):
+    @cached_property
+    def config(self) -> Any:
+        # Only the config: listing dims must not load weights.
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(self.model_id, trust_remote_code=True)
+        except (OSError, ValueError) as e:
+            raise load_error("MERT config", self.model_id, e) from None
+
+    @cached_property
+    def layers(self) -> list[int]:
+        return resolve_layers(self.options.layers, int(self.config.num_hidden_layers) + 1)
+
+    @property
+    def window_dim(self) -> int:
+        return len(self.layers) * int(self.config.hidden_size)
+
+    @cached_property
+    def _model(self) -> tuple[Any, Any]:
+        from transformers import AutoModel, Wav2Vec2FeatureExtractor
+
+        try:
+            extractor = Wav2Vec2FeatureExtractor.from_pretrained(self.model_id, trust_remote_code=True)
+            model = AutoModel.from_pretrained(self.model_id, trust_remote_code=True)
+        except (OSError, ValueError) as e:
+            raise load_error("MERT model", self.model_id, e) from None
+        if int(extractor.sampling_rate) != SPEC.sample_rate:
+            raise MtxError(f"{self.model_id} expects {extractor.sampling_rate} Hz audio, mtx feeds MERT "
+                           f"{SPEC.sample_rate} Hz", hint="use a MERT-v1 checkpoint (24 kHz)")
+        log.info("loaded MERT %s (%d layers x %d)", self.model_id, self.config.num_hidden_layers + 1,
+                 self.config.hidden_size)
+        return extractor, model.to(self.runtime.device).eval()
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        ident["layers"] = self.layers if self.options.layers else None
+        return ident
+
+    @torch.inference_mode()
+    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        extractor, model = self._model
+        x = windows.to(self.runtime.device, torch.float32)
+        if getattr(extractor, "do_normalize", False):
+            x = zero_mean_unit_var(x)
+        with self.runtime.autocast():
+            out = model(x, output_hidden_states=True)
+        # Each state [B, frames, H] -> [B, H], stacked layer-major [B, L, H] -> [B, L*H].
+        pooled = torch.stack([out.hidden_states[i].float().mean(dim=1) for i in self.layers], dim=1)
+        return pooled.flatten(1)
