@@ -5,6 +5,8 @@ from __future__ import annotations
 from ..errors import unknown_choice
 from .base import SOURCES, DownloadConfig, ExpectedFile, Source, SourceInfo
 from . import synth  # noqa: F401  (registers "synth")
+from . import song_describer  # noqa: F401  (registers "song-describer")
+from . import fma  # noqa: F401  (registers "fma")
 
 
 def source_names() -> list[str]:
