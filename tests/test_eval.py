@@ -1,0 +1,135 @@
+"""`mtx eval`: report contents, baselines, stage contract and CLI output on a fabricated run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from musiccli.errors import MtxError
+from musiccli.evaluate import EvalConfig, run_eval
+from musiccli.state import Resume, read_json
+
+METRICS = {"R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR"}
+
+
+@pytest.fixture()
+def mtx(state_dir):
+    """Invoke the eval command through the real app when every command exists, else a local group."""
+    import typer
+    from typer.testing import CliRunner
+
+    try:
+        from musiccli.cli.app import app
+    except ImportError:
+        from musiccli.cli._errors import MtxGroup
+        from musiccli.cli.evaluate import command
+
+        app = typer.Typer(cls=MtxGroup)
+        app.callback()(lambda: None)
+        app.command("eval")(command)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
+    run = make_run()
+    res = run_eval(state, EvalConfig())
+    rep = res.report
+    assert res.path == state.run_dir("run1") / "eval-test.json"
+    assert read_json(res.path) == json.loads(json.dumps(rep))  # the file is the report
+    assert rep["run"] == "run1" and rep["split"] == "test" and rep["checkpoint"] == "best"
+    assert rep["protocol"]["median_rank"] == "median rank is 1-based"
+    assert "main caption" in rep["protocol"]["text_to_music"]
+    test_tracks = [r for r in run["records"] if r.split == "test"]
+    c = rep["counts"]
+    assert c["tracks"] == c["text_queries"] == len(test_tracks) == 20
+    assert c["captions"] == 40 and c["distinct_captions"] == 24  # 20 main + 4 shared "a <genre> piece"
+    # genres have 5 test positives each; moods 4 and "rare" 1 are below the threshold
+    assert c["tags_used"] == 4 and c["tags_skipped"] == 6 and c["tags_total"] == 10
+    assert set(rep["results"]) == {"model", "untrained", "random"}
+    for system in rep["results"].values():
+        for direction in ("text_to_music", "music_to_text"):
+            assert set(system[direction]) == METRICS
+            assert system[direction]["MedR"] >= 1.0
+        assert 0.0 <= system["tags"]["roc_auc"] <= 1.0
+    # The store holds exactly what the model predicts for each main caption.
+    model = rep["results"]["model"]
+    assert model["text_to_music"]["R@1"] >= 0.9 and model["text_to_music"]["MedR"] == 1.0
+    assert model["music_to_text"]["R@1"] >= 0.9
+    assert rep["results"]["random"]["text_to_music"]["R@1"] < model["text_to_music"]["R@1"]
+    assert rep["results"]["untrained"]["text_to_music"]["R@1"] < model["text_to_music"]["R@1"]
+    ratio = rep["ratio_r10_model_vs_random"]["text_to_music"]
+    assert ratio == pytest.approx(model["text_to_music"]["R@10"] / rep["results"]["random"]["text_to_music"]["R@10"])
+
+    again = run_eval(state, EvalConfig())
+    assert again.skipped and again.report["results"] == rep["results"]
+
+
+def test_new_weights_are_evaluated_afresh_and_interrupt_resumes(make_run, state) -> None:
+    run = make_run(perfect=False)
+    first = run_eval(state, EvalConfig(baselines=False))
+    assert set(first.report["results"]) == {"model"}
+
+    # "More training": new head weights make the stored report stale, no --force needed.
+    import torch
+
+    with torch.no_grad():
+        for p in run["model"].head.parameters():
+            p.add_(0.5)
+    run["model"].save_pretrained(state.run_dir("run1") / "best")
+
+    class StopAfterFirst:
+        """Progress that interrupts after the first committed system (like Ctrl-C)."""
+
+        def __init__(self) -> None:
+            from contextlib import contextmanager
+
+            self.n = 0
+            outer = self
+
+            class Task:
+                def advance(self, k: int = 1) -> None:
+                    outer.n += k
+                    if outer.n >= 1:
+                        raise KeyboardInterrupt
+
+                def update(self, **kw) -> None:
+                    pass
+
+            @contextmanager
+            def task(*a, **kw):
+                yield Task()
+
+            self.task = task
+
+        def check_interrupt(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(state, EvalConfig(baselines=False), StopAfterFirst())
+    # Same inputs, fresh start over the partial record: refused with the resume hint.
+    with pytest.raises(MtxError, match="interrupted eval found"):
+        run_eval(state, EvalConfig(baselines=False))
+    resumed = run_eval(state, EvalConfig(baselines=False, resume=Resume.CONTINUE))
+    assert not resumed.skipped
+    clean = run_eval(state, EvalConfig(baselines=False, resume=Resume.FORCE))
+    assert resumed.report["results"] == clean.report["results"]
+    assert resumed.report["inputs"]["weights"] != first.report["inputs"]["weights"]
+
+
+def test_cli_table_json_and_unknown_run(make_run, mtx) -> None:
+    make_run()
+    human = mtx("eval", "--no-baselines")
+    assert human.exit_code == 0, human.output
+    assert "text->music R@1" in human.stdout and "model" in human.stdout
+    assert "eval-test.json" in human.output and "1-based" in human.output
+    as_json = mtx("eval", "--no-baselines", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    rep = json.loads(as_json.stdout)
+    assert rep["results"]["model"]["text_to_music"]["R@1"] >= 0.9
+    bad = mtx("eval", "--run", "nope")
+    assert bad.exit_code == 1
+    assert "unknown run 'nope'" in bad.output and "run1" in bad.output
+    bad_split = mtx("eval", "--split", "dev")
+    assert bad_split.exit_code == 1 and "test, train, val" in bad_split.output
