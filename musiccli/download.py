@@ -154,14 +154,14 @@ def dataset_stats(state: StateDir) -> list[DatasetStats]:
         ledger = Ledger(root)
         counts = ledger.counts()
         rows.append(DatasetStats(source=name, items=len(ledger.entries), ok=counts[OK], failed=counts[FAILED],
-                                 gb=round(disk_bytes(root) / 1e9, 4), hours=_hours(get_source(name), root)))
+                                 gb=round(disk_bytes(root) / 1e9, 6), hours=_hours(get_source(name), root)))
     return rows
 
 
 def _hours(source: Source, root: Path) -> float | None:
     """Hours of audio from the parsed records, else from the durations verify expects; None if unknown."""
     try:
-        return round(sum(r.duration for r in source.records(root)) / 3600, 4)
+        return round(sum(r.duration for r in source.records(root)) / 3600, 6)
     except (MtxError, OSError, ValueError, KeyError):
         pass
     try:
@@ -169,4 +169,4 @@ def _hours(source: Source, root: Path) -> float | None:
     except (MtxError, OSError, ValueError, KeyError):
         return None
     known = [d for d in durations if d is not None]
-    return round(sum(known) / 3600, 4) if known else None
+    return round(sum(known) / 3600, 6) if known else None
