@@ -1,0 +1,87 @@
+"""`mtx train`: fit a text embedder to an audio encoder's embeddings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Seed
+from ._output import make_table
+
+# Kept in sync with musiccli.training.losses.LOSSES by a test; importing the registry here
+# would pull torch into `mtx --help`.
+LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
+
+
+def _complete_losses(incomplete: str) -> list[str]:
+    from ..training.losses import LOSSES
+
+    return [n for n in LOSSES if n.startswith(incomplete)]
+
+
+def command(
+    ctx: typer.Context,
+    audio_encoder: AudioEncoder,
+    manifest: Manifest = None,
+    run: Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")]
+    = None,
+    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm, roberta, distilbert, "
+                                               "a Hub id or a local path.")] = "minilm",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (the head uses 10x).")] = 5e-5,
+    loss: Annotated[str, typer.Option("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}.",
+                                      autocompletion=_complete_losses)] = "combined",
+    temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
+    learn_temperature: Annotated[bool, typer.Option("--learn-temperature",
+                                                    help="Learn the temperature (log-parameterised).")] = False,
+    mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
+    patience: Annotated[int | None, typer.Option("--patience", min=1,
+                                                 help="Stop after N epochs without val R@10 improvement.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil a (smaller) --text-backbone student "
+                                                "from this trained run.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1,
+                                                         help="Also checkpoint every N steps "
+                                                              "(always at epoch end).")] = None,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Train a text embedder whose vectors land in the audio encoder's embedding space."""
+    from ..state import Resume
+    from ..training import TrainConfig, run_train
+
+    app = get_ctx(ctx, json_mode=as_json)
+    cfg = TrainConfig(audio_encoder=audio_encoder, manifest=manifest, run=run, text_backbone=text_backbone,
+                      epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, temperature=temperature,
+                      learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
+                      device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
+                      resume=Resume.from_flags(cont, force))
+
+    def on_epoch(e: dict) -> None:
+        val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
+        r10 = "-" if e["val_R@10"] is None else f"{e['val_R@10']:.3f}"
+        star = " [green]*best[/]" if e["best"] else ""
+        app.out.info(f"epoch {e['epoch']}/{epochs}: train loss {e['epoch_train_loss']:.4f}, "
+                     f"val loss {val}, val R@10 {r10}{star}")
+
+    with app.progress(resume_hint="mtx train --continue (with the same options)") as progress:
+        result = run_train(app.state, cfg, progress, on_epoch=on_epoch)
+
+    if result.skipped:
+        app.out.info(f"run {result.run} is already complete (use --force to train it again)")
+    rows = [["run", result.run], ["loss", result.loss], ["epochs", result.epochs_done], ["steps", result.steps],
+            ["best epoch", result.best_epoch], ["best val R@10", result.best_val_r10],
+            ["final train loss", result.final_train_loss], ["final val loss", result.final_val_loss]]
+    if not result.skipped:
+        rows += [["steps/s", result.steps_per_s], ["seconds", result.seconds]]
+    if result.stopped_early:
+        rows.append(["stopped early", "yes (patience)"])
+    app.out.table(make_table("Training", ["", "value"], rows))
+    app.out.info(f"saved to {result.run_dir}")
+    app.out.result(result)

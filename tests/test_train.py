@@ -1,0 +1,270 @@
+"""Training: outputs of a run, learning on learnable data, exact resume, refusals, distillation, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GENRES = ["rock", "jazz", "techno", "folk"]
+MOODS = ["dark", "happy", "calm", "angry"]
+INSTRUMENTS = ["piano", "guitar", "drums"]
+
+
+def make_data(state, n: int = 48, dim: int = 24, encoder: str = "fake", manifest: str = "lib", seed: int = 0):
+    """A manifest whose audio vectors are a function of the caption's words (so text can predict them)."""
+    from musiccli import store as store_mod
+    from musiccli.manifest import Record, assign_splits, write_manifest
+
+    rng = np.random.default_rng(seed)
+    words = GENRES + MOODS + INSTRUMENTS
+    code = {w: rng.standard_normal(dim).astype(np.float32) for w in words}
+    offset = rng.normal(2.0, 0.5, dim).astype(np.float32)  # raw stats far from 0/1: standardising matters
+    records, vectors = [], []
+    for i in range(n):
+        g, m, ins = GENRES[i % 4], MOODS[(i // 4) % 4], INSTRUMENTS[i % 3]
+        records.append(Record(
+            id=f"t{i:03d}", audio_path=f"/music/t{i:03d}.wav", caption=f"{m} {g} with {ins}",
+            alt_captions=[f"a {g} track, {m}, featuring {ins}"], duration=30.0, dataset="synth",
+            artist=f"artist {i}", tags=[g, m, ins]))
+        vec = code[g] + code[m] + 0.5 * code[ins] + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        vectors.append(offset + 3.0 * vec)
+    assign_splits(records, seed=seed)
+    mpath = state.manifest_path(manifest)
+    write_manifest(mpath, records)
+    spath = state.embeddings_path(encoder, manifest)
+    store_mod.write_part(spath, 0, [r.id for r in records], np.stack(vectors))
+    store_mod.assemble(spath, dim, "float32", {"encoder": encoder, "dim": dim, "aggregation": "mean"}, 1)
+    return records
+
+
+def tiny_cfg(backbone: Path, **kw):
+    from musiccli.training import TrainConfig
+
+    base = dict(audio_encoder="fake", text_backbone=str(backbone), epochs=2, batch_size=8, lr=1e-3,
+                head_hidden=32, max_length=16, device="cpu", precision="fp32", warmup_ratio=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [e["train_loss"] for e in events if "train_loss" in e]
+
+
+def safetensors_equal(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(np.allclose(x[k].numpy(), y[k].numpy(), atol=1e-6) for k in x)
+
+
+class StopAfter:
+    """Progress that requests a stop (like Ctrl-C) after ``n`` interrupt checks."""
+
+    def __init__(self, n: int) -> None:
+        from musiccli.progress import NullProgress
+
+        self._inner = NullProgress()
+        self.n = n
+        self.task = self._inner.task
+
+    def check_interrupt(self) -> None:
+        self.n -= 1
+        if self.n <= 0:
+            self._inner.stop.request()
+        self._inner.check_interrupt()
+
+
+def test_train_writes_run_and_learns(state, tiny_backbone):
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.manifest import read_manifest
+    from musiccli.training import run_train
+
+    make_data(state)
+    res = run_train(state, tiny_cfg(tiny_backbone, epochs=6, dropout=0.0))
+    run_dir = state.run_dir("fake-lib")
+    assert res.run == "fake-lib" and not res.skipped and res.epochs_done == 6
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete" and info["manifest"] == "lib" and info["audio_encoder"] == "fake"
+    assert info["embeddings"] == str(state.embeddings_path("fake", "lib"))
+    assert info["best"]["epoch"] == res.best_epoch and info["config"]["epochs"] == 6
+    for sub in ("best", "latest"):
+        assert (run_dir / sub / "model.safetensors").exists() and (run_dir / sub / "backbone").is_dir()
+    meta = json.loads((run_dir / "latest" / "meta.json").read_text())
+    assert meta["step"] == res.steps and len(meta["losses"]) == res.steps
+    assert (run_dir / "latest" / "trainer_state.pt").exists()
+    assert not list(run_dir.glob(".tmp-*"))
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if "val_loss" in e]
+    assert [e["epoch"] for e in epochs] == list(range(1, 7)) and all("val_R@10" in e for e in epochs)
+
+    losses = step_losses(run_dir)
+    assert len(losses) == res.steps
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])  # it learns the word -> vector code
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+
+    # The saved best/ model reproduces what the trainer measured, through the public loading path.
+    model = TextEmbedder.from_pretrained(run_dir / "best")
+    val = [r for r in read_manifest(state.manifest_path("lib")) if r.split == "val"]
+    from musiccli.metrics import retrieval_metrics
+    from musiccli.store import EmbeddingStore
+
+    with EmbeddingStore(state.embeddings_path("fake", "lib")) as st:
+        audio = model.audio_for_retrieval(st.get([r.id for r in val]))
+    text = model.encode([r.caption for r in val])
+    r10 = retrieval_metrics(text, audio, np.arange(len(val)))["text_to_music"]["R@10"]
+    assert r10 == pytest.approx(res.best_val_r10)
+    again = TextEmbedder.from_pretrained(run_dir / "best").encode([r.caption for r in val])
+    assert np.allclose(text, again, atol=1e-6)
+    # audio stats come from the train split
+    train_ids = [r.id for r in read_manifest(state.manifest_path("lib")) if r.split == "train"]
+    with EmbeddingStore(state.embeddings_path("fake", "lib")) as st:
+        raw = st.get(train_ids)
+    assert np.allclose(model.audio_mean.numpy(), raw.mean(0), atol=1e-4)
+
+    # A second fresh start is a no-op that reports the earlier result.
+    again_res = run_train(state, tiny_cfg(tiny_backbone, epochs=6, dropout=0.0))
+    assert again_res.skipped and again_res.steps == res.steps
+    assert state.newest_run() == "fake-lib"
+
+
+def test_resume_matches_uninterrupted_run(state, tiny_backbone, tmp_path):
+    """torchtune-style: interrupt mid-epoch, --continue, compare per-step losses and final weights."""
+    from musiccli.errors import Interrupted, MtxError
+    from musiccli.state import Resume, StateDir
+    from musiccli.training import run_train
+
+    make_data(state)
+    # dropout on and alt captions on: resume must restore RNG and the data position exactly
+    kw = dict(epochs=2, dropout=0.1, learn_temperature=True, checkpoint_every=2)
+    full = run_train(state, tiny_cfg(tiny_backbone, run="full", **kw))
+    ref = step_losses(state.run_dir("full"))
+    assert len(ref) == full.steps and full.steps >= 6
+
+    # Interrupt after 3 steps (a stop request, like Ctrl-C): the checkpoint is taken at step 3.
+    with pytest.raises(Interrupted):
+        run_train(state, tiny_cfg(tiny_backbone, run="part", **kw), StopAfter(3))
+    part_dir = state.run_dir("part")
+    assert json.loads((part_dir / "latest" / "meta.json").read_text())["step"] == 3
+
+    with pytest.raises(MtxError) as err:
+        run_train(state, tiny_cfg(tiny_backbone, run="part", **kw))
+    assert err.value.message == "interrupted train found: rerun with --continue to resume, or --force to start over"
+    with pytest.raises(MtxError) as err:
+        run_train(state, tiny_cfg(tiny_backbone, run="part", resume=Resume.CONTINUE, **{**kw, "lr": 2e-3}))
+    assert "lr: 0.001 -> 0.002" in err.value.message
+
+    # Second interruption after a further 2 steps, then finish: two resumes in a row.
+    with pytest.raises(Interrupted):
+        run_train(state, tiny_cfg(tiny_backbone, run="part", resume=Resume.CONTINUE, **kw), StopAfter(2))
+    res = run_train(state, tiny_cfg(tiny_backbone, run="part", resume=Resume.CONTINUE, **kw))
+    assert res.steps == full.steps and not res.skipped
+    assert np.allclose(step_losses(part_dir), ref, atol=1e-6, rtol=0)
+    assert len(step_losses(part_dir)) == len(ref)
+    for sub in ("latest", "best"):
+        assert safetensors_equal(part_dir / sub / "model.safetensors", state.run_dir("full") / sub / "model.safetensors")
+        assert safetensors_equal(part_dir / sub / "backbone" / "model.safetensors",
+                                 state.run_dir("full") / sub / "backbone" / "model.safetensors")
+    assert StateDir.resolve(state.root).newest_run() in ("part", "full")
+
+
+def test_resume_from_older_checkpoint_replays_lost_steps(state, tiny_backbone):
+    """kill -9 after step 5 with the last checkpoint at step 4: the log is cut back and steps replayed."""
+    import shutil
+
+    from musiccli.errors import Interrupted
+    from musiccli.state import Resume
+    from musiccli.training import run_train
+
+    make_data(state)
+    kw = dict(epochs=1, dropout=0.1, checkpoint_every=2)
+    full = run_train(state, tiny_cfg(tiny_backbone, run="full", **kw))
+    ref = step_losses(state.run_dir("full"))
+
+    snapshot = state.root / "snap"
+    with pytest.raises(Interrupted):
+        run_train(state, tiny_cfg(tiny_backbone, run="part", **kw), StopAfter(2))  # checkpoint at step 2
+    part_dir = state.run_dir("part")
+    shutil.copytree(part_dir / "latest", snapshot)
+    with pytest.raises(Interrupted):
+        run_train(state, tiny_cfg(tiny_backbone, run="part", resume=Resume.CONTINUE, **kw), StopAfter(2))
+    assert len(step_losses(part_dir)) == 4
+    shutil.rmtree(part_dir / "latest")       # "delete the last checkpoint"
+    shutil.copytree(snapshot, part_dir / "latest")
+    run_train(state, tiny_cfg(tiny_backbone, run="part", resume=Resume.CONTINUE, **kw))
+    assert np.allclose(step_losses(part_dir), ref, atol=1e-6, rtol=0) and len(ref) == full.steps
+
+
+def test_missing_embeddings_and_bad_names(state, tiny_backbone):
+    from musiccli.errors import MtxError
+    from musiccli.training import run_train
+
+    make_data(state)
+    with pytest.raises(MtxError) as err:
+        run_train(state, tiny_cfg(tiny_backbone, audio_encoder="mert"))
+    assert "no mert embeddings for manifest lib" in err.value.message
+    assert "mtx embed --audio-encoder mert" in err.value.hint
+    with pytest.raises(MtxError) as err:
+        run_train(state, tiny_cfg(tiny_backbone, loss="hinge"))
+    assert "unknown loss 'hinge'" in err.value.message and "listmle" in err.value.hint
+    with pytest.raises(MtxError, match="unknown teacher run"):
+        run_train(state, tiny_cfg(tiny_backbone, teacher="nope"))
+
+
+def test_distillation_into_student(state, tiny_backbone):
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.training import run_train
+
+    make_data(state)
+    run_train(state, tiny_cfg(tiny_backbone, run="teacher", epochs=3, dropout=0.0))
+    res = run_train(state, tiny_cfg(tiny_backbone, run="student", teacher="teacher", head_hidden=16, epochs=2))
+    assert res.loss == "distillation" and res.steps > 0
+    run_dir = state.run_dir("student")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["teacher"] == "teacher" and info["loss"] == "distillation"
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("distill_mse" in e and "distill_kl" in e for e in events if "train_loss" in e)
+    student = TextEmbedder.from_pretrained(run_dir / "best")
+    assert student.config.hidden_dim == 16 and student.config.out_dim == 24
+
+
+@pytest.fixture()
+def train_cli(state_dir):
+    """`mtx train` through the shared app, or a local one while other command modules are missing."""
+    import typer
+    from typer.testing import CliRunner
+
+    try:
+        from musiccli.cli.app import app
+        prefix = ["--state-dir", str(state_dir)]
+    except ImportError:
+        from musiccli.cli import train as train_cmd
+        from musiccli.cli._errors import MtxGroup
+
+        app = typer.Typer(cls=MtxGroup)
+        app.command("train")(train_cmd.command)
+        app.callback()(lambda: None)  # keep "train" as a subcommand
+        prefix = []  # MTX_HOME (set by state_dir) points at the state dir
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [*prefix, *args], catch_exceptions=False)
+
+
+def test_cli_train(state, train_cli, tiny_backbone, monkeypatch):
+    make_data(state)
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["train", "--audio-encoder", "fake", "--text-backbone", str(tiny_backbone), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--lr", "1e-3", "--loss", "infonce"]
+    r = train_cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/1" in r.output and "val R@10" in r.output and "fake-lib" in r.output
+    r = train_cli(*args, "--json")
+    assert r.exit_code == 0
+    data = json.loads(r.stdout[r.stdout.index("{"):])
+    assert data["skipped"] is True and data["run"] == "fake-lib"
+    r = train_cli(*args[:-1], "hinge")
+    assert r.exit_code == 1 and "unknown loss 'hinge'" in r.output and "infonce" in r.output
+    r = train_cli("train", "--audio-encoder", "mert")
+    assert r.exit_code == 1 and "mtx embed --audio-encoder mert" in r.output
