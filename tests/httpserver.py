@@ -14,6 +14,7 @@ the path is looked up under root, so ``/audio.zip?download=1`` works.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -146,10 +147,20 @@ def serve(
                 except OSError:
                     pass
                 return
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except ConnectionError:
+                self.close_connection = True
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
+    class QuietServer(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):  # noqa: ANN001
+            # Clients hanging up early (yt-dlp probing a URL, a downloader giving up) are expected here.
+            if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                super().handle_error(request, client_address)
+
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
     server_info = Server(url=f"http://127.0.0.1:{httpd.server_address[1]}", root=root)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -6,6 +6,7 @@ from ..errors import unknown_choice
 from .base import SOURCES, DownloadConfig, ExpectedFile, Source, SourceInfo
 from . import synth  # noqa: F401  (registers "synth")
 from . import song_describer  # noqa: F401  (registers "song-describer")
+from . import musiccaps  # noqa: F401  (registers "musiccaps")
 from . import fma  # noqa: F401  (registers "fma")
 
 
