@@ -47,7 +47,10 @@ def command(
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
         tags = ", ".join(h["tags"][:MAX_TAGS]) + (", ..." if len(h["tags"]) > MAX_TAGS else "")
         rows.append([h["rank"], round(h["score"], 4), name, h["dataset"] or "", tags, h["audio_path"] or ""])
-    app.out.table(make_table(f"\"{query}\"", ["rank", "score", "track", "dataset", "tags", "path"], rows))
+    table = make_table(f"\"{query}\"", ["rank", "score", "track", "dataset", "tags", "path"], rows)
+    for col in table.columns:
+        col.overflow = "fold"   # wrap long titles and paths instead of cutting them off with "..."
+    app.out.table(table)
     if m3u is not None:
         app.out.info(f"playlist: {write_m3u(m3u, result.hits)}")
     app.out.result(result)
