@@ -10,6 +10,7 @@ from . import mert  # noqa: F401  (registers "mert")
 from . import clap  # noqa: F401  (registers "clap")
 from . import musicgen  # noqa: F401  (registers "musicgen")
 from . import muq  # noqa: F401  (registers "muq"; the package loads lazily)
+from . import music2latent  # noqa: F401  (registers "music2latent"; the package loads lazily)
 
 
 def encoder_names() -> list[str]:
