@@ -190,3 +190,17 @@ def test_read_tracks_multilevel_header(tmp_path: Path) -> None:
     assert tracks[10].genres_all == (15, 236) and tracks[10].tags == ("synthesizer", "upbeat")
     assert tracks[140].genre_top is None and tracks[EMPTY].tags == ()
     assert fma.parse_checksums("a" * 40 + "  000/000002.mp3\nbad line\n") == {"000/000002.mp3": "a" * 40}
+
+
+def test_cli_download_fma(published: Path, state_dir: Path) -> None:
+    from httpserver import mtx_runner
+
+    mtx = mtx_runner(state_dir)
+    with serve(published) as srv:
+        result = mtx("download", "fma", "--mirror", srv.url, "--size", "small", "--max-items", "3")
+        assert result.exit_code == 0, result.output
+        again = mtx("download", "fma", "--mirror", srv.url, "--size", "small", "--max-items", "3")
+    assert again.exit_code == 0
+    root = state_dir / "datasets" / "fma"
+    assert Ledger(root).counts() == {"ok": 3, "failed": 0, "pending": 0}
+    assert [r.id for r in fma.FmaSource().records(root)] == ["fma-2", "fma-5", "fma-10"]

@@ -111,7 +111,7 @@ def test_continue_retries_only_failed(www: Path, tmp_path: Path, monkeypatch: py
 
 def test_subset_and_max_items(www: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mc.shutil, "which", lambda name: None)
-    ledger, _ = _download(www, tmp_path / "a", monkeypatch, subset="eval", max_items=1, rate_limit=0.05)
+    ledger, _ = _download(www, tmp_path / "a", monkeypatch, subset="eval", max_items=1, rate_limit=20.0)
     assert list(ledger.entries) == ["musiccaps--0Gj8-vB1q4"]
     clips = mc.select_clips(mc.read_clips(tmp_path / "a" / mc.CSV_NAME), "balanced", None)
     assert [c.ytid for c in clips] == ["-0SdAVK79lg", "gone0000000"]
@@ -130,3 +130,30 @@ def test_csv_url_from_env_and_hf_token(www: Path, tmp_path: Path, monkeypatch: p
         csv_req = srv.requests_for("/musiccaps-public.csv")
     assert len(csv_req) == 1 and "Authorization" not in csv_req[0]  # the token goes to huggingface.co only
     assert Ledger(root).counts()["ok"] == 1
+
+
+def test_pacer_spaces_starts() -> None:
+    import time
+
+    pacer = mc._Pacer(20.0)  # 20 starts per second
+    t0 = time.monotonic()
+    for _ in range(4):
+        pacer.wait()
+    assert time.monotonic() - t0 >= 0.14
+
+
+def test_cli_download_musiccaps(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from httpserver import mtx_runner
+
+    monkeypatch.setattr(mc.shutil, "which", lambda name: None)
+    mtx = mtx_runner(state_dir)
+    with serve(www, routes=_routes(www)) as srv:
+        monkeypatch.setenv(mc.ENV_VIDEO_URL, srv.url + "/watch?v={ytid}")
+        result = mtx("download", "musiccaps", "--mirror", srv.url, "--workers", "2")
+        assert result.exit_code == 1 and "gone0000000" in result.output  # the unavailable video is listed
+        sf.write(www / "videos" / "gone0000000.wav", _wave(5), SR, subtype="PCM_16")
+        result = mtx("download", "musiccaps", "--mirror", srv.url, "--workers", "2", "--continue")
+    assert result.exit_code == 0, result.output
+    root = state_dir / "datasets" / "musiccaps"
+    assert Ledger(root).counts() == {"ok": 4, "failed": 0, "pending": 0}
+    assert len(mc.MusicCapsSource().records(root)) == 4

@@ -122,3 +122,17 @@ def test_interrupted_extraction_resumes(www: Path, tmp_path: Path, monkeypatch: 
     for rel in ("audio/26/226.2min.mp3", "audio/42/42.2min.mp3"):
         assert (root / rel).read_bytes() == (fresh / rel).read_bytes()
     assert (root / "audio.zip").exists() and not (fresh / "audio.zip").exists()
+
+
+def test_cli_download_song_describer(www: Path, state_dir: Path) -> None:
+    from httpserver import mtx_runner
+
+    mtx = mtx_runner(state_dir)
+    with serve(www) as srv:
+        result = mtx("download", "song-describer", "--mirror", srv.url)
+    # One track of the CSV is not in the zip: recorded as failed, listed, exit 1 -- the others are on disk.
+    assert result.exit_code == 1
+    assert "song-describer-999" in result.output
+    root = state_dir / "datasets" / "song-describer"
+    assert Ledger(root).counts() == {"ok": 3, "failed": 1, "pending": 0}
+    assert len(sd.SongDescriberSource().records(root)) == 3

@@ -157,10 +157,10 @@ def short_reason(e: BaseException) -> str:
 
 
 class _Pacer:
-    """At most one clip start per ``interval`` seconds across all workers (politeness towards YouTube)."""
+    """At most ``rate`` clip starts per second across all workers (politeness towards YouTube; 0 = unlimited)."""
 
-    def __init__(self, interval: float) -> None:
-        self.interval = max(0.0, interval)
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
         self._lock = threading.Lock()
         self._next = 0.0
 
