@@ -67,11 +67,12 @@ class RunInfo:
         return next((c for c in CHECKPOINTS if (self.dir / c / "model.safetensors").exists()), "best")
 
 
-def resolve_run(state: StateDir, run: str | None) -> RunInfo:
+def resolve_run(state: StateDir, run: str | None, announce: bool = True) -> RunInfo:
     """The named run, or the newest run with saved weights; says which one it picked."""
     if run is None:
         name = state.newest_run()
-        log.info("using run %s", name)
+        if announce:
+            log.info("using run %s", name)
     else:
         name = run
         if not (state.root / "runs" / name / "run.json").exists():

@@ -242,13 +242,13 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         if not meta_path.exists():
             raise unknown_choice("index", cfg.index, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
         run = read_json(meta_path).get("run")
-    info = resolve_run(state, run)
+    info = resolve_run(state, run, announce=False)   # the caller reports "using run X, index Y"
     runtime = select_runtime(cfg.device, "fp32")
     model = TextEmbedder.from_pretrained(info.checkpoint_dir(info.default_checkpoint()), device=runtime.device)
     index, rebuilt = open_index(state, info, cfg.index, cfg.rebuild, model=model, progress=progress)
     if index.meta.get("checkpoint") not in (None, info.default_checkpoint()):
         model = TextEmbedder.from_pretrained(info.checkpoint_dir(index.meta["checkpoint"]), device=runtime.device)
-    log.info("using run %s, index %s (%d tracks)", info.name, index.name, len(index))
+    log.debug("using run %s, index %s (%d tracks)", info.name, index.name, len(index))
     q = model.encode([cfg.query])[0].astype(np.float32)
     t0 = time.perf_counter()   # the ranking alone; encoding cost depends on the text model
     rows, scores = rank_top_k(index.vectors, q, cfg.k)
