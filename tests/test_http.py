@@ -181,3 +181,18 @@ def test_base_url_precedence(monkeypatch) -> None:
     monkeypatch.setenv("MTX_TEST_URL", "http://127.0.0.1:1/env")
     assert base_url("https://a.example/x/", None, "MTX_TEST_URL") == "http://127.0.0.1:1/env"
     assert base_url("https://a.example/x/", "http://127.0.0.1:2/m/", "MTX_TEST_URL") == "http://127.0.0.1:2/m"
+
+
+def test_token_dropped_on_redirect_off_the_hub() -> None:
+    import urllib.request
+
+    from musiccli.sources._http import _SafeRedirect
+
+    handler = _SafeRedirect()
+    req = urllib.request.Request("https://huggingface.co/datasets/x/resolve/main/a.csv",
+                                 headers={"Authorization": "Bearer hf_x", "Range": "bytes=10-"})
+    to_cdn = handler.redirect_request(req, None, 302, "Found", {}, "https://signed-cdn.invalid/a.csv?sig=1")
+    to_hub = handler.redirect_request(req, None, 302, "Found", {}, "https://cdn-lfs.huggingface.co/a.csv")
+    assert not to_cdn.has_header("Authorization") and to_cdn.get_header("Range") == "bytes=10-"
+    assert to_hub.get_header("Authorization") == "Bearer hf_x"
+    assert DownloadError("plain message").reason == "plain message"

@@ -45,9 +45,9 @@ _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 class DownloadError(MtxError):
     """A download that failed for good; ``reason`` is a short string for the ledger."""
 
-    def __init__(self, message: str, reason: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.reason = reason
+        self.reason = reason or message[:120]
 
 
 @dataclass
