@@ -1,0 +1,541 @@
+"""The embed stage: run a frozen audio encoder over a manifest into an HDF5 store.
+
+Pipeline
+--------
+Tracks are taken in manifest order and cut into fixed *chunks* of
+``chunk_tracks`` tracks; a chunk is the commit unit. For the chunks this process
+owns, a ``DataLoader`` decodes, resamples and windows the audio in worker
+processes (failures such as a missing or corrupt file come back as records and
+never crash a worker); the main process runs the encoder on large batches of
+windows under ``torch.inference_mode()`` and the runtime's autocast, and
+aggregates the windows of each track (``encoders.base.aggregate``). When a chunk
+is finished it is committed with ``store.write_part`` (rows, failures and, for
+``--aggregation none``, the window vectors), then the stage record's counters move
+and ``progress.check_interrupt()`` gives Ctrl-C its chance. ``--continue`` skips
+chunks whose part file exists. Once every part exists, ``store.assemble`` streams
+them in chunk order into ``embeddings/<encoder>/<manifest>.h5``; the stage is
+marked complete and the parts are removed. Because chunks are fixed by the
+manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
+resumed run produces the same file as an uninterrupted one.
+
+Sharding
+--------
+Chunk ``i`` belongs to shard ``i % N == K`` for ``--shard K/N``, and likewise to
+rank ``r`` of ``W`` when launched by ``torchrun`` (``WORLD_SIZE > 1``); both
+combine (worker ``K * W + r`` of ``N * W``). Every shard and rank writes parts into
+the same parts directory next to the output, which also holds the config the parts
+were made with (a different config is refused). Assembly happens when every part
+is present:
+
+- under ``torchrun``, rank 0 assembles after a barrier;
+- with ``--shard``, whichever shard finishes and finds every part present
+  assembles (a shard that finishes first reports ``assembled=False``); otherwise a
+  later ``mtx embed --continue`` without ``--shard`` finds nothing left to encode
+  and assembles.
+
+Each ``--shard K/N`` has its own stage record (key ``embed:<enc>:<manifest>:shard
+K/N``); whoever assembles also marks the unsharded stage complete, so a plain
+``mtx embed`` afterwards is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import store
+from .audio import decode, frame_windows
+from .encoders import AGGREGATIONS, AudioEncoder, EncoderOptions, aggregate, build_encoder, get_spec
+from .errors import MtxError, unknown_choice
+from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
+from .progress import NullProgress, Progress
+from .runtime import DistInfo, Runtime, init_distributed, select_runtime
+from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, diff_configs, read_json,
+                    to_jsonable)
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES_KEPT = 1000  # failures listed in the result; counts are always exact
+PARTS_CONFIG = "config.json"
+
+
+@dataclass
+class EmbedConfig:
+    audio_encoder: str = "dsp"
+    manifest: str | None = None          # name in the state dir, a path, or None = newest
+    model: str | None = None             # hub id / local path; None = encoder default
+    layers: list[int] | None = None      # multi-layer encoders only
+    aggregation: str | None = None       # None = encoder default; mean | stats | none
+    window: float | None = None          # seconds; None = encoder default
+    hop: float | None = None
+    max_windows: int | None = None       # evenly spaced windows over full songs
+    batch_size: int = 64                 # windows per encoder batch
+    num_workers: int | None = None       # DataLoader workers; None = 2 on CPU, up to 8 with a GPU
+    dtype: str = "float32"               # storage dtype: float32 | float16
+    device: str = "auto"
+    precision: str = "auto"
+    shard: str | None = None             # "K/N"
+    chunk_tracks: int = 128              # tracks per committed part
+    resume: Resume = Resume.FRESH
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    encoder: str
+    manifest: str
+    dim: int
+    n_ok: int
+    n_failed: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    clips_per_s: float = 0.0
+    skipped: bool = False
+    assembled: bool = True
+    shard: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "EmbedResult":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        out = cls(**known)
+        out.path = Path(out.path)
+        out.failures = [(str(a), str(b)) for a, b in out.failures]
+        out.skipped = skipped
+        if skipped:
+            out.seconds, out.clips_per_s = 0.0, 0.0
+        return out
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class _Plan:
+    name: str
+    manifest_name: str
+    manifest_path: Path
+    records: list[Record]
+    encoder: AudioEncoder
+    runtime: Runtime
+    aggregation: str
+    window: float
+    hop: float
+    dim: int
+    path: Path
+    config: dict[str, Any]
+    chunk_tracks: int
+    n_chunks: int
+    shard: tuple[int, int] | None
+    dist: DistInfo
+
+    @property
+    def worker(self) -> tuple[int, int]:
+        """(index, count) of this process among all shards x ranks."""
+        k, n = self.shard or (0, 1)
+        return k * self.dist.world_size + self.dist.rank, n * self.dist.world_size
+
+    def owns(self, chunk: int) -> bool:
+        idx, count = self.worker
+        return chunk % count == idx
+
+    def chunk_records(self, chunk: int, size: int) -> list[Record]:
+        return self.records[chunk * size:(chunk + 1) * size]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise MtxError(f"invalid --shard {text!r}", hint="use K/N with 0 <= K < N, e.g. --shard 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise MtxError(f"invalid --shard {text!r}", hint="use K/N with 0 <= K < N, e.g. --shard 0/4")
+    return k, n
+
+
+def _validate(cfg: EmbedConfig) -> None:
+    if cfg.aggregation is not None and cfg.aggregation not in AGGREGATIONS:
+        raise unknown_choice("aggregation", cfg.aggregation, AGGREGATIONS)
+    if cfg.dtype not in store.DTYPES:
+        raise unknown_choice("storage dtype", cfg.dtype, store.DTYPES)
+    for name in ("window", "hop"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise MtxError(f"--{name} must be positive, got {value}")
+    for name in ("batch_size", "chunk_tracks", "max_windows"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise MtxError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
+    _validate(cfg)
+    spec = get_spec(cfg.audio_encoder)
+    shard = parse_shard(cfg.shard)
+    manifest_name, manifest_path = resolve_manifest(state, cfg.manifest)
+    records = read_manifest(manifest_path)
+    runtime = select_runtime(cfg.device, cfg.precision)
+    dist = init_distributed(runtime)
+    if dist.is_main:
+        log.info("using manifest %s (%d records, %s)", manifest_name, len(records), manifest_path)
+        log.info("%s", runtime.describe())
+    encoder = build_encoder(spec.name, EncoderOptions(model=cfg.model, layers=cfg.layers,
+                                                      cache_dir=state.root / "models"), runtime)
+    aggregation = cfg.aggregation or spec.default_aggregation
+    window = cfg.window or spec.window_s
+    hop = cfg.hop or spec.hop_s
+    config = {
+        **encoder.identity(),
+        "aggregation": aggregation, "window": window, "hop": hop, "max_windows": cfg.max_windows,
+        "dtype": cfg.dtype, "manifest_hash": manifest_hash(manifest_path),
+    }
+    return _Plan(
+        name=spec.name, manifest_name=manifest_name, manifest_path=manifest_path, records=records,
+        encoder=encoder, runtime=runtime, aggregation=aggregation, window=window, hop=hop,
+        dim=encoder.dim(aggregation), path=state.embeddings_path(spec.name, manifest_name), config=config,
+        chunk_tracks=cfg.chunk_tracks, n_chunks=math.ceil(len(records) / cfg.chunk_tracks), shard=shard,
+        dist=dist,
+    )
+
+
+def stage_key(encoder: str, manifest: str, shard: tuple[int, int] | None = None) -> str:
+    key = f"embed:{encoder}:{manifest}"
+    return key if shard is None else f"{key}:shard {shard[0]}/{shard[1]}"
+
+
+# --------------------------------------------------------------------------- data loading
+@dataclass
+class _Batch:
+    """Windows of a few consecutive tracks of one chunk (what the DataLoader yields)."""
+
+    chunk: int
+    ids: list[str]                 # tracks that decoded, in manifest order
+    counts: list[int]              # windows per track in ``ids``
+    windows: torch.Tensor          # [sum(counts), samples]
+    failed: list[tuple[str, str]]  # (id, reason)
+    n_tracks: int
+
+    def pin_memory(self) -> "_Batch":
+        self.windows = self.windows.pin_memory()
+        return self
+
+
+class _TrackDataset(torch.utils.data.Dataset):
+    """Decode + resample + window one track; runs in DataLoader workers."""
+
+    def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
+                 max_windows: int | None) -> None:
+        self.items = items
+        self.sample_rate = sample_rate
+        self.window = window
+        self.hop = hop
+        self.max_windows = max_windows
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None]:
+        chunk, id_, path = self.items[i]
+        try:
+            wave, _ = decode(path, self.sample_rate)
+            return chunk, id_, frame_windows(wave, self.window, self.hop, self.max_windows), None
+        except MtxError as e:
+            return chunk, id_, None, e.message
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the stage
+            return chunk, id_, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
+    ok = [(id_, w) for _, id_, w, _ in items if w is not None]
+    windows = (torch.from_numpy(np.concatenate([w for _, w in ok], axis=0)) if ok
+               else torch.zeros(0, 0, dtype=torch.float32))
+    return _Batch(chunk=items[0][0], ids=[i for i, _ in ok], counts=[len(w) for _, w in ok], windows=windows,
+                  failed=[(id_, why) for _, id_, w, why in items if w is None], n_tracks=len(items))
+
+
+def _worker_init(_: int) -> None:
+    # Workers decode and resample; one thread each keeps them from fighting the encoder.
+    torch.set_num_threads(1)
+
+
+def _batches_by_chunk(chunk_of: list[int], tracks_per_batch: int) -> list[list[int]]:
+    """Consecutive index lists that never cross a chunk boundary."""
+    out: list[list[int]] = []
+    for i, c in enumerate(chunk_of):
+        if out and chunk_of[out[-1][0]] == c and len(out[-1]) < tracks_per_batch:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _tracks_per_batch(records: list[Record], window: float, hop: float, max_windows: int | None,
+                      batch_size: int) -> int:
+    """Tracks per loader batch so that one batch holds about ``batch_size`` windows."""
+    if not records:
+        return 1
+    duration = float(np.median([r.duration for r in records]))
+    per_track = 1 + max(0, math.ceil((duration - window) / hop))
+    if max_windows:
+        per_track = min(per_track, max_windows)
+    return max(1, min(256, batch_size // max(1, per_track)))
+
+
+# --------------------------------------------------------------------------- the stage
+def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    progress = progress or NullProgress()
+    plan = _plan(state, cfg)
+    key = stage_key(plan.name, plan.manifest_name, plan.shard)
+    run: StageRun | None = None
+    if plan.dist.is_main:
+        run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
+                          discard=lambda: _discard(plan, cfg))
+    complete = _broadcast(plan.dist, bool(run and run.already_complete))
+    if complete:
+        if run is not None:
+            store.remove_parts(plan.path)  # a crash after completion can leave them behind
+            return EmbedResult.from_dict(run.record.result, skipped=True)
+        return EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim,
+                           n_ok=0, n_failed=0, skipped=True)
+    if plan.dist.is_main:
+        _check_existing(plan, cfg)
+        _check_parts_config(plan)
+    _barrier(plan.dist)
+
+    start = time.perf_counter()
+    done = store.committed_parts(plan.path)
+    mine = [c for c in range(plan.n_chunks) if plan.owns(c)]
+    todo = [c for c in mine if c not in done]
+    if len(todo) < len(mine):
+        log.info("%d of %d chunk(s) already committed; embedding the remaining %d",
+                 len(mine) - len(todo), len(mine), len(todo))
+    n_ok, failures, n_processed = _encode_chunks(plan, cfg, todo, run, progress)
+    seconds = time.perf_counter() - start
+
+    _barrier(plan.dist)
+    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim,
+                         n_ok=n_ok, n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT],
+                         seconds=round(seconds, 3), clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0,
+                         assembled=False, shard=cfg.shard)
+    if not plan.dist.is_main:
+        return result
+    parts = store.committed_parts(plan.path)
+    missing = [c for c in range(plan.n_chunks) if c not in parts]
+    if missing:
+        log.info("this shard is done; %d chunk(s) of other shards are pending: the last shard to finish, or "
+                 "`mtx embed --continue` without --shard, assembles the store", len(missing))
+        if run is not None:
+            run.complete(result.to_dict())
+        return result
+    result = _assemble(state, plan, cfg, parts, result)
+    if run is not None:
+        run.complete(result.to_dict())
+    if plan.shard is not None:
+        _mark_unsharded_complete(state, plan, result)
+    store.remove_parts(plan.path)
+    return result
+
+
+def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun | None,
+                   progress: Progress) -> tuple[int, list[tuple[str, str]], int]:
+    """Encode and commit the given chunks; return (rows written, failures, tracks processed)."""
+    items = [(c, r.id, r.audio_path) for c in todo for r in plan.chunk_records(c, cfg.chunk_tracks)]
+    n_ok, failures = 0, []
+    if not items:
+        return 0, [], 0
+    spec = plan.encoder.spec
+    sr = spec.sample_rate
+    dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows)
+    per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
+    batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
+    cuda = plan.runtime.device.type == "cuda"
+    workers = cfg.num_workers if cfg.num_workers is not None else (min(8, os.cpu_count() or 2) if cuda else 2)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+        worker_init_fn=_worker_init if workers else None, persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    log.debug("%d track(s) in %d loader batch(es) of <= %d tracks, %d worker(s)", len(items), len(batches),
+              per_batch, workers)
+    pending = _ChunkBuffer(keep_windows=plan.aggregation == "none")
+    committed = len(store.committed_parts(plan.path))
+    with progress.task(f"Embedding ({plan.name})", total=len(items), unit="clips") as task:
+        for batch in loader:
+            if pending.chunk is not None and batch.chunk != pending.chunk:
+                n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
+            pending.chunk = batch.chunk
+            vectors = _encode(plan, batch.windows, cfg.batch_size)
+            pending.add(batch, vectors, plan.aggregation)
+            task.advance(batch.n_tracks)
+        if pending.chunk is not None:
+            n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
+    return n_ok, failures, len(items)
+
+
+def _encode(plan: _Plan, windows: torch.Tensor, batch_size: int) -> np.ndarray:
+    """[W, samples] -> [W, window_dim] float32, in encoder batches of ``batch_size`` windows."""
+    if len(windows) == 0:
+        return np.zeros((0, plan.encoder.window_dim), dtype=np.float32)
+    x = windows.to(plan.runtime.device, non_blocking=True)
+    out = []
+    with torch.inference_mode(), plan.runtime.autocast():
+        for s in range(0, len(x), batch_size):
+            out.append(plan.encoder.embed_windows(x[s:s + batch_size]).float().cpu())
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class _ChunkBuffer:
+    keep_windows: bool
+    chunk: int | None = None
+    ids: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    windows: list[np.ndarray] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, batch: _Batch, window_vectors: np.ndarray, aggregation: str) -> None:
+        bounds = np.cumsum([0, *batch.counts])
+        for k, id_ in enumerate(batch.ids):
+            w = window_vectors[bounds[k]:bounds[k + 1]]
+            self.ids.append(id_)
+            self.vectors.append(aggregate(w, aggregation))
+            if self.keep_windows:
+                self.windows.append(w)
+        self.failed.extend(batch.failed)
+
+    def reset(self) -> None:
+        self.chunk, self.ids, self.vectors, self.windows, self.failed = None, [], [], [], []
+
+
+def _commit(plan: _Plan, buf: _ChunkBuffer, failures: list[tuple[str, str]], n_ok: int, committed: int,
+            run: StageRun | None, progress: Progress) -> tuple[int, int]:
+    vectors = (np.stack(buf.vectors) if buf.vectors else np.zeros((0, plan.dim), np.float32))
+    store.write_part(plan.path, buf.chunk, buf.ids, vectors.astype(store.DTYPES[plan.config["dtype"]]),
+                     failed=buf.failed, windows=buf.windows if buf.keep_windows else None)
+    for id_, why in buf.failed:
+        log.warning("failed %s: %s", id_, why)
+    n_ok += len(buf.ids)
+    failures.extend(buf.failed)
+    committed += 1
+    if run is not None:
+        run.update(chunks_committed=committed, chunks_total=plan.n_chunks, last_chunk=buf.chunk)
+    buf.reset()
+    progress.check_interrupt()
+    return n_ok, committed
+
+
+# --------------------------------------------------------------------------- assembly
+def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, Path],
+              result: EmbedResult) -> EmbedResult:
+    failures: list[tuple[str, str]] = []
+    for c in range(plan.n_chunks):
+        failures.extend(store.read_part_failures(parts[c]))
+    attrs = {
+        "encoder": plan.name, "encoder_version": plan.encoder.spec.version, "model_id": plan.encoder.model_id,
+        "layers": ",".join(str(v) for v in plan.config.get("layers") or []),
+        "sample_rate": plan.encoder.spec.sample_rate, "window": plan.window, "hop": plan.hop,
+        "max_windows": plan.config["max_windows"] or 0, "aggregation": plan.aggregation, "dim": plan.dim,
+        "window_dim": plan.encoder.window_dim, "manifest_hash": plan.config["manifest_hash"],
+        "manifest": plan.manifest_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    n = store.assemble(plan.path, plan.dim, cfg.dtype, attrs, plan.n_chunks,
+                       keep_windows=plan.aggregation == "none")
+    log.info("wrote %d embeddings (dim %d) to %s", n, plan.dim, plan.path)
+    result.n_ok, result.n_failed = n, len(failures)
+    result.failures = failures[:MAX_FAILURES_KEPT]
+    result.assembled = True
+    return result
+
+
+def _mark_unsharded_complete(state: StateDir, plan: _Plan, result: EmbedResult) -> None:
+    run = begin_stage(state, "embed", stage_key(plan.name, plan.manifest_name), config=plan.config,
+                      mode=Resume.FORCE)
+    done = EmbedResult(**{**asdict(result), "shard": None})
+    run.complete(done.to_dict())
+
+
+# --------------------------------------------------------------------------- safety checks
+def _parts_config_path(plan: _Plan) -> Path:
+    return store.parts_dir(plan.path) / PARTS_CONFIG
+
+
+def _parts_config(plan: _Plan) -> dict[str, Any]:
+    # The chunking decides which rows a part holds, so it must match too (it does not
+    # change the final file, hence it is not part of the stage config).
+    return to_jsonable({**plan.config, "chunk_tracks": plan.chunk_tracks, "n_chunks": plan.n_chunks})
+
+
+def _check_parts_config(plan: _Plan) -> None:
+    """Parts from any shard must come from the same config; record it on first use."""
+    path = _parts_config_path(plan)
+    expected = _parts_config(plan)
+    if path.exists():
+        differences = diff_configs(read_json(path), expected)
+        if differences:
+            raise MtxError("the committed embedding parts were made with a different config: "
+                           + "; ".join(differences),
+                           hint="rerun with the original options, or use --force to start over")
+        return
+    atomic_write_json(path, expected)
+
+
+def _check_existing(plan: _Plan, cfg: EmbedConfig) -> None:
+    """An existing final store that this run would overwrite must at least be the same kind."""
+    if cfg.resume is Resume.FORCE or not plan.path.exists():
+        return
+    try:
+        with store.EmbeddingStore(plan.path) as existing:
+            enc, dim = existing.encoder, existing.dim
+    except MtxError:
+        return  # unreadable: it is rebuilt from the parts
+    if enc != plan.name or dim != plan.dim:
+        raise MtxError(f"{plan.path} holds {enc or '?'} embeddings of dim {dim}, this run makes {plan.name} "
+                       f"embeddings of dim {plan.dim}", hint="use --force to replace it")
+
+
+def _discard(plan: _Plan, cfg: EmbedConfig) -> None:
+    """--force: remove the output; a shard removes only its own parts unless the config changed."""
+    if plan.shard is None or plan.dist.enabled:
+        store.discard(plan.path)
+        return
+    cfg_path = _parts_config_path(plan)
+    same = cfg_path.exists() and not diff_configs(read_json(cfg_path), _parts_config(plan))
+    if not same:
+        store.discard(plan.path)
+        return
+    plan.path.unlink(missing_ok=True)
+    for c, p in store.committed_parts(plan.path).items():
+        if plan.owns(c):
+            p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- distributed helpers
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast(dist_info: DistInfo, value: bool) -> bool:
+    if not dist_info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+__all__ = ["EmbedConfig", "EmbedResult", "parse_shard", "run_embed", "stage_key"]
