@@ -1,0 +1,99 @@
+"""`mtx embed`: run a frozen audio encoder over a manifest into an HDF5 embedding store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._context import get_ctx
+from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, NumWorkers, Precision
+from ._output import escape, make_table
+
+SHOWN_FAILURES = 5
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--layers") from None
+
+
+def command(
+    ctx: typer.Context,
+    audio_encoder: AudioEncoder = "dsp",
+    manifest: Manifest = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model id or local path [default: the "
+                                                              "encoder's default].")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="Hidden layers to keep, comma separated "
+                                                                "(e.g. 0,6,12; negative counts from the end).")
+                      ] = None,
+    aggregation: Annotated[str | None, typer.Option(
+        "--aggregation", help="mean, stats ([mean, robust_sigma, dmean], 3x dim) or none (keep windows) "
+                              "[default: the encoder's].",
+        autocompletion=lambda incomplete: ["mean", "stats", "none"])] = None,
+    window: Annotated[float | None, typer.Option("--window", min=0.0, help="Window length in seconds "
+                                                                           "[default: the encoder's].")] = None,
+    hop: Annotated[float | None, typer.Option("--hop", min=0.0, help="Hop between windows in seconds "
+                                                                     "[default: the encoder's].")] = None,
+    max_windows: Annotated[int | None, typer.Option("--max-windows", min=1,
+                                                    help="At most this many windows per track, spread evenly "
+                                                         "over the whole track.")] = None,
+    batch_size: BatchSize = 64,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0,
+                                                    help="Decoding worker processes [default: 2 on CPU, up to "
+                                                         "8 with a GPU].")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32 or float16.",
+                                       autocompletion=lambda incomplete: ["float32", "float16"])] = "float32",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard K of N (K/N); the last shard "
+                                                              "to finish assembles the store.")] = None,
+    chunk_tracks: Annotated[int, typer.Option("--chunk-tracks", min=1,
+                                              help="Tracks per committed unit (resume granularity).")] = 128,
+    cont: Continue = False,
+    force: Force = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Embed every track of a manifest with a frozen audio encoder (default: dsp, offline, no weights).
+
+    Writes <state>/embeddings/<encoder>/<manifest>.h5. Work is committed every --chunk-tracks tracks, so
+    Ctrl-C or a crash loses at most one chunk: resume with --continue.
+    """
+    from ..embed import EmbedConfig, run_embed
+    from ..encoders import get_spec
+    from ..state import Resume
+
+    app = get_ctx(ctx, json_mode=as_json)
+    get_spec(audio_encoder)  # an unknown name fails here with the list of choices
+    cfg = EmbedConfig(
+        audio_encoder=audio_encoder, manifest=manifest, model=model, layers=_parse_layers(layers),
+        aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
+        num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
+        chunk_tracks=chunk_tracks, resume=Resume.from_flags(cont, force),
+    )
+    hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
+    with app.progress(resume_hint=hint) as progress:
+        result = run_embed(app.state, cfg, progress)
+
+    if result.skipped:
+        app.out.info(f"already complete: {escape(str(result.path))} (use --force to redo it)")
+    rows = [["store", str(result.path) if result.assembled else f"{result.path} (pending other shards)"],
+            ["encoder", result.encoder], ["manifest", result.manifest], ["dim", result.dim],
+            ["embedded", result.n_ok], ["failed", result.n_failed]]
+    if not result.skipped:
+        rows.append(["clips/s", result.clips_per_s])
+    app.out.table(make_table(None, ["embed", ""], rows))
+    if result.failures:
+        app.out.info(f"[yellow]{result.n_failed} track(s) failed[/] (all listed in --json output; "
+                     f"first {min(SHOWN_FAILURES, len(result.failures))}):")
+        for id_, why in result.failures[:SHOWN_FAILURES]:
+            app.out.info(f"  {escape(id_)}: {escape(why)}")
+    if not result.assembled:
+        app.out.info("this shard is done; the store is assembled when every shard has finished "
+                     "(or run `mtx embed --continue` without --shard)")
+    app.out.result(result.to_dict())
