@@ -88,8 +88,12 @@ def rank_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarr
 
 
 # --------------------------------------------------------------------------- identity / discovery
-def _identity(info: RunInfo, checkpoint: str, store_path: Path) -> dict[str, Any]:
-    return {"weights": weights_identity(info.dir / checkpoint), "store": store_identity(store_path)}
+def _identity(info: RunInfo, checkpoint: str, store_path: Path, manifest_path: Path | None) -> dict[str, Any]:
+    """What the index was computed from: run weights (audio stats), store rows, and display metadata."""
+    ident = {"weights": weights_identity(info.dir / checkpoint), "store": store_identity(store_path)}
+    if manifest_path is not None and manifest_path.exists():
+        ident["manifest"] = store_identity(manifest_path)
+    return ident
 
 
 def default_library_manifest(state: StateDir, encoder: str) -> str:
@@ -178,7 +182,8 @@ def build_index(state: StateDir, run: str | None = None, manifest: str | None = 
     atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i), i) for i in ids}, ensure_ascii=False))
     atomic_write_json(d / "meta.json", {
         "name": name, "run": info.name, "checkpoint": checkpoint, "encoder": encoder, "manifest": mname,
-        "store": str(store_path), "identity": _identity(info, checkpoint, store_path), "dim": dim, "count": n,
+        "manifest_path": str(mpath), "store": str(store_path),
+        "identity": _identity(info, checkpoint, store_path, mpath), "dim": dim, "count": n,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return load_index(state, name)
@@ -189,12 +194,17 @@ def _stale_reason(state: StateDir, info: RunInfo, meta: dict[str, Any]) -> str |
     if not store_path.exists():
         return "its embedding store is gone"
     ckpt = meta.get("checkpoint") or info.default_checkpoint()
-    current = _identity(info, ckpt, store_path)
+    if not (info.dir / ckpt / "model.safetensors").exists():
+        return f"the run's {ckpt} checkpoint is gone"
+    mpath = Path(meta["manifest_path"]) if meta.get("manifest_path") else None
+    current = _identity(info, ckpt, store_path, mpath)
     old = meta.get("identity", {})
     if old.get("weights") != current["weights"]:
         return "the run's weights changed"
     if old.get("store") != current["store"]:
         return "the embedding store changed"
+    if old.get("manifest") != current.get("manifest"):
+        return "the library manifest changed"
     return None
 
 
@@ -221,6 +231,8 @@ def open_index(state: StateDir, info: RunInfo, index: str | None, rebuild: bool,
             return load_index(state, name), False
         log.info("index %s is out of date (%s); rebuilding", name, reason)
     checkpoint = meta.get("checkpoint") if meta else None
+    if checkpoint and not (info.dir / checkpoint / "model.safetensors").exists():
+        checkpoint = None
     return build_index(state, info.name, manifest, name, checkpoint=checkpoint, model=model, progress=progress), True
 
 

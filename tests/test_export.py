@@ -76,7 +76,7 @@ def test_export_hf_and_onnx(make_run, state) -> None:
 
 
 def test_cli_export_hf_only_and_errors(make_run, mtx, state, tmp_path) -> None:
-    make_run()
+    run = make_run()
     # A model card quotes the latest eval report when there is one.
     (state.run_dir("run1") / "eval-test.json").write_text(json.dumps({
         "split": "test", "manifest": "lib", "counts": {"tracks": 20},
@@ -88,6 +88,19 @@ def test_cli_export_hf_only_and_errors(make_run, mtx, state, tmp_path) -> None:
     assert not (tmp_path / "exp" / "onnx").exists()
     card = (tmp_path / "exp" / "hf" / "README.md").read_text()
     assert "| text to music R@1 | 0.5 |" in card
+    # More training, then export again: redone without --force, with the new weights.
+    import torch
+
+    from musiccli import TextEmbedder
+
+    model = run["model"]
+    with torch.no_grad():
+        model.head.net[-1].bias.add_(1.0)
+    model.save_pretrained(state.run_dir("run1") / "best")
+    r = mtx("export", "--format", "hf", "--out", str(tmp_path / "exp"))
+    assert r.exit_code == 0, r.output
+    again = TextEmbedder.from_pretrained(tmp_path / "exp" / "hf")
+    np.testing.assert_allclose(again.encode(QUERIES), model.encode(QUERIES), atol=1e-6)
     bad = mtx("export", "--format", "tflite")
     assert bad.exit_code == 1 and "hf, onnx" in bad.output
     bad = mtx("export", "--run", "nope")

@@ -69,6 +69,13 @@ def test_top_hit_index_reuse_and_rebuild(make_run, state) -> None:
 
     store_mod.assemble(run["store"], 16, "float32", {"encoder": "fake", "dim": 16, "note": "re-embedded"}, 1)
     assert search(state, SearchConfig(query="rock", k=1)).rebuilt
+    # Edited display metadata (the library manifest) -> rebuilt, and the new titles are shown.
+    from musiccli.manifest import write_manifest
+
+    recs[9].title = "Renamed"
+    write_manifest(state.manifest_path("lib"), recs)
+    res = search(state, SearchConfig(query=recs[9].caption, k=1))
+    assert res.rebuilt and res.hits[0]["title"] == "Renamed"
     # --rebuild forces it; --index picks an existing one (and its run).
     assert search(state, SearchConfig(query="rock", k=1, rebuild=True)).rebuilt
     res = search(state, SearchConfig(query=recs[9].caption, k=1, index="run1--lib"))
