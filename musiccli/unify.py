@@ -25,7 +25,8 @@ from .errors import MtxError
 from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
-from .state import Resume, StateDir, atomic_write_text, begin_stage, check_name, config_hash
+from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
+                    load_stage)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,17 @@ def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:
                 raise MtxError(f"dataset {n!r} is not downloaded ({state.dataset_dir(n)} does not exist)",
                                hint=f"run `mtx download {n}` first")
         return names
-    names = [n for n in source_names() if state.dataset_dir(n).is_dir()]
+    names = []
+    for n in source_names():
+        if not state.dataset_dir(n).is_dir():
+            continue
+        record = load_stage(state, f"download:{n}")
+        # An interrupted download has no completion artifact yet: leave it out instead of failing
+        # the whole unify (naming it explicitly with --datasets still reports the problem).
+        if record is not None and record.status != StageStatus.COMPLETE.value:
+            log.warning("skipping %s: its download is incomplete (run `mtx download %s --continue`)", n, n)
+            continue
+        names.append(n)
     if not names:
         raise MtxError(f"no downloaded datasets in {state.root / 'datasets'}",
                        hint="run `mtx download synth` (offline) or another source first")

@@ -184,6 +184,19 @@ def test_changed_config_on_complete_manifest_needs_force(toy_state: StateDir, cl
     assert len(read_manifest(toy_state.manifest_path("default"))) == 12
 
 
+def test_incomplete_download_is_skipped_unless_named(toy_state: StateDir, cli):
+    from musiccli.state import load_stage, stage_record_path, atomic_write_json
+
+    record = load_stage(toy_state, "download:synth")
+    record.status = "running"  # as if the synth download had been interrupted
+    atomic_write_json(stage_record_path(toy_state, "download:synth"), record)
+    (toy_state.dataset_dir("synth") / "metadata.csv").unlink()
+    result = run_unify(toy_state, UnifyConfig(name="only-toy"))
+    assert {c.dataset for c in result.composition} == {"toy"}
+    res = cli("unify", "--datasets", "synth", "--name", "s")
+    assert res.exit_code == 1 and "incomplete" in res.output and "--continue" in res.output
+
+
 def test_no_datasets_and_bad_options(state: StateDir, cli):
     res = cli("unify")
     assert res.exit_code == 1 and "no downloaded datasets" in res.output
