@@ -270,6 +270,11 @@ class _Trainer:
                 aggregation=self.store.attrs.get("aggregation") or None).to(self.runtime.device)
             self.model.set_audio_stats(self.mean, self.std)
         self.model.train()
+        # TextEmbedder pools token states itself, so a backbone's own pooler never gets a gradient;
+        # freezing it keeps DDP from waiting for those gradients (and AdamW from decaying it).
+        for name, p in self.model.named_parameters():
+            if name.startswith("backbone.pooler."):
+                p.requires_grad_(False)
         self.loss_fn = build_loss(self.loss_name, cfg.loss_config()).to(self.runtime.device)
         self.teacher = _load_teacher(self.state, cfg.teacher, self.runtime.device) if cfg.teacher else None
         if self.teacher is not None and self.teacher.config.out_dim != self.store.dim:
