@@ -8,6 +8,7 @@ from . import synth  # noqa: F401  (registers "synth")
 from . import song_describer  # noqa: F401  (registers "song-describer")
 from . import musiccaps  # noqa: F401  (registers "musiccaps")
 from . import fma  # noqa: F401  (registers "fma")
+from . import mtg_jamendo  # noqa: F401  (registers "mtg-jamendo")
 
 
 def source_names() -> list[str]:
