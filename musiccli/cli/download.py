@@ -29,7 +29,7 @@ def command(
     subset: Annotated[str | None, typer.Option("--subset", help="Source-specific subset name.")] = None,
     mirror: Annotated[str | None, typer.Option("--mirror", help="Base URL of a mirror to download from.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1,
-                                                help="Parallel workers [default: min(4, CPU count)].",
+                                                help="Parallel workers (default: min(4, CPU count)).",
                                                 show_default=False)] = None,
     rate_limit: Annotated[float, typer.Option("--rate-limit", min=0.0,
                                               help="Max requests per second (0 = unlimited).")] = 0.0,

@@ -21,10 +21,10 @@ def _split_list(values: list[str] | None) -> list[str] | None:
 def command(
     ctx: typer.Context,
     datasets: Annotated[list[str] | None, typer.Option(
-        "--datasets", "-d", help="Sources to include (comma list or repeated) [default: every downloaded one].",
+        "--datasets", "-d", help="Sources to include, comma list or repeated (default: every downloaded one).",
         show_default=False)] = None,
     max_samples: Annotated[int | None, typer.Option("--max-samples", min=1,
-                                                    help="Total records to keep [default: all].")] = None,
+                                                    help="Total records to keep (default: all).")] = None,
     stratify_by: Annotated[str, typer.Option("--stratify-by", help="Balance the sample by dataset, duration "
                                                                    "or none.",
                                              autocompletion=lambda incomplete: ["dataset", "duration", "none"])

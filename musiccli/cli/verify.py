@@ -19,10 +19,10 @@ def command(
     source: Source,
     min_success: Annotated[float, typer.Option("--min-success", min=0.0, max=1.0,
                                                help="Fraction of files that must be fine to pass.")] = 0.9,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Checker threads [default: CPU count].",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Checker threads (default: min(8, CPU count)).",
                                                 show_default=False)] = None,
     duration_tolerance: Annotated[float | None, typer.Option(
-        "--duration-tolerance", min=0.0, help="Allowed duration error in seconds [default: per source].",
+        "--duration-tolerance", min=0.0, help="Allowed duration error in seconds (default: per source).",
         show_default=False)] = None,
     cont: Continue = False,
     force: Force = False,
