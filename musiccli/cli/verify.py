@@ -19,8 +19,8 @@ def command(
     source: Source,
     min_success: Annotated[float, typer.Option("--min-success", min=0.0, max=1.0,
                                                help="Fraction of files that must be fine to pass.")] = 0.9,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Checker threads (default: min(8, CPU count)).",
-                                                show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, show_default=False,
+                                                help="Checker threads (default: min(8, CPU count)).")] = None,
     duration_tolerance: Annotated[float | None, typer.Option(
         "--duration-tolerance", min=0.0, help="Allowed duration error in seconds (default: per source).",
         show_default=False)] = None,
