@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,6 +165,8 @@ def _fail_some(spec, root, duration, sample_rate, seed):
 ORIGINAL_RENDER = synth._render_one
 
 
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="the patched worker only reaches forked children")
 def test_failed_items_are_listed_and_exit_1_then_continue_retries(state: StateDir, cli,
                                                                   monkeypatch: pytest.MonkeyPatch):
     # Workers are forked, so they see the patched worker function.
