@@ -9,6 +9,7 @@ from . import song_describer  # noqa: F401  (registers "song-describer")
 from . import musiccaps  # noqa: F401  (registers "musiccaps")
 from . import fma  # noqa: F401  (registers "fma")
 from . import mtg_jamendo  # noqa: F401  (registers "mtg-jamendo")
+from . import musicbench  # noqa: F401  (registers "musicbench")
 
 
 def source_names() -> list[str]:
