@@ -261,8 +261,15 @@ def test_embed_stage_with_a_local_mert(state, tmp_path: Path, tiny_mert: Path) -
         vecs = st.get(["c0", "c1", "c2"])
     assert vecs.shape == (3, 144) and np.isfinite(vecs).all()
 
-    # A store of another dim (here: fewer layers) is refused instead of silently overwritten.
+    # Another layer choice is refused: first by the stage record (config differs) ...
+    fewer = EmbedConfig(audio_encoder="mert", manifest=name, model=str(tiny_mert), layers=[0], window=1.0,
+                        hop=1.0, num_workers=0, device="cpu", precision="fp32")
     with pytest.raises(MtxError) as e:
-        run_embed(state, EmbedConfig(audio_encoder="mert", manifest=name, model=str(tiny_mert), layers=[0],
-                                     window=1.0, hop=1.0, num_workers=0, device="cpu", precision="fp32"))
-    assert "48" in str(e.value) or "layers" in str(e.value)
+        run_embed(state, fewer)
+    assert "layers" in str(e.value)
+    # ... and, with the record gone, by the store itself: its dim (144) is not this run's (3 x 16).
+    for record in Path(state.stages_dir).glob("*.json"):
+        record.unlink()
+    with pytest.raises(MtxError) as e:
+        run_embed(state, fewer)
+    assert "dim 144" in e.value.message and "dim 48" in e.value.message

@@ -7,8 +7,9 @@ queries need no trained mtx head:
   the same checkpoint the audio encoder loads) + ``AutoTokenizer``; text embeddings
   (projection dim, 512) are compared by cosine with the stored 512-d CLAP audio
   vectors (``mean`` aggregation; with ``stats`` the first 512 dims are the mean).
-- ``muq``: MuQ-MuLan's text tower (``model(texts=...)``), 512-d, compared with the
-  mean part of the stored 1,536-d ``stats`` vector, i.e. its first 512 dims.
+- ``muq``: MuQ-MuLan's text tower (``model(texts=...)``, one text per call: see
+  :class:`MulanText`), 512-d, compared with the mean part of the stored 1,536-d
+  ``stats`` vector, i.e. its first 512 dims.
 
 Both spaces are cosine spaces, so ``space="retrieval"`` and ``space="audio"`` differ
 only in normalisation. Encoders without a text tower (mert, musicgen,
@@ -105,7 +106,10 @@ class MulanText(NativeTextModel):
         super().__init__(model_id, int(self.model.mulan_module.dim_latent), device)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        return self.model(texts=texts)
+        # MuLan's text tower mean-pools over *all* token positions, padding included, so a
+        # padded batch changes a text's vector with its neighbours' lengths. One text per
+        # call keeps each query's vector independent of the batch it arrives in.
+        return torch.cat([self.model(texts=[t]) for t in texts])
 
 
 TEXT_TOWERS: dict[str, Callable[[str, torch.device], NativeTextModel]] = {"clap": ClapText, "muq": MulanText}
