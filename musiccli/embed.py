@@ -12,7 +12,14 @@ aggregates the windows of each track (``encoders.base.aggregate``). When a chunk
 is finished it is committed with ``store.write_part`` (rows, failures and, for
 ``--aggregation none``, the window vectors), then the stage record's counters move
 and ``progress.check_interrupt()`` gives Ctrl-C its chance. ``--continue`` skips
-chunks whose part file exists. Once every part exists, ``store.assemble`` streams
+chunks whose part file exists. With ``--tags`` (encoders whose spec declares a
+tagger, e.g. musicnn) the window tag probabilities are also averaged per track and
+committed with the rows; the store gets ``tag_probs`` [N, T] and the result a
+:class:`~musiccli.tagging.TagSummary`.
+
+An encoder with ``context_samples > 0`` receives, in front of each window, the
+samples that precede it in the track (zeros at the start): windows of
+``context + window`` samples on the same start grid. Once every part exists, ``store.assemble`` streams
 them in chunk order into ``embeddings/<encoder>/<manifest>.h5``; the stage is
 marked complete and the parts are removed. Because chunks are fixed by the
 manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
@@ -53,11 +60,12 @@ import numpy as np
 import torch
 
 from . import store
-from .audio import decode, frame_windows
+from .audio import decode, frame_windows, repeat_pad, window_starts
 from .encoders import AGGREGATIONS, AudioEncoder, EncoderOptions, aggregate, build_encoder, get_spec
 from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
+from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, select_runtime
 from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, diff_configs, read_json,
                     to_jsonable)
@@ -85,6 +93,7 @@ class EmbedConfig:
     precision: str = "auto"
     shard: str | None = None             # "K/N"
     chunk_tracks: int = 128              # tracks per committed part
+    tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
     resume: Resume = Resume.FRESH
 
 
@@ -102,6 +111,7 @@ class EmbedResult:
     skipped: bool = False
     assembled: bool = True
     shard: str | None = None
+    tag_summary: TagSummary | None = None  # with --tags: top tags of the first tracks, top-1 counts
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))
@@ -112,6 +122,8 @@ class EmbedResult:
         out = cls(**known)
         out.path = Path(out.path)
         out.failures = [(str(a), str(b)) for a, b in out.failures]
+        if isinstance(out.tag_summary, dict):
+            out.tag_summary = TagSummary.from_dict(out.tag_summary)
         out.skipped = skipped
         if skipped:
             out.seconds, out.clips_per_s = 0.0, 0.0
@@ -137,6 +149,7 @@ class _Plan:
     n_chunks: int
     shard: tuple[int, int] | None
     dist: DistInfo
+    tags: bool = False
 
     @property
     def worker(self) -> tuple[int, int]:
@@ -182,6 +195,8 @@ def _validate(cfg: EmbedConfig) -> None:
 def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
     _validate(cfg)
     spec = get_spec(cfg.audio_encoder)
+    if cfg.tags:
+        check_tagger(spec.name)
     shard = parse_shard(cfg.shard)
     manifest_name, manifest_path = resolve_manifest(state, cfg.manifest)
     records = read_manifest(manifest_path)
@@ -199,13 +214,15 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
         **encoder.identity(),
         "aggregation": aggregation, "window": window, "hop": hop, "max_windows": cfg.max_windows,
         "dtype": cfg.dtype, "manifest_hash": manifest_hash(manifest_path),
+        # Only when asked, so that records of runs without tags keep their config.
+        **({"tags": True} if cfg.tags else {}),
     }
     return _Plan(
         name=spec.name, manifest_name=manifest_name, manifest_path=manifest_path, records=records,
         encoder=encoder, runtime=runtime, aggregation=aggregation, window=window, hop=hop,
         dim=encoder.dim(aggregation), path=state.embeddings_path(spec.name, manifest_name), config=config,
         chunk_tracks=cfg.chunk_tracks, n_chunks=math.ceil(len(records) / cfg.chunk_tracks), shard=shard,
-        dist=dist,
+        dist=dist, tags=cfg.tags,
     )
 
 
@@ -235,12 +252,13 @@ class _TrackDataset(torch.utils.data.Dataset):
     """Decode + resample + window one track; runs in DataLoader workers."""
 
     def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
-                 max_windows: int | None) -> None:
+                 max_windows: int | None, context: int = 0) -> None:
         self.items = items
         self.sample_rate = sample_rate
         self.window = window
         self.hop = hop
         self.max_windows = max_windows
+        self.context = context
 
     def __len__(self) -> int:
         return len(self.items)
@@ -249,11 +267,22 @@ class _TrackDataset(torch.utils.data.Dataset):
         chunk, id_, path = self.items[i]
         try:
             wave, _ = decode(path, self.sample_rate)
-            return chunk, id_, frame_windows(wave, self.window, self.hop, self.max_windows), None
+            return chunk, id_, _frame(wave, self.window, self.hop, self.max_windows, self.context), None
         except MtxError as e:
             return chunk, id_, None, e.message
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the stage
             return chunk, id_, None, f"{type(e).__name__}: {e}"
+
+
+def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int) -> np.ndarray:
+    """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start)."""
+    if not context:
+        return frame_windows(wave, window, hop, max_windows)
+    wave = repeat_pad(wave, window)
+    starts = window_starts(wave.shape[-1], window, hop, max_windows)
+    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False)])
+    # Window s spans padded[s + context : s + context + window]; its context the `context` samples before.
+    return np.stack([padded[s:s + context + window] for s in starts])
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -356,7 +385,8 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
         return 0, [], 0
     spec = plan.encoder.spec
     sr = spec.sample_rate
-    dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows)
+    dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows,
+                            context=plan.encoder.context_samples)
     per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
     batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
     cuda = plan.runtime.device.type == "cuda"
@@ -368,43 +398,54 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
     )
     log.debug("%d track(s) in %d loader batch(es) of <= %d tracks, %d worker(s)", len(items), len(batches),
               per_batch, workers)
-    pending = _ChunkBuffer(keep_windows=plan.aggregation == "none")
+    pending = _ChunkBuffer(keep_windows=plan.aggregation == "none", keep_tags=plan.tags)
     committed = len(store.committed_parts(plan.path))
     with progress.task(f"Embedding ({plan.name})", total=len(items), unit="clips") as task:
         for batch in loader:
             if pending.chunk is not None and batch.chunk != pending.chunk:
                 n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
             pending.chunk = batch.chunk
-            vectors = _encode(plan, batch.windows, cfg.batch_size)
-            pending.add(batch, vectors, plan.aggregation)
+            vectors, tags = _encode(plan, batch.windows, cfg.batch_size)
+            pending.add(batch, vectors, plan.aggregation, tags)
             task.advance(batch.n_tracks)
         if pending.chunk is not None:
             n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
     return n_ok, failures, len(items)
 
 
-def _encode(plan: _Plan, windows: torch.Tensor, batch_size: int) -> np.ndarray:
-    """[W, samples] -> [W, window_dim] float32, in encoder batches of ``batch_size`` windows."""
+def _encode(plan: _Plan, windows: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """[W, samples] -> ([W, window_dim] float32, [W, T] tag probabilities with --tags else None),
+    in encoder batches of ``batch_size`` windows."""
+    n_tags = len(plan.encoder.tag_names or ()) if plan.tags else 0
     if len(windows) == 0:
-        return np.zeros((0, plan.encoder.window_dim), dtype=np.float32)
+        return (np.zeros((0, plan.encoder.window_dim), dtype=np.float32),
+                np.zeros((0, n_tags), dtype=np.float32) if plan.tags else None)
     x = windows.to(plan.runtime.device, non_blocking=True)
-    out = []
+    out, tags = [], []
     with torch.inference_mode(), plan.runtime.autocast():
         for s in range(0, len(x), batch_size):
-            out.append(plan.encoder.embed_windows(x[s:s + batch_size]).float().cpu())
-    return torch.cat(out).numpy()
+            if plan.tags:
+                vec, probs = plan.encoder.embed_windows_with_tags(x[s:s + batch_size])
+                tags.append(probs.float().cpu())
+            else:
+                vec = plan.encoder.embed_windows(x[s:s + batch_size])
+            out.append(vec.float().cpu())
+    return torch.cat(out).numpy(), torch.cat(tags).numpy() if plan.tags else None
 
 
 @dataclass
 class _ChunkBuffer:
     keep_windows: bool
+    keep_tags: bool = False
     chunk: int | None = None
     ids: list[str] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
     windows: list[np.ndarray] = field(default_factory=list)
+    tags: list[np.ndarray] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, batch: _Batch, window_vectors: np.ndarray, aggregation: str) -> None:
+    def add(self, batch: _Batch, window_vectors: np.ndarray, aggregation: str,
+            window_tags: np.ndarray | None = None) -> None:
         bounds = np.cumsum([0, *batch.counts])
         for k, id_ in enumerate(batch.ids):
             w = window_vectors[bounds[k]:bounds[k + 1]]
@@ -412,17 +453,20 @@ class _ChunkBuffer:
             self.vectors.append(aggregate(w, aggregation))
             if self.keep_windows:
                 self.windows.append(w)
+            if self.keep_tags and window_tags is not None:
+                self.tags.append(window_tags[bounds[k]:bounds[k + 1]].mean(0))  # tag probs: mean over windows
         self.failed.extend(batch.failed)
 
     def reset(self) -> None:
-        self.chunk, self.ids, self.vectors, self.windows, self.failed = None, [], [], [], []
+        self.chunk, self.ids, self.vectors, self.windows, self.tags, self.failed = None, [], [], [], [], []
 
 
 def _commit(plan: _Plan, buf: _ChunkBuffer, failures: list[tuple[str, str]], n_ok: int, committed: int,
             run: StageRun | None, progress: Progress) -> tuple[int, int]:
     vectors = (np.stack(buf.vectors) if buf.vectors else np.zeros((0, plan.dim), np.float32))
     store.write_part(plan.path, buf.chunk, buf.ids, vectors.astype(store.DTYPES[plan.config["dtype"]]),
-                     failed=buf.failed, windows=buf.windows if buf.keep_windows else None)
+                     failed=buf.failed, windows=buf.windows if buf.keep_windows else None,
+                     tags=_stack_tags(plan, buf) if buf.keep_tags else None)
     for id_, why in buf.failed:
         log.warning("failed %s: %s", id_, why)
     n_ok += len(buf.ids)
@@ -433,6 +477,11 @@ def _commit(plan: _Plan, buf: _ChunkBuffer, failures: list[tuple[str, str]], n_o
     buf.reset()
     progress.check_interrupt()
     return n_ok, committed
+
+
+def _stack_tags(plan: _Plan, buf: _ChunkBuffer) -> np.ndarray:
+    n_tags = len(plan.encoder.tag_names or ())
+    return np.stack(buf.tags).astype(np.float32) if buf.tags else np.zeros((0, n_tags), np.float32)
 
 
 # --------------------------------------------------------------------------- assembly
@@ -450,8 +499,13 @@ def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, P
         "manifest": plan.manifest_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     n = store.assemble(plan.path, plan.dim, cfg.dtype, attrs, plan.n_chunks,
-                       keep_windows=plan.aggregation == "none")
+                       keep_windows=plan.aggregation == "none",
+                       tag_names=plan.encoder.tag_names if plan.tags else None)
     log.info("wrote %d embeddings (dim %d) to %s", n, plan.dim, plan.path)
+    if plan.tags:
+        result.tag_summary = summarize_tags(plan.path)
+        log.info("stored tag probabilities of %d tracks as `tag_probs` (%d tags)", n,
+                 len(plan.encoder.tag_names or ()))
     result.n_ok, result.n_failed = n, len(failures)
     result.failures = failures[:MAX_FAILURES_KEPT]
     result.assembled = True

@@ -4,6 +4,7 @@ Layout of the final file:
 - dataset ``ids``: utf-8 strings [N];
 - dataset ``embeddings``: [N, D] float32/float16, chunked (about 1 MiB chunks) and resizable;
 - optional dataset ``windows`` [M, D_window] with ``window_offsets`` [N+1] when aggregation is ``none``;
+- optional dataset ``tag_probs`` [N, T] float32 (``embed --tags``) with attribute ``tag_names`` [T];
 - attributes: encoder, encoder_version, model_id, sample_rate, window, hop, aggregation, dim, manifest_hash, ...
 
 Writing is crash-safe: while a stage runs, each committed unit is a small HDF5
@@ -42,8 +43,9 @@ def parts_dir(path: Path) -> Path:
 
 
 def write_part(path: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
-               failed: Sequence[tuple[str, str]] = (), windows: list[np.ndarray] | None = None) -> None:
-    """Commit one unit of work: rows for ``ids`` plus the ids that failed and why."""
+               failed: Sequence[tuple[str, str]] = (), windows: list[np.ndarray] | None = None,
+               tags: np.ndarray | None = None) -> None:
+    """Commit one unit of work: rows for ``ids`` plus the ids that failed and why (and tag probabilities)."""
     pdir = parts_dir(path)
     pdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdir / f"part-{index:06d}.h5") as tmp:
@@ -57,6 +59,8 @@ def write_part(path: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
                 f.create_dataset("window_counts", data=np.array([len(w) for w in windows], dtype=np.int64))
                 if windows:
                     f.create_dataset("windows", data=np.concatenate(windows, axis=0))
+            if tags is not None:
+                f.create_dataset("tags", data=np.asarray(tags, dtype=np.float32))
 
 
 def committed_parts(path: Path) -> dict[int, Path]:
@@ -78,8 +82,11 @@ def read_part_failures(part: Path) -> list[tuple[str, str]]:
 
 
 def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: int,
-             keep_windows: bool = False) -> int:
-    """Stream all parts, in order, into the final file; return the number of rows."""
+             keep_windows: bool = False, tag_names: Sequence[str] | None = None) -> int:
+    """Stream all parts, in order, into the final file; return the number of rows.
+
+    With ``tag_names`` every part must hold ``tags`` [rows, len(tag_names)]; they become ``tag_probs``.
+    """
     parts = committed_parts(path)
     missing = [i for i in range(n_parts) if i not in parts]
     if missing:
@@ -94,6 +101,12 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
                                      chunks=(rows, dim))
             win = offs = None
             n = 0
+            tag_ds = None
+            if tag_names is not None:
+                n_tags = len(tag_names)
+                tag_ds = out.create_dataset("tag_probs", shape=(0, n_tags), maxshape=(None, n_tags),
+                                            dtype=np.float32, chunks=(chunk_rows(n_tags, 4), n_tags))
+                tag_ds.attrs.create("tag_names", data=list(tag_names), dtype=STR_DTYPE)
             n_windows = 0
             for i in range(n_parts):
                 with h5py.File(parts[i], "r") as part:
@@ -108,6 +121,12 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
                     ids_ds[n:] = ids
                     emb.resize((n + len(ids), dim))
                     emb[n:] = vec.astype(np_dtype, copy=False)
+                    if tag_ds is not None:
+                        if "tags" not in part or part["tags"].shape != (len(ids), tag_ds.shape[1]):
+                            raise MtxError(f"part {i} has no tag probabilities of the expected shape",
+                                           hint="rerun with --force")
+                        tag_ds.resize((n + len(ids), tag_ds.shape[1]))
+                        tag_ds[n:] = part["tags"][()]
                     if keep_windows and "windows" in part:
                         w = part["windows"][()]
                         counts = part["window_counts"][()]
@@ -179,6 +198,22 @@ class EmbeddingStore:
     @property
     def encoder(self) -> str:
         return str(self.attrs.get("encoder", ""))
+
+    @property
+    def tag_names(self) -> list[str]:
+        """Columns of ``tag_probs`` (``embed --tags``); empty when the store has no tags."""
+        if "tag_probs" not in self._f:
+            return []
+        return [str(_attr(v)) for v in self._f["tag_probs"].attrs["tag_names"]]
+
+    def iter_tag_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 [rows, T]) blocks of ``tag_probs`` in row order."""
+        if "tag_probs" not in self._f:
+            raise MtxError(f"{self.path} has no tag probabilities",
+                           hint="run `mtx embed` with --tags and an encoder that has a tagger")
+        tags = self._f["tag_probs"]
+        for start in range(0, len(self), size):
+            yield start, np.asarray(tags[start:start + size], dtype=np.float32)
 
     def has(self, id_: str) -> bool:
         return id_ in self._pos

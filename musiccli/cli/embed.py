@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._context import get_ctx
+from ._context import AppContext, get_ctx
 from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, NumWorkers, Precision
 from ._output import escape, make_table
+
+if TYPE_CHECKING:
+    from ..tagging import TagSummary
 
 SHOWN_FAILURES = 5
 
@@ -21,6 +24,15 @@ def _parse_layers(text: str | None) -> list[int] | None:
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
                                  param_hint="--layers") from None
+
+
+def _show_tags(app: AppContext, summary: TagSummary) -> None:
+    # make_table escapes cell text itself.
+    rows = [[t.id, ", ".join(f"{name} {p:.2f}" for name, p in t.top)] for t in summary.tracks]
+    title = f"top tags (first {len(summary.tracks)} of {summary.n_tracks} tracks)"
+    app.out.table(make_table(title, ["track", "tags (probability)"], rows))
+    common = [[name, count] for name, count in summary.top1_counts]
+    app.out.table(make_table("most frequent top-1 tags", ["tag", "tracks"], common))
 
 
 def command(
@@ -55,6 +67,9 @@ def command(
                                                               "to finish assembles the store.")] = None,
     chunk_tracks: Annotated[int, typer.Option("--chunk-tracks", min=1,
                                               help="Tracks per committed unit (resume granularity).")] = 128,
+    tags: Annotated[bool, typer.Option("--tags", help="Also store zero-shot tag probabilities per track "
+                                                      "(tag_probs; encoders with a tagger, e.g. musicnn) "
+                                                      "and show the top tags.")] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -74,7 +89,7 @@ def command(
         audio_encoder=audio_encoder, manifest=manifest, model=model, layers=_parse_layers(layers),
         aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
-        chunk_tracks=chunk_tracks, resume=Resume.from_flags(cont, force),
+        chunk_tracks=chunk_tracks, tags=tags, resume=Resume.from_flags(cont, force),
     )
     hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
     with app.progress(resume_hint=hint) as progress:
@@ -93,6 +108,8 @@ def command(
                      f"first {min(SHOWN_FAILURES, len(result.failures))}):")
         for id_, why in result.failures[:SHOWN_FAILURES]:
             app.out.info(f"  {escape(id_)}: {escape(why)}")
+    if result.tag_summary is not None:
+        _show_tags(app, result.tag_summary)
     if not result.assembled:
         app.out.info("this shard is done; the store is assembled when every shard has finished "
                      "(or run `mtx embed --continue` without --shard)")

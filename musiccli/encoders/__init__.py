@@ -11,6 +11,7 @@ from . import clap  # noqa: F401  (registers "clap")
 from . import musicgen  # noqa: F401  (registers "musicgen")
 from . import muq  # noqa: F401  (registers "muq"; the package loads lazily)
 from . import music2latent  # noqa: F401  (registers "music2latent"; the package loads lazily)
+from . import musicnn  # noqa: F401  (registers "musicnn"; weights convert on first use)
 
 
 def encoder_names() -> list[str]:

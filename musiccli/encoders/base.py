@@ -42,6 +42,8 @@ class EncoderSpec:
     version: str = "1"
     license: str | None = None
     citation: str | None = None
+    # Declared as data so `--tags` can be refused (with the list of taggers) before building anything.
+    tagger: bool = False
 
 
 @dataclass
@@ -58,6 +60,10 @@ class AudioEncoder(abc.ABC):
     """A frozen audio encoder: windows in, per-window vectors out."""
 
     spec: EncoderSpec
+    #: Samples of audio *before* each window that ``embed_windows`` also receives (zeros at the start
+    #: of a file): [B, context_samples + window]. For encoders whose framing reaches back before the
+    #: window start (musicnn's centered STFT), so that stage-cut windows equal the model's own framing.
+    context_samples: int = 0
 
     def __init__(self, options: EncoderOptions, runtime: Runtime) -> None:
         self.options = options
@@ -75,6 +81,15 @@ class AudioEncoder(abc.ABC):
     @abc.abstractmethod
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """[B, samples] float32 at ``spec.sample_rate`` on the runtime device -> [B, window_dim] float32."""
+
+    @property
+    def tag_names(self) -> tuple[str, ...] | None:
+        """Names of the tags ``embed_windows_with_tags`` scores (None: the encoder has no tagger)."""
+        return None
+
+    def embed_windows_with_tags(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``embed_windows``, plus tag probabilities [B, len(tag_names)] in [0, 1] (``spec.tagger``)."""
+        raise MtxError(f"the {self.spec.name} encoder has no tagger")
 
     def identity(self) -> dict[str, Any]:
         """Everything about the encoder that changes its output (goes into stage keys and store attrs)."""

@@ -1,0 +1,204 @@
+"""The ``musicnn`` audio encoder in the embed stage: dims, weight cache, framing parity, --tags.
+
+Tests that need the trained weights skip when the ``musicnn`` wheel
+(``pip install --no-deps musicnn``) is not installed. The reference values in
+``fixtures/musicnn_reference.npz`` come from the original TensorFlow musicnn (see
+tests/test_musicnn.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musiccli.embed import EmbedConfig, _frame, run_embed
+from musiccli.encoders import EncoderOptions, build_encoder, get_spec
+from musiccli.encoders import musicnn_torch as mt
+from musiccli.errors import MtxError
+from musiccli.manifest import Record, write_manifest
+from musiccli.runtime import select_runtime
+from musiccli.state import StateDir
+from musiccli.tagging import check_tagger, tagging_encoders
+
+FIXTURE = Path(__file__).parent / "fixtures" / "musicnn_reference.npz"
+TOL = 1e-3
+SR = 16000
+WINDOW, HOP, CTX = 48000, 47872, 256
+
+
+@pytest.fixture(scope="module")
+def musicnn_installed() -> None:
+    if importlib.util.find_spec("musicnn") is None:
+        pytest.skip("musicnn wheel not installed (pip install --no-deps musicnn)")
+
+
+@pytest.fixture(scope="module")
+def encoder(musicnn_installed: None, tmp_path_factory: pytest.TempPathFactory):
+    options = EncoderOptions(cache_dir=tmp_path_factory.mktemp("models"))
+    return build_encoder("musicnn", options, select_runtime("cpu", "auto"))
+
+
+def _write_wav(path: Path, wave: np.ndarray) -> Path:
+    sf.write(path, wave, SR, subtype="PCM_16")
+    return path
+
+
+def _fixture_wave() -> np.ndarray:
+    return np.load(FIXTURE)["wave_int16"].astype(np.float32) / 32768
+
+
+# ----------------------------------------------------------------------------- declaration
+
+
+def test_spec_dims_and_framing_constants() -> None:
+    spec = get_spec("musicnn")
+    assert spec.sample_rate == SR and spec.default_aggregation == "mean" and spec.default_model == "MSD_musicnn"
+    assert spec.tagger and "ISC" in (spec.license or "") and "Pons" in (spec.citation or "")
+    # Window 3 s; hop = musicnn's patch hop of 187 frames x 256 samples.
+    assert round(spec.window_s * SR) == WINDOW and round(spec.hop_s * SR) == HOP
+    enc = build_encoder("musicnn", EncoderOptions(), select_runtime("cpu", "auto"))  # loads nothing
+    assert enc.window_dim == 200 and enc.dim("mean") == 200 and enc.dim("stats") == 600
+    assert enc.context_samples == CTX and len(enc.tag_names) == 50
+    assert build_encoder("dsp", EncoderOptions(), select_runtime("cpu", "auto")).context_samples == 0
+    assert "musicnn" in tagging_encoders() and "dsp" not in tagging_encoders()
+
+
+def test_stage_framing_prepends_left_context() -> None:
+    wave = np.arange(3 * HOP + 5000, dtype=np.float32)
+    framed = _frame(wave, WINDOW, HOP, None, CTX)
+    bare = _frame(wave, WINDOW, HOP, None, 0)
+    assert framed.shape == (len(bare), CTX + WINDOW)
+    np.testing.assert_array_equal(framed[:, CTX:], bare)            # same windows as without context
+    np.testing.assert_array_equal(framed[0, :CTX], np.zeros(CTX))   # zeros before the file start
+    np.testing.assert_array_equal(framed[1, :CTX], wave[HOP - CTX:HOP])
+
+
+# ----------------------------------------------------------------------------- with the weights
+
+
+def test_batch_of_one_equals_batch_of_many(encoder) -> None:
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, CTX + WINDOW)).astype(np.float32) * 0.1)
+    with torch.inference_mode():
+        emb, probs = encoder.embed_windows_with_tags(x)
+        single = [encoder.embed_windows_with_tags(x[i:i + 1]) for i in range(2)]
+    assert emb.shape == (2, 200) and probs.shape == (2, 50)
+    torch.testing.assert_close(torch.cat([e for e, _ in single]), emb, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([p for _, p in single]), probs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(encoder.embed_windows(x), emb)
+
+
+def test_stage_framed_windows_match_musicnn(encoder) -> None:
+    """Windows cut by the stage equal TF musicnn at the file start and musicnn's own
+    whole-file patches everywhere on the hop grid; bare windows (no context) do not."""
+    ref = np.load(FIXTURE)
+    fixture = _fixture_wave()
+    with torch.inference_mode():
+        # The fixture clip alone: one file-start window, compared with TensorFlow.
+        windows = torch.from_numpy(_frame(fixture, WINDOW, HOP, None, CTX))
+        assert windows.shape == (1, CTX + WINDOW)
+        emb, probs = encoder.embed_windows_with_tags(windows)
+        assert np.abs(emb.numpy() - ref["MSD_musicnn__penultimate"]).max() <= TOL
+        assert np.abs(probs.numpy() - ref["MSD_musicnn__tags"]).max() <= TOL
+
+        # A longer file: noise, then the fixture. musicnn's framing = one mel of the
+        # whole file, cut into 187-frame patches (the port's proven-parity path).
+        noise = np.random.default_rng(1).standard_normal(2 * HOP).astype(np.float32) * 0.05
+        long = np.concatenate([noise, fixture])
+        whole_probs, whole_emb = encoder.model(mt.musicnn_patches(encoder.model.logmel(torch.from_numpy(long))[0]))
+        framed = torch.from_numpy(_frame(long, WINDOW, HOP, None, CTX))
+        assert len(framed) == len(whole_emb) == 3
+        emb, probs = encoder.embed_windows_with_tags(framed)
+        assert (emb - whole_emb).abs().max() <= TOL and (probs - whole_probs).abs().max() <= TOL
+        # Without the context the first frame of non-initial windows sees zeros instead.
+        bare = encoder.model.embed_audio(framed[:, CTX:])[0]
+        assert (bare[1:] - whole_emb[1:]).abs().max() > 10 * TOL
+
+
+@pytest.fixture(scope="module")
+def tagged(musicnn_installed: None, tmp_path_factory: pytest.TempPathFactory):
+    """run_embed --tags on 3 short WAVs (1, 2 and 2 windows)."""
+    root = tmp_path_factory.mktemp("tagged")
+    rng = np.random.default_rng(2)
+    t = np.arange(int(5.0 * SR)) / SR
+    waves = {
+        "tone": 0.3 * np.sin(2 * np.pi * 220 * t[: 3 * SR]),
+        "noise": 0.1 * rng.standard_normal(int(3.5 * SR)),
+        "fixture": np.concatenate([_fixture_wave(), 0.2 * np.sin(2 * np.pi * 440 * t[: 2 * SR])]),
+    }
+    records = [Record(id=k, audio_path=str(_write_wav(root / f"{k}.wav", w.astype(np.float32))), caption=k,
+                      duration=len(w) / SR) for k, w in waves.items()]
+    state = StateDir.resolve(root / "state")
+    write_manifest(state.manifest_path("tiny"), records)
+    cfg = EmbedConfig(audio_encoder="musicnn", tags=True, num_workers=0, device="cpu", chunk_tracks=2)
+    return state, records, run_embed(state, cfg)
+
+
+def test_run_embed_with_tags(tagged) -> None:
+    state, records, result = tagged
+    # The converted weights are cached inside the state dir.
+    assert (state.root / "models" / "musicnn" / "MSD_musicnn.safetensors").is_file()
+    assert result.dim == 200 and result.n_ok == 3 and result.n_failed == 0
+    with h5py.File(result.path) as f:
+        assert [s.decode() for s in f["ids"][()]] == [r.id for r in records]
+        assert f["embeddings"].shape == (3, 200)
+        assert f.attrs["window"] == 3.0 and f.attrs["hop"] == pytest.approx(2.992)
+        probs = f["tag_probs"][()]
+        names = [s.decode() if isinstance(s, bytes) else s for s in f["tag_probs"].attrs["tag_names"]]
+    assert probs.shape == (3, 50) and names == list(mt.MSD_LABELS)
+    assert ((probs >= 0) & (probs <= 1)).all() and (probs.sum(1) > 0).all() and (probs.sum(1) < 50).all()
+    # Per-track tags = mean of the window probabilities; the first window of "fixture" is the TF clip.
+    ref = np.load(FIXTURE)
+    fixture_wave = sf.read(records[2].audio_path, dtype="float32")[0]
+    framed = torch.from_numpy(_frame(fixture_wave, WINDOW, HOP, None, CTX))
+    with torch.inference_mode():
+        model = mt.load_musicnn("MSD_musicnn", state.root / "models" / "musicnn")
+        _, win_probs = model.embed_audio(framed[:, CTX:], framed[:, :CTX])
+    assert np.abs(win_probs[0].numpy() - ref["MSD_musicnn__tags"][0]).max() <= TOL
+    np.testing.assert_allclose(probs[2], win_probs.mean(0).numpy(), atol=1e-5)
+    summary = result.tag_summary
+    assert [t.id for t in summary.tracks] == ["tone", "noise", "fixture"] and summary.n_tracks == 3
+    assert all(len(t.top) == 3 and t.top[0][1] >= t.top[1][1] for t in summary.tracks)
+    assert sum(c for _, c in summary.top1_counts) == 3
+    assert summary.tracks[2].top[0][0] == mt.MSD_LABELS[int(probs[2].argmax())]
+
+
+def test_tags_result_survives_skip(tagged) -> None:
+    state, _, first = tagged
+    again = run_embed(state, EmbedConfig(audio_encoder="musicnn", tags=True, num_workers=0, device="cpu",
+                                         chunk_tracks=2))
+    assert again.skipped and again.tag_summary == first.tag_summary
+    # Asking for tags changes the output, so a complete run without them is not "the same".
+    with pytest.raises(MtxError, match="different config"):
+        run_embed(state, EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", chunk_tracks=2))
+
+
+def test_tags_refused_without_a_tagger(tmp_path: Path) -> None:
+    with pytest.raises(MtxError) as err:
+        check_tagger("dsp")
+    assert "no tagger" in err.value.message and "musicnn" in (err.value.hint or "")
+    state = StateDir.resolve(tmp_path / "state")
+    write_manifest(state.manifest_path("tiny"), [Record(id="a", audio_path=str(tmp_path / "a.wav"), caption="a",
+                                                        duration=1.0)])
+    with pytest.raises(MtxError, match="no tagger"):
+        run_embed(state, EmbedConfig(audio_encoder="dsp", tags=True, num_workers=0, device="cpu"))
+    assert not list(state.root.rglob("*.json"))[1:]  # only the manifest: refused before any stage record
+
+
+def test_cli_tags_table_and_refusal(musicnn_installed: None, cli, state_dir: Path, tmp_path: Path) -> None:
+    state = StateDir.resolve(state_dir)
+    t = np.arange(int(3.2 * SR)) / SR
+    records = [Record(id=f"c{i}", audio_path=str(_write_wav(tmp_path / f"c{i}.wav",
+                                                            (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32))),
+                      caption="tone", duration=3.2) for i, f in enumerate((220, 660))]
+    write_manifest(state.manifest_path("tiny"), records)
+    out = cli("embed", "--audio-encoder", "dsp", "--tags", "--num-workers", "0")
+    assert out.exit_code == 1 and "no tagger" in out.output and "musicnn" in out.output
+    out = cli("embed", "--audio-encoder", "musicnn", "--tags", "--num-workers", "0")
+    assert out.exit_code == 0, out.output
+    assert "top tags" in out.output and "most frequent top-1 tags" in out.output and "c1" in out.output
