@@ -10,6 +10,7 @@ from . import musiccaps  # noqa: F401  (registers "musiccaps")
 from . import fma  # noqa: F401  (registers "fma")
 from . import mtg_jamendo  # noqa: F401  (registers "mtg-jamendo")
 from . import musicbench  # noqa: F401  (registers "musicbench")
+from . import jamendo_maxcaps  # noqa: F401  (registers "jamendo-maxcaps")
 
 
 def source_names() -> list[str]:
