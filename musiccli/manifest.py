@@ -87,8 +87,11 @@ def write_manifest(path: Path, records: Sequence[Record]) -> None:
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
-    text = json.dumps([r.to_dict() for r in records], ensure_ascii=False, indent=1)
-    atomic_write_text(path, text + "\n")
+    # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
+    # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    body = ",\n".join(encode(r.to_dict()) for r in records)
+    atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
 def read_manifest(path: Path) -> list[Record]:
