@@ -11,6 +11,7 @@ from . import fma  # noqa: F401  (registers "fma")
 from . import mtg_jamendo  # noqa: F401  (registers "mtg-jamendo")
 from . import musicbench  # noqa: F401  (registers "musicbench")
 from . import jamendo_maxcaps  # noqa: F401  (registers "jamendo-maxcaps")
+from . import suno  # noqa: F401  (registers "suno")
 
 
 def source_names() -> list[str]:
