@@ -228,6 +228,22 @@ def test_musicgen_decoder_states(tiny_musicgen: Path) -> None:
     assert delay_pattern(codes, pad_id=9, start_id=8).tolist() == [[[8, 1, 2, 3, 9], [8, 9, 4, 5, 6]]]
 
 
+# --------------------------------------------------------------------------- reduced precision
+@pytest.mark.parametrize("name, sr", [("mert", 24_000), ("musicgen", 32_000), ("clap", 48_000)])
+def test_autocast_bf16_returns_float32_close_to_fp32(name: str, sr: int, request: pytest.FixtureRequest) -> None:
+    """As the embed stage calls encoders on a GPU: inference_mode + the runtime's autocast (bf16 here, on CPU)."""
+    model = request.getfixturevalue(f"tiny_{name}")
+    x = _windows(sr, n=2, seconds=1.0 if name == "clap" else 0.25)
+    ref = build_encoder(name, EncoderOptions(model=str(model)), CPU).embed_windows(x)
+    bf16 = select_runtime("cpu", "bf16")
+    enc = build_encoder(name, EncoderOptions(model=str(model)), bf16)
+    with torch.inference_mode(), bf16.autocast():
+        z = enc.embed_windows(x)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    cos = torch.nn.functional.cosine_similarity(z, ref, dim=-1)
+    assert (cos > 0.98).all(), cos
+
+
 # --------------------------------------------------------------------------- the embed stage
 def _manifest(state, tmp_path: Path, n: int = 3) -> str:
     from musiccli.audio import write_audio

@@ -93,7 +93,10 @@ class ClapEncoder(AudioEncoder):
         feats = extractor(list(waves), sampling_rate=int(extractor.sampling_rate), return_tensors="pt")
         inputs = {"input_features": feats["input_features"].to(self.runtime.device)}
         if "is_longer" in feats:
-            inputs["is_longer"] = feats["is_longer"].to(self.runtime.device)
+            # Windows were cut to the extractor's maximum, so none is longer. The extractor
+            # marks a *random* clip as longer when none is (a training-time trick for fusion
+            # models); overriding it keeps fused checkpoints deterministic.
+            inputs["is_longer"] = torch.zeros_like(feats["is_longer"]).to(self.runtime.device)
         with self.runtime.autocast():
             z = pooled(model.get_audio_features(**inputs))
         return F.normalize(z.float(), dim=-1)

@@ -64,7 +64,7 @@ def require(module: str, extra: str) -> Any:
                        hint=f"pip install 'musiccli[{extra}]'") from None
 
 
-def read_hub_config(model: str, cache_dir: Path | None = None) -> dict[str, Any]:
+def read_hub_config(model: str) -> dict[str, Any]:
     """config.json of a local directory or a Hub repo (small file; no weights)."""
     local = Path(model)
     if local.is_dir():
@@ -73,7 +73,7 @@ def read_hub_config(model: str, cache_dir: Path | None = None) -> dict[str, Any]
         from huggingface_hub import hf_hub_download
 
         try:
-            path = Path(hf_hub_download(model, "config.json", cache_dir=cache_dir))
+            path = Path(hf_hub_download(model, "config.json"))
         except Exception as e:  # offline, unknown repo, auth: all mean "cannot load"
             raise load_error("model config", model, e) from None
     try:
@@ -120,10 +120,11 @@ def patch_conformers(model: torch.nn.Module) -> int:
     return n
 
 
-def load_muq_mulan(model_id: str, cache_dir: Path | None, device: torch.device) -> Any:
+def load_muq_mulan(model_id: str, device: torch.device) -> Any:
     muq = require("muq", "muq")
     try:
-        model = muq.MuQMuLan.from_pretrained(model_id, cache_dir=str(cache_dir) if cache_dir else None)
+        # The standard Hub cache (HF_HOME), shared with every other transformers model.
+        model = muq.MuQMuLan.from_pretrained(model_id)
     except (OSError, ValueError) as e:
         raise load_error("MuQ-MuLan model", model_id, e) from None
     patched = patch_conformers(model)
@@ -136,7 +137,7 @@ def load_muq_mulan(model_id: str, cache_dir: Path | None, device: torch.device) 
 class MuqEncoder(AudioEncoder):
     @cached_property
     def config(self) -> dict[str, Any]:
-        return read_hub_config(self.model_id, self.options.cache_dir)
+        return read_hub_config(self.model_id)
 
     @property
     def window_dim(self) -> int:
@@ -148,7 +149,7 @@ class MuqEncoder(AudioEncoder):
 
     @cached_property
     def _model(self) -> Any:
-        model = load_muq_mulan(self.model_id, self.options.cache_dir, self.runtime.device)
+        model = load_muq_mulan(self.model_id, self.runtime.device)
         log.info("loaded MuQ-MuLan %s (%d-d, %s s clips)", self.model_id, self.window_dim, model.clip_secs)
         return model
 

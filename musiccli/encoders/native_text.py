@@ -102,7 +102,7 @@ class MulanText(NativeTextModel):
     def __init__(self, model_id: str, device: torch.device) -> None:
         from .muq import load_muq_mulan
 
-        self.model = load_muq_mulan(model_id, None, device)
+        self.model = load_muq_mulan(model_id, device)
         super().__init__(model_id, int(self.model.mulan_module.dim_latent), device)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
