@@ -12,6 +12,7 @@ from . import mtg_jamendo  # noqa: F401  (registers "mtg-jamendo")
 from . import musicbench  # noqa: F401  (registers "musicbench")
 from . import jamendo_maxcaps  # noqa: F401  (registers "jamendo-maxcaps")
 from . import suno  # noqa: F401  (registers "suno")
+from . import folder  # noqa: F401  (registers "folder")
 
 
 def source_names() -> list[str]:

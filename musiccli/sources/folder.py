@@ -1,0 +1,244 @@
+"""Your own music folder: scan audio files, read their tags, and make the library searchable.
+
+Nothing is downloaded. ``mtx download folder --path ~/Music`` records the folder and
+scans it; the dataset root then holds only::
+
+    folder.json       {"path": "/home/me/Music"}: where the music lives (files stay in place)
+    index.jsonl       one line per scanned file: relative path, tags, duration (append-only,
+                      so an interrupted scan resumes where it stopped)
+    ledger.jsonl      one entry per file: ok, or failed + why (not readable as audio)
+
+Tags are read with mutagen's "easy" interface (ID3, Vorbis comments, MP4 atoms alike);
+missing ones fall back to the file and folder names (``Artist/Album/01 Title.mp3``).
+Captions are synthesised from genre and mood tags, or fall back to "<title> by <artist>".
+Rescan after changing the library with ``mtx download folder --path ... --force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..audio import AUDIO_EXTENSIONS
+from ..errors import MtxError
+from ..manifest import Record
+from ..progress import Progress
+from ..state import TMP_PREFIX, atomic_write_json, read_json
+from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "folder.json"
+INDEX_NAME = "index.jsonl"
+_SPLIT_TAGS = re.compile(r"\s*[;,]\s*")
+_TRACK_PREFIX = re.compile(r"^\s*(?:\d{1,3}[\s._-]+|\d{1,2}-\d{1,3}[\s._-]+)")
+
+INFO = SourceInfo(
+    name="folder",
+    description="Your own music folder: files stay in place; tags (mutagen) become captions for search",
+    license="(your files)",
+    homepage="",
+    phase=None,
+    downloadable=False,
+    options=("path",),
+)
+
+
+def file_id(rel: str) -> str:
+    """A stable id from the path relative to the music folder (moving the folder keeps the ids)."""
+    return "folder-" + hashlib.sha1(rel.encode("utf-8")).hexdigest()[:16]
+
+
+def scan(music_dir: Path) -> list[str]:
+    """Relative posix paths of the audio files under ``music_dir``, sorted; hidden files skipped."""
+    out = []
+    for dirpath, dirs, files in os.walk(music_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith((".", TMP_PREFIX)) or not name.lower().endswith(AUDIO_EXTENSIONS):
+                continue
+            out.append(Path(dirpath, name).relative_to(music_dir).as_posix())
+    return sorted(out)
+
+
+def _first(tags: Any, key: str) -> str | None:
+    try:
+        values = tags.get(key) if tags is not None else None
+    except (KeyError, ValueError):
+        return None
+    if isinstance(values, (list, tuple)):
+        values = next((str(v).strip() for v in values if str(v).strip()), None)
+    return str(values).strip() or None if values is not None else None
+
+
+def _all(tags: Any, key: str) -> list[str]:
+    try:
+        values = tags.get(key) if tags is not None else None
+    except (KeyError, ValueError):
+        return []
+    if values is None:
+        return []
+    out: list[str] = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        for part in _SPLIT_TAGS.split(str(v)):
+            if part.strip() and part.strip().lower() not in {o.lower() for o in out}:
+                out.append(part.strip())
+    return out
+
+
+def read_file_info(path: Path, rel: str) -> dict[str, Any]:
+    """Tags and duration of one file, with file/folder-name fallbacks; raises MtxError if it is not audio."""
+    import mutagen
+
+    from ..audio import AudioError, audio_info
+
+    tags, duration = None, None
+    try:
+        f = mutagen.File(path, easy=True)
+    except (mutagen.MutagenError, OSError, ValueError) as e:
+        log.debug("folder: mutagen cannot read %s: %s", rel, e)
+        f = None
+    if f is not None:
+        tags = f.tags
+        length = getattr(getattr(f, "info", None), "length", None)
+        duration = float(length) if length and length > 0 else None
+    if duration is None:
+        try:
+            duration = audio_info(path).duration
+        except AudioError as e:
+            raise MtxError(f"{rel}: {e.message}", hint="not readable as audio") from None
+    parts = rel.split("/")
+    date = _first(tags, "date") or _first(tags, "year") or ""
+    year = re.match(r"\d{4}", date)
+    title = _first(tags, "title") or _TRACK_PREFIX.sub("", Path(parts[-1]).stem).strip() or Path(parts[-1]).stem
+    tagged = any(_first(tags, k) for k in ("artist", "title", "album", "genre"))
+    return {
+        "rel": rel, "id": file_id(rel), "duration": duration, "title": title,
+        # Artist/Album/track layout: the folders name the artist and album when the tags do not.
+        "artist": _first(tags, "artist") or _first(tags, "albumartist") or (parts[-3] if len(parts) >= 3 else None),
+        "album": _first(tags, "album") or (parts[-2] if len(parts) >= 2 else None),
+        "genres": _all(tags, "genre"), "moods": _all(tags, "mood"),
+        "year": int(year.group(0)) if year else None, "tagged": tagged,
+    }
+
+
+def captions_for(info: dict[str, Any]) -> list[str]:
+    from ..captions import classify_tags, synthesize_captions
+
+    described = synthesize_captions(classify_tags([*info.get("genres", []), *info.get("moods", [])]),
+                                    key=info["id"], n=3)
+    by = f"{info['title']} by {info['artist']}" if info.get("artist") else info["title"]
+    return [c for c in dict.fromkeys([*described, by]) if c]
+
+
+@register
+class FolderSource(Source):
+    info = INFO
+
+    def identity(self, cfg: DownloadConfig) -> dict[str, Any]:
+        return {"max_items": cfg.max_items, "path": str(Path(cfg.path).expanduser().resolve()) if cfg.path else None}
+
+    @staticmethod
+    def music_dir(root: Path) -> Path | None:
+        cfg = Path(root) / CONFIG_NAME
+        if not cfg.exists():
+            return None
+        data = read_json(cfg)
+        return Path(data["path"]) if isinstance(data, dict) and data.get("path") else None
+
+    def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
+        music = Path(cfg.path).expanduser().resolve() if cfg.path else self.music_dir(root)
+        if music is None:
+            raise MtxError("no music folder given", hint="run `mtx download folder --path ~/Music`")
+        if not music.is_dir():
+            raise MtxError(f"{music} is not a directory", hint="pass the folder that holds your music with --path")
+        root.mkdir(parents=True, exist_ok=True)
+        previous = self.music_dir(root)
+        if previous is not None and previous != music:
+            raise MtxError(f"this dataset already indexes {previous}",
+                           hint="rerun with --force to index the new folder instead")
+        atomic_write_json(root / CONFIG_NAME, {"path": str(music)})
+        files = scan(music)
+        if cfg.max_items is not None:
+            files = files[: max(0, cfg.max_items)]
+        indexed = set(self._index(root))
+        todo = [rel for rel in files if not (ledger.is_ok(file_id(rel)) and file_id(rel) in indexed)]
+        log.info("folder: %d audio file(s) in %s, %d to scan", len(files), music, len(todo))
+        with progress.task("Scanning", total=len(todo), unit="files") as task, \
+                open(root / INDEX_NAME, "a", encoding="utf-8") as index:
+            for rel in todo:
+                self._scan_one(music, rel, index, ledger)
+                task.advance(1)
+                progress.check_interrupt()
+
+    @staticmethod
+    def _scan_one(music: Path, rel: str, index, ledger: Ledger) -> None:  # noqa: ANN001
+        fid = file_id(rel)
+        try:
+            info = read_file_info(music / rel, rel)
+        except MtxError as e:
+            ledger.failed(fid, e.message[:200])
+            return
+        # The index line first, then the ledger: an ok entry always has its tags on disk.
+        index.write(json.dumps(info, ensure_ascii=False) + "\n")
+        index.flush()
+        os.fsync(index.fileno())
+        ledger.ok(fid, path=rel, nbytes=(music / rel).stat().st_size)
+
+    @staticmethod
+    def _index(root: Path) -> dict[str, dict[str, Any]]:
+        path = Path(root) / INDEX_NAME
+        out: dict[str, dict[str, Any]] = {}
+        if not path.exists():
+            return out
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                    out[d["id"]] = d
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+        return out
+
+    def _present(self, root: Path) -> list[tuple[dict[str, Any], Path]]:
+        music = self.music_dir(root)
+        if music is None:
+            return []
+        if not music.is_dir():
+            raise MtxError(f"the indexed music folder {music} is gone",
+                           hint="reconnect the drive, or rerun `mtx download folder --path ... --force`")
+        ledger = Ledger(root)
+        out = []
+        for fid, info in sorted(self._index(root).items(), key=lambda kv: kv[1]["rel"]):
+            if ledger.is_ok(fid):
+                out.append((info, music / info["rel"]))
+        return out
+
+    def records(self, root: Path) -> list[Record]:
+        out = []
+        for info, path in self._present(Path(root)):
+            if not path.is_file():
+                continue
+            captions = captions_for(info)
+            out.append(Record(
+                id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
+                alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
+                tags=[*info.get("genres", []), *info.get("moods", [])], license=None,
+                extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
+                                         "relative_path": info["rel"]}.items() if v is not None},
+            ))
+        return out
+
+    def expected_files(self, root: Path) -> list[ExpectedFile]:
+        return [ExpectedFile(id=info["id"], path=path, duration=info.get("duration"),
+                             duration_tolerance=max(1.0, 0.01 * float(info.get("duration") or 0.0)))
+                for info, path in self._present(Path(root))]
+
+
+__all__ = ["FolderSource", "INFO", "scan", "read_file_info", "captions_for", "file_id"]

@@ -1,0 +1,113 @@
+"""folder: a user's music directory with ID3 / Vorbis-tagged files, an untagged one and a broken one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.easyid3 import EasyID3
+from mutagen.flac import FLAC
+
+from musiccli.errors import MtxError
+from musiccli.progress import NullProgress
+from musiccli.sources import folder
+from musiccli.sources.base import DownloadConfig
+from musiccli.sources.ledger import Ledger
+from musiccli.verify import check_file
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(8000 * seconds)) / 8000
+    return (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.fixture()
+def music(tmp_path: Path) -> Path:
+    lib = tmp_path / "Music"
+    (lib / "Miles Davis" / "Kind of Blue").mkdir(parents=True)
+    (lib / "Unknown Artist" / "Demos").mkdir(parents=True)
+    (lib / "misc").mkdir()
+    flac = lib / "Miles Davis" / "Kind of Blue" / "01 So What.flac"
+    sf.write(flac, _tone(2.0), 8000, format="FLAC")
+    f = FLAC(flac)
+    f["artist"], f["title"], f["album"], f["genre"], f["date"] = "Miles Davis", "So What", "Kind of Blue", \
+        "Jazz", "1959-08-17"
+    f["mood"] = "calm"
+    f.save()
+    mp3 = lib / "misc" / "track.mp3"
+    sf.write(mp3, _tone(2.5), 8000, format="MP3")
+    tags = EasyID3()
+    tags.update({"artist": "The Band", "title": "Loud Song", "genre": "Rock; Electronic"})
+    tags.save(mp3)
+    sf.write(lib / "Unknown Artist" / "Demos" / "03 - Sketch.wav", _tone(1.5), 8000)  # no tags at all
+    (lib / "misc" / "broken.mp3").write_bytes(b"\x00" * 400)  # not audio
+    (lib / "misc" / "cover.jpg").write_bytes(b"\xff\xd8")      # not an audio extension
+    (lib / ".hidden").mkdir()
+    sf.write(lib / ".hidden" / "x.wav", _tone(1.0), 8000)
+    return lib
+
+
+def _scan(root: Path, music: Path | None, **kw) -> Ledger:
+    folder.FolderSource().download(DownloadConfig(source="folder", path=music, **kw), root, Ledger(root),
+                                   NullProgress())
+    return Ledger(root)
+
+
+def test_scan_verify_records(music: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    ledger = _scan(root, music)
+    assert ledger.counts() == {"ok": 3, "failed": 1, "pending": 0}
+    assert ledger.entries[folder.file_id("misc/broken.mp3")].status == "failed"
+    assert (root / "folder.json").is_file()
+
+    assert all(check_file(e)[0] is None for e in folder.FolderSource().expected_files(root))
+    recs = {r.extra["relative_path"]: r for r in folder.FolderSource().records(root)}
+    assert set(recs) == {"Miles Davis/Kind of Blue/01 So What.flac", "misc/track.mp3",
+                         "Unknown Artist/Demos/03 - Sketch.wav"}
+    jazz = recs["Miles Davis/Kind of Blue/01 So What.flac"]
+    assert jazz.caption == "A calm Jazz track"
+    assert "So What by Miles Davis" in jazz.alt_captions
+    assert (jazz.artist, jazz.title, jazz.extra["album"], jazz.extra["year"]) == ("Miles Davis", "So What",
+                                                                                 "Kind of Blue", 1959)
+    assert jazz.tags == ["Jazz", "calm"] and jazz.license is None and abs(jazz.duration - 2.0) < 0.05
+    assert jazz.id == folder.file_id("Miles Davis/Kind of Blue/01 So What.flac")
+    rock = recs["misc/track.mp3"]
+    assert rock.tags == ["Rock", "Electronic"] and "Rock" in rock.caption
+    sketch = recs["Unknown Artist/Demos/03 - Sketch.wav"]  # untagged: names from the path
+    assert (sketch.caption, sketch.artist, sketch.extra["album"]) == ("Sketch by Unknown Artist",
+                                                                      "Unknown Artist", "Demos")
+    assert Path(sketch.audio_path) == music / "Unknown Artist/Demos/03 - Sketch.wav"
+
+
+def test_rescan_resumes_and_refuses_other_folder(music: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _scan(root, music, max_items=2)
+    assert len(folder.FolderSource().records(root)) == 2
+    _scan(root, None)  # the folder is remembered in folder.json
+    lines = (root / "index.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # files already indexed were not read again
+    other = tmp_path / "Other"
+    other.mkdir()
+    with pytest.raises(MtxError, match="already indexes"):
+        _scan(root, other)
+    with pytest.raises(MtxError, match="not a directory"):
+        _scan(tmp_path / "x", tmp_path / "nope")
+    with pytest.raises(MtxError, match="no music folder"):
+        _scan(tmp_path / "y", None)
+
+
+def test_cli_download_unify(music: Path, state_dir: Path) -> None:
+    from httpserver import mtx_runner
+
+    from musiccli.manifest import read_manifest
+    from musiccli.state import StateDir
+    from musiccli.unify import UnifyConfig, run_unify
+
+    mtx = mtx_runner(state_dir)
+    result = mtx("download", "folder", "--path", str(music))
+    assert result.exit_code == 1 and "broken.mp3" in result.output  # the unreadable file is reported
+    state = StateDir.resolve(state_dir)
+    assert run_unify(state, UnifyConfig(name="library", datasets=["folder"])).records == 3
+    assert all(r.dataset == "folder" for r in read_manifest(state.manifest_path("library")))
