@@ -37,13 +37,11 @@ def tiny_mert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny CLAP (text + HTSAT audio towers), a 1 s feature extractor and the bundled MiniLM tokenizer.
-
-    ``ClapProcessor`` insists on a RoBERTa tokenizer, which cannot be built offline; the
-    encoder needs only the feature extractor and the text tower loads ``AutoTokenizer``,
-    so a BERT tokenizer exercises the same code paths.
+    """Tiny CLAP (text + HTSAT audio towers) and a ``ClapProcessor``: a 1 s feature extractor and
+    the bundled MiniLM tokenizer (the real checkpoint ships a RoBERTa one, which cannot be
+    built offline; the code only goes through ``AutoTokenizer``, so any tokenizer works).
     """
-    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
+    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
 
     from musiccli.encoders.text import resolve_backbone
 
@@ -59,9 +57,9 @@ def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           projection_dim=8, patch_stride=(4, 4), patch_size=4, enable_fusion=False),
         projection_dim=8)
     ClapModel(cfg).save_pretrained(out)
-    ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
-                         fft_window_size=256, truncation="rand_trunc", padding="repeatpad").save_pretrained(out)
-    tok.save_pretrained(out)
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
+                                     fft_window_size=256, truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(out)
     return out
 
 
