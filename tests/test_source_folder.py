@@ -103,11 +103,12 @@ def test_cli_download_unify(music: Path, state_dir: Path) -> None:
 
     from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
-    from musiccli.unify import UnifyConfig, run_unify
 
     mtx = mtx_runner(state_dir)
     result = mtx("download", "folder", "--path", str(music))
     assert result.exit_code == 1 and "broken.mp3" in result.output  # the unreadable file is reported
+    assert mtx("verify", "folder").exit_code == 0
+    unified = mtx("unify", "--datasets", "folder", "--name", "library")
+    assert unified.exit_code == 0, unified.output
     state = StateDir.resolve(state_dir)
-    assert run_unify(state, UnifyConfig(name="library", datasets=["folder"])).records == 3
     assert all(r.dataset == "folder" for r in read_manifest(state.manifest_path("library")))

@@ -155,13 +155,14 @@ def test_metadata_names_without_listing(www: Path, tmp_path: Path, monkeypatch: 
 def test_cli_download_unify(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from httpserver import mtx_runner
 
+    from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
-    from musiccli.unify import UnifyConfig, run_unify
 
     mtx = mtx_runner(state_dir)
     with serve(www, routes=_routes) as srv:
         monkeypatch.setenv(jm.ENV_API, srv.url + "/api/tree")
         result = mtx("download", "jamendo-maxcaps", "--mirror", srv.url, "--max-shards", "1")
     assert result.exit_code == 0, result.output
-    out = run_unify(StateDir.resolve(state_dir), UnifyConfig(name="jmc", datasets=["jamendo-maxcaps"]))
-    assert out.records == 2
+    assert mtx("verify", "jamendo-maxcaps").exit_code == 0
+    assert mtx("unify", "--datasets", "jamendo-maxcaps", "--name", "jmc").exit_code == 0
+    assert len(read_manifest(StateDir.resolve(state_dir).manifest_path("jmc"))) == 2

@@ -177,15 +177,16 @@ def test_cli_download_verify_unify(www: Path, state_dir: Path, monkeypatch: pyte
 
     from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
-    from musiccli.unify import UnifyConfig, run_unify
 
     mtx = mtx_runner(state_dir)
     with serve(www) as srv:
         monkeypatch.setenv(mj.ENV_META_URL, srv.url)
         result = mtx("download", "mtg-jamendo", "--mirror", srv.url, "--max-shards", "2")
     assert result.exit_code == 0, result.output
+    verified = mtx("verify", "mtg-jamendo")
+    assert verified.exit_code == 0, verified.output
+    unified = mtx("unify", "--datasets", "mtg-jamendo", "--name", "mtg", "--keep-official-splits")
+    assert unified.exit_code == 0, unified.output
     state = StateDir.resolve(state_dir)
-    out = run_unify(state, UnifyConfig(name="mtg", datasets=["mtg-jamendo"]))
-    assert out.records == 2
     recs = read_manifest(state.manifest_path("mtg"))
     assert sorted(r.id for r in recs) == ["mtg-jamendo-1009", "mtg-jamendo-7400"]

@@ -126,12 +126,13 @@ def test_cli_download_unify(www: Path, state_dir: Path) -> None:
 
     from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
-    from musiccli.unify import UnifyConfig, run_unify
 
     mtx = mtx_runner(state_dir)
     with serve(www) as srv:
         result = mtx("download", "musicbench", "--mirror", srv.url, "--max-items", "3")
     assert result.exit_code == 0, result.output
+    assert mtx("verify", "musicbench").exit_code == 0
+    unified = mtx("unify", "--datasets", "musicbench", "--name", "mb", "--keep-official-splits")
+    assert unified.exit_code == 0, unified.output
     state = StateDir.resolve(state_dir)
-    assert run_unify(state, UnifyConfig(name="mb", datasets=["musicbench"], keep_official_splits=True)).records == 3
     assert {r.split for r in read_manifest(state.manifest_path("mb"))} == {"train"}

@@ -110,8 +110,8 @@ def test_row_parsing_and_heuristic() -> None:
 def test_default_cap_and_cli(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from httpserver import mtx_runner
 
+    from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
-    from musiccli.unify import UnifyConfig, run_unify
 
     monkeypatch.setattr(suno, "DEFAULT_MAX_ITEMS", 2)
     www = tmp_path / "www"
@@ -123,4 +123,6 @@ def test_default_cap_and_cli(tmp_path: Path, state_dir: Path, monkeypatch: pytes
     assert result.exit_code == 0, result.output
     root = state_dir / "datasets" / "suno"
     assert Ledger(root).counts()["ok"] == 2
-    assert run_unify(StateDir.resolve(state_dir), UnifyConfig(name="suno", datasets=["suno"])).records == 2
+    assert mtx("verify", "suno").exit_code == 0
+    assert mtx("unify", "--datasets", "suno", "--name", "suno").exit_code == 0
+    assert len(read_manifest(StateDir.resolve(state_dir).manifest_path("suno"))) == 2
