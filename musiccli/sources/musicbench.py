@@ -80,7 +80,7 @@ class Clip:
 
 
 def clip_id(location: str) -> str:
-    """``data/abc.wav`` -> ``musicbench-abc``; other folders keep their name (``data_aug2/abc`` -> ``...-data_aug2-abc``)."""
+    """``data/abc.wav`` -> ``musicbench-abc``; other folders stay in the id (``musicbench-data_aug2-abc``)."""
     path = posixpath.normpath(location.replace("\\", "/")).lstrip("./")
     stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
     if stem.startswith("data/"):
