@@ -29,7 +29,7 @@ from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, restore_rng_state, seed_everything,
                        select_runtime)
-from ..state import Resume, StateDir, begin_stage, check_name, to_jsonable
+from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler, PairDataset, Split, split_pairs
@@ -209,14 +209,40 @@ class _Trainer:
         self.result_config = _result_config(cfg, self.runtime, self.loss_name)
         stage_config = {**self.result_config, "manifest_name": self.manifest_name,
                         "manifest_hash": self.manifest_hash, "store": _store_identity(self.store)}
-        self.stage = begin_stage(self.state, "train", f"train:{self.run_name}", stage_config, cfg.resume,
-                                 discard=self._discard if self.dist.is_main else None)
+        if cfg.teacher:
+            # a retrained teacher changes what continuing a distillation run would compute
+            stage_config["teacher_created"] = ckpt.read_run_json(self.state.run_dir(cfg.teacher)).get("created")
+        self.stage = self._begin_stage(f"train:{self.run_name}", stage_config)
         if self.stage.already_complete:
             return self._skipped_result()
-        if not self.stage.resumed and self.dist.is_main:
-            self._discard()  # leftovers of a run whose stage record is gone
-        ckpt.recover(self.run_dir)
+        if self.dist.is_main:
+            if not self.stage.resumed:
+                self._discard()  # leftovers of a run whose stage record is gone
+            ckpt.recover(self.run_dir)
+        self._barrier()
         return None
+
+    def _begin_stage(self, key: str, config: dict[str, Any]) -> StageRun:
+        """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
+        if not self.dist.enabled:
+            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+        import torch.distributed as dist
+
+        payload: list[Any] = [None]
+        stage = None
+        if self.dist.is_main:
+            try:
+                stage = begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+                payload = [("ok", stage.resumed, stage.already_complete)]
+            except MtxError as e:
+                payload = [("error", e.message, e.hint)]
+        dist.broadcast_object_list(payload, src=0)
+        kind, a, b = payload[0]
+        if kind == "error":
+            raise MtxError(a, hint=b)
+        if stage is None:
+            stage = StageRun(self.state, load_stage(self.state, key), resumed=a, already_complete=b)
+        return stage
 
     def _discard(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
