@@ -209,6 +209,11 @@ def test_missing_embeddings_and_bad_names(state, tiny_backbone):
     assert "unknown loss 'hinge'" in err.value.message and "listmle" in err.value.hint
     with pytest.raises(MtxError, match="unknown teacher run"):
         run_train(state, tiny_cfg(tiny_backbone, teacher="nope"))
+    with pytest.raises(MtxError, match="cannot load text backbone"):
+        run_train(state, tiny_cfg(tiny_backbone, text_backbone=str(state.root / "no-such-model")))
+    # failed setups leave nothing behind: a corrected rerun is not refused as "interrupted"
+    assert not state.run_dir("fake-lib").exists()
+    assert not list(state.stages_dir.glob("train*"))
 
 
 def test_distillation_into_student(state, tiny_backbone):

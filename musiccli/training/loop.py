@@ -150,18 +150,25 @@ def _store_identity(store: EmbeddingStore) -> dict[str, Any]:
             "manifest_hash": store.attrs.get("manifest_hash"), "size": store.path.stat().st_size}
 
 
-def _load_teacher(state: StateDir, name: str, device: torch.device):
-    from ..encoders.text import TextEmbedder
-
+def _teacher_dir(state: StateDir, name: str) -> Path | None:
     run_dir = state.run_dir(name)
     for sub in ("best", "latest"):
         if (run_dir / sub / "model.safetensors").exists():
-            teacher = TextEmbedder.from_pretrained(run_dir / sub, device=device)
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            log.info("distilling from teacher run %s (%s/)", name, sub)
-            return teacher
-    raise unknown_choice("teacher run", name, state.list_runs(complete_only=True) or ["(none trained yet)"])
+            return run_dir / sub
+    return None
+
+
+def _load_teacher(state: StateDir, name: str, device: torch.device):
+    from ..encoders.text import TextEmbedder
+
+    path = _teacher_dir(state, name)
+    if path is None:
+        raise unknown_choice("teacher run", name, state.list_runs(complete_only=True) or ["(none trained yet)"])
+    teacher = TextEmbedder.from_pretrained(path, device=device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("distilling from teacher run %s (%s/)", name, path.name)
+    return teacher
 
 
 class _Trainer:
@@ -182,6 +189,9 @@ class _Trainer:
             raise MtxError("the distillation loss needs a teacher", hint="pass --teacher RUN (a trained run)")
         if cfg.teacher and cfg.loss not in (DEFAULT_LOSS, "distillation"):
             log.info("--teacher given: using the distillation loss instead of %s", cfg.loss)
+        if cfg.teacher and _teacher_dir(self.state, cfg.teacher) is None:
+            raise unknown_choice("teacher run", cfg.teacher,
+                                 self.state.list_runs(complete_only=True) or ["(none trained yet)"])
 
         self.runtime = select_runtime(cfg.device, cfg.precision)
         self.dist: DistInfo = init_distributed(self.runtime)
@@ -542,6 +552,13 @@ class _Trainer:
         self._barrier()
         return result
 
+    def abandon(self) -> None:
+        """Setup failed before any step (bad backbone, too little data): forget a fresh run entirely,
+        so that the corrected command starts cleanly instead of being refused as interrupted."""
+        if self.dist.is_main and not self.stage.resumed:
+            self.stage.path.unlink(missing_ok=True)
+            self._discard()
+
     def close(self) -> None:
         store = getattr(self, "store", None)
         if store is not None:
@@ -560,7 +577,11 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
         skipped = trainer.setup()
         if skipped is not None:
             return skipped
-        trainer.build()
+        try:
+            trainer.build()
+        except MtxError:
+            trainer.abandon()
+            raise
         return trainer.fit()
     finally:
         trainer.close()

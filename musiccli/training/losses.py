@@ -185,6 +185,7 @@ class ListMLELoss(nn.Module):
             # Force the paired audio to the top even if a duplicate vector ties with it.
             aa.fill_diagonal_(float("inf"))
             order = aa.argsort(dim=1, descending=True, stable=True)
+        # / B: the Plackett-Luce log-likelihood sums over B positions; keep the scale batch-size free
         loss = listmle(self.temp.scale() * t @ a.T, order) / t.shape[0]
         return loss, {"listmle": float(loss.detach())}
 
