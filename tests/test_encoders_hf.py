@@ -158,6 +158,31 @@ def test_mert_embeds_layer_major_and_batch_invariant(tiny_mert: Path) -> None:
     assert aggregate(full.numpy(), "stats").shape == (enc.dim("stats"),)
 
 
+@pytest.mark.parametrize("stable", [False, True])
+def test_mert_state_walk_matches_transformers_hidden_states(stable: bool) -> None:
+    """Our layer-by-layer walk (independent of the encoder's return conventions) == transformers' states."""
+    from transformers import HubertConfig, HubertModel
+
+    from musiccli.encoders.mert import hidden_states
+
+    torch.manual_seed(0)
+    model = HubertModel(HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2),
+                                     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                     feat_extract_norm="layer" if stable else "group",
+                                     do_stable_layer_norm=stable)).eval()
+    x = _windows(24_000, n=2, seconds=0.2)
+    with torch.no_grad():
+        ours = hidden_states(model, x)
+        out = model(x, output_hidden_states=True)
+    assert len(ours) == len(out.hidden_states) == 3
+    for a, b in zip(ours[:-1], out.hidden_states[:-1]):
+        torch.testing.assert_close(a, b)
+    # The last state is the encoder output, layer-normed in the stable variant as transformers 4.x
+    # reported it (5.x's recorded last state skips that final norm).
+    torch.testing.assert_close(ours[-1], out.last_hidden_state)
+
+
 # --------------------------------------------------------------------------- CLAP
 def test_clap_unit_vectors_batch_invariant_and_deterministic_crop(tiny_clap: Path) -> None:
     enc = build_encoder("clap", EncoderOptions(model=str(tiny_clap)), CPU)

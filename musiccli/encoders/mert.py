@@ -17,6 +17,14 @@ averaged over frames and the results are concatenated layer-major
 - MERT-v1-95M:  (12 + 1) x 768  =  9,984 per window; ``stats`` -> 29,952
 
 ``--layers 0,12,24`` keeps a subset (in the order given): len(layers) x hidden.
+
+Hidden states are collected by :func:`hidden_states`, which walks the loaded
+module tree (CNN features -> projection -> positional conv -> each layer) with the
+semantics MERT was trained and published under (transformers 4.x ``HubertEncoder``:
+the state before every layer, plus the final one). MERT's remote code calls
+``self.encoder(..., output_hidden_states=True)``, and transformers 5 encoders no
+longer return per-layer states (nor accept MERT's custom layers' tuple outputs), so
+relying on ``model(...).hidden_states`` would break with the installed transformers.
 """
 
 from __future__ import annotations
@@ -78,6 +86,53 @@ def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + 1e-7)
 
 
+def prepare_for_states(model: torch.nn.Module) -> None:
+    """Make MERT's custom layers callable one by one under transformers 5.
+
+    MERT's ``HubertEncoderLayerExtend`` (deepnorm checkpoints) may hold a stock
+    ``HubertAttention`` built without a config and unpacks three outputs from it; the
+    5.x attention needs its config and returns two.
+    """
+    from transformers.models.hubert.modeling_hubert import HubertAttention
+
+    for layer in getattr(model.encoder, "layers", []):
+        attn = getattr(layer, "attention", None)
+        if not isinstance(attn, HubertAttention) or not hasattr(layer, "residual_connection"):
+            continue
+        if getattr(attn, "config", "absent") is None:
+            attn.config = model.config
+        original = attn.forward
+
+        def three_outputs(*args: Any, _f: Any = original, **kwargs: Any) -> tuple[Any, ...]:
+            out = _f(*args, **kwargs)
+            return (*out, None) if isinstance(out, tuple) and len(out) == 2 else out
+
+        attn.forward = three_outputs
+
+
+def hidden_states(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """(n_layers + 1) states [B, frames, H] of a HuBERT-style model (MERT or ``HubertModel``), eval mode."""
+    feats = model.feature_extractor(x).transpose(1, 2)
+    if getattr(model.config, "feature_extractor_cqt", False):   # MERT variants with CQT input features
+        cqt = model.feature_extractor_cqt(x).transpose(1, 2)[:, : feats.shape[1]]
+        feats = torch.cat([feats, cqt], dim=2)
+    h = model.feature_projection(feats)
+    h = h[0] if isinstance(h, tuple) else h
+    enc = model.encoder
+    stable = bool(getattr(model.config, "do_stable_layer_norm", False))
+    h = h + enc.pos_conv_embed(h).to(h.dtype)
+    if not stable:
+        h = enc.layer_norm(h)
+    h = enc.dropout(h)
+    states = []
+    for layer in enc.layers:
+        states.append(h)
+        out = layer(h)
+        h = out[0] if isinstance(out, tuple) else out
+    states.append(enc.layer_norm(h) if stable else h)
+    return states
+
+
 @register(SPEC)
 class MertEncoder(AudioEncoder):
     @cached_property
@@ -110,6 +165,7 @@ class MertEncoder(AudioEncoder):
         if int(extractor.sampling_rate) != SPEC.sample_rate:
             raise MtxError(f"{self.model_id} expects {extractor.sampling_rate} Hz audio, mtx feeds MERT "
                            f"{SPEC.sample_rate} Hz", hint="use a MERT-v1 checkpoint (24 kHz)")
+        prepare_for_states(model)
         log.info("loaded MERT %s (%d layers x %d)", self.model_id, self.config.num_hidden_layers + 1,
                  self.config.hidden_size)
         return extractor, model.to(self.runtime.device).eval()
@@ -126,7 +182,7 @@ class MertEncoder(AudioEncoder):
         if getattr(extractor, "do_normalize", False):
             x = zero_mean_unit_var(x)
         with self.runtime.autocast():
-            out = model(x, output_hidden_states=True)
+            states = hidden_states(model, x)
         # Each state [B, frames, H] -> [B, H], stacked layer-major [B, L, H] -> [B, L*H].
-        pooled = torch.stack([out.hidden_states[i].float().mean(dim=1) for i in self.layers], dim=1)
+        pooled = torch.stack([states[i].float().mean(dim=1) for i in self.layers], dim=1)
         return pooled.flatten(1)
