@@ -12,7 +12,7 @@ what mtx does on purpose:
 Also reported: end-to-end ``run_train`` steps/s (validation and checkpoints included).
 
     python benchmarks/train_speed.py                       # tiny + minilm, CPU (+ CUDA if present)
-    python benchmarks/train_speed.py --backbones tiny --steps 20
+    python benchmarks/train_speed.py --backbones tiny --threads 1 --end-to-end
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_loops(state, backbone: str, device_name: str, steps: int, batch: int) -> dict[str, float]:
+def bench_loops(state, backbone: str, device_name: str, steps: int, batch: int, rounds: int) -> dict[str, float]:
+    """Interleave timed blocks of both loops and take medians: robust to a busy machine's drift."""
     import contextlib
 
     from musiccli.manifest import read_manifest
@@ -108,48 +109,41 @@ def bench_loops(state, backbone: str, device_name: str, steps: int, batch: int) 
     store = EmbeddingStore(state.embeddings_path("synthetic", "bench"))
     train = split_pairs(records, store, "train")
     mean, std = store.mean_std(train.positions)
-    sampler = EpochSampler(len(train), batch, seed=0)
-    batches = sampler.batches(0)
-    out = {}
+    batches = EpochSampler(len(train), batch, seed=0).batches(0)
 
-    # mtx: sorted per-batch reads + AMP where the device has it
+    # mtx: one sorted HDF5 read of the batch's rows + AMP where the device has it
     ds = PairDataset(train, store, mean, std, seed=0)
-    model, loss_fn, opt = _model_and_opt(backbone, store.dim, device, mean, std)
-    for b in range(2):  # warm-up (allocator, kernels, tokenizer caches)
-        texts, audio = ds.batch(batches[b])
-        _step(model, loss_fn, opt, texts, torch.from_numpy(audio).to(device), device, runtime.autocast())
-    _sync(device)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        texts, audio = ds.batch(batches[s % len(batches)])
-        _step(model, loss_fn, opt, texts, torch.from_numpy(audio).to(device), device, runtime.autocast())
-    _sync(device)
-    out["mtx"] = steps / (time.perf_counter() - t0)
-    out["precision"] = runtime.precision
 
-    # naive: whole store per step, row lookups one by one, fp32
-    model, loss_fn, opt = _model_and_opt(backbone, store.dim, device, mean, std)
+    def mtx_batch(idx):
+        return ds.batch(idx)
+
+    # naive: the whole store per step, row lookups one record at a time, fp32
     pos = {id_: k for k, id_ in enumerate(store.ids)}
 
     def naive_batch(idx):
         full = np.concatenate([c for _, c in store.iter_chunks()])
         recs = [train.records[i] for i in idx]
         raw = np.stack([full[pos[r.id]] for r in recs])
-        return [r.caption for r in recs], (raw - mean) / std
+        return [r.caption for r in recs], ((raw - mean) / std).astype(np.float32)
 
-    for b in range(2):
-        texts, audio = naive_batch(batches[b])
-        _step(model, loss_fn, opt, texts, torch.from_numpy(audio).to(device), device, contextlib.nullcontext())
-    _sync(device)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        texts, audio = naive_batch(batches[s % len(batches)])
-        _step(model, loss_fn, opt, texts, torch.from_numpy(audio).float().to(device), device,
-              contextlib.nullcontext())
-    _sync(device)
-    out["naive"] = steps / (time.perf_counter() - t0)
+    loops = {
+        "mtx": (mtx_batch, runtime.autocast, _model_and_opt(backbone, store.dim, device, mean, std)),
+        "naive": (naive_batch, contextlib.nullcontext, _model_and_opt(backbone, store.dim, device, mean, std)),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, kernels, tokenizer caches)
+        for name, (get_batch, autocast, (model, loss_fn, opt)) in loops.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for s in range(steps):
+                texts, audio = get_batch(batches[(r * steps + s) % len(batches)])
+                _step(model, loss_fn, opt, texts, torch.from_numpy(audio).to(device), device, autocast())
+            _sync(device)
+            if r:
+                rates[name].append(steps / (time.perf_counter() - t0))
     store.close()
-    return out
+    return {"mtx": float(np.median(rates["mtx"])), "naive": float(np.median(rates["naive"])),
+            "precision": runtime.precision}
 
 
 def bench_run_train(state, backbone: str, device_name: str, batch: int) -> tuple[float, int]:
@@ -167,10 +161,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096, help="clips in the synthetic store")
     ap.add_argument("--dim", type=int, default=1536, help="embedding dim (1536 = MuQ-MuLan mean+sigma+dmean)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per block")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timed blocks per loop (median)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--end-to-end", action="store_true", help="also time a full run_train epoch")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from musiccli.state import StateDir
 
@@ -179,13 +177,13 @@ def main() -> None:
         make_data(state, args.n, args.dim)
         tiny = str(make_tiny_backbone(Path(tmp) / "tiny-bert"))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        print(f"synthetic store: {args.n} x {args.dim} float32, batch {args.batch}, {args.steps} timed steps, "
-              f"torch threads {torch.get_num_threads()}")
+        print(f"synthetic store: {args.n} x {args.dim} float32, batch {args.batch}, median of {args.rounds} "
+              f"blocks of {args.steps} steps, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         print(f"{'backbone':8} {'device':6} {'prec':5} {'mtx steps/s':>12} {'naive steps/s':>14} {'ratio':>6}")
         for name in args.backbones:
             backbone = tiny if name == "tiny" else name
             for dev in devices:
-                r = bench_loops(state, backbone, dev, args.steps, args.batch)
+                r = bench_loops(state, backbone, dev, args.steps, args.batch, args.rounds)
                 print(f"{name:8} {dev:6} {r['precision']:5} {r['mtx']:12.2f} {r['naive']:14.2f} "
                       f"{r['mtx'] / r['naive']:6.2f}x", flush=True)
                 if args.end_to_end:
