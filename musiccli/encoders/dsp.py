@@ -24,7 +24,8 @@ Per-window dimensionality::
                        x (mean, std over frames)                             =  12
     chroma             12 mean + 12 std (per-frame normalised)
                        + 12 mean rotated to the estimated tonic
-                       + 2 mode scores (best major / best minor key-profile r) =  38
+                       + 2 mode scores (best major / best minor key-profile r;
+                         keys are found on chroma + bass chroma < 260 Hz)      =  38
     rhythm             onset envelope mean, std; low-band (< 200 Hz) and
                        high-band (> 3 kHz) onset means;
                        10 tempogram bands (quarter-octave triangles on
@@ -54,6 +55,7 @@ FMIN, FMAX = 30.0, 8000.0
 CHROMA_FFT = 4096
 CHROMA_HOP = 4096
 CHROMA_FMIN, CHROMA_FMAX = 55.0, 4200.0
+BASS_FMAX = 260.0  # bass register (up to about C4), where roots and tonics live
 TEMPO_MIN, TEMPO_MAX, TEMPO_BANDS = 40.0, 240.0, 10  # BPM range and tempogram bands
 EPS = 1e-10
 ONSET_LAMBDA = 1000.0
@@ -157,7 +159,10 @@ class DSPEncoder(AudioEncoder):
         self._mel_fb = fb.to(dev)
         self._low_bands = (centres < 200.0).to(dev)
         self._high_bands = (centres > 3000.0).to(dev)
-        self._chroma_fb = chroma_filterbank().to(dev)
+        chroma_fb = chroma_filterbank()
+        self._chroma_fb = chroma_fb.to(dev)
+        chroma_freqs = torch.linspace(0, SR / 2, CHROMA_FFT // 2 + 1)
+        self._bass_fb = (chroma_fb * (chroma_freqs <= BASS_FMAX)[:, None]).to(dev)
         self._profiles = key_profiles().to(dev)
         # Windows are scaled so that a full-scale sine has magnitude 1 (0 dB) in its bin.
         win = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32)
@@ -260,13 +265,19 @@ class DSPEncoder(AudioEncoder):
 
     def _chroma_features(self, x: torch.Tensor) -> torch.Tensor:
         spec = self._stft(x, CHROMA_FFT, CHROMA_HOP, self._chroma_win, center=False)
-        mag = spec.abs() / float(self._chroma_win.sum().item() / 2)
+        mag = spec.abs()  # [B, T, F]
         chroma = (mag @ self._chroma_fb).transpose(1, 2)  # [B, 12, T]
         energy = chroma.sum(1, keepdim=True)
         # Per-frame normalisation (silence -> flat 1/12), so chroma reflects pitch content, not level.
         chroma = (chroma + 1e-6) / (energy + 12e-6)
         std, mean = _std_mean(chroma, 2)
-        z = (mean - mean.mean(1, keepdim=True)) / (mean.std(1, keepdim=True, unbiased=False) + 1e-6)
+        # Key finding adds the bass chroma: the bass tends to sit on roots, which separates a
+        # key from its relative major/minor (same pitch set) better than the full chroma alone.
+        bass = mag @ self._bass_fb
+        bass = ((bass + 1e-6) / (bass.sum(2, keepdim=True) + 12e-6)).mean(1)
+        key_chroma = mean + bass
+        z = (key_chroma - key_chroma.mean(1, keepdim=True)) / (key_chroma.std(1, keepdim=True, unbiased=False)
+                                                               + 1e-6)
         corr = z @ self._profiles / 12.0  # Pearson r with each of the 24 key profiles, [B, 24]
         best_major, _ = corr[:, :12].max(1)
         best_minor, _ = corr[:, 12:].max(1)
