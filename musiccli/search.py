@@ -29,7 +29,8 @@ import numpy as np
 from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .progress import NullProgress, Progress
-from .state import StateDir, atomic_path, atomic_write_json, atomic_write_text, check_name, read_json
+from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
+                    read_json)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ class SearchConfig:
     index: str | None = None
     k: int = 10
     device: str = "cpu"
-    rebuild: bool = False
+    rebuild: bool = False          # rebuild the index even if it is current (--force)
     text_model: str = "run"        # "run": the run's trained text embedder
+    resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
 
 
 @dataclass
@@ -122,7 +124,7 @@ def load_index(state: StateDir, name: str) -> Index:
     mm = np.load(d / "vectors.npy", mmap_mode="r")
     if mm.shape != (len(ids), int(meta["dim"])):
         raise MtxError(f"index {name!r} is damaged ({mm.shape} vectors for {len(ids)} ids)",
-                       hint="rebuild it with `mtx search --rebuild`")
+                       hint="rebuild it with `mtx search --force`")
     vectors = np.ascontiguousarray(np.array(mm, dtype=np.float32))
     del mm
     return Index(name=name, dir=d, meta=meta, ids=ids, items=items, vectors=vectors)
@@ -209,7 +211,7 @@ def _stale_reason(state: StateDir, info: RunInfo, meta: dict[str, Any]) -> str |
 
 
 def open_index(state: StateDir, info: RunInfo, index: str | None, rebuild: bool, model=None,
-               progress: Progress | None = None) -> tuple[Index, bool]:
+               progress: Progress | None = None, resume: Resume = Resume.FRESH) -> tuple[Index, bool]:
     """The requested (or default) index for a run, rebuilt when asked or stale. Returns (index, rebuilt)."""
     if index is not None:
         d = state.index_dir(index)
@@ -233,7 +235,14 @@ def open_index(state: StateDir, info: RunInfo, index: str | None, rebuild: bool,
     checkpoint = meta.get("checkpoint") if meta else None
     if checkpoint and not (info.dir / checkpoint / "model.safetensors").exists():
         checkpoint = None
-    return build_index(state, info.name, manifest, name, checkpoint=checkpoint, model=model, progress=progress), True
+    # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
+    # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
+    mode = Resume.FORCE if (meta is not None or rebuild) else resume
+    stage = begin_stage(state, "search", f"index:{name}", {"run": info.name, "manifest": manifest,
+                                                             "checkpoint": checkpoint}, mode)
+    built = build_index(state, info.name, manifest, name, checkpoint=checkpoint, model=model, progress=progress)
+    stage.complete({"index": name, "count": len(built)})
+    return built, True
 
 
 # --------------------------------------------------------------------------- querying
@@ -257,7 +266,8 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
     info = resolve_run(state, run, announce=False)   # the caller reports "using run X, index Y"
     runtime = select_runtime(cfg.device, "fp32")
     model = TextEmbedder.from_pretrained(info.checkpoint_dir(info.default_checkpoint()), device=runtime.device)
-    index, rebuilt = open_index(state, info, cfg.index, cfg.rebuild, model=model, progress=progress)
+    index, rebuilt = open_index(state, info, cfg.index, cfg.rebuild, model=model, progress=progress,
+                                resume=cfg.resume)
     if index.meta.get("checkpoint") not in (None, info.default_checkpoint()):
         model = TextEmbedder.from_pretrained(info.checkpoint_dir(index.meta["checkpoint"]), device=runtime.device)
     log.debug("using run %s, index %s (%d tracks)", info.name, index.name, len(index))

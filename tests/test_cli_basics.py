@@ -103,5 +103,5 @@ def _complete(words: str, cword: int, tmp_path: Path) -> list[str]:
 
 def test_bash_completion_completes_commands_and_registry_names(tmp_path):
     assert "embed" in _complete("mtx em", 1, tmp_path)
-    assert {"dsp", "mert", "clap"} <= set(_complete("mtx embed --audio-encoder ", 2, tmp_path))
+    assert {"dsp", "mert", "clap"} <= set(_complete("mtx embed --audio-encoder ", 3, tmp_path))
     assert "fma" in _complete("mtx download f", 2, tmp_path)

@@ -76,7 +76,7 @@ def test_top_hit_index_reuse_and_rebuild(make_run, state) -> None:
     write_manifest(state.manifest_path("lib"), recs)
     res = search(state, SearchConfig(query=recs[9].caption, k=1))
     assert res.rebuilt and res.hits[0]["title"] == "Renamed"
-    # --rebuild forces it; --index picks an existing one (and its run).
+    # --force (rebuild) forces it; --index picks an existing one (and its run).
     assert search(state, SearchConfig(query="rock", k=1, rebuild=True)).rebuilt
     res = search(state, SearchConfig(query=recs[9].caption, k=1, index="run1--lib"))
     assert res.index == "run1--lib" and not res.rebuilt and res.hits[0]["id"] == recs[9].id

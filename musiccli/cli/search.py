@@ -30,16 +30,22 @@ def command(
                                                                       "manifest with embeddings>.",
                                               autocompletion=_complete_indexes)] = None,
     m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild the index before searching.")] = False,
     device: Device = "cpu",
+    cont: Annotated[bool, typer.Option("--continue", help="Finish an interrupted index build, then search.")
+                    ] = False,
+    force: Annotated[bool, typer.Option("--force", "--rebuild", help="Rebuild the index before searching.")
+                     ] = False,
     as_json: JsonOut = False,
 ) -> None:
     """Search the library with text. The index is built on first use and rebuilt when the run or store changes."""
     from ..search import SearchConfig, search, write_m3u
+    from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
-    cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=rebuild)
-    with app.progress() as progress:
+    resume = Resume.from_flags(cont, force)
+    cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
+                       resume=resume)
+    with app.progress(resume_hint=f"mtx search {query!r} --continue") as progress:
         result = search(app.state, cfg, progress)
     app.out.info(f"using run {result.run}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
     rows = []
