@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated
@@ -52,6 +53,10 @@ def _load_config_defaults(path: Path | None, state_root: Path) -> dict:
 
 def _setup_logging(app_ctx: AppContext) -> None:
     from rich.logging import RichHandler
+
+    # Rich shows our own progress; tqdm bars from transformers/huggingface_hub ("Loading weights")
+    # would interleave with it. The variable is read when those libraries are imported, i.e. later.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     level = logging.DEBUG if app_ctx.verbose or app_ctx.debug else logging.WARNING if app_ctx.quiet else logging.INFO
     handler = RichHandler(console=app_ctx.out.err, show_time=False, show_path=app_ctx.debug,
