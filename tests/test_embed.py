@@ -229,28 +229,8 @@ def test_existing_store_of_other_kind_refused(tmp_path, audio_records):
 
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture()
-def embed_cli(state_dir):
-    """`mtx embed` through the real app when every command exists, else a local app with this command."""
-    from typer.testing import CliRunner
-
-    try:
-        from musiccli.cli.app import app
-    except ImportError:
-        import typer
-
-        from musiccli.cli import embed as embed_cmd
-        from musiccli.cli._errors import MtxGroup
-
-        app = typer.Typer(cls=MtxGroup)
-
-        @app.callback()
-        def _root() -> None:
-            pass
-
-        app.command("embed")(embed_cmd.command)
-
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, ["embed", *args])
+def embed_cli(cli):
+    return lambda *args: cli("embed", *args)
 
 
 def test_cli_embed(embed_cli, state_dir, audio_records):
@@ -270,3 +250,10 @@ def test_cli_unknown_encoder(embed_cli, state_dir, audio_records):
     res = embed_cli("--audio-encoder", "nope")
     assert res.exit_code == 1
     assert "unknown audio encoder 'nope'" in res.output and "dsp" in res.output
+
+
+def test_cli_help_lists_options(embed_cli):
+    res = embed_cli("--help")
+    assert res.exit_code == 0
+    for flag in ("--audio-encoder", "--aggregation", "--max-windows", "--shard", "--continue", "--force"):
+        assert flag in res.output
