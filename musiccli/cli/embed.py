@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._context import AppContext, get_ctx
-from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, NumWorkers, Precision
+from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
