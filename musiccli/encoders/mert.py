@@ -29,7 +29,10 @@ relying on ``model(...).hidden_states`` would break with the installed transform
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -61,6 +64,19 @@ def load_error(what: str, model: str, e: Exception) -> MtxError:
     return MtxError(f"cannot load {what} {model!r}: {first}",
                     hint="pass --model with a local directory saved by save_pretrained, "
                          "or a Hub id reachable from this machine")
+
+
+@contextlib.contextmanager
+def stdout_to_log(logger: logging.Logger) -> Iterator[None]:
+    """Third-party loaders print progress to stdout, which would corrupt ``--json`` output; log it instead."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                logger.debug("%s", line.strip())
 
 
 def resolve_layers(layers: list[int] | None, n_states: int) -> list[int]:
@@ -159,7 +175,8 @@ class MertEncoder(AudioEncoder):
 
         try:
             extractor = Wav2Vec2FeatureExtractor.from_pretrained(self.model_id, trust_remote_code=True)
-            model = AutoModel.from_pretrained(self.model_id, trust_remote_code=True)
+            with stdout_to_log(log):   # MERT's remote code prints warnings on import
+                model = AutoModel.from_pretrained(self.model_id, trust_remote_code=True)
         except (OSError, ValueError) as e:
             raise load_error("MERT model", self.model_id, e) from None
         if int(extractor.sampling_rate) != SPEC.sample_rate:

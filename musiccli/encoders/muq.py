@@ -34,7 +34,7 @@ import torch
 
 from ..errors import MtxError
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error
+from .mert import load_error, stdout_to_log
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def load_muq_mulan(model_id: str, device: torch.device) -> Any:
     muq = require("muq", "muq")
     try:
         # The standard Hub cache (HF_HOME), shared with every other transformers model.
-        model = muq.MuQMuLan.from_pretrained(model_id)
+        with stdout_to_log(log):
+            model = muq.MuQMuLan.from_pretrained(model_id)
     except (OSError, ValueError) as e:
         raise load_error("MuQ-MuLan model", model_id, e) from None
     patched = patch_conformers(model)
@@ -158,7 +159,7 @@ class MuqEncoder(AudioEncoder):
         model = self._model
         x = windows.to(self.runtime.device, torch.float32)
         clip = int(model.sr * model.clip_secs)
-        with self.runtime.autocast():
+        with self.runtime.autocast(), stdout_to_log(log):   # the package prints spectrogram-crop notices
             if x.shape[1] == clip:
                 # One clip per window: batch the windows through the audio tower directly.
                 z = model.mulan_module.get_audio_latents(x)

@@ -37,7 +37,7 @@ import torch
 
 from ..errors import MtxError
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error
+from .mert import load_error, stdout_to_log
 from .muq import require
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,18 @@ class Music2LatentEncoder(AudioEncoder):
         m2l = require("music2latent", "music2latent")
         ckpt = local_checkpoint(self.options.model)
         try:
-            if ckpt is None:
-                if self.options.model not in (None, SPEC.default_model):
-                    raise MtxError(f"music2latent loads its own checkpoint or a local .pt file, "
-                                   f"not {self.options.model!r}", hint="pass a path to music2latent.pt")
-                model = m2l.EncoderDecoder(device=self.runtime.device)
-            else:
-                # EncoderDecoder.__init__ minus its unconditional Hub download.
-                model = m2l.EncoderDecoder.__new__(m2l.EncoderDecoder)
-                model.device = self.runtime.device
-                model.load_path_inference = str(ckpt)
-                model.get_models()
+            with stdout_to_log(log):   # the package prints "Downloading model..."
+                if ckpt is None:
+                    if self.options.model not in (None, SPEC.default_model):
+                        raise MtxError(f"music2latent loads its own checkpoint or a local .pt file, "
+                                       f"not {self.options.model!r}", hint="pass a path to music2latent.pt")
+                    model = m2l.EncoderDecoder(device=self.runtime.device)
+                else:
+                    # EncoderDecoder.__init__ minus its unconditional Hub download.
+                    model = m2l.EncoderDecoder.__new__(m2l.EncoderDecoder)
+                    model.device = self.runtime.device
+                    model.load_path_inference = str(ckpt)
+                    model.get_models()
         except (OSError, RuntimeError, KeyError) as e:
             raise load_error("music2latent checkpoint", str(ckpt or SPEC.default_model), e) from None
         model.gen.eval()
