@@ -216,6 +216,20 @@ def test_missing_embeddings_and_bad_names(state, tiny_backbone):
     assert not list(state.stages_dir.glob("train*"))
 
 
+def test_early_stopping_and_force(state, tiny_backbone):
+    from musiccli.state import Resume
+    from musiccli.training import run_train
+
+    make_data(state)
+    # lr 0: nothing changes, so val R@10 never improves after epoch 1
+    res = run_train(state, tiny_cfg(tiny_backbone, epochs=5, lr=0.0, patience=1))
+    assert res.stopped_early and res.epochs_done == 2 and res.best_epoch == 1
+    assert json.loads((state.run_dir("fake-lib") / "run.json").read_text())["status"] == "complete"
+    res = run_train(state, tiny_cfg(tiny_backbone, epochs=1, resume=Resume.FORCE))
+    assert not res.skipped and not res.stopped_early and res.epochs_done == 1
+    assert len(step_losses(state.run_dir("fake-lib"))) == res.steps
+
+
 def test_distillation_into_student(state, tiny_backbone):
     from musiccli.encoders.text import TextEmbedder
     from musiccli.training import run_train
@@ -258,10 +272,13 @@ def test_cli_train(state, train_cli, tiny_backbone, monkeypatch):
     make_data(state)
     monkeypatch.setenv("COLUMNS", "200")
     args = ["train", "--audio-encoder", "fake", "--text-backbone", str(tiny_backbone), "--epochs", "1",
-            "--batch-size", "8", "--device", "cpu", "--lr", "1e-3", "--checkpoint-every", "2", "--loss", "infonce"]
+            "--batch-size", "8", "--device", "cpu", "--lr", "1e-3", "--checkpoint-every", "2", "--head-hidden", "32",
+            "--max-length", "16", "--loss", "infonce"]
     r = train_cli(*args)
     assert r.exit_code == 0, r.output
     assert "epoch 1/1" in r.output and "val R@10" in r.output and "fake-lib" in r.output
+    cfg = json.loads((state.run_dir("fake-lib") / "run.json").read_text())["config"]
+    assert cfg["head_hidden"] == 32 and cfg["loss"] == "infonce" and cfg["checkpoint_every"] == 2
     r = train_cli(*args, "--json")
     assert r.exit_code == 0
     data = json.loads(r.stdout[r.stdout.index("{"):])

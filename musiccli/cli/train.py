@@ -40,6 +40,9 @@ def command(
     mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
     patience: Annotated[int | None, typer.Option("--patience", min=1,
                                                  help="Stop after N epochs without val R@10 improvement.")] = None,
+    head_hidden: Annotated[int, typer.Option("--head-hidden", min=1, help="Hidden width of the projection head.")]
+    = 1024,
+    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Max caption tokens.")] = 64,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -60,6 +63,7 @@ def command(
     cfg = TrainConfig(audio_encoder=audio_encoder, manifest=manifest, run=run, text_backbone=text_backbone,
                       epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, temperature=temperature,
                       learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
+                      head_hidden=head_hidden, max_length=max_length,
                       device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
                       resume=Resume.from_flags(cont, force))
 
