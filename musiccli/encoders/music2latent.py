@@ -29,6 +29,7 @@ claim one.
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -129,5 +130,8 @@ class Music2LatentEncoder(AudioEncoder):
         x = windows.to(self.runtime.device, torch.float32)
         # The package treats dim 0 as channels and returns [channels, C, frames]; passing the
         # windows as "channels" with max_batch_size = B encodes them in one batch.
-        z = model.encode(x, max_batch_size=x.shape[0], extract_features=self.representation == "features")
+        with warnings.catch_warnings():
+            # The package always requests CUDA fp16 autocast; on other devices torch warns that it is off.
+            warnings.filterwarnings("ignore", message="CUDA is not available", category=UserWarning)
+            z = model.encode(x, max_batch_size=x.shape[0], extract_features=self.representation == "features")
         return z.float().mean(dim=-1)
