@@ -124,7 +124,8 @@ def bench_loops(state, backbone: str, device_name: str, steps: int, batch: int, 
         full = np.concatenate([c for _, c in store.iter_chunks()])
         recs = [train.records[i] for i in idx]
         raw = np.stack([full[pos[r.id]] for r in recs])
-        return [r.caption for r in recs], ((raw - mean) / std).astype(np.float32)
+        # same captions as mtx (alt captions included), so both loops tokenise the same text
+        return [ds.caption(int(i)) for i in idx], ((raw - mean) / std).astype(np.float32)
 
     loops = {
         "mtx": (mtx_batch, runtime.autocast, _model_and_opt(backbone, store.dim, device, mean, std)),
