@@ -147,7 +147,13 @@ def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None)
                     r.report["results"]["model"]["text_to_music"]["R@10"],
                     r.report["results"]["model"]["tags"]["roc_auc"]))
     result.eval_report = ev.report
-    ex = _timed(result, "export", lambda: run_export(state, ExportConfig(run=NAME, resume=mode), progress),
+    from .export import onnx_available
+
+    formats = ("hf", "onnx") if onnx_available() else ("hf",)
+    if "onnx" not in formats:
+        log.warning("onnx/onnxruntime not installed: exporting hf/ only (pip install 'musiccli[onnx]')")
+    ex = _timed(result, "export", lambda: run_export(state, ExportConfig(run=NAME, formats=formats, resume=mode),
+                                                     progress),
                 lambda r: "hf + onnx" + (f" (ONNX max abs diff {r.onnx_max_abs_diff:.1e})"
                                          if r.onnx_max_abs_diff is not None else ""))
     result.export_dir = str(ex.out)

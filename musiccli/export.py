@@ -313,6 +313,12 @@ def _set_eager_attention(backbone) -> None:
 
 
 # --------------------------------------------------------------------------- the stage
+def onnx_available() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
     from .encoders.text import TextEmbedder
 
@@ -323,6 +329,9 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
     formats = tuple(f for f in FORMATS if f in cfg.formats)
     if not formats:
         raise MtxError("no export format chosen", hint="use --format hf and/or --format onnx")
+    if "onnx" in formats and not onnx_available():
+        raise MtxError("ONNX export needs the onnx and onnxruntime packages",
+                       hint="pip install 'musiccli[onnx]', or export only --format hf")
     info = resolve_run(state, cfg.run)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out).expanduser().resolve() if cfg.out else state.export_dir(info.name)
