@@ -133,7 +133,9 @@ def bench_loops(state, backbone: str, device_name: str, steps: int, batch: int, 
     }
     rates: dict[str, list[float]] = {k: [] for k in loops}
     for r in range(rounds + 1):  # round 0 warms up (allocator, kernels, tokenizer caches)
-        for name, (get_batch, autocast, (model, loss_fn, opt)) in loops.items():
+        order = list(loops) if r % 2 else list(reversed(loops))  # ABBA: cancel "who runs first" effects
+        for name in order:
+            get_batch, autocast, (model, loss_fn, opt) = loops[name]
             _sync(device)
             t0 = time.perf_counter()
             for s in range(steps):
@@ -163,7 +165,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1536, help="embedding dim (1536 = MuQ-MuLan mean+sigma+dmean)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per block")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timed blocks per loop (median)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved timed blocks per loop (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--end-to-end", action="store_true", help="also time a full run_train epoch")
     args = ap.parse_args()
