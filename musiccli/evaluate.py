@@ -11,10 +11,13 @@ Protocol (DATASETS.md, "Evaluation protocol conventions"):
 - tags: each tag's text is embedded as a query and scored (cosine) against every
   track; ROC-AUC and PR-AUC are macro-averaged over tags with >= 5 positives.
 
-Two baselines are computed in the same run over the same tracks: random text
-vectors (seeded Gaussian, same dim) and the untrained model (the run's backbone
-with a freshly initialised head, same audio statistics). The report is written
-atomically to ``runs/<run>/eval-<split>.json``.
+Baselines are computed in the same run over the same tracks: random text
+vectors (seeded Gaussian, same dim), the untrained model (the run's backbone
+with a freshly initialised head, same audio statistics) and, when the run's
+audio encoder has one (clap, muq), the encoder's own zero-shot text tower
+("native", loaded from the checkpoint recorded in the store). A baseline that
+cannot be computed (e.g. weights not available offline) is skipped with a note.
+The report is written atomically to ``runs/<run>/eval-<split>.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("best", "latest")
 MIN_TAG_POSITIVES = 5
-SYSTEMS = ("model", "untrained", "random")
+SYSTEMS = ("model", "untrained", "random", "native")
 
 
 # --------------------------------------------------------------------------- runs
@@ -149,7 +152,7 @@ class EvalReport:
 # --------------------------------------------------------------------------- evaluation data
 @dataclass
 class EvalData:
-    """Everything the three systems are scored on; built once per evaluation."""
+    """Everything the systems are scored on; built once per evaluation."""
 
     records: list[Record]
     audio_raw: np.ndarray                 # [N, D] native-space store vectors
@@ -222,7 +225,9 @@ def _encode(model, texts: list[str], runtime, batch_size: int) -> np.ndarray:
     import torch
 
     if not texts:
-        return np.zeros((0, model.config.out_dim), dtype=np.float32)
+        # A TextEmbedder declares its dim in its config; a NativeTextModel (no .config) carries .dim.
+        dim = model.config.out_dim if hasattr(model, "config") else model.dim
+        return np.zeros((0, dim), dtype=np.float32)
     with torch.inference_mode(), runtime.autocast():
         return _unit(model.encode(texts, batch_size=batch_size))
 
@@ -248,6 +253,25 @@ def report_path(state: StateDir, run: str, split: str) -> Path:
     return state.run_dir(run) / f"eval-{split}.json"
 
 
+def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
+    """The systems an evaluation scores: the model, plus baselines (native only for encoders with a text tower)."""
+    from .encoders.native_text import TEXT_TOWERS
+
+    if not baselines:
+        return ["model"]
+    return [s for s in SYSTEMS if s != "native" or audio_encoder in TEXT_TOWERS]
+
+
+def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, batch_size: int) -> dict[str, Any]:
+    """The audio encoder's own text tower, on its own mapping of the stored vectors (their mean part)."""
+    from .encoders.native_text import load_native_text_model
+
+    native = load_native_text_model(encoder, model_id, runtime.device)
+    audio = native.audio_for_retrieval(data.audio_raw)
+    return score_system(data, audio, _encode(native, data.texts, runtime, batch_size),
+                        _encode(native, data.tags, runtime, batch_size))
+
+
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
     from .encoders.text import TextEmbedder
     from .runtime import select_runtime
@@ -263,9 +287,10 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
 
     out_path = report_path(state, info.name, cfg.split)
     key = f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}"
+    systems = eval_systems(info.audio_encoder, cfg.baselines)
     stage_config = {
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
-        "weights": weights_identity(ckpt), "baselines": cfg.baselines, "seed": cfg.seed,
+        "weights": weights_identity(ckpt), "baselines": cfg.baselines, "systems": systems, "seed": cfg.seed,
     }
     mode = cfg.resume
     previous = load_stage(state, key)
@@ -298,11 +323,12 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                            f"(split sizes: {split_counts(records_all)})",
                            hint="pick another --split, or run `mtx unify`/`mtx embed` so the split is populated")
         audio_raw = store.get([r.id for r in records])
+        # The native tower must be the text half of the checkpoint that embedded these tracks.
+        native_model = store.attrs.get("model_id") or None
     data = build_eval_data(records, audio_raw)
     audio = _unit(model.audio_for_retrieval(audio_raw))
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
-    systems = [s for s in SYSTEMS if cfg.baselines or s == "model"]
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
     with progress.task("Evaluating", total=len(systems), unit="systems", completed=len(results)) as task:
         for name in systems:
@@ -312,6 +338,12 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             if name == "model":
                 results[name] = score_system(data, audio, _encode(model, data.texts, runtime, cfg.batch_size),
                                              _encode(model, data.tags, runtime, cfg.batch_size))
+            elif name == "native":
+                try:
+                    results[name] = _score_native(data, info.audio_encoder, native_model, runtime, cfg.batch_size)
+                except MtxError as e:
+                    log.warning("native baseline skipped: %s", e.message)
+                    notes[name] = f"skipped: {e.message}"
             elif name == "random":
                 rng = np.random.default_rng(cfg.seed)
                 d = model.config.out_dim
@@ -332,6 +364,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             task.advance()
 
     report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
+    if "native" in systems:
+        report["native_model"] = native_model
     atomic_write_json(out_path, report)
     stage.complete(result={"path": str(out_path)})
     return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_plain(report))
@@ -372,7 +406,9 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
             "tags": f"each tag's text embedded as a query, cosine against every track; macro ROC-AUC / PR-AUC "
                     f"over tags with >= {MIN_TAG_POSITIVES} positives",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
-                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats",
+                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats; "
+                         f"native (clap, muq) = the audio encoder's own zero-shot text tower against the mean "
+                         f"part of the stored vectors",
         },
         "counts": {
             "tracks": len(data.records),

@@ -1,15 +1,24 @@
-"""Text search over a music library: an index of a run's retrieval-space audio vectors.
+"""Text search over a music library: an index of retrieval-space audio vectors.
 
-An index lives in ``<state>/index/<name>/``::
+Queries are encoded by a *text model*, one of two kinds with the same interface
+(``encode`` + ``audio_for_retrieval``), wrapped in :class:`QueryModel`:
+
+- ``run``: a trained run's text embedder (its audio statistics map the store rows
+  into the retrieval space);
+- ``native``: the audio encoder's own zero-shot text tower (``clap``, ``muq``), which
+  needs no trained run.
+
+An index lives in ``<state>/index/<name>/`` (default name ``<run>--<manifest>`` or
+``native-<encoder>--<manifest>``)::
 
     vectors.npy   [N, D] float32 unit rows: model.audio_for_retrieval(store rows)
     ids.json      the N track ids, in row order
     items.json    display metadata per id (title, artist, dataset, tags, audio_path, duration)
-    meta.json     run, encoder, manifest, store path + identity, weights identity, dim, count, created
+    meta.json     text model, run / model id, encoder, manifest, store path + identity, dim, count, created
 
 ``meta.json`` is written last and marks the index complete. The vectors depend on
-the run (its audio statistics) and on the store, so an index whose recorded
-identities no longer match is rebuilt automatically.
+the text model (a run's weights; a tower's dim) and on the store, so an index whose
+recorded identities no longer match is rebuilt automatically.
 
 A query is one matrix-vector product over the in-RAM matrix plus ``argpartition``:
 the ranking code is :func:`rank_top_k`, which the latency benchmark times directly.
@@ -50,6 +59,9 @@ class Index:
         return len(self.ids)
 
 
+TEXT_MODELS = ("run", "native")
+
+
 @dataclass
 class SearchConfig:
     query: str
@@ -58,18 +70,24 @@ class SearchConfig:
     k: int = 10
     device: str = "cpu"
     rebuild: bool = False          # rebuild the index even if it is current (--force)
-    text_model: str = "run"        # "run": the run's trained text embedder
+    text_model: str = "run"        # "run": the run's trained text embedder; "native": the encoder's own tower
+    audio_encoder: str | None = None  # native: whose tower and store (clap, muq)
+    manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
+    model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
 
 
 @dataclass
 class SearchResult:
     query: str
-    run: str
+    run: str | None
     index: str
     hits: list[dict[str, Any]] = field(default_factory=list)
     rebuilt: bool = False
     search_ms: float = 0.0
+    text_model: str = "run"
+    encoder: str = ""
+    model_id: str | None = None    # native: the text tower's checkpoint
 
 
 # --------------------------------------------------------------------------- ranking
@@ -89,10 +107,81 @@ def rank_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarr
     return order, scores[order]
 
 
+@dataclass
+class QueryModel:
+    """The text side of an index: a run's trained ``TextEmbedder`` or an encoder's ``NativeTextModel``.
+
+    Both map queries with ``encode`` and store rows with ``audio_for_retrieval``; everything
+    else an index needs (its default name, what its vectors depend on) is answered here, so
+    building, reusing and rebuilding indexes is one code path for both kinds.
+    """
+
+    kind: str                      # "run" or "native"
+    encoder: str                   # the audio encoder whose store the index ranks
+    model: Any                     # TextEmbedder | NativeTextModel
+    run: RunInfo | None = None     # kind "run" only
+    checkpoint: str | None = None  # kind "run" only
+
+    @property
+    def label(self) -> str:
+        """Prefix of the default index name."""
+        return self.run.name if self.run is not None else f"native-{self.encoder}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.out_dim) if self.run is not None else int(self.model.dim)
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.run is not None else str(self.model.model_id)
+
+    def identity(self) -> dict[str, Any]:
+        """What the index vectors depend on besides the store: a run's weights carry its audio
+        statistics; a native tower only takes the first ``dim`` dims of each stored vector."""
+        if self.run is not None:
+            return {"weights": weights_identity(self.run.dir / str(self.checkpoint))}
+        return {"tower": {"encoder": self.encoder, "dim": self.dim}}
+
+    def owns(self, meta: dict[str, Any]) -> bool:
+        """Was the index described by ``meta`` built for this text model?"""
+        if meta.get("text_model", "run") != self.kind:
+            return False
+        return meta.get("run") == self.run.name if self.run is not None else meta.get("encoder") == self.encoder
+
+
+def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
+    """A run's text embedder at its default checkpoint."""
+    from .encoders.text import TextEmbedder
+
+    checkpoint = info.default_checkpoint()
+    model = TextEmbedder.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
+    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
+
+
+def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
+    """``encoder``'s own text tower; by default the checkpoint the store was embedded with."""
+    from .encoders.native_text import load_native_text_model
+    from .store import EmbeddingStore
+
+    if model is None:
+        # The tower must be the text half of the checkpoint that embedded the library.
+        with EmbeddingStore(store_path) as store:
+            model = store.attrs.get("model_id") or None
+    return QueryModel("native", encoder, load_native_text_model(encoder, model, device))
+
+
+def require_native_tower(encoder: str) -> None:
+    """Fail before any work when ``encoder`` has no text tower (the error lists those that do)."""
+    from .encoders.native_text import TEXT_TOWERS, load_native_text_model
+
+    if encoder not in TEXT_TOWERS:
+        load_native_text_model(encoder)   # raises its "has no native text tower" MtxError, naming clap and muq
+
+
 # --------------------------------------------------------------------------- identity / discovery
-def _identity(info: RunInfo, checkpoint: str, store_path: Path, manifest_path: Path | None) -> dict[str, Any]:
-    """What the index was computed from: run weights (audio stats), store rows, and display metadata."""
-    ident = {"weights": weights_identity(info.dir / checkpoint), "store": store_identity(store_path)}
+def _identity(text: QueryModel, store_path: Path, manifest_path: Path | None) -> dict[str, Any]:
+    """What the index was computed from: the text model, store rows, and display metadata."""
+    ident = {**text.identity(), "store": store_identity(store_path)}
     if manifest_path is not None and manifest_path.exists():
         ident["manifest"] = store_identity(manifest_path)
     return ident
@@ -112,11 +201,16 @@ def list_indexes(state: StateDir) -> list[str]:
     return sorted(d.name for d in base.glob("*") if (d / "meta.json").exists() and not d.name.startswith("."))
 
 
+def read_index_meta(state: StateDir, name: str) -> dict[str, Any]:
+    path = state.index_dir(name) / "meta.json"
+    if not path.exists():
+        raise unknown_choice("index", name, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
+    return read_json(path)
+
+
 def load_index(state: StateDir, name: str) -> Index:
     d = state.index_dir(name)
-    if not (d / "meta.json").exists():
-        raise unknown_choice("index", name, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
-    meta = read_json(d / "meta.json")
+    meta = read_index_meta(state, name)
     ids = read_json(d / "ids.json")
     items = read_json(d / "items.json")
     # Memory-map to validate shape/dtype cheaply, then copy into RAM once: queries then touch
@@ -138,44 +232,47 @@ def _item(record, id_: str) -> dict[str, Any]:
             "audio_path": record.audio_path, "duration": record.duration}
 
 
-def build_index(state: StateDir, run: str | None = None, manifest: str | None = None, name: str | None = None,
-                checkpoint: str | None = None, model=None, progress: Progress | None = None) -> Index:
-    """Index a library manifest's store with a run's audio statistics; returns the loaded index."""
-    from .encoders.text import TextEmbedder
-    from .manifest import read_manifest, resolve_manifest
-    from .store import EmbeddingStore
+def library_store(state: StateDir, encoder: str, manifest: str | None) -> tuple[str, Path, Path]:
+    """(manifest name, manifest path, store path) of the library to index; default: newest embedded one."""
+    from .manifest import resolve_manifest
 
-    progress = progress or NullProgress()
-    info = resolve_run(state, run)
-    checkpoint = checkpoint or info.default_checkpoint()
-    ckpt = info.checkpoint_dir(checkpoint)
-    encoder = info.audio_encoder
-    mname = manifest or default_library_manifest(state, encoder)
-    mname, mpath = resolve_manifest(state, mname)
+    mname, mpath = resolve_manifest(state, manifest or default_library_manifest(state, encoder))
     store_path = state.embeddings_path(encoder, mname)
     if not store_path.exists():
         raise MtxError(f"no {encoder} embeddings for manifest {mname!r}",
                        hint=f"run `mtx embed --audio-encoder {encoder} --manifest {mname}` first")
-    name = check_name("index", name or f"{info.name}--{mname}")
-    if model is None:
-        model = TextEmbedder.from_pretrained(ckpt)
+    return mname, mpath, store_path
+
+
+def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, name: str | None = None,
+                progress: Progress | None = None) -> Index:
+    """Index a library manifest's store with ``text``'s mapping of audio rows; returns the loaded index."""
+    from .manifest import read_manifest
+    from .store import EmbeddingStore
+
+    progress = progress or NullProgress()
+    encoder = text.encoder
+    mname, mpath, store_path = library_store(state, encoder, manifest)
+    name = check_name("index", name or f"{text.label}--{mname}")
     records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
     d = state.index_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
     log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
     with EmbeddingStore(store_path) as store:
-        if store.dim != model.config.out_dim:
-            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {model.config.out_dim}",
+        # A run predicts exactly the store's dim; a native tower reads a mean [D] or stats [3 D] row
+        # (audio_for_retrieval refuses any other width with its own hint).
+        if text.run is not None and store.dim != text.dim:
+            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
                            hint="index a library embedded with the run's audio encoder")
-        n, dim = len(store), store.dim
+        n, dim = len(store), text.dim
         # Streamed chunk by chunk into a .npy memmap, so the library never needs to fit twice in RAM.
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             with progress.task("Indexing", total=n, unit="tracks") as task:
                 for start, chunk in store.iter_chunks(CHUNK):
                     progress.check_interrupt()
-                    mm[start:start + len(chunk)] = model.audio_for_retrieval(chunk)
+                    mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
                     task.advance(len(chunk))
             mm.flush()
             del mm
@@ -183,95 +280,127 @@ def build_index(state: StateDir, run: str | None = None, manifest: str | None = 
     atomic_write_text(d / "ids.json", json.dumps(ids))
     atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i), i) for i in ids}, ensure_ascii=False))
     atomic_write_json(d / "meta.json", {
-        "name": name, "run": info.name, "checkpoint": checkpoint, "encoder": encoder, "manifest": mname,
+        "name": name, "text_model": text.kind, "run": text.run.name if text.run is not None else None,
+        "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": encoder, "manifest": mname,
         "manifest_path": str(mpath), "store": str(store_path),
-        "identity": _identity(info, checkpoint, store_path, mpath), "dim": dim, "count": n,
+        "identity": _identity(text, store_path, mpath), "dim": dim, "count": n,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return load_index(state, name)
 
 
-def _stale_reason(state: StateDir, info: RunInfo, meta: dict[str, Any]) -> str | None:
+_CHANGES = {"weights": "the run's weights changed", "tower": "the text tower changed",
+            "store": "the embedding store changed", "manifest": "the library manifest changed"}
+
+
+def _stale_reason(text: QueryModel, meta: dict[str, Any]) -> str | None:
     store_path = Path(meta.get("store", ""))
     if not store_path.exists():
         return "its embedding store is gone"
-    ckpt = meta.get("checkpoint") or info.default_checkpoint()
-    if not (info.dir / ckpt / "model.safetensors").exists():
-        return f"the run's {ckpt} checkpoint is gone"
     mpath = Path(meta["manifest_path"]) if meta.get("manifest_path") else None
-    current = _identity(info, ckpt, store_path, mpath)
+    current = _identity(text, store_path, mpath)
     old = meta.get("identity", {})
-    if old.get("weights") != current["weights"]:
-        return "the run's weights changed"
-    if old.get("store") != current["store"]:
-        return "the embedding store changed"
-    if old.get("manifest") != current.get("manifest"):
-        return "the library manifest changed"
+    for key in [*_CHANGES, *sorted((set(current) | set(old)) - set(_CHANGES))]:
+        if old.get(key) != current.get(key):
+            return _CHANGES.get(key, f"its {key} changed")
     return None
 
 
-def open_index(state: StateDir, info: RunInfo, index: str | None, rebuild: bool, model=None,
-               progress: Progress | None = None, resume: Resume = Resume.FRESH) -> tuple[Index, bool]:
-    """The requested (or default) index for a run, rebuilt when asked or stale. Returns (index, rebuilt)."""
+def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebuild: bool = False,
+               manifest: str | None = None, progress: Progress | None = None,
+               resume: Resume = Resume.FRESH) -> tuple[Index, bool]:
+    """The requested (or default) index for a text model, rebuilt when asked or stale. Returns (index, rebuilt)."""
     if index is not None:
-        d = state.index_dir(index)
-        if not (d / "meta.json").exists():
-            raise unknown_choice("index", index, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
-        meta = read_json(d / "meta.json")
-        if meta.get("run") != info.name:
-            raise MtxError(f"index {index!r} was built for run {meta.get('run')!r}, not {info.name!r}",
-                           hint=f"pass --run {meta.get('run')} or pick another index")
+        meta = read_index_meta(state, index)
+        if not text.owns(meta):
+            raise MtxError(f"index {index!r} was built for {_owner(meta)}, not {_owner_of(text)}",
+                           hint=f"search it with {_owner_flags(meta)}, or pick another index")
         name, manifest = index, meta.get("manifest")
     else:
-        manifest = default_library_manifest(state, info.audio_encoder)
-        name = f"{info.name}--{manifest}"
+        manifest = library_store(state, text.encoder, manifest)[0]
+        name = f"{text.label}--{manifest}"
         d = state.index_dir(name)
         meta = read_json(d / "meta.json") if (d / "meta.json").exists() else None
     if meta is not None and not rebuild:
-        reason = _stale_reason(state, info, meta)
+        reason = _stale_reason(text, meta)
         if reason is None:
             return load_index(state, name), False
         log.info("index %s is out of date (%s); rebuilding", name, reason)
-    checkpoint = meta.get("checkpoint") if meta else None
-    if checkpoint and not (info.dir / checkpoint / "model.safetensors").exists():
-        checkpoint = None
     # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
     # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
     mode = Resume.FORCE if (meta is not None or rebuild) else resume
-    stage = begin_stage(state, "search", f"index:{name}", {"run": info.name, "manifest": manifest,
-                                                             "checkpoint": checkpoint}, mode)
-    built = build_index(state, info.name, manifest, name, checkpoint=checkpoint, model=model, progress=progress)
+    stage_config = {"text_model": text.kind, "manifest": manifest}
+    stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
+                        else {"encoder": text.encoder, "model_id": text.model_id})
+    stage = begin_stage(state, "search", f"index:{name}", stage_config, mode)
+    built = build_index(state, text, manifest, name, progress=progress)
     stage.complete({"index": name, "count": len(built)})
     return built, True
 
 
+def _owner(meta: dict[str, Any]) -> str:
+    if meta.get("text_model", "run") == "native":
+        return f"the native {meta.get('encoder')} text tower"
+    return f"run {meta.get('run')!r}"
+
+
+def _owner_of(text: QueryModel) -> str:
+    return f"run {text.run.name!r}" if text.run is not None else f"the native {text.encoder} text tower"
+
+
+def _owner_flags(meta: dict[str, Any]) -> str:
+    if meta.get("text_model", "run") == "native":
+        return f"--text-model native --audio-encoder {meta.get('encoder')}"
+    return f"--run {meta.get('run')}"
+
+
 # --------------------------------------------------------------------------- querying
-def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None) -> SearchResult:
-    from .encoders.text import TextEmbedder
+def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
+    """The text model ``cfg`` asks for: a run's (named, the --index's, or the newest) or a native tower."""
     from .runtime import select_runtime
 
-    if cfg.text_model != "run":
-        raise unknown_choice("text model", cfg.text_model, ["run"])
+    if cfg.text_model not in TEXT_MODELS:
+        raise unknown_choice("text model", cfg.text_model, TEXT_MODELS)
+    device = select_runtime(cfg.device, "fp32").device
+    meta = read_index_meta(state, cfg.index) if cfg.index is not None else None
+    if meta is not None and meta.get("text_model", "run") != cfg.text_model:
+        raise MtxError(f"index {cfg.index!r} was built for {_owner(meta)}",
+                       hint=f"search it with {_owner_flags(meta)}, or pick another index")
+    if cfg.text_model == "native":
+        encoder = cfg.audio_encoder or (meta or {}).get("encoder")
+        if not encoder:
+            raise MtxError("--text-model native needs --audio-encoder",
+                           hint="e.g. mtx search \"calm piano\" --text-model native --audio-encoder clap")
+        require_native_tower(encoder)
+        manifest = meta.get("manifest") if meta is not None else cfg.manifest
+        return native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device)
+    if cfg.model is not None:
+        raise MtxError("--model chooses a native text tower's checkpoint",
+                       hint="use it with --text-model native; a run's text model is its own checkpoint")
+    run = cfg.run
+    if run is None and meta is not None and meta.get("text_model", "run") == "run":
+        run = meta.get("run")   # an index belongs to one run: searching it with that run needs no --run
+    info = resolve_run(state, run, announce=False)   # the caller reports "using run X, index Y"
+    if cfg.audio_encoder is not None and cfg.audio_encoder != info.audio_encoder:
+        raise MtxError(f"run {info.name!r} was trained on {info.audio_encoder} embeddings, not {cfg.audio_encoder}",
+                       hint=f"drop --audio-encoder, or search with --text-model native --audio-encoder "
+                            f"{cfg.audio_encoder}")
+    return run_query_model(info, device)
+
+
+def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None) -> SearchResult:
     if cfg.k < 1:
         raise MtxError(f"-k must be at least 1 (got {cfg.k})")
     if not cfg.query.strip():
         raise MtxError("empty query", hint='pass a description, e.g. mtx search "dark ambient drone"')
-    run = cfg.run
-    if run is None and cfg.index is not None:
-        # An index belongs to one run: searching it with that run needs no --run.
-        meta_path = state.index_dir(cfg.index) / "meta.json"
-        if not meta_path.exists():
-            raise unknown_choice("index", cfg.index, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
-        run = read_json(meta_path).get("run")
-    info = resolve_run(state, run, announce=False)   # the caller reports "using run X, index Y"
-    runtime = select_runtime(cfg.device, "fp32")
-    model = TextEmbedder.from_pretrained(info.checkpoint_dir(info.default_checkpoint()), device=runtime.device)
-    index, rebuilt = open_index(state, info, cfg.index, cfg.rebuild, model=model, progress=progress,
+    text = query_model(state, cfg)
+    index, rebuilt = open_index(state, text, cfg.index, cfg.rebuild, manifest=cfg.manifest, progress=progress,
                                 resume=cfg.resume)
-    if index.meta.get("checkpoint") not in (None, info.default_checkpoint()):
-        model = TextEmbedder.from_pretrained(info.checkpoint_dir(index.meta["checkpoint"]), device=runtime.device)
-    log.debug("using run %s, index %s (%d tracks)", info.name, index.name, len(index))
-    q = model.encode([cfg.query])[0].astype(np.float32)
+    log.debug("using %s, index %s (%d tracks)", _owner_of(text), index.name, len(index))
+    q = np.asarray(text.model.encode([cfg.query])[0], dtype=np.float32)
+    if q.shape[0] != index.vectors.shape[1]:
+        raise MtxError(f"the text model gives {q.shape[0]}-d queries, index {index.name!r} holds "
+                       f"{index.vectors.shape[1]}-d vectors", hint="rebuild the index with `mtx search --force`")
     t0 = time.perf_counter()   # the ranking alone; encoding cost depends on the text model
     rows, scores = rank_top_k(index.vectors, q, cfg.k)
     ms = (time.perf_counter() - t0) * 1000.0
@@ -282,7 +411,9 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
-    return SearchResult(query=cfg.query, run=info.name, index=index.name, hits=hits, rebuilt=rebuilt, search_ms=ms)
+    return SearchResult(query=cfg.query, run=text.run.name if text.run is not None else None, index=index.name,
+                        hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
+                        model_id=text.model_id)
 
 
 def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:

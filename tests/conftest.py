@@ -64,12 +64,42 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny CLAP (text + HTSAT audio towers, projection dim 8) and a ``ClapProcessor``: a 1 s feature
+    extractor and the bundled MiniLM tokenizer (the real checkpoint ships a RoBERTa one, which cannot be
+    built offline; the code only goes through ``AutoTokenizer``, so any tokenizer works).
+    """
+    import torch
+    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from musiccli.encoders.text import resolve_backbone
+
+    out = tmp_path_factory.mktemp("tiny-clap")
+    tok = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    torch.manual_seed(0)
+    cfg = ClapConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                         projection_dim=8),
+        audio_config=dict(depths=[1, 1], num_attention_heads=[1, 2], embed_dim=8, hidden_size=16,
+                          patch_embeds_hidden_size=8, window_size=4, spec_size=64, num_mel_bins=16,
+                          projection_dim=8, patch_stride=(4, 4), patch_size=4, enable_fusion=False),
+        projection_dim=8)
+    ClapModel(cfg).save_pretrained(out)
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
+                                     fft_window_size=256, truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(out)
+    return out
+
+
 @pytest.fixture()
 def make_run(state, tiny_backbone: Path):
     """Fabricate a trained run the way `mtx train` leaves it (run.json, best/, manifest, store).
 
     ``perfect=True`` stores, as each track's audio vector, exactly what the model predicts
     for its main caption (native space), so retrieval with that model is near perfect.
+    ``model_id`` is recorded in the store attributes as `mtx embed` records the encoder's checkpoint.
     Returns a dict with the run name, manifest name, store path, model and records.
     """
     import json
@@ -86,7 +116,7 @@ def make_run(state, tiny_backbone: Path):
     numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
     def make(name: str = "run1", n: int = 40, dim: int = 16, perfect: bool = True, manifest: str = "lib",
-             encoder: str = "fake", seed: int = 0) -> dict:
+             encoder: str = "fake", seed: int = 0, model_id: str | None = None) -> dict:
         import torch
 
         records = []
@@ -111,7 +141,10 @@ def make_run(state, tiny_backbone: Path):
             vectors = rng.standard_normal((n, dim)).astype(np.float32)
         spath = state.embeddings_path(encoder, manifest)
         store_mod.write_part(spath, 0, [r.id for r in records], vectors)
-        store_mod.assemble(spath, dim, "float32", {"encoder": encoder, "dim": dim, "aggregation": "mean"}, 1)
+        attrs = {"encoder": encoder, "dim": dim, "aggregation": "mean"}
+        if model_id is not None:
+            attrs["model_id"] = model_id   # the checkpoint `mtx embed` records (a native text tower loads it)
+        store_mod.assemble(spath, dim, "float32", attrs, 1)
         rdir = state.run_dir(name)
         model.save_pretrained(rdir / "best")
         (rdir / "run.json").write_text(json.dumps({

@@ -1,7 +1,8 @@
 """Transformers-backed encoders (MERT, CLAP, MusicGen) and CLAP's native text tower.
 
 Every model is tiny, built from a config, ``save_pretrained`` to a temp dir and loaded by
-the encoder through its real ``from_pretrained`` call (``--model <dir>``).
+the encoder through its real ``from_pretrained`` call (``--model <dir>``); ``tiny_clap`` is
+shared through tests/conftest.py (search and eval use its text tower too).
 """
 
 from __future__ import annotations
@@ -32,34 +33,6 @@ def tiny_mert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        num_conv_pos_embedding_groups=2, feat_extract_norm="layer")
     HubertModel(cfg).save_pretrained(out)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=24_000, do_normalize=True).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny CLAP (text + HTSAT audio towers) and a ``ClapProcessor``: a 1 s feature extractor and
-    the bundled MiniLM tokenizer (the real checkpoint ships a RoBERTa one, which cannot be
-    built offline; the code only goes through ``AutoTokenizer``, so any tokenizer works).
-    """
-    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
-
-    from musiccli.encoders.text import resolve_backbone
-
-    out = tmp_path_factory.mktemp("tiny-clap")
-    tok = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
-    torch.manual_seed(0)
-    cfg = ClapConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                         projection_dim=8),
-        audio_config=dict(depths=[1, 1], num_attention_heads=[1, 2], embed_dim=8, hidden_size=16,
-                          patch_embeds_hidden_size=8, window_size=4, spec_size=64, num_mel_bins=16,
-                          projection_dim=8, patch_stride=(4, 4), patch_size=4, enable_fusion=False),
-        projection_dim=8)
-    ClapModel(cfg).save_pretrained(out)
-    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
-                                     fft_window_size=256, truncation="rand_trunc", padding="repeatpad")
-    ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(out)
     return out
 
 

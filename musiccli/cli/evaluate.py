@@ -1,4 +1,4 @@
-"""`mtx eval`: retrieval metrics of a trained run next to random and untrained baselines."""
+"""`mtx eval`: retrieval metrics of a trained run next to random, untrained and native-text-tower baselines."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def command(
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
     manifest: Manifest = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
-                                            help="Also score random and untrained baselines.")] = True,
+                                            help="Also score random and untrained baselines, and the audio "
+                                                 "encoder's own text tower (clap, muq).")] = True,
     batch_size: BatchSize = 64,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -51,6 +52,8 @@ def command(
     app.out.info(f"{c.get('tracks', 0)} tracks, {c.get('text_queries', 0)} text queries, "
                  f"{c.get('distinct_captions', 0)} distinct captions, tags used {c.get('tags_used', 0)} "
                  f"(skipped {c.get('tags_skipped', 0)} with < 5 positives); median rank is 1-based")
+    for system, note in (rep.get("baseline_notes") or {}).items():
+        app.out.info(f"{system} baseline {note}")
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
         if r is not None:
             app.out.info(f"{d.replace('_', ' ')}: model R@10 is {r:.2f}x random")
@@ -61,7 +64,8 @@ def command(
 def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Rows = metrics per task; columns = the systems that were scored."""
     results = rep.get("results", {})
-    systems = [s for s in ("model", "untrained", "random") if s in results]
+    # The trained model first, next to the zero-shot tower it should beat, then the floor baselines.
+    systems = [s for s in ("model", "native", "untrained", "random") if s in results]
     rows: list[list[Any]] = []
     for task, label in (("text_to_music", "text->music"), ("music_to_text", "music->text")):
         for m in METRICS:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import Device, JsonOut, Run
+from ._options import Device, JsonOut, Manifest, Run, _complete_encoders
 from ._output import make_table
 
 MAX_TAGS = 4
@@ -26,8 +26,19 @@ def command(
     query: Annotated[str, typer.Argument(help="What to look for, e.g. \"dark ambient drone with choir\".")],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
     run: Run = None,
-    index: Annotated[str | None, typer.Option("--index", "-i", help="Index name; default <run>--<newest library "
-                                                                      "manifest with embeddings>.",
+    text_model: Annotated[str, typer.Option(
+        "--text-model", "-t", help="run: the run's trained text embedder; native: the audio encoder's own "
+                                   "text tower (clap, muq), no training needed.",
+        autocompletion=lambda incomplete: ["run", "native"])] = "run",
+    audio_encoder: Annotated[str | None, typer.Option(
+        "--audio-encoder", "-e", help="With --text-model native: whose text tower and embeddings (clap, muq).",
+        autocompletion=_complete_encoders)] = None,
+    manifest: Manifest = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="With --text-model native: tower checkpoint (Hub id or path); default: the one the "
+                        "library was embedded with.")] = None,
+    index: Annotated[str | None, typer.Option("--index", "-i", help="Index name; default <run>--<manifest> "
+                                                                      "(native: native-<encoder>--<manifest>).",
                                               autocompletion=_complete_indexes)] = None,
     m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
     device: Device = "cpu",
@@ -44,10 +55,13 @@ def command(
     app = get_ctx(ctx, json_mode=as_json)
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
+                       text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
                        resume=resume)
     with app.progress(resume_hint=f"mtx search {query!r} --continue") as progress:
         result = search(app.state, cfg, progress)
-    app.out.info(f"using run {result.run}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
+    source = f"run {result.run}" if result.text_model == "run" else \
+        f"the native {result.encoder} text tower ({result.model_id})"
+    app.out.info(f"using {source}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
     rows = []
     for h in result.hits:
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
