@@ -287,3 +287,16 @@ def test_cli_train(state, train_cli, tiny_backbone, monkeypatch):
     assert r.exit_code == 1 and "unknown loss 'hinge'" in r.output and "infonce" in r.output
     r = train_cli("train", "--audio-encoder", "mert")
     assert r.exit_code == 1 and "mtx embed --audio-encoder mert" in r.output
+
+
+def test_freeze_backbone_parts(tiny_backbone):
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.training.loop import freeze_backbone_parts
+
+    model = TextEmbedder.from_backbone(str(tiny_backbone), out_dim=8)
+    freeze_backbone_parts(model, embeddings=True, lowest_layers=1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("backbone.embeddings.", "backbone.pooler.", "backbone.encoder.layer.0."))
+                   for n in trainable)
+    assert any(n.startswith("backbone.encoder.layer.1.") for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)

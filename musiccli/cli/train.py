@@ -43,6 +43,11 @@ def command(
     head_hidden: Annotated[int, typer.Option("--head-hidden", min=1, help="Hidden width of the projection head.")]
     = 1024,
     max_length: Annotated[int, typer.Option("--max-length", min=8, help="Max caption tokens.")] = 64,
+    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings/--train-embeddings",
+                                                    help="Keep the backbone's token embeddings frozen "
+                                                         "(about 3x faster steps on a CPU).")] = True,
+    freeze_layers: Annotated[int, typer.Option("--freeze-layers", min=0,
+                                               help="Also freeze the lowest N transformer layers.")] = 0,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -63,8 +68,8 @@ def command(
     cfg = TrainConfig(audio_encoder=audio_encoder, manifest=manifest, run=run, text_backbone=text_backbone,
                       epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, temperature=temperature,
                       learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
-                      head_hidden=head_hidden, max_length=max_length,
-                      device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
+                      head_hidden=head_hidden, max_length=max_length, freeze_embeddings=freeze_embeddings,
+                      freeze_layers=freeze_layers, device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
                       resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
