@@ -308,3 +308,54 @@ def test_forward_shapes_and_short_input() -> None:
     assert ((probs >= 0) & (probs <= 1)).all()
     with pytest.raises(ValueError):
         model.embed_audio(torch.zeros(2, 1000))
+
+
+def _literal_forward(model: mt.MusiCNN, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain layer-by-layer graph (training-mode code path) with eval-mode batch norm."""
+    model.train()
+    for module in model.modules():  # BN keeps running statistics, as in eval
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    try:
+        return model(patches)
+    finally:
+        model.eval()
+
+
+def _randomise_bn(model: mt.MusiCNN, seed: int) -> None:
+    """Give every BN a mix of negative and positive scales, like the trained weights."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.weight.data = torch.randn(n, generator=g)
+            module.bias.data = torch.randn(n, generator=g) * 0.1
+            module.running_mean.data = torch.randn(n, generator=g) * 0.1
+            module.running_var.data = torch.rand(n, generator=g) + 0.5
+
+
+def test_fast_front_end_equals_literal_graph() -> None:
+    """Eval mode pools over frequency before bias/ReLU/BN (sign-folded filters); same result."""
+    torch.manual_seed(0)
+    model = mt.MusiCNN()
+    _randomise_bn(model, seed=1)
+    assert any((blk.signed_weight()[1] < 0).any() and (blk.signed_weight()[1] > 0).any()
+               for blk in model._front_blocks())
+    patches = torch.rand(mt.FRONT_CHUNK + 3, mt.N_FRAMES, mt.N_MELS) * 3  # spans several chunks
+    with torch.inference_mode():
+        probs, emb = model(patches)
+        ref_probs, ref_emb = _literal_forward(model, patches)
+    torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs, ref_probs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model_name", mt.MODELS)
+def test_fast_forward_equals_literal_graph_with_weights(converted_dir: Path, model_name: str) -> None:
+    model = mt.load_musicnn(model_name, converted_dir)
+    wave = torch.from_numpy(np.random.default_rng(3).standard_normal((5, mt.WINDOW_SAMPLES)).astype(np.float32) * 0.1)
+    with torch.inference_mode():
+        patches = model.logmel(wave)[:, : mt.N_FRAMES]
+        probs, emb = model(patches)
+        ref_probs, ref_emb = _literal_forward(model, patches)
+    torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs, ref_probs, atol=1e-4, rtol=0)
