@@ -132,16 +132,6 @@ def test_csv_url_from_env_and_hf_token(www: Path, tmp_path: Path, monkeypatch: p
     assert Ledger(root).counts()["ok"] == 1
 
 
-def test_pacer_spaces_starts() -> None:
-    import time
-
-    pacer = mc._Pacer(20.0)  # 20 starts per second
-    t0 = time.monotonic()
-    for _ in range(4):
-        pacer.wait()
-    assert time.monotonic() - t0 >= 0.14
-
-
 def test_cli_download_musiccaps(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from httpserver import mtx_runner
 

@@ -21,9 +21,7 @@ import ast
 import csv
 import logging
 import shutil
-import threading
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from ..manifest import Record
 from ..progress import Progress
 from ..state import TMP_PREFIX
 from ._http import base_url, fetch, hf_headers, join_url
+from ._parallel import RateLimiter, run_bounded
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
 
@@ -156,25 +155,6 @@ def short_reason(e: BaseException) -> str:
     return text[:200] or type(e).__name__
 
 
-class _Pacer:
-    """At most ``rate`` clip starts per second across all workers (politeness towards YouTube; 0 = unlimited)."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
-        self._lock = threading.Lock()
-        self._next = 0.0
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
-
-
 class _YtLogger:
     """Route yt-dlp's output to our log (core code never prints)."""
 
@@ -225,39 +205,24 @@ class MusicCapsSource(Source):
                    task, template: str, ffmpeg: str | None) -> None:  # noqa: ANN001
         import yt_dlp  # noqa: F401  (imported once here, not concurrently in the workers)
 
-        pacer = _Pacer(cfg.rate_limit)
+        pacer = RateLimiter(cfg.rate_limit)
         workers = max(1, min(cfg.workers, len(todo)))
-        queue = iter(todo)
         bot_warned = False
+
+        def done(clip: Clip, fut: Future) -> None:
+            nonlocal bot_warned
+            reason = fut.result()
+            if reason and "not a bot" in reason and not bot_warned:
+                bot_warned = True
+                log.warning("YouTube asks for a bot check; consider --rate-limit, another network, "
+                            "or yt-dlp cookies")
+            task.advance(1)
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="musiccaps") as pool:
-            running: dict[Future, Clip] = {}
+            run_bounded(pool, lambda clip: pool.submit(self._one, clip, root, ledger, pacer, template, ffmpeg),
+                        todo, workers * 2, done, progress)
 
-            def submit_next() -> None:
-                clip = next(queue, None)
-                if clip is not None:
-                    running[pool.submit(self._one, clip, root, ledger, pacer, template, ffmpeg)] = clip
-
-            # A bounded window: an interrupt leaves only the clips in flight to finish.
-            for _ in range(workers * 2):
-                submit_next()
-            try:
-                while running:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        clip = running.pop(fut)
-                        reason = fut.result()
-                        if reason and "not a bot" in reason and not bot_warned:
-                            bot_warned = True
-                            log.warning("YouTube asks for a bot check; consider --rate-limit, another network, "
-                                        "or yt-dlp cookies")
-                        task.advance(1)
-                        progress.check_interrupt()
-                        submit_next()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-
-    def _one(self, clip: Clip, root: Path, ledger: Ledger, pacer: _Pacer, template: str,
+    def _one(self, clip: Clip, root: Path, ledger: Ledger, pacer: RateLimiter, template: str,
              ffmpeg: str | None) -> str | None:
         """Fetch one clip and record it; returns the failure reason (None when ok). Never raises."""
         pacer.wait()

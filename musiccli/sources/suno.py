@@ -19,11 +19,9 @@ import io
 import json
 import logging
 import re
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from ..manifest import Record
 from ..progress import Progress
 from ..state import atomic_write_text
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
+from ._parallel import RateLimiter, run_bounded
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
 
@@ -128,24 +127,6 @@ def audio_relpath(song_id: str, url: str) -> str:
     return f"audio/{safe[:2]}/{safe}{ext if ext in AUDIO_EXTS else '.mp3'}"
 
 
-class _RateLimiter:
-    """At most ``rate`` starts per second across threads (0 = unlimited)."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next)
-            self.next = start + self.interval
-        time.sleep(max(0.0, start - now))
-
-
 @register
 class SunoSource(Source):
     info = INFO
@@ -189,7 +170,7 @@ class SunoSource(Source):
 
     def _fetch_all(self, todo: list[dict[str, Any]], root: Path, ledger: Ledger, cfg: DownloadConfig,
                    progress: Progress) -> None:
-        limiter = _RateLimiter(cfg.rate_limit)
+        limiter = RateLimiter(cfg.rate_limit)
         workers = max(1, cfg.workers)
 
         def one(row: dict[str, Any]) -> None:
@@ -205,27 +186,9 @@ class SunoSource(Source):
 
         with progress.task("suno songs", total=len(todo), unit="songs") as task, \
                 ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: set[Future] = set()
-            it = iter(todo)
-            try:
-                for row in it:
-                    pending.add(pool.submit(one, row))
-                    if len(pending) >= 2 * workers:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        self._finish(done, task)
-                        progress.check_interrupt()
-                done, pending = wait(pending)
-                self._finish(done, task)
-            finally:
-                for f in pending:
-                    f.cancel()
-            progress.check_interrupt()
-
-    @staticmethod
-    def _finish(done: set[Future], task) -> None:  # noqa: ANN001
-        for f in done:
-            f.result()  # re-raise programming errors; download failures are already in the ledger
-        task.advance(len(done))
+            # fut.result() re-raises programming errors; download failures are already in the ledger.
+            run_bounded(pool, lambda row: pool.submit(one, row), todo, 2 * workers,
+                        lambda row, fut: (fut.result(), task.advance(1)), progress)
 
     # ------------------------------------------------------------------ parsing
     def _selected(self, root: Path) -> list[dict[str, Any]]:

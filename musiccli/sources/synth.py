@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
 from ..state import atomic_write_text, file_sha256
+from ._parallel import run_bounded
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
 
@@ -118,36 +119,18 @@ class SynthSource(Source):
         from .. import audio  # noqa: F401
         from . import synth_gen  # noqa: F401
 
-        pending_specs = iter(todo)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-            running: dict[Future, object] = {}
-
-            def submit_next() -> None:
-                spec = next(pending_specs, None)
-                if spec is not None:
-                    running[pool.submit(_render_one, spec, str(root), cfg.duration, cfg.sample_rate,
-                                        cfg.seed)] = spec
-
-            # Keep a bounded window in flight so an interrupt leaves little work to throw away.
-            for _ in range(workers * 2):
-                submit_next()
+        def done(spec, fut: Future) -> None:  # noqa: ANN001
             try:
-                while running:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        spec = running.pop(fut)
-                        try:
-                            out = fut.result()
-                        except Exception as e:  # one bad clip never stops the others
-                            ledger.failed(spec.id, f"render failed: {type(e).__name__}: {e}")
-                        else:
-                            ledger.ok(spec.id, path=out.path, checksum=out.sha256, nbytes=out.nbytes)
-                        task.advance(1)
-                        progress.check_interrupt()
-                        submit_next()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+                out = fut.result()
+            except Exception as e:  # one bad clip never stops the others
+                ledger.failed(spec.id, f"render failed: {type(e).__name__}: {e}")
+            else:
+                ledger.ok(spec.id, path=out.path, checksum=out.sha256, nbytes=out.nbytes)
+            task.advance(1)
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+            run_bounded(pool, lambda spec: pool.submit(_render_one, spec, str(root), cfg.duration, cfg.sample_rate,
+                                                       cfg.seed), todo, workers * 2, done, progress)
 
     def _write_metadata(self, specs, cfg: DownloadConfig, root: Path, ledger: Ledger) -> None:
         buf = io.StringIO()
