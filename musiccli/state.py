@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -113,6 +113,40 @@ def read_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         raise MtxError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})",
                        hint="the file is damaged: rerun the stage that wrote it with --force") from None
+
+
+def iter_jsonl(source: Path | Iterable[str], where: str | None = None) -> Iterator[dict[str, Any]]:
+    """JSON objects from JSON Lines (a path or an iterable of lines).
+
+    Blank and undecodable lines are skipped: after a crash the last line of an append-only
+    file may be torn. With ``where`` (a label for the log) each skipped line is warned about.
+    """
+    if isinstance(source, Path):
+        if not source.exists():
+            return
+        with open(source, encoding="utf-8", errors="replace") as f:
+            yield from iter_jsonl(f, where and f"{where}: {source.name}")
+        return
+    for n, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            if where:
+                log.warning("%s line %d is not JSON; skipped", where, n)
+            continue
+        if isinstance(d, dict):
+            yield d
+
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows and fsync: a committed line survives a crash; a torn one is skipped on reading."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

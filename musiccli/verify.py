@@ -14,9 +14,7 @@ after a re-download is a fresh run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,7 +28,7 @@ from .download import dataset_identity, resolve_source
 from .errors import MtxError
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
-from .state import Resume, StateDir, begin_stage, config_hash
+from .state import Resume, StateDir, append_jsonl, begin_stage, config_hash, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -159,24 +157,7 @@ def results_path(root: Path, identity_key: str) -> Path:
 
 
 def _load_results(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-                done[d["id"]] = d
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line after a crash
-    return done
-
-
-def _append_batch(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    return {d["id"]: d for d in iter_jsonl(path) if "id" in d}
 
 
 def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = None) -> VerifyReport:
@@ -214,7 +195,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
             rows = [{"id": ef.id, "path": str(ef.path), "problem": p, "detail": d}
                     for ef, (p, d) in zip(batch, outcomes)]
-            _append_batch(out_path, rows)  # the batch is committed before progress moves
+            append_jsonl(out_path, rows)  # the batch is committed before progress moves
             done.update({r["id"]: r for r in rows})
             run.update(checked=len(done))
             task.advance(len(batch))

@@ -58,7 +58,7 @@ CONTEXT_SAMPLES = FFT_SIZE // 2
 EMBEDDING_DIM = 200
 BN_EPSILON = 1e-3  # tf.compat.v1.layers.batch_normalization default
 #: Windows per eval-mode front-end pass: ~9 MB of conv output each, so a chunk stays near L3 size.
-FRONT_CHUNK = 4
+FRONT_CHUNK = 64
 
 MTT_LABELS: tuple[str, ...] = (
     "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",

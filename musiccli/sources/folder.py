@@ -28,7 +28,7 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import TMP_PREFIX, atomic_write_json, read_json
+from ..state import TMP_PREFIX, atomic_write_json, iter_jsonl, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
 
@@ -193,18 +193,7 @@ class FolderSource(Source):
 
     @staticmethod
     def _index(root: Path) -> dict[str, dict[str, Any]]:
-        path = Path(root) / INDEX_NAME
-        out: dict[str, dict[str, Any]] = {}
-        if not path.exists():
-            return out
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                    out[d["id"]] = d
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a torn last line after a crash
-        return out
+        return {d["id"]: d for d in iter_jsonl(Path(root) / INDEX_NAME) if "id" in d}
 
     def _present(self, root: Path) -> list[tuple[dict[str, Any], Path]]:
         music = self.music_dir(root)

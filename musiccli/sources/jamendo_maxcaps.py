@@ -26,14 +26,13 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import atomic_write_bytes, file_sha256
+from ..state import atomic_write_bytes, file_sha256, iter_jsonl
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
@@ -96,26 +95,12 @@ def is_metadata_name(path: str) -> bool:
     return bool(_DATE_RE.search(name)) or "meta" in name.lower() or "track" in name.lower()
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("jamendo-maxcaps: %s line %d is not JSON; skipped", path.name, n)
-                continue
-            if isinstance(d, dict):
-                yield d
-
-
 def read_captions(path: Path) -> dict[str, list[dict[str, Any]]]:
     """Segment captions grouped by track id, ordered by start time (file order where times are missing)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if not path.exists():
         return {}
-    for d in _iter_jsonl(path):
+    for d in iter_jsonl(path, "jamendo-maxcaps"):
         tid, caption = _track_id(d.get("id")), d.get("caption")
         if tid and isinstance(caption, str) and caption.strip():
             groups[tid].append({"caption": caption.strip(), "start": _float(d.get("start_time")),
@@ -129,7 +114,7 @@ def read_metadata(paths: list[Path]) -> dict[str, dict[str, Any]]:
     """Jamendo API objects by id; the first occurrence wins (tracks repeat across the dated dumps)."""
     out: dict[str, dict[str, Any]] = {}
     for path in paths:
-        for d in _iter_jsonl(path):
+        for d in iter_jsonl(path, "jamendo-maxcaps"):
             tid = _track_id(d.get("id"))
             if tid and tid not in out:
                 out[tid] = d

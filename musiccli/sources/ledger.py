@@ -6,14 +6,14 @@ line being written, and a torn last line is ignored on reading.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..state import append_jsonl, iter_jsonl
 
 OK, FAILED, PENDING = "ok", "failed", "pending"
 
@@ -39,25 +39,16 @@ class Ledger:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                    self.entries[d["id"]] = LedgerEntry(**d)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # torn last line after a crash
+        for d in iter_jsonl(self.path):
+            try:
+                self.entries[d["id"]] = LedgerEntry(**d)
+            except (KeyError, TypeError):
+                continue
 
     def _append(self, entry: LedgerEntry) -> None:
         entry.time = time.time()
-        line = json.dumps({k: v for k, v in entry.__dict__.items() if v is not None}, ensure_ascii=False)
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.path, [{k: v for k, v in entry.__dict__.items() if v is not None}])
             self.entries[entry.id] = entry
 
     def ok(self, id: str, path: Path | str | None = None, checksum: str | None = None,

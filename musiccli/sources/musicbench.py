@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import TMP_PREFIX, file_sha256
+from ..state import TMP_PREFIX, file_sha256, iter_jsonl
 from ._archive import _relative
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
@@ -97,18 +97,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             return [d for d in data if isinstance(d, dict)]
         except json.JSONDecodeError:
             pass
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("musicbench: %s line %d is not JSON; skipped", path.name, n)
-            continue
-        if isinstance(d, dict):
-            rows.append(d)
-    return rows
+    return list(iter_jsonl(text.splitlines(), f"musicbench: {path.name}"))
 
 
 def _local_json(root: Path, key: str) -> Path | None:

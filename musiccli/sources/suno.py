@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import atomic_write_text
+from ..state import atomic_write_text, iter_jsonl
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
 from ._parallel import RateLimiter, run_bounded
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
@@ -88,15 +88,8 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
         reader = zstandard.ZstdDecompressor().stream_reader(fh)
         text = io.TextIOWrapper(reader, encoding="utf-8", errors="replace")
         try:
-            for n, line in enumerate(text, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("suno: line %d of %s is not JSON; skipped", n, path.name)
-                    continue
-                row = parse_row(raw) if isinstance(raw, dict) else None
+            for raw in iter_jsonl(text, f"suno: {path.name}"):
+                row = parse_row(raw)
                 if row is not None:
                     yield row
         except zstandard.ZstdError as e:
@@ -192,16 +185,7 @@ class SunoSource(Source):
 
     # ------------------------------------------------------------------ parsing
     def _selected(self, root: Path) -> list[dict[str, Any]]:
-        path = root / SELECTED
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return list(iter_jsonl(root / SELECTED))
 
     def records(self, root: Path) -> list[Record]:
         from ..audio import AudioError, audio_info
