@@ -57,8 +57,8 @@ WINDOW_SAMPLES = 3 * SAMPLE_RATE
 CONTEXT_SAMPLES = FFT_SIZE // 2
 EMBEDDING_DIM = 200
 BN_EPSILON = 1e-3  # tf.compat.v1.layers.batch_normalization default
-#: Windows per eval-mode front-end pass: ~9 MB of conv output each, so a chunk stays near L3 size.
-FRONT_CHUNK = 64
+#: Windows per eval-mode front-end pass (~9 MB of unpooled conv map each): bounds memory for big batches.
+FRONT_CHUNK = 16
 
 MTT_LABELS: tuple[str, ...] = (
     "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
@@ -674,8 +674,8 @@ class MusiCNN(nn.Module):
         if self.training:  # batch-statistics BN: the max-first shortcut does not apply
             front = torch.cat([blk(x) for blk in self._front_blocks()], dim=1)
         else:
-            # Chunks keep the unpooled conv maps (~9 MB per window) cache-sized and
-            # bound memory for large batches.
+            # Chunks bound the memory of the unpooled conv maps (~9 MB per window)
+            # for large batches (the stage sends 64 windows).
             front = torch.cat([self._front_fast(c) for c in x.split(FRONT_CHUNK)])  # [B, 561, T]
         m1 = self.mid1(front)
         m2 = self.mid2(m1) + m1
