@@ -324,3 +324,20 @@ def synthesize_captions(tags: TagSet, key: str, n: int = 3) -> list[str]:
         if text and text not in captions:
             captions.append(text)
     return captions
+
+
+def alt_captions_with_tags(caption: str, alts: Iterable[str], tags: Iterable[str], key: str,
+                           n: int = 2) -> list[str]:
+    """Alternative captions for a record that has a human caption *and* tags.
+
+    Human captions win: ``caption`` stays the main one and its alternatives keep their order;
+    up to ``n`` captions synthesised from ``tags`` are appended (duplicates dropped), so training
+    also sees the tag vocabulary ("dark", "synthesizer") in natural sentences.
+    """
+    out: list[str] = []
+    seen = {caption.strip().lower()}
+    for c in [*alts, *synthesize_captions(classify_tags(tags), key, n=n)]:
+        if c and c.strip().lower() not in seen:
+            seen.add(c.strip().lower())
+            out.append(c)
+    return out

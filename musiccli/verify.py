@@ -124,7 +124,9 @@ def _decode_stream(path: Path) -> tuple[int, int]:
         sr, declared = int(f.samplerate), int(f.frames)
         frames = 0
         try:
-            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+            # read() in a loop, not blocks(): blocks() pads past the end of a cut MP3 up to the frame
+            # count its (Xing) header promises, which would hide the truncation.
+            while len(block := f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
                 if not np.isfinite(block).all():
                     raise _DecodeError(f"non-finite samples near {frames / sr:.2f} s")
                 frames += len(block)

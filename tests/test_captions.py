@@ -65,3 +65,16 @@ def test_prefixed_mtg_tags():
     assert ts.instruments == ["piano", "acoustic guitar"]
     assert synthesize_captions(ts, "mtg-1")[0] == \
         "A calm rock and electronic track featuring piano and acoustic guitar"
+
+
+def test_human_captions_win_and_tag_captions_become_alternatives():
+    from musiccli.captions import alt_captions_with_tags
+
+    alts = alt_captions_with_tags("A moody synthwave tune.", ["A moody synthwave tune.", "Retro synths."],
+                                  ["dark", "synthesizer", "electronic"], key="musiccaps-x")
+    assert alts[0] == "Retro synths."          # the human alternatives keep their place
+    assert "A moody synthwave tune." not in alts  # no duplicate of the main caption
+    assert len(alts) >= 2 and any("synthesizer" in a for a in alts[1:])
+    assert alts == alt_captions_with_tags("A moody synthwave tune.", ["A moody synthwave tune.", "Retro synths."],
+                                          ["dark", "synthesizer", "electronic"], key="musiccaps-x")
+    assert alt_captions_with_tags("x", [], [], key="k") == []

@@ -119,7 +119,9 @@ def test_download_verify_records(www: Path, tmp_path: Path, monkeypatch: pytest.
     assert set(recs) == {"jamendo-maxcaps-101", "jamendo-maxcaps-202", "jamendo-maxcaps-404"}  # 303: no caption
     r = recs["jamendo-maxcaps-101"]
     assert r.caption == "First segment: soft piano opening."
-    assert r.alt_captions == ["Second segment: strings swell."]
+    # The other segment captions first; captions synthesised from the metadata tags after them.
+    assert r.alt_captions[0] == "Second segment: strings swell."
+    assert "A calm classical track featuring piano and strings" in r.alt_captions[1:]
     assert (r.title, r.artist, r.duration) == ("Opening", "Anna", 2.0)
     assert r.tags == ["classical", "piano", "strings", "calm"]
     assert r.license.endswith("by-nc-sa/3.0/") and r.extra["segments"] == [[0.0, 30.0], [30.0, 60.0]]

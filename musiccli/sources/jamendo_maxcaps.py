@@ -29,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..captions import alt_captions_with_tags
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
@@ -309,7 +310,8 @@ class JamendoMaxCapsSource(Source):
             tags = _tags(m)
             out.append(Record(
                 id=self._id(tid), audio_path=str(path), caption=segs[0]["caption"], duration=duration,
-                alt_captions=[s["caption"] for s in segs[1:] if s["caption"] != segs[0]["caption"]],
+                alt_captions=alt_captions_with_tags(segs[0]["caption"], [s["caption"] for s in segs[1:]], tags,
+                                                    self._id(tid)),
                 dataset=INFO.name, artist=_str(m.get("artist_name")), title=_str(m.get("name")), tags=tags,
                 license=_str(m.get("license_ccurl")) or LICENSE,
                 extra={k: v for k, v in {

@@ -255,6 +255,7 @@ class MusicBenchSource(Source):
                           "keyprob": c.row.get("keyprob"),
                           "is_audioset_eval_mcaps": c.row.get("is_audioset_eval_mcaps")})
             out.append(Record(id=c.id, audio_path=str(path), caption=caption, duration=duration,
+                              # Tags are only key and tempo, which MusicBench's captions already state.
                               alt_captions=alts, dataset=INFO.name, tags=tags, license=LICENSE, split=c.split,
                               extra={k: v for k, v in extra.items() if v is not None}))
         return out

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..captions import alt_captions_with_tags
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
@@ -263,6 +264,7 @@ class MusicCapsSource(Source):
         root = Path(root).resolve()
         return [Record(
             id=c.id, audio_path=str(path), caption=c.caption, duration=c.end - c.start, dataset=INFO.name,
+            alt_captions=alt_captions_with_tags(c.caption, [], c.aspects, c.id),
             tags=list(c.aspects), license=INFO.license,
             # The official split (AudioSet eval = test); unify reassigns it unless --keep-official-splits.
             split="test" if c.eval else "train",
