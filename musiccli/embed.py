@@ -94,6 +94,7 @@ class EmbedConfig:
     shard: str | None = None             # "K/N"
     chunk_tracks: int = 128              # tracks per committed part
     tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
+    encoder_options: dict[str, str] = field(default_factory=dict)  # --encoder-option KEY=VALUE
     resume: Resume = Resume.FRESH
 
 
@@ -206,7 +207,8 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
         log.info("using manifest %s (%d records, %s)", manifest_name, len(records), manifest_path)
         log.info("%s", runtime.describe())
     encoder = build_encoder(spec.name, EncoderOptions(model=cfg.model, layers=cfg.layers,
-                                                      cache_dir=state.root / "models"), runtime)
+                                                      cache_dir=state.root / "models",
+                                                      extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
     window = cfg.window or spec.window_s
     hop = cfg.hop or spec.hop_s

@@ -285,3 +285,21 @@ def test_embed_stage_with_a_local_mert(state, tmp_path: Path, tiny_mert: Path) -
     with pytest.raises(MtxError) as e:
         run_embed(state, fewer)
     assert "dim 144" in e.value.message and "dim 48" in e.value.message
+
+
+def test_encoder_options_are_validated_and_part_of_the_identity():
+    from musiccli.encoders import EncoderOptions, build_encoder
+    from musiccli.errors import MtxError
+    from musiccli.runtime import select_runtime
+
+    rt = select_runtime("cpu")
+    with pytest.raises(MtxError, match="encoder dsp has no option 'representation'"):
+        build_encoder("dsp", EncoderOptions(extra={"representation": "latent"}), rt)
+    enc = build_encoder("music2latent", EncoderOptions(extra={"representation": "latent"}), rt)
+    assert enc.identity()["options"] == {"representation": "latent"}
+    assert "options" not in build_encoder("dsp", EncoderOptions(), rt).identity()
+
+
+def test_cli_encoder_option_needs_key_value(cli):
+    r = cli("embed", "--encoder-option", "novalue")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 SHOWN_FAILURES = 5
 
 
+def _parse_options(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--encoder-option")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _parse_layers(text: str | None) -> list[int] | None:
     if text is None or not text.strip():
         return None
@@ -44,6 +54,9 @@ def command(
     layers: Annotated[str | None, typer.Option("--layers", help="Hidden layers to keep, comma separated "
                                                                 "(e.g. 0,6,12; negative counts from the end).")
                       ] = None,
+    encoder_option: Annotated[list[str] | None, typer.Option(
+        "--encoder-option", "-O", help="Encoder-specific KEY=VALUE (repeatable), e.g. "
+                                       "music2latent representation=latent.")] = None,
     aggregation: Annotated[str | None, typer.Option(
         "--aggregation", help="mean, stats ([mean, robust_sigma, dmean], 3x dim) or none (keep windows) "
                               "[default: the encoder's].",
@@ -89,7 +102,8 @@ def command(
         audio_encoder=audio_encoder, manifest=manifest, model=model, layers=_parse_layers(layers),
         aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
-        chunk_tracks=chunk_tracks, tags=tags, resume=Resume.from_flags(cont, force),
+        chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
+        resume=Resume.from_flags(cont, force),
     )
     hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
     with app.progress(resume_hint=hint) as progress:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import unknown_choice
+from ..errors import MtxError, unknown_choice
 from ..runtime import Runtime
 from .base import AGGREGATIONS, AUDIO_ENCODERS, AudioEncoder, EncoderOptions, EncoderSpec, aggregate
 from . import dsp  # noqa: F401  (registers "dsp")
@@ -25,7 +25,11 @@ def get_spec(name: str) -> EncoderSpec:
 
 
 def build_encoder(name: str, options: EncoderOptions, runtime: Runtime) -> AudioEncoder:
-    get_spec(name)
+    spec = get_spec(name)
+    unknown = sorted(set(options.extra) - set(spec.options))
+    if unknown:
+        accepted = ", ".join(spec.options) or "none"
+        raise MtxError(f"encoder {name} has no option {unknown[0]!r}", hint=f"options of {name}: {accepted}")
     return AUDIO_ENCODERS[name][1](options, runtime)
 
 

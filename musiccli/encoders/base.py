@@ -44,6 +44,8 @@ class EncoderSpec:
     citation: str | None = None
     # Declared as data so `--tags` can be refused (with the list of taggers) before building anything.
     tagger: bool = False
+    # Keys accepted by `--encoder-option KEY=VALUE` (EncoderOptions.extra); anything else is refused.
+    options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -93,8 +95,11 @@ class AudioEncoder(abc.ABC):
 
     def identity(self) -> dict[str, Any]:
         """Everything about the encoder that changes its output (goes into stage keys and store attrs)."""
-        return {"encoder": self.spec.name, "encoder_version": self.spec.version, "model_id": self.model_id,
-                "layers": self.options.layers}
+        ident = {"encoder": self.spec.name, "encoder_version": self.spec.version, "model_id": self.model_id,
+                 "layers": self.options.layers}
+        if self.options.extra:
+            ident["options"] = dict(sorted(self.options.extra.items()))
+        return ident
 
     def dim(self, aggregation: str) -> int:
         return self.window_dim * (3 if aggregation == "stats" else 1)

@@ -57,6 +57,7 @@ SPEC = EncoderSpec(
     version="1",
     license="CC-BY-NC-4.0 (model weights)",
     citation="Pasini et al., Music2Latent: Consistency Autoencoders for Latent Audio Compression, ISMIR 2024",
+    options=("representation",),
 )
 
 
