@@ -29,7 +29,7 @@ class ToySource(Source):
     parses = 0
 
     def download(self, cfg, root, ledger, progress):  # pragma: no cover - data is laid out by the test
-        raise NotImplementedError
+        raise AssertionError("the toy source is laid out by the test, never downloaded")
 
     def records(self, root: Path) -> list[Record]:
         ToySource.parses += 1
