@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--epochs", type=int, default=None, help="default: the demo's default")
-    ap.add_argument("--encoder", default="dsp")
+    ap.add_argument("--encoder", default=None, help="default: the demo's (musicnn if installed, else dsp)")
     ap.add_argument("--state-dir", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run_demo(state, cfg)
         total = time.perf_counter() - t0
-    print(f"mtx demo: {cfg.n} clips x {cfg.duration:g} s, encoder {cfg.audio_encoder}, {cfg.epochs} epochs")
+    print(f"mtx demo: {cfg.n} clips x {cfg.duration:g} s, encoder {result.audio_encoder}, {cfg.epochs} epochs")
     print(f"{'stage':<10}{'seconds':>10}{'share':>8}  summary")
     for s in result.stages:
         print(f"{s.stage:<10}{s.seconds:>10.1f}{s.seconds / total:>8.0%}  {s.summary}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import AudioEncoder, Continue, Device, Force, Precision, Seed
+from ._options import Continue, Device, Force, Precision, Seed, _complete_encoders
 from ._output import make_table
 
 
@@ -16,7 +16,9 @@ def command(
     ctx: typer.Context,
     n: Annotated[int, typer.Option("--n", min=20, help="Number of synthetic clips.")] = 1000,
     duration: Annotated[float, typer.Option("--duration", min=1.0, help="Clip length in seconds.")] = 10.0,
-    audio_encoder: AudioEncoder = "dsp",
+    audio_encoder: Annotated[str | None, typer.Option(
+        "--audio-encoder", "-e", autocompletion=_complete_encoders,
+        help="Audio encoder [default: musicnn when the musicnn wheel is installed, else dsp].")] = None,
     text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm (offline), an HF id or a path.")
                              ] = "minilm",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 8,
