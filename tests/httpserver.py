@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import typer  # noqa: F401  (mtx_runner's fallback app: Typer resolves its annotations from these globals)
 
 Route = Callable[[str, dict[str, list[str]]], "str | None"]
 _MISSING = object()
@@ -175,27 +174,10 @@ def serve(
 
 
 def mtx_runner(state_dir: Path):
-    """Invoke `mtx` in-process like the shared ``cli`` fixture: cli("download", "fma", ...) -> click Result.
-
-    Uses the real app when every command module imports; while some are still being
-    written, a throwaway app with the same root context and only `download` registered.
-    """
+    """Invoke `mtx` in-process like the shared ``cli`` fixture: cli("download", "fma", ...) -> click Result."""
     from typer.testing import CliRunner
 
-    try:
-        from musiccli.cli.app import app
-    except ImportError:
-        from musiccli.cli import download
-        from musiccli.cli._context import AppContext
-        from musiccli.cli._errors import MtxGroup
-
-        app = typer.Typer(cls=MtxGroup, pretty_exceptions_enable=False)
-
-        @app.callback()
-        def root(ctx: typer.Context, state_dir: Path = typer.Option(None, "--state-dir")) -> None:
-            ctx.obj = AppContext(state_root=str(state_dir) if state_dir else None)
-
-        app.command("download")(download.command)
+    from musiccli.cli.app import app
 
     runner = CliRunner()
 

@@ -13,25 +13,6 @@ from musiccli.state import Resume, read_json
 METRICS = {"R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR"}
 
 
-@pytest.fixture()
-def mtx(state_dir):
-    """Invoke the eval command through the real app when every command exists, else a local group."""
-    import typer
-    from typer.testing import CliRunner
-
-    try:
-        from musiccli.cli.app import app
-    except ImportError:
-        from musiccli.cli._errors import MtxGroup
-        from musiccli.cli.evaluate import command
-
-        app = typer.Typer(cls=MtxGroup)
-        app.callback()(lambda: None)
-        app.command("eval")(command)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
-
-
 def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     run = make_run()
     res = run_eval(state, EvalConfig())
@@ -118,18 +99,18 @@ def test_new_weights_are_evaluated_afresh_and_interrupt_resumes(make_run, state)
     assert resumed.report["inputs"]["weights"] != first.report["inputs"]["weights"]
 
 
-def test_cli_table_json_and_unknown_run(make_run, mtx) -> None:
+def test_cli_table_json_and_unknown_run(make_run, cli) -> None:
     make_run()
-    human = mtx("eval", "--no-baselines")
+    human = cli("eval", "--no-baselines")
     assert human.exit_code == 0, human.output
     assert "text->music R@1" in human.stdout and "model" in human.stdout
     assert "eval-test.json" in human.output and "1-based" in human.output
-    as_json = mtx("eval", "--no-baselines", "--json")
+    as_json = cli("eval", "--no-baselines", "--json")
     assert as_json.exit_code == 0, as_json.output
     rep = json.loads(as_json.stdout)
     assert rep["results"]["model"]["text_to_music"]["R@1"] >= 0.9
-    bad = mtx("eval", "--run", "nope")
+    bad = cli("eval", "--run", "nope")
     assert bad.exit_code == 1
     assert "unknown run 'nope'" in bad.output and "run1" in bad.output
-    bad_split = mtx("eval", "--split", "dev")
+    bad_split = cli("eval", "--split", "dev")
     assert bad_split.exit_code == 1 and "test, train, val" in bad_split.output

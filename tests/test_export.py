@@ -5,29 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from musiccli.export import ExportConfig, run_export
 
 QUERIES = ["dark metal", "a calm piano piece for a rainy afternoon with soft strings and rain", "jazz"]
-
-
-@pytest.fixture()
-def mtx(state_dir):
-    import typer
-    from typer.testing import CliRunner
-
-    try:
-        from musiccli.cli.app import app
-    except ImportError:
-        from musiccli.cli._errors import MtxGroup
-        from musiccli.cli.export import command
-
-        app = typer.Typer(cls=MtxGroup)
-        app.callback()(lambda: None)
-        app.command("export")(command)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def test_export_hf_and_onnx(make_run, state) -> None:
@@ -75,14 +56,14 @@ def test_export_hf_and_onnx(make_run, state) -> None:
     assert again.skipped and again.paths == res.paths
 
 
-def test_cli_export_hf_only_and_errors(make_run, mtx, state, tmp_path) -> None:
+def test_cli_export_hf_only_and_errors(make_run, cli, state, tmp_path) -> None:
     run = make_run()
     # A model card quotes the latest eval report when there is one.
     (state.run_dir("run1") / "eval-test.json").write_text(json.dumps({
         "split": "test", "manifest": "lib", "counts": {"tracks": 20},
         "results": {"model": {d: {m: 0.5 for m in ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")}
                               for d in ("text_to_music", "music_to_text")} | {"tags": {"roc_auc": 0.7}}}}))
-    r = mtx("export", "--format", "hf", "--out", str(tmp_path / "exp"))
+    r = cli("export", "--format", "hf", "--out", str(tmp_path / "exp"))
     assert r.exit_code == 0, r.output
     assert str(tmp_path / "exp" / "hf") in r.output and "ONNX" not in r.output
     assert not (tmp_path / "exp" / "onnx").exists()
@@ -97,11 +78,11 @@ def test_cli_export_hf_only_and_errors(make_run, mtx, state, tmp_path) -> None:
     with torch.no_grad():
         model.head.net[-1].bias.add_(1.0)
     model.save_pretrained(state.run_dir("run1") / "best")
-    r = mtx("export", "--format", "hf", "--out", str(tmp_path / "exp"))
+    r = cli("export", "--format", "hf", "--out", str(tmp_path / "exp"))
     assert r.exit_code == 0, r.output
     again = TextEmbedder.from_pretrained(tmp_path / "exp" / "hf")
     np.testing.assert_allclose(again.encode(QUERIES), model.encode(QUERIES), atol=1e-6)
-    bad = mtx("export", "--format", "tflite")
+    bad = cli("export", "--format", "tflite")
     assert bad.exit_code == 1 and "hf, onnx" in bad.output
-    bad = mtx("export", "--run", "nope")
+    bad = cli("export", "--run", "nope")
     assert bad.exit_code == 1 and "run1" in bad.output

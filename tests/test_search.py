@@ -11,24 +11,6 @@ from musiccli.errors import MtxError
 from musiccli.search import SearchConfig, rank_top_k, search, write_m3u
 
 
-@pytest.fixture()
-def mtx(state_dir):
-    import typer
-    from typer.testing import CliRunner
-
-    try:
-        from musiccli.cli.app import app
-    except ImportError:
-        from musiccli.cli._errors import MtxGroup
-        from musiccli.cli.search import command
-
-        app = typer.Typer(cls=MtxGroup)
-        app.callback()(lambda: None)
-        app.command("search")(command)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
-
-
 def test_rank_top_k_matches_full_sort() -> None:
     rng = np.random.default_rng(0)
     m = rng.standard_normal((500, 8)).astype(np.float32)
@@ -91,26 +73,26 @@ def test_write_m3u(tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_cli_json_m3u_and_errors(make_run, mtx, state, tmp_path, monkeypatch) -> None:
+def test_cli_json_m3u_and_errors(make_run, cli, state, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "250")  # a wide terminal, so table cells are not wrapped
     run = make_run()
     rec = run["records"][12]
-    human = mtx("search", rec.caption, "-k", "3", "--m3u", str(tmp_path / "out.m3u"))
+    human = cli("search", rec.caption, "-k", "3", "--m3u", str(tmp_path / "out.m3u"))
     assert human.exit_code == 0, human.output
     assert "using run run1, index run1--lib" in human.output
     assert "Artist 6 - Title 12" in human.stdout and rec.audio_path in human.stdout
     m3u = (tmp_path / "out.m3u").read_text().splitlines()
     assert m3u[:3] == ["#EXTM3U", "#EXTINF:42,Artist 6 - Title 12", rec.audio_path] and len(m3u) == 7
 
-    as_json = mtx("search", rec.caption, "-k", "2", "--json")
+    as_json = cli("search", rec.caption, "-k", "2", "--json")
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.stdout)
     assert data["run"] == "run1" and data["index"] == "run1--lib"
     assert [h["rank"] for h in data["hits"]] == [1, 2] and data["hits"][0]["id"] == rec.id
 
-    bad = mtx("search", "x", "--index", "nope")
+    bad = cli("search", "x", "--index", "nope")
     assert bad.exit_code == 1 and "unknown index 'nope'" in bad.output and "run1--lib" in bad.output
-    bad = mtx("search", "x", "--run", "nope")
+    bad = cli("search", "x", "--run", "nope")
     assert bad.exit_code == 1 and "unknown run 'nope'" in bad.output and "run1" in bad.output
     with pytest.raises(MtxError, match="empty query"):
         search(state, SearchConfig(query="  "))

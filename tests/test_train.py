@@ -247,45 +247,24 @@ def test_distillation_into_student(state, tiny_backbone):
     assert student.config.hidden_dim == 16 and student.config.out_dim == 24
 
 
-@pytest.fixture()
-def train_cli(state_dir):
-    """`mtx train` through the shared app, or a local one while other command modules are missing."""
-    import typer
-    from typer.testing import CliRunner
-
-    try:
-        from musiccli.cli.app import app
-        prefix = ["--state-dir", str(state_dir)]
-    except ImportError:
-        from musiccli.cli import train as train_cmd
-        from musiccli.cli._errors import MtxGroup
-
-        app = typer.Typer(cls=MtxGroup)
-        app.command("train")(train_cmd.command)
-        app.callback()(lambda: None)  # keep "train" as a subcommand
-        prefix = []  # MTX_HOME (set by state_dir) points at the state dir
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [*prefix, *args], catch_exceptions=False)
-
-
-def test_cli_train(state, train_cli, tiny_backbone, monkeypatch):
+def test_cli_train(state, cli, tiny_backbone, monkeypatch):
     make_data(state)
     monkeypatch.setenv("COLUMNS", "200")
     args = ["train", "--audio-encoder", "fake", "--text-backbone", str(tiny_backbone), "--epochs", "1",
             "--batch-size", "8", "--device", "cpu", "--lr", "1e-3", "--checkpoint-every", "2", "--head-hidden", "32",
             "--max-length", "16", "--loss", "infonce"]
-    r = train_cli(*args)
+    r = cli(*args)
     assert r.exit_code == 0, r.output
     assert "epoch 1/1" in r.output and "val R@10" in r.output and "fake-lib" in r.output
     cfg = json.loads((state.run_dir("fake-lib") / "run.json").read_text())["config"]
     assert cfg["head_hidden"] == 32 and cfg["loss"] == "infonce" and cfg["checkpoint_every"] == 2
-    r = train_cli(*args, "--json")
+    r = cli(*args, "--json")
     assert r.exit_code == 0
     data = json.loads(r.stdout[r.stdout.index("{"):])
     assert data["skipped"] is True and data["run"] == "fake-lib"
-    r = train_cli(*args[:-1], "hinge")
+    r = cli(*args[:-1], "hinge")
     assert r.exit_code == 1 and "unknown loss 'hinge'" in r.output and "infonce" in r.output
-    r = train_cli("train", "--audio-encoder", "mert")
+    r = cli("train", "--audio-encoder", "mert")
     assert r.exit_code == 1 and "mtx embed --audio-encoder mert" in r.output
 
 
