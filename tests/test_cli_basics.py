@@ -105,3 +105,15 @@ def test_bash_completion_completes_commands_and_registry_names(tmp_path):
     assert "embed" in _complete("mtx em", 1, tmp_path)
     assert {"dsp", "mert", "clap"} <= set(_complete("mtx embed --audio-encoder ", 3, tmp_path))
     assert "fma" in _complete("mtx download f", 2, tmp_path)
+
+
+def test_manifest_with_missing_fields_is_one_clear_line(cli, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "a", "audio_path": "/x.wav", "duration": 3.0}]')
+    r = cli("embed", "--manifest", str(bad))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "lacks required field(s): caption" in r.output
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"id": "a",')
+    r = cli("embed", "--manifest", str(broken))
+    assert r.exit_code == 1 and "not valid JSON" in r.output
