@@ -196,3 +196,17 @@ def test_token_dropped_on_redirect_off_the_hub() -> None:
     assert not to_cdn.has_header("Authorization") and to_cdn.get_header("Range") == "bytes=10-"
     assert to_hub.get_header("Authorization") == "Bearer hf_x"
     assert DownloadError("plain message").reason == "plain message"
+
+
+def test_malformed_url_is_a_download_error(tmp_path: Path) -> None:
+    # One bad URL in a metadata row must fail that item (DownloadError, recorded), not crash the run.
+    with pytest.raises(DownloadError) as e:
+        fetch("not a url", tmp_path / "x.bin", retries=0)
+    assert e.value.reason.startswith("bad URL")
+    assert not list(tmp_path.iterdir())
+
+
+def test_errors_never_show_url_credentials() -> None:
+    from musiccli.sources._http import _redact
+
+    assert _redact("https://user:secret@host:8443/f.zip?X-Amz-Signature=abc") == "https://host:8443/f.zip"

@@ -115,9 +115,13 @@ def _new_hash(algorithm: str):
 
 
 def _redact(url: str) -> str:
-    """The URL without its query string (signed CDN URLs carry credentials there)."""
-    p = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((p.scheme, p.netloc, p.path, "", ""))
+    """The URL without credentials: no query string (signed CDN URLs carry them there), no user:password@."""
+    try:
+        p = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<malformed URL>"
+    netloc = p.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 
 class _SafeRedirect(urllib.request.HTTPRedirectHandler):
@@ -216,7 +220,12 @@ def _attempt(url: str, part: Path, headers: dict[str, str], algorithm: str | Non
     req_headers = dict(headers)
     if have:
         req_headers["Range"] = f"bytes={have}-"
-    req = urllib.request.Request(url, headers=req_headers)
+    try:
+        req = urllib.request.Request(url, headers=req_headers)
+    except ValueError as e:
+        # A malformed URL (e.g. one row of a third-party metadata file) fails this item, not the run.
+        raise DownloadError(f"bad URL {_redact(url)!r}: {e}", reason=f"bad URL: {e}"[:120],
+                            hint="check the URL, --mirror or the source's environment variable") from None
     try:
         resp = _opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
