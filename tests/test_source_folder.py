@@ -98,6 +98,18 @@ def test_rescan_resumes_and_refuses_other_folder(music: Path, tmp_path: Path) ->
         _scan(tmp_path / "y", None)
 
 
+def test_torn_last_lines_do_not_swallow_the_next_entry(music: Path, tmp_path: Path) -> None:
+    # A crash mid-append leaves a line without its newline; the next append must not be glued to it.
+    root = tmp_path / "ds"
+    _scan(root, music, max_items=1)
+    for name in ("index.jsonl", "ledger.jsonl"):
+        with open(root / name, "a", encoding="utf-8") as f:
+            f.write('{"id": "torn')
+    ledger = _scan(root, None)
+    assert ledger.counts() == {"ok": 3, "failed": 1, "pending": 0}
+    assert len(folder.FolderSource().records(root)) == 3
+
+
 def test_cli_download_unify(music: Path, state_dir: Path) -> None:
     from httpserver import mtx_runner
 

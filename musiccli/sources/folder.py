@@ -17,7 +17,6 @@ Rescan after changing the library with ``mtx download folder --path ... --force`
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -28,9 +27,9 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import TMP_PREFIX, atomic_write_json, iter_jsonl, read_json
+from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, iter_jsonl, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
-from .ledger import Ledger
+from .ledger import Ledger, end_torn_line
 
 log = logging.getLogger(__name__)
 
@@ -170,25 +169,23 @@ class FolderSource(Source):
         indexed = set(self._index(root))
         todo = [rel for rel in files if not (ledger.is_ok(file_id(rel)) and file_id(rel) in indexed)]
         log.info("folder: %d audio file(s) in %s, %d to scan", len(files), music, len(todo))
-        with progress.task("Scanning", total=len(todo), unit="files") as task, \
-                open(root / INDEX_NAME, "a", encoding="utf-8") as index:
+        end_torn_line(root / INDEX_NAME)
+        with progress.task("Scanning", total=len(todo), unit="files") as task:
             for rel in todo:
-                self._scan_one(music, rel, index, ledger)
+                self._scan_one(music, rel, root / INDEX_NAME, ledger)
                 task.advance(1)
                 progress.check_interrupt()
 
     @staticmethod
-    def _scan_one(music: Path, rel: str, index, ledger: Ledger) -> None:  # noqa: ANN001
+    def _scan_one(music: Path, rel: str, index: Path, ledger: Ledger) -> None:
         fid = file_id(rel)
         try:
             info = read_file_info(music / rel, rel)
         except MtxError as e:
             ledger.failed(fid, e.message[:200])
             return
-        # The index line first, then the ledger: an ok entry always has its tags on disk.
-        index.write(json.dumps(info, ensure_ascii=False) + "\n")
-        index.flush()
-        os.fsync(index.fileno())
+        # The index line first (fsynced), then the ledger: an ok entry always has its tags on disk.
+        append_jsonl(index, [info])
         ledger.ok(fid, path=rel, nbytes=(music / rel).stat().st_size)
 
     @staticmethod

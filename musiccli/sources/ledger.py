@@ -1,11 +1,14 @@
 """Per-item download ledger: an append-only JSONL file; the last entry for an id wins.
 
 Appends are flushed and fsynced one line at a time, so a crash loses at most the
-line being written, and a torn last line is ignored on reading.
+line being written, and a torn last line is ignored on reading. Opening a ledger ends
+a torn last line first, so the next append starts a line of its own instead of being
+glued to (and lost with) the fragment.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -16,6 +19,19 @@ from typing import Any
 from ..state import append_jsonl, iter_jsonl
 
 OK, FAILED, PENDING = "ok", "failed", "pending"
+
+
+def end_torn_line(path: Path) -> None:
+    """Terminate a JSON Lines file whose last line was cut by a crash (no trailing newline)."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
 
 
 @dataclass
@@ -37,6 +53,7 @@ class Ledger:
         self._lock = threading.Lock()
         self.entries: dict[str, LedgerEntry] = {}
         self._load()
+        end_torn_line(self.path)
 
     def _load(self) -> None:
         for d in iter_jsonl(self.path):
