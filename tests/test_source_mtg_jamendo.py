@@ -45,7 +45,7 @@ def _tsv(rows: list[list[str]]) -> str:
     return "\r\n".join([header, *("\t".join(r) for r in rows)]) + "\r\n"
 
 
-def build_www(www: Path, corrupt_track: int | None = None) -> dict[int, bytes]:
+def build_www(www: Path, corrupt_track: int | None = None, member_prefix: str = "") -> dict[int, bytes]:
     data = www / "data"
     (data / "download").mkdir(parents=True, exist_ok=True)
     (data / "splits" / "split-0").mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def build_www(www: Path, corrupt_track: int | None = None) -> dict[int, bytes]:
         with tarfile.open(out / name, "w") as tf:
             for tid in ids:
                 member = f"{tid % 100:02d}/{tid}.low.mp3"
-                info = tarfile.TarInfo(member)
+                info = tarfile.TarInfo(member_prefix + member)
                 info.size = len(audio[tid])
                 tf.addfile(info, io.BytesIO(audio[tid]))
                 sha = "0" * 64 if tid == corrupt_track else _sha(audio[tid])
@@ -170,6 +170,16 @@ def test_track_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "sha256 mismatch" in ledger.entries["mtg-jamendo-1009"].reason
     assert not (tmp_path / "mtg/raw_30s/audio-low/09/1009.low.mp3").exists()
     assert (tmp_path / "mtg/raw_30s/audio-low/raw_30s_audio-low-09.tar").exists()  # kept for a retry
+
+
+def test_tar_members_with_dot_slash_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `tar -cf x.tar ./00/...` stores "./00/7400.low.mp3": the same track, not a failed extraction.
+    www = tmp_path / "www"
+    build_www(www, member_prefix="./")
+    ledger, _ = _download(www, tmp_path / "mtg", monkeypatch)
+    assert ledger.is_ok("mtg-jamendo-7400")
+    assert ledger.entries["mtg-jamendo-7400"].path == "raw_30s/audio-low/00/7400.low.mp3"
+    assert ledger.counts()["failed"] == 1  # only the track that is not in its tar
 
 
 def test_cli_download_verify_unify(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -271,24 +271,22 @@ class MtgJamendoSource(Source):
             if m:
                 members.setdefault(int(m.group(2)), name)
         chosen = {members[t] for t in todo if t in members}
-        extracted = {p.relative_to(out_dir).as_posix() for p in
-                     safe_extract(tar_path, out_dir, members=chosen.__contains__, skip_existing=True)}
+        safe_extract(tar_path, out_dir, members=chosen.__contains__, skip_existing=True)
         failed = 0
         for t in todo:
-            failed += not self._record(root, out_dir, dataset, type_, t, members.get(t), extracted, sums_tracks,
-                                       ledger, tar_name)
+            failed += not self._record(root, out_dir, t, members.get(t), sums_tracks, ledger, tar_name)
         ledger.ok(tar_id, path=tar_path.relative_to(root).as_posix(), checksum=sha256)
         if not failed:
             self._drop(tar_path, cfg)
 
-    def _record(self, root: Path, out_dir: Path, dataset: str, type_: str, t: int, member: str | None,
-                extracted: set[str], sums: dict[str, str], ledger: Ledger, tar_name: str) -> bool:
+    def _record(self, root: Path, out_dir: Path, t: int, member: str | None, sums: dict[str, str],
+                ledger: Ledger, tar_name: str) -> bool:
         tid = self._id(t)
         if member is None:
             ledger.failed(tid, f"{t % 100:02d}/{t}.* is not in {tar_name}")
             return False
-        path = out_dir / member
-        if member not in extracted or not path.is_file():
+        path = out_dir / member  # pathlib drops a "./" prefix, as safe_extract does
+        if not path.is_file():
             ledger.failed(tid, f"extraction of {member} produced no file")
             return False
         digest = file_sha256(path)
