@@ -154,6 +154,23 @@ def test_metadata_names_without_listing(www: Path, tmp_path: Path, monkeypatch: 
     assert jm.is_metadata_name("2024-01-15.jsonl") and not jm.is_metadata_name(jm.CAPTIONS)
 
 
+def test_corrupt_shard_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    www = tmp_path / "www"
+    build_www(www)
+    bad = "data/train-00000-of-00002.parquet"
+    (www / bad).write_bytes(b"not a parquet file")
+    # No LFS hashes (and a path outside data/ that must be ignored): the bad shard is not caught by fetch.
+    listing = [{"type": "file", "path": n} for n in SHARDS]
+    listing.append({"type": "file", "path": "../train-00009-of-00002.parquet"})
+    (www / "api/tree_data.json").write_text(json.dumps(listing))
+    ledger, reqs = _download(www, tmp_path / "jmc", monkeypatch)
+    assert ledger.entries["shard/train-00000-of-00002.parquet"].status == "failed"
+    assert "cannot read" in ledger.entries["shard/train-00000-of-00002.parquet"].reason
+    assert ledger.is_ok("shard/train-00001-of-00002.parquet") and ledger.is_ok("jamendo-maxcaps-404")
+    assert not (tmp_path / "jmc" / bad).exists()  # unverified and unreadable: fetched again on --continue
+    assert not [p for p, _ in reqs if "00009" in p]
+
+
 def test_cli_download_unify(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from httpserver import mtx_runner
 

@@ -65,7 +65,8 @@ INFO = SourceInfo(
     checksums={},  # per-file sha256 comes from the Hub's LFS listing at download time
 )
 
-_SHARD_RE = re.compile(r"(?:^|/)train-(\d+)-of-(\d+)\.parquet$")
+# Anchored: a listed path is joined to the dataset root, so only the Hub's own data/ shards qualify.
+_SHARD_RE = re.compile(r"^data/train-(\d+)-of-(\d+)\.parquet$")
 _DATE_RE = re.compile(r"\d{4}[-_]?\d{2}[-_]?\d{2}")
 
 
@@ -136,7 +137,7 @@ class JamendoMaxCapsSource(Source):
         root.mkdir(parents=True, exist_ok=True)
         base = base_url(DEFAULT_BASE, cfg.mirror, ENV_URL)
         listing = self._listing(root)
-        lfs = {item["path"]: item.get("lfs", {}).get("oid") for item in listing if item.get("type") == "file"}
+        lfs = {item["path"]: (item.get("lfs") or {}).get("oid") for item in listing if item.get("type") == "file"}
         with progress.task(CAPTIONS, unit="B") as task:
             self._get(base, root, CAPTIONS, lfs, task)
         meta_names = self._metadata_names(listing)
@@ -215,7 +216,16 @@ class JamendoMaxCapsSource(Source):
             log.warning("jamendo-maxcaps: %s: %s", name, e.message)
             return
         progress.check_interrupt()
-        if self._extract(path, root, ledger, progress):
+        try:
+            complete = self._extract(path, root, ledger, progress)
+        except MtxError as e:
+            # One unreadable shard is recorded like a failed download; the other shards go on.
+            ledger.failed(shard_id, e.message[:120])
+            log.warning("jamendo-maxcaps: %s (%s)", e.message, e.hint)
+            if sha is None:
+                path.unlink(missing_ok=True)  # unverified bytes: fetch them again on --continue
+            return
+        if complete:
             ledger.ok(shard_id, path=name, checksum=sha)
             self._drop(path, cfg)
 
@@ -238,7 +248,7 @@ class JamendoMaxCapsSource(Source):
                         progress.check_interrupt()
         except (pa.ArrowException, OSError) as e:
             raise MtxError(f"cannot read {path.name}: {e}",
-                           hint="the shard is corrupt: delete it and rerun with --continue") from None
+                           hint="the shard is corrupt; rerun with --continue to fetch it again") from None
         return True
 
     def _write_track(self, item: Any, root: Path, ledger: Ledger, shard: str) -> bool:
