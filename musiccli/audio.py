@@ -100,7 +100,7 @@ def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None
     n = max(n_samples, window)
     starts = list(range(0, n - window + 1, hop)) or [0]
     # Cover the tail: a last window flush with the end if the hop grid misses it.
-    if starts[-1] + window < n and n - window > starts[-1]:
+    if starts[-1] + window < n:
         starts.append(n - window)
     if max_windows and len(starts) > max_windows:
         idx = np.linspace(0, len(starts) - 1, max_windows).round().astype(int)

@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,20 +330,22 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
-    if plan.dist.is_main:
+
+    def begin() -> bool:
+        nonlocal run
         run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
                           discard=lambda: _discard(plan, cfg))
-    complete = _broadcast(plan.dist, bool(run and run.already_complete))
-    if complete:
+        if not run.already_complete:
+            _check_existing(plan, cfg)
+            _check_parts_config(plan)
+        return run.already_complete
+
+    if _on_main(plan.dist, begin):
         if run is not None:
             store.remove_parts(plan.path)  # a crash after completion can leave them behind
             return EmbedResult.from_dict(run.record.result, skipped=True)
         return EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim,
                            n_ok=0, n_failed=0, skipped=True)
-    if plan.dist.is_main:
-        _check_existing(plan, cfg)
-        _check_parts_config(plan)
-    _barrier(plan.dist)
 
     start = time.perf_counter()
     done = store.committed_parts(plan.path)
@@ -584,14 +587,27 @@ def _barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
-def _broadcast(dist_info: DistInfo, value: bool) -> bool:
+def _on_main(dist_info: DistInfo, decide: Callable[[], bool]) -> bool:
+    """Run ``decide`` (the stage contract and safety checks) on rank 0 only and share its answer.
+
+    An ``MtxError`` there is re-raised on every rank, instead of leaving the other ranks
+    waiting forever in a collective that rank 0 never reaches.
+    """
     if not dist_info.enabled:
-        return value
+        return decide()
     import torch.distributed as dist
 
-    box = [value]
+    box: list[Any] = [None]
+    if dist_info.is_main:
+        try:
+            box = [("ok", decide(), None)]
+        except MtxError as e:
+            box = [("error", e.message, e.hint)]
     dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+    kind, value, hint = box[0]
+    if kind == "error":
+        raise MtxError(value, hint=hint)
+    return bool(value)
 
 
 __all__ = ["EmbedConfig", "EmbedResult", "parse_shard", "run_embed", "stage_key"]

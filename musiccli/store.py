@@ -165,11 +165,13 @@ class EmbeddingStore:
         if not self.path.exists():
             raise MtxError(f"embedding store not found: {self.path}",
                            hint="run `mtx embed --audio-encoder NAME` first")
+        self._f: h5py.File | None = None
         try:
             self._f = h5py.File(self.path, "r")
             self._emb = self._f["embeddings"]
             raw_ids = self._f["ids"][()]
         except (OSError, KeyError) as e:
+            self.close()  # a file without our datasets must not stay open (and locked) behind the error
             raise MtxError(f"{self.path} is not a valid embedding store ({e})",
                            hint="rerun `mtx embed` with --force") from None
         self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in raw_ids]
@@ -183,10 +185,8 @@ class EmbeddingStore:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._f.close()
-        except Exception:  # noqa: BLE001 - closing twice is harmless
-            pass
+        if self._f is not None:
+            self._f.close()  # h5py: closing an already closed file is a no-op
 
     def __len__(self) -> int:
         return len(self.ids)

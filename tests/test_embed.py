@@ -227,6 +227,48 @@ def test_existing_store_of_other_kind_refused(tmp_path, audio_records):
         run_embed(state, _cfg())
 
 
+_RANK_SCRIPT = """
+import sys
+from musiccli.embed import EmbedConfig, run_embed
+from musiccli.errors import MtxError
+from musiccli.state import StateDir
+try:
+    run_embed(StateDir.resolve(sys.argv[1]), EmbedConfig(chunk_tracks=4, num_workers=0, device="cpu"))
+except MtxError as e:
+    print("MtxError:", e.message)
+    sys.exit(3)
+"""
+
+
+def test_torchrun_refusal_on_rank0_reaches_every_rank(tmp_path, audio_records):
+    """Under torchrun only rank 0 applies the stage contract; when it refuses, every rank must raise
+    the same MtxError instead of waiting forever in a collective rank 0 never reaches."""
+    import socket
+
+    state = _state(tmp_path, audio_records)
+    path = state.embeddings_path("dsp", "tiny")
+    store.write_part(path, 0, ["x"], np.zeros((1, 10), np.float32))
+    store.assemble(path, 10, "float32", {"encoder": "other"}, 1)
+    store.remove_parts(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(state.root)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 3, out
+        assert "MtxError:" in out and "dim 10" in out
+
+
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture()
 def embed_cli(cli):

@@ -118,3 +118,16 @@ def test_reader_errors(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(MtxError, match="not a valid embedding store"):
         store.EmbeddingStore(bad)
+
+
+def test_reader_error_closes_the_file(tmp_path):
+    """An HDF5 file without our datasets is refused, and the refused file is not left open."""
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("something", data=np.zeros(3))
+    with pytest.raises(MtxError, match="not a valid embedding store") as refused:
+        store.EmbeddingStore(other)
+    assert refused.value.hint  # the error (and its traceback) stays alive while the file is reused
+    # h5py refuses to truncate a file that this process still holds open
+    with h5py.File(other, "w") as f:
+        f.create_dataset("x", data=np.zeros(1))

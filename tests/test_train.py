@@ -230,6 +230,26 @@ def test_early_stopping_and_force(state, tiny_backbone):
     assert len(step_losses(state.run_dir("fake-lib"))) == res.steps
 
 
+def test_early_stop_survives_a_crash_before_completion(state, tiny_backbone, monkeypatch):
+    """Killed after the stopping epoch's checkpoint but before the run was marked complete,
+    --continue must finish as stopped early, not train the remaining epochs."""
+    from musiccli.state import Resume
+    from musiccli.training import loop, run_train
+
+    make_data(state)
+    real_finish = loop._Trainer._finish
+
+    def crash(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Trainer, "_finish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(state, tiny_cfg(tiny_backbone, epochs=5, lr=0.0, patience=1))
+    monkeypatch.setattr(loop._Trainer, "_finish", real_finish)
+    res = run_train(state, tiny_cfg(tiny_backbone, epochs=5, lr=0.0, patience=1, resume=Resume.CONTINUE))
+    assert res.stopped_early and res.epochs_done == 2 and res.best_epoch == 1
+
+
 def test_distillation_into_student(state, tiny_backbone):
     from musiccli.encoders.text import TextEmbedder
     from musiccli.training import run_train

@@ -91,7 +91,7 @@ def _load_backbone(source: str):
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModel.from_pretrained(source)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: an unrecognised or incomplete model folder
         raise MtxError(f"cannot load text backbone {source!r}: {str(e).splitlines()[0]}",
                        hint="pass a local path or a Hub id reachable from this machine "
                             f"(offline default: {', '.join(BACKBONE_ALIASES)} -> 'minilm')") from None

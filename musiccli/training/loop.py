@@ -375,6 +375,9 @@ class _Trainer:
         self.loss_fn.load_state_dict(s["loss"])
         self.step, self.epoch, self.batch = s["step"], s["epoch"], s["batch"]
         self.best, self.bad_epochs = s["best"], s["bad_epochs"]
+        # bad_epochs only moves at an epoch end, so reaching patience here means that epoch end stopped
+        # the run and the interruption came before it was marked complete: do not train on.
+        self.stopped_early = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
         self.epoch_loss = list(s["epoch_loss"])
         self.losses = list(s["losses"])
         self.epoch_summaries = list(s["epoch_summaries"])
@@ -426,6 +429,16 @@ class _Trainer:
         if self.dist.is_main:
             ckpt.write_checkpoint_dir(self.run_dir, "best", self.model.save_pretrained)
 
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (the flag itself without DDP)."""
+        if not self.dist.enabled:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], device=self.runtime.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def _barrier(self) -> None:
         if self.dist.enabled:
             import torch.distributed as dist
@@ -454,7 +467,7 @@ class _Trainer:
         texts, audio = self.train_ds.batch(indices)
         target = torch.from_numpy(audio).to(self.runtime.device)
         _, loss, parts = self._forward(self.ddp_model, texts, target)
-        if not torch.isfinite(loss):
+        if self._any_rank(not bool(torch.isfinite(loss))):  # all ranks stop together, none waits in backward
             raise MtxError(f"training diverged at step {self.step + 1} (loss {float(loss)})",
                            hint="lower --lr, or use --precision fp32")
         self.scaler.scale(loss).backward()
@@ -522,9 +535,14 @@ class _Trainer:
                         self.save_latest()
                     try:
                         self.progress.check_interrupt()
-                    except Interrupted:
+                        interrupted = None
+                    except Interrupted as e:
+                        interrupted = e
+                    # Ranks see Ctrl-C at slightly different times; they must stop after the same step,
+                    # or one waits in save_latest's barrier while another waits in the next step's gather.
+                    if self._any_rank(interrupted is not None):
                         self.save_latest()  # the step is complete: commit it before stopping
-                        raise
+                        raise interrupted or Interrupted("interrupted on another rank")
                 self._end_epoch()
         return self._finish(time.time() - start_time, self.step - start_step)
 

@@ -143,11 +143,11 @@ class TripletLoss(nn.Module):
 
     def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor, **kw) -> tuple[torch.Tensor, dict[str, float]]:
         sim = F.normalize(text_z.float(), dim=-1) @ F.normalize(audio_z.float(), dim=-1).T
+        if sim.shape[0] < 2:  # no negatives in a batch of one
+            return sim.sum() * 0.0, {"triplet": 0.0}
         pos = sim.diagonal()
         eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
         masked = sim.masked_fill(eye, float("-inf"))
-        if sim.shape[0] < 2:  # no negatives in a batch of one
-            return sim.sum() * 0.0, {"triplet": 0.0}
         t2a = F.relu(self.margin - pos + masked.max(dim=1).values)
         a2t = F.relu(self.margin - pos + masked.max(dim=0).values)
         loss = (t2a.mean() + a2t.mean()) / 2
