@@ -175,8 +175,8 @@ def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None)
         log.warning("onnx/onnxruntime not installed: exporting hf/ only (pip install 'musiccli[onnx]')")
     ex = _timed(result, "export", lambda: run_export(state, ExportConfig(run=NAME, formats=formats, resume=mode),
                                                      progress),
-                lambda r: "hf + onnx" + (f" (ONNX max abs diff {r.onnx_max_abs_diff:.1e})"
-                                         if r.onnx_max_abs_diff is not None else ""))
+                lambda r: " + ".join(r.paths) + (f" (ONNX max abs diff {r.onnx_max_abs_diff:.1e})"
+                                                 if r.onnx_max_abs_diff is not None else ""))
     result.export_dir = str(ex.out)
 
     def _searches() -> dict[str, list[dict[str, Any]]]:

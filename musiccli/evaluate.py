@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .manifest import Record, read_manifest, resolve_manifest
+from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
-from .state import Resume, StateDir, atomic_write_json, begin_stage, diff_configs, file_sha256, load_stage, read_json
+from .state import Resume, StateDir, atomic_write_json, begin_stage, file_sha256, read_json, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,6 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     info = resolve_run(state, cfg.run)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
-    from .manifest import manifest_hash
-
     out_path = report_path(state, info.name, cfg.split)
     key = f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}"
     systems = eval_systems(info.audio_encoder, cfg.baselines)
@@ -292,16 +290,10 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
         "weights": weights_identity(ckpt), "baselines": cfg.baselines, "systems": systems, "seed": cfg.seed,
     }
-    mode = cfg.resume
-    previous = load_stage(state, key)
-    if previous is not None and mode is Resume.FRESH and diff_configs(previous.config, to_plain(stage_config)):
-        # New weights (more training) or new data make the old report stale: evaluating again
-        # is the expected behaviour, not a conflict the user must resolve with --force.
-        log.info("inputs changed since the last evaluation (%s); evaluating afresh",
-                 "; ".join(diff_configs(previous.config, to_plain(stage_config))))
-        mode = Resume.FORCE
-    stage = begin_stage(state, "eval", key, config=stage_config, mode=mode,
-                        discard=lambda: out_path.unlink(missing_ok=True))
+    # New weights (more training) or new data make the old report stale: evaluating again is
+    # the expected behaviour, not a conflict the user must resolve with --force.
+    stage = begin_stage(state, "eval", key, config=stage_config, mode=cfg.resume,
+                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
     if stage.already_complete and out_path.exists():
         return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
 
@@ -360,7 +352,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                     results[name] = score_system(data, audio, _encode(fresh, data.texts, runtime, cfg.batch_size),
                                                  _encode(fresh, data.tags, runtime, cfg.batch_size))
                     del fresh
-            stage.update(results=to_plain(results), notes=notes)   # one committed unit per system
+            stage.update(results=to_jsonable(results), notes=notes)   # one committed unit per system
             task.advance()
 
     report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
@@ -368,13 +360,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         report["native_model"] = native_model
     atomic_write_json(out_path, report)
     stage.complete(result={"path": str(out_path)})
-    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_plain(report))
-
-
-def to_plain(obj: Any) -> Any:
-    from .state import to_jsonable
-
-    return to_jsonable(obj)
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))
 
 
 def _ratio(a: float, b: float) -> float | None:

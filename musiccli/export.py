@@ -28,19 +28,7 @@ import numpy as np
 from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, weights_identity
 from .progress import NullProgress, Progress
-from .state import (
-    TMP_PREFIX,
-    Resume,
-    StageStatus,
-    StateDir,
-    atomic_write_json,
-    atomic_write_text,
-    begin_stage,
-    diff_configs,
-    load_stage,
-    read_json,
-    to_jsonable,
-)
+from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, read_json
 
 log = logging.getLogger(__name__)
 
@@ -342,15 +330,9 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
         for f in formats:
             shutil.rmtree(out / f, ignore_errors=True)
 
-    mode = cfg.resume
-    previous = load_stage(state, key)
-    if (previous is not None and previous.status == StageStatus.COMPLETE.value and mode is Resume.FRESH
-            and diff_configs(previous.config, to_jsonable(config))):
-        # A finished export of older weights (or to another folder) is simply redone: exporting is
-        # deterministic and cheap, and refusing would make "train more, export again" need --force.
-        log.info("re-exporting: %s", "; ".join(diff_configs(previous.config, to_jsonable(config))))
-        mode = Resume.FORCE
-    stage = begin_stage(state, "export", key, config=config, mode=mode, discard=discard)
+    # An export of older weights (or to another folder) is simply redone: exporting is deterministic
+    # and cheap, and refusing would make "train more, export again" need --force.
+    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard, redo_changed=True)
     if stage.already_complete and all((out / f).exists() for f in formats):
         r = stage.record.result
         return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),

@@ -103,8 +103,9 @@ def read_manifest(path: Path) -> list[Record]:
     except json.JSONDecodeError as e:
         raise MtxError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})",
                        hint="regenerate it with `mtx unify --force`") from None
-    if not isinstance(data, list):
-        raise MtxError(f"{path} is not a manifest (expected a JSON array of records)")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise MtxError(f"{path} is not a manifest (expected a JSON array of record objects)",
+                       hint="regenerate it with `mtx unify --force`")
     records = [Record.from_dict(d, where=path.name) for d in data]
     ids = set()
     for r in records:
@@ -248,7 +249,6 @@ def assign_splits(
             fixed = pinned.get(key) or next((m.split for m in members if m.split), None)
             if fixed:
                 pinned[key] = fixed
-            if fixed:
                 for m in members:
                     m.split = fixed
                 counts[fixed] += len(members)

@@ -225,7 +225,7 @@ def load_index(state: StateDir, name: str) -> Index:
 
 
 # --------------------------------------------------------------------------- building
-def _item(record, id_: str) -> dict[str, Any]:
+def _item(record) -> dict[str, Any]:
     if record is None:
         return {"title": None, "artist": None, "dataset": None, "tags": [], "audio_path": None, "duration": None}
     return {"title": record.title, "artist": record.artist, "dataset": record.dataset, "tags": list(record.tags),
@@ -278,7 +278,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
             del mm
         ids = list(store.ids)
     atomic_write_text(d / "ids.json", json.dumps(ids))
-    atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i), i) for i in ids}, ensure_ascii=False))
+    atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i)) for i in ids}, ensure_ascii=False))
     atomic_write_json(d / "meta.json", {
         "name": name, "text_model": text.kind, "run": text.run.name if text.run is not None else None,
         "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": encoder, "manifest": mname,

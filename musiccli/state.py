@@ -353,15 +353,24 @@ def begin_stage(
     config: dict[str, Any],
     mode: Resume,
     discard: Callable[[], None] | None = None,
+    redo_changed: bool = False,
 ) -> StageRun:
     """Apply the resume contract and return the run handle.
 
     ``config`` holds everything that changes the stage's results (and only that).
     ``discard`` removes the stage's outputs; it runs on ``--force``.
+    ``redo_changed``: for stages whose config holds the identity of changing inputs (new weights,
+    a re-download), a fresh start over a record with a different config starts over (as
+    ``--force``) instead of refusing; ``--continue`` still refuses and lists the differences.
     Callers check ``run.already_complete`` and return early without doing work.
     """
     config = to_jsonable(config)
     previous = load_stage(state, key)
+    if redo_changed and mode is Resume.FRESH and previous is not None:
+        differences = diff_configs(previous.config, config)
+        if differences:
+            log.info("%s: inputs changed since the last run (%s); starting over", stage, "; ".join(differences))
+            mode = Resume.FORCE
     if mode is Resume.FORCE:
         if discard is not None:
             discard()

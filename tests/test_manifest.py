@@ -158,3 +158,6 @@ def test_duplicates_and_bad_files_raise(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps([{**rec.to_dict(), "split": "dev"}]))
     with pytest.raises(MtxError, match="split"):
         read_manifest(tmp_path / "split.json")
+    (tmp_path / "strings.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(MtxError, match="not a manifest"):
+        read_manifest(tmp_path / "strings.json")

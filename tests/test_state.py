@@ -67,6 +67,20 @@ def test_complete_output_with_different_config_is_refused(tmp_path):
         begin_stage(state, "unify", "unify:d", {"max_samples": 20}, Resume.FRESH)
 
 
+def test_redo_changed_restarts_on_new_inputs_but_continue_still_refuses(tmp_path):
+    state = StateDir.resolve(tmp_path)
+    out = tmp_path / "report.json"
+    out.write_text("old")
+    begin_stage(state, "eval", "eval:r", {"weights": "a"}, Resume.FRESH).complete({})
+    run = begin_stage(state, "eval", "eval:r", {"weights": "b"}, Resume.FRESH, discard=out.unlink, redo_changed=True)
+    assert not out.exists() and not run.already_complete and run.record.config == {"weights": "b"}
+    with pytest.raises(MtxError, match="weights: 'b' -> 'c'"):
+        begin_stage(state, "eval", "eval:r", {"weights": "c"}, Resume.CONTINUE, redo_changed=True)
+    # Unchanged inputs keep the contract: a partial record is still refused on a fresh start.
+    with pytest.raises(MtxError, match="interrupted eval found"):
+        begin_stage(state, "eval", "eval:r", {"weights": "b"}, Resume.FRESH, redo_changed=True)
+
+
 def test_continue_and_force_are_exclusive():
     with pytest.raises(MtxError):
         Resume.from_flags(True, True)

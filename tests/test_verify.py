@@ -155,6 +155,23 @@ def test_interrupted_verify_resumes(synth_state: StateDir, monkeypatch: pytest.M
     assert resumed.bad == fresh.bad and resumed.counts() == fresh.counts()
 
 
+def test_continue_with_another_tolerance_is_refused_listing_it(synth_state: StateDir,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(verify, "BATCH", 4)
+    with pytest.raises(Interrupted):
+        run_verify(synth_state, VerifyConfig("synth"), StopAfterBatches(1))
+    with pytest.raises(MtxError, match="duration_tolerance: None -> 0.5"):
+        run_verify(synth_state, VerifyConfig("synth", duration_tolerance=0.5, resume=Resume.CONTINUE))
+    # A fresh run with the new tolerance is a new check, not a conflict.
+    assert run_verify(synth_state, VerifyConfig("synth", duration_tolerance=0.5)).ok == N
+
+
+def test_threshold_uses_the_exact_rate_not_the_rounded_one():
+    report = verify.VerifyReport(source="x", total=10_000_000, ok=8_999_999, min_success=0.9)
+    verify._judge(report)
+    assert report.success_rate == 0.9 and not report.passed
+
+
 def test_unknown_or_missing_source(state: StateDir, cli):
     res = cli("verify", "nosuch")
     assert res.exit_code == 1 and "valid sources" in res.output

@@ -34,7 +34,7 @@ def command(
 
     Default: the newest trained run, its manifest's test split, the best checkpoint.
     """
-    from ..evaluate import EvalConfig, run_eval
+    from ..evaluate import MIN_TAG_POSITIVES, EvalConfig, run_eval
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
@@ -51,7 +51,8 @@ def command(
     c = rep.get("counts", {})
     app.out.info(f"{c.get('tracks', 0)} tracks, {c.get('text_queries', 0)} text queries, "
                  f"{c.get('distinct_captions', 0)} distinct captions, tags used {c.get('tags_used', 0)} "
-                 f"(skipped {c.get('tags_skipped', 0)} with < 5 positives); median rank is 1-based")
+                 f"(skipped {c.get('tags_skipped', 0)}: < {MIN_TAG_POSITIVES} positives or no negatives); "
+                 "median rank is 1-based")
     for system, note in (rep.get("baseline_notes") or {}).items():
         app.out.info(f"{system} baseline {note}")
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
