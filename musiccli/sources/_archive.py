@@ -190,16 +190,21 @@ def _extract(todo: list[_Member], root: Path, members: Callable[[str], bool] | N
         if skip_existing and path.is_file() and path.stat().st_size == m.size:
             out.append(path)
             continue
-        tmp = path.parent / f"{TMP_PREFIX}{path.name}.part"
-        try:
-            src = open_member(m)
-            if src is None:
-                raise _unsafe(m.name, "not a regular file")
-            with src, open(tmp, "wb") as f:
-                shutil.copyfileobj(src, f, 1 << 20)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        src = open_member(m)
+        if src is None:
+            raise _unsafe(m.name, "not a regular file")
+        write_member(src, path)
         out.append(path)
     return out
+
+
+def write_member(src, path: Path) -> None:  # noqa: ANN001
+    """Copy an open archive member to ``path`` through a temporary sibling; closes ``src``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.part"
+    try:
+        with src, open(tmp, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

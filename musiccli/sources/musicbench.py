@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import re
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ from typing import Any
 from ..errors import MtxError
 from ..manifest import Record
 from ..progress import Progress
-from ..state import TMP_PREFIX, file_sha256, iter_jsonl
-from ._archive import _relative
+from ..state import file_sha256, iter_jsonl
+from ._archive import _relative, write_member
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
@@ -154,7 +152,7 @@ class MusicBenchSource(Source):
             progress.check_interrupt()
             self._stream_extract(archive, root, todo, ledger, progress)
             for c in todo.values():
-                if c.id not in ledger.entries or ledger.entries[c.id].status != "ok":
+                if not ledger.is_ok(c.id):
                     ledger.failed(c.id, f"{ARCHIVE_ROOT}/{c.location} is not in {archive.name}")
         if all(ledger.is_ok(c.id) for c in clips) and not cfg.keep_archives:
             for name in ARCHIVES:
@@ -202,27 +200,13 @@ class MusicBenchSource(Source):
                         path = dest / loc
                         if dest not in path.resolve().parents:
                             raise MtxError(f"unsafe archive member {ti.name!r}", hint="refusing to extract it")
-                        self._write(tf, ti, path)
+                        write_member(tf.extractfile(ti), path)
                         ledger.ok(clip.id, path=loc, checksum=file_sha256(path), nbytes=path.stat().st_size)
                         task.advance(1)
                         progress.check_interrupt()
             except (tarfile.TarError, EOFError, OSError) as e:
                 raise MtxError(f"cannot read {archive.name}: {e}",
                                hint="the archive is corrupt or truncated: delete it and download it again") from None
-
-    @staticmethod
-    def _write(tf: tarfile.TarFile, ti: tarfile.TarInfo, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{TMP_PREFIX}{path.name}.part"
-        src = tf.extractfile(ti)
-        if src is None:
-            return
-        try:
-            with src, open(tmp, "wb") as f:
-                shutil.copyfileobj(src, f, 1 << 20)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ parsing
     def records(self, root: Path) -> list[Record]:
