@@ -11,11 +11,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import MtxError
+from .errors import Interrupted, MtxError
 from .progress import NullProgress, Progress
 from .sources import get_source, source_names
 from .sources.base import DownloadConfig, Source
@@ -121,6 +121,29 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
     else:
         run.complete(result=result)
     return result
+
+
+def run_downloads(state: StateDir, names: list[str], config: DownloadConfig, resume: Resume,
+                  progress: Progress | None = None) -> list[DownloadResult]:
+    """Download several sources (``--phase``) one after another with the same options.
+
+    A source that cannot even start (its host is down, a checksum list is missing) is
+    reported as failed and the others still run; Ctrl-C stops everything.
+    """
+    results = []
+    for name in names:
+        req = DownloadRequest(replace(config, source=name), resume)
+        try:
+            results.append(run_download(state, req, progress))
+        except Interrupted:
+            raise
+        except MtxError as e:
+            if len(names) == 1:
+                raise
+            log.error("%s: %s", name, e.message)
+            results.append(DownloadResult(source=name, root=str(state.dataset_dir(name)), failed=1,
+                                          failures=[(name, e.message)]))
+    return results
 
 
 def download_phase(phase: int) -> list[str]:

@@ -83,9 +83,9 @@ def select_runtime(device: str = "auto", precision: str = "auto", local_rank: in
     if precision == "auto":
         if dev.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif dev.type == "mps":
-            precision = "fp16"
         else:
+            # MPS included: fp16 autocast there would train without a gradient scaler, so the
+            # safe default is fp32 (``--precision`` still overrides).
             precision = "fp32"
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise MtxError("this GPU does not support bf16", hint="use --precision fp16 or auto")

@@ -218,3 +218,24 @@ def test_library_errors(state: StateDir):
         run_download(state, DownloadRequest(DownloadConfig(source="nosuch")))
     with pytest.raises(MtxError, match="--n"):
         run_download(state, DownloadRequest(DownloadConfig(source="synth", n=0), Resume.FRESH))
+
+
+class _Unreachable(synth.SynthSource):
+    info = dataclasses.replace(synth.INFO, name="unreachable", phase=2)
+
+    def download(self, cfg, root, ledger, progress):  # noqa: ANN001
+        raise MtxError("cannot reach the host", hint="check the network")
+
+
+def test_a_phase_goes_on_past_a_source_that_cannot_start(monkeypatch: pytest.MonkeyPatch, state):
+    from musiccli.download import run_downloads
+    from musiccli.sources.base import DownloadConfig
+
+    monkeypatch.setitem(SOURCES, "unreachable", _Unreachable)
+    monkeypatch.setitem(SOURCES, "toy-songs", _PhaseTwoToy)
+    cfg = DownloadConfig(source="", n=3, duration=1.0, sample_rate=SR, workers=1)
+    results = {r.source: r for r in run_downloads(state, ["unreachable", "toy-songs"], cfg, Resume.FRESH)}
+    assert results["unreachable"].failed == 1 and "cannot reach" in results["unreachable"].failures[0][1]
+    assert results["toy-songs"].ok == 3 and results["toy-songs"].failed == 0
+    with pytest.raises(MtxError, match="cannot reach"):  # a single source keeps its own error
+        run_downloads(state, ["unreachable"], cfg, Resume.FORCE)

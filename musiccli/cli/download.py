@@ -52,7 +52,7 @@ def command(
     Every item is recorded in a ledger (ok / failed + reason); failures never stop the
     download and make the command exit 1 with the list of what failed.
     """
-    from ..download import DownloadRequest, dataset_stats, download_phase, run_download
+    from ..download import dataset_stats, download_phase, run_downloads
     from ..sources.base import DownloadConfig
     from ..state import Resume
 
@@ -71,17 +71,15 @@ def command(
     if source is not None and phase is not None:
         raise typer.BadParameter("give either a SOURCE or --phase, not both", param_hint="--phase")
 
-    resume = Resume.from_flags(cont, force)
     names = download_phase(phase) if phase is not None else [source]
-    results = []
-    for name in names:
-        cfg = DownloadConfig(source=name, max_items=max_items, subset=subset, mirror=mirror,
-                             workers=workers or _default_workers(), rate_limit=rate_limit,
-                             keep_archives=keep_archives, seed=seed, n=n, duration=duration,
-                             sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
-                             path=path.expanduser().resolve() if path else None)
-        with app.progress(resume_hint=f"mtx download {name} --continue") as progress:
-            results.append(run_download(app.state, DownloadRequest(cfg, resume), progress))
+    cfg = DownloadConfig(source=names[0], max_items=max_items, subset=subset, mirror=mirror,
+                         workers=workers or _default_workers(), rate_limit=rate_limit,
+                         keep_archives=keep_archives, seed=seed, n=n, duration=duration,
+                         sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
+                         path=path.expanduser().resolve() if path else None)
+    target = f"--phase {phase}" if phase is not None else source
+    with app.progress(resume_hint=f"mtx download {target} --continue") as progress:
+        results = run_downloads(app.state, names, cfg, Resume.from_flags(cont, force), progress)
 
     app.out.table(make_table("Download summary", ["source", "ok", "failed", "pending", "GB", "seconds", "status"],
                              [[r.source, r.ok, r.failed, r.pending, round(r.bytes / 1e9, 4), r.seconds,
