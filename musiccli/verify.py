@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ BATCH = 64
 class VerifyConfig:
     source: str
     min_success: float = 0.9
-    workers: int = 4
+    workers: int | None = None               # checker threads; None = min(8, CPU count)
     duration_tolerance: float | None = None  # seconds; None = what each source declares
     resume: Resume = Resume.FRESH
 
@@ -191,7 +192,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
     with progress.task(f"Verifying {source.info.name}", total=len(expected), unit="files",
                        completed=len(expected) - len(todo)) as task, \
-            ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+            ThreadPoolExecutor(max_workers=cfg.workers or min(8, os.cpu_count() or 1)) as pool:
         for i in range(0, len(todo), BATCH):
             batch = todo[i:i + BATCH]
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +10,6 @@ import typer
 from ._context import get_ctx
 from ._options import Continue, Force, JsonOut, _complete_sources
 from ._output import make_table
-
-
-def _default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
 
 
 def command(
@@ -73,7 +68,7 @@ def command(
 
     names = download_phase(phase) if phase is not None else [source]
     cfg = DownloadConfig(source=names[0], max_items=max_items, subset=subset, mirror=mirror,
-                         workers=workers or _default_workers(), rate_limit=rate_limit,
+                         workers=workers, rate_limit=rate_limit,
                          keep_archives=keep_archives, seed=seed, n=n, duration=duration,
                          sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
                          path=path.expanduser().resolve() if path else None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -37,7 +36,7 @@ def command(
     from ..verify import PROBLEMS, VerifyConfig, run_verify
 
     app = get_ctx(ctx, json_mode=as_json)
-    cfg = VerifyConfig(source=source, min_success=min_success, workers=workers or min(8, os.cpu_count() or 1),
+    cfg = VerifyConfig(source=source, min_success=min_success, workers=workers,
                        duration_tolerance=duration_tolerance, resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint=f"mtx verify {source} --continue") as progress:
         report = run_verify(app.state, cfg, progress)

@@ -10,6 +10,7 @@ ledger; ``records`` parses the native layout into unified manifest records;
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class DownloadConfig:
     max_items: int | None = None
     subset: str | None = None
     mirror: str | None = None
-    workers: int = 4
+    workers: int | None = None        # None: min(4, CPU count), see n_workers
     rate_limit: float = 0.0
     keep_archives: bool = False
     seed: int = 0
@@ -55,6 +56,14 @@ class DownloadConfig:
     quality: str = "low"
     max_shards: int | None = None
     path: Path | None = None
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or min(4, os.cpu_count() or 1)
+
+
+# Options that change how a download runs, never what it produces: a resumed run may change them.
+HOW_NOT_WHAT = frozenset({"workers", "rate_limit", "mirror", "keep_archives"})
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class Source(abc.ABC):
     def identity(self, cfg: DownloadConfig) -> dict[str, Any]:
         """The config fields that change what gets downloaded (the stage compares them on --continue)."""
         generic = {"max_items": cfg.max_items, "subset": cfg.subset}
-        return {**generic, **{k: getattr(cfg, k) for k in self.info.options}}
+        return {**generic, **{k: getattr(cfg, k) for k in self.info.options if k not in HOW_NOT_WHAT}}
 
     @abc.abstractmethod
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:

@@ -207,7 +207,7 @@ class MusicCapsSource(Source):
         import yt_dlp  # noqa: F401  (imported once here, not concurrently in the workers)
 
         pacer = RateLimiter(cfg.rate_limit)
-        workers = max(1, min(cfg.workers, len(todo)))
+        workers = max(1, min(cfg.n_workers, len(todo)))
         bot_warned = False
 
         def done(clip: Clip, fut: Future) -> None:

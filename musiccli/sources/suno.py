@@ -164,7 +164,7 @@ class SunoSource(Source):
     def _fetch_all(self, todo: list[dict[str, Any]], root: Path, ledger: Ledger, cfg: DownloadConfig,
                    progress: Progress) -> None:
         limiter = RateLimiter(cfg.rate_limit)
-        workers = max(1, cfg.workers)
+        workers = max(1, cfg.n_workers)
 
         def one(row: dict[str, Any]) -> None:
             rid = self._id(row["id"])

@@ -113,7 +113,7 @@ class SynthSource(Source):
             self._write_metadata(specs, cfg, root, ledger)
 
     def _render_all(self, todo, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress, task) -> None:
-        workers = max(1, min(cfg.workers, len(todo)))
+        workers = max(1, min(cfg.n_workers, len(todo)))
         # Import the heavy modules here, before forking, so children inherit them instead of
         # each spending seconds on `import torch` (audio.py); importing the source stays light.
         from .. import audio  # noqa: F401
