@@ -8,6 +8,7 @@ Both can be overridden. The choice is computed once and passed around as a
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -133,6 +134,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(runtime: Runtime | None = None) -> DistInfo:
     """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -143,6 +151,10 @@ def init_distributed(runtime: Runtime | None = None) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if runtime is not None and runtime.device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # Exiting with a live process group can abort in the backend's thread teardown
+        # ("terminate called without an active exception"), turning a clean MtxError exit
+        # into SIGABRT; tear it down first.
+        atexit.register(_destroy_process_group)
     if runtime is not None and runtime.device.type == "cuda":
         torch.cuda.set_device(runtime.device)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),

@@ -255,8 +255,10 @@ def test_torchrun_refusal_on_rank0_reaches_every_rank(tmp_path, audio_records):
         port = s.getsockname()[1]
     procs = []
     for rank in range(2):
+        # GLOO_SOCKET_IFNAME keeps gloo's own connections on loopback too (by default it binds
+        # to whatever the hostname resolves to): the test never leaves 127.0.0.1.
         env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
         procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(state.root)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
