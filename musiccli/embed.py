@@ -51,7 +51,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,7 +66,7 @@ from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
-from .runtime import DistInfo, Runtime, init_distributed, select_runtime
+from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
 from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, diff_configs, read_json,
                     to_jsonable)
 
@@ -340,7 +339,7 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
             _check_parts_config(plan)
         return run.already_complete
 
-    if _on_main(plan.dist, begin):
+    if on_main(plan.dist, begin):
         if run is not None:
             store.remove_parts(plan.path)  # a crash after completion can leave them behind
             return EmbedResult.from_dict(run.record.result, skipped=True)
@@ -587,27 +586,6 @@ def _barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
-def _on_main(dist_info: DistInfo, decide: Callable[[], bool]) -> bool:
-    """Run ``decide`` (the stage contract and safety checks) on rank 0 only and share its answer.
-
-    An ``MtxError`` there is re-raised on every rank, instead of leaving the other ranks
-    waiting forever in a collective that rank 0 never reaches.
-    """
-    if not dist_info.enabled:
-        return decide()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    if dist_info.is_main:
-        try:
-            box = [("ok", decide(), None)]
-        except MtxError as e:
-            box = [("error", e.message, e.hint)]
-    dist.broadcast_object_list(box, src=0)
-    kind, value, hint = box[0]
-    if kind == "error":
-        raise MtxError(value, hint=hint)
-    return bool(value)
 
 
 __all__ = ["EmbedConfig", "EmbedResult", "parse_shard", "run_embed", "stage_key"]

@@ -14,7 +14,8 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -159,3 +160,29 @@ def init_distributed(runtime: Runtime | None = None) -> DistInfo:
         torch.cuda.set_device(runtime.device)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+T = TypeVar("T")
+
+
+def on_main(info: DistInfo, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its (picklable) result.
+
+    An ``MtxError`` raised there is re-raised on every rank, instead of leaving the other
+    ranks waiting forever in a collective that rank 0 never reaches.
+    """
+    if not info.enabled:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if info.is_main:
+        try:
+            box = [("ok", fn(), None)]
+        except MtxError as e:
+            box = [("error", e.message, e.hint)]
+    dist.broadcast_object_list(box, src=0)
+    kind, value, hint = box[0]
+    if kind == "error":
+        raise MtxError(value, hint=hint)
+    return value

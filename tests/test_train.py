@@ -299,3 +299,50 @@ def test_freeze_backbone_parts(tiny_backbone):
                    for n in trainable)
     assert any(n.startswith("backbone.encoder.layer.1.") for n in trainable)
     assert any(n.startswith("head.") for n in trainable)
+
+
+_RANK_SCRIPT = """
+import sys
+from musiccli.state import StateDir
+from musiccli.training.loop import TrainConfig, run_train
+r = run_train(StateDir.resolve(sys.argv[1]), TrainConfig(audio_encoder="fake", manifest="lib", run="ddp",
+              text_backbone=sys.argv[2], epochs=2, batch_size=8, head_hidden=32, device="cpu"))
+print("steps", r.steps, "skipped", r.skipped)
+"""
+
+
+def test_two_process_ddp_training_writes_one_run(state, tiny_backbone, tmp_path):
+    """torchrun-style: 2 CPU ranks (gloo on loopback) train together; only rank 0 writes the run."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    make_data(state)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def launch() -> list[str]:
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", _RANK_SCRIPT, str(state.root), str(tiny_backbone)],
+            env={**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
+                 "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+        try:
+            outs = [p.communicate(timeout=180)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert [p.returncode for p in procs] == [0, 0], outs
+        return outs
+
+    outs = launch()
+    assert all("skipped False" in o for o in outs)
+    run_dir = state.run_dir("ddp")
+    assert (run_dir / "best" / "model.safetensors").exists() and (run_dir / "run.json").exists()
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in events if "train_loss" in e]
+    assert steps == sorted(set(steps))  # one writer: no step logged twice
+    assert all("skipped True" in o for o in launch())  # a complete run is a no-op on every rank

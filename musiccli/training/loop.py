@@ -28,8 +28,8 @@ from ..errors import Interrupted, MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
 from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
-from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, restore_rng_state, seed_everything,
-                       select_runtime)
+from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
+                       seed_everything, select_runtime)
 from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
@@ -263,23 +263,16 @@ class _Trainer:
         """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
         if not self.dist.enabled:
             return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
-        import torch.distributed as dist
+        main_stage: list[StageRun] = []
 
-        payload: list[Any] = [None]
-        stage = None
-        if self.dist.is_main:
-            try:
-                stage = begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
-                payload = [("ok", stage.resumed, stage.already_complete)]
-            except MtxError as e:
-                payload = [("error", e.message, e.hint)]
-        dist.broadcast_object_list(payload, src=0)
-        kind, a, b = payload[0]
-        if kind == "error":
-            raise MtxError(a, hint=b)
-        if stage is None:
-            stage = StageRun(self.state, load_stage(self.state, key), resumed=a, already_complete=b)
-        return stage
+        def decide() -> tuple[bool, bool]:
+            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard))
+            return main_stage[0].resumed, main_stage[0].already_complete
+
+        resumed, complete = on_main(self.dist, decide)
+        if main_stage:
+            return main_stage[0]
+        return StageRun(self.state, load_stage(self.state, key), resumed=resumed, already_complete=complete)
 
     def _discard(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
