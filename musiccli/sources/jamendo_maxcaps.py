@@ -6,7 +6,7 @@ Native layout under the dataset root::
     final_caption30sec.jsonl            {"id", "caption", "start_time", "end_time"} per 30 s segment
     <date-named>.jsonl                  Jamendo API track objects (id, name, artist_name, duration,
                                         musicinfo.tags.{genres, vartags, instruments}); tracks repeat
-    data/train-XXXXX-of-01256.parquet   audio shards (~1.1 TB in all); removed after extraction
+    data/train-{NNNNN}-of-01256.parquet audio shards (~1.1 TB in all); removed after extraction
                                         unless --keep-archives
     audio/NN/<track_id>.mp3             extracted audio, NN = track_id % 100
     ledger.jsonl                        one entry per shard (``shard/<name>``) and per track
@@ -61,7 +61,7 @@ INFO = SourceInfo(
     phase=2,
     options=("max_shards", "keep_archives"),
     urls={"captions": join_url(DEFAULT_BASE, CAPTIONS), "tree": DEFAULT_API,
-          "shards": join_url(DEFAULT_BASE, "data/train-XXXXX-of-01256.parquet")},
+          "shards": join_url(DEFAULT_BASE, "data/train-{NNNNN}-of-01256.parquet")},
     checksums={},  # per-file sha256 comes from the Hub's LFS listing at download time
 )
 
