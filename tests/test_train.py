@@ -303,29 +303,53 @@ def test_freeze_backbone_parts(tiny_backbone):
 
 _RANK_SCRIPT = """
 import sys
-from musiccli.state import StateDir
+from musiccli.errors import Interrupted
+from musiccli.progress import NullProgress
+from musiccli.state import Resume, StateDir
 from musiccli.training.loop import TrainConfig, run_train
-r = run_train(StateDir.resolve(sys.argv[1]), TrainConfig(audio_encoder="fake", manifest="lib", run="ddp",
-              text_backbone=sys.argv[2], epochs=2, batch_size=8, head_hidden=32, device="cpu"))
-print("steps", r.steps, "skipped", r.skipped)
+
+root, backbone, run, mode = sys.argv[1:5]
+
+
+class StopAfter(NullProgress):  # a Ctrl-C on this rank after 3 steps
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    def check_interrupt(self):
+        self.checks += 1
+        if self.checks >= 3:
+            self.stop.request()
+        super().check_interrupt()
+
+
+cfg = TrainConfig(audio_encoder="fake", manifest="lib", run=run, text_backbone=backbone, epochs=2, batch_size=8,
+                  head_hidden=32, dropout=0.1, lr=1e-3, device="cpu", precision="fp32",
+                  resume=Resume.CONTINUE if mode == "continue" else Resume.FRESH)
+try:
+    r = run_train(StateDir.resolve(root), cfg, StopAfter() if mode == "stop" else None)
+    print("steps", r.steps, "skipped", r.skipped)
+except Interrupted:
+    print("interrupted")
 """
 
 
-def test_two_process_ddp_training_writes_one_run(state, tiny_backbone, tmp_path):
-    """torchrun-style: 2 CPU ranks (gloo on loopback) train together; only rank 0 writes the run."""
+def test_two_process_ddp_training_resumes_exactly(state, tiny_backbone):
+    """torchrun-style, 2 CPU ranks (gloo on loopback): only rank 0 writes; an interrupted run resumed with
+    --continue logs the same per-step losses and ends with the same weights as an uninterrupted one."""
     import os
     import socket
     import subprocess
     import sys
 
     make_data(state)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
 
-    def launch() -> list[str]:
+    def launch(run: str, mode: str) -> list[str]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         procs = [subprocess.Popen(
-            [sys.executable, "-c", _RANK_SCRIPT, str(state.root), str(tiny_backbone)],
+            [sys.executable, "-c", _RANK_SCRIPT, str(state.root), str(tiny_backbone), run, mode],
             env={**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
                  "OMP_NUM_THREADS": "1"},
@@ -338,11 +362,17 @@ def test_two_process_ddp_training_writes_one_run(state, tiny_backbone, tmp_path)
         assert [p.returncode for p in procs] == [0, 0], outs
         return outs
 
-    outs = launch()
-    assert all("skipped False" in o for o in outs)
-    run_dir = state.run_dir("ddp")
-    assert (run_dir / "best" / "model.safetensors").exists() and (run_dir / "run.json").exists()
-    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [e["step"] for e in events if "train_loss" in e]
-    assert steps == sorted(set(steps))  # one writer: no step logged twice
-    assert all("skipped True" in o for o in launch())  # a complete run is a no-op on every rank
+    assert all("skipped False" in o for o in launch("full", "full"))
+    full = state.run_dir("full")
+    ref = step_losses(full)
+    steps = [json.loads(line)["step"] for line in (full / "metrics.jsonl").read_text().splitlines()
+             if "train_loss" in json.loads(line)]
+    assert steps == list(range(1, len(ref) + 1))  # one writer: no step logged twice
+    assert all("skipped True" in o for o in launch("full", "full"))  # complete: a no-op on every rank
+
+    assert all("interrupted" in o for o in launch("part", "stop"))
+    assert json.loads((state.run_dir("part") / "latest" / "meta.json").read_text())["step"] == 3
+    assert all("skipped False" in o for o in launch("part", "continue"))
+    np.testing.assert_allclose(step_losses(state.run_dir("part")), ref, rtol=1e-6, atol=1e-7)
+    assert safetensors_equal(full / "latest" / "model.safetensors",
+                             state.run_dir("part") / "latest" / "model.safetensors")

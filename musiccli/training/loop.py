@@ -244,6 +244,10 @@ class _Trainer:
                      f", {self.dist.world_size} processes" if self.dist.enabled else "")
 
         self.result_config = _result_config(cfg, self.runtime, self.loss_name)
+        if self.dist.enabled:
+            # Each rank has its own data shard and RNG stream: resuming with another process count
+            # would not reproduce the run, so the count is part of what must not change.
+            self.result_config["world_size"] = self.dist.world_size
         stage_config = {**self.result_config, "manifest_name": self.manifest_name,
                         "manifest_hash": self.manifest_hash, "store": _store_identity(self.store)}
         if cfg.teacher:
@@ -376,9 +380,8 @@ class _Trainer:
         self.epoch_summaries = list(s["epoch_summaries"])
         self.created = s.get("created", self.created)
         self.metrics.truncate_to(self.step, epochs_done=self.epoch)
-        restore_rng_state(s["rng"])
-        if self.dist.enabled:
-            torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.step)
+        # Every rank continues its own RNG stream (dropout masks differ per rank).
+        restore_rng_state(s["rng_by_rank"][self.dist.rank] if self.dist.enabled else s["rng"])
         log.info("resuming %s at step %d (epoch %d, batch %d)", self.run_name, self.step, self.epoch + 1,
                  self.batch)
 
@@ -394,10 +397,22 @@ class _Trainer:
     def _write_run_json(self, status: str) -> None:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
 
+    def _gather_rng(self) -> list[dict[str, Any]] | None:
+        """Every rank's RNG state, on rank 0 (a collective: all ranks call it)."""
+        if not self.dist.enabled:
+            return None
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
+        dist.gather_object(capture_rng_state(), out, dst=0)
+        return out
+
     def save_latest(self) -> None:
         """Commit the current step: model + trainer state + meta into latest/, atomically."""
+        rng_by_rank = self._gather_rng()
         if self.dist.is_main:
             state = {
+                "rng_by_rank": rng_by_rank,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "loss": self.loss_fn.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": capture_rng_state(),
