@@ -161,6 +161,7 @@ def safe_extract(
         with tarfile.open(archive, "r:*") as tf:
             todo = _tar_members(tf, strip_components)
             return _extract(todo, root, members, skip_existing, lambda m: tf.extractfile(m.handle))
+    # zipfile raises NotImplementedError for a compression method it cannot read.
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, NotImplementedError) as e:
         raise MtxError(f"cannot extract {archive.name}: {e}",
                        hint="the archive is corrupt or truncated: delete it and download it again") from None
