@@ -124,3 +124,23 @@ def test_not_an_archive(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"<html>rate limited</html>")
     with pytest.raises(MtxError, match="neither a zip nor a tar"):
         safe_extract(tmp_path / "x.zip", tmp_path / "d")
+
+
+def test_unsupported_zip_compression_is_refused_before_extracting(tmp_path):
+    import zipfile
+
+    from musiccli.errors import MtxError
+    from musiccli.sources._archive import safe_extract
+
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("odd.bin", "data")
+    raw = bytearray(archive.read_bytes())
+    # Patch the second member's method to 99 (AE-x encryption) in its central-directory entry.
+    cd = raw.rfind(b"PK\x01\x02")
+    raw[cd + 10:cd + 12] = (99).to_bytes(2, "little")
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(MtxError, match="compression method 99 is not supported"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "ok.txt").exists()

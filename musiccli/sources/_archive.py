@@ -89,9 +89,18 @@ def _check_link(name: str, rel: str, target: str, hard: bool) -> None:
         raise _unsafe(name, f"link points outside the destination ({target!r})")
 
 
+# What Python's zipfile can decompress (FMA's zips are bzip2).
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                zipfile.ZIP_LZMA: "lzma"}
+
+
 def _zip_members(zf: zipfile.ZipFile, strip: int) -> list[_Member]:
     out = []
     for info in zf.infolist():
+        if info.compress_type not in _ZIP_METHODS:
+            # Checked up front, like unsafe members: nothing is extracted from an archive we cannot read whole.
+            raise MtxError(f"{info.filename}: zip compression method {info.compress_type} is not supported",
+                           hint=f"re-pack the archive with one of: {', '.join(_ZIP_METHODS.values())}")
         rel = _relative(info.filename, strip)
         mode = info.external_attr >> 16
         if info.create_system == 3 and mode and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
@@ -161,8 +170,7 @@ def safe_extract(
         with tarfile.open(archive, "r:*") as tf:
             todo = _tar_members(tf, strip_components)
             return _extract(todo, root, members, skip_existing, lambda m: tf.extractfile(m.handle))
-    # zipfile raises NotImplementedError for a compression method it cannot read.
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise MtxError(f"cannot extract {archive.name}: {e}",
                        hint="the archive is corrupt or truncated: delete it and download it again") from None
 
