@@ -6,14 +6,14 @@ import csv
 import dataclasses
 import json
 import multiprocessing
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from progress_doubles import StopAfter
 from musiccli.download import DownloadRequest, dataset_stats, download_phase, run_download
 from musiccli.errors import Interrupted, MtxError
-from musiccli.progress import NullProgress, StopFlag
+from musiccli.progress import NullProgress
 from musiccli.sources import get_source, synth
 from musiccli.sources.base import SOURCES
 from musiccli.sources.base import DownloadConfig
@@ -27,38 +27,6 @@ ARGS = ["--n", str(N), "--duration", str(DURATION), "--sample-rate", str(SR), "-
 def synth_config(seed: int = 0, **kw) -> DownloadConfig:
     kw.setdefault("workers", 2)
     return DownloadConfig(source="synth", n=N, duration=DURATION, sample_rate=SR, seed=seed, **kw)
-
-
-class StopAfter:
-    """A Progress that interrupts after ``n`` advanced units, like Ctrl-C would.
-
-    mode "flag" sets the StopFlag (the graceful path); mode "kbd" raises KeyboardInterrupt
-    from inside ``advance`` (an abrupt stop in the middle of the loop).
-    """
-
-    def __init__(self, n: int, mode: str = "flag") -> None:
-        self.n, self.mode, self.seen = n, mode, 0
-        self.stop = StopFlag()
-
-    @contextmanager
-    def task(self, description, total=None, unit="items", completed=0):
-        outer = self
-
-        class _Task:
-            def advance(self, k: int = 1) -> None:
-                outer.seen += k
-                if outer.seen >= outer.n:
-                    if outer.mode == "kbd":
-                        raise KeyboardInterrupt
-                    outer.stop.request()
-
-            def update(self, *, total=None, completed=None) -> None:
-                pass
-
-        yield _Task()
-
-    def check_interrupt(self) -> None:
-        self.stop.check()
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -16,11 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from progress_doubles import StopAfter
 from musiccli import store
 from musiccli.embed import EmbedConfig, run_embed
 from musiccli.errors import Interrupted, MtxError
 from musiccli.manifest import Record, write_manifest
-from musiccli.progress import NullProgress
 from musiccli.state import Resume, StateDir
 
 N_GOOD = 16
@@ -78,29 +77,6 @@ def reference(tmp_path_factory, audio_records):
     state = _state(tmp_path_factory.mktemp("ref"), audio_records)
     result = run_embed(state, _cfg(num_workers=2))
     return result, _read(result.path)
-
-
-class StopAfter(NullProgress):
-    """Requests a stop (like Ctrl-C) once ``n`` clips were reported."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.seen = n, 0
-
-    @contextmanager
-    def task(self, description, total=None, unit="items", completed=0):
-        outer = self
-
-        class _Task:
-            def advance(self, k: int = 1) -> None:
-                outer.seen += k
-                if outer.seen >= outer.n:
-                    outer.stop.request()
-
-            def update(self, **kw) -> None:
-                pass
-
-        yield _Task()
 
 
 def test_end_to_end_with_failures(reference, audio_records):
