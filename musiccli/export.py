@@ -14,29 +14,21 @@ interrupted export never leaves a half-written ``hf/`` or ``onnx/``.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, weights_identity
+from .onnx_text import export_text_onnx, replace_dir, tmp_dir
 from .progress import NullProgress, Progress
-from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, read_json
+from .state import Resume, StateDir, atomic_write_text, begin_stage, read_json
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
-ONNX_TOLERANCE = 1e-4
-# Queries of different lengths, so the check exercises padding and the dynamic axes.
-CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
-                 "upbeat 80s synth pop with female vocals", "jazz"]
 
 
 @dataclass
@@ -60,22 +52,6 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place (the old one, if any, is removed first)."""
-    if final.exists():
-        old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _tmp_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
-
-
 def latest_eval_report(run_dir: Path) -> dict[str, Any] | None:
     reports = sorted((p for p in run_dir.glob("eval-*.json") if not p.name.startswith(".")),
                      key=lambda p: p.stat().st_mtime, reverse=True)
@@ -184,120 +160,21 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
 
 # --------------------------------------------------------------------------- formats
 def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
-    tmp = _tmp_dir(out, "hf")
+    tmp = tmp_dir(out, "hf")
     try:
         model.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", model_card(info, model, checkpoint, onnx_diff))
         final = out / "hf"
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
-class _OnnxWrapper:
-    """Built lazily (needs torch): returns (normalised retrieval vector, native audio-space vector)."""
-
-    @staticmethod
-    def build(model):
-        import torch
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self, m) -> None:
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                z = self.m(input_ids, attention_mask)
-                emb = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                return emb, z * self.m.audio_std + self.m.audio_mean
-
-        return Wrapper(model).eval()
-
-
-def _torch_reference(model, enc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    wrapper = _OnnxWrapper.build(model)
-    with torch.inference_mode():
-        emb, audio = wrapper(torch.as_tensor(enc["input_ids"]), torch.as_tensor(enc["attention_mask"]))
-    return emb.numpy(), audio.numpy()
-
-
-def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> float:
-    """Max abs difference between onnxruntime and PyTorch, over single and padded batches."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    # Each query alone (its own length) and all of them padded together.
-    for batch in [[q] for q in queries] + [queries]:
-        enc = model.tokenizer(batch, padding=True, truncation=True, max_length=model.config.max_length,
-                              return_tensors="np")
-        feeds = {"input_ids": enc["input_ids"].astype(np.int64),
-                 "attention_mask": enc["attention_mask"].astype(np.int64)}
-        got_emb, got_audio = sess.run(["embedding", "audio_space"], feeds)
-        ref_emb, ref_audio = _torch_reference(model, feeds)
-        worst = max(worst, float(np.abs(got_emb - ref_emb).max()), float(np.abs(got_audio - ref_audio).max()))
-    return worst
-
-
-def export_onnx(model, out: Path, opset: int) -> tuple[Path, float]:
-    import torch
-
-    tmp = _tmp_dir(out, "onnx")
-    try:
-        model = model.cpu().eval()
-        # The eager attention path traces into a plain graph; SDPA mask helpers trip the exporter.
-        _set_eager_attention(model.backbone)
-        enc = model.tokenizer(["a short query", "a somewhat longer query about music"], padding=True,
-                              return_tensors="pt")
-        path = tmp / "model.onnx"
-        # The legacy exporter's deprecation and tracer notices are expected here: the trace is
-        # checked numerically right below, on lengths and batch sizes other than the traced ones.
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _OnnxWrapper.build(model), (enc["input_ids"], enc["attention_mask"]), str(path),
-                input_names=["input_ids", "attention_mask"], output_names=["embedding", "audio_space"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                              "embedding": {0: "batch"}, "audio_space": {0: "batch"}},
-                opset_version=opset, dynamo=False, do_constant_folding=True,
-            )
-        diff = verify_onnx(model, path)
-        if diff > ONNX_TOLERANCE:
-            raise MtxError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})",
-                           hint="try another --opset; the hf/ export is unaffected")
-        model.tokenizer.save_pretrained(tmp)
-        c = model.config
-        atomic_write_json(tmp / "meta.json", {
-            "inputs": ["input_ids", "attention_mask"], "outputs": {
-                "embedding": "L2-normalised retrieval-space vector (compare with standardised, normalised audio)",
-                "audio_space": "un-normalised prediction in the audio encoder's native space"},
-            "dim": c.out_dim, "audio_encoder": c.audio_encoder, "aggregation": c.aggregation,
-            "backbone": c.backbone, "pooling": c.pooling, "max_length": c.max_length, "opset": opset,
-            "audio_stats": "audio_mean / audio_std in ../hf/model.safetensors; "
-                           "retrieval audio = normalize((audio - audio_mean) / audio_std)",
-            "max_abs_diff_vs_pytorch": diff,
-        })
-        final = out / "onnx"
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final / "model.onnx", diff
-
-
-def _set_eager_attention(backbone) -> None:
-    setter = getattr(backbone, "set_attn_implementation", None)
-    if callable(setter):
-        try:
-            setter("eager")
-            return
-        except (ValueError, TypeError, AttributeError):
-            pass
-    backbone.config._attn_implementation = "eager"
+def export_onnx(model, out: Path, opset: int, weights: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """The ONNX text tower, written by the building block that `mtx train` also uses."""
+    return export_text_onnx(model, out, opset, weights=weights)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -349,7 +226,7 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
             if f in done and Path(done[f]).exists():
                 continue
             if f == "onnx":
-                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset)
+                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset, config["weights"])
                 log.info("ONNX max abs diff vs PyTorch: %.2g", diff)
             else:
                 path = export_hf(info, model, cfg.checkpoint, out, diff)

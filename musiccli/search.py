@@ -9,19 +9,27 @@ Queries are encoded by a *text model*, one of two kinds with the same interface
   needs no trained run.
 
 An index lives in ``<state>/index/<name>/`` (default name ``<run>--<manifest>`` or
-``native-<encoder>--<manifest>``)::
+``native-<encoder>--<manifest>``, plus ``--ann`` / ``--milvus`` for those backends)::
 
-    vectors.npy   [N, D] float32 unit rows: model.audio_for_retrieval(store rows)
+    vectors.npy   [N, D] float32 unit rows: model.audio_for_retrieval(store rows) (exact copy, memory-mapped)
     ids.json      the N track ids, in row order
     items.json    display metadata per id (title, artist, dataset, tags, audio_path, duration)
-    meta.json     text model, run / model id, encoder, manifest, store path + identity, dim, count, created
+    ...           the backend's own files (index_backends/: vectors.f16.npy, ann.faiss, milvus.db)
+    meta.json     text model, run / model id, encoder, manifest, store path + identity, dim, count,
+                  backend, created
 
 ``meta.json`` is written last and marks the index complete. The vectors depend on
 the text model (a run's weights; a tower's dim) and on the store, so an index whose
-recorded identities no longer match is rebuilt automatically.
+recorded identities no longer match is rebuilt automatically. Building is a resumable
+stage: the vectors, then the backend's own units (ANN blocks, Milvus batches).
 
-A query is one matrix-vector product over the in-RAM matrix plus ``argpartition``:
-the ranking code is :func:`rank_top_k`, which the latency benchmark times directly.
+A run's queries are encoded by its exported ONNX text tower (``exports/<run>/onnx``, written
+by `mtx train` and `mtx export`) through onnxruntime + tokenizers when that export belongs to
+the checkpoint in use: torch and transformers are then never imported, which is most of a cold
+start. Otherwise the PyTorch model is loaded and the result says why.
+
+A query is a text, a track to sound like (``--like``: a library track's own vector, or an audio
+file embedded with the store's encoder), or both mixed; ``--max-per-artist`` caps each artist.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import numpy as np
 
 from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
+from .index_backends import ANN_THRESHOLD, CHOICES as BACKEND_CHOICES, get_backend, resolve_backend
 from .progress import NullProgress, Progress
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     read_json)
@@ -53,18 +62,31 @@ class Index:
     meta: dict[str, Any]
     ids: list[str]
     items: dict[str, dict[str, Any]]
-    vectors: np.ndarray            # [N, D] float32, C-contiguous, in RAM
+    vectors: np.ndarray            # [N, D] float32 unit rows, memory-mapped (the exact copy)
+    searcher: Any = None           # the backend's searcher: search(q, k) -> (rows, scores)
+    _rows: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def backend(self) -> str:
+        return str(self.meta.get("backend", "exact"))
+
+    def row_of(self, track_id: str) -> int | None:
+        if self._rows is None:
+            self._rows = {i: r for r, i in enumerate(self.ids)}
+        return self._rows.get(track_id)
+
 
 TEXT_MODELS = ("run", "native")
+QUERY_RUNTIMES = ("auto", "onnx", "torch")
+INDEX_FORMAT = 2   # 2: memory-mapped vectors + a backend; older indexes are rebuilt
 
 
 @dataclass
 class SearchConfig:
-    query: str
+    query: str | None = None
     run: str | None = None
     index: str | None = None
     k: int = 10
@@ -75,6 +97,13 @@ class SearchConfig:
     manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
     model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
+    like: str | None = None        # a track id of the index, or an audio file, to sound like
+    mix: float = 0.5               # with --like and a query: the text's weight (0 = only --like, 1 = only text)
+    max_per_artist: int | None = None
+    backend: str = "auto"          # auto | exact | ann | milvus (index_backends)
+    uri: str | None = None         # milvus: a Milvus Lite file or a server URL; default <index>/milvus.db
+    index_dtype: str = "float16"   # exact backend: the scanned copy (re-ranked against float32)
+    query_runtime: str = "auto"    # auto: the ONNX export when it matches, else PyTorch; onnx | torch: insist
 
 
 @dataclass
@@ -88,6 +117,10 @@ class SearchResult:
     text_model: str = "run"
     encoder: str = ""
     model_id: str | None = None    # native: the text tower's checkpoint
+    query_runtime: str = "torch"   # what encoded the query: onnx | torch
+    notes: list[str] = field(default_factory=list)
+    like: str | None = None
+    backend: str = "exact"
 
 
 # --------------------------------------------------------------------------- ranking
@@ -121,6 +154,8 @@ class QueryModel:
     model: Any                     # TextEmbedder | NativeTextModel
     run: RunInfo | None = None     # kind "run" only
     checkpoint: str | None = None  # kind "run" only
+    runtime: str = "torch"         # "onnx": an OnnxTextModel (no torch); "torch": a torch module
+    note: str | None = None        # why the ONNX path was not taken
 
     @property
     def label(self) -> str:
@@ -129,7 +164,9 @@ class QueryModel:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.out_dim) if self.run is not None else int(self.model.dim)
+        if self.runtime == "onnx" or self.run is None:
+            return int(self.model.dim)
+        return int(self.model.config.out_dim)
 
     @property
     def model_id(self) -> str | None:
@@ -149,13 +186,30 @@ class QueryModel:
         return meta.get("run") == self.run.name if self.run is not None else meta.get("encoder") == self.encoder
 
 
-def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
-    """A run's text embedder at its default checkpoint."""
-    from .encoders.text import TextEmbedder
-
+def run_query_model(info: RunInfo, device: Any = "cpu", onnx_dir: Path | None = None,
+                    query_runtime: str = "torch") -> QueryModel:
+    """A run's text embedder at its default checkpoint: its ONNX export when that matches, else PyTorch."""
     checkpoint = info.default_checkpoint()
-    model = TextEmbedder.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
-    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
+    ckpt = info.checkpoint_dir(checkpoint)
+    note = None
+    if query_runtime in ("auto", "onnx") and onnx_dir is not None:
+        from .onnx_text import OnnxTextModel, onnx_mismatch
+
+        why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
+        if why is None:
+            return QueryModel("run", info.audio_encoder, OnnxTextModel(onnx_dir), run=info, checkpoint=checkpoint,
+                              runtime="onnx")
+        if query_runtime == "onnx":
+            raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
+                           hint=f"run `mtx export --run {info.name} --format onnx`, or drop --query-runtime onnx")
+        note = (f"{why} for run {info.name} ({checkpoint}): encoding the query with PyTorch (slower start); "
+                f"`mtx export --run {info.name} --format onnx` makes searches start fast")
+        log.info("%s", note)
+    from .encoders.text import TextEmbedder
+    from .runtime import select_runtime
+
+    model = TextEmbedder.from_pretrained(ckpt, device=select_runtime(str(device), "fp32").device)
+    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint, runtime="torch", note=note)
 
 
 def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
@@ -213,15 +267,14 @@ def load_index(state: StateDir, name: str) -> Index:
     meta = read_index_meta(state, name)
     ids = read_json(d / "ids.json")
     items = read_json(d / "items.json")
-    # Memory-map to validate shape/dtype cheaply, then copy into RAM once: queries then touch
-    # only memory that is already resident.
-    mm = np.load(d / "vectors.npy", mmap_mode="r")
-    if mm.shape != (len(ids), int(meta["dim"])):
-        raise MtxError(f"index {name!r} is damaged ({mm.shape} vectors for {len(ids)} ids)",
+    # Memory-mapped: a cold process reads only the pages a query touches (the fp16 scan copy and the
+    # float32 rows of the candidates it re-ranks), not the whole matrix.
+    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    if vectors.shape != (len(ids), int(meta["dim"])) or vectors.dtype != np.float32:
+        raise MtxError(f"index {name!r} is damaged ({vectors.shape} {vectors.dtype} vectors for {len(ids)} ids)",
                        hint="rebuild it with `mtx search --force`")
-    vectors = np.ascontiguousarray(np.array(mm, dtype=np.float32))
-    del mm
-    return Index(name=name, dir=d, meta=meta, ids=ids, items=items, vectors=vectors)
+    searcher = get_backend(str(meta.get("backend", "exact"))).open(d, meta, vectors)
+    return Index(name=name, dir=d, meta=meta, ids=ids, items=items, vectors=vectors, searcher=searcher)
 
 
 # --------------------------------------------------------------------------- building
@@ -245,20 +298,57 @@ def library_store(state: StateDir, encoder: str, manifest: str | None) -> tuple[
 
 
 def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, name: str | None = None,
-                progress: Progress | None = None) -> Index:
-    """Index a library manifest's store with ``text``'s mapping of audio rows; returns the loaded index."""
-    from .manifest import read_manifest
-    from .store import EmbeddingStore
+                progress: Progress | None = None, backend: str = "exact", options: dict[str, Any] | None = None,
+                stage=None) -> Index:
+    """Index a library manifest's store with ``text``'s mapping of audio rows; returns the loaded index.
 
+    Units: the vectors (+ ids and items), then the backend's own (``stage`` counters record them,
+    so a resumed build skips what is done).
+    """
     progress = progress or NullProgress()
+    options = dict(options or {})
     encoder = text.encoder
     mname, mpath, store_path = library_store(state, encoder, manifest)
     name = check_name("index", name or f"{text.label}--{mname}")
-    records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
     d = state.index_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
-    log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
+    done: dict[str, Any] = dict(stage.record.counters) if stage is not None and stage.resumed else {}
+
+    def commit(**counters: Any) -> None:
+        if stage is not None:
+            stage.update(**counters)
+
+    if not (done.get("vectors") and (d / "vectors.npy").exists() and (d / "ids.json").exists()):
+        log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
+        _write_vectors(d, text, store_path, mpath, progress)
+        commit(vectors=True)
+    ids = read_json(d / "ids.json")
+    items = read_json(d / "items.json")
+    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    backend_options = dict(options)
+    options["index_name"] = name
+    backend_meta = get_backend(backend).build(d, vectors, options, progress, commit, done, ids, items)
+    del vectors
+    atomic_write_json(d / "meta.json", {
+        "name": name, "text_model": text.kind, "run": text.run.name if text.run is not None else None,
+        "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": encoder, "manifest": mname,
+        "manifest_path": str(mpath), "store": str(store_path),
+        "identity": _identity(text, store_path, mpath), "dim": text.dim, "count": len(ids),
+        "format": INDEX_FORMAT, "backend": backend, "backend_options": backend_options,
+        "backend_meta": backend_meta,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return load_index(state, name)
+
+
+def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, progress: Progress) -> None:
+    """vectors.npy (streamed chunk by chunk into a memmap, so the library never sits twice in RAM),
+    ids.json and items.json."""
+    from .manifest import read_manifest
+    from .store import EmbeddingStore
+
+    records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
     with EmbeddingStore(store_path) as store:
         # A run predicts exactly the store's dim; a native tower reads a mean [D] or stats [3 D] row
         # (audio_for_retrieval refuses any other width with its own hint).
@@ -266,7 +356,6 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
             raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
                            hint="index a library embedded with the run's audio encoder")
         n, dim = len(store), text.dim
-        # Streamed chunk by chunk into a .npy memmap, so the library never needs to fit twice in RAM.
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             with progress.task("Indexing", total=n, unit="tracks") as task:
@@ -279,21 +368,18 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         ids = list(store.ids)
     atomic_write_text(d / "ids.json", json.dumps(ids))
     atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i)) for i in ids}, ensure_ascii=False))
-    atomic_write_json(d / "meta.json", {
-        "name": name, "text_model": text.kind, "run": text.run.name if text.run is not None else None,
-        "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": encoder, "manifest": mname,
-        "manifest_path": str(mpath), "store": str(store_path),
-        "identity": _identity(text, store_path, mpath), "dim": dim, "count": n,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    return load_index(state, name)
 
 
 _CHANGES = {"weights": "the run's weights changed", "tower": "the text tower changed",
             "store": "the embedding store changed", "manifest": "the library manifest changed"}
 
 
-def _stale_reason(text: QueryModel, meta: dict[str, Any]) -> str | None:
+def _stale_reason(text: QueryModel, meta: dict[str, Any], options: dict[str, Any] | None = None) -> str | None:
+    if meta.get("format") != INDEX_FORMAT:
+        return "it predates memory-mapped indexes"
+    for key, value in (options or {}).items():
+        if meta.get("backend_options", {}).get(key) != value:
+            return f"its {key} changed"
     store_path = Path(meta.get("store", ""))
     if not store_path.exists():
         return "its embedding store is gone"
@@ -306,34 +392,70 @@ def _stale_reason(text: QueryModel, meta: dict[str, Any]) -> str | None:
     return None
 
 
+def backend_options(backend: str, dtype: str = "float16", uri: str | None = None) -> dict[str, Any]:
+    """What a backend's build depends on besides the vectors (recorded; a change rebuilds)."""
+    if backend == "exact":
+        return {"dtype": dtype}
+    if backend == "milvus":
+        return {"uri": uri} if uri else {}
+    return {}
+
+
+def _default_name(state: StateDir, text: QueryModel, manifest: str, backend: str) -> tuple[str, str]:
+    """(index name, concrete backend): ``<label>--<manifest>`` for exact, ``--ann`` / ``--milvus`` suffixed."""
+    base = f"{text.label}--{manifest}"
+    if backend == "auto":
+        # An index that already exists decides, so a cold search never has to open the store to count.
+        for b, name in (("exact", base), ("ann", f"{base}--ann")):
+            if (state.index_dir(name) / "meta.json").exists():
+                return name, b
+        from .store import EmbeddingStore
+
+        with EmbeddingStore(state.embeddings_path(text.encoder, manifest)) as store:
+            backend = resolve_backend("auto", len(store))
+        if backend == "ann":
+            log.info("the library has more than %d tracks: building an approximate (ANN) index", ANN_THRESHOLD)
+    return (base if backend == "exact" else f"{base}--{backend}"), backend
+
+
 def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebuild: bool = False,
                manifest: str | None = None, progress: Progress | None = None,
-               resume: Resume = Resume.FRESH) -> tuple[Index, bool]:
+               resume: Resume = Resume.FRESH, backend: str = "auto", uri: str | None = None,
+               dtype: str = "float16") -> tuple[Index, bool]:
     """The requested (or default) index for a text model, rebuilt when asked or stale. Returns (index, rebuilt)."""
+    if backend not in BACKEND_CHOICES:
+        raise unknown_choice("search backend", backend, BACKEND_CHOICES)
     if index is not None:
         meta = read_index_meta(state, index)
         if not text.owns(meta):
             raise MtxError(f"index {index!r} was built for {_owner(meta)}, not {_owner_of(text)}",
                            hint=f"search it with {_owner_flags(meta)}, or pick another index")
         name, manifest = index, meta.get("manifest")
+        if backend == "auto":
+            backend = str(meta.get("backend", "exact"))
+            uri = uri or meta.get("backend_options", {}).get("uri")
     else:
         manifest = library_store(state, text.encoder, manifest)[0]
-        name = f"{text.label}--{manifest}"
+        name, backend = _default_name(state, text, manifest, backend)
         d = state.index_dir(name)
         meta = read_json(d / "meta.json") if (d / "meta.json").exists() else None
+    options = backend_options(backend, dtype, uri)
     if meta is not None and not rebuild:
-        reason = _stale_reason(text, meta)
+        reason = _stale_reason(text, meta, options) or (
+            f"it was built for the {meta.get('backend', 'exact')} backend" if meta.get("backend", "exact") != backend
+            else None)
         if reason is None:
             return load_index(state, name), False
         log.info("index %s is out of date (%s); rebuilding", name, reason)
     # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
     # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
     mode = Resume.FORCE if (meta is not None or rebuild) else resume
-    stage_config = {"text_model": text.kind, "manifest": manifest}
+    stage_config = {"text_model": text.kind, "manifest": manifest, "backend": backend, "options": options}
     stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
                         else {"encoder": text.encoder, "model_id": text.model_id})
     stage = begin_stage(state, "search", f"index:{name}", stage_config, mode)
-    built = build_index(state, text, manifest, name, progress=progress)
+    built = build_index(state, text, manifest, name, progress=progress, backend=backend, options=options,
+                        stage=stage)
     stage.complete({"index": name, "count": len(built)})
     return built, True
 
@@ -357,11 +479,10 @@ def _owner_flags(meta: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- querying
 def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     """The text model ``cfg`` asks for: a run's (named, the --index's, or the newest) or a native tower."""
-    from .runtime import select_runtime
-
     if cfg.text_model not in TEXT_MODELS:
         raise unknown_choice("text model", cfg.text_model, TEXT_MODELS)
-    device = select_runtime(cfg.device, "fp32").device
+    if cfg.query_runtime not in QUERY_RUNTIMES:
+        raise unknown_choice("query runtime", cfg.query_runtime, QUERY_RUNTIMES)
     meta = read_index_meta(state, cfg.index) if cfg.index is not None else None
     if meta is not None and meta.get("text_model", "run") != cfg.text_model:
         raise MtxError(f"index {cfg.index!r} was built for {_owner(meta)}",
@@ -372,7 +493,10 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
             raise MtxError("--text-model native needs --audio-encoder",
                            hint="e.g. mtx search \"calm piano\" --text-model native --audio-encoder clap")
         require_native_tower(encoder)
+        from .runtime import select_runtime
+
         manifest = meta.get("manifest") if meta is not None else cfg.manifest
+        device = select_runtime(cfg.device, "fp32").device
         return native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device)
     if cfg.model is not None:
         raise MtxError("--model chooses a native text tower's checkpoint",
@@ -385,24 +509,97 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
         raise MtxError(f"run {info.name!r} was trained on {info.audio_encoder} embeddings, not {cfg.audio_encoder}",
                        hint=f"drop --audio-encoder, or search with --text-model native --audio-encoder "
                             f"{cfg.audio_encoder}")
-    return run_query_model(info, device)
+    return run_query_model(info, cfg.device, state.export_dir(info.name) / "onnx", cfg.query_runtime)
+
+
+def _check(cfg: SearchConfig) -> bool:
+    """Validate the query options; returns whether there is a text query."""
+    if cfg.k < 1:
+        raise MtxError(f"-k must be at least 1 (got {cfg.k})")
+    has_text = bool(cfg.query and cfg.query.strip())
+    if not has_text and cfg.like is None:
+        raise MtxError("empty query", hint='pass a description, e.g. mtx search "dark ambient drone", '
+                                           "or --like TRACK_ID|FILE")
+    if not 0.0 <= cfg.mix <= 1.0:
+        raise MtxError(f"--mix must be between 0 and 1 (got {cfg.mix})",
+                       hint="0 = only --like, 1 = only the text query")
+    if cfg.max_per_artist is not None and cfg.max_per_artist < 1:
+        raise MtxError(f"--max-per-artist must be at least 1 (got {cfg.max_per_artist})")
+    return has_text
+
+
+def _unit_vec(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def like_vector(index: Index, text: QueryModel, like: str, device: str = "cpu") -> np.ndarray:
+    """The retrieval-space vector of ``like``: a track of the index, or an audio file embedded with
+    the store's encoder (then mapped by the run's audio side, like every library row)."""
+    row = index.row_of(like)
+    if row is not None:
+        return _unit_vec(index.vectors[row])
+    path = Path(like).expanduser()
+    if not path.is_file():
+        raise MtxError(f"--like {like!r} is neither a track id of index {index.name!r} nor an audio file",
+                       hint="pass a track id shown by `mtx search --json`, or the path of an audio file")
+    from .encoders.single import embed_file
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(Path(index.meta["store"])) as store:
+        attrs = dict(store.attrs)
+    raw = embed_file(path, attrs, device=device)
+    return _unit_vec(text.model.audio_for_retrieval(raw[None, :])[0])
+
+
+def _artist_key(item: dict[str, Any]) -> str | None:
+    a = item.get("artist")
+    return " ".join(str(a).lower().split()) or None if a else None
+
+
+def rank_capped(index: Index, q: np.ndarray, k: int, max_per_artist: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The backend's top ``k``, with at most ``max_per_artist`` tracks of one artist (no artist: no cap).
+
+    Asks the backend for a widening pool until ``k`` survive the cap or the library is exhausted.
+    """
+    if max_per_artist is None:
+        return index.searcher.search(q, k)
+    n = len(index)
+    pool = min(n, max(5 * k, 50))
+    while True:
+        rows, scores = index.searcher.search(q, pool)
+        keep, counts = [], {}
+        for i, row in enumerate(rows.tolist()):
+            a = _artist_key(index.items.get(index.ids[row], {}))
+            if a is not None and counts.get(a, 0) >= max_per_artist:
+                continue
+            counts[a] = counts.get(a, 0) + 1
+            keep.append(i)
+            if len(keep) == k:
+                break
+        if len(keep) == k or pool >= n:
+            return rows[keep], scores[keep]
+        pool = min(n, pool * 4)
 
 
 def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None) -> SearchResult:
-    if cfg.k < 1:
-        raise MtxError(f"-k must be at least 1 (got {cfg.k})")
-    if not cfg.query.strip():
-        raise MtxError("empty query", hint='pass a description, e.g. mtx search "dark ambient drone"')
+    has_text = _check(cfg)
     text = query_model(state, cfg)
     index, rebuilt = open_index(state, text, cfg.index, cfg.rebuild, manifest=cfg.manifest, progress=progress,
-                                resume=cfg.resume)
-    log.debug("using %s, index %s (%d tracks)", _owner_of(text), index.name, len(index))
-    q = np.asarray(text.model.encode([cfg.query])[0], dtype=np.float32)
-    if q.shape[0] != index.vectors.shape[1]:
-        raise MtxError(f"the text model gives {q.shape[0]}-d queries, index {index.name!r} holds "
-                       f"{index.vectors.shape[1]}-d vectors", hint="rebuild the index with `mtx search --force`")
+                                resume=cfg.resume, backend=cfg.backend, uri=cfg.uri, dtype=cfg.index_dtype)
+    log.debug("using %s, index %s (%d tracks, %s)", _owner_of(text), index.name, len(index), index.backend)
+    parts = []
+    if has_text:
+        q = np.asarray(text.model.encode([cfg.query])[0], dtype=np.float32)
+        if q.shape[0] != index.vectors.shape[1]:
+            raise MtxError(f"the text model gives {q.shape[0]}-d queries, index {index.name!r} holds "
+                           f"{index.vectors.shape[1]}-d vectors", hint="rebuild the index with `mtx search --force`")
+        parts.append((cfg.mix if cfg.like is not None else 1.0, _unit_vec(q)))
+    if cfg.like is not None:
+        parts.append((1.0 - cfg.mix if has_text else 1.0, like_vector(index, text, cfg.like, cfg.device)))
+    q = _unit_vec(sum(w * v for w, v in parts))
     t0 = time.perf_counter()   # the ranking alone; encoding cost depends on the text model
-    rows, scores = rank_top_k(index.vectors, q, cfg.k)
+    rows, scores = rank_capped(index, q, cfg.k, cfg.max_per_artist)
     ms = (time.perf_counter() - t0) * 1000.0
     hits = []
     for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
@@ -411,9 +608,10 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
-    return SearchResult(query=cfg.query, run=text.run.name if text.run is not None else None, index=index.name,
+    return SearchResult(query=cfg.query or "", run=text.run.name if text.run is not None else None, index=index.name,
                         hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
-                        model_id=text.model_id)
+                        model_id=text.model_id, query_runtime=text.runtime,
+                        notes=[text.note] if text.note else [], like=cfg.like, backend=index.backend)
 
 
 def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:

@@ -56,7 +56,8 @@ def tiny_cfg(backbone: Path, **kw):
     from musiccli.training import TrainConfig
 
     base = dict(audio_encoder="fake", text_backbone=str(backbone), epochs=2, batch_size=8, lr=1e-3,
-                head_hidden=32, max_length=16, device="cpu", precision="fp32", warmup_ratio=0.1)
+                head_hidden=32, max_length=16, device="cpu", precision="fp32", warmup_ratio=0.1,
+                export=False)   # the ONNX export at the end has its own test (test_train_exports_onnx_at_end)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -141,6 +142,24 @@ def test_train_writes_run_and_learns(state, tiny_backbone):
     again_res = run_train(state, tiny_cfg(tiny_backbone, epochs=4, lr=2e-3, dropout=0.0))
     assert again_res.skipped and again_res.steps == res.steps
     assert state.newest_run() == "fake-lib"
+
+
+def test_train_exports_onnx_at_end(state, tiny_backbone):
+    """Unless --no-export, a finished run leaves exports/<run>/onnx for the checkpoint search uses."""
+    from musiccli.evaluate import weights_identity
+    from musiccli.onnx_text import OnnxTextModel, onnx_mismatch
+    from musiccli.training import run_train
+
+    make_data(state)
+    res = run_train(state, tiny_cfg(tiny_backbone, export=True))
+    onnx_dir = state.export_dir(res.run) / "onnx"
+    assert res.onnx == str(onnx_dir / "model.onnx") and res.onnx_note is None
+    assert onnx_mismatch(onnx_dir, weights_identity(state.run_dir(res.run) / "best")) is None
+    from musiccli.encoders.text import TextEmbedder
+
+    queries = ["dark rock with piano", "calm folk"]
+    ref = TextEmbedder.from_pretrained(state.run_dir(res.run) / "best").encode(queries)
+    np.testing.assert_allclose(OnnxTextModel(onnx_dir).encode(queries), ref, atol=1e-4)
 
 
 def test_resume_matches_uninterrupted_run(state, tiny_backbone):

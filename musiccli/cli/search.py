@@ -23,7 +23,8 @@ def _complete_indexes(incomplete: str) -> list[str]:
 
 def command(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="What to look for, e.g. \"dark ambient drone with choir\".")],
+    query: Annotated[str | None, typer.Argument(help="What to look for, e.g. \"dark ambient drone with choir\" "
+                                                   "(optional with --like).")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 10,
     run: Run = None,
     text_model: Annotated[str, typer.Option(
@@ -40,6 +41,26 @@ def command(
     index: Annotated[str | None, typer.Option("--index", "-i", help="Index name; default <run>--<manifest> "
                                                                       "(native: native-<encoder>--<manifest>).",
                                               autocompletion=_complete_indexes)] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Find tracks that sound like this: a track id of "
+                                                            "the library, or an audio file (embedded with the "
+                                                            "library's encoder).")] = None,
+    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="With --like and a query: the text's "
+                                                                       "weight (0 = only --like, 1 = only text).")
+                   ] = 0.5,
+    max_per_artist: Annotated[int | None, typer.Option("--max-per-artist", min=1,
+                                                       help="At most N results by one artist.")] = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="auto (exact below 200k tracks, else ann), "
+                                                                 "exact, ann (FAISS) or milvus.",
+                                         autocompletion=lambda incomplete: ["auto", "exact", "ann", "milvus"])
+                       ] = "auto",
+    uri: Annotated[str | None, typer.Option("--uri", help="With --backend milvus: a Milvus Lite file (*.db) or a "
+                                                          "server URL (http://host:19530); default: a Milvus "
+                                                          "Lite file in the index folder.")] = None,
+    query_runtime: Annotated[str, typer.Option("--query-runtime", help="auto: the run's ONNX export when it "
+                                                                       "matches the checkpoint, else PyTorch; "
+                                                                       "onnx or torch to insist.",
+                                               autocompletion=lambda incomplete: ["auto", "onnx", "torch"])
+                             ] = "auto",
     m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
     device: Device = "cpu",
     cont: Annotated[bool, typer.Option("--continue", help="Finish an interrupted index build, then search.")
@@ -48,7 +69,8 @@ def command(
                      ] = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Search the library with text. The index is built on first use and rebuilt when the run or store changes."""
+    """Search the library with text, a track or file to sound like, or both. The index is built on first use and
+    rebuilt when the run or store changes."""
     from ..search import SearchConfig, search, write_m3u
     from ..state import Resume
 
@@ -56,18 +78,23 @@ def command(
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
-                       resume=resume)
-    with app.progress(resume_hint=f"mtx search {query!r} --continue") as progress:
+                       resume=resume, like=like, mix=mix, max_per_artist=max_per_artist, backend=backend, uri=uri,
+                       query_runtime=query_runtime)
+    with app.progress(resume_hint="mtx search ... --continue (with the same options)") as progress:
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \
         f"the native {result.encoder} text tower ({result.model_id})"
-    app.out.info(f"using {source}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
+    app.out.info(f"using {source}, index {result.index} ({result.backend})" + (" (rebuilt)" if result.rebuilt else "")
+                 + f"; query encoded with {result.query_runtime}")
+    for note in result.notes:
+        app.out.info(note)
     rows = []
     for h in result.hits:
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
         tags = ", ".join(h["tags"][:MAX_TAGS]) + (", ..." if len(h["tags"]) > MAX_TAGS else "")
         rows.append([h["rank"], round(h["score"], 4), name, h["dataset"] or "", tags, h["audio_path"] or ""])
-    table = make_table(f"\"{query}\"", ["rank", "score", "track", "dataset", "tags", "path"], rows)
+    title = " + ".join(x for x in (f"\"{query}\"" if query else None, f"like {like}" if like else None) if x)
+    table = make_table(title, ["rank", "score", "track", "dataset", "tags", "path"], rows)
     for col in table.columns:
         col.overflow = "fold"   # wrap long titles and paths instead of cutting them off with "..."
     app.out.table(table)

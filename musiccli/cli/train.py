@@ -56,6 +56,9 @@ def command(
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1,
                                                          help="Also checkpoint every N steps "
                                                               "(always at epoch end).")] = None,
+    export: Annotated[bool, typer.Option("--export/--no-export",
+                                         help="Export the ONNX text tower at the end (exports/<run>/onnx), so "
+                                              "`mtx search` starts without PyTorch.")] = True,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -70,7 +73,7 @@ def command(
                       learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
                       head_hidden=head_hidden, max_length=max_length, freeze_embeddings=freeze_embeddings,
                       freeze_layers=freeze_layers, device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
-                      resume=Resume.from_flags(cont, force))
+                      export=export, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
@@ -93,4 +96,8 @@ def command(
         rows.append(["stopped early", "yes (patience)"])
     app.out.table(make_table("Training", ["", "value"], rows))
     app.out.info(f"saved to {result.run_dir}")
+    if result.onnx:
+        app.out.info(f"ONNX text tower: {result.onnx}")
+    elif export and not result.skipped and result.onnx_note:
+        app.out.info(f"no ONNX export ({result.onnx_note}); search will use PyTorch")
     app.out.result(result)

@@ -72,10 +72,11 @@ class TrainConfig:
     teacher: str | None = None            # run name to distil from (switches the loss to distillation)
     val_split: str = "val"
     use_alt_captions: bool = True
+    export: bool = True                   # write exports/<run>/onnx at the end (fast, torch-free search)
     resume: Resume = Resume.FRESH
 
     # Fields that never change what a run computes (where/how often it is saved, how it was started).
-    NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest")
+    NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "export")
 
     def loss_config(self) -> LossConfig:
         return LossConfig(temperature=self.temperature, learn_temperature=self.learn_temperature,
@@ -101,6 +102,8 @@ class TrainResult:
     stopped_early: bool
     skipped: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    onnx: str | None = None               # the ONNX text tower written at the end (None: not exported)
+    onnx_note: str | None = None          # why it was not
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -631,6 +634,38 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
         except MtxError:
             trainer.abandon()
             raise
-        return trainer.fit()
+        result = trainer.fit()
     finally:
         trainer.close()
+    if cfg.export and trainer.dist.is_main:
+        export_onnx_at_end(state, result)
+    return result
+
+
+def export_onnx_at_end(state: StateDir, result: TrainResult) -> None:
+    """The ONNX text tower of the best (else latest) checkpoint, so `mtx search` starts without torch.
+
+    A failure here never fails the training: the run is complete and usable; the result says why
+    there is no export, and search falls back to PyTorch.
+    """
+    from importlib.util import find_spec
+
+    from ..onnx_text import export_checkpoint_onnx
+
+    run_dir = Path(result.run_dir)
+    ckpt_dir = next((run_dir / c for c in ("best", "latest") if (run_dir / c / "model.safetensors").exists()), None)
+    if ckpt_dir is None:
+        result.onnx_note = "no checkpoint to export"
+    elif not all(find_spec(m) is not None for m in ("onnx", "onnxruntime")):
+        result.onnx_note = "onnx/onnxruntime are not installed (pip install 'musiccli[onnx]')"
+    else:
+        try:
+            path, diff = export_checkpoint_onnx(ckpt_dir, state.export_dir(result.run))
+        except MtxError as e:
+            result.onnx_note = e.message
+        else:
+            result.onnx = str(path)
+            log.info("exported the ONNX text tower of %s/%s to %s (max abs diff vs PyTorch %.2g)",
+                     result.run, ckpt_dir.name, path.parent, diff)
+    if result.onnx_note:
+        log.warning("no ONNX export for run %s: %s; search will use PyTorch", result.run, result.onnx_note)

@@ -1,0 +1,128 @@
+"""A Milvus collection as the search backend (the engine the Navidrome design queries).
+
+``--uri`` picks the server: a local file path ending in ``.db`` runs embedded Milvus Lite (the
+offline default, ``<index dir>/milvus.db``); ``http://host:19530`` talks to a Milvus server or
+cluster through the same ``pymilvus.MilvusClient`` (token from ``MILVUS_TOKEN``, if set).
+
+The collection holds one entity per track: ``row`` (primary key, the row in ``ids.json``),
+``track_id``, ``title``, ``artist`` and the float32 unit ``vector``; an inner-product index
+answers queries. Upserts go in batches keyed by ``row``, and the stage counter
+``milvus_upserted`` moves after each batch, so an interrupted upload resumes where it stopped
+(an upsert of a row that is already there replaces it, so a batch in flight is harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MtxError
+from ._topk import n_candidates, rerank
+
+log = logging.getLogger(__name__)
+
+NAME = "milvus"
+BATCH = 2048
+TEXT_MAX = 512
+LITE_FILE = "milvus.db"
+
+
+def default_uri(d: Path) -> str:
+    return str(d / LITE_FILE)
+
+
+def collection_name(index_name: str) -> str:
+    return "mtx_" + re.sub(r"[^A-Za-z0-9_]", "_", index_name)
+
+
+def connect(uri: str):
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise MtxError("the milvus backend needs pymilvus", hint="pip install 'musiccli[milvus]'") from None
+    is_remote = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+    if not is_remote and not uri.endswith(".db"):
+        raise MtxError(f"--uri {uri!r} is neither a Milvus Lite file (*.db) nor a server URL",
+                       hint="use e.g. ./library.db, or http://localhost:19530 for a server")
+    try:
+        token = os.environ.get("MILVUS_TOKEN", "")
+        return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+    except Exception as e:  # noqa: BLE001 - pymilvus raises many kinds; one line for the user
+        raise MtxError(f"cannot connect to Milvus at {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                       hint="check --uri (and MILVUS_TOKEN for a secured cluster)") from None
+
+
+def _create(client, name: str, dim: int) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("row", DataType.INT64, is_primary=True)
+    schema.add_field("track_id", DataType.VARCHAR, max_length=TEXT_MAX)
+    schema.add_field("title", DataType.VARCHAR, max_length=TEXT_MAX)
+    schema.add_field("artist", DataType.VARCHAR, max_length=TEXT_MAX)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    params = client.prepare_index_params()
+    # FLAT is exact; a server may prefer AUTOINDEX, and the exact re-rank keeps the answer exact anyway.
+    params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+    client.create_collection(name, schema=schema, index_params=params)
+
+
+def _text(v: Any) -> str:
+    return ("" if v is None else str(v))[:TEXT_MAX // 4]   # VARCHAR max_length counts bytes; 4 per char at worst
+
+
+def build(d: Path, vectors: np.ndarray, options: dict[str, Any], progress, commit,
+          done: dict[str, Any], ids: list[str], items: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    uri = options.get("uri") or default_uri(d)
+    name = collection_name(options["index_name"])
+    client = connect(uri)
+    n, dim = vectors.shape
+    start = int(done.get("milvus_upserted", -1))
+    if start < 0 or not client.has_collection(name):
+        if client.has_collection(name):
+            client.drop_collection(name)
+        _create(client, name, dim)
+        start = 0
+        commit(milvus_upserted=0)
+    else:
+        log.info("resuming the Milvus upload at row %d of %d", start, n)
+    with progress.task("Milvus upsert", total=n, unit="tracks", completed=start) as task:
+        for s in range(start, n, BATCH):
+            progress.check_interrupt()
+            end = min(n, s + BATCH)
+            block = np.asarray(vectors[s:end], dtype=np.float32)
+            rows = [{"row": r, "track_id": _text(ids[r]), "title": _text(items.get(ids[r], {}).get("title")),
+                     "artist": _text(items.get(ids[r], {}).get("artist")), "vector": block[r - s].tolist()}
+                    for r in range(s, end)]
+            client.upsert(name, rows)
+            commit(milvus_upserted=end)
+            task.advance(end - s)
+    client.flush(name)
+    client.load_collection(name)
+    return {"uri": uri, "collection": name}
+
+
+class MilvusSearcher:
+    def __init__(self, d: Path, meta: dict[str, Any], exact: np.ndarray) -> None:
+        bm = meta.get("backend_meta", {})
+        self.client = connect(bm.get("uri") or default_uri(d))
+        self.name = bm.get("collection") or collection_name(meta["name"])
+        if not self.client.has_collection(self.name):
+            raise MtxError(f"Milvus has no collection {self.name!r}", hint="rebuild it with `mtx search --force`")
+        self.exact = exact
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        c = min(n_candidates(k), len(self.exact))
+        res = self.client.search(self.name, data=[np.asarray(q, dtype=np.float32).tolist()], limit=c,
+                                 search_params={"metric_type": "IP"}, output_fields=["row"])
+        rows = np.array([int(h["id"] if "id" in h else h["row"]) for h in res[0]], dtype=np.int64)
+        return rerank(self.exact, q, rows, k)
+
+
+def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> MilvusSearcher:  # noqa: A001 - the backend API
+    return MilvusSearcher(d, meta, exact)
