@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import zeroshot
 from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
@@ -137,6 +138,9 @@ class EvalConfig:
     baselines: bool = True
     seed: int = 0
     resume: Resume = Resume.FRESH
+    zero_shot: tuple[str, ...] = ()    # label fields for zero-shot classification (zeroshot.label_set)
+    prompt: str = "raw"                # raw | clap | ensemble (zeroshot.PROMPTS)
+    plots: bool = True                 # PNGs + report.html next to the JSON (plots.py)
 
 
 @dataclass
@@ -147,6 +151,7 @@ class EvalReport:
     path: Path
     report: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    html: Path | None = None           # report.html, when plots were drawn
 
 
 # --------------------------------------------------------------------------- evaluation data
@@ -262,14 +267,92 @@ def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
     return [s for s in SYSTEMS if s != "native" or audio_encoder in TEXT_TOWERS]
 
 
-def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, batch_size: int) -> dict[str, Any]:
-    """The audio encoder's own text tower, on its own mapping of the stored vectors (their mean part)."""
-    from .encoders.native_text import load_native_text_model
+def _system(name: str, model, audio: np.ndarray, data: EvalData, info: RunInfo, native_model: str | None,
+            runtime, cfg: EvalConfig):
+    """(audio vectors, text encoder) of one scored system; raises MtxError when it cannot be built."""
+    if name == "model":
+        return audio, lambda texts: _encode(model, list(texts), runtime, cfg.batch_size)
+    if name == "native":
+        from .encoders.native_text import load_native_text_model
 
-    native = load_native_text_model(encoder, model_id, runtime.device)
-    audio = native.audio_for_retrieval(data.audio_raw)
-    return score_system(data, audio, _encode(native, data.texts, runtime, batch_size),
-                        _encode(native, data.tags, runtime, batch_size))
+        native = load_native_text_model(info.audio_encoder, native_model, runtime.device)
+        return native.audio_for_retrieval(data.audio_raw), lambda texts: _encode(native, list(texts), runtime,
+                                                                                   cfg.batch_size)
+    if name == "random":
+        rng = np.random.default_rng(cfg.seed)
+        d = model.config.out_dim
+        return audio, lambda texts: _unit(rng.standard_normal((len(texts), d)))
+    backbone = str(info.meta.get("text_backbone") or model.config.backbone)
+    fresh = _untrained_like(model, backbone, cfg.seed).to(runtime.device)
+    return audio, lambda texts: _encode(fresh, list(texts), runtime, cfg.batch_size)
+
+
+def _zero_shot_sets(records: list[Record], fields: Sequence[str], notes: dict[str, str]) -> dict[str, Any]:
+    """The label set of each requested field over the evaluated split (fields with < 2 classes noted)."""
+    out = {}
+    for f in dict.fromkeys(fields):
+        ls = zeroshot.label_set(records, f)
+        if len(ls.classes) < zeroshot.MIN_CLASSES:
+            notes[f"zero-shot {f}"] = f"skipped: one class only ({ls.classes[0]})"
+            continue
+        out[f] = ls
+    return out
+
+
+def _probe(zs: dict[str, Any], test_raw: np.ndarray, train_records: list[Record], train_raw: np.ndarray,
+           seed: int, notes: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for f, test in zs.items():
+        try:
+            train = zeroshot.restrict(zeroshot.label_set(train_records, f), test.classes)
+            if not len(train.rows):
+                raise MtxError(f"no train-split track has a {f!r} label of the test classes")
+            out[f] = zeroshot.linear_probe(train_raw, train, test_raw, test, seed=seed)
+            out[f]["n_train"] = int(len(train.rows))
+        except MtxError as e:
+            notes[f"probe {f}"] = f"skipped: {e.message}"
+    return out
+
+
+def _zero_shot_report(zs: dict[str, Any], results: dict[str, Any], cfg: EvalConfig,
+                      probe: dict[str, Any]) -> dict[str, Any]:
+    fields = {}
+    for f, ls in zs.items():
+        systems = {s: r["zero_shot"][f] for s, r in results.items() if f in r.get("zero_shot", {})}
+        if f in probe:
+            systems["probe"] = probe[f]
+        fields[f] = {"kind": "multi-label" if ls.multi else "single-label", "classes": ls.classes,
+                     "n_test": int(len(ls.rows)), "systems": systems}
+    return {"prompt": cfg.prompt, "templates": list(zeroshot.prompt_templates(cfg.prompt)), "fields": fields,
+            "protocol": "class names through the prompt, embedded by each system's text tower, cosine against "
+                        "each test track; probe = logistic regression on standardised frozen audio vectors "
+                        "of the train split (an upper reference: it sees labels)"}
+
+
+def _draw(out_path: Path, report: dict[str, Any], data: EvalData, model, audio: np.ndarray, runtime,
+          cfg: EvalConfig, zs: dict[str, Any]) -> Path | None:
+    """PNGs and report.html next to the JSON; a plotting failure is logged, never fatal."""
+    from . import plots
+
+    try:
+        text_vecs = _encode(model, data.texts, runtime, cfg.batch_size)
+        color = _first_labels(data, zs)
+        return plots.write_eval_plots(out_path.with_suffix(""), report, audio, text_vecs, data.query_text,
+                                      data.text_tracks, data.track_texts, color, seed=cfg.seed)
+    except ImportError as e:
+        log.warning("plots skipped: %s", e)
+        return None
+
+
+def _first_labels(data: EvalData, zs: dict[str, Any]) -> tuple[str, list[str | None]]:
+    """(field, label per test track) to colour the 2-D map: the first zero-shot field, else the first tag."""
+    if zs:
+        f, ls = next(iter(zs.items()))
+        labels: list[str | None] = [None] * len(data.records)
+        for k, row in enumerate(ls.rows.tolist()):
+            labels[row] = ls.classes[int(ls.targets[k].argmax())]
+        return f, labels
+    return "first tag", [r.tags[0] if r.tags else None for r in data.records]
 
 
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
@@ -290,12 +373,19 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
         "weights": weights_identity(ckpt), "baselines": cfg.baselines, "systems": systems, "seed": cfg.seed,
     }
+    if cfg.zero_shot:
+        zeroshot.prompt_templates(cfg.prompt)   # an unknown --prompt fails before any work
+        stage_config.update(zero_shot=list(dict.fromkeys(cfg.zero_shot)), prompt=cfg.prompt)
+    if not cfg.plots:
+        stage_config["plots"] = False   # recorded only when off, so a later run with plots draws them
     # New weights (more training) or new data make the old report stale: evaluating again is
     # the expected behaviour, not a conflict the user must resolve with --force.
     stage = begin_stage(state, "eval", key, config=stage_config, mode=cfg.resume,
                         discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
     if stage.already_complete and out_path.exists():
-        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
+        html = out_path.with_suffix("") / "report.html"
+        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True,
+                          html=html if html.exists() else None)
 
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
@@ -315,6 +405,9 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                            f"(split sizes: {split_counts(records_all)})",
                            hint="pick another --split, or run `mtx unify`/`mtx embed` so the split is populated")
         audio_raw = store.get([r.id for r in records])
+        # The probe is fitted on the train split's frozen audio vectors.
+        train_records = [r for r in records_all if r.split == "train" and store.has(r.id)] if cfg.zero_shot else []
+        train_raw = store.get([r.id for r in train_records]) if train_records else np.zeros((0, store.dim))
         # The native tower must be the text half of the checkpoint that embedded these tracks.
         native_model = store.attrs.get("model_id") or None
     data = build_eval_data(records, audio_raw)
@@ -322,45 +415,40 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
+    zs = _zero_shot_sets(records, cfg.zero_shot, notes)
     with progress.task("Evaluating", total=len(systems), unit="systems", completed=len(results)) as task:
         for name in systems:
             progress.check_interrupt()
             if name in results or name in notes:
                 continue
-            if name == "model":
-                results[name] = score_system(data, audio, _encode(model, data.texts, runtime, cfg.batch_size),
-                                             _encode(model, data.tags, runtime, cfg.batch_size))
-            elif name == "native":
-                try:
-                    results[name] = _score_native(data, info.audio_encoder, native_model, runtime, cfg.batch_size)
-                except MtxError as e:
-                    log.warning("native baseline skipped: %s", e.message)
-                    notes[name] = f"skipped: {e.message}"
-            elif name == "random":
-                rng = np.random.default_rng(cfg.seed)
-                d = model.config.out_dim
-                results[name] = score_system(data, audio, _unit(rng.standard_normal((len(data.texts), d))),
-                                             _unit(rng.standard_normal((len(data.tags), d))))
+            try:
+                audio_sys, encode = _system(name, model, audio, data, info, native_model, runtime, cfg)
+            except MtxError as e:
+                log.warning("%s baseline skipped: %s", name, e.message)
+                notes[name] = f"skipped: {e.message}"
             else:
-                backbone = str(info.meta.get("text_backbone") or model.config.backbone)
-                try:
-                    fresh = _untrained_like(model, backbone, cfg.seed).to(runtime.device)
-                except MtxError as e:
-                    log.warning("untrained baseline skipped: %s", e.message)
-                    notes[name] = f"skipped: {e.message}"
-                else:
-                    results[name] = score_system(data, audio, _encode(fresh, data.texts, runtime, cfg.batch_size),
-                                                 _encode(fresh, data.tags, runtime, cfg.batch_size))
-                    del fresh
+                results[name] = score_system(data, audio_sys, encode(data.texts), encode(data.tags))
+                if zs:
+                    results[name]["zero_shot"] = {
+                        f: zeroshot.zero_shot(audio_sys, zeroshot.class_vectors(encode, ls.classes, cfg.prompt), ls)
+                        for f, ls in zs.items()}
+                del encode
             stage.update(results=to_jsonable(results), notes=notes)   # one committed unit per system
             task.advance()
 
     report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
     if "native" in systems:
         report["native_model"] = native_model
+    if zs:
+        report["zero_shot"] = _zero_shot_report(zs, results, cfg, _probe(zs, audio_raw, train_records,
+                                                                         train_raw, cfg.seed, notes))
+    report = to_jsonable(report)
     atomic_write_json(out_path, report)
-    stage.complete(result={"path": str(out_path)})
-    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))
+    html = None
+    if cfg.plots:
+        html = _draw(out_path, report, data, model, audio, runtime, cfg, zs)
+    stage.complete(result={"path": str(out_path), "html": str(html) if html else None})
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, report, html=html)
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -22,6 +22,15 @@ def command(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
                                             help="Also score random and untrained baselines, and the audio "
                                                  "encoder's own text tower (clap, muq).")] = True,
+    zero_shot: Annotated[list[str] | None, typer.Option(
+        "--zero-shot", help="Zero-shot classification of a label field (repeatable): a record field (style, "
+                            "mood, instruments, genre_top), a tag family (genre---, mood/theme---, "
+                            "instrument---) or `folder` (label/*.wav layout).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="How class names become text: raw, clap "
+                                                         "(\"This audio is a {} song.\") or ensemble.",
+                                        autocompletion=lambda incomplete: ["raw", "clap", "ensemble"])] = "raw",
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs and report.html next to the "
+                                                                   "JSON report.")] = True,
     batch_size: BatchSize = 64,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -30,7 +39,8 @@ def command(
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Evaluate a run: text->music and music->text retrieval (R@K, mAP@10, MRR, 1-based MedR) and tag ROC/PR-AUC.
+    """Evaluate a run: text->music and music->text retrieval (R@K, mAP@10, MRR, 1-based MedR), tag ROC/PR-AUC,
+    optional zero-shot classification with a linear probe, and pictures in report.html.
 
     Default: the newest trained run, its manifest's test split, the best checkpoint.
     """
@@ -40,7 +50,8 @@ def command(
     app = get_ctx(ctx, json_mode=as_json)
     cfg = EvalConfig(run=run, split=split, manifest=manifest, checkpoint=checkpoint, batch_size=batch_size,
                      device=device, precision=precision, baselines=baselines, seed=seed,
-                     resume=Resume.from_flags(cont, force))
+                     resume=Resume.from_flags(cont, force), zero_shot=tuple(zero_shot or ()), prompt=prompt,
+                     plots=plots)
     with app.progress(resume_hint="mtx eval --continue") as progress:
         result = run_eval(app.state, cfg, progress)
     rep = result.report
@@ -58,7 +69,14 @@ def command(
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
         if r is not None:
             app.out.info(f"{d.replace('_', ' ')}: model R@10 is {r:.2f}x random")
+    if rep.get("zero_shot"):
+        from ..plots import zero_shot_rows
+
+        zs = rep["zero_shot"]
+        app.out.table(make_table(f"zero-shot classification, prompt {zs['prompt']}", *zero_shot_rows(rep)))
     app.out.info(f"report: {result.path}")
+    if result.html is not None:
+        app.out.info(f"report with pictures: {result.html}")
     app.out.result(rep)
 
 
