@@ -159,7 +159,7 @@ def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None)
     _timed(result, "train", lambda: run_train(state, TrainConfig(
         audio_encoder=encoder, manifest=NAME, run=NAME, text_backbone=cfg.text_backbone, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-        resume=mode), progress),
+        export=False, resume=mode), progress),   # the export stage below writes onnx/ (and hf/)
         lambda r: f"{r.epochs_done} epochs, best val R@10 {r.best_val_r10:.3f} (epoch {r.best_epoch})")
     ev = _timed(result, "eval", lambda: run_eval(state, EvalConfig(run=NAME, device=cfg.device,
                                                                     precision=cfg.precision, seed=cfg.seed,

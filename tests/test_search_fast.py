@@ -189,6 +189,7 @@ def _library(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def test_ann_recall_against_exact_at_20k(tmp_path) -> None:
+    pytest.importorskip("faiss")
     from musiccli.index_backends import faiss_ann
     from musiccli.progress import NullProgress
 
@@ -210,6 +211,7 @@ def test_ann_recall_against_exact_at_20k(tmp_path) -> None:
 
 
 def test_ann_backend_search_and_resumed_build(make_run, state) -> None:
+    pytest.importorskip("faiss")
     from musiccli.index_backends import faiss_ann
 
     run = make_run(n=40)
