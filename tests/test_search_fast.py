@@ -252,3 +252,40 @@ def test_milvus_lite_gives_the_same_top10_as_the_local_index(make_run, state, tm
     assert client.get_collection_stats(collection_name("run1--lib--milvus"))["row_count"] == 40
     got = client.query(collection_name("run1--lib--milvus"), filter="row == 5", output_fields=["track_id", "artist"])
     assert got[0]["track_id"] == run["records"][5].id and got[0]["artist"] == "Artist 2"
+
+
+def test_like_an_audio_file_embeds_it_with_the_store_encoder(state, tiny_backbone, tmp_path) -> None:
+    """A file is embedded as `mtx embed` embedded the library (dsp here): a library file finds itself."""
+    import soundfile as sf
+    import torch
+
+    from musiccli.embed import EmbedConfig, run_embed
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.manifest import Record, write_manifest
+    from musiccli.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(6):
+        t = np.arange(16000 * 4) / 16000
+        wave = 0.2 * np.sin(2 * np.pi * 110 * 2 ** (i / 3) * t) + (0.05 * i) * rng.standard_normal(len(t))
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, wave.astype(np.float32), 16000)
+        records.append(Record(id=f"clip{i}", audio_path=str(path), caption=f"clip {i}", duration=4.0,
+                              artist=f"a{i}", title=f"c{i}"))
+    write_manifest(state.manifest_path("lib"), records)
+    store = run_embed(state, EmbedConfig(audio_encoder="dsp", manifest="lib", num_workers=0, device="cpu")).path
+    with EmbeddingStore(store) as st:
+        dim, raw = st.dim, st.get([r.id for r in records])
+    torch.manual_seed(0)
+    model = TextEmbedder.from_backbone(str(tiny_backbone), out_dim=dim, hidden_dim=16, audio_encoder="dsp")
+    model.set_audio_stats(raw.mean(0), raw.std(0))
+    rdir = state.run_dir("run1")
+    model.save_pretrained(rdir / "best")
+    (rdir / "run.json").write_text(json.dumps({"run": "run1", "audio_encoder": "dsp", "manifest": "lib",
+                                               "manifest_path": str(state.manifest_path("lib")),
+                                               "embeddings": str(store), "status": "complete"}))
+    copy = tmp_path / "elsewhere.wav"
+    copy.write_bytes(Path(records[4].audio_path).read_bytes())
+    res = search(state, SearchConfig(like=str(copy), k=3))
+    assert res.hits[0]["id"] == "clip4" and res.hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
