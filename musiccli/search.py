@@ -46,6 +46,7 @@ import numpy as np
 from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .index_backends import ANN_THRESHOLD, CHOICES as BACKEND_CHOICES, get_backend, resolve_backend
+from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     read_json)
@@ -131,13 +132,8 @@ def rank_top_k(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarr
     the ``k`` survivors: no full sort of N scores.
     """
     scores = vectors @ query
-    n = scores.shape[0]
-    k = max(0, min(int(k), n))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    top = np.argpartition(scores, n - k)[n - k:] if k < n else np.arange(n)
-    order = top[np.argsort(-scores[top], kind="stable")]
-    return order, scores[order]
+    order = top_k(scores, k)
+    return order, scores[order].astype(np.float32)
 
 
 @dataclass

@@ -289,3 +289,24 @@ def test_like_an_audio_file_embeds_it_with_the_store_encoder(state, tiny_backbon
     copy.write_bytes(Path(records[4].audio_path).read_bytes())
     res = search(state, SearchConfig(like=str(copy), k=3))
     assert res.hits[0]["id"] == "clip4" and res.hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_milvus_upload_resumes_after_an_interruption(make_run, state, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("milvus_lite")
+    from musiccli.index_backends import milvus
+
+    run = make_run(n=40)
+    monkeypatch.setattr(milvus, "BATCH", 8)
+    uri = str(tmp_path / "lib.db")
+    with pytest.raises(KeyboardInterrupt):   # 40 rows indexed, then 2 of 5 batches uploaded
+        search(state, SearchConfig(query="rock", backend="milvus", uri=uri), StopAfter(56, mode="kbd"))
+    from musiccli.state import load_stage
+
+    assert load_stage(state, "index:run1--lib--milvus").counters["milvus_upserted"] == 16
+    res = search(state, SearchConfig(query=run["records"][8].caption, backend="milvus", uri=uri, k=10,
+                                     resume=Resume.CONTINUE))
+    assert res.hits[0]["id"] == run["records"][8].id
+    client = milvus.connect(uri)
+    assert client.get_collection_stats(milvus.collection_name("run1--lib--milvus"))["row_count"] == 40
+    local = search(state, SearchConfig(query=run["records"][8].caption, backend="exact", k=10))
+    assert [h["id"] for h in res.hits] == [h["id"] for h in local.hits]
