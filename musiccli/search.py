@@ -191,7 +191,11 @@ def run_query_model(info: RunInfo, device: Any = "cpu", onnx_dir: Path | None = 
     if query_runtime in ("auto", "onnx") and onnx_dir is not None:
         from .onnx_text import OnnxTextModel, onnx_mismatch
 
+        from importlib.util import find_spec
+
         why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
+        if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
+            why = "onnxruntime or tokenizers is not installed"
         if why is None:
             return QueryModel("run", info.audio_encoder, OnnxTextModel(onnx_dir), run=info, checkpoint=checkpoint,
                               runtime="onnx")
@@ -200,7 +204,7 @@ def run_query_model(info: RunInfo, device: Any = "cpu", onnx_dir: Path | None = 
                            hint=f"run `mtx export --run {info.name} --format onnx`, or drop --query-runtime onnx")
         note = (f"{why} for run {info.name} ({checkpoint}): encoding the query with PyTorch (slower start); "
                 f"`mtx export --run {info.name} --format onnx` makes searches start fast")
-        log.info("%s", note)
+        log.debug("%s", note)   # the result carries it; the CLI prints it once
     from .encoders.text import TextEmbedder
     from .runtime import select_runtime
 
