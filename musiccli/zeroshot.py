@@ -172,7 +172,7 @@ def linear_probe(train_x: np.ndarray, train: LabelSet, test_x: np.ndarray, test:
     from sklearn.preprocessing import StandardScaler
 
     xtr, xte = np.asarray(train_x[train.rows], np.float64), np.asarray(test_x[test.rows], np.float64)
-    if train.multi:
+    if test.multi:   # the test split decides how the field is scored; the probe follows it
         cols = [j for j in range(train.targets.shape[1]) if 0 < train.targets[:, j].sum() < len(train.rows)]
         scores = np.zeros((len(test.rows), len(train.classes)))
         if cols:

@@ -49,6 +49,17 @@ def test_scan_and_rerank_match_a_full_sort(n, k, block) -> None:
     np.testing.assert_allclose(scores, (m @ q)[full], rtol=1e-6)
 
 
+def test_row_reader_reads_the_same_rows_as_numpy(tmp_path) -> None:
+    from musiccli.index_backends._topk import RowReader
+
+    m = np.random.default_rng(0).standard_normal((300, 7)).astype(np.float32)
+    np.save(tmp_path / "v.npy", m)
+    rows = RowReader(tmp_path / "v.npy")
+    assert rows.shape == (300, 7) and len(rows) == 300
+    np.testing.assert_array_equal(rows[np.array([299, 0, 17, 17])], m[[299, 0, 17, 17]])
+    np.testing.assert_array_equal(rows[5], m[[5]])
+
+
 # --------------------------------------------------------------------------- ONNX query encoder
 def test_onnx_text_model_matches_pytorch(make_run, state) -> None:
     from musiccli.onnx_text import OnnxTextModel

@@ -51,3 +51,47 @@ def rerank(exact: np.ndarray, q: np.ndarray, candidates: np.ndarray, k: int) -> 
 def n_candidates(k: int, factor: int = 10, floor: int = 100) -> int:
     """How many approximate candidates to re-rank exactly for a top-``k`` answer."""
     return max(factor * int(k), floor)
+
+
+class RowReader:
+    """Reads chosen rows of a ``.npy`` matrix with ``os.pread``: what a re-rank needs, nothing more.
+
+    Memory-mapping the float32 rows would do for reading, but every page fault on a mapping also
+    maps the neighbouring pages already in the page cache (fault-around), so after a few hundred
+    queries of scattered reads most of a multi-GB file counts in the process's resident set.
+    """
+
+    def __init__(self, path) -> None:
+        import os
+
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{path}: .npy format {version} is not supported")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-ordered 2-D array")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        import os
+
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        for i, r in enumerate(rows.tolist()):
+            out[i] = np.frombuffer(os.pread(self.fd, self.row_bytes, self.offset + r * self.row_bytes), self.dtype)
+        return out
+
+    def __del__(self) -> None:
+        import os
+
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)

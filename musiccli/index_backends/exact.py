@@ -5,7 +5,8 @@ proposes are re-scored against the float32 rows (``vectors.npy``), so the top ``
 scores are exact unless an fp16 rounding (about 1e-3 on unit vectors) pushes a true top-k row
 below the candidate cut, which :func:`._topk.n_candidates` makes far wider than that error.
 With ``dtype="float32"`` the float32 rows are scanned directly and nothing is re-ranked.
-Both files are memory-mapped: a cold process pays only for the pages it reads.
+The scanned file is memory-mapped (a cold process pays only for the pages it reads); the
+re-ranked float32 rows are read one by one (``RowReader``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..errors import MtxError
 from ..state import atomic_path
-from ._topk import BLOCK, n_candidates, rerank, scan
+from ._topk import BLOCK, RowReader, n_candidates, rerank, scan
 
 NAME = "exact"
 F16_FILE = "vectors.f16.npy"
@@ -49,6 +50,7 @@ class ExactSearcher:
         self.exact = exact
         self.dtype = meta.get("backend_meta", {}).get("dtype", "float32")
         self.scan_vectors = np.load(d / F16_FILE, mmap_mode="r") if self.dtype == "float16" else exact
+        self.rows = RowReader(d / "vectors.npy") if self.dtype == "float16" else None
         if self.scan_vectors.shape != exact.shape:
             raise MtxError(f"index {meta.get('name')!r} is damaged (fp16 copy {self.scan_vectors.shape}, "
                            f"vectors {exact.shape})", hint="rebuild it with `mtx search --force`")
@@ -57,7 +59,7 @@ class ExactSearcher:
         if self.dtype == "float32":
             return scan(self.exact, q, k)
         rows, _ = scan(self.scan_vectors, q, n_candidates(k))
-        return rerank(self.exact, q, rows, k)
+        return rerank(self.rows, q, rows, k)
 
 
 def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> ExactSearcher:  # noqa: A001 - the backend API

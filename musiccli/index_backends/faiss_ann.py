@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import MtxError
 from ..state import atomic_path
-from ._topk import n_candidates, rerank
+from ._topk import RowReader, n_candidates, rerank
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,12 @@ class AnnSearcher:
         nprobe = int(os.environ.get("MTX_ANN_NPROBE", bm.get("nprobe", 16)))
         faiss.extract_index_ivf(self.index).nprobe = nprobe
         self.exact = exact
+        self.rows = RowReader(d / "vectors.npy")   # scattered re-rank reads, no mapping
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         c = min(n_candidates(k), self.index.ntotal)
         _, rows = self.index.search(np.asarray(q, dtype=np.float32)[None, :], c)
-        return rerank(self.exact, q, rows[0], k)
+        return rerank(self.rows, q, rows[0], k)
 
 
 def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> AnnSearcher:  # noqa: A001 - the backend API

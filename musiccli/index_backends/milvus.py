@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MtxError
-from ._topk import n_candidates, rerank
+from ._topk import RowReader, n_candidates, rerank
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,14 @@ class MilvusSearcher:
         if not self.client.has_collection(self.name):
             raise MtxError(f"Milvus has no collection {self.name!r}", hint="rebuild it with `mtx search --force`")
         self.exact = exact
+        self.rows = RowReader(d / "vectors.npy")   # scattered re-rank reads, no mapping
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         c = min(n_candidates(k), len(self.exact))
         res = self.client.search(self.name, data=[np.asarray(q, dtype=np.float32).tolist()], limit=c,
                                  search_params={"metric_type": "IP"}, output_fields=["row"])
         rows = np.array([int(h["id"] if "id" in h else h["row"]) for h in res[0]], dtype=np.int64)
-        return rerank(self.exact, q, rows, k)
+        return rerank(self.rows, q, rows, k)
 
 
 def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> MilvusSearcher:  # noqa: A001 - the backend API
