@@ -156,6 +156,9 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
         save_file({"audio_mean": model.audio_mean.detach().cpu().numpy().astype(np.float32),
                    "audio_std": model.audio_std.detach().cpu().numpy().astype(np.float32)}, str(tmp / STATS_FILE))
         c = model.config
+        # A run with a learned audio head (joint / student objectives) maps store rows through it;
+        # this export carries the text tower only, so search must not use it to map audio.
+        audio_heads = [n for n, _ in model.named_children() if "audio" in n.lower()]
         atomic_write_json(tmp / "meta.json", {
             "inputs": ["input_ids", "attention_mask"], "outputs": {
                 "embedding": "L2-normalised retrieval-space vector (compare with standardised, normalised audio)",
@@ -165,6 +168,7 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
             "pad_token": tok.pad_token, "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
             "audio_stats": f"audio_mean / audio_std in {STATS_FILE}; "
                            "retrieval audio = normalize((audio - audio_mean) / audio_std)",
+            "audio_side": "head" if audio_heads else "standardize",
             "weights": weights, "max_abs_diff_vs_pytorch": diff,
         })
         final = out / "onnx"
@@ -211,6 +215,8 @@ def onnx_mismatch(onnx_dir: Path, weights: dict[str, Any]) -> str | None:
         return "the ONNX export predates the torch-free format"
     if meta.get("weights") != weights:
         return "the ONNX export is of other weights"
+    if meta.get("audio_side", "standardize") != "standardize":
+        return "the run maps audio through a learned head, which the ONNX text export does not carry"
     return None
 
 
