@@ -8,19 +8,19 @@ and selects sources by phase. ``dataset_stats`` reports what is on disk.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .datasets import disk_bytes, resolve_source
 from .errors import Interrupted, MtxError
 from .progress import NullProgress, Progress
 from .sources import get_source, source_names
 from .sources.base import DownloadConfig, Source
 from .sources.ledger import FAILED, OK, PENDING, Ledger
-from .state import TMP_PREFIX, Resume, StateDir, begin_stage
+from .state import Resume, StateDir, begin_stage
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +52,6 @@ class DownloadResult:
         return cls(source=d["source"], root=d["root"], ok=d.get("ok", 0), failed=d.get("failed", 0),
                    pending=d.get("pending", 0), failures=[tuple(f) for f in d.get("failures", [])],
                    bytes=d.get("bytes", 0), seconds=d.get("seconds", 0.0), skipped=skipped)
-
-
-def resolve_source(name: str) -> Source:
-    if name not in source_names():
-        raise MtxError(f"unknown source {name!r}; valid sources: {', '.join(source_names())}",
-                       hint="run `mtx download --help` for the list")
-    return get_source(name)
-
-
-def dataset_identity(root: Path) -> dict[str, Any]:
-    """What identifies the current contents of a dataset dir for later stages.
-
-    The ledger is appended to for every downloaded item, so its size and mtime change
-    whenever the dataset does. (Not the directory's mtime: verify writes its results
-    into the dataset dir, which must not change the dataset's identity.)
-    """
-    ledger = Path(root) / Ledger.FILENAME
-    try:
-        st = ledger.stat()
-        return {"ledger_bytes": st.st_size, "ledger_mtime_ns": st.st_mtime_ns}
-    except FileNotFoundError:
-        return {"ledger": None}
-
-
-def disk_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if not name.startswith(TMP_PREFIX):
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
-    return total
 
 
 def run_download(state: StateDir, req: DownloadRequest, progress: Progress | None = None) -> DownloadResult:

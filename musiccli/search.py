@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .progress import NullProgress, Progress
+from .runs import RunInfo, resolve_run, store_identity, weights_identity
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     read_json)
 

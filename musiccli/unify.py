@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .download import dataset_identity, resolve_source
+from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
 from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .download import dataset_identity, resolve_source
+from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
