@@ -8,6 +8,7 @@ dataset dir's contents, and its size on disk.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from .errors import MtxError
 from .sources import get_source, source_names
 from .sources.base import Source
 from .sources.ledger import Ledger
-from .state import TMP_PREFIX
+from .state import TMP_PREFIX, StageStatus, StateDir, is_done, load_stage
 
 
 def resolve_source(name: str) -> Source:
@@ -50,3 +51,30 @@ def disk_bytes(root: Path) -> int:
                 except OSError:
                     pass
     return total
+
+
+def download_key(source: str) -> str:
+    """The download stage's key for a source: one dataset dir, one stage output."""
+    return f"download:{source}"
+
+
+@dataclass(frozen=True)
+class DownloadStatus:
+    """What the download stage recorded for a dataset dir (``None`` status: no record, e.g. copied in)."""
+
+    source: str
+    status: str | None
+    failed_items: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """Downstream stages use a dataset whose download is complete, with or without failed items."""
+        return self.status is None or is_done(self.status)
+
+
+def download_status(state: StateDir, source: str) -> DownloadStatus:
+    record = load_stage(state, download_key(source))
+    if record is None:
+        return DownloadStatus(source, None)
+    failed = record.failed_items if record.status == StageStatus.COMPLETE_WITH_FAILURES.value else 0
+    return DownloadStatus(source, record.status, int(failed))
