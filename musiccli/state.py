@@ -534,16 +534,20 @@ class StageRun:
                 self.record.result = to_jsonable(result)
                 self.save()
             return StageStatus.PARTIAL.value
+        if result is not None:
+            self.record.result = to_jsonable(result)
+        self.check_failures(ok, failed)
+        return self.complete(result, failed=failed)
+
+    def check_failures(self, ok: int, failed: int) -> None:
+        """Record the stage failed and raise :class:`SystemicError` if too many items failed."""
         tracker = FailureTracker(self.record.stage, self.policy)
         tracker.ok, tracker.failed = ok, failed
         try:
             tracker.check_rate()
         except SystemicError as e:
-            if result is not None:
-                self.record.result = to_jsonable(result)
             self.mark(StageStatus.FAILED, e.message)
             raise
-        return self.complete(result, failed=failed)
 
     def mark(self, status: StageStatus, error: str | None = None) -> None:
         self.record.status = status.value
