@@ -37,7 +37,7 @@ from .manifest import Record, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
 from .runs import (RunInfo, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
                    weights_identity)
-from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, to_jsonable
+from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, b
                         _encode(native, data.tags, runtime, batch_size))
 
 
+@stage_function
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
     from .encoders.text import TextEmbedder
     from .runtime import select_runtime
@@ -210,7 +211,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     # New weights (more training) or new data make the old report stale: evaluating again is
     # the expected behaviour, not a conflict the user must resolve with --force.
     stage = begin_stage(state, "eval", key, config=stage_config, mode=cfg.resume,
-                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
+                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
+                        outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
         return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
 

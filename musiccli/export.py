@@ -28,7 +28,7 @@ import numpy as np
 from .errors import MtxError, unknown_choice
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, export_key, latest_eval_report, resolve_run, weights_identity
-from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage
+from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, stage_function
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,7 @@ def onnx_available() -> bool:
     return all(find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
+@stage_function
 def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
     from .encoders.text import TextEmbedder
 
@@ -331,7 +332,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
 
     # An export of older weights (or to another folder) is simply redone: exporting is deterministic
     # and cheap, and refusing would make "train more, export again" need --force.
-    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard, redo_changed=True)
+    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard, redo_changed=True,
+                        outputs={f: out / f for f in formats})
     if stage.already_complete and all((out / f).exists() for f in formats):
         r = stage.record.result
         return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),

@@ -742,7 +742,9 @@ def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as e:
             interrupted = isinstance(e, (Interrupted, KeyboardInterrupt))
             for run in _scopes[-1]:
-                if run.record.status == StageStatus.RUNNING.value and not run.already_complete:
+                # A record the stage removed itself (a setup that failed before any work) stays removed.
+                if run.record.status == StageStatus.RUNNING.value and not run.already_complete \
+                        and run.path.exists():
                     if interrupted:
                         run.mark(StageStatus.PARTIAL)
                     else:
