@@ -35,7 +35,7 @@ import numpy as np
 from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
-from .runs import (RunInfo, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
+from .runs import (RunInfo, eval_key, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
                    weights_identity)
 from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
 
@@ -202,7 +202,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
     out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
-    key = f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}"
+    key = eval_key(info.name, cfg.split, cfg.checkpoint)
     systems = eval_systems(info.audio_encoder, cfg.baselines)
     stage_config = {
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),

@@ -81,6 +81,11 @@ def resolve_run(state: StateDir, run: str | None, announce: bool = True) -> RunI
 
 
 # --------------------------------------------------------------------------- per-checkpoint outputs
+# A stage key and its output path are built from the same parts, side by side, so they cannot disagree.
+def eval_key(run: str, split: str, checkpoint: str) -> str:
+    return f"eval:{run}:{split}:{check_checkpoint(checkpoint)}"
+
+
 def eval_report_path(state: StateDir, run: str, split: str, checkpoint: str) -> Path:
     return state.run_dir(run) / f"eval-{split}-{check_checkpoint(checkpoint)}.json"
 

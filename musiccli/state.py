@@ -556,6 +556,10 @@ class StageRun:
         self.record.finished = time.time() if status is StageStatus.FAILED else self.record.finished
         self.save()
 
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock is not None
+
     def close(self) -> None:
         """Release the output's lock (the record stays as it is)."""
         if self._lock is not None:
@@ -742,9 +746,10 @@ def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as e:
             interrupted = isinstance(e, (Interrupted, KeyboardInterrupt))
             for run in _scopes[-1]:
-                # A record the stage removed itself (a setup that failed before any work) stays removed.
+                # Only the lock holder writes the record (other torchrun ranks follow rank 0), and a
+                # record the stage removed itself (a setup that failed before any work) stays removed.
                 if run.record.status == StageStatus.RUNNING.value and not run.already_complete \
-                        and run.path.exists():
+                        and run.holds_lock and run.path.exists():
                     if interrupted:
                         run.mark(StageStatus.PARTIAL)
                     else:
