@@ -756,8 +756,9 @@ def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
                         message = e.message if isinstance(e, MtxError) else f"{type(e).__name__}: {e}"
                         run.mark(StageStatus.FAILED, message)
             if not isinstance(e, MtxError) and isinstance(e, Exception) and systemic_exception(e):
-                raise SystemicError(f"{fn.__module__.rsplit('.', 1)[-1]} stopped: {type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
+                name = _scopes[-1][0].record.stage if _scopes[-1] else fn.__name__.removeprefix("run_")
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise SystemicError(f"{name} stopped: {type(e).__name__}: {first}",
                                     hint="a library cannot load or the device ran out of memory; "
                                          "fix that (e.g. a smaller --batch-size) and rerun") from e
             raise

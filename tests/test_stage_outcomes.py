@@ -209,6 +209,21 @@ def test_interrupted_stage_is_partial_and_raising_stage_is_failed(state: StateDi
     run.close()
 
 
+def test_out_of_memory_inside_a_stage_is_systemic_and_recorded_failed(state: StateDir) -> None:
+    class OutOfMemoryError(RuntimeError):   # the name torch.cuda.OutOfMemoryError carries
+        pass
+
+    @stage_function
+    def work() -> None:
+        begin_stage(state, "embed", "embed:mert:lib", {}, Resume.FRESH)
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(SystemicError, match="embed stopped: OutOfMemoryError: CUDA out of memory") as err:
+        work()
+    assert "--batch-size" in err.value.hint
+    assert load_stage(state, "embed:mert:lib").status == "failed"
+
+
 # --------------------------------------------------------------------------- one process per output
 HOLDER = textwrap.dedent("""
     import sys, time
