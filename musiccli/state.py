@@ -15,6 +15,15 @@ produces from which inputs (``embed:dsp:synth``). Its record stores the
 result-affecting config. A fresh start over a complete record is a no-op, over a
 partial one it is refused; ``--continue`` resumes a partial one only if the config
 is unchanged (differences are listed); ``--force`` starts over.
+
+The :class:`Stage` object owns key, config, output paths, discard and the completion
+policy. Outcomes: ``complete``; ``complete-with-failures`` (nothing pending, some items
+failed and listed; downstream stages use the output); ``partial`` (interrupted, or
+``running`` with no process holding the lock); ``failed`` (a systemic error or too many
+failed items; never complete, and the next attempt simply tries again). While a stage
+runs, it holds ``fcntl.flock`` on ``stages/<key>.lock``: a second process is refused with
+"<stage> <key> is running (pid N)". Stage functions are wrapped in :func:`stage_function`,
+which records a raising stage as failed (partial on Ctrl-C) and releases its lock.
 """
 
 from __future__ import annotations

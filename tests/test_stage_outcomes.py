@@ -312,3 +312,21 @@ def test_export_best_latest_best_exports_each_checkpoint(make_run, state: StateD
         assert f"checkpoint: `{ckpt}`" in (res.out / "hf" / "README.md").read_text()
     assert not np.allclose(TextEmbedder.from_pretrained(best.out / "hf").encode(QUERIES),
                            TextEmbedder.from_pretrained(latest.out / "hf").encode(QUERIES))
+
+
+def _always_fails(spec, root, duration, sample_rate, seed):
+    raise RuntimeError(f"renderer library broken (clip {spec.index})")
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the patched worker only reaches forked children")
+def test_download_stops_when_the_first_items_fail_alike(state: StateDir, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from musiccli.sources import synth
+    from musiccli.sources.ledger import Ledger
+
+    monkeypatch.setattr(synth, "_render_one", _always_fails)
+    res = cli("download", "synth", "--n", "40", "--duration", "0.5", "--sample-rate", "8000", "--workers", "1")
+    assert res.exit_code == 1, res.output
+    assert "the first 5 items all failed with the same error" in res.output
+    assert load_stage(state, "download:synth").status == "failed"
+    assert Ledger(state.dataset_dir("synth")).counts()["failed"] < 40   # stopped early, not after every clip
