@@ -36,7 +36,7 @@ def make_state(root: Path, n: int, dim: int) -> None:
 
     from musiccli import store as store_mod
     from musiccli.encoders.text import TextEmbedder
-    from musiccli.evaluate import weights_identity
+    from musiccli.runs import export_dir, weights_identity
     from musiccli.manifest import Record, write_manifest
     from musiccli.onnx_text import export_text_onnx
     from musiccli.search import SearchConfig, search
@@ -58,7 +58,7 @@ def make_state(root: Path, n: int, dim: int) -> None:
     (rdir / "run.json").write_text(
         '{"run": "bench", "audio_encoder": "bench", "manifest": "lib", "manifest_path": "%s", "embeddings": "%s", '
         '"status": "complete"}' % (state.manifest_path("lib"), spath))
-    export_text_onnx(model, state.export_dir("bench"), weights=weights_identity(rdir / "best"))
+    export_text_onnx(model, export_dir(state, "bench", "best"), weights=weights_identity(rdir / "best"))
     search(state, SearchConfig(query="warm-up builds the index", k=1))
 
 

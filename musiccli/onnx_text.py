@@ -4,7 +4,7 @@ Both `mtx export` and the end of `mtx train` write the same folder through
 :func:`export_text_onnx`; `mtx search` reads it through :class:`OnnxTextModel`
 without importing torch or transformers, which is what makes a cold search fast.
 
-Folder layout (``exports/<run>/onnx/``)::
+Folder layout (``exports/<run>/<checkpoint>/onnx/``, ``runs.export_dir``)::
 
     model.onnx              input_ids, attention_mask -> embedding (unit, retrieval space), audio_space
     tokenizer.json ...      the fast tokenizer (plus the transformers files, for AutoTokenizer)
@@ -182,26 +182,9 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
 def export_checkpoint_onnx(ckpt_dir: Path, out: Path, opset: int = 17) -> tuple[Path, float]:
     """Load a saved checkpoint and export its text tower (what `mtx train` does at the end)."""
     from .encoders.text import TextEmbedder
+    from .runs import weights_identity
 
     return export_text_onnx(TextEmbedder.from_pretrained(ckpt_dir), out, opset, weights=weights_identity(ckpt_dir))
-
-
-def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
-    """Identity of saved weights: the sha of the (small) head file plus size/mtime of the backbone.
-
-    Hashing the head is cheap and the head changes at every save; the backbone file
-    can be hundreds of MB, so its stat stands in for a hash.
-    """
-    from .state import file_sha256
-
-    ckpt_dir = Path(ckpt_dir)
-    head = ckpt_dir / "model.safetensors"
-    ident: dict[str, Any] = {"head_sha256": file_sha256(head)[:16]}
-    backbone = ckpt_dir / "backbone" / "model.safetensors"
-    if backbone.exists():
-        st = backbone.stat()
-        ident["backbone"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return ident
 
 
 # --------------------------------------------------------------------------- inference (no torch)

@@ -1,6 +1,6 @@
 """Pictures of an evaluation (matplotlib, Agg backend) and one ``report.html`` that shows them.
 
-Written into ``<report stem>/`` next to the eval JSON (``runs/<run>/eval-test/``):
+Written into ``<report stem>/`` next to the eval JSON (``runs/<run>/eval-<split>-<checkpoint>/``):
 
 - ``cosine.png``: cosine of matched (track, own main caption) vs unmatched (track, other caption) pairs;
 - ``map.png``: a 2-D t-SNE (UMAP when installed) of test audio and caption vectors, coloured by the

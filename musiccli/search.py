@@ -23,7 +23,7 @@ the text model (a run's weights; a tower's dim) and on the store, so an index wh
 recorded identities no longer match is rebuilt automatically. Building is a resumable
 stage: the vectors, then the backend's own units (ANN blocks, Milvus batches).
 
-A run's queries are encoded by its exported ONNX text tower (``exports/<run>/onnx``, written
+A run's queries are encoded by its exported ONNX text tower (``exports/<run>/<checkpoint>/onnx``, written
 by `mtx train` and `mtx export`) through onnxruntime + tokenizers when that export belongs to
 the checkpoint in use: torch and transformers are then never imported, which is most of a cold
 start. Otherwise the PyTorch model is loaded and the result says why.
@@ -44,12 +44,12 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .index_backends import ANN_THRESHOLD, CHOICES as BACKEND_CHOICES, get_backend, resolve_backend
 from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
+from .runs import RunInfo, export_dir, resolve_run, store_identity, weights_identity
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
-                    read_json)
+                    read_json, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +418,7 @@ def _default_name(state: StateDir, text: QueryModel, manifest: str, backend: str
     return (base if backend == "exact" else f"{base}--{backend}"), backend
 
 
+@stage_function
 def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebuild: bool = False,
                manifest: str | None = None, progress: Progress | None = None,
                resume: Resume = Resume.FRESH, backend: str = "auto", uri: str | None = None,
@@ -453,7 +454,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
     stage_config = {"text_model": text.kind, "manifest": manifest, "backend": backend, "options": options}
     stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
                         else {"encoder": text.encoder, "model_id": text.model_id})
-    stage = begin_stage(state, "search", f"index:{name}", stage_config, mode)
+    stage = begin_stage(state, "search", f"index:{name}", stage_config, mode, outputs={"index": state.index_dir(name)})
     built = build_index(state, text, manifest, name, progress=progress, backend=backend, options=options,
                         stage=stage)
     stage.complete({"index": name, "count": len(built)})
@@ -509,7 +510,8 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
         raise MtxError(f"run {info.name!r} was trained on {info.audio_encoder} embeddings, not {cfg.audio_encoder}",
                        hint=f"drop --audio-encoder, or search with --text-model native --audio-encoder "
                             f"{cfg.audio_encoder}")
-    return run_query_model(info, cfg.device, state.export_dir(info.name) / "onnx", cfg.query_runtime)
+    onnx_dir = export_dir(state, info.name, info.default_checkpoint()) / "onnx"
+    return run_query_model(info, cfg.device, onnx_dir, cfg.query_runtime)
 
 
 def _check(cfg: SearchConfig) -> bool:

@@ -22,11 +22,12 @@ QUERIES = ["dark metal", "a calm piano piece for a rainy afternoon with soft str
 
 
 def _export(state, run: str = "run1") -> Path:
-    from musiccli.evaluate import weights_identity
+    from musiccli.runs import weights_identity
     from musiccli.onnx_text import export_checkpoint_onnx
+    from musiccli.runs import export_dir
 
     ckpt = state.run_dir(run) / "best"
-    path, diff = export_checkpoint_onnx(ckpt, state.export_dir(run))
+    path, diff = export_checkpoint_onnx(ckpt, export_dir(state, run, "best"))
     assert diff <= 1e-4 and weights_identity(ckpt)
     return path.parent
 

@@ -145,14 +145,15 @@ def test_train_writes_run_and_learns(state, tiny_backbone):
 
 
 def test_train_exports_onnx_at_end(state, tiny_backbone):
-    """Unless --no-export, a finished run leaves exports/<run>/onnx for the checkpoint search uses."""
-    from musiccli.evaluate import weights_identity
+    """Unless --no-export, a finished run leaves exports/<run>/best/onnx for the checkpoint search uses."""
+    from musiccli.runs import weights_identity
     from musiccli.onnx_text import OnnxTextModel, onnx_mismatch
+    from musiccli.runs import export_dir
     from musiccli.training import run_train
 
     make_data(state)
     res = run_train(state, tiny_cfg(tiny_backbone, export=True))
-    onnx_dir = state.export_dir(res.run) / "onnx"
+    onnx_dir = export_dir(state, res.run, "best") / "onnx"
     assert res.onnx == str(onnx_dir / "model.onnx") and res.onnx_note is None
     assert onnx_mismatch(onnx_dir, weights_identity(state.run_dir(res.run) / "best")) is None
     from musiccli.encoders.text import TextEmbedder
@@ -232,7 +233,7 @@ def test_missing_embeddings_and_bad_names(state, tiny_backbone):
         run_train(state, tiny_cfg(tiny_backbone, text_backbone=str(state.root / "no-such-model")))
     # failed setups leave nothing behind: a corrected rerun is not refused as "interrupted"
     assert not state.run_dir("fake-lib").exists()
-    assert not list(state.stages_dir.glob("train*"))
+    assert not list(state.stages_dir.glob("train*.json"))   # (the lock file beside it is no record)
 
 
 def test_early_stopping_and_force(state, tiny_backbone):

@@ -57,7 +57,7 @@ def command(
                                                          help="Also checkpoint every N steps "
                                                               "(always at epoch end).")] = None,
     export: Annotated[bool, typer.Option("--export/--no-export",
-                                         help="Export the ONNX text tower at the end (exports/<run>/onnx), so "
+                                         help="Export the ONNX text tower at the end (exports/<run>/best/onnx), so "
                                               "`mtx search` starts without PyTorch.")] = True,
     cont: Continue = False,
     force: Force = False,

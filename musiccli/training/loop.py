@@ -30,7 +30,7 @@ from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
                        seed_everything, select_runtime)
-from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, to_jsonable
+from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, stage_function, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler, PairDataset, Split, split_pairs
@@ -72,7 +72,7 @@ class TrainConfig:
     teacher: str | None = None            # run name to distil from (switches the loss to distillation)
     val_split: str = "val"
     use_alt_captions: bool = True
-    export: bool = True                   # write exports/<run>/onnx at the end (fast, torch-free search)
+    export: bool = True                   # write exports/<run>/<checkpoint>/onnx at the end (torch-free search)
     resume: Resume = Resume.FRESH
 
     # Fields that never change what a run computes (where/how often it is saved, how it was started).
@@ -621,6 +621,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+@stage_function
 def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = None,
               on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train (or resume, or skip when complete) one run; see the module docstring."""
@@ -651,6 +652,7 @@ def export_onnx_at_end(state: StateDir, result: TrainResult) -> None:
     from importlib.util import find_spec
 
     from ..onnx_text import export_checkpoint_onnx
+    from ..runs import export_dir
 
     run_dir = Path(result.run_dir)
     ckpt_dir = next((run_dir / c for c in ("best", "latest") if (run_dir / c / "model.safetensors").exists()), None)
@@ -660,7 +662,7 @@ def export_onnx_at_end(state: StateDir, result: TrainResult) -> None:
         result.onnx_note = "onnx/onnxruntime are not installed (pip install 'musiccli[onnx]')"
     else:
         try:
-            path, diff = export_checkpoint_onnx(ckpt_dir, state.export_dir(result.run))
+            path, diff = export_checkpoint_onnx(ckpt_dir, export_dir(state, result.run, ckpt_dir.name))
         except MtxError as e:
             result.onnx_note = e.message
         else:
