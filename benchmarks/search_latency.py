@@ -111,13 +111,14 @@ def ann_child(d: Path, k: int) -> None:
     truth = np.load(d / "truth.npy")
     for q in queries[:5]:
         searcher.search(q, k)   # warm-up
-    times, hits = [], 0
+    times, cpu, hits = [], [], 0
     for q, t in zip(queries, truth):
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         rows, _ = searcher.search(q, k)
         times.append((time.perf_counter() - t1) * 1000.0)
+        cpu.append((time.process_time() - c1) * 1000.0)   # all threads: less sensitive to a busy machine
         hits += len(set(rows.tolist()) & set(t.tolist()))
-    print(json.dumps({"load_s": load_s, "ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)),
+    print(json.dumps({"load_s": load_s, "ms": statistics.median(times), "cpu_ms": statistics.median(cpu), "p95_ms": float(np.percentile(times, 95)),
                       "recall": hits / (len(queries) * k),
                       "max_rss_mb": peak_rss_mb()}))
 
@@ -151,7 +152,8 @@ def ann_section(n: int, dim: int, k: int, n_queries: int, nprobe: int | None, ke
         ok = "OK" if r["ms"] <= 10 and r["recall"] >= 0.95 and r["max_rss_mb"] <= 1200 else "MISS"
         print(f"exact matmul+argpartition (float32 in RAM): {base:7.2f} ms/query")
         print(f"ANN {bmeta['factory']} nprobe {bmeta['nprobe']} + exact re-rank: build {build_s:.1f} s, "
-              f"index file {size_mb:.0f} MB, load {r['load_s']:.2f} s, {r['ms']:.2f} ms/query (p95 {r['p95_ms']:.2f}), "
+              f"index file {size_mb:.0f} MB, load {r['load_s']:.2f} s, {r['ms']:.2f} ms/query wall "
+              f"({r['cpu_ms']:.2f} ms CPU) (p95 {r['p95_ms']:.2f}), "
               f"recall@{k} {r['recall']:.3f} over {n_queries} queries, max RSS {r['max_rss_mb']:.0f} MB | "
               f"target <= 10 ms, >= 0.95, <= 1200 MB: {ok}")
 
