@@ -354,6 +354,7 @@ def begin_stage(
     mode: Resume,
     discard: Callable[[], None] | None = None,
     redo_changed: bool = False,
+    rename_hint: str | None = None,
 ) -> StageRun:
     """Apply the resume contract and return the run handle.
 
@@ -362,6 +363,9 @@ def begin_stage(
     ``redo_changed``: for stages whose config holds the identity of changing inputs (new weights,
     a re-download), a fresh start over a record with a different config starts over (as
     ``--force``) instead of refusing; ``--continue`` still refuses and lists the differences.
+    ``rename_hint``: for stages whose output name is an option, how to pick another one (e.g.
+    "choose another manifest name with --name"); it is offered beside --force when a complete
+    output with another config is in the way.
     Callers check ``run.already_complete`` and return early without doing work.
     """
     config = to_jsonable(config)
@@ -381,7 +385,7 @@ def begin_stage(
             if differences:
                 raise MtxError(
                     f"{stage} output {key!r} already exists with a different config: " + "; ".join(differences),
-                    hint="use --force to overwrite it, or choose another output name",
+                    hint="use --force to overwrite it" + (f", or {rename_hint}" if rename_hint else ""),
                 )
             log.info("%s %s is already complete; nothing to do (use --force to redo it)", stage, key)
             return StageRun(state, previous, resumed=False, already_complete=True)

@@ -38,6 +38,8 @@ from .losses import DEFAULT_LOSS, LOSSES, LossConfig, build_loss, local_only
 
 log = logging.getLogger(__name__)
 
+RENAME_HINT = "choose another run name with --run"
+
 
 @dataclass
 class TrainConfig:
@@ -266,11 +268,13 @@ class _Trainer:
     def _begin_stage(self, key: str, config: dict[str, Any]) -> StageRun:
         """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
         if not self.dist.enabled:
-            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                               rename_hint=RENAME_HINT)
         main_stage: list[StageRun] = []
 
         def decide() -> tuple[bool, bool]:
-            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard))
+            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                                          rename_hint=RENAME_HINT))
             return main_stage[0].resumed, main_stage[0].already_complete
 
         resumed, complete = on_main(self.dist, decide)
