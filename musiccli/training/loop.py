@@ -28,6 +28,7 @@ from ..errors import Interrupted, MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
 from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
+from ..provenance import training_data
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
                        seed_everything, select_runtime)
 from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, to_jsonable
@@ -396,7 +397,9 @@ class _Trainer:
                 "manifest_hash": self.manifest_hash, "text_backbone": self.cfg.text_backbone,
                 "loss": self.loss_name, "teacher": self.cfg.teacher,
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
-                "best": self.best}
+                "best": self.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_split.records)}
 
     def _write_run_json(self, status: str) -> None:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
