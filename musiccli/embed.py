@@ -71,8 +71,9 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (Resume, StageRecord, StageRun, StageStatus, StateDir, atomic_write_json, begin_stage,
-                    diff_configs, load_stage, read_json, to_jsonable)
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRecord, StageRun,
+                    StateDir, atomic_write_json, begin_stage, diff_configs, is_done, load_stage, read_json,
+                    stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class EmbedConfig:
     chunk_tracks: int = 128              # tracks per committed part
     tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
     encoder_options: dict[str, str] = field(default_factory=dict)  # --encoder-option KEY=VALUE
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE  # more failed tracks than this fraction: the stage fails
     resume: Resume = Resume.FRESH
 
 
@@ -335,8 +337,13 @@ def _tracks_per_batch(records: list[Record], window: float, hop: float, max_wind
 
 
 # --------------------------------------------------------------------------- the stage
+@stage_function
 def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    """Embed a manifest. Tracks that fail (missing, corrupt) are listed and the stage completes with
+    failures; a systemic error (the same error on the first tracks, a library that cannot load,
+    out of memory) or more than ``cfg.max_failure_rate`` failed tracks fail it (raises, exit 1)."""
     progress = progress or NullProgress()
+    policy = FailurePolicy(max_failure_rate=cfg.max_failure_rate)
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
@@ -344,14 +351,14 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     finished = _finished_store_differing_in_tags(state, key, plan, cfg)
     if finished is not None:
         if plan.tags:
-            return _tag_finished_store(state, plan, cfg, progress)
+            return _tag_finished_store(state, plan, cfg, progress, policy)
         log.info("%s is complete (with tags, which this run does not ask for); nothing to do", plan.path)
         return replace(EmbedResult.from_dict(finished.result, skipped=True), tag_summary=None)
 
     def begin() -> bool:
         nonlocal run
         run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
-                          discard=lambda: _discard(plan, cfg))
+                          discard=lambda: _discard(plan, cfg), outputs={"store": plan.path}, policy=policy)
         if not run.already_complete:
             _check_existing(plan, cfg)
             _check_parts_config(plan)
@@ -371,7 +378,8 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     if len(todo) < len(mine):
         log.info("%d of %d chunk(s) already committed; embedding the remaining %d",
                  len(mine) - len(todo), len(mine), len(todo))
-    n_ok, failures, n_processed = _encode_chunks(plan, cfg, todo, run, progress)
+    tracker = FailureTracker(f"embed ({plan.name})", policy)
+    n_ok, failures, n_processed = _encode_chunks(plan, cfg, todo, run, progress, tracker)
     seconds = time.perf_counter() - start
 
     _barrier(plan.dist)
@@ -387,11 +395,16 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
         log.info("this shard is done; %d chunk(s) of other shards are pending: the last shard to finish, or "
                  "`mtx embed --continue` without --shard, assembles the store", len(missing))
         if run is not None:
-            run.complete(result.to_dict())
+            run.check_failures(ok=n_ok, failed=len(failures))
+            run.complete(result.to_dict(), failed=len(failures))
         return result
+    if run is not None:
+        # Judge the whole store before assembling it: a store of mostly failed tracks is never "complete".
+        part_failures = sum(len(store.read_part_failures(parts[c])) for c in range(plan.n_chunks))
+        run.check_failures(ok=len(plan.records) - part_failures, failed=part_failures)
     result = _assemble(state, plan, cfg, parts, result)
     if run is not None:
-        run.complete(result.to_dict())
+        run.complete(result.to_dict(), failed=result.n_failed)
     if plan.shard is not None:
         _mark_unsharded_complete(state, plan, result)
     store.remove_parts(plan.path)
@@ -399,7 +412,7 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
 
 
 def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun | None,
-                   progress: Progress) -> tuple[int, list[tuple[str, str]], int]:
+                   progress: Progress, tracker: FailureTracker) -> tuple[int, list[tuple[str, str]], int]:
     """Encode and commit the given chunks; return (rows written, failures, tracks processed)."""
     items = [(c, r.id, r.audio_path) for c in todo for r in plan.chunk_records(c, cfg.chunk_tracks)]
     n_ok, failures = 0, []
@@ -427,6 +440,10 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
             if pending.chunk is not None and batch.chunk != pending.chunk:
                 n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
             pending.chunk = batch.chunk
+            # In loader order: a systemic error stops the stage after the first tracks, not after all.
+            for id_, why in batch.failed:
+                tracker.failure(id_, why)
+            tracker.success(len(batch.ids))
             vectors, tags = _encode(plan, batch.windows, cfg.batch_size)
             pending.add(batch, vectors, plan.aggregation, tags)
             task.advance(batch.n_tracks)
@@ -538,7 +555,7 @@ def _mark_unsharded_complete(state: StateDir, plan: _Plan, result: EmbedResult) 
     run = begin_stage(state, "embed", stage_key(plan.name, plan.manifest_name), config=plan.config,
                       mode=Resume.FORCE)
     done = EmbedResult(**{**asdict(result), "shard": None})
-    run.complete(done.to_dict())
+    run.complete(done.to_dict(), failed=result.n_failed)
 
 
 # --------------------------------------------------------------------------- tags for a finished store
@@ -548,7 +565,7 @@ def _finished_store_differing_in_tags(state: StateDir, key: str, plan: _Plan,
     if plan.shard is not None or plan.dist.enabled or cfg.resume is Resume.FORCE or not plan.path.exists():
         return None
     previous = load_stage(state, key)
-    if previous is None or previous.status != StageStatus.COMPLETE.value:
+    if previous is None or not is_done(previous.status):
         return None
     if bool(previous.config.get("tags")) == plan.tags:
         return None
@@ -558,7 +575,8 @@ def _finished_store_differing_in_tags(state: StateDir, key: str, plan: _Plan,
     return previous
 
 
-def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress) -> EmbedResult:
+def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress,
+                        policy: FailurePolicy) -> EmbedResult:
     """Zero-shot tags for a store that is complete without them, into its side file.
 
     The tagger needs the audio, so the encoder runs over every stored track again; only the tags
@@ -574,22 +592,26 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
     tplan = replace(plan, records=records, path=side, config=config, tags=True, aggregation="mean",
                     dim=plan.encoder.dim("mean"), n_chunks=math.ceil(len(records) / cfg.chunk_tracks))
     key = tags_stage_key(plan.name, plan.manifest_name)
-    run = begin_stage(state, "embed", key, config=config, mode=cfg.resume, discard=lambda: store.discard(side),
-                      redo_changed=True)
-    if run.already_complete and side.is_file():
+    previous = load_stage(state, key)
+    mode = cfg.resume
+    if previous is not None and is_done(previous.status) and not side.is_file():
+        mode = Resume.FORCE  # the record outlived its side file: compute the tags again
+    run = begin_stage(state, "embed", key, config=config, mode=mode, discard=lambda: store.discard(side),
+                      redo_changed=True, outputs={"tags": side}, policy=policy)
+    if run.already_complete:
         return EmbedResult.from_dict(run.record.result, skipped=True)
-    if run.already_complete:  # the record outlived its side file: compute the tags again
-        run = begin_stage(state, "embed", key, config=config, mode=Resume.FORCE, discard=lambda: store.discard(side))
     log.info("%s is complete without tags: computing zero-shot tags only, into %s (embeddings are kept)",
              plan.path, side)
     _check_parts_config(tplan)
     start = time.perf_counter()
     done = store.committed_parts(side)
     todo = [c for c in range(tplan.n_chunks) if c not in done]
-    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress)
+    tracker = FailureTracker(f"embed tags ({plan.name})", policy)
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, tracker)
     seconds = time.perf_counter() - start
     parts = store.committed_parts(side)
     failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
+    run.check_failures(ok=len(records) - len(failures), failed=len(failures))
     attrs = {"encoder": plan.name, "model_id": plan.encoder.model_id, "manifest": plan.manifest_name,
              "manifest_hash": plan.config["manifest_hash"], "store": plan.path.name, "store_created": created,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -599,7 +621,7 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
                          n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
                          clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0,
                          tag_summary=summarize_tags(plan.path, plan.records), tags_path=side, tags_only=True)
-    run.complete(result.to_dict())
+    run.complete(result.to_dict(), failed=len(failures))
     store.remove_parts(side)
     return result
 

@@ -156,7 +156,7 @@ def test_export_keeps_the_training_data(make_run, state) -> None:
     # The manifest changes after training: the card still says what the run was trained on.
     write_manifest(state.manifest_path("lib"), run["records"][:4])
     run_export(state, ExportConfig(formats=("hf",)))
-    hf = state.export_dir("run1") / "hf"
+    hf = state.export_dir("run1") / "best" / "hf"
     card = (hf / "README.md").read_text()
     assert "sources: synth (1000 synthetic clips)" in card
     assert "not a search model for real music" in card
