@@ -220,6 +220,12 @@ def jamendo_group(track_id: Any) -> str | None:
     return f"jamendo:{int(digits)}" if digits else None
 
 
+def jamendo_artist(artist_id: Any) -> str | None:
+    """One key for a Jamendo artist: MTG-Jamendo writes ``artist_000517``, Song Describer ``517``."""
+    digits = re.sub(r"\D", "", str(artist_id)) if artist_id is not None else ""
+    return f"jamendo-artist:{int(digits)}" if digits else None
+
+
 def youtube_group(ytid: str | None) -> str | None:
     return f"youtube:{ytid.strip()}" if ytid and ytid.strip() else None
 
@@ -237,6 +243,15 @@ def normalised_artist(artist: str | None) -> str | None:
     # Case and whitespace differ between sources for the same artist.
     name = " ".join(artist.lower().split()) if artist else ""
     return name or None
+
+
+def artist_of(r: Record) -> str | None:
+    """The artist identity used for splits: a source's catalogue id (``extra["artist_key"]``, e.g. the
+    Jamendo artist id that all three Jamendo sources share) when it has one, else the normalised name.
+    One identity per record, so that every source spells one artist the same way and a component's
+    key (see ``component_key``) does not depend on which sources were sampled."""
+    key = r.extra.get("artist_key")
+    return str(key) if key else normalised_artist(r.artist)
 
 
 # --------------------------------------------------------------------------- splits
@@ -273,7 +288,7 @@ def recording_components(records: Sequence[Record]) -> list[list[int]]:
     for r in records:
         g = "g:" + group_of(r)
         find(g)
-        artist = normalised_artist(r.artist)
+        artist = artist_of(r)
         if artist:
             union(g, "a:" + artist)
     members: dict[str, list[int]] = defaultdict(list)
@@ -291,7 +306,7 @@ def component_key(records: Sequence[Record], seed: int) -> int:
     drops the only record bridging two artists splits the component; each part then keeps the bucket
     of the artist with the smaller hash, so the part holding that artist is unchanged.)
     """
-    artists = {a for a in (normalised_artist(r.artist) for r in records) if a}
+    artists = {a for a in (artist_of(r) for r in records) if a}
     nodes = [f"a:{a}" for a in artists] if artists else [f"g:{group_of(r)}" for r in records]
     return min(_stable_key(seed, n) for n in nodes)
 
@@ -314,7 +329,7 @@ def assign_splits(
 ) -> SplitSummary:
     """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
-    Records that share a recording (``group``) or a normalised artist form connected components;
+    Records that share a recording (``group``) or an artist (``artist_of``) form connected components;
     each component goes whole into the split its seeded hash falls in (``component_key``), so the
     split sizes follow ``ratios`` in expectation (not exactly: the components are indivisible) and a
     record's split does not depend on what else was sampled. With ``keep_official`` a component
