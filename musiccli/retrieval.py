@@ -42,9 +42,9 @@ KS = (1, 5, 10)
 AP_DEPTH = 10
 PROTOCOLS = ("main", "all")
 BLOCK_BYTES = 64 << 20
-# float32 buffers held per (query, item) cell while a block is ranked: scores, the relevant and the
-# irrelevant copies, partition scratch, plus the boolean mask.
-_BYTES_PER_CELL = 4 * 4 + 1
+# float32 buffers held per (query, item) cell while a block is ranked: the scores, the comparison
+# result and the partition's copy.
+_BYTES_PER_CELL = 4 * 3
 
 
 # --------------------------------------------------------------------------- relevance
@@ -149,16 +149,15 @@ def rank_queries(queries: np.ndarray, items: np.ndarray, relevant: Sequence[np.n
     for s in range(0, q_n, step):
         e = min(q_n, s + step)
         sim = queries[s:e] @ items_t                                  # [b, N]
-        mask = np.zeros(sim.shape, dtype=bool)
+        top_rel = np.full((e - s, k), -np.inf, dtype=np.float32)       # the k best relevant scores, descending
         for i, rel in enumerate(relevant[s:e]):
-            mask[i, rel] = True
-        irr = np.where(mask, -np.inf, sim)
-        rel_s = np.where(mask, sim, -np.inf)
+            scores = sim[i, rel]
+            best_k = np.sort(scores)[::-1][:k]
+            top_rel[i, :len(best_k)] = best_k
+            sim[i, rel] = -np.inf                                      # sim now holds irrelevant scores only
+        first[s:e] = (sim >= top_rel[:, :1]).sum(axis=1) + 1
+        top_irr = _top(sim, k)                                         # [b, k], any order
         del sim
-        best = rel_s.max(axis=1)
-        first[s:e] = (irr >= best[:, None]).sum(axis=1) + 1
-        top_rel = -np.sort(-_top(rel_s, k), axis=1)                    # [b, k] descending, -inf padded
-        top_irr = _top(irr, k)                                         # [b, k], any order
         # #irrelevant >= each of the top relevant scores, capped at k (past k the rank exceeds depth).
         above = (top_irr[:, None, :] >= top_rel[:, :, None]).sum(axis=2)
         ranks = m[None, :] + above                                     # pessimistic rank of the m-th relevant
@@ -169,9 +168,10 @@ def rank_queries(queries: np.ndarray, items: np.ndarray, relevant: Sequence[np.n
 
 def _top(x: np.ndarray, k: int) -> np.ndarray:
     """The k largest values of each row (unordered)."""
-    if k >= x.shape[1]:
+    n = x.shape[1]
+    if k >= n:
         return x.copy()
-    return -np.partition(-x, k - 1, axis=1)[:, :k]
+    return np.partition(x, n - k, axis=1)[:, n - k:]
 
 
 def summarize(stats: RankStats, ks: tuple[int, ...] = KS) -> dict[str, float]:
