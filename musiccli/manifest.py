@@ -260,6 +260,7 @@ class SplitSummary:
     components: int = 0
     official_conflicts: int = 0   # components whose members' official splits disagreed
     overridden: int = 0           # records whose official split was changed to keep their component together
+    filled: int = 0               # components moved into an otherwise empty split (tiny manifests only)
 
 
 # With --keep-official-splits a component whose members carry different official splits goes to the most
@@ -311,14 +312,45 @@ def component_key(records: Sequence[Record], seed: int) -> int:
     return min(_stable_key(seed, n) for n in nodes)
 
 
+def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
+    out, edge = {}, 0.0
+    for name, ratio in zip(SPLITS, ratios):
+        out[name] = (edge, edge + ratio)
+        edge += ratio
+    return out
+
+
 def bucket(key: int, ratios: tuple[float, float, float]) -> str:
     u = key / 2.0**64
-    edge = 0.0
-    for name, ratio in zip(SPLITS, ratios):
-        edge += ratio
-        if u < edge:
+    for name, (lo, hi) in _ranges(ratios).items():
+        if lo <= u < hi:
             return name
     return next(name for name, ratio in zip(reversed(SPLITS), reversed(ratios)) if ratio > 0)
+
+
+def _fill_empty_splits(keys: list[int], splits: list[str | None], ratios: tuple[float, float, float]) -> int:
+    """Tiny manifests: give each empty split (with a positive ratio) the component whose hash lies nearest
+    its range, taken from a split that keeps at least one component. Returns how many moved.
+
+    Only here does a component's split depend on the rest of the sample; with a few dozen
+    components or more no split comes out empty and nothing moves."""
+    ranges = _ranges(ratios)
+    moved = 0
+    for name in ("test", "val", "train"):
+        counts = {n: splits.count(n) for n in SPLITS}
+        if ratios[SPLITS.index(name)] <= 0 or counts[name] > 0:
+            continue
+        lo, hi = ranges[name]
+
+        def distance(i: int) -> tuple[float, int]:
+            u = keys[i] / 2.0**64
+            return (lo - u if u < lo else u - hi, keys[i])
+
+        donors = [i for i, sp in enumerate(splits) if sp is not None and counts[sp] > 1]
+        if donors:
+            splits[min(donors, key=distance)] = name
+            moved += 1
+    return moved
 
 
 def assign_splits(
@@ -332,26 +364,38 @@ def assign_splits(
     Records that share a recording (``group``) or an artist (``artist_of``) form connected components;
     each component goes whole into the split its seeded hash falls in (``component_key``), so the
     split sizes follow ``ratios`` in expectation (not exactly: the components are indivisible) and a
-    record's split does not depend on what else was sampled. With ``keep_official`` a component
+    record's split does not depend on what else was sampled, except in a manifest so small that a
+    split would be empty (``_fill_empty_splits``). With ``keep_official`` a component
     with official splits keeps them; when its members disagree it goes to the most held-out one
     (test, then val), and the records moved are counted.
     """
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
     summary = SplitSummary()
-    for members in recording_components(records):
-        summary.components += 1
+    components = recording_components(records)
+    keys: list[int] = []
+    hashed: list[str | None] = []       # the bucketed split; None for components pinned by official splits
+    pinned: list[str | None] = []
+    for members in components:
         rs = [records[i] for i in members]
         official = {r.split for r in rs if r.split} if keep_official else set()
+        keys.append(component_key(rs, seed))
         if official:
             split = min(official, key=_HELD_OUT_ORDER.__getitem__)
             if len(official) > 1:
                 summary.official_conflicts += 1
                 summary.overridden += sum(1 for r in rs if r.split and r.split != split)
+            pinned.append(split)
+            hashed.append(None)
         else:
-            split = bucket(component_key(rs, seed), ratios)
-        for r in rs:
-            r.split = split
+            pinned.append(None)
+            hashed.append(bucket(keys[-1], ratios))
+    summary.components = len(components)
+    if not keep_official or all(p is None for p in pinned):
+        summary.filled = _fill_empty_splits(keys, hashed, ratios)
+    for members, p, h in zip(components, pinned, hashed):
+        for i in members:
+            records[i].split = p or h
     if summary.overridden:
         log.warning("%d record(s) in %d recording/artist component(s) had conflicting official splits and "
                     "were moved to their component's most held-out split", summary.overridden,

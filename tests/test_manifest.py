@@ -190,6 +190,16 @@ def test_keep_official_splits_pins_components_and_resolves_conflicts():
     assert split_counts(fresh)["train"] > 100
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_tiny_manifests_still_get_every_split(seed):
+    records = make_records("a", 40, artists=4)
+    summary = assign_splits(records, seed=seed)
+    assert all(split_counts(records)[s] > 0 for s in ("train", "val", "test"))
+    assert summary.components == 4
+    big = make_records("a", 3000, artists=600)
+    assert assign_splits(big, seed=seed).filled == 0   # nothing moves once there are enough components
+
+
 def test_group_roundtrips_and_defaults_to_the_record(tmp_path):
     from musiccli.manifest import group_of, jamendo_group
 
