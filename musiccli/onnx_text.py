@@ -116,7 +116,8 @@ def _set_eager_attention(backbone) -> None:
     backbone.config._attn_implementation = "eager"
 
 
-def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] | None = None) -> tuple[Path, float]:
+def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] | None = None,
+                     training: dict[str, Any] | None = None) -> tuple[Path, float]:
     """Write ``out/onnx/`` for a ``TextEmbedder``; returns (model.onnx path, max abs diff vs PyTorch).
 
     ``weights`` is the checkpoint's identity (``weights_identity``), recorded so that search can
@@ -169,7 +170,7 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
             "audio_stats": f"audio_mean / audio_std in {STATS_FILE}; "
                            "retrieval audio = normalize((audio - audio_mean) / audio_std)",
             "audio_side": "head" if audio_heads else "standardize",
-            "weights": weights, "max_abs_diff_vs_pytorch": diff,
+            "weights": weights, "max_abs_diff_vs_pytorch": diff, "training_data": training or {},
         })
         final = out / "onnx"
         replace_dir(tmp, final)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_MAP_POINTS = 1500        # tracks in the 2-D map (t-SNE is O(N^2) on a CPU)
 MAX_UNMATCHED = 50_000
 MAX_LEGEND = 12
-RETRIEVAL_METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")
+RETRIEVAL_METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0")
 
 
 def _plt():
@@ -47,15 +47,14 @@ def _save(fig, path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the pictures
-def cosine_pairs(audio: np.ndarray, text: np.ndarray, query_text: np.ndarray, track_texts: list[np.ndarray],
+def cosine_pairs(audio: np.ndarray, text: np.ndarray, item_texts: list[np.ndarray],
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(matched, unmatched) cosines: each track with its main caption; with captions that are not its own."""
+    """(matched, unmatched) cosines: each track with its own captions; with captions that are not its own."""
     sim = audio @ text.T                                       # [tracks, texts]
-    matched = sim[np.arange(len(audio)), query_text]
     own = np.zeros(sim.shape, dtype=bool)
-    for j, t in enumerate(track_texts):
+    for j, t in enumerate(item_texts):
         own[j, t] = True
-    unmatched = sim[~own]
+    matched, unmatched = sim[own], sim[~own]
     if unmatched.size > MAX_UNMATCHED:
         unmatched = np.random.default_rng(seed).choice(unmatched, MAX_UNMATCHED, replace=False)
     return matched, unmatched
@@ -255,30 +254,30 @@ def write_html(path: Path, report: dict[str, Any], pictures: list[tuple[str, Pat
     return path
 
 
-def write_eval_plots(out_dir: Path, report: dict[str, Any], audio: np.ndarray, text: np.ndarray,
-                     query_text: np.ndarray, text_tracks: list[np.ndarray], track_texts: list[np.ndarray],
-                     color: tuple[str, list[str | None]], seed: int = 0) -> Path:
+def write_eval_plots(out_dir: Path, report: dict[str, Any], audio: np.ndarray, text: np.ndarray, relevance,
+                     main_text: np.ndarray, color: tuple[str, list[str | None]], seed: int = 0) -> Path:
     """All pictures of one evaluation of the model plus ``report.html``; returns the page's path.
 
-    ``audio`` [tracks, D] and ``text`` [distinct captions, D] are the model's unit vectors.
+    ``audio`` [tracks, D] and ``text`` [distinct captions, D] are the model's unit vectors;
+    ``relevance`` is the evaluation's ``retrieval.Relevance``; ``main_text`` [tracks] the index of
+    each track's main caption in ``text``.
     """
-    from .metrics import ranks_multi
+    from .retrieval import rank_queries
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pics: list[tuple[str, Path]] = []
-    matched, unmatched = cosine_pairs(audio, text, query_text, track_texts, seed)
+    matched, unmatched = cosine_pairs(audio, text, relevance.item_texts, seed)
     pics.append(("Cosine distributions", plot_cosines(matched, unmatched, out_dir / "cosine.png")))
     if len(audio) >= 5:
-        pics.append((f"2-D map by {color[0]}", plot_map(audio, text[query_text], color[1], color[0],
+        pics.append((f"2-D map by {color[0]}", plot_map(audio, text[main_text], color[1], color[0],
                                                          out_dir / "map.png", seed)))
     roc = plot_tag_roc(report.get("results", {}).get("model", {}).get("tags", {}).get("per_tag_roc_auc") or {},
                        out_dir / "tag_roc.png")
     if roc is not None:
         pics.append(("Per-tag ROC-AUC", roc))
-    sim = text @ audio.T
-    t2m = ranks_multi(sim[query_text], [text_tracks[t] for t in query_text])
-    m2t = ranks_multi(np.ascontiguousarray(sim.T), track_texts)
+    t2m = rank_queries(text[relevance.queries], audio, relevance.query_items).first
+    m2t = rank_queries(audio, text, relevance.item_texts).first
     pics.append(("Recall at K", plot_recall({"text->music": (t2m, audio.shape[0]),
                                              "music->text": (m2t, text.shape[0])}, out_dir / "recall_at_k.png")))
     for name, f in (report.get("zero_shot") or {}).get("fields", {}).items():

@@ -88,6 +88,8 @@ def command(
                  + f"; query encoded with {result.query_runtime}")
     for note in result.notes:
         app.out.info(note)
+    for line in result.warnings:
+        app.out.warn(line)
     rows = []
     for h in result.hits:
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
