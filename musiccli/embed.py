@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from . import store
-from .audio import decode, frame_windows, repeat_pad, window_starts
+from .audio import decode_windows, frame_with_context
 from .encoders import AGGREGATIONS, AudioEncoder, EncoderOptions, aggregate, build_encoder, get_spec
 from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
@@ -268,8 +268,9 @@ class _TrackDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None]:
         chunk, id_, path = self.items[i]
         try:
-            wave, _ = decode(path, self.sample_rate)
-            return chunk, id_, _frame(wave, self.window, self.hop, self.max_windows, self.context), None
+            # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
+            windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context)
+            return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the stage
@@ -277,14 +278,8 @@ class _TrackDataset(torch.utils.data.Dataset):
 
 
 def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int) -> np.ndarray:
-    """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start)."""
-    if not context:
-        return frame_windows(wave, window, hop, max_windows)
-    wave = repeat_pad(wave, window)
-    starts = window_starts(wave.shape[-1], window, hop, max_windows)
-    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False)])
-    # Window s spans padded[s + context : s + context + window]; its context the `context` samples before.
-    return np.stack([padded[s:s + context + window] for s in starts])
+    """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
+    return frame_with_context(wave, window, hop, max_windows, context)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:

@@ -95,7 +95,7 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
     """Tags and duration of one file, with file/folder-name fallbacks; raises MtxError if it is not audio."""
     import mutagen
 
-    from ..audio import AudioError, audio_info
+    from ..audio import AudioError, audio_info, container_tags
 
     tags, duration = None, None
     try:
@@ -107,6 +107,9 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
         tags = f.tags
         length = getattr(getattr(f, "info", None), "length", None)
         duration = float(length) if length and length > 0 else None
+    if not any(_first(tags, k) for k in ("artist", "title", "album", "genre")):
+        # mutagen reads no RIFF INFO chunk (tagged WAVs) and no Matroska/WebM tags: ask FFmpeg.
+        tags = container_tags(path) or tags
     if duration is None:
         try:
             duration = audio_info(path).duration
