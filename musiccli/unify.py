@@ -3,8 +3,9 @@
 Steps: parse each source (``Source.records``), cached per source under
 ``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
 unify resumes without re-parsing; make ids unique across sources; drop records
-whose audio is missing (a cheap existence check, no decoding) or whose duration is
-out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
+whose audio is missing (a cheap existence check, no decoding), that the source's
+last complete ``verify`` of the same download found corrupt, truncated or of the wrong
+duration, or whose duration is out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
 (``manifest.assign_splits``); write with ``manifest.write_manifest``.
 """
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MISSING_EXAMPLES = 5
+# Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
+# different sample rate still decodes, so those stay in).
+VERIFY_REJECTS = ("corrupt", "wrong_duration")
 
 
 @dataclass
@@ -68,6 +72,8 @@ class UnifyResult:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0                 # left out because `mtx verify` flagged their file
+    failed_verify_examples: list[str] = field(default_factory=list)
     parsed: int = 0
     dry_run: bool = False
     skipped: bool = False
@@ -87,6 +93,8 @@ class Filtered:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0
+    failed_verify_examples: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -102,9 +110,17 @@ def prefix_ids(records: Sequence[Record], source: str) -> list[Record]:
 
 
 def filter_records(records: Sequence[Record], min_duration: float | None, max_duration: float | None,
-                   check_audio: bool = True) -> Filtered:
+                   check_audio: bool = True, rejected: dict[str, str] | None = None) -> Filtered:
+    """Drop records without audio, with a file verify rejected (``rejected``: audio path -> why), or out of range."""
     out = Filtered(records=[])
+    rejected = rejected or {}
     for r in records:
+        why = rejected.get(os.path.normpath(r.audio_path))
+        if why is not None:
+            out.failed_verify += 1
+            if len(out.failed_verify_examples) < MISSING_EXAMPLES:
+                out.failed_verify_examples.append(f"{r.id}: {why}")
+            continue
         if check_audio and not os.path.exists(r.audio_path):
             out.missing_audio += 1
             if len(out.missing_examples) < MISSING_EXAMPLES:
@@ -198,6 +214,22 @@ def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:
     return names
 
 
+def verify_rejects(state: StateDir, name: str, identity: dict[str, Any]) -> dict[str, str]:
+    """Audio paths the last complete ``mtx verify`` of this very download rejected -> problem and detail.
+
+    Read from verify's stage record (the state contract), and only when it checked the dataset
+    as it is now: a re-download changes the ledger identity, and an older verdict is ignored.
+    """
+    record = load_stage(state, f"verify:{name}")
+    if record is None or record.status != StageStatus.COMPLETE.value:
+        return {}
+    if any(record.config.get(k) != v for k, v in identity.items()):
+        log.info("%s: the last verify checked an older download; its verdicts are not used", name)
+        return {}
+    return {os.path.normpath(str(b["path"])): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
+            for b in record.result.get("bad", []) if b.get("problem") in VERIFY_REJECTS}
+
+
 # --------------------------------------------------------------------------- stage
 def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = None) -> UnifyResult:
     progress = progress or NullProgress()
@@ -208,6 +240,10 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "dry_run", "name", "datasets")}
     config["datasets"] = names
     config["inputs"] = identities
+    rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
+    if rejected:
+        # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
+        config["verify_rejects"] = config_hash(sorted(rejected))
 
     run = None
     if not cfg.dry_run:
@@ -231,7 +267,10 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             progress.check_interrupt()
 
     _check_unique(parsed)
-    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
+    if filtered.failed_verify:
+        log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
+                    "are left out, e.g. %s", filtered.failed_verify, filtered.failed_verify_examples[0])
     if filtered.missing_audio:
         log.warning("%d record(s) have no audio file and are left out, e.g. %s", filtered.missing_audio,
                     filtered.missing_examples[0])
@@ -242,7 +281,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     chosen = select_and_split(filtered.records, cfg)
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
-                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run)
+                         dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
+                         failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
+                         dry_run=cfg.dry_run)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ._context import get_ctx
 from ._options import Continue, Force, JsonOut, Seed
@@ -69,7 +70,12 @@ def command(
     if result.missing_audio:
         app.out.info(f"[yellow]{result.missing_audio} record(s) without an audio file were left out[/], e.g.:")
         for example in result.missing_examples:
-            app.out.info(f"  {example}")
+            app.out.info(f"  {escape(example)}")
+    if result.failed_verify:
+        app.out.info(f"[yellow]{result.failed_verify} record(s) whose file `mtx verify` rejected were left out[/], "
+                     "e.g.:")
+        for example in result.failed_verify_examples:
+            app.out.info(f"  {escape(example)}")
     if result.dropped_duration:
         app.out.info(f"{result.dropped_duration} record(s) outside the duration range were left out")
     if result.dry_run:
