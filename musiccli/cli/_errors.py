@@ -32,6 +32,18 @@ class MtxGroup(TyperGroup):
     def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # keep the pipeline order, not alphabetical
 
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            escape_help(cmd)
+        return cmd
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        escape_help(self)
+        for cmd in self.commands.values():
+            escape_help(cmd)
+        super().format_help(ctx, formatter)
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -54,6 +66,24 @@ class MtxGroup(TyperGroup):
             _out(ctx).error(f"internal error: {type(e).__name__}: {e}",
                             "rerun with --debug for the traceback, and please report it")
             ctx.exit(1)
+
+
+def escape_help(cmd: Any) -> None:
+    """Escape Rich markup in a command's help texts once, so "[train] epochs = 20" prints as written.
+
+    Typer renders help with ``rich_markup_mode="rich"``, which would eat any bracketed text.
+    """
+    if getattr(cmd, "_mtx_help_escaped", False):
+        return
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        if getattr(cmd, attr, None):
+            setattr(cmd, attr, escape(getattr(cmd, attr)))
+    for param in getattr(cmd, "params", []):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    cmd._mtx_help_escaped = True
 
 
 def _app_ctx(ctx: typer.Context):

@@ -116,5 +116,27 @@ def _register() -> None:
 _register()
 
 
+def _quiet_broken_pipe(console=None) -> None:
+    """The reader of our stdout went away (`mtx --help | head -3`): stop writing and exit 0, silently."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
+    except (OSError, ValueError):
+        pass
+    if console is not None:
+        console.quiet = True
+    raise SystemExit(0)
+
+
 def main() -> None:
-    app(prog_name="mtx")
+    from rich.console import Console
+
+    # Rich's default for a broken pipe is exit 1; for a CLI whose output is piped into head, that
+    # is a normal end, not an error.
+    Console.on_broken_pipe = _quiet_broken_pipe
+    try:
+        app(prog_name="mtx")
+    except BrokenPipeError:
+        _quiet_broken_pipe()

@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
+from .. import names
+from ..names import listed
 from ._options import Continue, Force, JsonOut, _complete_sources
 from ._output import make_table
 
 
 def command(
     ctx: typer.Context,
-    source: Annotated[str | None, typer.Argument(help="Dataset source (e.g. synth); omit with --phase or --stats.",
+    source: Annotated[str | None, typer.Argument(help=f"Dataset source: {listed(names.SOURCES)}; omit with --phase or --stats.",
                                                  autocompletion=_complete_sources, show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="synth: number of clips.")] = 1000,
     duration: Annotated[float, typer.Option("--duration", min=0.1, help="synth: seconds per clip.")] = 10.0,

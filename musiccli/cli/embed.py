@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._context import AppContext, get_ctx
-from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision
+from .. import names
+from ..names import completer
+from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision,
+                       _complete_aggregations)
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ def command(
     aggregation: Annotated[str | None, typer.Option(
         "--aggregation", help="mean, stats ([mean, robust_sigma, dmean], 3x dim) or none (keep windows) "
                               "[default: the encoder's].",
-        autocompletion=lambda incomplete: ["mean", "stats", "none"])] = None,
+        autocompletion=_complete_aggregations)] = None,
     window: Annotated[float | None, typer.Option("--window", min=0.0, help="Window length in seconds "
                                                                            "[default: the encoder's].")] = None,
     hop: Annotated[float | None, typer.Option("--hop", min=0.0, help="Hop between windows in seconds "
@@ -69,11 +72,11 @@ def command(
                                                     help="At most this many windows per track, spread evenly "
                                                          "over the whole track.")] = None,
     batch_size: BatchSize = 64,
-    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0,
+    num_workers: Annotated[int | None, typer.Option("--workers", "--num-workers", min=0,
                                                     help="Decoding worker processes [default: 2 on CPU, up to "
                                                          "8 with a GPU].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32 or float16.",
-                                       autocompletion=lambda incomplete: ["float32", "float16"])] = "float32",
+                                       autocompletion=completer(names.DTYPES))] = "float32",
     device: Device = "auto",
     precision: Precision = "auto",
     shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard K of N (K/N); the last shard "

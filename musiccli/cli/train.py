@@ -7,18 +7,15 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Seed
+from .. import names
+from ..names import listed
+from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Seed,
+                       _complete_backbones, _complete_losses)
 from ._output import make_table
 
-# Kept in sync with musiccli.training.losses.LOSSES by a test; importing the registry here
+# musiccli.names mirrors the LOSSES registry (checked by a test); importing the registry here
 # would pull torch into `mtx --help`.
-LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
-
-
-def _complete_losses(incomplete: str) -> list[str]:
-    from ..training.losses import LOSSES
-
-    return [n for n in LOSSES if n.startswith(incomplete)]
+LOSS_NAMES = names.LOSSES
 
 
 def command(
@@ -27,12 +24,13 @@ def command(
     manifest: Manifest = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")]
     = None,
-    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm, roberta, distilbert, "
-                                               "a Hub id or a local path.")] = "minilm",
+    text_backbone: Annotated[str, typer.Option("--text-backbone", help=f"{', '.join(names.TEXT_BACKBONES)}, "
+                                               "a Hub id or a local path.",
+                                               autocompletion=_complete_backbones)] = "minilm",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
     batch_size: BatchSize = 64,
     lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (the head uses 10x).")] = 5e-5,
-    loss: Annotated[str, typer.Option("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}.",
+    loss: Annotated[str, typer.Option("--loss", help=f"Loss: {listed(LOSS_NAMES)}.",
                                       autocompletion=_complete_losses)] = "combined",
     temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
     learn_temperature: Annotated[bool, typer.Option("--learn-temperature",
