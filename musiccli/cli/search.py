@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import Device, JsonOut, Manifest, Run, _complete_encoders
-from ._output import make_table
+from .. import names
+from ..names import completer, listed
+from ._options import Device, JsonOut, Manifest, Run
+from ._output import escape, make_table
 
 MAX_TAGS = 4
 
@@ -31,8 +33,9 @@ def command(
                                    "text tower (clap, muq), no training needed.",
         autocompletion=lambda incomplete: ["run", "native"])] = "run",
     audio_encoder: Annotated[str | None, typer.Option(
-        "--audio-encoder", "-e", help="With --text-model native: whose text tower and embeddings (clap, muq).",
-        autocompletion=_complete_encoders)] = None,
+        "--audio-encoder", "-e", help="With --text-model native: whose text tower and embeddings "
+                                      f"({listed(names.NATIVE_TEXT_ENCODERS)}).",
+        autocompletion=completer(names.NATIVE_TEXT_ENCODERS))] = None,
     manifest: Manifest = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="With --text-model native: tower checkpoint (Hub id or path); default: the one the "
@@ -40,8 +43,12 @@ def command(
     index: Annotated[str | None, typer.Option("--index", "-i", help="Index name; default <run>--<manifest> "
                                                                       "(native: native-<encoder>--<manifest>).",
                                               autocompletion=_complete_indexes)] = None,
-    m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
-    device: Device = "cpu",
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="With a run: best or latest (default: best if saved).",
+        autocompletion=completer(names.CHECKPOINTS))] = None,
+    m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist "
+                                                           "(missing folders are created).")] = None,
+    device: Device = "auto",
     cont: Annotated[bool, typer.Option("--continue", help="Finish an interrupted index build, then search.")
                     ] = False,
     force: Annotated[bool, typer.Option("--force", "--rebuild", help="Rebuild the index before searching.")
@@ -53,24 +60,27 @@ def command(
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
+    if m3u is not None and m3u.is_dir():
+        raise typer.BadParameter(f"{m3u} is a directory; give the playlist's file name, e.g. {m3u / 'results.m3u'}",
+                                 param_hint="--m3u")
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
-                       resume=resume)
+                       checkpoint=checkpoint, resume=resume)
     with app.progress(resume_hint=f"mtx search {query!r} --continue") as progress:
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \
         f"the native {result.encoder} text tower ({result.model_id})"
-    app.out.info(f"using {source}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
+    app.out.info(escape(f"using {source}, index {result.index}") + (" (rebuilt)" if result.rebuilt else ""))
     rows = []
     for h in result.hits:
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]
         tags = ", ".join(h["tags"][:MAX_TAGS]) + (", ..." if len(h["tags"]) > MAX_TAGS else "")
         rows.append([h["rank"], round(h["score"], 4), name, h["dataset"] or "", tags, h["audio_path"] or ""])
-    table = make_table(f"\"{query}\"", ["rank", "score", "track", "dataset", "tags", "path"], rows)
+    table = make_table(escape(f"\"{query}\""), ["rank", "score", "track", "dataset", "tags", "path"], rows)
     for col in table.columns:
         col.overflow = "fold"   # wrap long titles and paths instead of cutting them off with "..."
     app.out.table(table)
     if m3u is not None:
-        app.out.info(f"playlist: {write_m3u(m3u, result.hits)}")
+        app.out.info(f"playlist: {escape(str(write_m3u(m3u, result.hits)))}")
     app.out.result(result)

@@ -18,6 +18,12 @@ from ._output import make_table
 LOSS_NAMES = names.LOSSES
 
 
+def _positive(value: float) -> float:
+    if not value > 0:  # also refuses NaN
+        raise typer.BadParameter(f"must be a positive number (got {value})")
+    return value
+
+
 def command(
     ctx: typer.Context,
     audio_encoder: AudioEncoder,
@@ -29,7 +35,8 @@ def command(
                                                autocompletion=_complete_backbones)] = "minilm",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
     batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (the head uses 10x).")] = 5e-5,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (the head uses 10x).",
+                                      callback=_positive)] = 5e-5,
     loss: Annotated[str, typer.Option("--loss", help=f"Loss: {listed(LOSS_NAMES)}.",
                                       autocompletion=_complete_losses)] = "combined",
     temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
