@@ -95,6 +95,7 @@ class EmbedConfig:
     chunk_tracks: int = 128              # tracks per committed part
     tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
     encoder_options: dict[str, str] = field(default_factory=dict)  # --encoder-option KEY=VALUE
+    trust_remote_code: bool = False      # let a model run code from its repo (MERT); never the default
     resume: Resume = Resume.FRESH
 
 
@@ -208,6 +209,7 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
         log.info("%s", runtime.describe())
     encoder = build_encoder(spec.name, EncoderOptions(model=cfg.model, layers=cfg.layers,
                                                       cache_dir=state.root / "models",
+                                                      trust_remote_code=cfg.trust_remote_code,
                                                       extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
     window = cfg.window or spec.window_s

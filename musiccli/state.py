@@ -51,6 +51,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    # mkstemp creates 0600; a playlist, manifest or export must be readable as the umask allows
+    # (a media server running as another user), like a file written with open().
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError:
+        pass
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -60,6 +66,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; put it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

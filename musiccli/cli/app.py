@@ -94,6 +94,19 @@ def _map_config(path: Path, data: dict, group) -> dict:
     return out
 
 
+class _RedactFilter(logging.Filter):
+    """URLs in log lines lose their credentials (musiccli.redact), whoever logged them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..redact import redact_text
+
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def _setup_logging(app_ctx: AppContext) -> None:
     from rich.logging import RichHandler
 
@@ -105,6 +118,7 @@ def _setup_logging(app_ctx: AppContext) -> None:
     handler = RichHandler(console=app_ctx.out.err, show_time=False, show_path=app_ctx.debug,
                           show_level=app_ctx.debug or app_ctx.verbose, markup=False, rich_tracebacks=app_ctx.debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_RedactFilter())
     pkg = logging.getLogger("musiccli")
     pkg.handlers[:] = [handler]
     pkg.setLevel(level)

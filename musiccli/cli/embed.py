@@ -86,6 +86,10 @@ def command(
     tags: Annotated[bool, typer.Option("--tags", help="Also store zero-shot tag probabilities per track "
                                                       "(tag_probs; encoders with a tagger, e.g. musicnn) "
                                                       "and show the top tags.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Let the model run Python code from its own repository. MERT needs it "
+                                    "(the official m-a-p/MERT-v1-* checkpoints ship their model code); "
+                                    "off by default, use it only for repos you trust.")] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -106,6 +110,7 @@ def command(
         aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
+        trust_remote_code=trust_remote_code,
         resume=Resume.from_flags(cont, force),
     )
     hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"

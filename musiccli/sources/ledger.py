@@ -74,7 +74,9 @@ class Ledger:
                                  bytes=nbytes))
 
     def failed(self, id: str, reason: str) -> None:
-        self._append(LedgerEntry(id=id, status=FAILED, reason=reason))
+        from ..redact import redact_text
+
+        self._append(LedgerEntry(id=id, status=FAILED, reason=redact_text(reason)))  # reasons may quote URLs
 
     def pending(self, id: str) -> None:
         self._append(LedgerEntry(id=id, status=PENDING))

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..errors import MtxError
+
 from ..state import TMP_PREFIX, atomic_write_json, atomic_write_text, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,26 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any] | None:
     path = ckpt_dir / TRAINER_STATE
     if not path.exists():
         return None
-    # Our own file: it holds RNG states (python tuples, numpy arrays), so not weights_only.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # A run folder may come from elsewhere (a restored or shared state dir): never unpickle arbitrary
+    # objects. The state is tensors and plain data plus numpy's RNG state, whose array types are allowed.
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MtxError(f"{path} holds objects other than tensors and plain data; refusing to load it "
+                       f"({str(e).splitlines()[-1][:160] if str(e) else 'unpickling refused'})",
+                       hint="train this run again with --force") from None
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy types inside ``np.random.get_state()`` (an ndarray of uint32), for weights_only loading."""
+    import numpy as np
+
+    reconstruct = getattr(getattr(np, "_core", np.core), "multiarray")._reconstruct
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.int64)),
+            type(np.dtype(np.float64))]
 
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
