@@ -67,8 +67,8 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, diff_configs, read_json,
-                    to_jsonable)
+from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs,
+                    read_json, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,10 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
                            n_ok=0, n_failed=0, skipped=True)
 
     start = time.perf_counter()
+    if plan.dist.is_main:
+        # Temp files of a run that died mid-write (a part, or the store being assembled).
+        for folder in (plan.path.parent, store.parts_dir(plan.path)):
+            clean_stale_temps(folder)
     done = store.committed_parts(plan.path)
     mine = [c for c in range(plan.n_chunks) if plan.owns(c)]
     todo = [c for c in mine if c not in done]

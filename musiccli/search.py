@@ -39,7 +39,7 @@ from .errors import MtxError, unknown_choice
 from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .progress import NullProgress, Progress
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
-                    read_json)
+                    clean_stale_temps, read_json)
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
     d = state.index_dir(name)
     d.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(d)                        # .tmp-items.json.*, .tmp-vectors.npy.* of a build that died
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
     log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
     with EmbeddingStore(store_path) as store:

@@ -177,15 +177,27 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             log.info("%s: using %d parsed records from the cache", name, len(data))
-            return [Record.from_dict(d, where=path.name) for d in data]
+            records = [Record.from_dict(d, where=path.name) for d in data]
+            for r in records:  # stored relative to the state dir, so a moved state dir reuses the cache
+                r.audio_path = str(state.root / r.audio_path) if not os.path.isabs(r.audio_path) else r.audio_path
+            return records
         except (json.JSONDecodeError, MtxError):
             log.warning("%s: parse cache %s is unreadable; parsing again", name, path)
     source = resolve_source(name)
     records = prefix_ids(source.records(state.dataset_dir(name)), name)
     if write_cache:
         # One committed unit per source: the cache file appears atomically or not at all.
-        atomic_write_text(path, json.dumps([r.to_dict() for r in records], ensure_ascii=False))
+        atomic_write_text(path, json.dumps([{**r.to_dict(), "audio_path": _under_root(r.audio_path, state.root)}
+                                            for r in records], ensure_ascii=False))
     return records
+
+
+def _under_root(audio_path: str, root: Path) -> str:
+    """``audio_path`` relative to the state dir when it lies inside it, else unchanged."""
+    try:
+        return Path(audio_path).relative_to(root).as_posix()
+    except ValueError:
+        return audio_path
 
 
 def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:

@@ -212,3 +212,49 @@ def test_user_data_with_markup_is_printed_as_written(tmp_path: Path, monkeypatch
 def test_usage_errors_name_the_flag(tmp_path: Path, args: list[str], flag: str) -> None:
     r = mtx(tmp_path / "state", *[a.replace("{tmp}", str(tmp_path)) for a in args])
     one_clear_line(r, 2, flag)
+
+
+def test_temp_files_of_dead_processes_are_cleaned_on_resume(synth_state: Path, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from musiccli import store
+    from musiccli.state import STALE_TMP_SECONDS, atomic_path, clean_stale_temps
+
+    out = synth_state / "embeddings" / "dsp" / "lib.h5"
+    parts = store.parts_dir(out)
+    parts.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftovers = [out.parent / f".tmp-lib.h5.{dead}.abcd1234", parts / f".tmp-part-000000.h5.{dead}.zz__9988",
+                 out.parent / ".tmp-lib.h5.k2j3h4g5"]          # old form, no pid: cleaned once old
+    for p in leftovers:
+        p.write_bytes(b"x" * 1000)
+    old = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(leftovers[2], (old, old))
+    live = out.parent / f".tmp-lib.h5.{os.getpid()}.live0000"  # a writer that is still running: kept
+    live.write_bytes(b"y")
+    partial = out.parent / ".tmp-audio.zip.part"                 # a resumable download: kept
+    partial.write_bytes(b"z")
+    r = mtx(synth_state, "embed", "--manifest", "lib", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    assert not any(p.exists() for p in leftovers)
+    assert live.exists() and partial.exists()
+    # atomic_path names its temp files with the writer's pid, which is what makes this possible.
+    with atomic_path(synth_state / "x.json") as tmp:
+        assert f".{os.getpid()}." in tmp.name
+        tmp.write_text("{}")
+    assert clean_stale_temps(synth_state) == 0
+
+
+def test_unify_again_after_moving_the_state_dir(synth_state: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.move(str(synth_state), moved)
+    r = mtx(moved, "unify", "--name", "again")
+    assert r.exit_code == 0, r.output
+    from musiccli.manifest import read_manifest
+
+    records = read_manifest(moved / "manifests" / "again.json")
+    assert len(records) == 12 and all(Path(x.audio_path).is_file() for x in records)
