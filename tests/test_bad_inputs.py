@@ -258,3 +258,26 @@ def test_unify_again_after_moving_the_state_dir(synth_state: Path, tmp_path: Pat
 
     records = read_manifest(moved / "manifests" / "again.json")
     assert len(records) == 12 and all(Path(x.audio_path).is_file() for x in records)
+
+
+def test_train_with_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    from musiccli.cli._errors import system_error
+    from musiccli.training.checkpoint import write_checkpoint_dir
+
+    run = tmp_path / "run"
+    write_checkpoint_dir(run, "latest", lambda d: (d / "model.safetensors").write_bytes(b"good"))
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(d: Path) -> None:
+        (d / "model.safetensors").write_bytes(b"ha")  # half written, then the disk is full
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    with pytest.raises(SafetensorError) as e:
+        write_checkpoint_dir(run, "latest", full)
+    assert (run / "latest" / "model.safetensors").read_bytes() == b"good"
+    assert [p.name for p in run.iterdir()] == ["latest"]
+    message, hint = system_error(e.value, tmp_path)
+    assert message.startswith("no space left on device") and "--continue" in hint
