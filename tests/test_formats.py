@@ -24,6 +24,7 @@ FORMATS = [
     ("aac.m4a", "ipod", "aac", SR, "fltp"),
     ("alac.m4a", "ipod", "alac", SR, "s16p"),
     ("tone.opus", "ogg", "libopus", 48000, "flt"),
+    ("clip.webm", "webm", "libopus", 48000, "flt"),   # YouTube audio (MusicCaps without ffmpeg)
 ]
 
 
@@ -88,6 +89,7 @@ def test_libsndfile_stays_the_fast_path(library: Path) -> None:
     assert audio.backend_for(library / "tone.flac") == "soundfile"
     assert audio.backend_for(library / "aac.m4a") == "av"
     assert audio.backend_for(library / "alac.m4a") == "av"
+    assert audio.backend_for(library / "clip.webm") == "av"
 
 
 @pytest.mark.parametrize("name", ["tone.flac", "alac.m4a", "aac.m4a", "tone.opus"])
