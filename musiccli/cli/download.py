@@ -11,7 +11,7 @@ from ._context import get_ctx
 from .. import names
 from ..names import listed
 from ._options import Continue, Force, JsonOut, _complete_sources
-from ._output import make_table
+from ._output import escape, make_table
 
 
 def command(
@@ -57,7 +57,7 @@ def command(
     if stats:
         rows = dataset_stats(app.state)
         if not rows:
-            app.out.info(f"no datasets downloaded in {app.state.root / 'datasets'}")
+            app.out.info(f"no datasets downloaded in {escape(str(app.state.root / 'datasets'))}")
         app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "GB", "hours"],
                                  [[r.source, r.items, r.ok, r.failed, r.gb,
                                    r.hours if r.hours is not None else "?"] for r in rows]))
@@ -83,7 +83,7 @@ def command(
                                "already complete" if r.skipped else "failed items" if r.failed else "done"]
                               for r in results]))
     for r in results:
-        app.out.info(f"{r.source}: {r.root}")
+        app.out.info(f"{r.source}: {escape(str(r.root))}")
     app.out.result(results)
     failed = [r for r in results if r.failed]
     if failed:

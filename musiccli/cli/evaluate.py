@@ -8,7 +8,7 @@ import typer
 
 from ._context import get_ctx
 from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
-from ._output import make_table
+from ._output import escape, make_table
 
 METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")
 
@@ -58,7 +58,7 @@ def command(
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
         if r is not None:
             app.out.info(f"{d.replace('_', ' ')}: model R@10 is {r:.2f}x random")
-    app.out.info(f"report: {result.path}")
+    app.out.info(f"report: {escape(str(result.path))}")
     app.out.result(rep)
 
 

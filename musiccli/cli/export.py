@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
+from ._output import escape
 from ._options import Continue, Force, JsonOut, Run
 
 
@@ -36,7 +37,7 @@ def command(
         app.out.info(f"export of run {result.run} ({result.checkpoint}) is up to date")
     for fmt in FORMATS:
         if fmt in result.paths:
-            app.out.info(f"{fmt}: {result.paths[fmt]}")
+            app.out.info(f"{fmt}: {escape(str(result.paths[fmt]))}")
     if result.onnx_max_abs_diff is not None:
         app.out.info(f"ONNX max abs diff vs PyTorch: {result.onnx_max_abs_diff:.2g}")
     app.out.result(result)

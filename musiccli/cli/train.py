@@ -11,7 +11,7 @@ from .. import names
 from ..names import listed
 from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Seed,
                        _complete_backbones, _complete_losses)
-from ._output import make_table
+from ._output import escape, make_table
 
 # musiccli.names mirrors the LOSSES registry (checked by a test); importing the registry here
 # would pull torch into `mtx --help`.
@@ -97,5 +97,5 @@ def command(
     if result.stopped_early:
         rows.append(["stopped early", "yes (patience)"])
     app.out.table(make_table("Training", ["", "value"], rows))
-    app.out.info(f"saved to {result.run_dir}")
+    app.out.info(f"saved to {escape(str(result.run_dir))}")
     app.out.result(result)

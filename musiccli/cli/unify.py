@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from ._context import get_ctx
 from ._options import Continue, Force, JsonOut, Seed
-from ._output import make_table
+from ._output import escape, make_table
 
 
 def _split_list(values: list[str] | None) -> list[str] | None:
@@ -81,7 +80,7 @@ def command(
     if result.dry_run:
         app.out.info("dry run: nothing was written")
     elif result.skipped:
-        app.out.info(f"already up to date: {result.path} (use --force to rebuild it)")
+        app.out.info(f"already up to date: {escape(result.path)} (use --force to rebuild it)")
     else:
-        app.out.info(f"wrote {result.records:,} records to {result.path}")
+        app.out.info(f"wrote {result.records:,} records to {escape(result.path)}")
     app.out.result(result)
