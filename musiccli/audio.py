@@ -371,9 +371,18 @@ def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_
         starts = window_starts(n, window, hop, max_windows)
         needed = len(starts) * (context + window + 2 * _RESAMPLE_MARGIN)
         if n >= window and needed < n // 2:
-            return _windows_from_spans(path, info, target_sr, starts, window, context)
+            try:
+                return _windows_from_spans(path, info, target_sr, starts, window, context)
+            except _ShorterThanHeader:
+                # The header (or a container's duration estimate) promised more audio than there is:
+                # the window grid must come from the real length, so decode the whole file once.
+                log.debug("%s is shorter than its header says; decoding it whole", path)
     wave, _ = decode(path, target_sr)
     return frame_with_context(wave, window, hop, max_windows, context)
+
+
+class _ShorterThanHeader(Exception):
+    pass
 
 
 def _windows_from_spans(path: Path, info: AudioInfo, target_sr: int, starts: list[int], window: int,
@@ -389,9 +398,8 @@ def _windows_from_spans(path: Path, info: AudioInfo, target_sr: int, starts: lis
         lo_n -= lo_n % period_in                             # on the resampler's phase grid
         hi_n = -(-hi_t * sr // target_sr) + _RESAMPLE_MARGIN
         data, _ = read_span(path, lo_n, hi_n - lo_n)
-        if data.shape[-1] == 0:
-            raise AudioError(f"no audio samples at {lo_n / sr:.2f} s in {path}",
-                             hint="the file is shorter than its header says (truncated?)")
+        if data.shape[-1] < min(hi_n, info.frames) - lo_n:
+            raise _ShorterThanHeader
         wave = _to_mono(data, True)
         if not np.isfinite(wave).all():
             raise AudioError(f"non-finite samples in {path}", hint="the file is corrupt")

@@ -159,3 +159,17 @@ def test_every_format_through_download_verify_unify_embed(library: Path, state_d
     with store.EmbeddingStore(state.embeddings_path("dsp", "lib")) as s:
         assert len(s.ids) == len(FORMATS)
         assert np.isfinite(s.rows(range(len(s)))).all()
+
+
+def test_windows_when_the_container_overstates_the_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container duration is an estimate: when it promises more than the stream holds, the windows
+    # still come from the real audio (the whole file is decoded instead of spans).
+    path = tmp_path / "long.m4a"
+    write_with_pyav(path, "ipod", "alac", SR, "s16p", {}, seconds=40.0)
+    real = audio.audio_info(path)
+    monkeypatch.setattr(audio, "audio_info", lambda p: audio.AudioInfo(
+        duration=real.duration * 2, sample_rate=real.sample_rate, channels=2, frames=real.frames * 2,
+        backend="av", exact=False))
+    whole, _ = audio.decode(path, 16000)
+    got = audio.decode_windows(path, 16000, 16000, 8000, 4)
+    np.testing.assert_allclose(got, audio.frame_windows(whole, 16000, 8000, 4), atol=1e-6)
