@@ -9,8 +9,8 @@ import typer
 from ._context import AppContext, get_ctx
 from .. import names
 from ..names import completer
-from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision,
-                       _complete_aggregations)
+from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, MaxFailureRate,
+                       Precision, _complete_aggregations)
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def command(
         "--trust-remote-code", help="Let the model run Python code from its own repository. MERT needs it "
                                     "(the official m-a-p/MERT-v1-* checkpoints ship their model code); "
                                     "off by default, use it only for repos you trust.")] = False,
+    max_failure_rate: MaxFailureRate = 0.5,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -111,7 +112,7 @@ def command(
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
         trust_remote_code=trust_remote_code,
-        resume=Resume.from_flags(cont, force),
+        max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont, force),
     )
     hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
     with app.progress(resume_hint=hint) as progress:
