@@ -201,8 +201,9 @@ def container_tags(path: Path | str) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- reading
-def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[int, int, Iterator[np.ndarray]]:
-    """(sample rate, declared frames or 0 if unknown, iterator of [n, C] float32 blocks) over the whole file.
+def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[int, int, str, Iterator[np.ndarray]]:
+    """(sample rate, declared frames or 0 if unknown, libsndfile subtype or "", iterator of [n, C] float32
+    blocks) over the whole file.
 
     For checking a file end to end without holding it in memory. Decoding errors surface
     from the iterator as :class:`AudioError`.
@@ -220,7 +221,7 @@ def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[i
                 # frame count its (Xing) header promises, which would hide the truncation.
                 while len(block := f.read(block_frames, dtype="float32", always_2d=True)):
                     yield block
-        return int(f.samplerate), int(f.frames), sf_blocks()
+        return int(f.samplerate), int(f.frames), str(f.subtype or ""), sf_blocks()
     reader = _AvReader(path)
 
     def av_blocks() -> Iterator[np.ndarray]:
@@ -228,7 +229,7 @@ def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[i
             for block in reader.blocks():
                 yield block.T
     # A container's duration is an estimate, not a frame count to hold the stream to.
-    return reader.sample_rate, 0, av_blocks()
+    return reader.sample_rate, 0, "", av_blocks()
 
 
 def read_span(path: Path | str, start: int = 0, frames: int | None = None) -> tuple[np.ndarray, int]:

@@ -68,6 +68,7 @@ class EvalReport:
     path: Path
     report: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the evaluated sources
 
 
 # --------------------------------------------------------------------------- evaluation data
@@ -201,6 +202,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     info = resolve_run(state, cfg.run)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
+    records_all = read_manifest(mpath)
+    warnings = _provenance_warnings(info, [r for r in records_all if r.split == cfg.split])
     out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
     key = eval_key(info.name, cfg.split, cfg.checkpoint)
     systems = eval_systems(info.audio_encoder, cfg.baselines)
@@ -214,13 +217,13 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                         discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
                         outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
-        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
+        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True,
+                          warnings=warnings)
 
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
     model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
-    records_all = read_manifest(mpath)
     with EmbeddingStore(emb_path) as store:
         if store.dim != model.config.out_dim:
             raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
@@ -279,7 +282,15 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         report["native_model"] = native_model
     atomic_write_json(out_path, report)
     stage.complete(result={"path": str(out_path)})
-    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report), warnings=warnings)
+
+
+def _provenance_warnings(info: RunInfo, records: Sequence[Record]) -> list[str]:
+    """The run-met-other-music line for the tracks being evaluated (returned for the CLI, not logged)."""
+    from .provenance import run_training_data, source_counts, unseen_sources_warning
+
+    line = unseen_sources_warning(info.name, run_training_data(info.meta), source_counts(records))
+    return [line] if line else []
 
 
 def _ratio(a: float, b: float) -> float | None:

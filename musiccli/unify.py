@@ -284,7 +284,8 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             for n in names:
                 _cache_path(state, n, identities[n]).unlink(missing_ok=True)
 
-        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard)
+        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard,
+                          rename_hint="choose another manifest name with --name")
         if run.already_complete:
             return UnifyResult.from_dict(run.record.result, skipped=True)
 

@@ -59,7 +59,9 @@ def command(
         if r is not None:
             app.out.info(f"{d.replace('_', ' ')}: model R@10 is {r:.2f}x random")
     app.out.info(f"report: {escape(str(result.path))}")
-    app.out.result(rep)
+    for line in result.warnings:
+        app.out.warn(line)
+    app.out.result({**rep, "warnings": result.warnings})
 
 
 def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

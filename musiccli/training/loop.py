@@ -28,6 +28,7 @@ from ..errors import Interrupted, MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
 from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
+from ..provenance import training_data
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
                        seed_everything, select_runtime)
 from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, stage_function, to_jsonable
@@ -37,6 +38,8 @@ from .data import EpochSampler, PairDataset, Split, split_pairs
 from .losses import DEFAULT_LOSS, LOSSES, LossConfig, build_loss, local_only
 
 log = logging.getLogger(__name__)
+
+RENAME_HINT = "choose another run name with --run"
 
 
 @dataclass
@@ -266,11 +269,13 @@ class _Trainer:
     def _begin_stage(self, key: str, config: dict[str, Any]) -> StageRun:
         """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
         if not self.dist.enabled:
-            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                               rename_hint=RENAME_HINT)
         main_stage: list[StageRun] = []
 
         def decide() -> tuple[bool, bool]:
-            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard))
+            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                                          rename_hint=RENAME_HINT))
             return main_stage[0].resumed, main_stage[0].already_complete
 
         resumed, complete = on_main(self.dist, decide)
@@ -392,7 +397,9 @@ class _Trainer:
                 "manifest_hash": self.manifest_hash, "text_backbone": self.cfg.text_backbone,
                 "loss": self.loss_name, "teacher": self.cfg.teacher,
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
-                "best": self.best}
+                "best": self.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_split.records)}
 
     def _write_run_json(self, status: str) -> None:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
