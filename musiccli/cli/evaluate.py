@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ._context import get_ctx
-from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
+from ._options import BatchSize, Checkpoint, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
 from ._output import escape, make_table
 
 METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")
@@ -17,7 +17,7 @@ def command(
     ctx: typer.Context,
     run: Run = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    checkpoint: Checkpoint = "best",
     manifest: Manifest = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
                                             help="Also score random and untrained baselines, and the audio "

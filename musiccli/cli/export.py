@@ -9,13 +9,13 @@ import typer
 
 from ._context import get_ctx
 from ._output import escape
-from ._options import Continue, Force, JsonOut, Run
+from ._options import Checkpoint, Continue, Force, JsonOut, Run
 
 
 def command(
     ctx: typer.Context,
     run: Run = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    checkpoint: Checkpoint = "best",
     formats: Annotated[list[str] | None, typer.Option("--format", "-f",
                                                       help="hf and/or onnx (repeatable); default both.")] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset version.")] = 17,
