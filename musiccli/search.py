@@ -43,7 +43,6 @@ from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_wri
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8192
 
 
 @dataclass
@@ -278,7 +277,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             with progress.task("Indexing", total=n, unit="tracks") as task:
-                for start, chunk in store.iter_chunks(CHUNK):
+                for start, chunk in store.iter_chunks():   # sized in bytes, whatever the dim
                     progress.check_interrupt()
                     mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
                     task.advance(len(chunk))

@@ -36,6 +36,16 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+# Reads and temporaries are sized in bytes, never in rows: 4,096 rows is 16 MB at 1,024 dims but
+# 1.3 GB at MERT's 76,800 (and five times that in float64 temporaries).
+READ_BYTES = 64 << 20
+
+
+def rows_for_bytes(bytes_per_row: int, budget: int | None = None) -> int:
+    """How many rows of ``bytes_per_row`` fit in ``budget`` (default ``READ_BYTES``; at least one)."""
+    return int(max(1, (READ_BYTES if budget is None else budget) // max(1, bytes_per_row)))
+
+
 def chunk_rows(dim: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
     return int(max(1, min(4096, target_bytes // max(1, dim * itemsize))))
 
@@ -296,21 +306,31 @@ class EmbeddingStore:
     def get(self, ids: Sequence[str]) -> np.ndarray:
         return self.rows(self.positions(ids))
 
-    def iter_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 [rows, D]) blocks in row order; ``size`` rows, by default ``READ_BYTES`` worth."""
+        size = size or rows_for_bytes(4 * self.dim)
         for start in range(0, len(self), size):
             yield start, np.asarray(self._emb[start:start + size], dtype=np.float32)
 
-    def mean_std(self, positions: np.ndarray | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and std, streamed in float64 (Chan et al. parallel merge)."""
+    def mean_std(self, positions: np.ndarray | None = None, chunk: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std, streamed in float64 (Chan et al. parallel merge).
+
+        ``chunk`` rows per read, by default as many as fit ``READ_BYTES`` with the float32 read (two
+        copies inside ``rows``) and the one float64 working copy, which is centred and squared in place.
+        """
         n = 0
         mean = np.zeros(self.dim, dtype=np.float64)
         m2 = np.zeros(self.dim, dtype=np.float64)
         sel = np.arange(len(self)) if positions is None else np.sort(np.asarray(positions))
+        chunk = chunk or rows_for_bytes(self.dim * (4 + 4 + 8))
         for s in range(0, len(sel), chunk):
             x = self.rows(sel[s:s + chunk]).astype(np.float64)
             k = len(x)
             bm = x.mean(0)
-            bm2 = ((x - bm) ** 2).sum(0)
+            x -= bm
+            np.square(x, out=x)
+            bm2 = x.sum(0)
             delta = bm - mean
             tot = n + k
             mean += delta * k / tot
@@ -348,8 +368,9 @@ class TagTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def iter_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, float32 [rows, T]) blocks of ``tag_probs`` in row order."""
+    def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 [rows, T]) blocks of ``tag_probs`` in row order; by default ``READ_BYTES`` worth."""
+        size = size or rows_for_bytes(4 * self._tags.shape[1])
         for start in range(0, len(self), size):
             yield start, np.asarray(self._tags[start:start + size], dtype=np.float32)
 

@@ -6,7 +6,8 @@ unify resumes without re-parsing; make ids unique across sources; drop records
 whose audio is missing (a cheap existence check, no decoding), that the source's
 last complete ``verify`` of the same download found corrupt, truncated or of the wrong
 duration, or whose duration is out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
-(``manifest.assign_splits``); write with ``manifest.write_manifest``.
+(``manifest.assign_splits``: connected components of recording
+group and artist, bucketed by a seeded hash); write with ``manifest.write_manifest``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
-from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
+from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
@@ -31,7 +32,7 @@ from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begi
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: records carry their recording's group key
 MISSING_EXAMPLES = 5
 # Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
 # different sample rate still decodes, so those stay in).
@@ -78,6 +79,9 @@ class UnifyResult:
     dry_run: bool = False
     skipped: bool = False
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
+    # --keep-official-splits: records moved so that no recording/artist component crosses splits
+    split_conflicts: int = 0
+    split_overridden: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
@@ -135,11 +139,10 @@ def filter_records(records: Sequence[Record], min_duration: float | None, max_du
     return out
 
 
-def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> list[Record]:
+def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> tuple[list[Record], SplitSummary]:
     chosen = sample_records(records, max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
                             samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
-    assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
-    return chosen
+    return chosen, assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
 
 
 def composition(records: Sequence[Record]) -> list[CompositionRow]:
@@ -311,12 +314,13 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
-    chosen = select_and_split(filtered.records, cfg)
+    chosen, splits = select_and_split(filtered.records, cfg)
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
                          dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
                          failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
-                         dry_run=cfg.dry_run, download_failures=download_failures)
+                         dry_run=cfg.dry_run, download_failures=download_failures,
+                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
@@ -338,7 +342,7 @@ def build_manifest(records_by_source: dict[str, list[Record]], cfg: UnifyConfig,
     parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
     _check_unique(parsed)
     filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
-    return select_and_split(filtered.records, cfg), filtered
+    return select_and_split(filtered.records, cfg)[0], filtered
 
 
 __all__ = ["UnifyConfig", "UnifyResult", "CompositionRow", "run_unify", "build_manifest"]
