@@ -95,6 +95,9 @@ def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
     """
     head = ckpt_dir / "model.safetensors"
     ident: dict[str, Any] = {"head_sha256": file_sha256(head)[:16]}
+    audio_tower = ckpt_dir / "audio_tower" / "model.safetensors"   # joint runs' trained audio tower
+    if audio_tower.exists():
+        ident["audio_tower_sha256"] = file_sha256(audio_tower)[:16]
     backbone = ckpt_dir / "backbone" / "model.safetensors"
     if backbone.exists():
         st = backbone.stat()
@@ -242,9 +245,25 @@ def _untrained_like(model, backbone: str, seed: int):
     torch.manual_seed(seed)
     fresh = TextEmbedder.from_backbone(backbone, out_dim=c.out_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
                                        pooling=c.pooling, max_length=c.max_length,
-                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation)
+                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation, space=c.space)
     fresh.audio_mean.copy_(model.audio_mean.cpu())
     fresh.audio_std.copy_(model.audio_std.cpu())
+    return fresh.eval()
+
+
+def _untrained_audio(tower, seed: int):
+    """A joint run's audio tower with a freshly initialised head (seeded), same audio stats; an
+    align run's identity tower as is (it has nothing to train)."""
+    import torch
+
+    from .encoders.towers import AudioTower
+
+    if not tower.has_head:
+        return tower
+    torch.manual_seed(seed + 1)
+    fresh = AudioTower(tower.config)
+    fresh.audio_mean.copy_(tower.audio_mean.cpu())
+    fresh.audio_std.copy_(tower.audio_std.cpu())
     return fresh.eval()
 
 
@@ -273,7 +292,7 @@ def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, b
 
 
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    from .encoders.text import TextEmbedder
+    from .encoders.towers import load_towers
     from .runtime import select_runtime
     from .store import EmbeddingStore
 
@@ -300,11 +319,13 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
-    model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
+    towers = load_towers(ckpt, device=runtime.device)
+    model = towers.text
     records_all = read_manifest(mpath)
     with EmbeddingStore(emb_path) as store:
-        if store.dim != model.config.out_dim:
-            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
+        if store.dim != towers.audio.in_dim:
+            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the run's audio tower reads "
+                           f"{towers.audio.in_dim}",
                            hint="evaluate with the manifest/encoder the run was trained on")
         in_split = [r for r in records_all if r.split == cfg.split]
         records = [r for r in in_split if store.has(r.id)]
@@ -318,7 +339,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         # The native tower must be the text half of the checkpoint that embedded these tracks.
         native_model = store.attrs.get("model_id") or None
     data = build_eval_data(records, audio_raw)
-    audio = _unit(model.audio_for_retrieval(audio_raw))
+    audio = _unit(towers.audio.audio_for_retrieval(audio_raw))
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
@@ -349,7 +370,9 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                     log.warning("untrained baseline skipped: %s", e.message)
                     notes[name] = f"skipped: {e.message}"
                 else:
-                    results[name] = score_system(data, audio, _encode(fresh, data.texts, runtime, cfg.batch_size),
+                    fresh_audio = _unit(_untrained_audio(towers.audio, cfg.seed).audio_for_retrieval(audio_raw))
+                    results[name] = score_system(data, fresh_audio,
+                                                 _encode(fresh, data.texts, runtime, cfg.batch_size),
                                                  _encode(fresh, data.tags, runtime, cfg.batch_size))
                     del fresh
             stage.update(results=to_jsonable(results), notes=notes)   # one committed unit per system

@@ -121,6 +121,17 @@ class QueryModel:
     model: Any                     # TextEmbedder | NativeTextModel
     run: RunInfo | None = None     # kind "run" only
     checkpoint: str | None = None  # kind "run" only
+    audio: Any = None              # kind "run": the run's AudioTower (identity for align, the head for joint)
+
+    @property
+    def audio_side(self) -> Any:
+        """What maps stored audio rows into the query space (``audio_for_retrieval``)."""
+        return self.audio if self.audio is not None else self.model
+
+    @property
+    def audio_dim(self) -> int | None:
+        """The stored width a run's audio tower reads (None for native towers, which slice rows)."""
+        return int(self.audio.in_dim) if self.audio is not None else None
 
     @property
     def label(self) -> str:
@@ -150,12 +161,12 @@ class QueryModel:
 
 
 def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
-    """A run's text embedder at its default checkpoint."""
-    from .encoders.text import TextEmbedder
+    """A run's two towers at its default checkpoint."""
+    from .encoders.towers import load_towers
 
     checkpoint = info.default_checkpoint()
-    model = TextEmbedder.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
-    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
+    towers = load_towers(info.checkpoint_dir(checkpoint), device=device)
+    return QueryModel("run", info.audio_encoder, towers.text, run=info, checkpoint=checkpoint, audio=towers.audio)
 
 
 def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
@@ -262,8 +273,9 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     with EmbeddingStore(store_path) as store:
         # A run predicts exactly the store's dim; a native tower reads a mean [D] or stats [3 D] row
         # (audio_for_retrieval refuses any other width with its own hint).
-        if text.run is not None and store.dim != text.dim:
-            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
+        if text.audio_dim is not None and store.dim != text.audio_dim:
+            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run's audio tower reads "
+                           f"{text.audio_dim}",
                            hint="index a library embedded with the run's audio encoder")
         n, dim = len(store), text.dim
         # Streamed chunk by chunk into a .npy memmap, so the library never needs to fit twice in RAM.
@@ -272,7 +284,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
             with progress.task("Indexing", total=n, unit="tracks") as task:
                 for start, chunk in store.iter_chunks(CHUNK):
                     progress.check_interrupt()
-                    mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
+                    mm[start:start + len(chunk)] = text.audio_side.audio_for_retrieval(chunk)
                     task.advance(len(chunk))
             mm.flush()
             del mm
