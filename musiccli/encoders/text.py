@@ -201,7 +201,12 @@ class TextEmbedder(nn.Module):
         if not getattr(self.backbone, "supports_gradient_checkpointing", False):
             raise MtxError(f"backbone {self.config.backbone} does not support gradient checkpointing",
                            hint="drop --grad-checkpointing")
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}   # the non-reentrant form replays dropout with the saved RNG state
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)   # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ------------------------------------------------------------------ forward
     @property
