@@ -460,3 +460,51 @@ def test_cli_joint_with_new_flags_and_config_file(state, cli, tiny_backbone, mon
         (0.3, 0.05, 0.0, 0.2, None)
     r = cli("train", "--audio-encoder", "fake", "--run", "x", "--objective", "joint", "--loss", "mse")
     assert r.exit_code == 1 and "cannot train with the mse loss" in r.output
+
+
+_RANK_SCRIPT = """
+import json, sys
+from musiccli.state import StateDir
+from musiccli.training.loop import TrainConfig, run_train
+
+root, kw = sys.argv[1], json.loads(sys.argv[2])
+r = run_train(StateDir.resolve(root), TrainConfig(**kw))
+print("steps", r.steps)
+"""
+
+
+def test_gradcache_composes_with_gathered_negatives_under_ddp(state, no_dropout_backbone):
+    """2 CPU ranks x batch 2 x --accum-steps 2 (negatives gathered across ranks, sub-batches cached) end with
+    the weights of one process training on batch 8: text tower, audio tower and temperature."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from musiccli.training import run_train
+    from test_train import safetensors_equal
+
+    make_data(state, n=40)   # 32 training pairs: 4 full global batches of 8, no remainder on either side
+    kw = dict(audio_encoder="fake", manifest="lib", text_backbone=str(no_dropout_backbone), epochs=1, head_hidden=32,
+              max_length=16, dropout=0.0, lr=1e-3, device="cpu", precision="fp32", objective="joint", joint_dim=8,
+              loss="infonce", learn_temperature=True)
+    ref = run_train(state, tiny_cfg(no_dropout_backbone, **{**kw, "run": "single", "batch_size": 8}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = json.dumps({**kw, "run": "ddp", "batch_size": 2, "accum_steps": 2})
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _RANK_SCRIPT, str(state.root), args],
+        env={**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all(f"steps {ref.steps}" in o for o in outs), outs
+    single, ddp = state.run_dir("single") / "latest", state.run_dir("ddp") / "latest"
+    for f in ("model.safetensors", "audio_tower/model.safetensors", "backbone/model.safetensors"):
+        assert safetensors_equal(single / f, ddp / f), f
