@@ -415,7 +415,8 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
             "tags": f"each tag's text embedded as a query, cosine against every track; macro ROC-AUC / PR-AUC "
                     f"over tags with >= {MIN_TAG_POSITIVES} positives",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
-                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats; "
+                         f"backbone with a freshly initialised head (torch seed {cfg.seed}; joint runs also a fresh "
+                         f"audio head), same audio stats; "
                          f"native (clap, muq) = the audio encoder's own zero-shot text tower against the mean "
                          f"part of the stored vectors",
         },

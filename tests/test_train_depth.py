@@ -280,7 +280,7 @@ def test_gradcache_equals_the_large_batch(no_dropout_backbone, loss_name):
     torch.manual_seed(0)
     text = TextEmbedder.from_backbone(str(no_dropout_backbone), out_dim=6, hidden_dim=16, dropout=0.0, space="joint")
     audio = AudioTower(AudioTowerConfig(in_dim=10, out_dim=6, hidden_dim=16, dropout=0.0))
-    towers = Towers(text, audio).train()
+    Towers(text, audio).train()
     loss_fn = build_loss(loss_name, LossConfig(learn_temperature=True))
     words = ["rock", "calm", "piano", "dark", "jazz", "slow", "a", "track", "with", "guitar"]
     rng = np.random.default_rng(0)
