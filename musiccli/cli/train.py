@@ -43,21 +43,21 @@ def command(
                                    "into the frozen audio space; joint: both towers into a shared space).",
                                    autocompletion=_choices(OBJECTIVE_NAMES))] = "align",
     joint_dim: Annotated[int | None, _opt("--joint-dim", min=2, help="Joint objective: width of the shared "
-                                          "space [default: 128].")] = None,
+                                          "space (default: 128).")] = None,
     recipe: Annotated[str | None, _opt("--recipe", help="Per-encoder defaults for backbone, pooling and batch "
                                        f"size ({', '.join(RECIPE_NAMES)}); explicit flags still win.",
                                        autocompletion=_choices(RECIPE_NAMES))] = None,
     text_backbone: Annotated[str | None, _opt("--text-backbone", help="minilm, roberta, distilbert, a Hub id or "
-                                              "a local path [default: recipe or minilm].")] = None,
+                                              "a local path (default: recipe or minilm).")] = None,
     text_pooling: Annotated[str | None, _opt("--text-pooling", help=f"{', '.join(POOLING_NAMES)} (layers: every "
-                                             "hidden layer mean-pooled and concatenated) [default: recipe or mean].",
+                                             "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
                                              autocompletion=_choices(POOLING_NAMES))] = None,
     text_rep: Annotated[str, _opt("--text-rep", help=f"Training text: {', '.join(TEXT_REP_NAMES)} (stochastic: "
                                   "k ~ U{1..L} tags joined; mixed: caption, alt caption, tags or 'title by artist').",
                                   autocompletion=_choices(TEXT_REP_NAMES))] = "caption",
     epochs: Annotated[int, _opt("--epochs", min=1, help="Training epochs.")] = 10,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1, help="Batch size per process and "
-                                           "sub-batch [default: recipe or 64].")] = None,
+                                           "sub-batch (default: recipe or 64).")] = None,
     accum_steps: Annotated[int, _opt("--accum-steps", min=1, help="GradCache: each step is N sub-batches with "
                                      "the exact gradients of one N x larger batch.")] = 1,
     lr: Annotated[float, _opt("--lr", help="Backbone learning rate.")] = 5e-5,
@@ -66,7 +66,7 @@ def command(
     warmup_ratio: Annotated[float, _opt("--warmup-ratio", min=0.0, max=1.0, help="Linear warmup share of "
                                         "the steps (then cosine decay).")] = 0.1,
     loss: Annotated[str | None, _opt("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}, or a combination such as "
-                                     "infonce+0.5*listmle [default: combined for align, infonce for joint].",
+                                     "infonce+0.5*listmle (default: combined for align, infonce for joint).",
                                      autocompletion=_complete_losses)] = None,
     temperature: Annotated[float, _opt("--temperature", help="InfoNCE / ListMLE temperature.")] = 0.07,
     learn_temperature: Annotated[bool, _opt("--learn-temperature",
