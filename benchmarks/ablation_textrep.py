@@ -52,6 +52,7 @@ def run_cell(state, args, objective: str, rep: str) -> dict[str, Any]:
     cfg = TrainConfig(audio_encoder=args.encoder, manifest=args.manifest, run=run, objective=objective,
                       joint_dim=args.joint_dim if objective == "joint" else None, text_rep=rep,
                       text_backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      freeze_layers=args.freeze_layers,
                       seed=args.seed, device=args.device, precision="fp32" if args.device == "cpu" else "auto")
     t0 = time.time()
     res = run_train(state, cfg)
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--freeze-layers", type=int, default=0, help="freeze the lowest N backbone layers (CPU speed)")
     ap.add_argument("--joint-dim", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 args.out.write_text(json.dumps(cells, indent=1))
     first = cells[0]
-    print(f"test split: {first['counts']}; {args.epochs} epochs, batch {args.batch_size}, {args.backbone}, "
-          f"{args.encoder}, device {args.device}")
+    print(f"test split: {first['counts']}; {args.epochs} epochs, batch {args.batch_size}, {args.backbone} "
+          f"(lowest {args.freeze_layers} layers frozen), {args.encoder}, device {args.device}")
     print(table(cells))
     return 0
 
