@@ -45,7 +45,7 @@ def no_dropout_backbone(tmp_path_factory) -> Path:
 def test_joint_train_eval_export_search(state, tiny_backbone, tmp_path):
     import onnxruntime as ort
 
-    from musiccli.encoders.towers import AUDIO_TOWER_DIR, load_towers
+    from musiccli.runs import AUDIO_TOWER_DIR, load_towers
     from musiccli.evaluate import EvalConfig, run_eval
     from musiccli.export import ExportConfig, run_export
     from musiccli.search import SearchConfig, search

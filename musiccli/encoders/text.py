@@ -186,7 +186,7 @@ class TextEmbedder(nn.Module):
 
     def audio_for_retrieval(self, audio: np.ndarray) -> np.ndarray:
         """Raw audio vectors -> unit vectors in the space text queries are compared in (align runs;
-        a joint run's audio side is its trained audio tower: ``encoders.towers.load_towers``)."""
+        a joint run's audio side is its trained audio tower: ``musiccli.runs.load_towers``)."""
         self._require_audio_space()
         z = (np.asarray(audio, dtype=np.float32) - self.audio_mean.cpu().numpy()) / self.audio_std.cpu().numpy()
         return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
@@ -194,7 +194,7 @@ class TextEmbedder(nn.Module):
     def _require_audio_space(self) -> None:
         if self.config.space != "audio":
             raise MtxError("this text tower predicts into a joint space, not the audio encoder's",
-                           hint="map audio through the run's audio tower (musiccli.encoders.towers.load_towers)")
+                           hint="map audio through the run's audio tower (musiccli.runs.load_towers)")
 
     def enable_grad_checkpointing(self) -> None:
         """Recompute the backbone's activations in backward instead of storing them."""

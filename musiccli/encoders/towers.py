@@ -6,8 +6,9 @@
   meet in a shared ``joint_dim`` space. The head, with the audio statistics it was trained
   on, is saved in ``<checkpoint>/audio_tower/``.
 
-:func:`load_towers` is the one way every consumer (eval, search, export, ``--init-from``)
-gets both halves of a checkpoint; it needs no knowledge of which objective trained it.
+``musiccli.runs.load_towers`` (the run contract) is the one way every consumer (eval, search,
+export, ``--init-from``) gets both halves of a checkpoint; it needs no knowledge of which
+objective trained it.
 
 Saved layout of ``audio_tower/``::
 
@@ -27,9 +28,8 @@ from torch import nn
 
 from ..errors import MtxError
 from ..state import atomic_path, atomic_write_json
+from ..runs import AUDIO_TOWER_DIR
 from .text import CONFIG_NAME, WEIGHTS_NAME, Head, TextEmbedder
-
-AUDIO_TOWER_DIR = "audio_tower"
 AUDIO_MODEL_TYPE = "mtx-audio-tower"
 RETRIEVAL_CHUNK = 4096
 
@@ -161,19 +161,3 @@ class Towers:
         self.train(False)
         return self
 
-
-def load_towers(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Towers:
-    """The text embedder and audio tower saved in ``ckpt_dir`` (a run checkpoint or an export's hf/)."""
-    ckpt_dir = Path(ckpt_dir)
-    text = TextEmbedder.from_pretrained(ckpt_dir, device=device)
-    if (ckpt_dir / AUDIO_TOWER_DIR / CONFIG_NAME).exists():
-        audio = AudioTower.from_pretrained(ckpt_dir / AUDIO_TOWER_DIR, device=device)
-    else:
-        if text.config.space == "joint":
-            raise MtxError(f"{ckpt_dir} holds a joint-space text tower but no {AUDIO_TOWER_DIR}/",
-                           hint="the checkpoint is incomplete: retrain or re-export it")
-        audio = AudioTower.identity(text.audio_mean, text.audio_std).to(device).eval()
-    if audio.dim != text.config.out_dim:
-        raise MtxError(f"{ckpt_dir}: the text tower outputs {text.config.out_dim} dims, the audio tower "
-                       f"{audio.dim}", hint="the checkpoint is inconsistent: retrain it")
-    return Towers(text, audio)

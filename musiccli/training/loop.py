@@ -30,13 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..encoders.towers import Towers, load_towers
+from ..encoders.towers import Towers
+from ..runs import load_towers
 from ..errors import MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
 from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
 from ..runtime import Runtime, init_distributed, restore_rng_state, seed_everything, select_runtime
-from ..state import Resume, StageRun, StateDir, begin_stage, check_name, file_sha256, load_stage, to_jsonable
+from ..state import (Resume, StageRun, StateDir, begin_stage, check_name, file_sha256, load_stage, stage_function,
+                     to_jsonable)
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from . import recipes
@@ -629,6 +631,7 @@ class _Trainer:
             store.close()
 
 
+@stage_function
 def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = None,
               on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train (or resume, or skip when complete) one run; see the module docstring."""
