@@ -34,8 +34,9 @@ from ..encoders.towers import Towers
 from ..runs import load_towers
 from ..errors import MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
-from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
+from ..provenance import training_data
+from ..retrieval import caption_relevance, text_to_music
 from ..runtime import Runtime, init_distributed, restore_rng_state, seed_everything, select_runtime
 from ..state import (Resume, StageRun, StateDir, begin_stage, check_name, file_sha256, load_stage, stage_function,
                      to_jsonable)
@@ -55,6 +56,7 @@ from .train_state import TrainState
 
 log = logging.getLogger(__name__)
 
+RENAME_HINT = "choose another run name with --run"
 CHECKPOINTS = ("best", "latest")
 
 
@@ -363,11 +365,13 @@ class _Trainer:
     def _begin_stage(self, key: str, config: dict[str, Any]) -> StageRun:
         """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
         if not self.collective.enabled:
-            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                               rename_hint=RENAME_HINT)
         main_stage: list[StageRun] = []
 
         def decide() -> tuple[bool, bool]:
-            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard))
+            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                                          rename_hint=RENAME_HINT))
             return main_stage[0].resumed, main_stage[0].already_complete
 
         resumed, complete = self.collective.decide(decide)
@@ -494,7 +498,9 @@ class _Trainer:
                 "objective": cfg.objective, "space_dim": self.towers.dim, "text_rep": cfg.text_rep,
                 "loss": self.loss_name, "teacher": cfg.teacher, "init_from": None,
                 "config": to_jsonable(asdict(cfg)), "created": self.ts.created, "status": status,
-                "best": self.ts.best}
+                "best": self.ts.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_split.records)}
         if self.init_source is not None:
             src = self.init_source
             parent = ckpt.read_run_json(self.state.run_dir(src["run"]))
@@ -522,7 +528,8 @@ class _Trainer:
     # ------------------------------------------------------------------ loop hooks
     def _step(self, indices: np.ndarray) -> dict[str, Any]:
         texts, audio = self.train_ds.batch(indices)
-        event = self.stepper.step(texts, audio, self.ts.step + 1)
+        keys = torch.from_numpy(self.train_ds.pair_keys(indices, texts)).to(self.runtime.device)
+        event = self.stepper.step(texts, audio, self.ts.step + 1, keys)
         event["lr"] = self.stepper.scheduler.get_last_lr()[0]
         return event
 
@@ -543,13 +550,16 @@ class _Trainer:
                 idx = np.arange(s, min(n, s + self.cfg.batch_size))
                 texts, audio = self.val_ds.batch(idx)
                 target = torch.from_numpy(audio).to(self.runtime.device)
+                keys = torch.from_numpy(self.val_ds.pair_keys(idx, texts)).to(self.runtime.device)
                 pred = self.stepper.encode_text(self.towers.text, texts)
-                loss, _ = self.stepper.loss(pred, target, texts)
+                loss, _ = self.stepper.loss(pred, target, texts, keys)
                 total += float(loss) * len(idx)
                 texts_z.append(F.normalize(pred, dim=-1).cpu().numpy())
                 audio_z.append(F.normalize(self.towers.audio(target).float(), dim=-1).cpu().numpy())
         self.towers.train()
-        m = retrieval_metrics(np.concatenate(texts_z), np.concatenate(audio_z), np.arange(n))["text_to_music"]
+        # The shared protocol (musiccli.retrieval), text -> music only: validation reports nothing else.
+        rel = caption_relevance(self.val_split.records, "main")
+        m = text_to_music(np.concatenate(texts_z)[rel.main_item[rel.queries]], np.concatenate(audio_z), rel)
         out: dict[str, Any] = {"val_loss": total / n}
         out.update({f"val_{k}": v for k, v in m.items()})
         return out
