@@ -69,14 +69,15 @@ def test_joint_train_eval_export_search(state, tiny_backbone, tmp_path):
     towers = load_towers(run_dir / "best")
     assert towers.audio.has_head and towers.dim == 12 and towers.audio.in_dim == 24
     from musiccli.manifest import read_manifest
-    from musiccli.metrics import retrieval_metrics
+    from musiccli.retrieval import caption_relevance, text_to_music
     from musiccli.store import EmbeddingStore
 
     val = [r for r in read_manifest(state.manifest_path("lib")) if r.split == "val"]
     with EmbeddingStore(state.embeddings_path("fake", "lib")) as st:
         audio = towers.audio.audio_for_retrieval(st.get([r.id for r in val]))
     text = towers.text.encode([r.caption for r in val])
-    r10 = retrieval_metrics(text, audio, np.arange(len(val)))["text_to_music"]["R@10"]
+    rel = caption_relevance(val, "main")
+    r10 = text_to_music(text[rel.main_item[rel.queries]], audio, rel)["R@10"]
     assert r10 == pytest.approx(res.best_val_r10)
     from musiccli.errors import MtxError
 
