@@ -133,7 +133,8 @@ def song_tags(song: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
 
 
 # --------------------------------------------------------------------------- import
-def song_from_row(row: dict[str, Any]) -> dict[str, Any]:
+def song_from_row(row: dict[str, Any], server_ids: bool = False) -> dict[str, Any]:
+    """One songs.jsonl line; ``server_ids``: the layout where item_id is the media server's own id."""
     def num(k: str) -> float | None:
         v = row.get(k)
         return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
@@ -145,7 +146,7 @@ def song_from_row(row: dict[str, Any]) -> dict[str, Any]:
             "key": row.get("key") or None, "scale": row.get("scale") or None,
             "moods": db.parse_scores(row.get("mood_vector")), "features": db.parse_scores(row.get("other_features")),
             "file_path": row.get("server_file_path") or row.get("file_path"),
-            "server_item_id": row.get("server_item_id")}
+            "server_item_id": row.get("server_item_id") or (str(row["item_id"]) if server_ids else None)}
     return {k: v for k, v in song.items() if v not in (None, {}, "")}
 
 
@@ -204,7 +205,7 @@ class _Importer:
                 if v is not None:
                     self.dims.setdefault(t, int(v.size))
                     vectors[t].append((record_id(item), v))
-            songs.append(song_from_row(row))
+            songs.append(song_from_row(row, server_ids=self.schema.id_kind == "server"))
         self._check_systemic(rows, failed)
         for t in self.teachers:
             ids = [i for i, _ in vectors[t]]
