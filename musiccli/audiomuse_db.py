@@ -15,6 +15,7 @@ stage records and results.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ def parse_scores(text: str | None) -> dict[str, float]:
             value = float(score)
         except ValueError:
             continue
-        if np.isfinite(value):
+        if math.isfinite(value):
             out[label.strip()] = value
     return out
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from ..manifest import Record
 from ..progress import Progress
 from ..state import append_jsonl, atomic_write_json, iter_jsonl, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
-from .ledger import OK, Ledger, end_torn_line
+from .ledger import FAILED, OK, PENDING, Ledger, LedgerEntry, end_torn_line
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def song_from_row(row: dict[str, Any], server_ids: bool = False) -> dict[str, An
     """One songs.jsonl line; ``server_ids``: the layout where item_id is the media server's own id."""
     def num(k: str) -> float | None:
         v = row.get(k)
-        return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
     song = {"item_id": str(row["item_id"]), "title": row.get("title"), "artist": row.get("author"),
             "album": row.get("album"), "album_artist": row.get("album_artist"),
@@ -212,11 +213,10 @@ class _Importer:
             mat = np.stack([v for _, v in vectors[t]]) if ids else np.zeros((0, self.dims.get(t, 1)), np.float32)
             store_mod.write_part(teacher_store_path(self.root, t), self.page, ids, mat)
         append_jsonl(self.root / SONGS, songs)
-        for s in songs:
-            if not self.ledger.is_ok(s["item_id"]):
-                self.ledger.pending(s["item_id"])
-        for item, why in failed:
-            self.ledger.failed(item, why)
+        # One fsync per page: pending = imported, audio not fetched yet (an ok entry stays ok).
+        self.ledger.record_many([LedgerEntry(id=s["item_id"], status=PENDING) for s in songs
+                                 if not self.ledger.is_ok(s["item_id"])]
+                                + [LedgerEntry(id=item, status=FAILED, reason=why) for item, why in failed])
         self.page += 1
         self.done += len(rows)
         self.after = str(rows[-1]["item_id"])
