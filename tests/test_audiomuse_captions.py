@@ -184,3 +184,18 @@ def test_endpoint_forms(monkeypatch) -> None:
     assert lc.LLMConfig().endpoint() == "https://api.openai.com/v1/chat/completions"
     assert lc.LLMConfig(url="http://localhost:11434/v1/").endpoint() == "http://localhost:11434/v1/chat/completions"
     assert lc.LLMConfig(url="http://h/v1/chat/completions").endpoint() == "http://h/v1/chat/completions"
+
+
+@pytest.mark.parametrize("song,first", [
+    ({"item_id": "a", "moods": {"rock": 0.55, "metal": 0.5}, "features": {"danceable": 0.8, "party": 0.7},
+      "tempo": 127.6, "key": "A", "scale": "minor"}, "An energetic, danceable rock and metal track in A minor at 128 BPM"),
+    ({"item_id": "b", "moods": {"jazz": 0.4}, "features": {"relaxed": 0.9}, "tempo": 0},
+     "A relaxed jazz track"),
+    ({"item_id": "c", "moods": {}, "features": {}, "key": "C"}, "A piece in C"),
+    ({"item_id": "d", "moods": {"ambient": 0.6, "happy": 0.5}, "features": {"sad": 0.1}, "tempo": 80.0},
+     "A happy ambient track at 80 BPM"),
+])
+def test_describe_song(song, first) -> None:
+    caps = audiomuse.describe_song(song)
+    assert caps[0] == first and len(caps) == len(set(caps))
+    assert audiomuse.describe_song(song) == caps   # deterministic per item id

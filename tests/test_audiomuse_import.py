@@ -205,3 +205,51 @@ def test_resolve_dsn_precedence() -> None:
     assert db.resolve_dsn(None, {"DATABASE_URL": "postgresql://a@b/c"}) == "postgresql://a@b/c"
     d = db.describe(db.resolve_dsn(None, {"POSTGRES_HOST": "pg.local"}))
     assert d == {"host": "pg.local", "port": "5432", "dbname": "audiomusedb", "user": "audiomuse"}
+
+
+def test_kill_9_mid_import_then_continue(pg, current_db, tmp_path) -> None:
+    """A real `kill -9` of the CLI between pages: --continue finishes to the uninterrupted result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dsn, _ = current_db
+    # Small pages, and a pause after each committed cursor so the kill lands between or inside pages.
+    code = ("import sys, time; import musiccli.sources.audiomuse as a; a.PAGE_SIZE = 10; "
+            "orig = a._Importer._commit\n"
+            "def slow(self, rows):\n    orig(self, rows); time.sleep(0.05)\n"
+            "a._Importer._commit = slow\n"
+            "from musiccli.cli.app import main; sys.argv = ['mtx'] + sys.argv[1:]; main()")
+    state = tmp_path / "killed"
+    args = ["--state-dir", str(state), "download", "audiomuse", "--dsn", dsn, "--server", "local"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    cursor = state / "datasets" / "audiomuse" / "cursor.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cursor.exists() and json.loads(cursor.read_text())["page"] >= 5:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    page = json.loads(cursor.read_text())["page"]
+    assert 5 <= page < N // 10
+
+    resumed = subprocess.run([sys.executable, "-c", code, *args, "--continue"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ref = StateDir.resolve(tmp_path / "ref")
+    run_download(ref, DownloadRequest(config(dsn)))
+    a_root, b_root = ref.dataset_dir("audiomuse"), state / "datasets" / "audiomuse"
+    for teacher in ("clap", "musicnn", "lyrics"):
+        with EmbeddingStore(audiomuse.teacher_store_path(a_root, teacher)) as a, \
+                EmbeddingStore(audiomuse.teacher_store_path(b_root, teacher)) as b:
+            assert a.ids == b.ids and len(a) == N
+            np.testing.assert_array_equal(a.get(a.ids), b.get(b.ids))
+    assert [r.to_dict() for r in audiomuse.AudioMuseSource().records(a_root)] == \
+        [r.to_dict() for r in audiomuse.AudioMuseSource().records(b_root)]
+    assert Ledger(b_root).counts() == {"ok": N, "failed": 0, "pending": 0}

@@ -104,7 +104,7 @@ def describe_song(song: dict[str, Any], n: int = 3) -> list[str]:
     adjectives = list(dict.fromkeys([*(("energetic",) if "party" in feats or "aggressive" in feats else ()),
                                      *[f for f in feats if f in ("danceable", "aggressive", "happy", "relaxed",
                                                                  "sad")], *ts.moods[:1]]))[:2]
-    genre = join_and(genres) if genres else "music"
+    genre = join_and(genres) if genres else None
     noun = "track" if genres else "piece"
     key = f"{song['key']} {song['scale']}" if song.get("key") and song.get("scale") else song.get("key")
     tempo = song.get("tempo")
@@ -115,7 +115,8 @@ def describe_song(song: dict[str, Any], n: int = 3) -> list[str]:
     out = [first]
     rng = random.Random(hashlib.sha1(str(song.get("item_id")).encode()).hexdigest())
     if bpm:
-        out.append(f"{genre.capitalize()} at {bpm}" + (f", feeling {join_and(adjectives)}" if adjectives else ""))
+        out.append(f"{(genre or 'music').capitalize()} at {bpm}" + (f", feeling {join_and(adjectives)}"
+                                                                    if adjectives else ""))
     if adjectives and genres:
         out.append(f"{' and '.join(adjectives).capitalize()} {genre}" + (f" in {key}" if key else ""))
     if song.get("title") and song.get("artist"):
