@@ -233,7 +233,7 @@ def page_query(schema: Schema, teachers: list[str], server_id: str | None) -> st
     joins = []
     for i, name in enumerate(teachers):
         table = TEACHER_BY_NAME[name].table
-        select.append(f"t{i}.{schema.teachers[name]} AS vec_{name}")
+        select.append(f't{i}."{schema.teachers[name]}" AS vec_{name}')
         joins.append(f"LEFT JOIN {table} t{i} ON t{i}.item_id = s.item_id")
     if server_id is not None:
         select.append("m.provider_track_id AS server_item_id")
