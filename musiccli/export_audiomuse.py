@@ -5,11 +5,12 @@ AudioMuse-AI's CLAP text model is an ONNX graph with inputs ``input_ids`` and ``
 ``clap_embedding`` vectors. A run trained with ``--audio-encoder audiomuse-clap`` predicts
 exactly those vectors, so its export is a drop-in replacement:
 
-    <out>/audiomuse/clap_text_model.onnx   one output ``text_embedding`` [batch, 512], L2-normalised,
-                                           in the stored (native, not standardised) CLAP space
-    <out>/audiomuse/tokenizer files        the run's own tokenizer
-    <out>/audiomuse/README.md              what to set, the tokenizer note, what was verified
-    <out>/audiomuse/meta.json
+    exports/<run>/<checkpoint>/audiomuse/   (or <--out>/audiomuse/)
+        clap_text_model.onnx   one output ``text_embedding`` [batch, 512], L2-normalised, in the stored
+                               (native, not standardised) CLAP space
+        tokenizer files        the run's own tokenizer
+        README.md              what to set, the tokenizer note, what was verified
+        meta.json
 
 AudioMuse-AI tokenizes queries with the roberta-base tokenizer, padded to 77 tokens. The
 export is checked the same way (padding to 77, batch 1 and 4) against PyTorch. The README
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError
-from .evaluate import RunInfo, resolve_run, weights_identity
+from .runs import RunInfo, export_dir, export_key, resolve_run, weights_identity
 from .export import ONNX_TOLERANCE, ExportConfig, ExportResult, _replace_dir, _set_eager_attention, _tmp_dir
 from .progress import NullProgress, Progress
 from .state import StateDir, atomic_write_json, atomic_write_text, begin_stage
@@ -181,12 +182,13 @@ def export_for_audiomuse(state: StateDir, cfg: ExportConfig, progress: Progress 
                        f"not AudioMuse-AI's {DIM}-d CLAP space",
                        hint=f"train with `mtx train --audio-encoder {SPACE}` (after `mtx download audiomuse` and "
                             f"`mtx embed --audio-encoder {SPACE}`)")
-    out = Path(cfg.out).expanduser().resolve() if cfg.out else state.export_dir(info.name)
+    out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
     final = out / "audiomuse"
-    key = f"export:{info.name}:{cfg.checkpoint}:audiomuse"
+    key = export_key(info.name, cfg.checkpoint, cfg.out) + ":audiomuse"
     config = {"weights": weights_identity(ckpt), "target": "audiomuse", "opset": cfg.opset, "out": str(out)}
     stage = begin_stage(state, "export", key, config=config, mode=cfg.resume,
-                        discard=lambda: shutil.rmtree(final, ignore_errors=True), redo_changed=True)
+                        discard=lambda: shutil.rmtree(final, ignore_errors=True), redo_changed=True,
+                        outputs={"audiomuse": final})
     if stage.already_complete and final.exists():
         r = stage.record.result
         return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),

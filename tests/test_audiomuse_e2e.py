@@ -42,7 +42,7 @@ def test_audiomuse_pipeline_to_an_audiomuse_text_model(pg, cli, state, state_dir
     onnx_path = res["paths"]["audiomuse"]
     assert onnx_path.endswith("audiomuse/clap_text_model.onnx") and res["onnx_max_abs_diff"] <= 1e-4
 
-    folder = state.export_dir("audiomuse-clap-lib") / "audiomuse"
+    folder = state.export_dir("audiomuse-clap-lib") / "best" / "audiomuse"
     readme = (folder / "README.md").read_text()
     assert "CLAP_TEXT_MODEL_PATH=/app/model/mtx-text/clap_text_model.onnx" in readme
     assert "The tokenizer differs" in readme and "roberta-base" in readme   # a MiniLM tokenizer here

@@ -17,7 +17,7 @@ from musiccli.errors import Interrupted, MtxError
 from musiccli.sources import audiomuse
 from musiccli.sources.base import DownloadConfig
 from musiccli.sources.ledger import Ledger
-from musiccli.state import Resume, StateDir
+from musiccli.state import Resume, StateDir, SystemicError
 from musiccli.store import EmbeddingStore
 
 N = 240
@@ -132,22 +132,29 @@ def test_resume_after_interrupt_equals_uninterrupted(pg, current_db, tmp_path, m
     assert ra == rb
 
 
-def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path) -> None:
-    build_db(pg, "am_bad", "legacy", 20, bad={3: "short", 7: "nan"})
+def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path, wavs) -> None:
+    build_db(pg, "am_bad", "current", 20, bad={3: "short", 7: "nan"}, file_paths={i: wavs[0] for i in range(20)})
     res = run_download(state, DownloadRequest(config(pg.dsn("am_bad"), server="local")))
-    reasons = dict(res.failures)
-    assert "clap_embedding: 511 floats, expected 512" in reasons[next(i for i in reasons if "511" in reasons[i])]
-    assert any("non-finite" in r for r in reasons.values())
+    assert (res.ok, res.failed, res.status) == (18, 2, "complete-with-failures")
+    reasons = sorted(r for _, r in res.failures)
+    assert reasons[0] == "clap_embedding: 1 non-finite value(s)"
+    assert reasons[1] == "clap_embedding: 511 floats, expected 512"
     root = state.dataset_dir("audiomuse")
     with EmbeddingStore(audiomuse.teacher_store_path(root, "clap")) as st:
         assert len(st) == 18 and st.dim == 512
-    # Older layouts have no file_path: the local "server" says so per item.
-    assert sum("no file_path" in r for r in reasons.values()) == 18
+    with EmbeddingStore(audiomuse.teacher_store_path(root, "musicnn")) as st:
+        assert len(st) == 18   # a refused song is left out of every store, so the stores stay aligned
 
+    # A whole table of another width: nothing is imported.
     build_db(pg, "am_wrongdim", "legacy", 6, clap_dim=768)
     other = StateDir.resolve(tmp_path / "other")
     with pytest.raises(MtxError, match="768 floats, expected 512"):
         run_download(other, DownloadRequest(config(pg.dsn("am_wrongdim"))))
+    # Older layouts have no file_path: --server local fails alike on every song, so the stage stops.
+    build_db(pg, "am_nopath", "legacy", 8)
+    third = StateDir.resolve(tmp_path / "third")
+    with pytest.raises(SystemicError, match="no file_path in the database"):
+        run_download(third, DownloadRequest(config(pg.dsn("am_nopath"))))
 
 
 def test_read_only_role_and_connection_errors(pg, cli, state_dir, current_db, monkeypatch) -> None:

@@ -22,7 +22,7 @@ def command(
                                                           "AudioMuse-AI loads via CLAP_TEXT_MODEL_PATH; needs a run "
                                                           "trained on audiomuse-clap).",
                                         autocompletion=lambda incomplete: ["mtx", "audiomuse"])] = "mtx",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>/<checkpoint>.")] = None,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class Ledger:
         self.path = Path(root) / self.FILENAME
         self._lock = threading.Lock()
         self.entries: dict[str, LedgerEntry] = {}
+        # Called after an item is recorded (the stage's failure policy watches them; it may raise).
+        self.on_ok: Callable[[str], None] | None = None
+        self.on_failed: Callable[[str, str], None] | None = None
         self._load()
         end_torn_line(self.path)
 
@@ -76,14 +80,23 @@ class Ledger:
         with self._lock:
             append_jsonl(self.path, [{k: v for k, v in e.__dict__.items() if v is not None} for e in entries])
             self.entries.update((e.id, e) for e in entries)
+        for e in entries:
+            if e.status == OK and self.on_ok is not None:
+                self.on_ok(e.id)
+            elif e.status == FAILED and self.on_failed is not None:
+                self.on_failed(e.id, e.reason or "unknown")
 
     def ok(self, id: str, path: Path | str | None = None, checksum: str | None = None,
            nbytes: int | None = None) -> None:
         self._append(LedgerEntry(id=id, status=OK, path=str(path) if path else None, checksum=checksum,
                                  bytes=nbytes))
+        if self.on_ok is not None:
+            self.on_ok(id)
 
     def failed(self, id: str, reason: str) -> None:
         self._append(LedgerEntry(id=id, status=FAILED, reason=reason))
+        if self.on_failed is not None:
+            self.on_failed(id, reason)
 
     def pending(self, id: str) -> None:
         self._append(LedgerEntry(id=id, status=PENDING))
