@@ -191,3 +191,37 @@ def test_search_playlist_created_then_replaced(make_run, state, cli, no_server_e
         data = json.loads(out.stdout)
         assert data["playlist"]["created"] is False and len(srv.playlists) == 1
         assert srv.playlists[pid]["ids"] == [f"srv-{h['id']}" for h in data["hits"] if int(h["id"][1:]) % 4]
+
+
+def test_media_tokens_are_not_forwarded_on_a_redirect_to_another_host(tmp_path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from httpserver import serve
+    from musiccli.sources._http import fetch
+
+    (tmp_path / "song.wav").write_bytes(wav_bytes(300))
+    with serve(tmp_path) as cdn:
+        target = cdn.url.replace("127.0.0.1", "localhost") + "/song.wav"   # another host name
+
+        class Redirect(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # noqa: ANN002
+                pass
+
+            def do_GET(self):  # noqa: N802
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            res = fetch(f"http://127.0.0.1:{httpd.server_address[1]}/Items/x/Download", tmp_path / "out.wav",
+                        headers={"X-Emby-Token": TOKEN, "Authorization": f'MediaBrowser Token="{TOKEN}"'})
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    assert res.path.read_bytes() == (tmp_path / "song.wav").read_bytes()
+    sent = cdn.requests_for("/song.wav")
+    assert sent and all(TOKEN not in v for h in sent for v in h.values())
