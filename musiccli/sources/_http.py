@@ -8,8 +8,9 @@ and checked before the file is renamed into place, so ``dest`` existing means
 "complete and verified" (when a checksum is known).
 
 Authorization headers (and the media servers' X-Emby-Token / X-Plex-Token) are never
-logged, never written anywhere, and dropped on redirects to hosts that are not the Hugging Face Hub (the Hub redirects file
-downloads to signed CDN URLs that must not receive the token).
+logged, never written anywhere, and dropped on redirects to hosts that are not the
+Hugging Face Hub (the Hub redirects file downloads to signed CDN URLs that must not
+receive the token).
 """
 
 from __future__ import annotations
