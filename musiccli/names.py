@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-SOURCES = ("fma", "folder", "jamendo-maxcaps", "mtg-jamendo", "musicbench", "musiccaps", "song-describer",
+SOURCES = ("audiomuse", "fma", "folder", "jamendo-maxcaps", "mtg-jamendo", "musicbench", "musiccaps", "song-describer",
            "suno", "synth")
-AUDIO_ENCODERS = ("clap", "dsp", "mert", "music2latent", "musicgen", "muq", "musicnn")
+AUDIO_ENCODERS = ("audiomuse-clap", "audiomuse-lyrics", "audiomuse-mulan", "audiomuse-musicnn", "clap", "dsp", "mert",
+                  "music2latent", "musicgen", "muq", "musicnn")
 NATIVE_TEXT_ENCODERS = ("clap", "muq")          # audio encoders with their own text tower
 LOSSES = ("combined", "distillation", "infonce", "listmle", "mse", "triplet")
 TEXT_BACKBONES = ("minilm", "roberta", "distilbert")  # short names; a Hub id or a local path also works

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import AudioEncoder, Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_losses
+from ._options import (AudioEncoder, Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
+                       _complete_losses)
 from ._output import escape, make_table
 
 # Kept in sync with the registries (LOSSES, OBJECTIVES, TEXT_REPS, TRACKERS, RECIPES) by a test;
@@ -48,7 +49,8 @@ def command(
                                        f"size ({', '.join(RECIPE_NAMES)}); explicit flags still win.",
                                        autocompletion=_choices(RECIPE_NAMES))] = None,
     text_backbone: Annotated[str | None, _opt("--text-backbone", help="minilm, roberta, distilbert, a Hub id or "
-                                              "a local path (default: recipe or minilm).")] = None,
+                                              "a local path (default: recipe or minilm).",
+                                              autocompletion=_complete_backbones)] = None,
     text_pooling: Annotated[str | None, _opt("--text-pooling", help=f"{', '.join(POOLING_NAMES)} (layers: every "
                                              "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
                                              autocompletion=_choices(POOLING_NAMES))] = None,
