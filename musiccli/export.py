@@ -38,6 +38,7 @@ from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
+TARGETS = ("mtx", "audiomuse")
 ONNX_TOLERANCE = 1e-4
 TRAINING_DATA = "training_data.json"  # in hf/: what the run was trained on (run.json's training_data)
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
@@ -52,6 +53,7 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     opset: int = 17
     out: Path | None = None
+    target: str = "mtx"               # mtx: hf/ + onnx/; audiomuse: AudioMuse-AI's CLAP text-model interface
     resume: Resume = Resume.FRESH
 
 
@@ -386,6 +388,15 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
     from .runs import load_towers
 
     progress = progress or NullProgress()
+    if cfg.target not in TARGETS:
+        raise unknown_choice("export target", cfg.target, TARGETS)
+    if cfg.target == "audiomuse":
+        if not onnx_available():
+            raise MtxError("the AudioMuse-AI export is ONNX and needs the onnx and onnxruntime packages",
+                           hint="pip install 'musiccli[onnx]'")
+        from .export_audiomuse import export_for_audiomuse
+
+        return export_for_audiomuse(state, cfg, progress)
     for f in cfg.formats:
         if f not in FORMATS:
             raise unknown_choice("export format", f, FORMATS)

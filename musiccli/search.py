@@ -74,6 +74,8 @@ class SearchConfig:
     manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
     model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
+    playlist: str | None = None    # also save the hits as this playlist on the media server
+    server: str | None = None      # jellyfin | navidrome (default: MEDIASERVER_TYPE)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class SearchResult:
     text_model: str = "run"
     encoder: str = ""
     model_id: str | None = None    # native: the text tower's checkpoint
+    playlist: dict[str, Any] | None = None  # with --playlist: server, name, playlist_id, tracks, created
     warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the library's sources
 
 
@@ -425,9 +428,16 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
+    playlist = None
+    if cfg.playlist is not None:
+        from dataclasses import asdict
+
+        from .playlists import save_playlist
+
+        playlist = asdict(save_playlist(state, index.name, hits, cfg.playlist, cfg.server))
     return SearchResult(query=cfg.query, run=text.run.name if text.run is not None else None, index=index.name,
                         hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
-                        model_id=text.model_id, warnings=warnings)
+                        model_id=text.model_id, warnings=warnings, playlist=playlist)
 
 
 def _provenance_warning(text: QueryModel, index: Index) -> str | None:
