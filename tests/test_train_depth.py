@@ -485,7 +485,7 @@ def test_gradcache_composes_with_gathered_negatives_under_ddp(state, no_dropout_
     from musiccli.training import run_train
     from test_train import safetensors_equal
 
-    make_data(state, n=40)   # 32 training pairs: 4 full global batches of 8, no remainder on either side
+    make_data(state, n=44)   # 32 training pairs: 4 full global batches of 8, no remainder on either side
     kw = dict(audio_encoder="fake", manifest="lib", text_backbone=str(no_dropout_backbone), epochs=1, head_hidden=32,
               max_length=16, dropout=0.0, lr=1e-3, device="cpu", precision="fp32", objective="joint", joint_dim=8,
               loss="infonce", learn_temperature=True)
