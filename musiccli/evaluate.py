@@ -192,9 +192,25 @@ def _untrained_like(model, backbone: str, seed: int):
     torch.manual_seed(seed)
     fresh = TextEmbedder.from_backbone(backbone, out_dim=c.out_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
                                        pooling=c.pooling, max_length=c.max_length,
-                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation)
+                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation, space=c.space)
     fresh.audio_mean.copy_(model.audio_mean.cpu())
     fresh.audio_std.copy_(model.audio_std.cpu())
+    return fresh.eval()
+
+
+def _untrained_audio(tower, seed: int):
+    """A joint run's audio tower with a freshly initialised head (seeded), same audio stats; an
+    align run's identity tower as is (it has nothing to train)."""
+    import torch
+
+    from .encoders.towers import AudioTower
+
+    if not tower.has_head:
+        return tower
+    torch.manual_seed(seed + 1)
+    fresh = AudioTower(tower.config)
+    fresh.audio_mean.copy_(tower.audio_mean.cpu())
+    fresh.audio_std.copy_(tower.audio_std.cpu())
     return fresh.eval()
 
 
@@ -209,7 +225,7 @@ def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
 
 
 def _system(name: str, model, audio: np.ndarray, data: EvalData, info: RunInfo, native_model: str | None,
-            runtime, cfg: EvalConfig):
+            runtime, cfg: EvalConfig, audio_tower=None):
     """(audio vectors, text encoder) of one scored system; raises MtxError when it cannot be built."""
     if name == "model":
         return audio, lambda texts: _encode(model, list(texts), runtime, cfg.batch_size)
@@ -225,6 +241,8 @@ def _system(name: str, model, audio: np.ndarray, data: EvalData, info: RunInfo, 
         return audio, lambda texts: _unit(rng.standard_normal((len(texts), d)))
     backbone = str(info.meta.get("text_backbone") or model.config.backbone)
     fresh = _untrained_like(model, backbone, cfg.seed).to(runtime.device)
+    if audio_tower is not None:   # a joint run's audio head is re-initialised too (align: identity, unchanged)
+        audio = _unit(_untrained_audio(audio_tower, cfg.seed).audio_for_retrieval(data.audio_raw))
     return audio, lambda texts: _encode(fresh, list(texts), runtime, cfg.batch_size)
 
 
@@ -301,7 +319,7 @@ def _first_labels(data: EvalData, zs: dict[str, Any]) -> tuple[str, list[str | N
 
 @stage_function
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    from .encoders.text import TextEmbedder
+    from .runs import load_towers
     from .runtime import select_runtime
     from .store import EmbeddingStore
 
@@ -341,10 +359,12 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
-    model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
+    towers = load_towers(ckpt, device=runtime.device)
+    model = towers.text
     with EmbeddingStore(emb_path) as store:
-        if store.dim != model.config.out_dim:
-            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
+        if store.dim != towers.audio.in_dim:
+            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the run's audio tower reads "
+                           f"{towers.audio.in_dim}",
                            hint="evaluate with the manifest/encoder the run was trained on")
         in_split = [r for r in records_all if r.split == cfg.split]
         leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
@@ -370,7 +390,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         # The native tower must be the text half of the checkpoint that embedded these tracks.
         native_model = store.attrs.get("model_id") or None
     data = build_eval_data(records, audio_raw, cfg.query_protocol)
-    audio = _unit(model.audio_for_retrieval(audio_raw))
+    audio = _unit(towers.audio.audio_for_retrieval(audio_raw))
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
@@ -381,7 +401,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             if name in results or name in notes:
                 continue
             try:
-                audio_sys, encode = _system(name, model, audio, data, info, native_model, runtime, cfg)
+                audio_sys, encode = _system(name, model, audio, data, info, native_model, runtime, cfg,
+                                            towers.audio)
             except MtxError as e:
                 log.warning("%s baseline skipped: %s", name, e.message)
                 notes[name] = f"skipped: {e.message}"
@@ -453,7 +474,8 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
                     f"cosine against every track; macro ROC-AUC / PR-AUC over tags with >= {MIN_TAG_POSITIVES} "
                     f"positives",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
-                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats; "
+                         f"backbone with a freshly initialised head (torch seed {cfg.seed}; joint runs also a fresh "
+                         f"audio head), same audio stats; "
                          f"native (clap, muq) = the audio encoder's own zero-shot text tower against the mean "
                          f"part of the stored vectors",
         },

@@ -4,8 +4,11 @@
 with plain ``transformers.AutoModel``. ``onnx/model.onnx`` takes ``input_ids`` and
 ``attention_mask`` (dynamic batch and sequence axes) and returns ``embedding``
 (L2-normalised retrieval-space vector) and ``audio_space`` (the prediction in the
-audio encoder's native space); the tokenizer files sit next to it. The ONNX graph
-is checked against PyTorch with onnxruntime and the export fails above 1e-4.
+audio encoder's native space; align runs only); the tokenizer files sit next to it.
+``onnx/audio_tower.onnx`` maps raw stored vectors to unit vectors in the same space (the
+standardisation, plus the trained audio head of joint runs, whose ``hf/`` also holds
+``audio_tower/``). Both graphs are checked against PyTorch with onnxruntime and the export
+fails above 1e-4.
 
 Both keep what the run was trained on (``training_data`` of its ``run.json``): the model
 card's "Training data" section and ``hf/training_data.json``, and ``onnx/meta.json``.
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtxError, unknown_choice
-from .onnx_text import export_text_onnx, replace_dir, tmp_dir
+from .onnx_text import export_towers_onnx, replace_dir, tmp_dir
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, export_key, latest_eval_report, resolve_run, weights_identity
 from .state import Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, stage_function
@@ -31,6 +34,7 @@ from .state import Resume, StateDir, atomic_write_json, atomic_write_text, begin
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
+TARGETS = ("mtx", "audiomuse")
 TRAINING_DATA = "training_data.json"  # in hf/: what the run was trained on (run.json's training_data)
 
 
@@ -41,6 +45,7 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     opset: int = 17
     out: Path | None = None
+    target: str = "mtx"               # mtx: hf/ + onnx/; audiomuse: AudioMuse-AI's CLAP text-model interface
     resume: Resume = Resume.FRESH
 
 
@@ -123,17 +128,22 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
     else:
         lines.append(f"No evaluation report of these weights yet: run "
                      f"`mtx eval --run {info.name} --checkpoint {checkpoint}`.")
+    if c.space == "joint":
+        lines += ["", "## Joint space", "",
+                  f"This run was trained with the `joint` objective: text and audio both pass through trained "
+                  f"heads into a shared {c.out_dim}-d space. Map stored audio vectors with the audio tower in "
+                  f"`audio_tower/` (`musiccli.runs.load_towers(\"hf\")`, or "
+                  f"`onnx/audio_tower.onnx`), never by standardising them alone."]
     lines += [
         "",
         "## Usage",
         "",
         "```python",
-        "from musiccli import TextEmbedder",
+        "from musiccli.runs import load_towers",
         "",
-        'model = TextEmbedder.from_pretrained("hf")',
-        'q = model.encode(["dark metal"])                  # unit vectors, retrieval space',
-        'raw = model.encode(["dark metal"], space="audio")  # native audio-encoder space',
-        "scores = model.audio_for_retrieval(stored_audio_vectors) @ q[0]",
+        'towers = load_towers("hf")                         # text tower + audio tower',
+        'q = towers.text.encode(["dark metal"])            # unit vectors, retrieval space',
+        "scores = towers.audio.audio_for_retrieval(stored_audio_vectors) @ q[0]",
         "```",
         "",
         "ONNX (no PyTorch needed):",
@@ -145,12 +155,13 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         'tok = AutoTokenizer.from_pretrained("onnx")',
         'sess = ort.InferenceSession("onnx/model.onnx")',
         f'enc = tok(["dark metal"], padding=True, truncation=True, max_length={c.max_length}, return_tensors="np")',
-        'emb, audio_space = sess.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})',
+        'emb = sess.run(["embedding"], {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]',
+        'audio = ort.InferenceSession("onnx/audio_tower.onnx").run(None, {"audio": stored_audio_vectors})[0]',
+        "scores = audio @ emb[0]",
         "```",
         "",
-        "Audio vectors must be standardised with the audio statistics stored in the model "
-        "(`audio_mean`, `audio_std` in `model.safetensors`) and L2-normalised before comparing with "
-        "`embedding`.",
+        "`onnx/audio_tower.onnx` maps raw stored audio vectors to unit vectors in the same space "
+        "(standardised with the run's audio statistics, then through the audio head of joint runs).",
     ]
     if onnx_diff is not None:
         lines += ["", f"ONNX max abs diff vs PyTorch: {onnx_diff:.2g}"]
@@ -167,11 +178,12 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
 
 
 # --------------------------------------------------------------------------- formats
-def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
+def export_hf(info: RunInfo, towers, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
+    """``towers.save_pretrained``: the text embedder, plus ``audio_tower/`` for joint runs."""
     tmp = tmp_dir(out, "hf")
     try:
-        model.save_pretrained(tmp)
-        atomic_write_text(tmp / "README.md", model_card(info, model, checkpoint, onnx_diff))
+        towers.save_pretrained(tmp)
+        atomic_write_text(tmp / "README.md", model_card(info, towers.text, checkpoint, onnx_diff))
         atomic_write_json(tmp / TRAINING_DATA, _training_data_summary(info))
         final = out / "hf"
         replace_dir(tmp, final)
@@ -181,12 +193,14 @@ def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float
     return final
 
 
-def export_onnx(model, out: Path, opset: int, training: dict[str, Any] | None = None,
+def export_onnx(towers, out: Path, opset: int, training: dict[str, Any] | None = None,
                 weights: dict[str, Any] | None = None) -> tuple[Path, float]:
-    """The ONNX text tower, written by the building block that `mtx train` also uses."""
-    return export_text_onnx(model, out, opset, weights=weights, training=training)
+    """``model.onnx`` (text tower) and ``audio_tower.onnx``, each checked against PyTorch, written by
+    the building block that `mtx train` also uses (``onnx_text``)."""
+    return export_towers_onnx(towers, out, opset, weights=weights, training=training)
 
 
+# --------------------------------------------------------------------------- the stage
 def onnx_available() -> bool:
     from importlib.util import find_spec
 
@@ -195,9 +209,18 @@ def onnx_available() -> bool:
 
 @stage_function
 def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
-    from .encoders.text import TextEmbedder
+    from .runs import load_towers
 
     progress = progress or NullProgress()
+    if cfg.target not in TARGETS:
+        raise unknown_choice("export target", cfg.target, TARGETS)
+    if cfg.target == "audiomuse":
+        if not onnx_available():
+            raise MtxError("the AudioMuse-AI export is ONNX and needs the onnx and onnxruntime packages",
+                           hint="pip install 'musiccli[onnx]'")
+        from .export_audiomuse import export_for_audiomuse
+
+        return export_for_audiomuse(state, cfg, progress)
     for f in cfg.formats:
         if f not in FORMATS:
             raise unknown_choice("export format", f, FORMATS)
@@ -227,7 +250,7 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
                             skipped=True)
     done: dict[str, str] = dict(stage.record.counters.get("paths", {})) if stage.resumed else {}
     diff: float | None = stage.record.counters.get("onnx_max_abs_diff") if stage.resumed else None
-    model = TextEmbedder.from_pretrained(ckpt)
+    towers = load_towers(ckpt)
     log.info("exporting run %s (%s checkpoint) to %s", info.name, cfg.checkpoint, out)
     # ONNX first, so the model card in hf/ can quote the verified difference.
     order = [f for f in ("onnx", "hf") if f in formats]
@@ -237,11 +260,10 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
             if f in done and Path(done[f]).exists():
                 continue
             if f == "onnx":
-                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset,
-                                         _training_data_summary(info), config["weights"])
+                path, diff = export_onnx(towers, out, cfg.opset, _training_data_summary(info), config["weights"])
                 log.info("ONNX max abs diff vs PyTorch: %.2g", diff)
             else:
-                path = export_hf(info, model, cfg.checkpoint, out, diff)
+                path = export_hf(info, towers, cfg.checkpoint, out, diff)
             done[f] = str(path)
             stage.update(paths=done, onnx_max_abs_diff=diff)
             task.advance()

@@ -6,7 +6,9 @@ without importing torch or transformers, which is what makes a cold search fast.
 
 Folder layout (``exports/<run>/<checkpoint>/onnx/``, ``runs.export_dir``)::
 
-    model.onnx              input_ids, attention_mask -> embedding (unit, retrieval space), audio_space
+    model.onnx              input_ids, attention_mask -> embedding (unit, retrieval space)[, audio_space]
+    audio_tower.onnx        audio (raw stored vectors) -> embedding (unit, retrieval space): the
+                            standardisation, plus a joint run's trained audio head
     tokenizer.json ...      the fast tokenizer (plus the transformers files, for AutoTokenizer)
     audio_stats.safetensors audio_mean / audio_std (numpy): maps store rows into the retrieval space
     meta.json               dims, max_length, pad token, the checkpoint's weights identity, parity
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 ONNX_TOLERANCE = 1e-4
 MODEL_FILE = "model.onnx"
 STATS_FILE = "audio_stats.safetensors"
+AUDIO_FILE = "audio_tower.onnx"
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
 CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
                  "upbeat 80s synth pop with female vocals", "jazz"]
@@ -60,7 +63,8 @@ def tmp_dir(parent: Path, name: str) -> Path:
 
 # --------------------------------------------------------------------------- export (torch)
 class _Wrapper:
-    """Built lazily (needs torch): returns (normalised retrieval vector, native audio-space vector)."""
+    """Built lazily (needs torch): the text tower returns (normalised retrieval vector[, native
+    audio-space vector]); the audio tower maps raw stored vectors to unit retrieval vectors."""
 
     @staticmethod
     def build(model):
@@ -74,18 +78,40 @@ class _Wrapper:
             def forward(self, input_ids, attention_mask):
                 z = self.m(input_ids, attention_mask)
                 emb = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                if self.m.config.space != "audio":   # a joint space has no native audio-space reading
+                    return (emb,)
                 return emb, z * self.m.audio_std + self.m.audio_mean
 
         return Wrapper(model).eval()
 
+    @staticmethod
+    def build_audio(tower):
+        import torch
 
-def _torch_reference(model, feeds: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        class AudioWrapper(torch.nn.Module):
+            def __init__(self, t) -> None:
+                super().__init__()
+                self.t = t
+
+            def forward(self, audio):
+                z = self.t((audio - self.t.audio_mean) / self.t.audio_std)
+                return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+        return AudioWrapper(tower).eval()
+
+
+def output_names(model) -> list[str]:
+    """The text graph's outputs: ``audio_space`` only where the retrieval space is the audio space."""
+    return ["embedding", "audio_space"] if model.config.space == "audio" else ["embedding"]
+
+
+def _torch_reference(model, feeds: dict[str, Any]) -> tuple[np.ndarray, ...]:
     import torch
 
     wrapper = _Wrapper.build(model)
     with torch.inference_mode():
-        emb, audio = wrapper(torch.as_tensor(feeds["input_ids"]), torch.as_tensor(feeds["attention_mask"]))
-    return emb.numpy(), audio.numpy()
+        outs = wrapper(torch.as_tensor(feeds["input_ids"]), torch.as_tensor(feeds["attention_mask"]))
+    return tuple(o.numpy() for o in outs)
 
 
 def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> float:
@@ -99,13 +125,42 @@ def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> f
                               return_tensors="np")
         feeds = {"input_ids": enc["input_ids"].astype(np.int64),
                  "attention_mask": enc["attention_mask"].astype(np.int64)}
-        got_emb, got_audio = sess.run(["embedding", "audio_space"], feeds)
-        ref_emb, ref_audio = _torch_reference(model, feeds)
-        worst = max(worst, float(np.abs(got_emb - ref_emb).max()), float(np.abs(got_audio - ref_audio).max()))
+        got = sess.run(output_names(model), feeds)
+        ref = _torch_reference(model, feeds)
+        worst = max([worst, *(float(np.abs(g - r).max()) for g, r in zip(got, ref))])
     return worst
 
 
-def _set_eager_attention(backbone) -> None:
+def verify_audio_onnx(tower, onnx_path: Path, seed: int = 0) -> float:
+    """Max abs difference between onnxruntime and PyTorch for the audio tower, on seeded store-like rows."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    mean, std = tower.audio_mean.cpu().numpy(), tower.audio_std.cpu().numpy()
+    worst = 0.0
+    for n in (1, 7):
+        raw = (mean + std * rng.standard_normal((n, tower.in_dim))).astype(np.float32)
+        got = sess.run(["embedding"], {"audio": raw})[0]
+        worst = max(worst, float(np.abs(got - tower.audio_for_retrieval(raw)).max()))
+    return worst
+
+
+def export_audio_onnx(tower, path: Path, opset: int) -> float:
+    """``audio_tower.onnx``: raw stored vectors [batch, in_dim] -> unit retrieval-space vectors."""
+    import torch
+
+    tower = tower.cpu().eval()
+    example = (tower.audio_mean + tower.audio_std * torch.randn(2, tower.in_dim)).float()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Wrapper.build_audio(tower), (example,), str(path), input_names=["audio"],
+                          output_names=["embedding"], dynamic_axes={"audio": {0: "batch"}, "embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    return verify_audio_onnx(tower, path)
+
+
+def set_eager_attention(backbone) -> None:
     setter = getattr(backbone, "set_attn_implementation", None)
     if callable(setter):
         try:
@@ -117,8 +172,9 @@ def _set_eager_attention(backbone) -> None:
 
 
 def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] | None = None,
-                     training: dict[str, Any] | None = None) -> tuple[Path, float]:
-    """Write ``out/onnx/`` for a ``TextEmbedder``; returns (model.onnx path, max abs diff vs PyTorch).
+                     training: dict[str, Any] | None = None, audio_tower=None) -> tuple[Path, float]:
+    """Write ``out/onnx/`` for a ``TextEmbedder`` (plus ``audio_tower.onnx`` when ``audio_tower`` is
+    given); returns (model.onnx path, max abs diff vs PyTorch over both graphs).
 
     ``weights`` is the checkpoint's identity (``weights_identity``), recorded so that search can
     tell whether the export matches the checkpoint an index was built for.
@@ -130,22 +186,25 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
     try:
         model = model.cpu().eval()
         # The eager attention path traces into a plain graph; SDPA mask helpers trip the exporter.
-        _set_eager_attention(model.backbone)
+        set_eager_attention(model.backbone)
         enc = model.tokenizer(["a short query", "a somewhat longer query about music"], padding=True,
                               return_tensors="pt")
         path = tmp / MODEL_FILE
+        names = output_names(model)
         # The legacy exporter's deprecation and tracer notices are expected here: the trace is
         # checked numerically right below, on lengths and batch sizes other than the traced ones.
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _Wrapper.build(model), (enc["input_ids"], enc["attention_mask"]), str(path),
-                input_names=["input_ids", "attention_mask"], output_names=["embedding", "audio_space"],
+                input_names=["input_ids", "attention_mask"], output_names=names,
                 dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                              "embedding": {0: "batch"}, "audio_space": {0: "batch"}},
+                              **{n: {0: "batch"} for n in names}},
                 opset_version=opset, dynamo=False, do_constant_folding=True,
             )
         diff = verify_onnx(model, path)
+        if audio_tower is not None:
+            diff = max(diff, export_audio_onnx(audio_tower, tmp / AUDIO_FILE, opset))
         if diff > ONNX_TOLERANCE:
             raise MtxError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})",
                            hint="try another --opset; the hf/ export is unaffected")
@@ -157,19 +216,24 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
         save_file({"audio_mean": model.audio_mean.detach().cpu().numpy().astype(np.float32),
                    "audio_std": model.audio_std.detach().cpu().numpy().astype(np.float32)}, str(tmp / STATS_FILE))
         c = model.config
-        # A run with a learned audio head (joint / student objectives) maps store rows through it;
-        # this export carries the text tower only, so search must not use it to map audio.
-        audio_heads = [n for n, _ in model.named_children() if "audio" in n.lower()]
+        has_head = bool(audio_tower.has_head) if audio_tower is not None else c.space != "audio"
         atomic_write_json(tmp / "meta.json", {
             "inputs": ["input_ids", "attention_mask"], "outputs": {
-                "embedding": "L2-normalised retrieval-space vector (compare with standardised, normalised audio)",
-                "audio_space": "un-normalised prediction in the audio encoder's native space"},
+                "embedding": "L2-normalised retrieval-space vector (compare with audio_tower.onnx's output)",
+                **({"audio_space": "un-normalised prediction in the audio encoder's native space"}
+                   if c.space == "audio" else {})},
+            **({"audio_tower": {"file": AUDIO_FILE, "input": "audio: raw stored vectors [batch, "
+                                f"{audio_tower.in_dim}]", "output": "embedding: unit vectors in the retrieval space",
+                                "head": has_head}} if audio_tower is not None else {}),
+            "space": c.space,
             "dim": c.out_dim, "audio_encoder": c.audio_encoder, "aggregation": c.aggregation,
             "backbone": c.backbone, "pooling": c.pooling, "max_length": c.max_length, "opset": opset,
             "pad_token": tok.pad_token, "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
-            "audio_stats": f"audio_mean / audio_std in {STATS_FILE}; "
-                           "retrieval audio = normalize((audio - audio_mean) / audio_std)",
-            "audio_side": "head" if audio_heads else "standardize",
+            "audio_stats": f"audio_mean / audio_std in {STATS_FILE} (and inside {AUDIO_FILE}); "
+                           "retrieval audio = normalize(audio_tower((audio - audio_mean) / audio_std))",
+            # standardize: the audio side is the standardisation alone (numpy reproduces it);
+            # head: a trained audio head, which only audio_tower.onnx (or torch) applies.
+            "audio_side": "head" if has_head else "standardize",
             "weights": weights, "max_abs_diff_vs_pytorch": diff, "training_data": training or {},
         })
         final = out / "onnx"
@@ -180,12 +244,19 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
     return final / MODEL_FILE, diff
 
 
-def export_checkpoint_onnx(ckpt_dir: Path, out: Path, opset: int = 17) -> tuple[Path, float]:
-    """Load a saved checkpoint and export its text tower (what `mtx train` does at the end)."""
-    from .encoders.text import TextEmbedder
-    from .runs import weights_identity
+def export_towers_onnx(towers, out: Path, opset: int = 17, weights: dict[str, Any] | None = None,
+                       training: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """``model.onnx`` (text tower) and ``audio_tower.onnx`` of a ``runs.load_towers`` pair."""
+    return export_text_onnx(towers.text, out, opset, weights=weights, training=training, audio_tower=towers.audio)
 
-    return export_text_onnx(TextEmbedder.from_pretrained(ckpt_dir), out, opset, weights=weights_identity(ckpt_dir))
+
+def export_checkpoint_onnx(ckpt_dir: Path, out: Path, opset: int = 17,
+                           training: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """Load a saved checkpoint's towers and export both (what `mtx train` does at the end)."""
+    from .runs import load_towers, weights_identity
+
+    return export_towers_onnx(load_towers(ckpt_dir), out, opset, weights=weights_identity(ckpt_dir),
+                              training=training)
 
 
 # --------------------------------------------------------------------------- inference (no torch)
@@ -199,8 +270,8 @@ def onnx_mismatch(onnx_dir: Path, weights: dict[str, Any]) -> str | None:
         return "the ONNX export predates the torch-free format"
     if meta.get("weights") != weights:
         return "the ONNX export is of other weights"
-    if meta.get("audio_side", "standardize") != "standardize":
-        return "the run maps audio through a learned head, which the ONNX text export does not carry"
+    if meta.get("audio_side", "standardize") != "standardize" and not (Path(onnx_dir) / AUDIO_FILE).exists():
+        return f"the run maps audio through a trained head and the ONNX export has no {AUDIO_FILE}"
     return None
 
 
@@ -234,25 +305,53 @@ class OnnxTextModel:
         stats = load_file(str(self.dir / STATS_FILE))
         self.audio_mean = stats["audio_mean"].astype(np.float32)
         self.audio_std = stats["audio_std"].astype(np.float32)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        # A trained audio head (joint runs) is applied by audio_tower.onnx; the standardisation
+        # alone (align runs) is reproduced in numpy.
+        self.audio_session = None
+        if self.meta.get("audio_side", "standardize") != "standardize":
+            if not (self.dir / AUDIO_FILE).exists():
+                raise MtxError(f"{self.dir} has no {AUDIO_FILE} for the run's trained audio head",
+                               hint="re-export the run (`mtx export --format onnx`), or use --query-runtime torch")
+            self.audio_session = ort.InferenceSession(str(self.dir / AUDIO_FILE), sess_options=opts,
+                                                      providers=["CPUExecutionProvider"])
 
     @property
     def dim(self) -> int:
         return int(self.meta["dim"])
 
+    @property
+    def audio_in_dim(self) -> int:
+        """The stored width the audio side reads (audio_tower.onnx's input, else the audio stats)."""
+        if self.audio_session is not None:
+            width = self.audio_session.get_inputs()[0].shape[-1]
+            if isinstance(width, int):
+                return width
+        return int(len(self.audio_mean))
+
     def encode(self, texts: list[str], batch_size: int = 64, space: str = "retrieval") -> np.ndarray:
         if space not in ("retrieval", "audio"):
             raise MtxError(f"unknown space {space!r}", hint="use 'retrieval' or 'audio'")
+        if space == "audio" and "audio_space" not in self.outputs:
+            raise MtxError("this run's text tower has no audio-space reading (a joint space)",
+                           hint="use the retrieval space")
         outs = []
         for s in range(0, len(texts), batch_size):
             encs = self.tokenizer.encode_batch(list(texts[s:s + batch_size]))
             feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
                      "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64)}
-            emb, audio = self.session.run(["embedding", "audio_space"], feeds)
-            outs.append(emb if space == "retrieval" else audio)
+            name = "embedding" if space == "retrieval" else "audio_space"
+            outs.append(self.session.run([name], feeds)[0])
         if not outs:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(outs).astype(np.float32)
 
-    def audio_for_retrieval(self, audio: np.ndarray) -> np.ndarray:
-        z = (np.asarray(audio, dtype=np.float32) - self.audio_mean) / self.audio_std
+    def audio_for_retrieval(self, audio: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        audio = np.asarray(audio, dtype=np.float32)
+        if self.audio_session is not None:
+            if not len(audio):
+                return np.zeros((0, self.dim), dtype=np.float32)
+            return np.concatenate([self.audio_session.run(["embedding"], {"audio": audio[s:s + batch_size]})[0]
+                                   for s in range(0, len(audio), batch_size)]).astype(np.float32)
+        z = (audio - self.audio_mean) / self.audio_std
         return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)

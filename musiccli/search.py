@@ -49,7 +49,7 @@ from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, resolve_run, store_identity, weights_identity
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
-                    read_json, stage_function)
+                    clean_stale_temps, read_json, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,13 @@ class SearchConfig:
     run: str | None = None
     index: str | None = None
     k: int = 10
-    device: str = "cpu"
+    device: str = "auto"
     rebuild: bool = False          # rebuild the index even if it is current (--force)
     text_model: str = "run"        # "run": the run's trained text embedder; "native": the encoder's own tower
     audio_encoder: str | None = None  # native: whose tower and store (clap, muq)
     manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
     model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
+    checkpoint: str | None = None  # run: best | latest; default: best if saved, else latest
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
     like: str | None = None        # a track id of the index, or an audio file, to sound like
     mix: float = 0.5               # with --like and a query: the text's weight (0 = only --like, 1 = only text)
@@ -104,6 +105,8 @@ class SearchConfig:
     uri: str | None = None         # milvus: a Milvus Lite file or a server URL; default <index>/milvus.db
     index_dtype: str = "float16"   # exact backend: the scanned copy (re-ranked against float32)
     query_runtime: str = "auto"    # auto: the ONNX export when it matches, else PyTorch; onnx | torch: insist
+    playlist: str | None = None    # also save the hits as this playlist on the media server
+    server: str | None = None      # jellyfin | navidrome (default: MEDIASERVER_TYPE)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     like: str | None = None
     backend: str = "exact"
+    playlist: dict[str, Any] | None = None  # with --playlist: server, name, playlist_id, tracks, created
     warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the library's sources
 
 
@@ -150,8 +154,24 @@ class QueryModel:
     model: Any                     # TextEmbedder | NativeTextModel
     run: RunInfo | None = None     # kind "run" only
     checkpoint: str | None = None  # kind "run" only
-    runtime: str = "torch"         # "onnx": an OnnxTextModel (no torch); "torch": a torch module
+    runtime: str = "torch"         # "onnx": an OnnxTextModel (no torch); "torch": torch modules
     note: str | None = None        # why the ONNX path was not taken
+    audio: Any = None              # kind "run", torch: the run's AudioTower (identity for align, the head for joint)
+
+    @property
+    def audio_side(self) -> Any:
+        """What maps stored audio rows into the query space (``audio_for_retrieval``): the run's audio
+        tower, or the model itself (a native tower; an OnnxTextModel, which runs audio_tower.onnx)."""
+        return self.audio if self.audio is not None else self.model
+
+    @property
+    def audio_dim(self) -> int | None:
+        """The stored width a run's audio tower reads (None for native towers, which slice rows)."""
+        if self.audio is not None:
+            return int(self.audio.in_dim)
+        if self.runtime == "onnx":
+            return int(self.model.audio_in_dim)
+        return None
 
     @property
     def label(self) -> str:
@@ -182,16 +202,22 @@ class QueryModel:
         return meta.get("run") == self.run.name if self.run is not None else meta.get("encoder") == self.encoder
 
 
-def run_query_model(info: RunInfo, device: Any = "cpu", onnx_dir: Path | None = None,
-                    query_runtime: str = "torch") -> QueryModel:
-    """A run's text embedder at its default checkpoint: its ONNX export when that matches, else PyTorch."""
-    checkpoint = info.default_checkpoint()
+def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None = None,
+                    onnx_dir: Path | None = None, query_runtime: str = "torch") -> QueryModel:
+    """A run's two towers at ``checkpoint`` (best / latest; None = its default checkpoint): its ONNX
+    export (text tower + audio_tower.onnx) when that matches, else PyTorch (``runs.load_towers``)."""
+    if checkpoint is not None and checkpoint not in ("best", "latest"):
+        raise unknown_choice("checkpoint", checkpoint, ("best", "latest"))
+    if checkpoint is not None and not (info.checkpoint_dir(checkpoint) / "model.safetensors").exists():
+        raise MtxError(f"run {info.name!r} has no {checkpoint} checkpoint",
+                       hint="pass --checkpoint best or latest (whichever the run saved)")
+    checkpoint = checkpoint or info.default_checkpoint()
     ckpt = info.checkpoint_dir(checkpoint)
     note = None
     if query_runtime in ("auto", "onnx") and onnx_dir is not None:
-        from .onnx_text import OnnxTextModel, onnx_mismatch
-
         from importlib.util import find_spec
+
+        from .onnx_text import OnnxTextModel, onnx_mismatch
 
         why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
         if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
@@ -201,15 +227,17 @@ def run_query_model(info: RunInfo, device: Any = "cpu", onnx_dir: Path | None = 
                               runtime="onnx")
         if query_runtime == "onnx":
             raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
-                           hint=f"run `mtx export --run {info.name} --format onnx`, or drop --query-runtime onnx")
-        note = (f"{why} for run {info.name} ({checkpoint}): encoding the query with PyTorch (slower start); "
-                f"`mtx export --run {info.name} --format onnx` makes searches start fast")
+                           hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
+                                "or drop --query-runtime onnx")
+        note = (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); "
+                f"`mtx export --run {info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")
         log.debug("%s", note)   # the result carries it; the CLI prints it once
-    from .encoders.text import TextEmbedder
+    from .runs import load_towers
     from .runtime import select_runtime
 
-    model = TextEmbedder.from_pretrained(ckpt, device=select_runtime(str(device), "fp32").device)
-    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint, runtime="torch", note=note)
+    towers = load_towers(ckpt, device=select_runtime(str(device), "fp32").device)
+    return QueryModel("run", info.audio_encoder, towers.text, run=info, checkpoint=checkpoint, audio=towers.audio,
+                      runtime="torch", note=note)
 
 
 def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
@@ -312,6 +340,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     name = check_name("index", name or f"{text.label}--{mname}")
     d = state.index_dir(name)
     d.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(d)                        # .tmp-items.json.*, .tmp-vectors.npy.* of a build that died
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
     done: dict[str, Any] = dict(stage.record.counters) if stage is not None and stage.resumed else {}
 
@@ -352,8 +381,9 @@ def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, pro
     with EmbeddingStore(store_path) as store:
         # A run predicts exactly the store's dim; a native tower reads a mean [D] or stats [3 D] row
         # (audio_for_retrieval refuses any other width with its own hint).
-        if text.run is not None and store.dim != text.dim:
-            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
+        if text.audio_dim is not None and store.dim != text.audio_dim:
+            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run's audio tower reads "
+                           f"{text.audio_dim}",
                            hint="index a library embedded with the run's audio encoder")
         n, dim = len(store), text.dim
         with atomic_path(d / "vectors.npy") as tmp:
@@ -361,7 +391,7 @@ def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, pro
             with progress.task("Indexing", total=n, unit="tracks") as task:
                 for start, chunk in store.iter_chunks():   # sized in bytes, whatever the dim
                     progress.check_interrupt()
-                    mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
+                    mm[start:start + len(chunk)] = text.audio_side.audio_for_retrieval(chunk)
                     task.advance(len(chunk))
             mm.flush()
             del mm
@@ -488,6 +518,9 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     if meta is not None and meta.get("text_model", "run") != cfg.text_model:
         raise MtxError(f"index {cfg.index!r} was built for {_owner(meta)}",
                        hint=f"search it with {_owner_flags(meta)}, or pick another index")
+    if cfg.checkpoint is not None and cfg.text_model == "native":
+        raise MtxError("--checkpoint chooses one of a run's checkpoints",
+                       hint="drop it with --text-model native (use --model for the tower)")
     if cfg.text_model == "native":
         encoder = cfg.audio_encoder or (meta or {}).get("encoder")
         if not encoder:
@@ -510,8 +543,8 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
         raise MtxError(f"run {info.name!r} was trained on {info.audio_encoder} embeddings, not {cfg.audio_encoder}",
                        hint=f"drop --audio-encoder, or search with --text-model native --audio-encoder "
                             f"{cfg.audio_encoder}")
-    onnx_dir = export_dir(state, info.name, info.default_checkpoint()) / "onnx"
-    return run_query_model(info, cfg.device, onnx_dir, cfg.query_runtime)
+    onnx_dir = export_dir(state, info.name, cfg.checkpoint or info.default_checkpoint()) / "onnx"
+    return run_query_model(info, cfg.device, cfg.checkpoint, onnx_dir, cfg.query_runtime)
 
 
 def _check(cfg: SearchConfig) -> bool:
@@ -551,7 +584,7 @@ def like_vector(index: Index, text: QueryModel, like: str, device: str = "cpu") 
     with EmbeddingStore(Path(index.meta["store"])) as store:
         attrs = dict(store.attrs)
     raw = embed_file(path, attrs, device=device)
-    return _unit_vec(text.model.audio_for_retrieval(raw[None, :])[0])
+    return _unit_vec(text.audio_side.audio_for_retrieval(raw[None, :])[0])
 
 
 def _artist_key(item: dict[str, Any]) -> str | None:
@@ -611,11 +644,18 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
+    playlist = None
+    if cfg.playlist is not None:
+        from dataclasses import asdict
+
+        from .playlists import save_playlist
+
+        playlist = asdict(save_playlist(state, index.name, hits, cfg.playlist, cfg.server))
     return SearchResult(query=cfg.query or "", run=text.run.name if text.run is not None else None, index=index.name,
                         hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
                         model_id=text.model_id, query_runtime=text.runtime,
                         notes=[text.note] if text.note else [], like=cfg.like, backend=index.backend,
-                        warnings=warnings)
+                        warnings=warnings, playlist=playlist)
 
 
 def _provenance_warning(text: QueryModel, index: Index) -> str | None:
@@ -628,6 +668,11 @@ def _provenance_warning(text: QueryModel, index: Index) -> str | None:
     return unseen_sources_warning(text.run.name, run_training_data(text.run.meta), source_counts(index.items.values()))
 
 
+def _m3u_text(text: str) -> str:
+    """``text`` on one line: control characters (newlines included) become spaces."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
     """Extended M3U playlist of the hits (``#EXTINF:seconds,artist - title``), written atomically."""
     lines = ["#EXTM3U"]
@@ -637,7 +682,8 @@ def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
         dur = h.get("duration")
         secs = int(round(float(dur))) if dur is not None else -1
         label = " - ".join(x for x in (h.get("artist"), h.get("title")) if x) or h["id"]
-        lines += [f"#EXTINF:{secs},{label}", str(h["audio_path"])]
+        # One entry is exactly two lines: a newline in a tag or path must not inject lines.
+        lines += [f"#EXTINF:{secs},{_m3u_text(label)}", _m3u_text(str(h["audio_path"]))]
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

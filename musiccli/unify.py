@@ -3,8 +3,9 @@
 Steps: parse each source (``Source.records``), cached per source under
 ``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
 unify resumes without re-parsing; make ids unique across sources; drop records
-whose audio is missing (a cheap existence check, no decoding) or whose duration is
-out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
+whose audio is missing (a cheap existence check, no decoding), that the source's
+last complete ``verify`` of the same download found corrupt, truncated or of the wrong
+duration, or whose duration is out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
 (``manifest.assign_splits``: connected components of recording
 group and artist, bucketed by a seeded hash); write with ``manifest.write_manifest``.
 """
@@ -23,16 +24,21 @@ from typing import Any
 from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
+from .llm_captions import LLMConfig
 from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
-from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
-                    stage_function)
+from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
+                    load_stage, stage_function)
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2   # 2: records carry their recording's group key
 MISSING_EXAMPLES = 5
+# Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
+# different sample rate still decodes, so those stay in).
+VERIFY_REJECTS = ("corrupt", "wrong_duration")
+CAPTION_MODES = ("tags", "llm")
 
 
 @dataclass
@@ -47,6 +53,9 @@ class UnifyConfig:
     name: str = "default"
     dry_run: bool = False
     keep_official_splits: bool = False
+    captions: str = "tags"                 # tags: synthesised where a source has no human caption; llm
+    descriptions_per_song: int = 5         # --captions llm
+    llm: LLMConfig | None = None           # --captions llm: endpoint, model, concurrency (None: defaults)
     resume: Resume = Resume.FRESH
 
 
@@ -69,9 +78,14 @@ class UnifyResult:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0                 # left out because `mtx verify` flagged their file
+    failed_verify_examples: list[str] = field(default_factory=list)
     parsed: int = 0
     dry_run: bool = False
     skipped: bool = False
+    captions: str = "tags"                 # which caption mode ran
+    synthesised: int = 0                   # records whose caption was synthesised from tags/features
+    llm: dict[str, Any] | None = None      # --captions llm: model, calls, cached, failed, tokens
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
     # --keep-official-splits: records moved so that no recording/artist component crosses splits
     split_conflicts: int = 0
@@ -92,6 +106,8 @@ class Filtered:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0
+    failed_verify_examples: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -107,9 +123,17 @@ def prefix_ids(records: Sequence[Record], source: str) -> list[Record]:
 
 
 def filter_records(records: Sequence[Record], min_duration: float | None, max_duration: float | None,
-                   check_audio: bool = True) -> Filtered:
+                   check_audio: bool = True, rejected: dict[str, str] | None = None) -> Filtered:
+    """Drop records without audio, with a file verify rejected (``rejected``: audio path -> why), or out of range."""
     out = Filtered(records=[])
+    rejected = rejected or {}
     for r in records:
+        why = rejected.get(os.path.normpath(r.audio_path))
+        if why is not None:
+            out.failed_verify += 1
+            if len(out.failed_verify_examples) < MISSING_EXAMPLES:
+                out.failed_verify_examples.append(f"{r.id}: {why}")
+            continue
         if check_audio and not os.path.exists(r.audio_path):
             out.missing_audio += 1
             if len(out.missing_examples) < MISSING_EXAMPLES:
@@ -148,6 +172,10 @@ def _validate(cfg: UnifyConfig) -> None:
     for flag, v in (("--max-samples", cfg.max_samples), ("--samples-per-dataset", cfg.samples_per_dataset)):
         if v is not None and v < 1:
             raise MtxError(f"{flag} must be at least 1 (got {v})")
+    if cfg.captions not in CAPTION_MODES:
+        raise MtxError(f"unknown --captions {cfg.captions!r}", hint="choose tags (no LLM) or llm")
+    if cfg.descriptions_per_song < 1:
+        raise MtxError(f"--descriptions-per-song must be at least 1 (got {cfg.descriptions_per_song})")
     if cfg.min_duration is not None and cfg.max_duration is not None and cfg.min_duration > cfg.max_duration:
         raise MtxError(f"--min-duration {cfg.min_duration} is above --max-duration {cfg.max_duration}")
 
@@ -165,15 +193,27 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             log.info("%s: using %d parsed records from the cache", name, len(data))
-            return [Record.from_dict(d, where=path.name) for d in data]
+            records = [Record.from_dict(d, where=path.name) for d in data]
+            for r in records:  # stored relative to the state dir, so a moved state dir reuses the cache
+                r.audio_path = str(state.root / r.audio_path) if not os.path.isabs(r.audio_path) else r.audio_path
+            return records
         except (json.JSONDecodeError, MtxError):
             log.warning("%s: parse cache %s is unreadable; parsing again", name, path)
     source = resolve_source(name)
     records = prefix_ids(source.records(state.dataset_dir(name)), name)
     if write_cache:
         # One committed unit per source: the cache file appears atomically or not at all.
-        atomic_write_text(path, json.dumps([r.to_dict() for r in records], ensure_ascii=False))
+        atomic_write_text(path, json.dumps([{**r.to_dict(), "audio_path": _under_root(r.audio_path, state.root)}
+                                            for r in records], ensure_ascii=False))
     return records
+
+
+def _under_root(audio_path: str, root: Path) -> str:
+    """``audio_path`` relative to the state dir when it lies inside it, else unchanged."""
+    try:
+        return Path(audio_path).relative_to(root).as_posix()
+    except ValueError:
+        return audio_path
 
 
 def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list[str], dict[str, int]]:
@@ -220,6 +260,22 @@ def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list
     return names, failed
 
 
+def verify_rejects(state: StateDir, name: str, identity: dict[str, Any]) -> dict[str, str]:
+    """Audio paths the last complete ``mtx verify`` of this very download rejected -> problem and detail.
+
+    Read from verify's stage record (the state contract), and only when it checked the dataset
+    as it is now: a re-download changes the ledger identity, and an older verdict is ignored.
+    """
+    record = load_stage(state, f"verify:{name}")
+    if record is None or record.status not in DONE:  # complete, or complete with failures (bad files)
+        return {}
+    if any(record.config.get(k) != v for k, v in identity.items()):
+        log.info("%s: the last verify checked an older download; its verdicts are not used", name)
+        return {}
+    return {os.path.normpath(str(b["path"])): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
+            for b in record.result.get("bad", []) if b.get("problem") in VERIFY_REJECTS}
+
+
 # --------------------------------------------------------------------------- stage
 @stage_function
 def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = None) -> UnifyResult:
@@ -228,9 +284,16 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     names, download_failures = _select_datasets(state, cfg.datasets)
     identities = {n: dataset_identity(state.dataset_dir(n)) for n in names}
     out_path = state.manifest_path(cfg.name)
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "dry_run", "name", "datasets")}
+    config = {k: v for k, v in asdict(cfg).items()
+              if k not in ("resume", "dry_run", "name", "datasets", "llm", "descriptions_per_song")}
     config["datasets"] = names
+    if cfg.captions == "llm":
+        config["llm"] = _llm_config(cfg).identity()
     config["inputs"] = identities
+    rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
+    if rejected:
+        # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
+        config["verify_rejects"] = config_hash(sorted(rejected))
 
     run = None
     if not cfg.dry_run:
@@ -255,7 +318,10 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             progress.check_interrupt()
 
     _check_unique(parsed)
-    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
+    if filtered.failed_verify:
+        log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
+                    "are left out, e.g. %s", filtered.failed_verify, filtered.failed_verify_examples[0])
     if filtered.missing_audio:
         log.warning("%d record(s) have no audio file and are left out, e.g. %s", filtered.missing_audio,
                     filtered.missing_examples[0])
@@ -264,15 +330,43 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
     chosen, splits = select_and_split(filtered.records, cfg)
+    llm = None
+    if cfg.captions == "llm" and not cfg.dry_run:
+        llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
+    synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
-                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run,
-                         download_failures=download_failures,
-                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden)
+                         dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
+                         failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
+                         dry_run=cfg.dry_run, download_failures=download_failures,
+                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden,
+                         captions=cfg.captions, synthesised=synthesised, llm=llm)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
     return result
+
+
+def _llm_config(cfg: UnifyConfig) -> LLMConfig:
+    from dataclasses import replace
+
+    return replace(cfg.llm or LLMConfig(), n=cfg.descriptions_per_song)
+
+
+def _caption_with_llm(state: StateDir, records: list[Record], cfg: UnifyConfig, progress: Progress):
+    """LLM captions for records without a human one; nearest-neighbour context from imported CLAP vectors."""
+    from .llm_captions import caption_records
+    from .sources.audiomuse import NAME as AUDIOMUSE, imported_teachers
+    from .store import EmbeddingStore
+
+    vectors = {}
+    clap = imported_teachers(state.dataset_dir(AUDIOMUSE)).get("clap")
+    wanted = [r.id for r in records if r.dataset == AUDIOMUSE]
+    if clap is not None and wanted:
+        with EmbeddingStore(clap) as st:
+            have = [i for i in wanted if st.has(i)]
+            vectors = dict(zip(have, st.get(have))) if have else {}
+    return caption_records(state, records, _llm_config(cfg), vectors, progress)
 
 
 def _check_unique(records: Sequence[Record]) -> None:

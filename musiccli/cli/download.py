@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
+from .. import names
+from ..names import listed
 from ._options import Continue, Force, JsonOut, MaxFailureRate, RetryFailed, _complete_sources
 from ._output import escape, make_table
 
 
 def command(
     ctx: typer.Context,
-    source: Annotated[str | None, typer.Argument(help="Dataset source (e.g. synth); omit with --phase or --stats.",
+    source: Annotated[str | None, typer.Argument(help=f"Dataset source: {listed(names.SOURCES)}; omit with --phase or --stats.",
                                                  autocompletion=_complete_sources, show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="synth: number of clips.")] = 1000,
     duration: Annotated[float, typer.Option("--duration", min=0.1, help="synth: seconds per clip.")] = 10.0,
@@ -34,6 +36,15 @@ def command(
     max_shards: Annotated[int | None, typer.Option("--max-shards", min=1,
                                                    help="Download at most this many archive shards.")] = None,
     path: Annotated[Path | None, typer.Option("--path", help="folder: directory of your own music.")] = None,
+    dsn: Annotated[str | None, typer.Option("--dsn",
+                                            help="audiomuse: PostgreSQL connection string (default: DATABASE_URL, "
+                                                 "else POSTGRES_HOST/PORT/USER/PASSWORD/DB).",
+                                            show_default=False)] = None,
+    server: Annotated[str | None, typer.Option("--server", help="audiomuse: where audio comes from: jellyfin, "
+                                                                "navidrome or local (default: MEDIASERVER_TYPE, "
+                                                                "else local).",
+                                               autocompletion=lambda incomplete: ["jellyfin", "navidrome", "local"],
+                                               show_default=False)] = None,
     phase: Annotated[int | None, typer.Option("--phase", min=1, max=2,
                                               help="Download every source of a phase: 1 short clips, "
                                                    "2 full songs.")] = None,
@@ -60,7 +71,7 @@ def command(
     if stats:
         rows = dataset_stats(app.state)
         if not rows:
-            app.out.info(f"no datasets downloaded in {app.state.root / 'datasets'}")
+            app.out.info(f"no datasets downloaded in {escape(str(app.state.root / 'datasets'))}")
         app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "audio files", "GB",
                                                       "hours"],
                                  [[r.source, r.items, r.ok, r.failed, r.audio_files, r.gb,
@@ -77,7 +88,7 @@ def command(
                          workers=workers, rate_limit=rate_limit,
                          keep_archives=keep_archives, seed=seed, n=n, duration=duration,
                          sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
-                         path=path.expanduser().resolve() if path else None)
+                         path=path.expanduser().resolve() if path else None, dsn=dsn, server=server)
     target = f"--phase {phase}" if phase is not None else source
     with app.progress(resume_hint=f"mtx download {target} --continue") as progress:
         results = run_downloads(app.state, names, cfg, Resume.from_flags(cont or retry_failed, force), progress,
@@ -88,7 +99,7 @@ def command(
                                ("already " if r.skipped else "") + r.status]
                               for r in results]))
     for r in results:
-        app.out.info(f"{r.source}: {r.root}")
+        app.out.info(f"{r.source}: {escape(str(r.root))}")
     app.out.result(results)
     for r in results:
         if not r.failed:

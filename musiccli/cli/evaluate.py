@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import names
+from ..names import completer
 from ._context import get_ctx
-from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
-from ._output import make_table
+from ._options import BatchSize, Checkpoint, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
+from ._output import escape, make_table
 
 METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0")
 
@@ -17,7 +19,7 @@ def command(
     ctx: typer.Context,
     run: Run = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    checkpoint: Checkpoint = "best",
     manifest: Manifest = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
                                             help="Also score random and untrained baselines, and the audio "
@@ -28,7 +30,7 @@ def command(
                             "instrument---) or `folder` (label/*.wav layout).")] = None,
     prompt: Annotated[str, typer.Option("--prompt", help="How class names become text: raw, clap "
                                                          "(\"This audio is a {} song.\") or ensemble.",
-                                        autocompletion=lambda incomplete: ["raw", "clap", "ensemble"])] = "raw",
+                                        autocompletion=completer(names.PROMPTS))] = "raw",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNGs and report.html next to the "
                                                                    "JSON report.")] = True,
     query_protocol: Annotated[str, typer.Option("--query-protocol",
@@ -84,10 +86,11 @@ def command(
         from ..plots import zero_shot_rows
 
         zs = rep["zero_shot"]
-        app.out.table(make_table(f"zero-shot classification, prompt {zs['prompt']}", *zero_shot_rows(rep)))
-    app.out.info(f"report: {result.path}")
+        app.out.table(make_table(f"zero-shot classification, prompt {escape(str(zs['prompt']))}",
+                                 *zero_shot_rows(rep)))
+    app.out.info(f"report: {escape(str(result.path))}")
     if result.html is not None:
-        app.out.info(f"report with pictures: {result.html}")
+        app.out.info(f"report with pictures: {escape(str(result.html))}")
     for line in result.warnings:
         app.out.warn(line)
     app.out.result({**rep, "warnings": result.warnings})

@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import Device, JsonOut, Manifest, Run, _complete_encoders
-from ._output import make_table
+from .. import names
+from ..names import completer, listed
+from ._options import Device, JsonOut, Manifest, Run
+from ._output import escape, make_table
 
 MAX_TAGS = 4
 
@@ -32,8 +34,9 @@ def command(
                                    "text tower (clap, muq), no training needed.",
         autocompletion=lambda incomplete: ["run", "native"])] = "run",
     audio_encoder: Annotated[str | None, typer.Option(
-        "--audio-encoder", "-e", help="With --text-model native: whose text tower and embeddings (clap, muq).",
-        autocompletion=_complete_encoders)] = None,
+        "--audio-encoder", "-e", help="With --text-model native: whose text tower and embeddings "
+                                      f"({listed(names.NATIVE_TEXT_ENCODERS)}).",
+        autocompletion=completer(names.NATIVE_TEXT_ENCODERS))] = None,
     manifest: Manifest = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="With --text-model native: tower checkpoint (Hub id or path); default: the one the "
@@ -51,7 +54,7 @@ def command(
                                                        help="At most N results by one artist.")] = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="auto (exact below 200k tracks, else ann), "
                                                                  "exact, ann (FAISS) or milvus.",
-                                         autocompletion=lambda incomplete: ["auto", "exact", "ann", "milvus"])
+                                         autocompletion=completer(names.INDEX_BACKENDS))
                        ] = "auto",
     uri: Annotated[str | None, typer.Option("--uri", help="With --backend milvus: a Milvus Lite file (*.db) or a "
                                                           "server URL (http://host:19530); default: a Milvus "
@@ -59,10 +62,19 @@ def command(
     query_runtime: Annotated[str, typer.Option("--query-runtime", help="auto: the run's ONNX export when it "
                                                                        "matches the checkpoint, else PyTorch; "
                                                                        "onnx or torch to insist.",
-                                               autocompletion=lambda incomplete: ["auto", "onnx", "torch"])
+                                               autocompletion=completer(names.QUERY_RUNTIMES))
                              ] = "auto",
-    m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
-    device: Device = "cpu",
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="With a run: best or latest (default: best if saved).",
+        autocompletion=completer(names.CHECKPOINTS))] = None,
+    m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist "
+                                                           "(missing folders are created).")] = None,
+    playlist: Annotated[str | None, typer.Option("--playlist", help="Also create (or replace) this playlist on "
+                                                                      "the media server with the hits.")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="With --playlist: jellyfin or navidrome "
+                                                                "(default: MEDIASERVER_TYPE).",
+                                               autocompletion=completer(names.MEDIA_SERVERS))] = None,
+    device: Device = "auto",
     cont: Annotated[bool, typer.Option("--continue", help="Finish an interrupted index build, then search.")
                     ] = False,
     force: Annotated[bool, typer.Option("--force", "--rebuild", help="Rebuild the index before searching.")
@@ -75,19 +87,22 @@ def command(
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
+    if m3u is not None and m3u.is_dir():
+        raise typer.BadParameter(f"{m3u} is a directory; give the playlist's file name, e.g. {m3u / 'results.m3u'}",
+                                 param_hint="--m3u")
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
                        resume=resume, like=like, mix=mix, max_per_artist=max_per_artist, backend=backend, uri=uri,
-                       query_runtime=query_runtime)
+                       query_runtime=query_runtime, checkpoint=checkpoint, playlist=playlist, server=server)
     with app.progress(resume_hint="mtx search ... --continue (with the same options)") as progress:
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \
         f"the native {result.encoder} text tower ({result.model_id})"
-    app.out.info(f"using {source}, index {result.index} ({result.backend})" + (" (rebuilt)" if result.rebuilt else "")
+    app.out.info(escape(f"using {source}, index {result.index} ({result.backend})") + (" (rebuilt)" if result.rebuilt else "")
                  + f"; query encoded with {result.query_runtime}")
     for note in result.notes:
-        app.out.info(note)
+        app.out.info(escape(note))
     for line in result.warnings:
         app.out.warn(line)
     rows = []
@@ -96,10 +111,15 @@ def command(
         tags = ", ".join(h["tags"][:MAX_TAGS]) + (", ..." if len(h["tags"]) > MAX_TAGS else "")
         rows.append([h["rank"], round(h["score"], 4), name, h["dataset"] or "", tags, h["audio_path"] or ""])
     title = " + ".join(x for x in (f"\"{query}\"" if query else None, f"like {like}" if like else None) if x)
-    table = make_table(title, ["rank", "score", "track", "dataset", "tags", "path"], rows)
+    table = make_table(escape(title), ["rank", "score", "track", "dataset", "tags", "path"], rows)
     for col in table.columns:
         col.overflow = "fold"   # wrap long titles and paths instead of cutting them off with "..."
     app.out.table(table)
     if m3u is not None:
-        app.out.info(f"playlist: {write_m3u(m3u, result.hits)}")
+        app.out.info(f"playlist: {escape(str(write_m3u(m3u, result.hits)))}")
+    if result.playlist is not None:
+        p = result.playlist
+        app.out.info(f"{p['server']} playlist {p['name']!r} {'created' if p['created'] else 'replaced'}: "
+                     f"{p['tracks']} track(s)" + (f", {len(p['unmapped'])} hit(s) without a server id left out"
+                                                  if p["unmapped"] else ""))
     app.out.result(result)

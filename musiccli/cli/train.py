@@ -1,4 +1,4 @@
-"""`mtx train`: fit a text embedder to an audio encoder's embeddings."""
+"""`mtx train`: fit a text embedder (and, for joint runs, an audio tower) to an audio encoder's embeddings."""
 
 from __future__ import annotations
 
@@ -7,73 +7,131 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Seed
-from ._output import make_table
+from ._options import (AudioEncoder, Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
+                       _complete_losses)
+from ._output import escape, make_table
 
-# Kept in sync with musiccli.training.losses.LOSSES by a test; importing the registry here
-# would pull torch into `mtx --help`.
+# Kept in sync with the registries (LOSSES, OBJECTIVES, TEXT_REPS, TRACKERS, RECIPES) by a test;
+# importing them here would pull torch into `mtx --help`.
 LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
+OBJECTIVE_NAMES = ("align", "joint")
+TEXT_REP_NAMES = ("caption", "tag", "stochastic", "mixed")
+POOLING_NAMES = ("mean", "cls", "layers")
+TRACKER_NAMES = ("none", "tensorboard", "wandb")
+RECIPE_NAMES = ("navidrome",)
 
 
-def _complete_losses(incomplete: str) -> list[str]:
-    from ..training.losses import LOSSES
+def _positive(value: float) -> float:
+    if not value > 0:  # also refuses NaN
+        raise typer.BadParameter(f"must be a positive number (got {value})")
+    return value
 
-    return [n for n in LOSSES if n.startswith(incomplete)]
+
+def _choices(names: tuple[str, ...]):
+    return lambda incomplete: [n for n in names if n.startswith(incomplete)]
+
+
+def _opt(*names: str, help: str, **kw):
+    return typer.Option(*names, help=help, **kw)
 
 
 def command(
     ctx: typer.Context,
     audio_encoder: AudioEncoder,
     manifest: Manifest = None,
-    run: Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")]
-    = None,
-    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm, roberta, distilbert, "
-                                               "a Hub id or a local path.")] = "minilm",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Backbone learning rate (the head uses 10x).")] = 5e-5,
-    loss: Annotated[str, typer.Option("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}.",
-                                      autocompletion=_complete_losses)] = "combined",
-    temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
-    learn_temperature: Annotated[bool, typer.Option("--learn-temperature",
-                                                    help="Learn the temperature (log-parameterised).")] = False,
-    mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
-    patience: Annotated[int | None, typer.Option("--patience", min=1,
-                                                 help="Stop after N epochs without val R@10 improvement.")] = None,
-    head_hidden: Annotated[int, typer.Option("--head-hidden", min=1, help="Hidden width of the projection head.")]
-    = 1024,
-    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Max caption tokens.")] = 64,
-    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings/--train-embeddings",
-                                                    help="Keep the backbone's token embeddings frozen "
-                                                         "(about 3x faster steps on a CPU).")] = True,
-    freeze_layers: Annotated[int, typer.Option("--freeze-layers", min=0,
-                                               help="Also freeze the lowest N transformer layers.")] = 0,
+    run: Annotated[str | None, _opt("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")] = None,
+    objective: Annotated[str, _opt("--objective", help=f"What trains: {', '.join(OBJECTIVE_NAMES)} (align: text "
+                                   "into the frozen audio space; joint: both towers into a shared space).",
+                                   autocompletion=_choices(OBJECTIVE_NAMES))] = "align",
+    joint_dim: Annotated[int | None, _opt("--joint-dim", min=2, help="Joint objective: width of the shared "
+                                          "space (default: 128).")] = None,
+    recipe: Annotated[str | None, _opt("--recipe", help="Per-encoder defaults for backbone, pooling and batch "
+                                       f"size ({', '.join(RECIPE_NAMES)}); explicit flags still win.",
+                                       autocompletion=_choices(RECIPE_NAMES))] = None,
+    text_backbone: Annotated[str | None, _opt("--text-backbone", help="minilm, roberta, distilbert, a Hub id or "
+                                              "a local path (default: recipe or minilm).",
+                                              autocompletion=_complete_backbones)] = None,
+    text_pooling: Annotated[str | None, _opt("--text-pooling", help=f"{', '.join(POOLING_NAMES)} (layers: every "
+                                             "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
+                                             autocompletion=_choices(POOLING_NAMES))] = None,
+    text_rep: Annotated[str, _opt("--text-rep", help=f"Training text: {', '.join(TEXT_REP_NAMES)} (stochastic: "
+                                  "k ~ U{1..L} tags joined; mixed: caption, alt caption, tags or 'title by artist').",
+                                  autocompletion=_choices(TEXT_REP_NAMES))] = "caption",
+    epochs: Annotated[int, _opt("--epochs", min=1, help="Training epochs.")] = 10,
+    batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1, help="Batch size per process and "
+                                           "sub-batch (default: recipe or 64).")] = None,
+    accum_steps: Annotated[int, _opt("--accum-steps", min=1, help="GradCache: each step is N sub-batches with "
+                                     "the exact gradients of one N x larger batch.")] = 1,
+    lr: Annotated[float, _opt("--lr", help="Backbone learning rate.", callback=_positive)] = 5e-5,
+    head_lr_mult: Annotated[float, _opt("--head-lr-mult", min=0.0, help="Heads learn at lr x this.")] = 10.0,
+    weight_decay: Annotated[float, _opt("--weight-decay", min=0.0, help="AdamW weight decay.")] = 0.01,
+    warmup_ratio: Annotated[float, _opt("--warmup-ratio", min=0.0, max=1.0, help="Linear warmup share of "
+                                        "the steps (then cosine decay).")] = 0.1,
+    loss: Annotated[str | None, _opt("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}, or a combination such as "
+                                     "infonce+0.5*listmle (default: combined for align, infonce for joint).",
+                                     autocompletion=_complete_losses)] = None,
+    temperature: Annotated[float, _opt("--temperature", help="InfoNCE / ListMLE temperature.")] = 0.07,
+    learn_temperature: Annotated[bool, _opt("--learn-temperature",
+                                            help="Learn the temperature (log-parameterised).")] = False,
+    mse_weight: Annotated[float, _opt("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
+    margin: Annotated[float, _opt("--margin", help="Triplet loss margin.")] = 0.2,
+    distill_metric: Annotated[str, _opt("--distill-metric", help="Distillation point loss: mse or cosine.",
+                                        autocompletion=_choices(("mse", "cosine")))] = "mse",
+    distill_kl_weight: Annotated[float, _opt("--distill-kl-weight", min=0.0, help="Weight of the in-batch "
+                                             "similarity KL in distillation (0 = off).")] = 1.0,
+    head_hidden: Annotated[int, _opt("--head-hidden", min=1, help="Hidden width of the projection heads.")] = 1024,
+    dropout: Annotated[float, _opt("--dropout", min=0.0, max=1.0, help="Dropout in the heads.")] = 0.1,
+    freeze_embeddings: Annotated[bool, _opt("--freeze-embeddings/--train-embeddings",
+                                            help="Keep the backbone's token embeddings frozen "
+                                                 "(about 3x faster steps on a CPU).")] = True,
+    freeze_layers: Annotated[int, _opt("--freeze-layers", min=0,
+                                       help="Also freeze the lowest N transformer layers.")] = 0,
+    grad_checkpointing: Annotated[bool, _opt("--grad-checkpointing", help="Recompute backbone activations in "
+                                             "backward (less memory, slower steps).")] = False,
+    max_length: Annotated[int, _opt("--max-length", min=8, help="Max caption tokens.")] = 64,
+    grad_clip: Annotated[float, _opt("--grad-clip", min=0.0, help="Clip the gradient norm (0 = off).")] = 1.0,
+    patience: Annotated[int | None, _opt("--patience", min=1,
+                                         help="Stop after N epochs without val R@10 improvement.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil a (smaller) --text-backbone student "
-                                                "from this trained run.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1,
-                                                         help="Also checkpoint every N steps "
-                                                              "(always at epoch end).")] = None,
-    export: Annotated[bool, typer.Option("--export/--no-export",
-                                         help="Export the ONNX text tower at the end (exports/<run>/best/onnx), so "
-                                              "`mtx search` starts without PyTorch.")] = True,
+    teacher: Annotated[str | None, _opt("--teacher", help="Distil a (smaller) --text-backbone student "
+                                        "from this trained run.")] = None,
+    init_from: Annotated[str | None, _opt("--init-from", help="Start from another run's weights: RUN, RUN:best "
+                                          "or RUN:latest (fresh optimiser and schedule).")] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1,
+                                                 help="Also checkpoint every N steps (always at epoch end).")] = None,
+    eval_every: Annotated[int | None, _opt("--eval-every", min=1, help="Also validate every N steps "
+                                           "(logged; best/ is still chosen at epoch ends).")] = None,
+    report_to: Annotated[str, _opt("--report-to", help=f"Experiment tracker: {', '.join(TRACKER_NAMES)} "
+                                   "(metrics.jsonl is always written).",
+                                   autocompletion=_choices(TRACKER_NAMES))] = "none",
+    val_split: Annotated[str, _opt("--val-split", help="Split used for validation.")] = "val",
+    use_alt_captions: Annotated[bool, _opt("--alt-captions/--no-alt-captions",
+                                           help="Draw from alternative captions too.")] = True,
+    export: Annotated[bool, _opt("--export/--no-export",
+                                 help="Export the ONNX towers at the end (exports/<run>/best/onnx), so "
+                                      "`mtx search` starts without PyTorch.")] = True,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Train a text embedder whose vectors land in the audio encoder's embedding space."""
+    """Train a text embedder whose vectors land in the audio encoder's space (or a joint space)."""
     from ..state import Resume
     from ..training import TrainConfig, run_train
 
     app = get_ctx(ctx, json_mode=as_json)
-    cfg = TrainConfig(audio_encoder=audio_encoder, manifest=manifest, run=run, text_backbone=text_backbone,
-                      epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, temperature=temperature,
-                      learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
-                      head_hidden=head_hidden, max_length=max_length, freeze_embeddings=freeze_embeddings,
-                      freeze_layers=freeze_layers, device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
-                      export=export, resume=Resume.from_flags(cont, force))
+    cfg = TrainConfig(
+        audio_encoder=audio_encoder, manifest=manifest, run=run, objective=objective, joint_dim=joint_dim,
+        recipe=recipe, text_backbone=text_backbone, text_pooling=text_pooling, text_rep=text_rep, epochs=epochs,
+        batch_size=batch_size, accum_steps=accum_steps, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, loss=loss, temperature=temperature, learn_temperature=learn_temperature,
+        mse_weight=mse_weight, margin=margin, distill_metric=distill_metric, distill_kl_weight=distill_kl_weight,
+        head_hidden=head_hidden, dropout=dropout, freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers,
+        grad_checkpointing=grad_checkpointing, max_length=max_length, grad_clip=grad_clip or None,
+        patience=patience, seed=seed, device=device, precision=precision, checkpoint_every=checkpoint_every,
+        eval_every=eval_every, report_to=report_to, teacher=teacher, init_from=init_from, val_split=val_split,
+        use_alt_captions=use_alt_captions, export=export, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
@@ -87,17 +145,20 @@ def command(
 
     if result.skipped:
         app.out.info(f"run {result.run} is already complete (use --force to train it again)")
-    rows = [["run", result.run], ["loss", result.loss], ["epochs", result.epochs_done], ["steps", result.steps],
-            ["best epoch", result.best_epoch], ["best val R@10", result.best_val_r10],
-            ["final train loss", result.final_train_loss], ["final val loss", result.final_val_loss]]
+    rows = [["run", result.run], ["objective", result.objective], ["loss", result.loss],
+            ["epochs", result.epochs_done], ["steps", result.steps], ["best epoch", result.best_epoch],
+            ["best val R@10", result.best_val_r10], ["final train loss", result.final_train_loss],
+            ["final val loss", result.final_val_loss]]
     if not result.skipped:
         rows += [["steps/s", result.steps_per_s], ["seconds", result.seconds]]
     if result.stopped_early:
         rows.append(["stopped early", "yes (patience)"])
     app.out.table(make_table("Training", ["", "value"], rows))
-    app.out.info(f"saved to {result.run_dir}")
+    app.out.info(f"saved to {escape(str(result.run_dir))}")
+    if result.logs:
+        app.out.info(f"{report_to} logs: {result.logs}")
     if result.onnx:
-        app.out.info(f"ONNX text tower: {result.onnx}")
+        app.out.info(f"ONNX export: {escape(str(result.onnx))}")
     elif export and not result.skipped and result.onnx_note:
-        app.out.info(f"no ONNX export ({result.onnx_note}); search will use PyTorch")
+        app.out.info(f"no ONNX export ({escape(result.onnx_note)}); search will use PyTorch")
     app.out.result(result)

@@ -57,6 +57,9 @@ class DownloadConfig:
     quality: str = "low"
     max_shards: int | None = None
     path: Path | None = None
+    # audiomuse: the database (None: DATABASE_URL / POSTGRES_*) and the media server to fetch audio from
+    dsn: str | None = None
+    server: str | None = None
 
     @property
     def n_workers(self) -> int:
@@ -64,7 +67,7 @@ class DownloadConfig:
 
 
 # Options that change how a download runs, never what it produces: a resumed run may change them.
-HOW_NOT_WHAT = frozenset({"workers", "rate_limit", "mirror", "keep_archives"})
+HOW_NOT_WHAT = frozenset({"workers", "rate_limit", "mirror", "keep_archives", "dsn"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Source(abc.ABC):
         """The config fields that change what gets downloaded (the stage compares them on --continue)."""
         generic = {"max_items": cfg.max_items, "subset": cfg.subset}
         return {**generic, **{k: getattr(cfg, k) for k in self.info.options if k not in HOW_NOT_WHAT}}
+
+    def check(self, cfg: DownloadConfig) -> None:
+        """Refuse a config that cannot work (raise MtxError) before any stage record is written."""
 
     @abc.abstractmethod
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
