@@ -19,6 +19,8 @@ def command(
                                                       help="hf and/or onnx (repeatable); default both.")] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset version.")] = 17,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>.")] = None,
+    allow_large: Annotated[bool, typer.Option("--allow-large", help="Student runs: export even above 5 MB "
+                                              "(music) / 8 MB (text) of ONNX.")] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -29,7 +31,7 @@ def command(
 
     app = get_ctx(ctx, json_mode=as_json)
     cfg = ExportConfig(run=run, checkpoint=checkpoint, formats=tuple(formats) if formats else FORMATS, opset=opset,
-                       out=out, resume=Resume.from_flags(cont, force))
+                       out=out, allow_large=allow_large, resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint="mtx export --continue") as progress:
         result = run_export(app.state, cfg, progress)
     if result.skipped:
@@ -37,6 +39,11 @@ def command(
     for fmt in FORMATS:
         if fmt in result.paths:
             app.out.info(f"{fmt}: {result.paths[fmt]}")
+    sizes = result.details.get("sizes_mb")
+    if sizes:
+        app.out.info(f"ONNX sizes: music {sizes['music']:.2f} MB, text {sizes['text']:.2f} MB; client check "
+                     f"(preprocessing.json + tokenizer.json): max abs diff "
+                     f"{max(result.details['client'].values()):.2g}")
     if result.onnx_max_abs_diff is not None:
         app.out.info(f"ONNX max abs diff vs PyTorch: {result.onnx_max_abs_diff:.2g}")
     app.out.result(result)
