@@ -154,6 +154,12 @@ def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
     from .encoders.text import TextEmbedder
 
     checkpoint = info.default_checkpoint()
+    if info.meta.get("objective") == "student":
+        # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`.
+        from .encoders.student import StudentModel
+
+        model = StudentModel.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
+        return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
     model = TextEmbedder.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
     return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
 
@@ -265,6 +271,12 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         if text.run is not None and store.dim != text.dim:
             raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
                            hint="index a library embedded with the run's audio encoder")
+        if text.run is not None and text.run.meta.get("objective") == "student" \
+                and store.attrs.get("model_id") != text.run.name:
+            raise MtxError(f"{store_path} was embedded with student {store.attrs.get('model_id')!r}, "
+                           f"not with run {text.run.name!r}",
+                           hint=f"run `mtx embed --audio-encoder student --model {text.run.name} --manifest {mname} "
+                                f"--force` first")
         n, dim = len(store), text.dim
         # Streamed chunk by chunk into a .npy memmap, so the library never needs to fit twice in RAM.
         with atomic_path(d / "vectors.npy") as tmp:
