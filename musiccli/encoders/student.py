@@ -12,9 +12,10 @@ Text tower (``input_ids``, ``attention_mask`` [N, L] -> ``text_embedding`` [N, d
     token embedding [vocab, width] (+ learned positions and a pre-norm transformer when
     ``text_encoder == "transformer"``: layers x (MHA heads + FFN 2 x width)) -> masked mean -> Dense dim -> L2
 
-The tokenizer is a WordPiece vocabulary trained with ``tokenizers`` on the training captions (not MiniLM's
-30,522 pieces: at 256-d tokens that matrix alone is 31 MB of float32, four times the 8 MB budget; music
-captions need a few thousand pieces). Padding and truncation are set inside ``tokenizer.json`` so any
+The tokenizer is a ``tokenizers`` WordPiece tokenizer with a vocabulary built from the training captions
+(characters + the most frequent words, see :func:`train_tokenizer`), not MiniLM's 30,522 pieces: at 256-d
+tokens that matrix alone is 31 MB of float32, four times the 8 MB budget, and music captions need a few
+thousand pieces. Padding and truncation are set inside ``tokenizer.json`` so any
 client that loads that one file tokenizes exactly as training did.
 
 Front end (what ``preprocessing.json`` describes and a client must reproduce): mono audio at
@@ -275,15 +276,32 @@ class TextTower(nn.Module):
 
 # --------------------------------------------------------------------------- tokenizer
 def train_tokenizer(captions: Sequence[str], vocab_size: int, max_length: int):
-    """A lower-cased WordPiece vocabulary of at most ``vocab_size`` pieces trained on ``captions``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A lower-cased WordPiece tokenizer whose vocabulary (at most ``vocab_size`` pieces) comes from ``captions``.
 
-    tok = Tokenizer(models.WordPiece(unk_token=UNK))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], min_frequency=1,
-                                        show_progress=False)
-    tok.train_from_iterator(list(captions), trainer=trainer)
+    The vocabulary is built here rather than by ``tokenizers``' WordPiece trainer, whose output varies
+    from run to run (ties are broken in hash order), which would break exact resume and reproducibility:
+    [PAD], [UNK], every character seen (word-initial and ``##`` continuation, so any word can be spelled),
+    then whole words by descending frequency (ties alphabetical).
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for c in captions:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(c)))
+    chars = sorted({ch for w in words for ch in w})
+    pieces = [PAD, UNK, *chars, *(f"##{ch}" for ch in chars)]
+    taken = set(pieces)
+    ranked = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    pieces += ranked[:max(0, vocab_size - len(pieces))]
+    tok = Tokenizer(models.WordPiece(vocab={p: i for i, p in enumerate(pieces)}, unk_token=UNK,
+                                     max_input_chars_per_word=100))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece()
     configure_tokenizer(tok, max_length)
     return tok
 
