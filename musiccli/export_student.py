@@ -55,14 +55,14 @@ def _htk_mel(hz: np.ndarray) -> np.ndarray:
 def numpy_log_mel(wave: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     """Mono ``wave`` at ``pre['sample_rate']`` -> [1, 1, n_mels, T] float32, from preprocessing.json alone."""
     n_fft, hop, n_mels, sr = int(pre["n_fft"]), int(pre["hop_length"]), int(pre["n_mels"]), int(pre["sample_rate"])
-    x = np.asarray(wave, dtype=np.float64)
+    x = np.asarray(wave, dtype=np.float32)
     if len(x) <= n_fft // 2:
-        x = np.concatenate([x, np.zeros(n_fft // 2 + 1 - len(x))])
+        x = np.concatenate([x, np.zeros(n_fft // 2 + 1 - len(x), np.float32)])
     x = np.pad(x, n_fft // 2, mode="reflect")
-    n_frames = 1 + (len(x) - n_fft) // hop
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)      # periodic Hann
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    power = np.abs(np.fft.rfft(x[idx] * window, axis=1)) ** 2                   # [T, F]
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]          # [T, n_fft], a view
+    spec = np.fft.rfft(frames * window, axis=1)                                 # [T, F]
+    power = spec.real ** 2 + spec.imag ** 2
     bin_hz = np.arange(n_fft // 2 + 1) * sr / n_fft
     edges_mel = np.linspace(_htk_mel(np.float64(pre["fmin"])), _htk_mel(np.float64(pre["fmax"])), n_mels + 2)
     edges = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
@@ -72,7 +72,7 @@ def numpy_log_mel(wave: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
         rising = (bin_hz - left) / (centre - left)
         falling = (right - bin_hz) / (right - centre)
         fb[m] = np.maximum(0.0, np.minimum(rising, falling))
-    mel = fb @ power.T                                                          # [M, T]
+    mel = fb.astype(np.float32) @ power.T                                       # [M, T]
     db = 10.0 * np.log10(np.maximum(mel, pre["log"]["amin"]))
     db = np.maximum(db - db.max(), -float(pre["log"]["top_db"]))
     lo, hi = db.min(), db.max()
