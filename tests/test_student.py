@@ -299,3 +299,15 @@ def test_student_encoder_needs_a_student_run(sstate):
     with pytest.raises(MtxError, match="no student checkpoint"):
         build_encoder("student", EncoderOptions(model="nope", cache_dir=sstate.root / "models"),
                       select_runtime("cpu", "fp32"))
+
+
+def test_unreadable_training_audio_is_one_clear_error(sstate):
+    from musiccli.errors import MtxError
+    from musiccli.manifest import read_manifest
+    from musiccli.training.student import run_student_train
+
+    victim = next(r for r in read_manifest(sstate.manifest_path("lib")) if r.split == "train")
+    Path(victim.audio_path).unlink()
+    with pytest.raises(MtxError, match="cannot read training audio.*missing audio file") as e:
+        run_student_train(sstate, _cfg(epochs=1))
+    assert "mtx verify" in e.value.hint

@@ -131,19 +131,34 @@ class AudioCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         if self._front is None:
             self._front = LogMel(self.cfg)
-        wave, _ = decode(self.paths[i], self.cfg.sample_rate)
+        try:
+            wave, _ = decode(self.paths[i], self.cfg.sample_rate)
+        except MtxError as e:   # reported by the main process as one line, not a worker traceback
+            return i, None, e.message
         key = _key("crop", self.seed, self.epoch, i) if self.random else None
         crop = take_crop(wave, self.cfg.crop_samples, key)
         with torch.no_grad():
             mel = self._front(torch.from_numpy(np.ascontiguousarray(crop))[None])[0]
-        return i, mel
+        return i, mel, None
 
 
-def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[np.ndarray, torch.Tensor]:
-    return np.array([i for i, _ in items], dtype=np.int64), torch.stack([m for _, m in items])
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[np.ndarray, torch.Tensor]:
+    bad = next((why for _, m, why in items if m is None), None)
+    if bad is not None:
+        return np.zeros(0, dtype=np.int64), bad   # type: ignore[return-value]
+    return np.array([i for i, _, _ in items], dtype=np.int64), torch.stack([m for _, m, _ in items])
+
+
+def _checked(batches):
+    """Loader batches; a track that cannot be decoded stops training with one clear line."""
+    for idx, mel in batches:
+        if isinstance(mel, str):
+            raise MtxError(f"cannot read training audio: {mel}",
+                           hint="run `mtx verify` on the source, fix or drop the file, then `mtx unify --force`")
+        yield idx, mel
 
 
 def _worker_init(_: int) -> None:
@@ -382,7 +397,7 @@ class _StudentTrainer:
         bs = self.cfg.batch_size
         batches = [np.arange(s, min(n, s + bs)) for s in range(0, n, bs)]
         music, text, total, sums = [], [], 0.0, {}
-        for idx, mel in self._loader(self.val_ds, batches, 0):
+        for idx, mel in _checked(self._loader(self.val_ds, batches, 0)):
             loss, parts, m, t = self._losses(mel, self._captions(self.val_records, idx, None), idx, val=True)
             total += float(loss) * len(idx)
             for k, v in parts.items():
@@ -403,7 +418,7 @@ class _StudentTrainer:
                                 completed=self.step) as task:
             while self.epoch < self.cfg.epochs and not self.stopped_early:
                 batches = self.sampler.batches(self.epoch)
-                for idx, mel in self._loader(self.train_ds, batches[self.batch:], self.epoch):
+                for idx, mel in _checked(self._loader(self.train_ds, batches[self.batch:], self.epoch)):
                     loss, parts = self.train_step(idx, mel)
                     self.step += 1
                     self.batch += 1
