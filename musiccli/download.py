@@ -8,19 +8,20 @@ and selects sources by phase. ``dataset_stats`` reports what is on disk.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .datasets import disk_bytes, download_key, resolve_source
 from .errors import Interrupted, MtxError
 from .progress import NullProgress, Progress
 from .sources import get_source, source_names
 from .sources.base import DownloadConfig, Source
 from .sources.ledger import FAILED, OK, PENDING, Ledger
-from .state import TMP_PREFIX, Resume, StateDir, begin_stage
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageStatus, StateDir,
+                    SystemicError, begin_stage, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class DownloadRequest:
 
     config: DownloadConfig
     resume: Resume = Resume.FRESH
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
 
 
 @dataclass
@@ -46,67 +48,60 @@ class DownloadResult:
     bytes: int = 0
     seconds: float = 0.0
     skipped: bool = False
+    status: str = StageStatus.COMPLETE.value   # complete / complete-with-failures / partial / failed
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "DownloadResult":
         return cls(source=d["source"], root=d["root"], ok=d.get("ok", 0), failed=d.get("failed", 0),
                    pending=d.get("pending", 0), failures=[tuple(f) for f in d.get("failures", [])],
-                   bytes=d.get("bytes", 0), seconds=d.get("seconds", 0.0), skipped=skipped)
+                   bytes=d.get("bytes", 0), seconds=d.get("seconds", 0.0), skipped=skipped,
+                   status=d.get("status", StageStatus.COMPLETE.value))
 
 
-def resolve_source(name: str) -> Source:
-    if name not in source_names():
-        raise MtxError(f"unknown source {name!r}; valid sources: {', '.join(source_names())}",
-                       hint="run `mtx download --help` for the list")
-    return get_source(name)
+def _watch(ledger: Ledger, tracker: FailureTracker) -> None:
+    """Feed the items this attempt records to the failure policy; items that already failed before
+    (retried by --continue) do not count towards "the same error on the first items"."""
+    before = {e.id for e in ledger.failures()}
+    ledger.on_ok = lambda _id: tracker.success()
+
+    def failed(id_: str, reason: str) -> None:
+        if id_ in before:
+            tracker.failed += 1
+            return
+        tracker.failure(id_, reason)
+
+    ledger.on_failed = failed
 
 
-def dataset_identity(root: Path) -> dict[str, Any]:
-    """What identifies the current contents of a dataset dir for later stages.
-
-    The ledger is appended to for every downloaded item, so its size and mtime change
-    whenever the dataset does. (Not the directory's mtime: verify writes its results
-    into the dataset dir, which must not change the dataset's identity.)
-    """
-    ledger = Path(root) / Ledger.FILENAME
-    try:
-        st = ledger.stat()
-        return {"ledger_bytes": st.st_size, "ledger_mtime_ns": st.st_mtime_ns}
-    except FileNotFoundError:
-        return {"ledger": None}
-
-
-def disk_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if not name.startswith(TMP_PREFIX):
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
-    return total
-
-
+@stage_function
 def run_download(state: StateDir, req: DownloadRequest, progress: Progress | None = None) -> DownloadResult:
-    """Download one source. Items that failed are listed in the result (failed > 0), never raised."""
+    """Download one source. Items that failed are listed in the result, never raised one by one.
+
+    Outcome: complete; complete-with-failures (nothing pending, some items failed: downstream
+    stages use the dataset, ``--continue``/``--retry-failed`` retries the failed items); failed
+    (a systemic error, or more than ``max_failure_rate`` of the items failed: raises, exit 1).
+    """
     progress = progress or NullProgress()
     cfg = req.config
     source = resolve_source(cfg.source)
     root = state.dataset_dir(source.info.name)
-    run = begin_stage(state, "download", f"download:{source.info.name}", config=source.identity(cfg),
-                      mode=req.resume, discard=lambda: shutil.rmtree(root, ignore_errors=True))
+    policy = FailurePolicy(max_failure_rate=req.max_failure_rate)
+    run = begin_stage(state, "download", download_key(source.info.name), config=source.identity(cfg),
+                      mode=req.resume, discard=lambda: shutil.rmtree(root, ignore_errors=True),
+                      outputs={"dataset": root}, policy=policy)
     if run.already_complete:
         return DownloadResult.from_dict(run.record.result, skipped=True)
 
     root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(root)
+    _watch(ledger, FailureTracker(f"download {source.info.name}", policy))
     log.info("downloading %s into %s", source.info.name, root)
     start = time.monotonic()
     try:
         source.download(cfg, root, ledger, progress)
     finally:
         # Counters survive an interrupt, so `--continue` and the stage record agree.
+        ledger.on_ok = ledger.on_failed = None
         run.update(**ledger.counts())
     counts = ledger.counts()
     result = DownloadResult(
@@ -114,17 +109,25 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
         failures=[(e.id, e.reason or "unknown") for e in ledger.failures()],
         bytes=disk_bytes(root), seconds=round(time.monotonic() - start, 3),
     )
-    if result.failed or result.pending:
-        # Left partial on purpose: `--continue` retries exactly the items that did not succeed.
-        run.update(**counts, failures=len(result.failures))
-        log.warning("%s: %d item(s) failed; rerun with --continue to retry them", source.info.name, result.failed)
-    else:
-        run.complete(result=result)
+    if result.pending:
+        result.status = StageStatus.PARTIAL.value
+    elif result.failed:
+        result.status = StageStatus.COMPLETE_WITH_FAILURES.value
+    run.update(**counts, failures=len(result.failures))
+    try:
+        result.status = run.finish(asdict(result), ok=result.ok, failed=result.failed, pending=result.pending)
+    except SystemicError:
+        result.status = StageStatus.FAILED.value
+        raise
+    if result.failed and not result.pending:
+        log.warning("%s: %d item(s) failed; `mtx download %s --retry-failed` retries them", source.info.name,
+                    result.failed, source.info.name)
     return result
 
 
 def run_downloads(state: StateDir, names: list[str], config: DownloadConfig, resume: Resume,
-                  progress: Progress | None = None) -> list[DownloadResult]:
+                  progress: Progress | None = None,
+                  max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE) -> list[DownloadResult]:
     """Download several sources (``--phase``) one after another with the same options.
 
     A source that cannot even start (its host is down, a checksum list is missing) is
@@ -132,7 +135,7 @@ def run_downloads(state: StateDir, names: list[str], config: DownloadConfig, res
     """
     results = []
     for name in names:
-        req = DownloadRequest(replace(config, source=name), resume)
+        req = DownloadRequest(replace(config, source=name), resume, max_failure_rate)
         try:
             results.append(run_download(state, req, progress))
         except Interrupted:
@@ -142,7 +145,7 @@ def run_downloads(state: StateDir, names: list[str], config: DownloadConfig, res
                 raise
             log.error("%s: %s", name, e.message)
             results.append(DownloadResult(source=name, root=str(state.dataset_dir(name)), failed=1,
-                                          failures=[(name, e.message)]))
+                                          failures=[(name, e.message)], status=StageStatus.FAILED.value))
     return results
 
 

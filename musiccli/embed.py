@@ -67,8 +67,8 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (Resume, StageRun, StateDir, atomic_write_json, begin_stage, diff_configs, read_json,
-                    to_jsonable)
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRun, StateDir,
+                    atomic_write_json, begin_stage, diff_configs, read_json, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class EmbedConfig:
     chunk_tracks: int = 128              # tracks per committed part
     tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
     encoder_options: dict[str, str] = field(default_factory=dict)  # --encoder-option KEY=VALUE
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE  # more failed tracks than this fraction: the stage fails
     resume: Resume = Resume.FRESH
 
 
@@ -324,8 +325,13 @@ def _tracks_per_batch(records: list[Record], window: float, hop: float, max_wind
 
 
 # --------------------------------------------------------------------------- the stage
+@stage_function
 def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    """Embed a manifest. Tracks that fail (missing, corrupt) are listed and the stage completes with
+    failures; a systemic error (the same error on the first tracks, a library that cannot load,
+    out of memory) or more than ``cfg.max_failure_rate`` failed tracks fail it (raises, exit 1)."""
     progress = progress or NullProgress()
+    policy = FailurePolicy(max_failure_rate=cfg.max_failure_rate)
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
@@ -333,7 +339,7 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     def begin() -> bool:
         nonlocal run
         run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
-                          discard=lambda: _discard(plan, cfg))
+                          discard=lambda: _discard(plan, cfg), outputs={"store": plan.path}, policy=policy)
         if not run.already_complete:
             _check_existing(plan, cfg)
             _check_parts_config(plan)
@@ -353,7 +359,8 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     if len(todo) < len(mine):
         log.info("%d of %d chunk(s) already committed; embedding the remaining %d",
                  len(mine) - len(todo), len(mine), len(todo))
-    n_ok, failures, n_processed = _encode_chunks(plan, cfg, todo, run, progress)
+    tracker = FailureTracker(f"embed ({plan.name})", policy)
+    n_ok, failures, n_processed = _encode_chunks(plan, cfg, todo, run, progress, tracker)
     seconds = time.perf_counter() - start
 
     _barrier(plan.dist)
@@ -369,11 +376,16 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
         log.info("this shard is done; %d chunk(s) of other shards are pending: the last shard to finish, or "
                  "`mtx embed --continue` without --shard, assembles the store", len(missing))
         if run is not None:
-            run.complete(result.to_dict())
+            run.check_failures(ok=n_ok, failed=len(failures))
+            run.complete(result.to_dict(), failed=len(failures))
         return result
+    if run is not None:
+        # Judge the whole store before assembling it: a store of mostly failed tracks is never "complete".
+        part_failures = sum(len(store.read_part_failures(parts[c])) for c in range(plan.n_chunks))
+        run.check_failures(ok=len(plan.records) - part_failures, failed=part_failures)
     result = _assemble(state, plan, cfg, parts, result)
     if run is not None:
-        run.complete(result.to_dict())
+        run.complete(result.to_dict(), failed=result.n_failed)
     if plan.shard is not None:
         _mark_unsharded_complete(state, plan, result)
     store.remove_parts(plan.path)
@@ -381,7 +393,7 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
 
 
 def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun | None,
-                   progress: Progress) -> tuple[int, list[tuple[str, str]], int]:
+                   progress: Progress, tracker: FailureTracker) -> tuple[int, list[tuple[str, str]], int]:
     """Encode and commit the given chunks; return (rows written, failures, tracks processed)."""
     items = [(c, r.id, r.audio_path) for c in todo for r in plan.chunk_records(c, cfg.chunk_tracks)]
     n_ok, failures = 0, []
@@ -409,6 +421,10 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
             if pending.chunk is not None and batch.chunk != pending.chunk:
                 n_ok, committed = _commit(plan, pending, failures, n_ok, committed, run, progress)
             pending.chunk = batch.chunk
+            # In loader order: a systemic error stops the stage after the first tracks, not after all.
+            for id_, why in batch.failed:
+                tracker.failure(id_, why)
+            tracker.success(len(batch.ids))
             vectors, tags = _encode(plan, batch.windows, cfg.batch_size)
             pending.add(batch, vectors, plan.aggregation, tags)
             task.advance(batch.n_tracks)
@@ -520,7 +536,7 @@ def _mark_unsharded_complete(state: StateDir, plan: _Plan, result: EmbedResult) 
     run = begin_stage(state, "embed", stage_key(plan.name, plan.manifest_name), config=plan.config,
                       mode=Resume.FORCE)
     done = EmbedResult(**{**asdict(result), "shard": None})
-    run.complete(done.to_dict())
+    run.complete(done.to_dict(), failed=result.n_failed)
 
 
 # --------------------------------------------------------------------------- safety checks

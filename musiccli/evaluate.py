@@ -17,7 +17,8 @@ with a freshly initialised head, same audio statistics) and, when the run's
 audio encoder has one (clap, muq), the encoder's own zero-shot text tower
 ("native", loaded from the checkpoint recorded in the store). A baseline that
 cannot be computed (e.g. weights not available offline) is skipped with a note.
-The report is written atomically to ``runs/<run>/eval-<split>.json``.
+The report is written atomically to ``runs/<run>/eval-<split>-<checkpoint>.json``
+(``runs.eval_report_path``), so each checkpoint keeps its own numbers.
 """
 
 from __future__ import annotations
@@ -32,96 +33,16 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
+from .manifest import Record, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
-from .state import Resume, StateDir, atomic_write_json, begin_stage, file_sha256, read_json, to_jsonable
+from .runs import (RunInfo, eval_key, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
+                   weights_identity)
+from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = ("best", "latest")
 MIN_TAG_POSITIVES = 5
 SYSTEMS = ("model", "untrained", "random", "native")
-
-
-# --------------------------------------------------------------------------- runs
-@dataclass
-class RunInfo:
-    """A trained run as described by its ``run.json`` (the contract with `mtx train`)."""
-
-    name: str
-    dir: Path
-    meta: dict[str, Any]
-
-    @property
-    def audio_encoder(self) -> str:
-        return str(self.meta.get("audio_encoder", ""))
-
-    def checkpoint_dir(self, checkpoint: str) -> Path:
-        if checkpoint not in CHECKPOINTS:
-            raise unknown_choice("checkpoint", checkpoint, CHECKPOINTS)
-        path = self.dir / checkpoint
-        if not (path / "model.safetensors").exists():
-            have = [c for c in CHECKPOINTS if (self.dir / c / "model.safetensors").exists()]
-            raise MtxError(f"run {self.name!r} has no {checkpoint} checkpoint",
-                           hint=f"use --checkpoint {have[0]}" if have else "train it first with `mtx train`")
-        return path
-
-    def default_checkpoint(self) -> str:
-        return next((c for c in CHECKPOINTS if (self.dir / c / "model.safetensors").exists()), "best")
-
-
-def resolve_run(state: StateDir, run: str | None, announce: bool = True) -> RunInfo:
-    """The named run, or the newest run with saved weights; says which one it picked."""
-    if run is None:
-        name = state.newest_run()
-        if announce:
-            log.info("using run %s", name)
-    else:
-        name = run
-        if not (state.root / "runs" / name / "run.json").exists():
-            raise unknown_choice("run", name, state.list_runs() or ["(none: run `mtx train` first)"])
-    path = state.run_dir(name)
-    meta_path = path / "run.json"
-    if not meta_path.exists():
-        raise MtxError(f"run {name!r} has no run.json", hint=f"{path} is incomplete: retrain it with --force")
-    return RunInfo(name=name, dir=path, meta=read_json(meta_path))
-
-
-def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
-    """Identity of saved weights: the sha of the (small) head file plus size/mtime of the backbone.
-
-    Hashing the head is cheap and the head changes at every save; the backbone file
-    can be hundreds of MB, so its stat stands in for a hash.
-    """
-    head = ckpt_dir / "model.safetensors"
-    ident: dict[str, Any] = {"head_sha256": file_sha256(head)[:16]}
-    backbone = ckpt_dir / "backbone" / "model.safetensors"
-    if backbone.exists():
-        st = backbone.stat()
-        ident["backbone"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return ident
-
-
-def store_identity(path: Path) -> dict[str, Any]:
-    st = Path(path).stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None) -> tuple[str, Path, Path]:
-    """(manifest name, manifest path, embeddings path): the run's own, or the given manifest's."""
-    if manifest is None:
-        mpath = Path(info.meta.get("manifest_path") or "")
-        name = str(info.meta.get("manifest") or mpath.stem)
-        if not mpath.is_file():
-            name, mpath = resolve_manifest(state, name)
-        emb = Path(info.meta.get("embeddings") or state.embeddings_path(info.audio_encoder, name))
-    else:
-        name, mpath = resolve_manifest(state, manifest)
-        emb = state.embeddings_path(info.audio_encoder, name)
-    if not emb.exists():
-        raise MtxError(f"no {info.audio_encoder} embeddings for manifest {name!r} ({emb})",
-                       hint=f"run `mtx embed --audio-encoder {info.audio_encoder} --manifest {name}` first")
-    return name, mpath, emb
 
 
 # --------------------------------------------------------------------------- config / result
@@ -249,10 +170,6 @@ def _untrained_like(model, backbone: str, seed: int):
 
 
 # --------------------------------------------------------------------------- the stage
-def report_path(state: StateDir, run: str, split: str) -> Path:
-    return state.run_dir(run) / f"eval-{split}.json"
-
-
 def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
     """The systems an evaluation scores: the model, plus baselines (native only for encoders with a text tower)."""
     from .encoders.native_text import TEXT_TOWERS
@@ -272,6 +189,7 @@ def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, b
                         _encode(native, data.tags, runtime, batch_size))
 
 
+@stage_function
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
     from .encoders.text import TextEmbedder
     from .runtime import select_runtime
@@ -285,8 +203,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         return _run_student_eval(state, cfg, info, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
-    out_path = report_path(state, info.name, cfg.split)
-    key = f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}"
+    out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
+    key = eval_key(info.name, cfg.split, cfg.checkpoint)
     systems = eval_systems(info.audio_encoder, cfg.baselines)
     stage_config = {
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
@@ -295,7 +213,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     # New weights (more training) or new data make the old report stale: evaluating again is
     # the expected behaviour, not a conflict the user must resolve with --force.
     stage = begin_stage(state, "eval", key, config=stage_config, mode=cfg.resume,
-                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
+                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
+                        outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
         return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
 
@@ -473,8 +392,9 @@ def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: 
         if other.meta.get("objective") == "student" or other.audio_encoder not in teachers \
                 or other.meta.get("manifest") != mname:
             continue
-        rep = report_path(state, run, split)
-        if rep.exists():
+        rep = next((p for p in (eval_report_path(state, run, split, c) for c in ("best", "latest")) if p.exists()),
+                   None)
+        if rep is not None:
             r = read_json(rep)
             out[run] = {"audio_encoder": other.audio_encoder, "tracks": r.get("counts", {}).get("tracks"),
                         "results": r.get("results", {}).get("model")}
@@ -486,6 +406,7 @@ def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: 
 
 def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress: Progress) -> EvalReport:
     from .encoders.student import StudentModel
+    from .manifest import resolve_manifest
     from .runtime import select_runtime
 
     ckpt = info.checkpoint_dir(cfg.checkpoint)
@@ -493,14 +414,15 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
         mname, mpath = resolve_manifest(state, str(info.meta.get("manifest")))
     else:
         mname, mpath = resolve_manifest(state, cfg.manifest)
-    out_path = report_path(state, info.name, cfg.split)
+    out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
     teachers = sorted(info.meta.get("teachers") or {})
     stage_config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "weights": weights_identity(ckpt),
                     "teachers": {t: store_identity(state.embeddings_path(t, mname))
                                  for t in teachers if state.embeddings_path(t, mname).exists()},
                     "baselines": cfg.baselines, "seed": cfg.seed}
-    stage = begin_stage(state, "eval", f"eval:{info.name}:{cfg.split}:{cfg.checkpoint}", config=stage_config,
-                        mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
+    stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
+                        mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
+                        outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
         return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
     runtime = select_runtime(cfg.device, "fp32")

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .evaluate import RunInfo, resolve_run, weights_identity
 from .progress import NullProgress, Progress
-from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, read_json
+from .runs import RunInfo, export_dir, export_key, latest_eval_report, resolve_run, weights_identity
+from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write_text, begin_stage, stage_function
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,6 @@ def _tmp_dir(parent: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
 
 
-def latest_eval_report(run_dir: Path) -> dict[str, Any] | None:
-    reports = sorted((p for p in run_dir.glob("eval-*.json") if not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    return read_json(reports[0]) if reports else None
-
-
 def _training_data_summary(info: RunInfo) -> dict[str, Any]:
     from .manifest import read_manifest, split_counts
 
@@ -124,7 +118,11 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         lines.append(f"- tracks: {data['tracks']}")
         lines.append("- by dataset: " + ", ".join(f"{k} {v}" for k, v in data["by_dataset"].items()))
         lines.append("- splits: " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
-    report = latest_eval_report(info.dir)
+    report = latest_eval_report(info.dir, checkpoint)
+    if report and report.get("inputs", {}).get("weights") != weights_identity(info.dir / checkpoint):
+        log.info("the %s eval report of run %s is of older weights; the model card leaves it out", checkpoint,
+                 info.name)
+        report = None
     lines += ["", "## Evaluation", ""]
     if report:
         res = report.get("results", {})
@@ -140,7 +138,8 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
             vals = [res[s].get("tags", {}).get(m) for s in systems]
             lines.append(f"| tags {m} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
     else:
-        lines.append(f"No evaluation report yet: run `mtx eval --run {info.name}`.")
+        lines.append(f"No evaluation report of these weights yet: run "
+                     f"`mtx eval --run {info.name} --checkpoint {checkpoint}`.")
     lines += [
         "",
         "## Usage",
@@ -309,6 +308,7 @@ def onnx_available() -> bool:
     return all(find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
+@stage_function
 def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
     from .encoders.text import TextEmbedder
 
@@ -326,8 +326,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
     if info.meta.get("objective") == "student":
         return _export_student(state, cfg, info, formats, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
-    out = Path(cfg.out).expanduser().resolve() if cfg.out else state.export_dir(info.name)
-    key = f"export:{info.name}:{cfg.checkpoint}"
+    out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
+    key = export_key(info.name, cfg.checkpoint, cfg.out)
     config = {"weights": weights_identity(ckpt), "formats": list(formats), "opset": cfg.opset, "out": str(out)}
 
     def discard() -> None:
@@ -336,7 +336,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
 
     # An export of older weights (or to another folder) is simply redone: exporting is deterministic
     # and cheap, and refusing would make "train more, export again" need --force.
-    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard, redo_changed=True)
+    stage = begin_stage(state, "export", key, config=config, mode=cfg.resume, discard=discard, redo_changed=True,
+                        outputs={f: out / f for f in formats})
     if stage.already_complete and all((out / f).exists() for f in formats):
         r = stage.record.result
         return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),
@@ -372,7 +373,7 @@ def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: 
     from .encoders.student import StudentModel
 
     ckpt = info.checkpoint_dir(cfg.checkpoint)
-    out = Path(cfg.out).expanduser().resolve() if cfg.out else state.export_dir(info.name)
+    out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
     config = {"weights": weights_identity(ckpt), "formats": list(formats), "opset": cfg.opset, "out": str(out),
               "allow_large": cfg.allow_large}
 
@@ -380,8 +381,8 @@ def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: 
         for f in formats:
             shutil.rmtree(out / f, ignore_errors=True)
 
-    stage = begin_stage(state, "export", f"export:{info.name}:{cfg.checkpoint}", config=config, mode=cfg.resume,
-                        discard=discard, redo_changed=True)
+    stage = begin_stage(state, "export", export_key(info.name, cfg.checkpoint, cfg.out), config=config,
+                        mode=cfg.resume, discard=discard, redo_changed=True, outputs={f: out / f for f in formats})
     if stage.already_complete and all((out / f).exists() for f in formats):
         r = stage.record.result
         return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),
@@ -389,7 +390,7 @@ def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: 
     done: dict[str, str] = dict(stage.record.counters.get("paths", {})) if stage.resumed else {}
     checks: dict[str, Any] = dict(stage.record.counters.get("details", {})) if stage.resumed else {}
     model = StudentModel.from_pretrained(ckpt)
-    report = latest_eval_report(info.dir)
+    report = latest_eval_report(info.dir, cfg.checkpoint)
     order = [f for f in ("onnx", "hf") if f in formats]
     log.info("exporting student run %s (%s checkpoint) to %s", info.name, cfg.checkpoint, out)
     with progress.task("Exporting", total=len(order), unit="formats", completed=len(done)) as task:

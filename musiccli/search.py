@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .evaluate import RunInfo, resolve_run, store_identity, weights_identity
 from .progress import NullProgress, Progress
+from .runs import RunInfo, resolve_run, store_identity, weights_identity
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
-                    read_json)
+                    read_json, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,7 @@ def _stale_reason(text: QueryModel, meta: dict[str, Any]) -> str | None:
     return None
 
 
+@stage_function
 def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebuild: bool = False,
                manifest: str | None = None, progress: Progress | None = None,
                resume: Resume = Resume.FRESH) -> tuple[Index, bool]:
@@ -344,7 +345,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
     stage_config = {"text_model": text.kind, "manifest": manifest}
     stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
                         else {"encoder": text.encoder, "model_id": text.model_id})
-    stage = begin_stage(state, "search", f"index:{name}", stage_config, mode)
+    stage = begin_stage(state, "search", f"index:{name}", stage_config, mode, outputs={"index": state.index_dir(name)})
     built = build_index(state, text, manifest, name, progress=progress)
     stage.complete({"index": name, "count": len(built)})
     return built, True

@@ -15,6 +15,15 @@ produces from which inputs (``embed:dsp:synth``). Its record stores the
 result-affecting config. A fresh start over a complete record is a no-op, over a
 partial one it is refused; ``--continue`` resumes a partial one only if the config
 is unchanged (differences are listed); ``--force`` starts over.
+
+The :class:`Stage` object owns key, config, output paths, discard and the completion
+policy. Outcomes: ``complete``; ``complete-with-failures`` (nothing pending, some items
+failed and listed; downstream stages use the output); ``partial`` (interrupted, or
+``running`` with no process holding the lock); ``failed`` (a systemic error or too many
+failed items; never complete, and the next attempt simply tries again). While a stage
+runs, it holds ``fcntl.flock`` on ``stages/<key>.lock``: a second process is refused with
+"<stage> <key> is running (pid N)". Stage functions are wrapped in :func:`stage_function`,
+which records a raising stage as failed (partial on Ctrl-C) and releases its lock.
 """
 
 from __future__ import annotations
@@ -277,8 +286,21 @@ class Resume(str, enum.Enum):
 
 
 class StageStatus(str, enum.Enum):
+    """A stage record's status. ``running`` with no process holding the lock reads as partial."""
+
     RUNNING = "running"
+    PARTIAL = "partial"                                  # interrupted: --continue resumes it
     COMPLETE = "complete"
+    COMPLETE_WITH_FAILURES = "complete-with-failures"    # nothing pending, some items failed (listed)
+    FAILED = "failed"                                    # systemic error or too many failures
+
+
+DONE = (StageStatus.COMPLETE.value, StageStatus.COMPLETE_WITH_FAILURES.value)
+
+
+def is_done(status: str) -> bool:
+    """Downstream stages use the output of a stage that is complete, with or without failed items."""
+    return status in DONE
 
 
 @dataclass
@@ -293,6 +315,9 @@ class StageRecord:
     finished: float | None = None
     attempts: int = 1
     result: dict[str, Any] = field(default_factory=dict)
+    failed_items: int = 0
+    error: str | None = None
+    pid: int | None = None
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -303,18 +328,187 @@ def diff_configs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-class StageRun:
-    """Handle on one stage execution; persists its record atomically."""
+# --------------------------------------------------------------------------- completion policy
+DEFAULT_MAX_FAILURE_RATE = 0.5
+SAME_ERROR_ITEMS = 5
 
-    def __init__(self, state: StateDir, record: StageRecord, resumed: bool, already_complete: bool) -> None:
+# Failures that say the environment is broken, not the item: no point trying the next one.
+_SYSTEMIC_PATTERNS = (
+    re.compile(r"^(ImportError|ModuleNotFoundError)\b"),
+    re.compile(r"undefined symbol|cannot open shared object|image not found|DLL load failed", re.I),
+    re.compile(r"^(OutOfMemoryError|MemoryError)\b"),
+    re.compile(r"CUDA out of memory|CUDA error|out of memory", re.I),
+)
+
+
+class SystemicError(MtxError):
+    """The stage cannot succeed on any item; it is recorded failed and the CLI exits 1."""
+
+
+def is_systemic(reason: str) -> bool:
+    """Whether one item's failure reason (``"Type: message"`` or a message) is a systemic error."""
+    return any(p.search(reason) for p in _SYSTEMIC_PATTERNS)
+
+
+def systemic_exception(e: BaseException) -> bool:
+    """Exceptions that mean the library or the device is broken (a stage raises them through)."""
+    if isinstance(e, (ImportError, MemoryError)):
+        return True
+    return type(e).__name__ == "OutOfMemoryError" or is_systemic(f"{type(e).__name__}: {e}")
+
+
+def failure_signature(reason: str) -> str:
+    """A failure reason with its item-specific parts (paths, quoted names, numbers) masked."""
+    sig = re.sub(r"'[^']*'|\"[^\"]*\"", "<name>", reason)
+    sig = re.sub(r"\S*[/\\]\S*", "<path>", sig)
+    return re.sub(r"\d+", "N", sig).strip()
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """When item failures make a whole stage fail instead of complete-with-failures.
+
+    - a systemic failure (a library that cannot load, out of memory) aborts at once;
+    - the same failure (up to paths and numbers) on each of the first ``same_error_items``
+      items aborts: nothing after them would fare differently;
+    - at the end, a failure rate above ``max_failure_rate`` fails the stage.
+    """
+
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
+    same_error_items: int = SAME_ERROR_ITEMS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise MtxError(f"--max-failure-rate must be between 0 and 1 (got {self.max_failure_rate})",
+                           hint="e.g. --max-failure-rate 0.1 fails the stage when more than 10% of items fail")
+
+
+class FailureTracker:
+    """Counts item outcomes in processing order and raises :class:`SystemicError` per the policy."""
+
+    def __init__(self, stage: str, policy: FailurePolicy | None = None) -> None:
+        self.stage = stage
+        self.policy = policy or FailurePolicy()
+        self.ok = 0
+        self.failed = 0
+        self._first: list[str] = []     # signatures of the first items, while all of them failed
+        self._streak_broken = False
+
+    def success(self, n: int = 1) -> None:
+        self.ok += n
+        if n:
+            self._streak_broken = True
+
+    def failure(self, item: str, reason: str) -> None:
+        self.failed += 1
+        if is_systemic(reason):
+            raise SystemicError(f"{self.stage} stopped: {reason} (item {item})",
+                                hint="fix the installation or the device; nothing was recorded as complete")
+        if self._streak_broken:
+            return
+        self._first.append(failure_signature(reason))
+        n = self.policy.same_error_items
+        if len(self._first) >= n and len(set(self._first[:n])) == 1:
+            raise SystemicError(f"{self.stage} stopped: the first {n} items all failed with the same error: "
+                                f"{reason}", hint="this is not a problem of single items; fix it and rerun")
+        if len(self._first) >= n:
+            self._streak_broken = True
+
+    def check_rate(self, total: int | None = None) -> None:
+        """Raise if the failure rate over ``total`` items (default: those seen) is above the policy's."""
+        total = self.ok + self.failed if total is None else total
+        if total and self.failed / total > self.policy.max_failure_rate:
+            raise SystemicError(
+                f"{self.stage} failed: {self.failed} of {total} items failed "
+                f"({self.failed / total:.0%} > --max-failure-rate {self.policy.max_failure_rate:.0%})",
+                hint="see the listed failures; fix them, or raise --max-failure-rate to accept them")
+
+
+# --------------------------------------------------------------------------- one process per output
+def stage_record_path(state: StateDir, key: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+    return state.stages_dir / f"{safe}.json"
+
+
+def stage_lock_path(state: StateDir, key: str) -> Path:
+    return stage_record_path(state, key).with_suffix(".lock")
+
+
+# Locks this process holds: path -> [fd, holders]. A stage that calls another in-process (the demo,
+# a shard that marks the unsharded stage complete) shares the lock; another process is refused.
+_HELD: dict[Path, list[int]] = {}
+
+
+def _acquire_lock(path: Path, stage: str, key: str) -> None:
+    import fcntl
+
+    if path in _HELD:
+        _HELD[path][1] += 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise MtxError(f"{stage} {key} is running (pid {holder})",
+                       hint="wait for it to finish, or stop that process first; one process per output") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[path] = [fd, 1]
+
+
+def _release_lock(path: Path) -> None:
+    held = _HELD.get(path)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[path]
+        os.close(held[0])   # closing the descriptor releases the flock
+
+
+def lock_holder(state: StateDir, key: str) -> int | None:
+    """The pid of another process running this stage output, or None (a probe: takes no lock)."""
+    import fcntl
+
+    path = stage_lock_path(state, key)
+    if path in _HELD or not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
+
+
+# --------------------------------------------------------------------------- the stage object
+class StageRun:
+    """Handle on one stage execution; persists its record atomically and holds the output's lock."""
+
+    def __init__(self, state: StateDir, record: StageRecord, resumed: bool, already_complete: bool,
+                 policy: FailurePolicy | None = None) -> None:
         self.state = state
         self.record = record
         self.resumed = resumed
         self.already_complete = already_complete
+        self.policy = policy or FailurePolicy()
+        self._lock: Path | None = None
 
     @property
     def path(self) -> Path:
         return stage_record_path(self.state, self.record.key)
+
+    @property
+    def status(self) -> str:
+        return self.record.status
 
     def save(self) -> None:
         self.record.updated = time.time()
@@ -324,17 +518,68 @@ class StageRun:
         self.record.counters.update(counters)
         self.save()
 
-    def complete(self, result: dict[str, Any] | None = None) -> None:
-        self.record.status = StageStatus.COMPLETE.value
+    def complete(self, result: dict[str, Any] | None = None, failed: int = 0) -> str:
+        """Record the stage as done: ``complete``, or ``complete-with-failures`` when items failed."""
+        status = StageStatus.COMPLETE_WITH_FAILURES if failed else StageStatus.COMPLETE
+        self.record.status = status.value
+        self.record.failed_items = int(failed)
+        self.record.error = None
         self.record.finished = time.time()
         if result is not None:
             self.record.result = to_jsonable(result)
         self.save()
+        return status.value
 
+    def finish(self, result: dict[str, Any] | None, ok: int, failed: int, pending: int = 0) -> str:
+        """Apply the completion policy to a finished pass over the items and record the outcome.
 
-def stage_record_path(state: StateDir, key: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
-    return state.stages_dir / f"{safe}.json"
+        Pending items leave the stage partial (``--continue`` picks them up); a failure rate above
+        the policy's records it failed and raises :class:`SystemicError`; otherwise it is complete,
+        with failures when some items failed.
+        """
+        if pending:
+            self.mark(StageStatus.PARTIAL)
+            if result is not None:
+                self.record.result = to_jsonable(result)
+                self.save()
+            return StageStatus.PARTIAL.value
+        if result is not None:
+            self.record.result = to_jsonable(result)
+        self.check_failures(ok, failed)
+        return self.complete(result, failed=failed)
+
+    def check_failures(self, ok: int, failed: int) -> None:
+        """Record the stage failed and raise :class:`SystemicError` if too many items failed."""
+        tracker = FailureTracker(self.record.stage, self.policy)
+        tracker.ok, tracker.failed = ok, failed
+        try:
+            tracker.check_rate()
+        except SystemicError as e:
+            self.mark(StageStatus.FAILED, e.message)
+            raise
+
+    def mark(self, status: StageStatus, error: str | None = None) -> None:
+        self.record.status = status.value
+        if error is not None:
+            self.record.error = error
+        self.record.finished = time.time() if status is StageStatus.FAILED else self.record.finished
+        self.save()
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock is not None
+
+    def close(self) -> None:
+        """Release the output's lock (the record stays as it is)."""
+        if self._lock is not None:
+            _release_lock(self._lock)
+            self._lock = None
+
+    def __del__(self) -> None:   # a handle dropped without close() must not keep its output locked
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def load_stage(state: StateDir, key: str) -> StageRecord | None:
@@ -346,6 +591,121 @@ def load_stage(state: StateDir, key: str) -> StageRecord | None:
     return StageRecord(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass
+class Stage:
+    """One stage output: its key, result-affecting config, output paths, discard and completion policy.
+
+    ``key`` is the stage name plus the parts that identify the output (``embed:dsp:synth``);
+    ``outputs`` are the paths derived from the same parts by whoever builds the Stage, so a path
+    and its key cannot disagree. ``discard`` removes the outputs (default: delete ``outputs``).
+    ``begin`` takes the output's lock (one process per output) and applies the resume contract;
+    the stage function then commits units, and ``finish``/``complete`` record the outcome.
+    """
+
+    state: StateDir
+    name: str
+    key: str
+    config: dict[str, Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+    discard: Callable[[], None] | None = None
+    redo_changed: bool = False
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
+
+    @property
+    def record_path(self) -> Path:
+        return stage_record_path(self.state, self.key)
+
+    @property
+    def lock_path(self) -> Path:
+        return stage_lock_path(self.state, self.key)
+
+    def discard_outputs(self) -> None:
+        if self.discard is not None:
+            self.discard()
+            return
+        import shutil
+
+        for path in self.outputs.values():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def begin(self, mode: Resume) -> StageRun:
+        _acquire_lock(self.lock_path, self.name, self.key)
+        try:
+            run = self._apply_contract(mode)
+        except BaseException:
+            _release_lock(self.lock_path)
+            raise
+        run.policy = self.policy
+        run._lock = self.lock_path
+        _current_scope_add(run)
+        return run
+
+    def _apply_contract(self, mode: Resume) -> StageRun:
+        stage, key = self.name, self.key
+        config = to_jsonable(self.config)
+        previous = load_stage(self.state, key)
+        if previous is not None and previous.status == StageStatus.FAILED.value and mode is Resume.FRESH:
+            # A failed attempt is not an interruption: the next run simply tries again, keeping
+            # committed units when nothing changed and starting over when the config did.
+            if diff_configs(previous.config, config):
+                log.info("%s: the last attempt failed and the config changed; starting over", stage)
+                mode = Resume.FORCE
+            else:
+                log.info("%s: the last attempt failed (%s); trying again", stage, previous.error or "unknown error")
+                mode = Resume.CONTINUE
+        if self.redo_changed and mode is Resume.FRESH and previous is not None:
+            differences = diff_configs(previous.config, config)
+            if differences:
+                log.info("%s: inputs changed since the last run (%s); starting over", stage, "; ".join(differences))
+                mode = Resume.FORCE
+        if mode is Resume.FORCE:
+            self.discard_outputs()
+            previous = None
+        if previous is not None:
+            differences = diff_configs(previous.config, config)
+            done = is_done(previous.status)
+            if done and differences:
+                raise MtxError(
+                    f"{stage} output {key!r} already exists with a different config: " + "; ".join(differences),
+                    hint="use --force to overwrite it, or choose another output name",
+                )
+            if previous.status == StageStatus.COMPLETE.value or (done and mode is Resume.FRESH):
+                if previous.failed_items:
+                    log.info("%s %s is complete with %d failed item(s); nothing to do "
+                             "(--retry-failed or --continue retries them, --force redoes all)",
+                             stage, key, previous.failed_items)
+                else:
+                    log.info("%s %s is already complete; nothing to do (use --force to redo it)", stage, key)
+                return StageRun(self.state, previous, resumed=False, already_complete=True)
+            if mode is Resume.FRESH:
+                raise MtxError(
+                    f"interrupted {stage} found: rerun with --continue to resume, or --force to start over",
+                    hint=f"stage record: {stage_record_path(self.state, key)}",
+                )
+            if differences:
+                raise MtxError(
+                    f"cannot continue {stage}: the config differs from the interrupted run: " + "; ".join(differences),
+                    hint="rerun with the original options, or use --force to start over",
+                )
+            previous.attempts += 1
+            previous.status = StageStatus.RUNNING.value
+            previous.error = None
+            previous.pid = os.getpid()
+            run = StageRun(self.state, previous, resumed=True, already_complete=False)
+            run.save()
+            log.info("resuming %s %s (attempt %d)", stage, key, previous.attempts)
+            return run
+        if mode is Resume.CONTINUE:
+            log.info("nothing to continue for %s %s; starting fresh", stage, key)
+        record = StageRecord(stage=stage, key=key, config=config, pid=os.getpid())
+        run = StageRun(self.state, record, resumed=False, already_complete=False)
+        run.save()
+        return run
+
+
 def begin_stage(
     state: StateDir,
     stage: str,
@@ -354,8 +714,10 @@ def begin_stage(
     mode: Resume,
     discard: Callable[[], None] | None = None,
     redo_changed: bool = False,
+    outputs: dict[str, Path] | None = None,
+    policy: FailurePolicy | None = None,
 ) -> StageRun:
-    """Apply the resume contract and return the run handle.
+    """Build the :class:`Stage` and begin it: lock the output, apply the resume contract.
 
     ``config`` holds everything that changes the stage's results (and only that).
     ``discard`` removes the stage's outputs; it runs on ``--force``.
@@ -364,44 +726,53 @@ def begin_stage(
     ``--force``) instead of refusing; ``--continue`` still refuses and lists the differences.
     Callers check ``run.already_complete`` and return early without doing work.
     """
-    config = to_jsonable(config)
-    previous = load_stage(state, key)
-    if redo_changed and mode is Resume.FRESH and previous is not None:
-        differences = diff_configs(previous.config, config)
-        if differences:
-            log.info("%s: inputs changed since the last run (%s); starting over", stage, "; ".join(differences))
-            mode = Resume.FORCE
-    if mode is Resume.FORCE:
-        if discard is not None:
-            discard()
-        previous = None
-    if previous is not None:
-        differences = diff_configs(previous.config, config)
-        if previous.status == StageStatus.COMPLETE.value:
-            if differences:
-                raise MtxError(
-                    f"{stage} output {key!r} already exists with a different config: " + "; ".join(differences),
-                    hint="use --force to overwrite it, or choose another output name",
-                )
-            log.info("%s %s is already complete; nothing to do (use --force to redo it)", stage, key)
-            return StageRun(state, previous, resumed=False, already_complete=True)
-        if mode is Resume.FRESH:
-            raise MtxError(
-                f"interrupted {stage} found: rerun with --continue to resume, or --force to start over",
-                hint=f"stage record: {stage_record_path(state, key)}",
-            )
-        if differences:
-            raise MtxError(
-                f"cannot continue {stage}: the config differs from the interrupted run: " + "; ".join(differences),
-                hint="rerun with the original options, or use --force to start over",
-            )
-        previous.attempts += 1
-        run = StageRun(state, previous, resumed=True, already_complete=False)
-        run.save()
-        log.info("resuming %s %s (attempt %d)", stage, key, previous.attempts)
-        return run
-    if mode is Resume.CONTINUE:
-        log.info("nothing to continue for %s %s; starting fresh", stage, key)
-    run = StageRun(state, StageRecord(stage=stage, key=key, config=config), resumed=False, already_complete=False)
-    run.save()
-    return run
+    return Stage(state, stage, key, config, outputs=dict(outputs or {}), discard=discard,
+                 redo_changed=redo_changed, policy=policy or FailurePolicy()).begin(mode)
+
+
+# --------------------------------------------------------------------------- stage scope
+# The stage runs begun inside one ``@stage_function`` call. When the function raises, each run
+# that is still "running" is recorded: partial on Ctrl-C, failed on anything else (so the next
+# attempt is not refused as interrupted); its lock is released either way.
+_scopes: list[list[StageRun]] = []
+
+
+def _current_scope_add(run: StageRun) -> None:
+    if _scopes:
+        _scopes[-1].append(run)
+
+
+def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    from .errors import Interrupted
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _scopes.append([])
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            interrupted = isinstance(e, (Interrupted, KeyboardInterrupt))
+            for run in _scopes[-1]:
+                # Only the lock holder writes the record (other torchrun ranks follow rank 0), and a
+                # record the stage removed itself (a setup that failed before any work) stays removed.
+                if run.record.status == StageStatus.RUNNING.value and not run.already_complete \
+                        and run.holds_lock and run.path.exists():
+                    if interrupted:
+                        run.mark(StageStatus.PARTIAL)
+                    else:
+                        message = e.message if isinstance(e, MtxError) else f"{type(e).__name__}: {e}"
+                        run.mark(StageStatus.FAILED, message)
+            if not isinstance(e, MtxError) and isinstance(e, Exception) and systemic_exception(e):
+                name = _scopes[-1][0].record.stage if _scopes[-1] else fn.__name__.removeprefix("run_")
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise SystemicError(f"{name} stopped: {type(e).__name__}: {first}",
+                                    hint="a library cannot load or the device ran out of memory; "
+                                         "fix that (e.g. a smaller --batch-size) and rerun") from e
+            raise
+        finally:
+            for run in _scopes.pop():
+                run.close()
+
+    return wrapper

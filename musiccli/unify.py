@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .download import dataset_identity, resolve_source
+from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
-                    load_stage)
+                    stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class UnifyResult:
     parsed: int = 0
     dry_run: bool = False
     skipped: bool = False
+    download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
@@ -172,7 +173,13 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
     return records
 
 
-def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:
+def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list[str], dict[str, int]]:
+    """The sources to unify and, per source, how many items its download left failed.
+
+    A download that is complete with failures is used (its failed items are simply absent);
+    an interrupted or failed one is left out when sources are picked automatically, and
+    refused when named with --datasets.
+    """
     if requested:
         names = list(dict.fromkeys(requested))
         for n in names:
@@ -180,29 +187,42 @@ def _select_datasets(state: StateDir, requested: list[str] | None) -> list[str]:
             if not state.dataset_dir(n).is_dir():
                 raise MtxError(f"dataset {n!r} is not downloaded ({state.dataset_dir(n)} does not exist)",
                                hint=f"run `mtx download {n}` first")
-        return names
-    names = []
-    for n in source_names():
-        if not state.dataset_dir(n).is_dir():
-            continue
-        record = load_stage(state, f"download:{n}")
-        # An interrupted download has no completion artifact yet: leave it out instead of failing
-        # the whole unify (naming it explicitly with --datasets still reports the problem).
-        if record is not None and record.status != StageStatus.COMPLETE.value:
-            log.warning("skipping %s: its download is incomplete (run `mtx download %s --continue`)", n, n)
-            continue
-        names.append(n)
+        statuses = [download_status(state, n) for n in names]
+        for st in statuses:
+            if st.status == StageStatus.FAILED.value:
+                raise MtxError(f"the download of {st.source} failed", hint=f"see `mtx download {st.source}`; "
+                               f"fix the cause and rerun it")
+    else:
+        statuses = []
+        for n in source_names():
+            if not state.dataset_dir(n).is_dir():
+                continue
+            st = download_status(state, n)
+            # An interrupted download has no completion artifact yet: leave it out instead of failing
+            # the whole unify (naming it explicitly with --datasets still reports the problem).
+            if not st.usable:
+                log.warning("skipping %s: its download is %s (run `mtx download %s --continue`)", n,
+                            "interrupted" if st.status in (StageStatus.RUNNING.value, StageStatus.PARTIAL.value)
+                            else st.status, n)
+                continue
+            statuses.append(st)
+        names = [st.source for st in statuses]
     if not names:
         raise MtxError(f"no downloaded datasets in {state.root / 'datasets'}",
                        hint="run `mtx download synth` (offline) or another source first")
-    return names
+    failed = {st.source: st.failed_items for st in statuses if st.failed_items}
+    for n, k in failed.items():
+        log.warning("%s: %d item(s) failed to download and are not in the manifest "
+                    "(`mtx download %s --retry-failed` retries them)", n, k, n)
+    return names, failed
 
 
 # --------------------------------------------------------------------------- stage
+@stage_function
 def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = None) -> UnifyResult:
     progress = progress or NullProgress()
     _validate(cfg)
-    names = _select_datasets(state, cfg.datasets)
+    names, download_failures = _select_datasets(state, cfg.datasets)
     identities = {n: dataset_identity(state.dataset_dir(n)) for n in names}
     out_path = state.manifest_path(cfg.name)
     config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "dry_run", "name", "datasets")}
@@ -242,7 +262,8 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     chosen = select_and_split(filtered.records, cfg)
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
-                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run)
+                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run,
+                         download_failures=download_failures)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))

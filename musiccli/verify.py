@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from .download import dataset_identity, resolve_source
+from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
-from .state import Resume, StateDir, append_jsonl, begin_stage, config_hash, iter_jsonl
+from .state import (Resume, StateDir, SystemicError, append_jsonl, begin_stage, config_hash, is_systemic,
+                    iter_jsonl, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def _load_results(path: Path) -> dict[str, dict[str, Any]]:
     return {d["id"]: d for d in iter_jsonl(path) if "id" in d}
 
 
+@stage_function
 def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = None) -> VerifyReport:
     progress = progress or NullProgress()
     if not 0.0 <= cfg.min_success <= 1.0:
@@ -198,6 +200,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
             rows = [{"id": ef.id, "path": str(ef.path), "problem": p, "detail": d}
                     for ef, (p, d) in zip(batch, outcomes)]
+            _check_systemic(rows)
             append_jsonl(out_path, rows)  # the batch is committed before progress moves
             done.update({r["id"]: r for r in rows})
             run.update(checked=len(done))
@@ -206,8 +209,16 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
 
     report = _summarise(source.info.name, expected, done, cfg.min_success)
     report.seconds = round(time.monotonic() - start, 3)
-    run.complete(result=asdict(report))
+    run.complete(result=asdict(report), failed=report.total - report.ok)
     return report
+
+
+def _check_systemic(rows: list[dict[str, Any]]) -> None:
+    """A check that fails because a library cannot load says nothing about the files: stop."""
+    for row in rows:
+        if row["problem"] and is_systemic(row.get("detail") or ""):
+            raise SystemicError(f"verify stopped: {row['detail']} ({row['id']})",
+                                hint="the audio library cannot load; fix the installation and rerun")
 
 
 def _summarise(name: str, expected: list[ExpectedFile], done: dict[str, dict[str, Any]],

@@ -18,7 +18,7 @@ from musiccli.sources import get_source, synth
 from musiccli.sources.base import SOURCES
 from musiccli.sources.base import DownloadConfig
 from musiccli.sources.ledger import Ledger
-from musiccli.state import Resume, StateDir, file_sha256
+from musiccli.state import Resume, StateDir, file_sha256, load_stage
 
 N, DURATION, SR = 12, 2.0, 16000
 ARGS = ["--n", str(N), "--duration", str(DURATION), "--sample-rate", str(SR), "--workers", "2"]
@@ -135,22 +135,28 @@ ORIGINAL_RENDER = synth._render_one
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                     reason="the patched worker only reaches forked children")
-def test_failed_items_are_listed_and_exit_1_then_continue_retries(state: StateDir, cli,
-                                                                  monkeypatch: pytest.MonkeyPatch):
+def test_failed_items_are_listed_complete_with_failures_then_retry_failed(state: StateDir, cli,
+                                                                         monkeypatch: pytest.MonkeyPatch):
     # Workers are forked, so they see the patched worker function.
     monkeypatch.setattr(synth, "_render_one", _fail_some)
     res = cli("download", "synth", *ARGS)
-    assert res.exit_code == 1
-    assert "2 item(s) failed" in res.output
+    # Nothing pending, 2 of N failed (below --max-failure-rate): usable, so exit 0 with the list.
+    assert res.exit_code == 0, res.output
+    assert "2 item(s) failed" in res.output and "later stages use synth without them" in res.output
     assert "synth-000002" in res.output and "simulated render failure" in res.output
     root = state.dataset_dir("synth")
     assert Ledger(root).counts() == {"ok": N - 2, "failed": 2, "pending": 0}
-    assert not (root / "metadata.csv").exists()
+    assert len(synth.SynthSource().records(root)) == N - 2
+    record = load_stage(state, "download:synth")
+    assert record.status == "complete-with-failures" and record.failed_items == 2
+    # A plain rerun is a no-op that says how to retry.
+    assert cli("download", "synth", *ARGS).exit_code == 0
 
     monkeypatch.setattr(synth, "_render_one", ORIGINAL_RENDER)
-    res = cli("download", "synth", *ARGS, "--continue")
+    res = cli("download", "synth", *ARGS, "--retry-failed")
     assert res.exit_code == 0, res.output
-    assert Ledger(root).counts()["ok"] == N and (root / "metadata.csv").exists()
+    assert Ledger(root).counts()["ok"] == N and len(synth.SynthSource().records(root)) == N
+    assert load_stage(state, "download:synth").status == "complete"
 
 
 def test_cli_errors_and_stats(state: StateDir, cli):

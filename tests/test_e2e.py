@@ -40,7 +40,7 @@ def test_pipeline_stage_by_stage(cli, state_dir: Path, tiny_backbone: Path, tmp_
     # The exported model is the trained one: same vectors through the public API.
     from musiccli import TextEmbedder
 
-    exported = TextEmbedder.from_pretrained(state_dir / "exports" / "dsp-default" / "hf")
+    exported = TextEmbedder.from_pretrained(state_dir / "exports" / "dsp-default" / "best" / "hf")
     trained = TextEmbedder.from_pretrained(state_dir / "runs" / "dsp-default" / "best")
     np.testing.assert_allclose(exported.encode(["dark metal"]), trained.encode(["dark metal"]), atol=1e-6)
 

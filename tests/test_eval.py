@@ -17,7 +17,7 @@ def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     run = make_run()
     res = run_eval(state, EvalConfig())
     rep = res.report
-    assert res.path == state.run_dir("run1") / "eval-test.json"
+    assert res.path == state.run_dir("run1") / "eval-test-best.json"
     assert read_json(res.path) == json.loads(json.dumps(rep))  # the file is the report
     assert rep["run"] == "run1" and rep["split"] == "test" and rep["checkpoint"] == "best"
     assert rep["protocol"]["median_rank"] == "median rank is 1-based"
@@ -104,7 +104,7 @@ def test_cli_table_json_and_unknown_run(make_run, cli) -> None:
     human = cli("eval", "--no-baselines")
     assert human.exit_code == 0, human.output
     assert "text->music R@1" in human.stdout and "model" in human.stdout
-    assert "eval-test.json" in human.output and "1-based" in human.output
+    assert "eval-test-best.json" in human.output and "1-based" in human.output
     as_json = cli("eval", "--no-baselines", "--json")
     assert as_json.exit_code == 0, as_json.output
     rep = json.loads(as_json.stdout)

@@ -19,7 +19,7 @@ def test_export_hf_and_onnx(make_run, state) -> None:
 
     run = make_run()
     res = run_export(state, ExportConfig())
-    out = state.export_dir("run1")
+    out = state.export_dir("run1") / "best"
     assert res.out == out and set(res.paths) == {"hf", "onnx"}
     assert res.onnx_max_abs_diff is not None and res.onnx_max_abs_diff <= 1e-4
 
@@ -58,9 +58,12 @@ def test_export_hf_and_onnx(make_run, state) -> None:
 
 def test_cli_export_hf_only_and_errors(make_run, cli, state, tmp_path) -> None:
     run = make_run()
-    # A model card quotes the latest eval report when there is one.
-    (state.run_dir("run1") / "eval-test.json").write_text(json.dumps({
+    # A model card quotes the latest eval report of the exported weights when there is one.
+    from musiccli.runs import weights_identity
+
+    (state.run_dir("run1") / "eval-test-best.json").write_text(json.dumps({
         "split": "test", "manifest": "lib", "counts": {"tracks": 20},
+        "inputs": {"weights": weights_identity(state.run_dir("run1") / "best")},
         "results": {"model": {d: {m: 0.5 for m in ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")}
                               for d in ("text_to_music", "music_to_text")} | {"tags": {"roc_auc": 0.7}}}}))
     r = cli("export", "--format", "hf", "--out", str(tmp_path / "exp"))

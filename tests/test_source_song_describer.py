@@ -130,9 +130,10 @@ def test_cli_download_song_describer(www: Path, state_dir: Path) -> None:
     mtx = mtx_runner(state_dir)
     with serve(www) as srv:
         result = mtx("download", "song-describer", "--mirror", srv.url)
-    # One track of the CSV is not in the zip: recorded as failed, listed, exit 1 -- the others are on disk.
-    assert result.exit_code == 1
-    assert "song-describer-999" in result.output
+    # One track of the CSV is not in the zip: recorded as failed and listed; the others are on disk, so the
+    # download is complete with failures (exit 0) and later stages use it.
+    assert result.exit_code == 0, result.output
+    assert "song-describer-999" in result.output and "--retry-failed" in result.output
     root = state_dir / "datasets" / "song-describer"
     assert Ledger(root).counts() == {"ok": 3, "failed": 1, "pending": 0}
     assert len(sd.SongDescriberSource().records(root)) == 3

@@ -86,7 +86,7 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     r = cli("export", "--run", "s1")
     assert r.exit_code == 0, r.output
     assert "ONNX sizes" in r.output
-    onnx_dir = sstate.export_dir("s1") / "onnx"
+    onnx_dir = sstate.export_dir("s1") / "best" / "onnx"
     meta = json.loads((onnx_dir / "meta.json").read_text())
     assert max(meta["parity"].values()) <= 1e-4 and max(meta["client"].values()) <= 1e-4
     pre = json.loads((onnx_dir / "preprocessing.json").read_text())
@@ -229,9 +229,9 @@ def test_size_limit_is_enforced_unless_allow_large(sstate, monkeypatch):
     with pytest.raises(MtxError, match="too large.*text") as e:
         run_export(sstate, ExportConfig(run="s", formats=("onnx",)))
     assert "--allow-large" in e.value.hint
-    assert not (sstate.export_dir("s") / "onnx").exists()
+    assert not (sstate.export_dir("s") / "best" / "onnx").exists()
     res = run_export(sstate, ExportConfig(run="s", formats=("onnx",), allow_large=True, resume=Resume.FORCE))
-    assert res.details["sizes_mb"]["text"] > 0.001 and (sstate.export_dir("s") / "onnx" / "tokenizer.json").exists()
+    assert res.details["sizes_mb"]["text"] > 0.001 and (sstate.export_dir("s") / "best" / "onnx" / "tokenizer.json").exists()
 
 
 def test_default_student_fits_the_size_budget(tmp_path: Path):

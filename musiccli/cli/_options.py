@@ -36,6 +36,11 @@ def _complete_runs(incomplete: str) -> list[str]:
 
 Continue = Annotated[bool, typer.Option("--continue", help="Resume an interrupted run of this stage.")]
 Force = Annotated[bool, typer.Option("--force", help="Discard previous output of this stage and start over.")]
+RetryFailed = Annotated[bool, typer.Option("--retry-failed",
+                                           help="Retry the items that failed last time (same as --continue).")]
+MaxFailureRate = Annotated[float, typer.Option("--max-failure-rate", min=0.0, max=1.0,
+                                               help="Fail the stage (exit 1) when more than this fraction of "
+                                                    "items fail.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.",
                                      autocompletion=lambda incomplete: ["auto", "cpu", "cuda", "mps"])]

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import Continue, Force, JsonOut, _complete_sources
-from ._output import make_table
+from ._options import Continue, Force, JsonOut, MaxFailureRate, RetryFailed, _complete_sources
+from ._output import escape, make_table
 
 
 def command(
@@ -39,13 +39,17 @@ def command(
                                                    "2 full songs.")] = None,
     stats: Annotated[bool, typer.Option("--stats", help="Show what is downloaded (items, GB, hours).")] = False,
     cont: Continue = False,
+    retry_failed: RetryFailed = False,
+    max_failure_rate: MaxFailureRate = 0.5,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
     """Download (or generate) a dataset into the state dir; interrupted runs resume with --continue.
 
-    Every item is recorded in a ledger (ok / failed + reason); failures never stop the
-    download and make the command exit 1 with the list of what failed.
+    Every item is recorded in a ledger (ok / failed + reason); single failures never stop the
+    download. With nothing pending and some items failed the download is complete with failures:
+    they are listed, later stages use the dataset, and --retry-failed retries them. More than
+    --max-failure-rate failed items, or a systemic error, fail the download (exit 1).
     """
     from ..download import dataset_stats, download_phase, run_downloads
     from ..sources.base import DownloadConfig
@@ -74,20 +78,27 @@ def command(
                          path=path.expanduser().resolve() if path else None)
     target = f"--phase {phase}" if phase is not None else source
     with app.progress(resume_hint=f"mtx download {target} --continue") as progress:
-        results = run_downloads(app.state, names, cfg, Resume.from_flags(cont, force), progress)
+        results = run_downloads(app.state, names, cfg, Resume.from_flags(cont or retry_failed, force), progress,
+                                max_failure_rate=max_failure_rate)
 
     app.out.table(make_table("Download summary", ["source", "ok", "failed", "pending", "GB", "seconds", "status"],
                              [[r.source, r.ok, r.failed, r.pending, round(r.bytes / 1e9, 4), r.seconds,
-                               "already complete" if r.skipped else "failed items" if r.failed else "done"]
+                               ("already " if r.skipped else "") + r.status]
                               for r in results]))
     for r in results:
         app.out.info(f"{r.source}: {r.root}")
     app.out.result(results)
-    failed = [r for r in results if r.failed]
-    if failed:
-        for r in failed:
-            lines = [f"  {i}: {reason}" for i, reason in r.failures[:20]]
-            more = f"\n  ... and {len(r.failures) - 20} more" if len(r.failures) > 20 else ""
-            app.out.error(f"{r.source}: {r.failed} item(s) failed:\n" + "\n".join(lines) + more,
-                          f"rerun `mtx download {r.source} --continue` to retry them")
+    for r in results:
+        if not r.failed:
+            continue
+        lines = [f"  {i}: {reason}" for i, reason in r.failures[:20]]
+        more = f"\n  ... and {len(r.failures) - 20} more" if len(r.failures) > 20 else ""
+        listing = f"{r.source}: {r.failed} item(s) failed:\n" + "\n".join(lines) + more
+        if r.status == "complete-with-failures":
+            app.out.info(f"[yellow]{escape(listing)}[/]\nlater stages use {r.source} without them; "
+                         f"`mtx download {r.source} --retry-failed` retries them")
+        else:
+            app.out.error(listing, f"rerun `mtx download {r.source} --continue` to retry them")
+    # Complete with failures is a usable dataset (exit 0); failed or unfinished sources exit 1.
+    if any(r.status in ("failed", "partial") for r in results):
         raise typer.Exit(1)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._context import AppContext, get_ctx
-from ._options import AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision
+from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, MaxFailureRate,
+                       Precision)
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def command(
     tags: Annotated[bool, typer.Option("--tags", help="Also store zero-shot tag probabilities per track "
                                                       "(tag_probs; encoders with a tagger, e.g. musicnn) "
                                                       "and show the top tags.")] = False,
+    max_failure_rate: MaxFailureRate = 0.5,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -103,7 +105,7 @@ def command(
         aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
-        resume=Resume.from_flags(cont, force),
+        max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont, force),
     )
     hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
     with app.progress(resume_hint=hint) as progress:

@@ -18,7 +18,7 @@ def command(
     formats: Annotated[list[str] | None, typer.Option("--format", "-f",
                                                       help="hf and/or onnx (repeatable); default both.")] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset version.")] = 17,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>/<checkpoint>.")] = None,
     allow_large: Annotated[bool, typer.Option("--allow-large", help="Student runs: export even above 5 MB "
                                               "(music) / 8 MB (text) of ONNX.")] = False,
     cont: Continue = False,

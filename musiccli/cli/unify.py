@@ -66,6 +66,9 @@ def command(
              sum(c.test for c in result.composition)]
     app.out.table(make_table(f"manifest {result.name}", ["dataset", "records", "hours", "train", "val", "test"],
                              rows + [["total", *total]]))
+    for source, n_failed in result.download_failures.items():
+        app.out.info(f"[yellow]{source}: {n_failed} item(s) failed to download and are not included[/] "
+                     f"(`mtx download {source} --retry-failed` retries them)")
     if result.missing_audio:
         app.out.info(f"[yellow]{result.missing_audio} record(s) without an audio file were left out[/], e.g.:")
         for example in result.missing_examples:

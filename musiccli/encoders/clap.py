@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..hub import load_error
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error
 
 log = logging.getLogger(__name__)
 

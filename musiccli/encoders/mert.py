@@ -29,16 +29,14 @@ relying on ``model(...).hidden_states`` would break with the installed transform
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
 import torch
 
 from ..errors import MtxError
+from ..hub import load_error, resolve_layers, stdout_to_log
 from .base import AudioEncoder, EncoderSpec, register
 
 log = logging.getLogger(__name__)
@@ -56,41 +54,6 @@ SPEC = EncoderSpec(
     citation="Li et al., MERT: Acoustic Music Understanding Model with Large-Scale "
              "Self-supervised Training, ICLR 2024",
 )
-
-
-def load_error(what: str, model: str, e: Exception) -> MtxError:
-    """One readable line for a model that cannot be loaded (offline, typo, missing remote code)."""
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    return MtxError(f"cannot load {what} {model!r}: {first}",
-                    hint="pass --model with a local directory saved by save_pretrained, "
-                         "or a Hub id reachable from this machine")
-
-
-@contextlib.contextmanager
-def stdout_to_log(logger: logging.Logger) -> Iterator[None]:
-    """Third-party loaders print progress to stdout, which would corrupt ``--json`` output; log it instead."""
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            yield
-    finally:
-        for line in buf.getvalue().splitlines():
-            if line.strip():
-                logger.debug("%s", line.strip())
-
-
-def resolve_layers(layers: list[int] | None, n_states: int) -> list[int]:
-    """Validate ``--layers`` against the model's number of hidden states (negative = from the end)."""
-    if not layers:
-        return list(range(n_states))
-    out = []
-    for layer in layers:
-        idx = layer + n_states if layer < 0 else layer
-        if not 0 <= idx < n_states:
-            raise MtxError(f"layer {layer} out of range: this model has hidden states 0..{n_states - 1}",
-                           hint=f"pass --layers with values between 0 and {n_states - 1}")
-        out.append(idx)
-    return out
 
 
 def zero_mean_unit_var(x: torch.Tensor) -> torch.Tensor:

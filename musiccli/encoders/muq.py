@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from ..errors import MtxError
+from ..hub import load_error, require, stdout_to_log
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error, stdout_to_log
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,6 @@ SPEC = EncoderSpec(
     citation="Zhu et al., MuQ: Self-Supervised Music Representation Learning with Mel Residual "
              "Vector Quantization, 2025",
 )
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency or explain how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MtxError(f"the {extra!r} encoder needs the {module!r} package ({e})",
-                       hint=f"pip install 'musiccli[{extra}]'") from None
 
 
 def read_hub_config(model: str) -> dict[str, Any]:

@@ -37,9 +37,8 @@ from typing import Any
 import torch
 
 from ..errors import MtxError
+from ..hub import load_error, require, stdout_to_log
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error, stdout_to_log
-from .muq import require
 
 log = logging.getLogger(__name__)
 

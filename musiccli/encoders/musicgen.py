@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from ..hub import load_error, resolve_layers
 from .base import AudioEncoder, EncoderSpec, register
-from .mert import load_error, resolve_layers
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ class ClapText(NativeTextModel):
     def __init__(self, model_id: str, device: torch.device) -> None:
         from transformers import AutoTokenizer, ClapTextModelWithProjection
 
-        from .mert import load_error
+        from ..hub import load_error
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class Ledger:
         self.path = Path(root) / self.FILENAME
         self._lock = threading.Lock()
         self.entries: dict[str, LedgerEntry] = {}
+        # Called after an item is recorded (the stage's failure policy watches them; it may raise).
+        self.on_ok: Callable[[str], None] | None = None
+        self.on_failed: Callable[[str, str], None] | None = None
         self._load()
         end_torn_line(self.path)
 
@@ -72,9 +76,13 @@ class Ledger:
            nbytes: int | None = None) -> None:
         self._append(LedgerEntry(id=id, status=OK, path=str(path) if path else None, checksum=checksum,
                                  bytes=nbytes))
+        if self.on_ok is not None:
+            self.on_ok(id)
 
     def failed(self, id: str, reason: str) -> None:
         self._append(LedgerEntry(id=id, status=FAILED, reason=reason))
+        if self.on_failed is not None:
+            self.on_failed(id, reason)
 
     def pending(self, id: str) -> None:
         self._append(LedgerEntry(id=id, status=PENDING))

@@ -3,7 +3,7 @@
 Native layout under the dataset root::
 
     audio/NN/<id>.flac     NN = index % 100 as two digits; 16-bit FLAC
-    metadata.csv           one row per clip; written LAST, it marks the dataset complete
+    metadata.csv           one row per ok clip; written LAST, once every clip was tried
     ledger.jsonl           per-clip ok / failed + sha256
 
 The same ``n``/``seed``/``duration``/``sample_rate`` always give bit-identical files,
@@ -108,9 +108,10 @@ class SynthSource(Source):
         with progress.task("Generating synth clips", total=len(specs), unit="clips", completed=done) as task:
             if todo:
                 self._render_all(todo, cfg, root, ledger, progress, task)
-        # The completion artifact comes last: only when every planned clip is ok.
-        if all(ledger.is_ok(s.id) for s in specs):
-            self._write_metadata(specs, cfg, root, ledger)
+        # The completion artifact comes last, once every planned clip was tried (an interrupt never
+        # gets here). It lists the clips that are ok: a clip that failed is left out and listed by the
+        # stage (complete with failures) until `--retry-failed` renders it and rewrites the file.
+        self._write_metadata([s for s in specs if ledger.is_ok(s.id)], cfg, root, ledger)
 
     def _render_all(self, todo, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress, task) -> None:
         workers = max(1, min(cfg.n_workers, len(todo)))

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
+from ..runs import RUN_JSON
 from ..state import TMP_PREFIX, atomic_write_json, atomic_write_text, to_jsonable
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
 META = "meta.json"
-RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 
 

@@ -30,7 +30,7 @@ from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
                        seed_everything, select_runtime)
-from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, to_jsonable
+from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, stage_function, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler, PairDataset, Split, split_pairs
@@ -618,6 +618,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+@stage_function
 def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = None,
               on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train (or resume, or skip when complete) one run; see the module docstring."""

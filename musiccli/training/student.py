@@ -39,7 +39,7 @@ from ..manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from ..metrics import retrieval_metrics
 from ..progress import NullProgress, Progress
 from ..runtime import capture_rng_state, restore_rng_state, seed_everything, select_runtime
-from ..state import Resume, StateDir, begin_stage, check_name, to_jsonable
+from ..state import Resume, StateDir, begin_stage, check_name, stage_function, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler
@@ -493,6 +493,7 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+@stage_function
 def run_student_train(state: StateDir, cfg: StudentTrainConfig, progress: Progress | None = None,
                       on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train (or resume, or skip when complete) one student run; see the module docstring."""
