@@ -69,6 +69,7 @@ class DemoResult:
     checks: list[Check] = field(default_factory=list)
     export_dir: str = ""
     seconds: float = 0.0
+    trained_on: str = ""   # e.g. "synth (1000 synthetic clips)", from the run's recorded training data
 
     @property
     def passed(self) -> bool:
@@ -116,6 +117,14 @@ def quality_checks(report: dict[str, Any], dark_metal_hits: list[dict[str, Any]]
         Check("text->music R@10 / random", ratio, ">= 3", ratio >= 3.0),
         Check('metal clips in top 5 for "dark metal"', float(metal), ">= 3 of 5", metal >= 3),
     ]
+
+
+def _trained_on(state: StateDir) -> str:
+    from .provenance import describe, run_training_data
+    from .training.checkpoint import read_run_json
+
+    trained = run_training_data(read_run_json(state.run_dir(NAME))) or {}
+    return describe(trained.get("sources") or {}, trained.get("synthetic") or ())
 
 
 def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
@@ -178,6 +187,7 @@ def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None)
                 lambda r: " + ".join(r.paths) + (f" (ONNX max abs diff {r.onnx_max_abs_diff:.1e})"
                                                  if r.onnx_max_abs_diff is not None else ""))
     result.export_dir = str(ex.out)
+    result.trained_on = _trained_on(state)
 
     def _searches() -> dict[str, list[dict[str, Any]]]:
         return {q: search(state, SearchConfig(query=q, run=NAME, k=cfg.k, device=cfg.device), progress).hits

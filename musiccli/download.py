@@ -2,14 +2,17 @@
 
 The source module does the fetching and records every item in the ledger; this
 module applies the stage contract around it, summarises the ledger into a result,
-and selects sources by phase. ``dataset_stats`` reports what is on disk.
+and selects sources by phase. ``dataset_stats`` reports what is on disk, measured from the
+files (sizes from ``stat``, hours from the audio headers).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,64 @@ def _watch(ledger: Ledger, tracker: FailureTracker) -> None:
     ledger.on_failed = failed
 
 
+@dataclass
+class OnDisk:
+    """What a dataset holds on disk, measured from its files."""
+
+    bytes: int            # the dataset dir, plus every audio file it points to outside it
+    hours: float | None   # summed from the audio files' headers; None when no file is known
+    audio_files: int      # expected audio files present on disk
+    unreadable: int = 0   # present files whose header could not be read (their declared length is used)
+
+
+def measure_on_disk(source: Source, root: Path, hours: bool = True, workers: int | None = None) -> OnDisk:
+    """Bytes and hours from the files themselves, not from metadata.
+
+    A source's audio may live outside its dataset dir (the folder source leaves your music in
+    place), so expected files outside ``root`` are added to its size. Hours come from each file's
+    header (frames / rate, no decoding; skipped with ``hours=False``); a file whose header cannot
+    be read counts with the duration its source declares, if any.
+    """
+    root = Path(root)
+    total = disk_bytes(root)
+    try:
+        expected = source.expected_files(root)
+    except Exception as e:  # noqa: BLE001 - a half-downloaded source's metadata may not parse; measuring
+        # its size must never fail the download that asked for it.
+        log.debug("%s: no expected files (%s); size from the dataset dir only", source.info.name, e)
+        return OnDisk(bytes=total, hours=None, audio_files=0)
+    inside = root.resolve()
+    present: dict[Path, float | None] = {}
+    for ef in expected:
+        path = Path(ef.path)
+        try:
+            resolved = path.resolve()
+            size = os.stat(resolved).st_size
+        except OSError:
+            continue  # missing: verify reports it
+        if resolved in present:
+            continue
+        present[resolved] = ef.duration
+        if not resolved.is_relative_to(inside):
+            total += size
+    if not present or not hours:
+        return OnDisk(bytes=total, hours=None, audio_files=len(present))
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        lengths = list(pool.map(_header_seconds, present))
+    unreadable = sum(1 for x in lengths if x is None)
+    seconds = sum(x if x is not None else (declared or 0.0) for x, declared in zip(lengths, present.values()))
+    return OnDisk(bytes=total, hours=round(seconds / 3600, 6), audio_files=len(present), unreadable=unreadable)
+
+
+def _header_seconds(path: Path) -> float | None:
+    from .audio import AudioError, audio_info
+
+    try:
+        return audio_info(path).duration
+    except AudioError:
+        return None
+
+
 @stage_function
 def run_download(state: StateDir, req: DownloadRequest, progress: Progress | None = None) -> DownloadResult:
     """Download one source. Items that failed are listed in the result, never raised one by one.
@@ -107,7 +168,7 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
     result = DownloadResult(
         source=source.info.name, root=str(root), ok=counts[OK], failed=counts[FAILED], pending=counts[PENDING],
         failures=[(e.id, e.reason or "unknown") for e in ledger.failures()],
-        bytes=disk_bytes(root), seconds=round(time.monotonic() - start, 3),
+        bytes=measure_on_disk(source, root, hours=False).bytes, seconds=round(time.monotonic() - start, 3),
     )
     if result.pending:
         result.status = StageStatus.PARTIAL.value
@@ -168,10 +229,12 @@ class DatasetStats:
     failed: int
     gb: float
     hours: float | None
+    audio_files: int = 0
+    unreadable: int = 0
 
 
 def dataset_stats(state: StateDir) -> list[DatasetStats]:
-    """One row per registered source that has a dataset dir on disk."""
+    """One row per registered source that has a dataset dir on disk; sizes and hours from its files."""
     rows = []
     for name in source_names():
         root = state.dataset_dir(name)
@@ -179,20 +242,8 @@ def dataset_stats(state: StateDir) -> list[DatasetStats]:
             continue
         ledger = Ledger(root)
         counts = ledger.counts()
+        disk = measure_on_disk(get_source(name), root)
         rows.append(DatasetStats(source=name, items=len(ledger.entries), ok=counts[OK], failed=counts[FAILED],
-                                 gb=round(disk_bytes(root) / 1e9, 6), hours=_hours(get_source(name), root)))
+                                 gb=round(disk.bytes / 1e9, 6), hours=disk.hours, audio_files=disk.audio_files,
+                                 unreadable=disk.unreadable))
     return rows
-
-
-def _hours(source: Source, root: Path) -> float | None:
-    """Hours of audio from the parsed records, else from the durations verify expects; None if unknown."""
-    try:
-        return round(sum(r.duration for r in source.records(root)) / 3600, 6)
-    except (MtxError, OSError, ValueError, KeyError):
-        pass
-    try:
-        durations = [f.duration for f in source.expected_files(root)]
-    except (MtxError, OSError, ValueError, KeyError):
-        return None
-    known = [d for d in durations if d is not None]
-    return round(sum(known) / 3600, 6) if known else None

@@ -15,7 +15,11 @@ and ``progress.check_interrupt()`` gives Ctrl-C its chance. ``--continue`` skips
 chunks whose part file exists. With ``--tags`` (encoders whose spec declares a
 tagger, e.g. musicnn) the window tag probabilities are also averaged per track and
 committed with the rows; the store gets ``tag_probs`` [N, T] and the result a
-:class:`~musiccli.tagging.TagSummary`.
+:class:`~musiccli.tagging.TagSummary`. Tags asked for a store that is already complete
+without them do not re-embed: a tagger needs the audio, so the encoder runs over it
+once more, but only the tags are kept, in ``<manifest>.tags.h5`` beside the store
+(its own stage record ``embed-tags:<enc>:<manifest>``, committed and resumed in
+chunks like the embeddings). A store with tags also satisfies a request without them.
 
 An encoder with ``context_samples > 0`` receives, in front of each window, the
 samples that precede it in the track (zeros at the start): windows of
@@ -51,7 +55,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -67,8 +71,9 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRun, StateDir,
-                    atomic_write_json, begin_stage, diff_configs, read_json, stage_function, to_jsonable)
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRecord, StageRun,
+                    StateDir, atomic_write_json, begin_stage, diff_configs, is_done, load_stage, read_json,
+                    stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,8 @@ class EmbedResult:
     assembled: bool = True
     shard: str | None = None
     tag_summary: TagSummary | None = None  # with --tags: top tags of the first tracks, top-1 counts
+    tags_path: Path | None = None          # the tag side file, when tags were added to a finished store
+    tags_only: bool = False                # this run computed tags only (n_ok/failures count tagged tracks)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))
@@ -123,6 +130,7 @@ class EmbedResult:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         out = cls(**known)
         out.path = Path(out.path)
+        out.tags_path = Path(out.tags_path) if out.tags_path else None
         out.failures = [(str(a), str(b)) for a, b in out.failures]
         if isinstance(out.tag_summary, dict):
             out.tag_summary = TagSummary.from_dict(out.tag_summary)
@@ -234,6 +242,10 @@ def stage_key(encoder: str, manifest: str, shard: tuple[int, int] | None = None)
     return key if shard is None else f"{key}:shard {shard[0]}/{shard[1]}"
 
 
+def tags_stage_key(encoder: str, manifest: str) -> str:
+    return f"embed-tags:{encoder}:{manifest}"
+
+
 # --------------------------------------------------------------------------- data loading
 @dataclass
 class _Batch:
@@ -335,6 +347,13 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
+
+    finished = _finished_store_differing_in_tags(state, key, plan, cfg)
+    if finished is not None:
+        if plan.tags:
+            return _tag_finished_store(state, plan, cfg, progress, policy)
+        log.info("%s is complete (with tags, which this run does not ask for); nothing to do", plan.path)
+        return replace(EmbedResult.from_dict(finished.result, skipped=True), tag_summary=None)
 
     def begin() -> bool:
         nonlocal run
@@ -523,7 +542,7 @@ def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, P
                        tag_names=plan.encoder.tag_names if plan.tags else None)
     log.info("wrote %d embeddings (dim %d) to %s", n, plan.dim, plan.path)
     if plan.tags:
-        result.tag_summary = summarize_tags(plan.path)
+        result.tag_summary = summarize_tags(plan.path, plan.records)
         log.info("stored tag probabilities of %d tracks as `tag_probs` (%d tags)", n,
                  len(plan.encoder.tag_names or ()))
     result.n_ok, result.n_failed = n, len(failures)
@@ -537,6 +556,74 @@ def _mark_unsharded_complete(state: StateDir, plan: _Plan, result: EmbedResult) 
                       mode=Resume.FORCE)
     done = EmbedResult(**{**asdict(result), "shard": None})
     run.complete(done.to_dict(), failed=result.n_failed)
+
+
+# --------------------------------------------------------------------------- tags for a finished store
+def _finished_store_differing_in_tags(state: StateDir, key: str, plan: _Plan,
+                                      cfg: EmbedConfig) -> StageRecord | None:
+    """The complete record of this store when it differs from the request only in having tags."""
+    if plan.shard is not None or plan.dist.enabled or cfg.resume is Resume.FORCE or not plan.path.exists():
+        return None
+    previous = load_stage(state, key)
+    if previous is None or not is_done(previous.status):
+        return None
+    if bool(previous.config.get("tags")) == plan.tags:
+        return None
+    untagged = {k: v for k, v in to_jsonable(plan.config).items() if k != "tags"}
+    if diff_configs({k: v for k, v in previous.config.items() if k != "tags"}, untagged):
+        return None
+    return previous
+
+
+def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress,
+                        policy: FailurePolicy) -> EmbedResult:
+    """Zero-shot tags for a store that is complete without them, into its side file.
+
+    The tagger needs the audio, so the encoder runs over every stored track again; only the tags
+    are kept (committed in chunks through their own stage record), the embeddings are not touched.
+    """
+    side = store.tags_path(plan.path)
+    with store.EmbeddingStore(plan.path) as existing:
+        ids, created = list(existing.ids), str(existing.attrs.get("created", ""))
+    by_id = {r.id: r for r in plan.records}
+    records = [by_id[i] for i in ids if i in by_id]  # store order: the side file's rows follow the store's
+    # The store is this stage's input: a re-embedded store (new `created`) means tags start over.
+    config = {**plan.config, "tags": True, "store": {"rows": len(ids), "created": created}}
+    tplan = replace(plan, records=records, path=side, config=config, tags=True, aggregation="mean",
+                    dim=plan.encoder.dim("mean"), n_chunks=math.ceil(len(records) / cfg.chunk_tracks))
+    key = tags_stage_key(plan.name, plan.manifest_name)
+    previous = load_stage(state, key)
+    mode = cfg.resume
+    if previous is not None and is_done(previous.status) and not side.is_file():
+        mode = Resume.FORCE  # the record outlived its side file: compute the tags again
+    run = begin_stage(state, "embed", key, config=config, mode=mode, discard=lambda: store.discard(side),
+                      redo_changed=True, outputs={"tags": side}, policy=policy)
+    if run.already_complete:
+        return EmbedResult.from_dict(run.record.result, skipped=True)
+    log.info("%s is complete without tags: computing zero-shot tags only, into %s (embeddings are kept)",
+             plan.path, side)
+    _check_parts_config(tplan)
+    start = time.perf_counter()
+    done = store.committed_parts(side)
+    todo = [c for c in range(tplan.n_chunks) if c not in done]
+    tracker = FailureTracker(f"embed tags ({plan.name})", policy)
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, tracker)
+    seconds = time.perf_counter() - start
+    parts = store.committed_parts(side)
+    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
+    run.check_failures(ok=len(records) - len(failures), failed=len(failures))
+    attrs = {"encoder": plan.name, "model_id": plan.encoder.model_id, "manifest": plan.manifest_name,
+             "manifest_hash": plan.config["manifest_hash"], "store": plan.path.name, "store_created": created,
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    n = store.assemble_tags(side, plan.encoder.tag_names or (), attrs, tplan.n_chunks)
+    log.info("stored tag probabilities of %d tracks in %s", n, side)
+    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n,
+                         n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
+                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0,
+                         tag_summary=summarize_tags(plan.path, plan.records), tags_path=side, tags_only=True)
+    run.complete(result.to_dict(), failed=len(failures))
+    store.remove_parts(side)
+    return result
 
 
 # --------------------------------------------------------------------------- safety checks
@@ -580,6 +667,7 @@ def _check_existing(plan: _Plan, cfg: EmbedConfig) -> None:
 
 def _discard(plan: _Plan, cfg: EmbedConfig) -> None:
     """--force: remove the output; a shard removes only its own parts unless the config changed."""
+    store.discard(store.tags_path(plan.path))  # tags computed later for the store go with it
     if plan.shard is None or plan.dist.enabled:
         store.discard(plan.path)
         return
@@ -604,4 +692,4 @@ def _barrier(dist_info: DistInfo) -> None:
 
 
 
-__all__ = ["EmbedConfig", "EmbedResult", "parse_shard", "run_embed", "stage_key"]
+__all__ = ["EmbedConfig", "EmbedResult", "parse_shard", "run_embed", "stage_key", "tags_stage_key"]

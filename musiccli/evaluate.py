@@ -1,15 +1,17 @@
 """Evaluate a trained run: caption retrieval both ways, tag retrieval, and baselines.
 
-Protocol (DATASETS.md, "Evaluation protocol conventions"):
+The protocol is ``musiccli.retrieval``'s (shared with validation and the demo): relevance by exact
+caption text and by recording (group), block-wise ranking, R@K as a hit rate, true AP@10, MRR,
+and the median rank in both conventions (``MedR`` 1-based, ``MedR0`` 0-based). ``--query-protocol``
+picks the text queries: ``main`` (each distinct main caption) or ``all`` (every distinct caption,
+Song Describer's protocol). Tags are queried with their cleaned value ("genre---rock" -> "rock"),
+scored (cosine) against every track, and ROC-AUC / PR-AUC are macro-averaged over tags with >= 5
+positives; the report records the tag -> query text map.
 
-- text -> music: each track's *main* caption is one query; its relevant tracks are
-  the tracks that carry that exact caption (almost always just its own track).
-- music -> text: each track ranks every distinct caption of the split (main and
-  alternative captions); the relevant ones are the track's own captions.
-- R@K is a hit rate, mAP@10 = 1/rank if rank <= 10, MRR = mean 1/rank, and the
-  median rank is 1-based. Ties count against the target.
-- tags: each tag's text is embedded as a query and scored (cosine) against every
-  track; ROC-AUC and PR-AUC are macro-averaged over tags with >= 5 positives.
+Before scoring, test records that the run trained on (same id or same recording group as a record
+of the run's train split) are dropped with a warning, and counted in the report; if nothing is
+left the evaluation is refused. This matters when ``--manifest`` names another manifest than the
+run's own.
 
 Baselines are computed in the same run over the same tracks: random text
 vectors (seeded Gaussian, same dim), the untrained model (the run's backbone
@@ -33,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError, unknown_choice
-from .manifest import Record, manifest_hash, read_manifest
+from .manifest import Record, group_of, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
+from .retrieval import (PROTOCOLS, Relevance, caption_relevance, describe_protocol, merge_tag_labels, music_to_text,
+                        tag_metrics, tag_queries, text_to_music)
 from .runs import (RunInfo, eval_key, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
                    weights_identity)
 from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
@@ -56,6 +60,7 @@ class EvalConfig:
     device: str = "auto"
     precision: str = "auto"
     baselines: bool = True
+    query_protocol: str = "main"          # main | all (see musiccli.retrieval)
     seed: int = 0
     resume: Resume = Resume.FRESH
 
@@ -68,6 +73,7 @@ class EvalReport:
     path: Path
     report: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the evaluated sources
 
 
 # --------------------------------------------------------------------------- evaluation data
@@ -77,57 +83,33 @@ class EvalData:
 
     records: list[Record]
     audio_raw: np.ndarray                 # [N, D] native-space store vectors
-    texts: list[str]                      # distinct captions of the split
-    query_text: np.ndarray                # [N] index into texts of each track's main caption
-    track_texts: list[np.ndarray]         # per track: indices into texts of its captions
-    text_tracks: list[np.ndarray]         # per text: tracks that carry it
-    tags: list[str]
-    labels: np.ndarray                    # [N, T] 0/1
-    n_captions: int
+    relevance: Relevance                  # caption <-> track relevance and the text queries
+    tags: list[str]                       # query texts of the tags (cleaned, distinct)
+    tag_map: dict[str, str]               # raw tag -> query text
+    labels: np.ndarray                    # [N, len(tags)] 0/1
+
+    @property
+    def texts(self) -> list[str]:
+        return self.relevance.texts
 
 
-def build_eval_data(records: Sequence[Record], audio_raw: np.ndarray) -> EvalData:
-    texts: list[str] = []
-    pos: dict[str, int] = {}
-    track_texts = []
-    n_captions = 0
-    for r in records:
-        own = []
-        for c in r.captions:
-            n_captions += 1
-            if c not in pos:
-                pos[c] = len(texts)
-                texts.append(c)
-            if pos[c] not in own:
-                own.append(pos[c])
-        track_texts.append(np.array(own, dtype=np.int64))
-    owners: list[list[int]] = [[] for _ in texts]
-    for j, own in enumerate(track_texts):
-        for t in own:
-            owners[t].append(j)
-    tags = sorted({t for r in records for t in r.tags})
-    tag_pos = {t: i for i, t in enumerate(tags)}
-    labels = np.zeros((len(records), len(tags)), dtype=np.int8)
+def build_eval_data(records: Sequence[Record], audio_raw: np.ndarray, protocol: str = "main") -> EvalData:
+    raw_tags = sorted({t for r in records for t in r.tags})
+    tag_pos = {t: i for i, t in enumerate(raw_tags)}
+    raw_labels = np.zeros((len(records), len(raw_tags)), dtype=np.int8)
     for j, r in enumerate(records):
         for t in r.tags:
-            labels[j, tag_pos[t]] = 1
-    return EvalData(
-        records=list(records), audio_raw=audio_raw, texts=texts,
-        query_text=np.array([pos[r.caption] for r in records], dtype=np.int64),
-        track_texts=track_texts, text_tracks=[np.array(o, dtype=np.int64) for o in owners],
-        tags=tags, labels=labels, n_captions=n_captions,
-    )
+            raw_labels[j, tag_pos[t]] = 1
+    texts, tag_map, columns = tag_queries(raw_tags)
+    return EvalData(records=list(records), audio_raw=audio_raw, relevance=caption_relevance(records, protocol),
+                    tags=texts, tag_map=tag_map, labels=merge_tag_labels(raw_labels, columns))
 
 
 def score_system(data: EvalData, audio: np.ndarray, text: np.ndarray, tag_vecs: np.ndarray) -> dict[str, Any]:
     """Metrics for one system: ``audio`` [N, D], ``text`` [len(texts), D], ``tag_vecs`` [T, D], unit rows."""
-    from .metrics import ranks_multi, summarize_ranks, tag_metrics
-
-    sim = text @ audio.T                                  # [texts, tracks]
-    q = data.query_text
-    t2m = summarize_ranks(ranks_multi(sim[q], [data.text_tracks[t] for t in q]))
-    m2t = summarize_ranks(ranks_multi(np.ascontiguousarray(sim.T), data.track_texts))
-    out: dict[str, Any] = {"text_to_music": t2m, "music_to_text": m2t}
+    rel = data.relevance
+    out: dict[str, Any] = {"text_to_music": text_to_music(text[rel.queries], audio, rel),
+                           "music_to_text": music_to_text(text, audio, rel)}
     if data.tags:
         tags = tag_metrics(audio @ tag_vecs.T, data.labels, data.tags, min_positives=MIN_TAG_POSITIVES)
         out["tags"] = {k: v for k, v in tags.items() if k != "per_tag_roc_auc"}
@@ -135,6 +117,48 @@ def score_system(data: EvalData, audio: np.ndarray, text: np.ndarray, tag_vecs: 
     else:
         out["tags"] = {"roc_auc": float("nan"), "pr_auc": float("nan"), "n_tags": 0, "skipped": 0}
     return out
+
+
+# --------------------------------------------------------------------------- train/test leaks
+@dataclass
+class LeakCheck:
+    kept: list[Record]
+    dropped: int = 0
+    examples: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def drop_training_records(records: Sequence[Record], train_records: Sequence[Record] | None) -> LeakCheck:
+    """Leave out records that the run trained on: the same id, or the same recording (group)."""
+    if train_records is None:
+        return LeakCheck(kept=list(records), note="not checked: the run's training manifest is unavailable")
+    ids = {r.id for r in train_records}
+    groups = {group_of(r) for r in train_records}
+    out = LeakCheck(kept=[])
+    for r in records:
+        if r.id in ids or group_of(r) in groups:
+            out.dropped += 1
+            if len(out.examples) < 5:
+                out.examples.append(r.id)
+        else:
+            out.kept.append(r)
+    out.note = f"{out.dropped} record(s) that the run trained on were left out" if out.dropped else "no overlap"
+    return out
+
+
+def _run_train_records(info: RunInfo, mpath: Path, records_all: list[Record]) -> list[Record] | None:
+    """The records of the run's train split: from the manifest it was trained on, as recorded in run.json."""
+    train_path = Path(info.meta.get("manifest_path") or "")
+    if train_path.is_file() and train_path.resolve() == Path(mpath).resolve():
+        return [r for r in records_all if r.split == "train"]
+    if not train_path.is_file():
+        log.warning("run %s: its training manifest %s is gone; cannot check the split for training records",
+                    info.name, train_path or "(not recorded)")
+        return None
+    if info.meta.get("manifest_hash") and manifest_hash(train_path) != info.meta["manifest_hash"]:
+        log.warning("run %s: its training manifest %s changed since training; checking against its current "
+                    "train split", info.name, train_path)
+    return [r for r in read_manifest(train_path) if r.split == "train"]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -198,17 +222,22 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     progress = progress or NullProgress()
     if cfg.split not in ("train", "val", "test"):
         raise unknown_choice("split", cfg.split, ("train", "val", "test"))
+    if cfg.query_protocol not in PROTOCOLS:
+        raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
     info = resolve_run(state, cfg.run)
     if info.meta.get("objective") == "student":
         return _run_student_eval(state, cfg, info, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
+    records_all = read_manifest(mpath)
+    warnings = _provenance_warnings(info, [r for r in records_all if r.split == cfg.split])
     out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
     key = eval_key(info.name, cfg.split, cfg.checkpoint)
     systems = eval_systems(info.audio_encoder, cfg.baselines)
     stage_config = {
         "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
         "weights": weights_identity(ckpt), "baselines": cfg.baselines, "systems": systems, "seed": cfg.seed,
+        "query_protocol": cfg.query_protocol,
     }
     # New weights (more training) or new data make the old report stale: evaluating again is
     # the expected behaviour, not a conflict the user must resolve with --force.
@@ -216,19 +245,28 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                         discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
                         outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
-        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
+        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True,
+                          warnings=warnings)
 
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
     model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
-    records_all = read_manifest(mpath)
     with EmbeddingStore(emb_path) as store:
         if store.dim != model.config.out_dim:
             raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
                            hint="evaluate with the manifest/encoder the run was trained on")
         in_split = [r for r in records_all if r.split == cfg.split]
-        records = [r for r in in_split if store.has(r.id)]
+        leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
+                 if cfg.split == "train" else drop_training_records(in_split, _run_train_records(info, mpath,
+                                                                                                 records_all)))
+        if leaks.dropped:
+            log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are "
+                        "left out, e.g. %s", leaks.dropped, cfg.split, mname, info.name, ", ".join(leaks.examples))
+        if in_split and not leaks.kept:
+            raise MtxError(f"every {cfg.split} record of {mname} was a training record of run {info.name}",
+                           hint="evaluate on a manifest whose test split the run did not train on")
+        records = [r for r in leaks.kept if store.has(r.id)]
         if not records:
             from .manifest import split_counts
 
@@ -238,7 +276,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         audio_raw = store.get([r.id for r in records])
         # The native tower must be the text half of the checkpoint that embedded these tracks.
         native_model = store.attrs.get("model_id") or None
-    data = build_eval_data(records, audio_raw)
+    data = build_eval_data(records, audio_raw, cfg.query_protocol)
     audio = _unit(model.audio_for_retrieval(audio_raw))
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
@@ -277,11 +315,21 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             task.advance()
 
     report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
+    report["leak_check"] = {"dropped_training_records": leaks.dropped, "examples": leaks.examples,
+                            "note": leaks.note}
     if "native" in systems:
         report["native_model"] = native_model
     atomic_write_json(out_path, report)
     stage.complete(result={"path": str(out_path)})
-    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report), warnings=warnings)
+
+
+def _provenance_warnings(info: RunInfo, records: Sequence[Record]) -> list[str]:
+    """The run-met-other-music line for the tracks being evaluated (returned for the CLI, not logged)."""
+    from .provenance import run_training_data, source_counts, unseen_sources_warning
+
+    line = unseen_sources_warning(info.name, run_training_data(info.meta), source_counts(records))
+    return [line] if line else []
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -304,23 +352,28 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
         "audio_encoder": info.audio_encoder,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "protocol": {
-            "text_to_music": "one query per track: its main caption; relevant = tracks carrying that exact caption",
+            "query_protocol": cfg.query_protocol,
+            "text_to_music": describe_protocol(cfg.query_protocol),
             "music_to_text": "each track ranks all distinct captions (main + alternative) of the split; "
-                             "relevant = its own captions",
-            "median_rank": "median rank is 1-based",
-            "metrics": "R@K = hit rate; mAP@10 = 1/rank if rank <= 10 else 0; MRR = mean 1/rank; "
-                       "ties count against the target",
-            "tags": f"each tag's text embedded as a query, cosine against every track; macro ROC-AUC / PR-AUC "
-                    f"over tags with >= {MIN_TAG_POSITIVES} positives",
+                             "relevant = its own captions and those of tracks of the same recording",
+            "median_rank": "MedR is 1-based: floor(median of 0-based ranks) + 1 (LAION-CLAP, open_clip); "
+                           "MedR0 is 0-based: median of 0-based ranks (TTMR convention, plain median)",
+            "metrics": "R@K = hit rate (a relevant item in the top K); mAP@10 = true AP@10 over all relevant "
+                       "items, (1/min(R,10)) * sum of P@k at relevant ranks k <= 10; MRR = mean 1/rank of the "
+                       "first relevant item; ties count against the target",
+            "tags": f"each tag's cleaned value (e.g. genre---rock -> rock, see tag_queries) embedded as a query, "
+                    f"cosine against every track; macro ROC-AUC / PR-AUC over tags with >= {MIN_TAG_POSITIVES} "
+                    f"positives",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
                          f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats; "
                          f"native (clap, muq) = the audio encoder's own zero-shot text tower against the mean "
                          f"part of the stored vectors",
         },
+        "tag_queries": data.tag_map,
         "counts": {
             "tracks": len(data.records),
-            "text_queries": len(data.records),
-            "captions": data.n_captions,
+            "text_queries": len(data.relevance.queries),
+            "captions": data.relevance.n_captions,
             "distinct_captions": len(data.texts),
             "tags_total": len(data.tags),
             "tags_used": int(model_tags.get("n_tags", 0)),
@@ -419,7 +472,7 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
     stage_config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "weights": weights_identity(ckpt),
                     "teachers": {t: store_identity(state.embeddings_path(t, mname))
                                  for t in teachers if state.embeddings_path(t, mname).exists()},
-                    "baselines": cfg.baselines, "seed": cfg.seed}
+                    "baselines": cfg.baselines, "seed": cfg.seed, "query_protocol": cfg.query_protocol}
     stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
                         mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
                         outputs={"report": out_path})
@@ -427,9 +480,19 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
         return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
     runtime = select_runtime(cfg.device, "fp32")
     model = StudentModel.from_pretrained(ckpt, device=runtime.device)
-    records = [r for r in read_manifest(mpath) if r.split == cfg.split]
+    if cfg.query_protocol not in PROTOCOLS:
+        raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
+    records_all = read_manifest(mpath)
+    in_split = [r for r in records_all if r.split == cfg.split]
+    leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
+             if cfg.split == "train" else drop_training_records(in_split, _run_train_records(info, mpath,
+                                                                                             records_all)))
+    if leaks.dropped:
+        log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are left "
+                    "out, e.g. %s", leaks.dropped, cfg.split, mname, info.name, ", ".join(leaks.examples))
+    records = leaks.kept
     if not records:
-        raise MtxError(f"the {cfg.split} split of {mname} is empty", hint="pick another --split")
+        raise MtxError(f"no {cfg.split} records of {mname} to evaluate on", hint="pick another --split")
     log.info("evaluating student run %s (%s checkpoint) on %d %s tracks of %s", info.name, cfg.checkpoint,
              len(records), cfg.split, mname)
     systems = ["model", "random"] if cfg.baselines else ["model"]
@@ -440,7 +503,7 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
             keep = [j for j, r in enumerate(records) if not any(f.startswith(r.id + ":") for f in failed)]
             records, music = [records[j] for j in keep], music[keep]
         task.advance()
-        data = build_eval_data(records, music)
+        data = build_eval_data(records, music, cfg.query_protocol)
         results: dict[str, Any] = {}
         for name in systems:
             progress.check_interrupt()
@@ -456,14 +519,13 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
     report = {
         "run": info.name, "objective": "student", "checkpoint": cfg.checkpoint, "split": cfg.split,
         "manifest": mname, "audio_encoder": "student", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "protocol": {"text_to_music": "one query per track: its main caption; relevant = tracks carrying it",
-                     "music_to_text": "each track ranks all distinct captions of the split; relevant = its own",
-                     "median_rank": "median rank is 1-based",
+        "protocol": {"retrieval": f"musiccli.retrieval, query protocol {cfg.query_protocol!r} (as for every run)",
                      "music_vectors": "student music tower from audio: crop-length windows, mean, L2",
                      "teacher_cosine": "mean cosine between the teacher's learned projection of the student "
                                        "vector and the teacher vector standardised with train-split statistics",
                      "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed})"},
-        "counts": {"tracks": len(records), "text_queries": len(records), "captions": data.n_captions,
+        "counts": {"tracks": len(records), "text_queries": len(data.relevance.queries),
+                   "captions": data.relevance.n_captions, "left_out_training_records": leaks.dropped,
                    "failed_decode": len(failed), "distinct_captions": len(data.texts),
                    "tags_total": len(data.tags), "tags_used": int(results["model"]["tags"].get("n_tags", 0))},
         "results": results,

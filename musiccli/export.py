@@ -7,6 +7,9 @@ with plain ``transformers.AutoModel``. ``onnx/model.onnx`` takes ``input_ids`` a
 audio encoder's native space); the tokenizer files sit next to it. The ONNX graph
 is checked against PyTorch with onnxruntime and the export fails above 1e-4.
 
+Both keep what the run was trained on (``training_data`` of its ``run.json``): the model
+card's "Training data" section and ``hf/training_data.json``, and ``onnx/meta.json``.
+
 Each format is built in a temporary folder and renamed into place, so an
 interrupted export never leaves a half-written ``hf/`` or ``onnx/``.
 """
@@ -18,7 +21,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
 ONNX_TOLERANCE = 1e-4
+TRAINING_DATA = "training_data.json"  # in hf/: what the run was trained on (run.json's training_data)
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
 CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
                  "upbeat 80s synth pop with female vocals", "jazz"]
@@ -79,16 +82,12 @@ def _tmp_dir(parent: Path, name: str) -> Path:
 
 
 def _training_data_summary(info: RunInfo) -> dict[str, Any]:
-    from .manifest import read_manifest, split_counts
+    """What the run was trained on, as its run.json recorded it (not the manifest as it is now)."""
+    from .provenance import run_training_data
 
-    mpath = Path(info.meta.get("manifest_path") or "")
-    summary: dict[str, Any] = {"manifest": info.meta.get("manifest"), "manifest_hash": info.meta.get("manifest_hash")}
-    if mpath.is_file():
-        records = read_manifest(mpath)
-        summary["tracks"] = len(records)
-        summary["by_dataset"] = dict(sorted(Counter(r.dataset or "unknown" for r in records).items()))
-        summary["splits"] = split_counts(records)
-    return summary
+    trained = run_training_data(info.meta) or {}
+    return {"manifest": trained.get("manifest", info.meta.get("manifest")),
+            "manifest_hash": trained.get("manifest_hash", info.meta.get("manifest_hash")), **trained}
 
 
 def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -> str:
@@ -114,10 +113,20 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         "",
         f"- manifest: `{data.get('manifest')}` (hash `{data.get('manifest_hash')}`)",
     ]
-    if "tracks" in data:
-        lines.append(f"- tracks: {data['tracks']}")
-        lines.append("- by dataset: " + ", ".join(f"{k} {v}" for k, v in data["by_dataset"].items()))
-        lines.append("- splits: " + ", ".join(f"{k} {v}" for k, v in data["splits"].items()))
+    if data.get("sources"):
+        from .provenance import describe
+
+        synthetic = set(data.get("synthetic") or ())
+        lines.append(f"- trained on: the `{data.get('split', 'train')}` split, {data.get('tracks')} tracks")
+        lines.append("- sources: " + describe(data["sources"], synthetic))
+        if set(data["sources"]) <= synthetic:
+            lines += ["", "**Trained only on synthetic clips.** This model shows the pipeline and its resume "
+                          "contract; it is not a search model for real music, where its results are near chance."]
+        else:
+            lines += ["", "Expect weaker results on music unlike these sources; `mtx search` and `mtx eval` "
+                          "say so when a library holds other sources."]
+    else:
+        lines.append("- sources: not recorded (trained before `mtx` recorded them, and the manifest has changed)")
     report = latest_eval_report(info.dir, checkpoint)
     if report and report.get("inputs", {}).get("weights") != weights_identity(info.dir / checkpoint):
         log.info("the %s eval report of run %s is of older weights; the model card leaves it out", checkpoint,
@@ -189,6 +198,7 @@ def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float
     try:
         model.save_pretrained(tmp)
         atomic_write_text(tmp / "README.md", model_card(info, model, checkpoint, onnx_diff))
+        atomic_write_json(tmp / TRAINING_DATA, _training_data_summary(info))
         final = out / "hf"
         _replace_dir(tmp, final)
     except BaseException:
@@ -244,7 +254,7 @@ def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> f
     return worst
 
 
-def export_onnx(model, out: Path, opset: int) -> tuple[Path, float]:
+def export_onnx(model, out: Path, opset: int, training: dict[str, Any] | None = None) -> tuple[Path, float]:
     import torch
 
     tmp = _tmp_dir(out, "onnx")
@@ -280,7 +290,7 @@ def export_onnx(model, out: Path, opset: int) -> tuple[Path, float]:
             "backbone": c.backbone, "pooling": c.pooling, "max_length": c.max_length, "opset": opset,
             "audio_stats": "audio_mean / audio_std in ../hf/model.safetensors; "
                            "retrieval audio = normalize((audio - audio_mean) / audio_std)",
-            "max_abs_diff_vs_pytorch": diff,
+            "max_abs_diff_vs_pytorch": diff, "training_data": training or {},
         })
         final = out / "onnx"
         _replace_dir(tmp, final)
@@ -354,7 +364,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
             if f in done and Path(done[f]).exists():
                 continue
             if f == "onnx":
-                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset)
+                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset,
+                                         _training_data_summary(info))
                 log.info("ONNX max abs diff vs PyTorch: %.2g", diff)
             else:
                 path = export_hf(info, model, cfg.checkpoint, out, diff)

@@ -10,13 +10,13 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .errors import MtxError
 from .state import atomic_write_text
@@ -41,6 +41,7 @@ class Record:
     tags: list[str] = field(default_factory=list)
     license: str | None = None
     split: str | None = None
+    group: str | None = None          # the underlying recording (see group_of); None = the record itself
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ class Record:
             alt_captions=[str(c) for c in d.get("alt_captions") or []],
             dataset=d.get("dataset"), artist=d.get("artist"), title=d.get("title"),
             tags=[str(t) for t in d.get("tags") or []], license=d.get("license"), split=split,
+            group=str(d["group"]) if d.get("group") not in (None, "") else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -211,65 +213,194 @@ def sample_records(
     return _shuffled(chosen, seed)
 
 
+# --------------------------------------------------------------------------- recordings (group keys)
+def jamendo_group(track_id: Any) -> str | None:
+    """One key for a Jamendo track however a source spells its id (``3346``, ``"track_0003346"``, ``"3346.mp3"``)."""
+    digits = re.sub(r"\D", "", str(track_id).rsplit("/", 1)[-1].split(".", 1)[0]) if track_id is not None else ""
+    return f"jamendo:{int(digits)}" if digits else None
+
+
+def jamendo_artist(artist_id: Any) -> str | None:
+    """One key for a Jamendo artist: MTG-Jamendo writes ``artist_000517``, Song Describer ``517``."""
+    digits = re.sub(r"\D", "", str(artist_id)) if artist_id is not None else ""
+    return f"jamendo-artist:{int(digits)}" if digits else None
+
+
+def youtube_group(ytid: str | None) -> str | None:
+    return f"youtube:{ytid.strip()}" if ytid and ytid.strip() else None
+
+
+def file_group(path: str | Path) -> str:
+    return f"file:{Path(path).resolve()}"
+
+
+def group_of(r: Record) -> str:
+    """The recording a record belongs to: its ``group``, or the record itself when a source set none."""
+    return r.group or f"id:{r.id}"
+
+
+def normalised_artist(artist: str | None) -> str | None:
+    # Case and whitespace differ between sources for the same artist.
+    name = " ".join(artist.lower().split()) if artist else ""
+    return name or None
+
+
+def artist_of(r: Record) -> str | None:
+    """The artist identity used for splits: a source's catalogue id (``extra["artist_key"]``, e.g. the
+    Jamendo artist id that all three Jamendo sources share) when it has one, else the normalised name.
+    One identity per record, so that every source spells one artist the same way and a component's
+    key (see ``component_key``) does not depend on which sources were sampled."""
+    key = r.extra.get("artist_key")
+    return str(key) if key else normalised_artist(r.artist)
+
+
 # --------------------------------------------------------------------------- splits
+@dataclass
+class SplitSummary:
+    components: int = 0
+    official_conflicts: int = 0   # components whose members' official splits disagreed
+    overridden: int = 0           # records whose official split was changed to keep their component together
+    filled: int = 0               # components moved into an otherwise empty split (tiny manifests only)
+
+
+# With --keep-official-splits a component whose members carry different official splits goes to the most
+# held-out of them: an official test track must never end up in train (that is the leak being prevented).
+_HELD_OUT_ORDER = {"test": 0, "val": 1, "train": 2}
+
+
+def recording_components(records: Sequence[Record]) -> list[list[int]]:
+    """Connected components (lists of record indices) of the graph linking records that share a
+    group key or a normalised artist."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:          # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for r in records:
+        g = "g:" + group_of(r)
+        find(g)
+        artist = artist_of(r)
+        if artist:
+            union(g, "a:" + artist)
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        members[find("g:" + group_of(r))].append(i)
+    return sorted(members.values())
+
+
+def component_key(records: Sequence[Record], seed: int) -> int:
+    """The seeded hash a component is bucketed by.
+
+    The minimum hash over the component's artists (over its groups when it has no artist): it depends
+    only on which artists/recordings the component holds, not on how many records of them were
+    sampled or which manifest they are in, so a record keeps its split under sampling. (A sample that
+    drops the only record bridging two artists splits the component; each part then keeps the bucket
+    of the artist with the smaller hash, so the part holding that artist is unchanged.)
+    """
+    artists = {a for a in (artist_of(r) for r in records) if a}
+    nodes = [f"a:{a}" for a in artists] if artists else [f"g:{group_of(r)}" for r in records]
+    return min(_stable_key(seed, n) for n in nodes)
+
+
+def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
+    out, edge = {}, 0.0
+    for name, ratio in zip(SPLITS, ratios):
+        out[name] = (edge, edge + ratio)
+        edge += ratio
+    return out
+
+
+def bucket(key: int, ratios: tuple[float, float, float]) -> str:
+    u = key / 2.0**64
+    for name, (lo, hi) in _ranges(ratios).items():
+        if lo <= u < hi:
+            return name
+    return next(name for name, ratio in zip(reversed(SPLITS), reversed(ratios)) if ratio > 0)
+
+
+def _fill_empty_splits(keys: list[int], splits: list[str | None], ratios: tuple[float, float, float]) -> int:
+    """Tiny manifests: give each empty split (with a positive ratio) the component whose hash lies nearest
+    its range, taken from a split that keeps at least one component. Returns how many moved.
+
+    Only here does a component's split depend on the rest of the sample; with a few dozen
+    components or more no split comes out empty and nothing moves."""
+    ranges = _ranges(ratios)
+    moved = 0
+    for name in ("test", "val", "train"):
+        counts = {n: splits.count(n) for n in SPLITS}
+        if ratios[SPLITS.index(name)] <= 0 or counts[name] > 0:
+            continue
+        lo, hi = ranges[name]
+
+        def distance(i: int) -> tuple[float, int]:
+            u = keys[i] / 2.0**64
+            return (lo - u if u < lo else u - hi, keys[i])
+
+        donors = [i for i, sp in enumerate(splits) if sp is not None and counts[sp] > 1]
+        if donors:
+            splits[min(donors, key=distance)] = name
+            moved += 1
+    return moved
+
+
 def assign_splits(
     records: Sequence[Record],
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     keep_official: bool = False,
-) -> None:
-    """Assign train/val/test in place, artist-aware and reproducible.
+) -> SplitSummary:
+    """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
-    Records are grouped by artist (records without an artist are their own group);
-    groups are shuffled with a seeded hash and packed greedily into the split that is
-    furthest below its target, per dataset so that every dataset is split 80/10/10.
-    With ``keep_official`` records that already carry a split keep it, and their
-    artists are pinned to that split so no artist crosses splits.
+    Records that share a recording (``group``) or an artist (``artist_of``) form connected components;
+    each component goes whole into the split its seeded hash falls in (``component_key``), so the
+    split sizes follow ``ratios`` in expectation (not exactly: the components are indivisible) and a
+    record's split does not depend on what else was sampled, except in a manifest so small that a
+    split would be empty (``_fill_empty_splits``). With ``keep_official`` a component
+    with official splits keeps them; when its members disagree it goes to the most held-out one
+    (test, then val), and the records moved are counted.
     """
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
-    pinned: dict[str, str] = {}
-    if keep_official:
-        for r in records:
-            if r.split and r.artist:
-                pinned.setdefault(_artist_key(r), r.split)
-    else:
-        for r in records:
-            r.split = None
-    by_dataset: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_dataset[r.dataset or "unknown"].append(r)
-    for ds in sorted(by_dataset):
-        groups: dict[str, list[Record]] = defaultdict(list)
-        for r in by_dataset[ds]:
-            groups[_artist_key(r)].append(r)
-        counts = dict.fromkeys(SPLITS, 0)
-        todo = []
-        for key, members in groups.items():
-            fixed = pinned.get(key) or next((m.split for m in members if m.split), None)
-            if fixed:
-                pinned[key] = fixed
-                for m in members:
-                    m.split = fixed
-                counts[fixed] += len(members)
-            else:
-                todo.append(key)
-        total = len(by_dataset[ds])
-        targets = np.array(ratios) * total
-        # Large groups first so that they cannot overshoot small splits; ties by seeded hash.
-        todo.sort(key=lambda k: (-len(groups[k]), _stable_key(seed, k)))
-        for key in todo:
-            deficit = [targets[i] - counts[s] for i, s in enumerate(SPLITS)]
-            split = SPLITS[int(np.argmax(deficit))]
-            for m in groups[key]:
-                m.split = split
-            counts[split] += len(groups[key])
-            pinned[key] = split  # the same artist in a later dataset joins this split
-
-
-def _artist_key(r: Record) -> str:
-    # Artists are matched across sources by normalised name, so no artist crosses splits.
-    return f"artist::{' '.join(r.artist.lower().split())}" if r.artist else f"id::{r.id}"
+    summary = SplitSummary()
+    components = recording_components(records)
+    keys: list[int] = []
+    hashed: list[str | None] = []       # the bucketed split; None for components pinned by official splits
+    pinned: list[str | None] = []
+    for members in components:
+        rs = [records[i] for i in members]
+        official = {r.split for r in rs if r.split} if keep_official else set()
+        keys.append(component_key(rs, seed))
+        if official:
+            split = min(official, key=_HELD_OUT_ORDER.__getitem__)
+            if len(official) > 1:
+                summary.official_conflicts += 1
+                summary.overridden += sum(1 for r in rs if r.split and r.split != split)
+            pinned.append(split)
+            hashed.append(None)
+        else:
+            pinned.append(None)
+            hashed.append(bucket(keys[-1], ratios))
+    summary.components = len(components)
+    if not keep_official or all(p is None for p in pinned):
+        summary.filled = _fill_empty_splits(keys, hashed, ratios)
+    for members, p, h in zip(components, pinned, hashed):
+        for i in members:
+            records[i].split = p or h
+    if summary.overridden:
+        log.warning("%d record(s) in %d recording/artist component(s) had conflicting official splits and "
+                    "were moved to their component's most held-out split", summary.overridden,
+                    summary.official_conflicts)
+    return summary
 
 
 def split_counts(records: Iterable[Record]) -> dict[str, int]:

@@ -43,7 +43,6 @@ from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_wri
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8192
 
 
 @dataclass
@@ -88,6 +87,7 @@ class SearchResult:
     text_model: str = "run"
     encoder: str = ""
     model_id: str | None = None    # native: the text tower's checkpoint
+    warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the library's sources
 
 
 # --------------------------------------------------------------------------- ranking
@@ -282,7 +282,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             with progress.task("Indexing", total=n, unit="tracks") as task:
-                for start, chunk in store.iter_chunks(CHUNK):
+                for start, chunk in store.iter_chunks():   # sized in bytes, whatever the dim
                     progress.check_interrupt()
                     mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
                     task.advance(len(chunk))
@@ -410,6 +410,7 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
     index, rebuilt = open_index(state, text, cfg.index, cfg.rebuild, manifest=cfg.manifest, progress=progress,
                                 resume=cfg.resume)
     log.debug("using %s, index %s (%d tracks)", _owner_of(text), index.name, len(index))
+    warnings = [w for w in [_provenance_warning(text, index)] if w]
     q = np.asarray(text.model.encode([cfg.query])[0], dtype=np.float32)
     if q.shape[0] != index.vectors.shape[1]:
         raise MtxError(f"the text model gives {q.shape[0]}-d queries, index {index.name!r} holds "
@@ -426,7 +427,17 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
     return SearchResult(query=cfg.query, run=text.run.name if text.run is not None else None, index=index.name,
                         hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
-                        model_id=text.model_id)
+                        model_id=text.model_id, warnings=warnings)
+
+
+def _provenance_warning(text: QueryModel, index: Index) -> str | None:
+    """The run-met-other-music line, when a run ranks a library of sources it was not trained on.
+    (Returned, not logged: the CLI prints it once, and only in human mode.)"""
+    from .provenance import run_training_data, source_counts, unseen_sources_warning
+
+    if text.run is None:
+        return None  # a native tower was not trained by us on anything
+    return unseen_sources_warning(text.run.name, run_training_data(text.run.meta), source_counts(index.items.values()))
 
 
 def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:

@@ -610,6 +610,9 @@ class Stage:
     discard: Callable[[], None] | None = None
     redo_changed: bool = False
     policy: FailurePolicy = field(default_factory=FailurePolicy)
+    # For stages whose output name is an option: how to pick another one ("choose another manifest
+    # name with --name"), offered beside --force when a complete output with another config is in the way.
+    rename_hint: str | None = None
 
     @property
     def record_path(self) -> Path:
@@ -670,7 +673,7 @@ class Stage:
             if done and differences:
                 raise MtxError(
                     f"{stage} output {key!r} already exists with a different config: " + "; ".join(differences),
-                    hint="use --force to overwrite it, or choose another output name",
+                    hint="use --force to overwrite it" + (f", or {self.rename_hint}" if self.rename_hint else ""),
                 )
             if previous.status == StageStatus.COMPLETE.value or (done and mode is Resume.FRESH):
                 if previous.failed_items:
@@ -716,6 +719,7 @@ def begin_stage(
     redo_changed: bool = False,
     outputs: dict[str, Path] | None = None,
     policy: FailurePolicy | None = None,
+    rename_hint: str | None = None,
 ) -> StageRun:
     """Build the :class:`Stage` and begin it: lock the output, apply the resume contract.
 
@@ -724,10 +728,11 @@ def begin_stage(
     ``redo_changed``: for stages whose config holds the identity of changing inputs (new weights,
     a re-download), a fresh start over a record with a different config starts over (as
     ``--force``) instead of refusing; ``--continue`` still refuses and lists the differences.
+    ``rename_hint``: see :class:`Stage`.
     Callers check ``run.already_complete`` and return early without doing work.
     """
     return Stage(state, stage, key, config, outputs=dict(outputs or {}), discard=discard,
-                 redo_changed=redo_changed, policy=policy or FailurePolicy()).begin(mode)
+                 redo_changed=redo_changed, policy=policy or FailurePolicy(), rename_hint=rename_hint).begin(mode)
 
 
 # --------------------------------------------------------------------------- stage scope

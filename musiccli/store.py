@@ -5,6 +5,8 @@ Layout of the final file:
 - dataset ``embeddings``: [N, D] float32/float16, chunked (about 1 MiB chunks) and resizable;
 - optional dataset ``windows`` [M, D_window] with ``window_offsets`` [N+1] when aggregation is ``none``;
 - optional dataset ``tag_probs`` [N, T] float32 (``embed --tags``) with attribute ``tag_names`` [T];
+  tags computed later for a finished store live beside it instead, in ``<manifest>.tags.h5``
+  (datasets ``ids`` and ``tag_probs``), so adding them never rewrites the embeddings;
 - attributes: encoder, encoder_version, model_id, sample_rate, window, hop, aggregation, dim, manifest_hash, ...
 
 Writing is crash-safe: while a stage runs, each committed unit is a small HDF5
@@ -32,6 +34,16 @@ log = logging.getLogger(__name__)
 
 STR_DTYPE = h5py.string_dtype("utf-8")
 DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+# Reads and temporaries are sized in bytes, never in rows: 4,096 rows is 16 MB at 1,024 dims but
+# 1.3 GB at MERT's 76,800 (and five times that in float64 temporaries).
+READ_BYTES = 64 << 20
+
+
+def rows_for_bytes(bytes_per_row: int, budget: int | None = None) -> int:
+    """How many rows of ``bytes_per_row`` fit in ``budget`` (default ``READ_BYTES``; at least one)."""
+    return int(max(1, (READ_BYTES if budget is None else budget) // max(1, bytes_per_row)))
 
 
 def chunk_rows(dim: int, itemsize: int, target_bytes: int = 1 << 20) -> int:
@@ -148,6 +160,44 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
     return n
 
 
+def tags_path(path: Path) -> Path:
+    """The side file for tags computed for the finished store at ``path`` (``embed --tags`` later)."""
+    return path.with_name(f"{path.stem}.tags.h5")
+
+
+def assemble_tags(path: Path, tag_names: Sequence[str], attrs: dict[str, Any], n_parts: int) -> int:
+    """Stream the ``ids`` and ``tags`` of every part into a tag side file (no embeddings); return the rows."""
+    parts = committed_parts(path)
+    missing = [i for i in range(n_parts) if i not in parts]
+    if missing:
+        raise MtxError(f"cannot assemble {path.name}: {len(missing)} part(s) missing", hint="rerun with --continue")
+    n_tags = len(tag_names)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            ids_ds = out.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(4096,))
+            tag_ds = out.create_dataset("tag_probs", shape=(0, n_tags), maxshape=(None, n_tags), dtype=np.float32,
+                                        chunks=(chunk_rows(n_tags, 4), n_tags))
+            tag_ds.attrs.create("tag_names", data=list(tag_names), dtype=STR_DTYPE)
+            n = 0
+            for i in range(n_parts):
+                with h5py.File(parts[i], "r") as part:
+                    ids = part["ids"][()]
+                    if len(ids) == 0:
+                        continue
+                    if "tags" not in part or part["tags"].shape != (len(ids), n_tags):
+                        raise MtxError(f"part {i} has no tag probabilities of the expected shape",
+                                       hint="rerun with --force")
+                    ids_ds.resize((n + len(ids),))
+                    ids_ds[n:] = ids
+                    tag_ds.resize((n + len(ids), n_tags))
+                    tag_ds[n:] = part["tags"][()]
+                    n += len(ids)
+            for k, v in attrs.items():
+                out.attrs[k] = v if v is not None else ""
+            out.attrs["count"] = n
+    return n
+
+
 def discard(path: Path) -> None:
     path.unlink(missing_ok=True)
     shutil.rmtree(parts_dir(path), ignore_errors=True)
@@ -199,22 +249,6 @@ class EmbeddingStore:
     def encoder(self) -> str:
         return str(self.attrs.get("encoder", ""))
 
-    @property
-    def tag_names(self) -> list[str]:
-        """Columns of ``tag_probs`` (``embed --tags``); empty when the store has no tags."""
-        if "tag_probs" not in self._f:
-            return []
-        return [str(_attr(v)) for v in self._f["tag_probs"].attrs["tag_names"]]
-
-    def iter_tag_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, float32 [rows, T]) blocks of ``tag_probs`` in row order."""
-        if "tag_probs" not in self._f:
-            raise MtxError(f"{self.path} has no tag probabilities",
-                           hint="run `mtx embed` with --tags and an encoder that has a tagger")
-        tags = self._f["tag_probs"]
-        for start in range(0, len(self), size):
-            yield start, np.asarray(tags[start:start + size], dtype=np.float32)
-
     def has(self, id_: str) -> bool:
         return id_ in self._pos
 
@@ -236,21 +270,31 @@ class EmbeddingStore:
     def get(self, ids: Sequence[str]) -> np.ndarray:
         return self.rows(self.positions(ids))
 
-    def iter_chunks(self, size: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 [rows, D]) blocks in row order; ``size`` rows, by default ``READ_BYTES`` worth."""
+        size = size or rows_for_bytes(4 * self.dim)
         for start in range(0, len(self), size):
             yield start, np.asarray(self._emb[start:start + size], dtype=np.float32)
 
-    def mean_std(self, positions: np.ndarray | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and std, streamed in float64 (Chan et al. parallel merge)."""
+    def mean_std(self, positions: np.ndarray | None = None, chunk: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std, streamed in float64 (Chan et al. parallel merge).
+
+        ``chunk`` rows per read, by default as many as fit ``READ_BYTES`` with the float32 read (two
+        copies inside ``rows``) and the one float64 working copy, which is centred and squared in place.
+        """
         n = 0
         mean = np.zeros(self.dim, dtype=np.float64)
         m2 = np.zeros(self.dim, dtype=np.float64)
         sel = np.arange(len(self)) if positions is None else np.sort(np.asarray(positions))
+        chunk = chunk or rows_for_bytes(self.dim * (4 + 4 + 8))
         for s in range(0, len(sel), chunk):
             x = self.rows(sel[s:s + chunk]).astype(np.float64)
             k = len(x)
             bm = x.mean(0)
-            bm2 = ((x - bm) ** 2).sum(0)
+            x -= bm
+            np.square(x, out=x)
+            bm2 = x.sum(0)
             delta = bm - mean
             tot = n + k
             mean += delta * k / tot
@@ -260,6 +304,54 @@ class EmbeddingStore:
             raise MtxError("no embeddings to compute statistics from", hint="check the manifest split")
         std = np.sqrt(m2 / max(1, n - 1))
         return mean.astype(np.float32), std.astype(np.float32)
+
+
+class TagTable:
+    """Read-only zero-shot tags of a store: its own ``tag_probs``, else those of its tag side file."""
+
+    def __init__(self, store_path: Path) -> None:
+        store_path = Path(store_path)
+        side = tags_path(store_path)
+        self.path = store_path
+        if not _has_dataset(store_path, "tag_probs"):
+            self.path = side
+        if not _has_dataset(self.path, "tag_probs"):
+            raise MtxError(f"{store_path} has no tag probabilities",
+                           hint="run `mtx embed` with --tags and an encoder that has a tagger")
+        self._f = h5py.File(self.path, "r")
+        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["ids"][()]]
+        self._tags = self._f["tag_probs"]
+        self.tag_names: list[str] = [str(_attr(v)) for v in self._tags.attrs["tag_names"]]
+
+    def __enter__(self) -> "TagTable":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 [rows, T]) blocks of ``tag_probs`` in row order; by default ``READ_BYTES`` worth."""
+        size = size or rows_for_bytes(4 * self._tags.shape[1])
+        for start in range(0, len(self), size):
+            yield start, np.asarray(self._tags[start:start + size], dtype=np.float32)
+
+
+def has_tags(store_path: Path) -> bool:
+    """Whether tags exist for the store at ``store_path`` (inside it or in its side file)."""
+    return _has_dataset(Path(store_path), "tag_probs") or _has_dataset(tags_path(Path(store_path)), "tag_probs")
+
+
+def _has_dataset(path: Path, name: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return name in f and "ids" in f
+    except OSError:
+        return False
 
 
 def _attr(v: Any) -> Any:

@@ -2,13 +2,17 @@
 
 The embed stage stores the per-track mean of the window tag probabilities as
 ``tag_probs`` [N, T] in the embedding store (column names in its ``tag_names``
-attribute). This module says which encoders can tag and summarises a store's tags
-for display: the top tags of the first tracks and the most frequent top-1 tags.
+attribute), or, when tags are asked for a store that already exists, in the side
+file ``<manifest>.tags.h5`` next to it. This module says which encoders can tag and
+summarises a store's tags for display: the top tags of the first tracks (named by
+artist and title where the manifest knows them, as ``search`` does) and the most
+frequent top-1 tags.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import numpy as np
 
 from .encoders.base import AUDIO_ENCODERS
 from .errors import MtxError
+from .manifest import Record
 
 
 def tagging_encoders() -> list[str]:
@@ -38,6 +43,13 @@ def check_tagger(encoder: str) -> None:
 class TrackTags:
     id: str
     top: list[tuple[str, float]]  # (tag, probability), most probable first
+    artist: str | None = None
+    title: str | None = None
+
+    @property
+    def label(self) -> str:
+        """"artist - title" as ``search`` shows a hit; the id when the manifest has neither."""
+        return " - ".join(x for x in (self.artist, self.title) if x) or self.id
 
 
 @dataclass
@@ -47,30 +59,38 @@ class TagSummary:
     n_tracks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tracks": [{"id": t.id, "top": [[n, p] for n, p in t.top]} for t in self.tracks],
+        return {"tracks": [{"id": t.id, "artist": t.artist, "title": t.title, "top": [[n, p] for n, p in t.top]}
+                           for t in self.tracks],
                 "top1_counts": [[n, c] for n, c in self.top1_counts], "n_tracks": self.n_tracks}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TagSummary":
-        return cls(tracks=[TrackTags(str(t["id"]), [(str(n), float(p)) for n, p in t["top"]]) for t in d["tracks"]],
+        return cls(tracks=[TrackTags(str(t["id"]), [(str(n), float(p)) for n, p in t["top"]],
+                                     artist=t.get("artist"), title=t.get("title")) for t in d["tracks"]],
                    top1_counts=[(str(n), int(c)) for n, c in d["top1_counts"]], n_tracks=int(d["n_tracks"]))
 
 
-def summarize_tags(path: Path, top_k: int = 3, first_tracks: int = 10, most_common: int = 10) -> TagSummary:
-    """Stream ``tag_probs`` of the store at ``path`` into a :class:`TagSummary`."""
-    from .store import EmbeddingStore
+def summarize_tags(path: Path, records: Iterable[Record] = (), top_k: int = 3, first_tracks: int = 10,
+                   most_common: int = 10) -> TagSummary:
+    """Stream the tags of the store at ``path`` into a :class:`TagSummary`; ``records`` (the manifest)
+    supply each track's artist and title."""
+    from .store import TagTable
 
-    with EmbeddingStore(path) as st:
-        names = st.tag_names
+    with TagTable(path) as table:
+        names = table.tag_names
+        shown = set(table.ids[:first_tracks])
+        wanted = {r.id: r for r in records if r.id in shown}
         counts: Counter[str] = Counter()
         tracks: list[TrackTags] = []
-        for start, probs in st.iter_tag_chunks():
+        for start, probs in table.iter_chunks():
             counts.update(names[i] for i in probs.argmax(axis=1))
             for row in range(min(len(probs), max(0, first_tracks - start))):
                 order = np.argsort(-probs[row], kind="stable")[:top_k]
-                tracks.append(TrackTags(st.ids[start + row], [(names[i], round(float(probs[row, i]), 4))
-                                                               for i in order]))
-        return TagSummary(tracks=tracks, top1_counts=counts.most_common(most_common), n_tracks=len(st))
+                id_ = table.ids[start + row]
+                rec = wanted.get(id_)
+                tracks.append(TrackTags(id_, [(names[i], round(float(probs[row, i]), 4)) for i in order],
+                                        artist=rec.artist if rec else None, title=rec.title if rec else None))
+        return TagSummary(tracks=tracks, top1_counts=counts.most_common(most_common), n_tracks=len(table))
 
 
 __all__ = ["TagSummary", "TrackTags", "check_tagger", "summarize_tags", "tagging_encoders"]

@@ -5,7 +5,8 @@ Steps: parse each source (``Source.records``), cached per source under
 unify resumes without re-parsing; make ids unique across sources; drop records
 whose audio is missing (a cheap existence check, no decoding) or whose duration is
 out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
-(``manifest.assign_splits``); write with ``manifest.write_manifest``.
+(``manifest.assign_splits``: connected components of recording
+group and artist, bucketed by a seeded hash); write with ``manifest.write_manifest``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
-from .manifest import Record, assign_splits, sample_records, split_counts, write_manifest
+from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
@@ -30,7 +31,7 @@ from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stag
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: records carry their recording's group key
 MISSING_EXAMPLES = 5
 
 
@@ -72,6 +73,9 @@ class UnifyResult:
     dry_run: bool = False
     skipped: bool = False
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
+    # --keep-official-splits: records moved so that no recording/artist component crosses splits
+    split_conflicts: int = 0
+    split_overridden: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
@@ -119,11 +123,10 @@ def filter_records(records: Sequence[Record], min_duration: float | None, max_du
     return out
 
 
-def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> list[Record]:
+def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> tuple[list[Record], SplitSummary]:
     chosen = sample_records(records, max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
                             samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
-    assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
-    return chosen
+    return chosen, assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
 
 
 def composition(records: Sequence[Record]) -> list[CompositionRow]:
@@ -236,7 +239,8 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             for n in names:
                 _cache_path(state, n, identities[n]).unlink(missing_ok=True)
 
-        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard)
+        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard,
+                          rename_hint="choose another manifest name with --name")
         if run.already_complete:
             return UnifyResult.from_dict(run.record.result, skipped=True)
 
@@ -259,11 +263,12 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
-    chosen = select_and_split(filtered.records, cfg)
+    chosen, splits = select_and_split(filtered.records, cfg)
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
                          dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run,
-                         download_failures=download_failures)
+                         download_failures=download_failures,
+                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
@@ -285,7 +290,7 @@ def build_manifest(records_by_source: dict[str, list[Record]], cfg: UnifyConfig,
     parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
     _check_unique(parsed)
     filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
-    return select_and_split(filtered.records, cfg), filtered
+    return select_and_split(filtered.records, cfg)[0], filtered
 
 
 __all__ = ["UnifyConfig", "UnifyResult", "CompositionRow", "run_unify", "build_manifest"]

@@ -40,6 +40,36 @@ BLOCK_FRAMES = 1 << 16
 BATCH = 64
 
 
+@dataclass(frozen=True)
+class FrameCountTolerance:
+    """How far a decoded stream may fall short of the frame count its header declares."""
+    seconds: float = 0.0
+    fraction: float = 0.0
+
+    def allowed(self, declared: int, sample_rate: int) -> int:
+        return int(max(self.seconds * sample_rate, self.fraction * declared))
+
+
+# Keyed by libsndfile subtype (the codec). WAV, AIFF and FLAC store an exact sample count, so any
+# shortfall there means a cut file. Lossy codecs do not promise one: an Ogg stream's count is the
+# last page's granule position, which encoders may set past the last decodable sample (Vorbis
+# block overlap, Opus pre-skip), and an MP3's comes from a Xing/LAME header (encoder delay and
+# padding) or, without one, an estimate from the bitrate. Those get a small allowance; a file cut
+# in half still falls far outside it. Documented in README (verify).
+FRAME_COUNT_TOLERANCE: dict[str, FrameCountTolerance] = {
+    "VORBIS": FrameCountTolerance(seconds=0.5),
+    "OPUS": FrameCountTolerance(seconds=0.5),
+    "MPEG_LAYER_I": FrameCountTolerance(seconds=0.5, fraction=0.02),
+    "MPEG_LAYER_II": FrameCountTolerance(seconds=0.5, fraction=0.02),
+    "MPEG_LAYER_III": FrameCountTolerance(seconds=0.5, fraction=0.02),
+}
+EXACT = FrameCountTolerance()
+
+
+def frame_count_tolerance(subtype: str) -> FrameCountTolerance:
+    return FRAME_COUNT_TOLERANCE.get(subtype.upper(), EXACT)
+
+
 @dataclass
 class VerifyConfig:
     source: str
@@ -124,7 +154,7 @@ def _decode_stream(path: Path) -> tuple[int, int]:
     except Exception as e:  # libsndfile raises several types for non-audio input
         raise _DecodeError(f"not decodable audio: {_first_line(e)}") from None
     with f:
-        sr, declared = int(f.samplerate), int(f.frames)
+        sr, declared, subtype = int(f.samplerate), int(f.frames), str(f.subtype or "")
         frames = 0
         try:
             # read() in a loop, not blocks(): blocks() pads past the end of a cut MP3 up to the frame
@@ -137,9 +167,15 @@ def _decode_stream(path: Path) -> tuple[int, int]:
             raise
         except Exception as e:
             raise _DecodeError(f"decoding failed after {frames / max(sr, 1):.2f} s: {_first_line(e)}") from None
-    # The header promised more frames than the stream holds: the file was cut short.
+    # The header promised more frames than the stream holds: the file was cut short, unless the
+    # format's header count is only approximate and the shortfall is within its allowance.
     if 0 < declared and frames < declared and declared < (1 << 62):
-        raise _DecodeError(f"truncated: decoded {frames} of {declared} frames")
+        allowed = frame_count_tolerance(subtype).allowed(declared, sr)
+        if declared - frames > allowed:
+            slack = f", {subtype} allows {allowed / sr:.2f} s less" if allowed else ""
+            raise _DecodeError(f"truncated: decoded {frames} of {declared} frames "
+                               f"({(declared - frames) / sr:.2f} s short{slack})")
+        log.debug("%s: decoded %d of %d header frames, within the %s allowance", path, frames, declared, subtype)
     return frames, sr
 
 

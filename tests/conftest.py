@@ -109,7 +109,8 @@ def make_run(state, tiny_backbone: Path):
 
     from musiccli import store as store_mod
     from musiccli.encoders.text import TextEmbedder
-    from musiccli.manifest import Record, write_manifest
+    from musiccli.manifest import Record, manifest_hash, write_manifest
+    from musiccli.provenance import training_data
 
     genres = ["rock", "jazz", "ambient", "techno"]
     moods = ["dark", "happy", "calm", "angry", "dreamy"]
@@ -147,10 +148,12 @@ def make_run(state, tiny_backbone: Path):
         store_mod.assemble(spath, dim, "float32", attrs, 1)
         rdir = state.run_dir(name)
         model.save_pretrained(rdir / "best")
+        digest = manifest_hash(mpath)
         (rdir / "run.json").write_text(json.dumps({
             "run": name, "audio_encoder": encoder, "manifest": manifest, "manifest_path": str(mpath),
-            "embeddings": str(spath), "manifest_hash": "x", "text_backbone": str(tiny_backbone),
-            "config": {"out_dim": dim}, "created": time.time(), "status": "complete", "best": {"step": 1}}))
+            "embeddings": str(spath), "manifest_hash": digest, "text_backbone": str(tiny_backbone),
+            "config": {"out_dim": dim}, "created": time.time(), "status": "complete", "best": {"step": 1},
+            "training_data": training_data(manifest, digest, [r for r in records if r.split == "train"])}))
         return {"run": name, "manifest": manifest, "store": spath, "model": model, "records": records,
                 "dim": dim, "encoder": encoder}
 

@@ -60,5 +60,8 @@ def test_demo_runs_and_reruns_as_no_ops(cli, state_dir: Path, tiny_backbone: Pat
     for stage in ("download", "verify", "unify", "embed", "train", "eval", "export", "search"):
         assert stage in r.output
     assert "quality checks" in r.output and '"dark metal"' in r.output
+    # The closing summary says plainly what the demo's model is, from what the run recorded.
+    assert "learned only from synth (" in r.output and "synthetic clips" in r.output
+    assert "not a search model for real music" in r.output
     again = cli(*args)
     assert again.output.count("(already done)") >= 6, again.output

@@ -277,3 +277,25 @@ def test_cli_help_lists_options(embed_cli):
     assert res.exit_code == 0
     for flag in ("--audio-encoder", "--aggregation", "--max-windows", "--shard", "--continue", "--force"):
         assert flag in res.output
+
+
+def _options_of(command: str) -> set[str]:
+    import typer.main
+
+    from musiccli.cli.app import app
+
+    group = typer.main.get_command(app)
+    return {opt for p in group.commands[command].params for opt in getattr(p, "opts", [])}
+
+
+def test_cli_refusal_hint_names_only_real_options(embed_cli, state_dir, audio_records):
+    """A complete store with another config is refused; the hint offers only flags `mtx embed` has."""
+    import re
+
+    _state(state_dir, audio_records)
+    assert embed_cli("--num-workers", "0").exit_code == 0
+    res = embed_cli("--num-workers", "0", "--dtype", "float16")
+    assert res.exit_code == 1 and "dtype: 'float32' -> 'float16'" in res.output
+    assert "output name" not in res.output
+    flags = set(re.findall(r"--[a-z][a-z-]*", res.output))
+    assert "--force" in flags and flags <= _options_of("embed")

@@ -9,6 +9,8 @@ tests/test_musicnn.py).
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -17,14 +19,16 @@ import pytest
 import soundfile as sf
 import torch
 
+from musiccli import store
 from musiccli.embed import EmbedConfig, _frame, run_embed
 from musiccli.encoders import EncoderOptions, build_encoder, get_spec
 from musiccli.encoders import musicnn_torch as mt
-from musiccli.errors import MtxError
+from musiccli.errors import Interrupted, MtxError
 from musiccli.manifest import Record, write_manifest
 from musiccli.runtime import select_runtime
-from musiccli.state import StateDir
+from musiccli.state import Resume, StateDir
 from musiccli.tagging import check_tagger, tagging_encoders
+from progress_doubles import StopAfter
 
 FIXTURE = Path(__file__).parent / "fixtures" / "musicnn_reference.npz"
 TOL = 1e-3
@@ -173,9 +177,9 @@ def test_tags_result_survives_skip(tagged) -> None:
     again = run_embed(state, EmbedConfig(audio_encoder="musicnn", tags=True, num_workers=0, device="cpu",
                                          chunk_tracks=2))
     assert again.skipped and again.tag_summary == first.tag_summary
-    # Asking for tags changes the output, so a complete run without them is not "the same".
-    with pytest.raises(MtxError, match="different config"):
-        run_embed(state, EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", chunk_tracks=2))
+    # A store with tags also is the store a run without --tags asks for: nothing is redone.
+    plain = run_embed(state, EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", chunk_tracks=2))
+    assert plain.skipped and plain.tag_summary is None and plain.n_ok == 3 and plain.path == first.path
 
 
 def test_tags_refused_without_a_tagger(tmp_path: Path) -> None:
@@ -202,3 +206,94 @@ def test_cli_tags_table_and_refusal(musicnn_installed: None, cli, state_dir: Pat
     out = cli("embed", "--audio-encoder", "musicnn", "--tags", "--num-workers", "0")
     assert out.exit_code == 0, out.output
     assert "top tags" in out.output and "most frequent top-1 tags" in out.output and "c1" in out.output
+
+
+# ----------------------------------------------------------------------------- tags for a finished store
+def _untagged_copy(tagged, tmp_path: Path) -> tuple[StateDir, EmbedConfig]:
+    """A new state dir with the `tagged` fixture's manifest, embedded without --tags."""
+    src_state, records, _ = tagged
+    state = StateDir.resolve(tmp_path / "state")
+    write_manifest(state.manifest_path("tiny"), records)
+    (state.root / "models").symlink_to(src_state.root / "models")  # the converted weights, not converted again
+    cfg = EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", chunk_tracks=2)
+    run_embed(state, cfg)
+    return state, cfg
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tags_for_a_finished_store_keep_its_embeddings(tagged, tmp_path: Path) -> None:
+    _, records, one_pass = tagged
+    state, cfg = _untagged_copy(tagged, tmp_path)
+    store_path = state.embeddings_path("musicnn", "tiny")
+    before, mtime = _digest(store_path), store_path.stat().st_mtime_ns
+
+    result = run_embed(state, replace(cfg, tags=True))
+    assert result.tags_only and not result.skipped and result.n_ok == 3 and result.n_failed == 0
+    assert result.tags_path == store_path.with_name("tiny.tags.h5") and result.tags_path.is_file()
+    assert _digest(store_path) == before and store_path.stat().st_mtime_ns == mtime  # not re-embedded
+    with h5py.File(result.tags_path) as side, h5py.File(one_pass.path) as whole:
+        assert [s.decode() for s in side["ids"][()]] == [r.id for r in records]
+        assert "embeddings" not in side
+        np.testing.assert_allclose(side["tag_probs"][()], whole["tag_probs"][()], atol=1e-5)
+        assert list(side["tag_probs"].attrs["tag_names"]) == list(whole["tag_probs"].attrs["tag_names"])
+    assert [t.top for t in result.tag_summary.tracks] == [t.top for t in one_pass.tag_summary.tracks]
+    assert not store.parts_dir(result.tags_path).exists()
+
+    again = run_embed(state, replace(cfg, tags=True))  # complete: nothing computed, same summary
+    assert again.skipped and again.tags_only and again.tag_summary == result.tag_summary
+    plain = run_embed(state, cfg)
+    assert plain.skipped and not plain.tags_only
+
+    # --force redoes everything: one pass with tags inside the store; the side file goes with the old store.
+    forced = run_embed(state, replace(cfg, tags=True, resume=Resume.FORCE))
+    assert not forced.tags_only and not result.tags_path.exists()
+    with h5py.File(store_path) as f:
+        assert f["tag_probs"].shape == (3, 50)
+
+
+def test_tags_for_a_finished_store_resume(tagged, tmp_path: Path) -> None:
+    state, cfg = _untagged_copy(tagged, tmp_path)
+    tag_cfg = replace(cfg, tags=True)
+    with pytest.raises(Interrupted):
+        run_embed(state, tag_cfg, StopAfter(2))  # stops after the first chunk of 2 tracks is committed
+    side = store.tags_path(state.embeddings_path("musicnn", "tiny"))
+    assert not side.exists() and len(store.committed_parts(side)) == 1
+    with pytest.raises(MtxError, match="interrupted embed found"):
+        run_embed(state, tag_cfg)
+    resumed = run_embed(state, replace(tag_cfg, resume=Resume.CONTINUE))
+    assert resumed.tags_only and resumed.n_ok == 3
+    with h5py.File(side) as f:
+        resumed_probs = f["tag_probs"][()]
+
+    fresh_state, _ = _untagged_copy(tagged, tmp_path / "fresh")
+    whole = run_embed(fresh_state, tag_cfg)
+    with h5py.File(whole.tags_path) as f:
+        np.testing.assert_array_equal(resumed_probs, f["tag_probs"][()])
+    assert resumed.tag_summary == whole.tag_summary
+
+
+def test_cli_tags_for_a_finished_store_names_tracks(musicnn_installed: None, cli, state_dir: Path,
+                                                    tmp_path: Path) -> None:
+    state = StateDir.resolve(state_dir)
+    t = np.arange(int(3.2 * SR)) / SR
+    records = [Record(id=f"lib-{i:04d}", audio_path=str(_write_wav(tmp_path / f"t{i}.wav",
+                                                                   (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32))),
+                      caption="tone", duration=3.2, artist=artist, title=title)
+               for i, (f, artist, title) in enumerate([(220, "Koji Kondo", "Overworld"), (660, None, "Untitled"),
+                                                       (440, None, None)])]
+    write_manifest(state.manifest_path("lib"), records)
+    assert cli("embed", "--audio-encoder", "musicnn", "--num-workers", "0").exit_code == 0
+    out = cli("embed", "--audio-encoder", "musicnn", "--tags", "--num-workers", "0")
+    assert out.exit_code == 0, out.output
+    assert "computed the zero-shot tags only" in out.output and "lib.tags.h5" in out.output
+    assert "Koji Kondo - Overworld" in out.output and "Untitled" in out.output
+    assert "lib-0000" not in out.output and "lib-0002" in out.output  # the id only where nothing else is known
+    data = cli("embed", "--audio-encoder", "musicnn", "--tags", "--num-workers", "0", "--json")
+    payload = json.loads(data.stdout)
+    first = payload["tag_summary"]["tracks"][0]
+    assert (first["id"], first["artist"], first["title"]) == ("lib-0000", "Koji Kondo", "Overworld")

@@ -10,7 +10,7 @@ from musiccli.errors import MtxError
 from musiccli.evaluate import EvalConfig, run_eval
 from musiccli.state import Resume, read_json
 
-METRICS = {"R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR"}
+METRICS = {"R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0", "queries"}
 
 
 def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
@@ -20,8 +20,10 @@ def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     assert res.path == state.run_dir("run1") / "eval-test-best.json"
     assert read_json(res.path) == json.loads(json.dumps(rep))  # the file is the report
     assert rep["run"] == "run1" and rep["split"] == "test" and rep["checkpoint"] == "best"
-    assert rep["protocol"]["median_rank"] == "median rank is 1-based"
-    assert "main caption" in rep["protocol"]["text_to_music"]
+    assert "MedR is 1-based" in rep["protocol"]["median_rank"] and "MedR0 is 0-based" in rep["protocol"]["median_rank"]
+    assert rep["protocol"]["query_protocol"] == "main" and "main caption" in rep["protocol"]["text_to_music"]
+    assert rep["tag_queries"]["rock"] == "rock"
+    assert rep["leak_check"]["dropped_training_records"] == 0
     test_tracks = [r for r in run["records"] if r.split == "test"]
     c = rep["counts"]
     assert c["tracks"] == c["text_queries"] == len(test_tracks) == 20
@@ -32,11 +34,12 @@ def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     for system in rep["results"].values():
         for direction in ("text_to_music", "music_to_text"):
             assert set(system[direction]) == METRICS
-            assert system[direction]["MedR"] >= 1.0
+            assert system[direction]["MedR"] >= 1.0 and system[direction]["MedR0"] >= 0.0
         assert 0.0 <= system["tags"]["roc_auc"] <= 1.0
     # The store holds exactly what the model predicts for each main caption.
     model = rep["results"]["model"]
     assert model["text_to_music"]["R@1"] >= 0.9 and model["text_to_music"]["MedR"] == 1.0
+    assert model["text_to_music"]["MedR0"] == 0.0
     assert model["music_to_text"]["R@1"] >= 0.9
     assert rep["results"]["random"]["text_to_music"]["R@1"] < model["text_to_music"]["R@1"]
     assert rep["results"]["untrained"]["text_to_music"]["R@1"] < model["text_to_music"]["R@1"]
@@ -114,3 +117,46 @@ def test_cli_table_json_and_unknown_run(make_run, cli) -> None:
     assert "unknown run 'nope'" in bad.output and "run1" in bad.output
     bad_split = cli("eval", "--split", "dev")
     assert bad_split.exit_code == 1 and "test, train, val" in bad_split.output
+
+
+def test_training_records_are_dropped_from_another_manifests_test_split(make_run, state, caplog) -> None:
+    from musiccli.manifest import Record, read_manifest, write_manifest
+
+    run = make_run()
+    records = read_manifest(state.manifest_path("lib"))
+    # Another manifest of the same tracks, split differently: 6 of the run's train tracks are now test,
+    # one of them only through its recording (a copy under another id with the same group).
+    other = [Record.from_dict(r.to_dict()) for r in records]
+    train_ids = [r.id for r in records if r.split == "train"]
+    for r in other:
+        r.split = "test" if r.split == "test" or r.id in train_ids[:5] else "train"
+    for r in records:
+        if r.id == train_ids[5]:
+            r.group = "rec:5"
+    write_manifest(state.manifest_path("lib"), records)
+    copy = next(r for r in other if r.id == train_ids[5])
+    copy.split, copy.group = "test", "rec:5"
+    write_manifest(state.manifest_path("other"), other)
+    import shutil
+
+    shutil.copy(run["store"], state.embeddings_path(run["encoder"], "other"))
+    rep = run_eval(state, EvalConfig(manifest="other", baselines=False)).report
+    assert rep["leak_check"]["dropped_training_records"] == 6
+    assert rep["counts"]["tracks"] == 20
+    assert "were training records of run run1" in caplog.text
+    # Only training records in the split: refused, not scored.
+    for r in other:
+        r.split = "test" if r.id in train_ids else "train"
+    write_manifest(state.manifest_path("other"), other)
+    with pytest.raises(MtxError, match="every test record of other was a training record"):
+        run_eval(state, EvalConfig(manifest="other", baselines=False, resume=Resume.FORCE))
+
+
+def test_every_caption_query_protocol(make_run, state) -> None:
+    make_run()
+    rep = run_eval(state, EvalConfig(query_protocol="all", baselines=False)).report
+    assert rep["protocol"]["query_protocol"] == "all" and "Song Describer" in rep["protocol"]["text_to_music"]
+    # 20 distinct main captions + 4 shared "a <genre> piece" alternatives are all queries.
+    assert rep["counts"]["text_queries"] == rep["results"]["model"]["text_to_music"]["queries"] == 24
+    with pytest.raises(MtxError, match="query protocol"):
+        run_eval(state, EvalConfig(query_protocol="every"))

@@ -33,7 +33,8 @@ def test_export_hf_and_onnx(make_run, state) -> None:
     assert backbone.config.hidden_size == 32
 
     card = (out / "hf" / "README.md").read_text()
-    for needle in ("fake", "output dim: 16", "manifest: `lib`", "by dataset: other 14, synth 26",
+    for needle in ("fake", "output dim: 16", "manifest: `lib`", "the `train` split, 20 tracks",
+                   "sources: other (7 tracks), synth (13 synthetic clips)",
                    "onnxruntime", "from_pretrained", "Licence", "mtx eval --run run1"):
         assert needle in card, needle
 

@@ -61,7 +61,9 @@ def test_infonce_is_symmetric_and_matches_naive_clip():
     assert float(ab) == pytest.approx(naive, rel=1e-5)
 
 
-def test_learnable_temperature_gets_gradients_and_is_clamped():
+def test_learnable_temperature_is_clamped_after_the_step_not_in_forward():
+    from musiccli.training.losses import MAX_LOGIT_SCALE, clamp_temperatures
+
     loss_fn = build_loss("infonce", LossConfig(learn_temperature=True))
     params = list(loss_fn.parameters())
     assert len(params) == 1
@@ -70,11 +72,86 @@ def test_learnable_temperature_gets_gradients_and_is_clamped():
     assert params[0].grad is not None and params[0].grad.abs() > 0
     assert parts["temperature"] == pytest.approx(0.07, rel=1e-5)
     with torch.no_grad():
-        params[0].fill_(10.0)  # exp(10) ~ 22000: far beyond the 1/100 clamp
-    _, parts = loss_fn(torch.randn(8, 4), torch.randn(8, 4))
-    assert parts["temperature"] == pytest.approx(0.01, rel=1e-5)
+        params[0].fill_(10.0)  # exp(10) ~ 22000: far beyond the 1/100 bound
+    params[0].grad = None
+    loss, _ = loss_fn(torch.randn(8, 4), torch.randn(8, 4))
+    loss.backward()
+    # Beyond the bound the forward pass still gives a gradient (a clamp inside forward would zero it) ...
+    assert params[0].grad.abs() > 0
+    # ... and the clamp after the optimizer step brings the value back into [0, log 100].
+    clamp_temperatures(loss_fn)
+    assert params[0].item() == pytest.approx(MAX_LOGIT_SCALE)
+    with torch.no_grad():
+        params[0].fill_(-3.0)
+    clamp_temperatures(loss_fn)
+    assert params[0].item() == 0.0
     fixed = build_loss("infonce", LossConfig(learn_temperature=False))
     assert not list(fixed.parameters())
+    # Out-of-range configured temperatures are clamped once, at construction.
+    _, parts = build_loss("infonce", LossConfig(temperature=0.001))(torch.randn(4, 3), torch.randn(4, 3))
+    assert parts["temperature"] == pytest.approx(0.01, rel=1e-5)
+
+
+def test_distillation_kl_temperature_stays_fixed():
+    loss_fn = build_loss("distillation", LossConfig(learn_temperature=True))
+    assert not list(loss_fn.parameters())
+
+
+def _naive_masked_infonce(t: np.ndarray, a: np.ndarray, keys: np.ndarray, scale: float) -> float:
+    """Loop-based InfoNCE where items sharing a caption or a recording key are not negatives."""
+    b = len(t)
+    sim = (t @ a.T) * scale
+    total = 0.0
+    for i in range(b):
+        for direction in (sim[i, :], sim[:, i]):
+            denom = 0.0
+            for j in range(b):
+                shared = j != i and (keys[i, 0] == keys[j, 0] or keys[i, 1] == keys[j, 1])
+                if not shared:
+                    denom += math.exp(direction[j])
+            total += -(direction[i] - math.log(denom)) / (2 * b)
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_infonce_matches_loop_reference(seed: int):
+    rng = np.random.default_rng(seed)
+    b = 12
+    text, audio = torch.from_numpy(rng.standard_normal((b, 6))), torch.from_numpy(rng.standard_normal((b, 6)))
+    keys = np.stack([rng.integers(0, 5, b), rng.integers(0, 8, b) + 100], axis=1).astype(np.int64)
+    loss_fn = build_loss("infonce", LossConfig(temperature=0.2))
+    got, _ = loss_fn(text, audio, keys=torch.from_numpy(keys))
+    t = (text / text.norm(dim=1, keepdim=True)).float().numpy()
+    a = (audio / audio.norm(dim=1, keepdim=True)).float().numpy()
+    assert float(got) == pytest.approx(_naive_masked_infonce(t, a, keys, 5.0), rel=1e-5)
+    # Unique keys mask nothing: the plain CLIP loss.
+    unique = torch.from_numpy(np.stack([np.arange(b), np.arange(b) + 100], axis=1))
+    plain, _ = loss_fn(text, audio)
+    assert float(loss_fn(text, audio, keys=unique)[0]) == pytest.approx(float(plain), rel=1e-6)
+    # The combined loss passes the keys on.
+    comb = build_loss("combined", LossConfig(temperature=0.2, mse_weight=0.0))
+    assert float(comb(text, audio, keys=torch.from_numpy(keys))[0]) == pytest.approx(float(got), rel=1e-6)
+
+
+def test_pair_keys_mark_same_caption_and_same_recording(tmp_path):
+    from musiccli import store as store_mod
+    from musiccli.manifest import Record
+    from musiccli.store import EmbeddingStore
+    from musiccli.training.data import PairDataset, Split
+
+    recs = [Record(id=f"r{i}", audio_path="/x", caption=c, duration=1.0, group=g)
+            for i, (c, g) in enumerate([("A Rock track", None), ("A Rock track", None), ("calm", "yt:1"),
+                                        ("quiet", "yt:1")])]
+    path = tmp_path / "s.h5"
+    store_mod.write_part(path, 0, [r.id for r in recs], np.eye(4, dtype=np.float32))
+    store_mod.assemble(path, 4, "float32", {"encoder": "fake", "dim": 4}, 1)
+    with EmbeddingStore(path) as st:
+        ds = PairDataset(Split("train", recs, st.positions([r.id for r in recs])), st, np.zeros(4), np.ones(4), 0)
+        texts, _ = ds.batch([0, 1, 2, 3])
+        keys = ds.pair_keys([0, 1, 2, 3], texts)
+    assert keys.shape == (4, 2) and keys.dtype == np.int64
+    assert keys[0, 0] == keys[1, 0] and keys[0, 1] != keys[1, 1]      # same caption, two recordings
+    assert keys[2, 1] == keys[3, 1] and keys[2, 0] != keys[3, 0]      # same recording, two captions
 
 
 def _naive_listmle(scores: np.ndarray, order: np.ndarray) -> float:

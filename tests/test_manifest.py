@@ -70,56 +70,147 @@ def test_stratify_none_and_unknown_mode():
 
 
 # --------------------------------------------------------------------------- splits
-def test_splits_are_80_10_10_and_artist_disjoint_across_datasets():
-    a = make_records("a", 1000, artists=150)
-    b = make_records("b", 600, artists=90)
-    # The same artists appear in both datasets: they must stay in one split everywhere.
+def _tolerance(components: int, ratio: float) -> float:
+    # Whole components are bucketed by hash: the split fraction is binomial over components (4 sigma).
+    return 4 * (ratio * (1 - ratio) / components) ** 0.5
+
+
+def test_splits_follow_the_ratios_and_are_artist_disjoint_across_datasets():
+    a = make_records("a", 1000, artists=500)
+    b = make_records("b", 600, artists=300)
+    # The same artists appear in both datasets, spelled differently: they must stay in one split everywhere.
     for r in b[:200]:
-        r.artist = a[int(r.id.split("-")[1])].artist.upper()
+        r.artist = "  " + a[int(r.id.split("-")[1])].artist.upper()
     records = a + b
-    assign_splits(records, seed=0)
+    summary = assign_splits(records, seed=0)
+    assert summary.components == 500 + 300   # b's own 300 artists all keep other records
     for ds, group in (("a", a), ("b", b)):
         counts = split_counts(group)
         n = len(group)
-        assert abs(counts["train"] / n - 0.8) < 0.03, (ds, counts)
-        assert abs(counts["val"] / n - 0.1) < 0.03, (ds, counts)
-        assert abs(counts["test"] / n - 0.1) < 0.03, (ds, counts)
+        for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+            assert abs(counts[split] / n - ratio) < _tolerance(300, ratio), (ds, counts)
     splits_of = defaultdict(set)
     for r in records:
         splits_of[" ".join(r.artist.lower().split())].add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
 
 
-def test_splits_are_reproducible():
+def test_splits_are_reproducible_and_seeded():
     one, two = make_records("a", 300, artists=40), make_records("a", 300, artists=40)
     assign_splits(one, seed=5)
     assign_splits(list(reversed(two)), seed=5)
     assert [r.split for r in one] == [r.split for r in two]
+    other = make_records("a", 300, artists=40)
+    assign_splits(other, seed=6)
+    assert [r.split for r in one] != [r.split for r in other]
 
 
-def test_records_without_artist_are_split_individually():
-    records = make_records("a", 1000)
-    assign_splits(records, seed=0)
+def test_records_without_artist_or_group_are_split_individually():
+    records = make_records("a", 2000)
+    summary = assign_splits(records, seed=0)
+    assert summary.components == 2000
     counts = split_counts(records)
-    assert counts == {"train": 800, "val": 100, "test": 100}
+    assert abs(counts["test"] / 2000 - 0.1) < _tolerance(2000, 0.1), counts
 
 
-def test_keep_official_splits_pins_artists():
+def test_group_links_recordings_across_sources_and_artist_spellings():
+    # The same Jamendo track in two sources, with unrelated artist spellings; the artists' other
+    # tracks come along through the artist edges (a connected component of group + artist).
+    recs = []
+    for i in range(200):
+        recs.append(Record(id=f"mtg-{i}", audio_path="/x", caption="c", duration=1.0, dataset="mtg-jamendo",
+                           artist=f"Artist Name {i // 2}", group=f"jamendo:{i}"))
+        if i % 2 == 0:
+            recs.append(Record(id=f"sd-{i}", audio_path="/x", caption="c", duration=1.0, dataset="song-describer",
+                               artist=f"artist_{i // 2:06d}", group=f"jamendo:{i}"))
+    assign_splits(recs, seed=0)
+    split_of = {r.id: r.split for r in recs}
+    for i in range(0, 200, 2):
+        assert split_of[f"sd-{i}"] == split_of[f"mtg-{i}"] == split_of[f"mtg-{i + 1}"]
+    assert len(set(split_of.values())) == 3
+
+
+def test_augmented_copies_stay_with_their_original():
+    from musiccli.manifest import youtube_group
+    from musiccli.sources.musicbench import source_ytid
+
+    recs = []
+    for i in range(300):
+        yt = f"{i:05d}abc_-x"   # 11 characters, with YouTube's '_' and '-'
+        recs.append(Record(id=f"musiccaps:{yt}", audio_path="/x", caption="c", duration=10.0, dataset="musiccaps",
+                           group=youtube_group(yt)))
+        for loc in (f"data/{yt}.wav", f"data_aug2/{yt}_1.wav", f"data_aug2/{yt}_2.wav"):
+            recs.append(Record(id=f"mb:{loc}", audio_path="/x", caption="c", duration=10.0, dataset="musicbench",
+                               group=youtube_group(source_ytid(loc))))
+    assign_splits(recs, seed=1)
+    by_group = defaultdict(set)
+    for r in recs:
+        by_group[r.group].add(r.split)
+    assert len(by_group) == 300 and all(len(s) == 1 for s in by_group.values())
+
+
+def test_a_subsample_keeps_every_records_split():
+    full = []
+    for i in range(3000):
+        # Pairs of records of one recording (e.g. the same track in two sources), 400 artists.
+        full.append(Record(id=f"r{i}", audio_path="/x", caption="c", duration=10.0, dataset="a" if i % 2 else "b",
+                           artist=f"artist {(i // 2) % 400}" if i % 2 else f"ARTIST  {(i // 2) % 400}",
+                           group=f"rec:{i // 2}"))
+    assign_splits(full, seed=3)
+    split_of = {r.id: r.split for r in full}
+    for n, seed in ((600, 3), (1000, 3)):
+        sub = sample_records([Record.from_dict(r.to_dict()) for r in full], max_samples=n, seed=seed)
+        assign_splits(sub, seed=3)
+        assert all(r.split == split_of[r.id] for r in sub)
+        test_ids = {r.id for r in sub if r.split == "test"}
+        assert test_ids and test_ids <= {i for i, s in split_of.items() if s == "test"}
+
+
+def test_keep_official_splits_pins_components_and_resolves_conflicts():
     records = make_records("a", 200, artists=20)
     records[0].split = "test"          # artist a-artist-0 is officially in test
     records[1].split = "val"
-    assign_splits(records, seed=0, keep_official=True)
+    summary = assign_splits(records, seed=0, keep_official=True)
     assert records[0].split == "test" and records[1].split == "val"
     assert {r.split for r in records if r.artist == records[0].artist} == {"test"}
     assert {r.split for r in records if r.artist == records[1].artist} == {"val"}
+    assert summary.overridden == 0
+    # Official splits that disagree inside a component: the most held-out one wins, and it is counted.
+    conflict = make_records("a", 40, artists=4)
+    conflict[0].split, conflict[4].split, conflict[8].split = "train", "test", "val"   # all artist 0
+    conflict[1].split, conflict[5].split = "train", "val"                              # artist 1
+    summary = assign_splits(conflict, seed=0, keep_official=True)
+    assert {r.split for r in conflict if r.artist == conflict[0].artist} == {"test"}
+    assert {r.split for r in conflict if r.artist == conflict[1].artist} == {"val"}
+    assert (summary.official_conflicts, summary.overridden) == (2, 3)
     # Without keep_official the official labels are ignored and reassigned.
-    fresh = make_records("a", 200, artists=20)
+    fresh = make_records("a", 200, artists=200)
     fresh[0].split = "test"
     assign_splits(fresh, seed=0, keep_official=False)
     assert split_counts(fresh)["train"] > 100
 
 
-# --------------------------------------------------------------------------- read / write
+@pytest.mark.parametrize("seed", range(6))
+def test_tiny_manifests_still_get_every_split(seed):
+    records = make_records("a", 40, artists=4)
+    summary = assign_splits(records, seed=seed)
+    assert all(split_counts(records)[s] > 0 for s in ("train", "val", "test"))
+    assert summary.components == 4
+    big = make_records("a", 3000, artists=600)
+    assert assign_splits(big, seed=seed).filled == 0   # nothing moves once there are enough components
+
+
+def test_group_roundtrips_and_defaults_to_the_record(tmp_path):
+    from musiccli.manifest import group_of, jamendo_group
+
+    assert jamendo_group(3346) == jamendo_group("track_0003346") == jamendo_group("3346.mp3") == "jamendo:3346"
+    r = Record(id="x", audio_path="/a", caption="c", duration=1.0, group="jamendo:1")
+    write_manifest(tmp_path / "m.json", [r, Record(id="y", audio_path="/b", caption="c", duration=1.0)])
+    back = read_manifest(tmp_path / "m.json")
+    assert [group_of(b) for b in back] == ["jamendo:1", "id:y"]
+    assert "group" not in back[0].extra
+
+
 def test_roundtrip_keeps_optional_and_extra_fields(tmp_path):
     records = [
         Record(id="x1", audio_path="/a/x1.flac", caption="A calm piece", duration=12.5,

@@ -127,3 +127,31 @@ def test_cli_download_unify(music: Path, state_dir: Path) -> None:
     assert "folder: 1 item(s) failed to download" in unified.output
     state = StateDir.resolve(state_dir)
     assert all(r.dataset == "folder" for r in read_manifest(state.manifest_path("library")))
+
+
+def test_stats_measure_the_music_not_the_index(music: Path, state_dir: Path) -> None:
+    """`download --stats` for a folder: GB and hours from the audio files, which live outside the state dir."""
+    import json
+
+    from httpserver import mtx_runner
+
+    from musiccli.audio import audio_info
+
+    mtx = mtx_runner(state_dir)
+    mtx("download", "folder", "--path", str(music))
+    good = [music / "Miles Davis" / "Kind of Blue" / "01 So What.flac", music / "misc" / "track.mp3",
+            music / "Unknown Artist" / "Demos" / "03 - Sketch.wav"]
+    # After the scan, one file is re-rendered longer: the index still says 1.5 s, the file says 6 s.
+    sf.write(good[2], _tone(6.0), 8000)
+    res = mtx("download", "--stats", "--json")
+    assert res.exit_code == 0, res.output
+    row = {r["source"]: r for r in json.loads(res.stdout)}["folder"]
+    dataset_dir = state_dir / "datasets" / "folder"
+    index_bytes = sum(p.stat().st_size for p in dataset_dir.rglob("*") if p.is_file())
+    assert row["gb"] == pytest.approx((sum(p.stat().st_size for p in good) + index_bytes) / 1e9, abs=2e-6)
+    assert row["gb"] > 10 * index_bytes / 1e9  # the music, not just the ledger and index
+    hours = sum(audio_info(p).duration for p in good) / 3600
+    assert row["hours"] == pytest.approx(hours, abs=1e-6) and row["audio_files"] == 3
+    assert row["hours"] > (2.0 + 2.5 + 1.5) / 3600 * 1.5  # the 6 s on disk, not the 1.5 s in the index
+    table = mtx("download", "--stats")
+    assert "audio files" in table.output and "folder" in table.output

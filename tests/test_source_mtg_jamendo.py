@@ -124,6 +124,7 @@ def test_download_verify_records(www: Path, tmp_path: Path, monkeypatch: pytest.
     assert r.tags == ["mood/theme---calm", "instrument---piano"] and r.license == "CC (per track)"
     assert Path(r.audio_path).is_absolute()
     assert recs["mtg-jamendo-2046"].split == "val" and recs["mtg-jamendo-7400"].split == "test"
+    assert r.group == "jamendo:3346"
     assert recs["mtg-jamendo-1009"].artist == "artist_001009"  # no raw.meta row: falls back to the id
     assert "guitar" in recs["mtg-jamendo-2046"].caption
 

@@ -92,6 +92,8 @@ def test_download_verify_records(www: Path, tmp_path: Path) -> None:
     assert r.extra["chords"] == ["Am", "G"] and r.extra["prompt_key"].startswith("This song")
     assert "prompt_aug" not in r.extra and r.extra["is_audioset_eval_mcaps"] is False
     assert recs["musicbench-bbb222"].tags == ["E major", "140 bpm"]
+    # The augmented copy is the same recording as its original: one group, so one split.
+    assert recs["musicbench-aaa111"].group == recs["musicbench-data_aug2-aaa111_pitch2"].group == "youtube:aaa111"
     assert recs["musicbench-ccc333"].split == "test" and recs["musicbench-ccc333"].extra["is_audioset_eval_mcaps"]
 
 

@@ -93,6 +93,7 @@ def test_download_with_unavailable_video(www: Path, tmp_path: Path, monkeypatch:
     assert (r.split, r.license, r.dataset) == ("test", "CC-BY-SA-4.0", "musiccaps")
     assert r.extra["author_id"] == 4 and r.extra["audioset_labels"] == ["/m/0140xf", "/m/02cjck", "/m/04rlf"]
     assert recs["musiccaps--0SdAVK79lg"].split == "train"
+    assert recs["musiccaps--0SdAVK79lg"].group == "youtube:-0SdAVK79lg"   # MusicBench's copies share it
     assert recs["musiccaps--0vPFx-wRRI"].tags == ["amateur recording", "malformed"]  # malformed literal tolerated
 
 

@@ -84,6 +84,7 @@ def test_download_verify_records(www: Path, tmp_path: Path) -> None:
 
     recs = {r.id: r for r in sd.SongDescriberSource().records(root)}
     r = recs["song-describer-226"]
+    assert r.group == "jamendo:226"   # the same key MTG-Jamendo and JamendoMaxCaps give this track
     assert r.caption == "Slow solo piano with a melancholic mood."   # caption_id 3 comes before 12
     assert r.alt_captions == ["A calm piano piece, played slowly."]
     assert r.duration == pytest.approx(3.0, abs=0.1)                   # the excerpt, not the CSV's 195 s

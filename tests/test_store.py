@@ -85,6 +85,31 @@ def test_mean_std_matches_numpy(tmp_path):
         np.testing.assert_allclose(s2, rows[sel].astype(np.float64).std(0, ddof=1), rtol=1e-5)
 
 
+def test_default_chunks_are_sized_in_bytes_not_rows(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "m.h5"
+    _, rows, _ = _write_parts(path, rng, sizes=(40, 33, 27))
+    store.assemble(path, 6, "float32", {}, n_parts=3)
+    # 6 dims: a 240-byte budget is 10 float32 rows per read, and 2 rows for mean_std's 16 bytes per value.
+    monkeypatch.setattr(store, "READ_BYTES", 240)
+    seen = []
+    real_rows = store.EmbeddingStore.rows
+
+    def spy(self, positions):
+        seen.append(len(positions))
+        return real_rows(self, positions)
+
+    monkeypatch.setattr(store.EmbeddingStore, "rows", spy)
+    with store.EmbeddingStore(path) as s:
+        assert [len(c) for _, c in s.iter_chunks()] == [10] * 10
+        mean, std = s.mean_std()
+        assert set(seen) == {2}
+        np.testing.assert_allclose(mean, rows.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(std, rows.astype(np.float64).std(0, ddof=1), rtol=1e-5)
+    # MERT's 76,800-d statistics: a few dozen rows per read, not 4,096 (1.3 GB).
+    assert store.rows_for_bytes(76_800 * 16, 64 << 20) == 54
+
+
 def test_windows_kept_with_offsets(tmp_path):
     rng = np.random.default_rng(4)
     path = tmp_path / "m.h5"

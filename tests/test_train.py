@@ -121,13 +121,14 @@ def test_train_writes_run_and_learns(state, tiny_backbone):
     # The saved best/ model reproduces what the trainer measured, through the public loading path.
     model = TextEmbedder.from_pretrained(run_dir / "best")
     val = [r for r in read_manifest(state.manifest_path("lib")) if r.split == "val"]
-    from musiccli.metrics import retrieval_metrics
+    from musiccli.retrieval import caption_relevance, text_to_music
     from musiccli.store import EmbeddingStore
 
     with EmbeddingStore(state.embeddings_path("fake", "lib")) as st:
         audio = model.audio_for_retrieval(st.get([r.id for r in val]))
     text = model.encode([r.caption for r in val])
-    r10 = retrieval_metrics(text, audio, np.arange(len(val)))["text_to_music"]["R@10"]
+    rel = caption_relevance(val, "main")
+    r10 = text_to_music(text[rel.main_item[rel.queries]], audio, rel)["R@10"]
     assert r10 == pytest.approx(res.best_val_r10)
     again = TextEmbedder.from_pretrained(run_dir / "best").encode([r.caption for r in val])
     assert np.allclose(text, again, atol=1e-6)
@@ -376,3 +377,31 @@ def test_two_process_ddp_training_resumes_exactly(state, tiny_backbone):
     np.testing.assert_allclose(step_losses(state.run_dir("part")), ref, rtol=1e-6, atol=1e-7)
     assert safetensors_equal(full / "latest" / "model.safetensors",
                              state.run_dir("part") / "latest" / "model.safetensors")
+
+
+def test_trainer_state_loads_with_weights_only_and_restores_rng_exactly(tmp_path):
+    import random
+
+    import torch
+
+    from musiccli.errors import MtxError
+    from musiccli.runtime import capture_rng_state, restore_rng_state
+    from musiccli.training import checkpoint as ckpt
+
+    random.random(), np.random.normal(), torch.randn(1)   # noqa: B018 (move every generator; numpy caches a gauss)
+    state = {"rng": capture_rng_state(), "rng_by_rank": [capture_rng_state()] * 2, "step": 3,
+             "losses": [0.5, 0.25], "best": {"epoch": None, "val_R@10": 0.1}}
+    expected = (random.random(), np.random.normal(), np.random.normal(), torch.randn(3))
+    ckpt_dir = tmp_path / "latest"
+    ckpt_dir.mkdir()
+    ckpt.save_trainer_state(ckpt_dir / ckpt.TRAINER_STATE, state)
+    torch.load(ckpt_dir / ckpt.TRAINER_STATE, weights_only=True)   # plain tensors, numbers, lists and dicts only
+    loaded = ckpt.load_trainer_state(ckpt_dir)
+    assert loaded["step"] == 3 and loaded["best"] == state["best"] and len(loaded["rng_by_rank"]) == 2
+    restore_rng_state(loaded["rng"])
+    got = (random.random(), np.random.normal(), np.random.normal(), torch.randn(3))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+    # A file holding arbitrary pickled objects is refused with a hint, never executed.
+    torch.save({"obj": ckpt.MetricsLog(tmp_path / "m.jsonl")}, ckpt_dir / ckpt.TRAINER_STATE)
+    with pytest.raises(MtxError, match="older mtx"):
+        ckpt.load_trainer_state(ckpt_dir)

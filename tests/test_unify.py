@@ -178,6 +178,7 @@ def test_changed_config_on_complete_manifest_needs_force(toy_state: StateDir, cl
     assert cli("unify", "--max-samples", "10").exit_code == 0
     res = cli("unify", "--max-samples", "12")
     assert res.exit_code == 1 and "max_samples: 10 -> 12" in res.output
+    assert "--force" in res.output and "another manifest name with --name" in res.output  # both exist
     res = cli("unify", "--max-samples", "12", "--force", "--json")
     assert res.exit_code == 0
     assert json.loads(res.stdout)["records"] == 12

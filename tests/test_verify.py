@@ -178,3 +178,82 @@ def test_unknown_or_missing_source(state: StateDir, cli):
     res = cli("verify", "synth")
     assert res.exit_code == 1 and "not downloaded" in res.output
     assert not state.dataset_dir("synth").exists()  # verify never creates what it checks
+
+
+# --------------------------------------------------------------------------- header frame counts
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum: CRC-32, polynomial 0x04c11db7, not reflected, computed with the field zeroed."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _ogg_with_granule_past_the_end(path: Path, seconds: float, sr: int, over: int) -> int:
+    """A real Ogg/Vorbis file whose last page's granule position (the frame count its header
+    declares) is `over` frames past what was encoded, as some encoders write it. Returns the
+    frames encoded."""
+    wave = (0.1 * np.random.default_rng(7).standard_normal(int(seconds * sr))).astype(np.float32)
+    sf.write(str(path), wave, sr, format="OGG", subtype="VORBIS")
+    data = bytearray(path.read_bytes())
+    last = data.rfind(b"OggS")
+    granule = int.from_bytes(data[last + 6:last + 14], "little")
+    assert granule == len(wave)
+    data[last + 6:last + 14] = (granule + over).to_bytes(8, "little")
+    data[last + 22:last + 26] = b"\0\0\0\0"
+    data[last + 22:last + 26] = _ogg_crc(bytes(data[last:])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return len(wave)
+
+
+@pytest.mark.parametrize(("over_seconds", "problem"), [
+    (0.0, None),
+    (0.13, None),          # the report's case: 0.13 s short of the header, decodes fine
+    (0.4, None),
+    (1.5, "corrupt"),      # far outside Vorbis's 0.5 s allowance: really cut short
+])
+def test_ogg_header_count_a_little_over_what_decodes(tmp_path: Path, over_seconds: float, problem):
+    sr = 22050
+    path = tmp_path / "soundtrack.ogg"
+    encoded = _ogg_with_granule_past_the_end(path, 4.0, sr, int(over_seconds * sr))
+    with sf.SoundFile(str(path)) as f:
+        declared, decoded = f.frames, len(f.read())
+    assert declared == encoded + int(over_seconds * sr)
+    assert decoded <= declared - int(over_seconds * sr) + 2048  # libsndfile decodes what is there
+    got, detail = verify.check_file(verify.ExpectedFile(id="x", path=path, duration=4.0, sample_rate=sr))
+    assert got == problem, detail
+    if problem:
+        assert detail.startswith("truncated: decoded") and "VORBIS allows 0.50 s less" in detail
+
+
+@pytest.mark.parametrize(("subtype", "declared", "sr", "allowed"), [
+    ("PCM_16", 44100 * 60, 44100, 0),            # WAV: exact
+    ("FLOAT", 44100 * 60, 44100, 0),
+    ("FLAC", 44100 * 60, 44100, 0),              # FLAC's STREAMINFO count is exact
+    ("VORBIS", 44100 * 60, 44100, 22050),        # 0.5 s
+    ("vorbis", 48000 * 600, 48000, 24000),       # a long file gets no more
+    ("OPUS", 48000 * 60, 48000, 24000),
+    ("MPEG_LAYER_III", 44100 * 60, 44100, 52920),   # 2 % of 60 s beats 0.5 s
+    ("MPEG_LAYER_III", 44100 * 10, 44100, 22050),
+])
+def test_frame_count_tolerance_per_format(subtype: str, declared: int, sr: int, allowed: int):
+    assert verify.frame_count_tolerance(subtype).allowed(declared, sr) == allowed
+
+
+def test_wav_shortfall_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A WAV whose decoded stream ends one block short of its header count is truncated, however small the gap."""
+    path = tmp_path / "a.wav"
+    sf.write(str(path), np.zeros(SR, dtype=np.float32), SR, subtype="PCM_16")
+    real_read = sf.SoundFile.read
+    calls = {"n": 0}
+
+    def read_minus_tail(self, frames=-1, **kw):  # the decoder gives out 100 frames before the header's count
+        calls["n"] += 1
+        block = real_read(self, frames, **kw)
+        return block[:-100] if calls["n"] == 1 else block[:0]
+
+    monkeypatch.setattr(sf.SoundFile, "read", read_minus_tail)
+    problem, detail = verify.check_file(verify.ExpectedFile(id="w", path=path))
+    assert problem == "corrupt" and detail.startswith(f"truncated: decoded {SR - 100} of {SR} frames")

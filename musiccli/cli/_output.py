@@ -19,6 +19,7 @@ class Output:
     json_mode: bool = False
     console: Console = field(default_factory=lambda: Console(stderr=False, highlight=False, soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
+    _warned: set[str] = field(default_factory=set)
 
     @property
     def human(self) -> bool:
@@ -29,6 +30,14 @@ class Output:
         if self.quiet:
             return
         (self.err if self.json_mode else self.console).print(message)
+
+    def warn(self, message: str) -> None:
+        """A warning line on stderr, at most once per command; human mode only (json results carry
+        their warnings in a ``warnings`` field, and --quiet means only errors and results)."""
+        if not self.human or message in self._warned:
+            return
+        self._warned.add(message)
+        self.err.print(f"[yellow]warning:[/] {escape(message)}")
 
     def table(self, table: Table) -> None:
         if self.human:

@@ -9,7 +9,7 @@ import typer
 
 from ._context import get_ctx
 from ._options import Continue, Device, Force, Precision, Seed, _complete_encoders
-from ._output import make_table
+from ._output import escape, make_table
 
 
 def command(
@@ -55,6 +55,10 @@ def command(
     app.out.table(make_table("quality checks (test split)", ["check", "value", "target", "ok"],
                              [[c.name, c.value, c.target, "yes" if c.passed else "NO"] for c in result.checks]))
     app.out.info(f"state dir: {result.state_dir}   export: {result.export_dir}   total {result.seconds:.0f} s")
+    app.out.info(f"This demo shows the pipeline and its resume contract. Its model learned only from "
+                 f"{escape(result.trained_on or 'synthetic clips')}: it is not a search model for real music, where "
+                 "it ranks near chance. For your own library, train on real captioned data (`mtx download "
+                 "musiccaps`, `mtx unify`, `mtx train`) or search with `--text-model native` and clap or muq.")
     app.out.info("next: mtx --state-dir " + result.state_dir + ' search "dark metal"')
     if not result.passed:
         app.out.error("the demo finished but some quality checks failed", "see the table above")

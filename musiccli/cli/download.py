@@ -37,7 +37,8 @@ def command(
     phase: Annotated[int | None, typer.Option("--phase", min=1, max=2,
                                               help="Download every source of a phase: 1 short clips, "
                                                    "2 full songs.")] = None,
-    stats: Annotated[bool, typer.Option("--stats", help="Show what is downloaded (items, GB, hours).")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Show what is downloaded (items, audio files, GB and "
+                                                        "hours, measured from the files).")] = False,
     cont: Continue = False,
     retry_failed: RetryFailed = False,
     max_failure_rate: MaxFailureRate = 0.5,
@@ -60,8 +61,9 @@ def command(
         rows = dataset_stats(app.state)
         if not rows:
             app.out.info(f"no datasets downloaded in {app.state.root / 'datasets'}")
-        app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "GB", "hours"],
-                                 [[r.source, r.items, r.ok, r.failed, r.gb,
+        app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "audio files", "GB",
+                                                      "hours"],
+                                 [[r.source, r.items, r.ok, r.failed, r.audio_files, r.gb,
                                    r.hours if r.hours is not None else "?"] for r in rows]))
         app.out.result(rows)
         return

@@ -39,7 +39,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 def _show_tags(app: AppContext, summary: TagSummary) -> None:
     # make_table escapes cell text itself.
-    rows = [[t.id, ", ".join(f"{name} {p:.2f}" for name, p in t.top)] for t in summary.tracks]
+    rows = [[t.label, ", ".join(f"{name} {p:.2f}" for name, p in t.top)] for t in summary.tracks]
     title = f"top tags (first {len(summary.tracks)} of {summary.n_tracks} tracks)"
     app.out.table(make_table(title, ["track", "tags (probability)"], rows))
     common = [[name, count] for name, count in summary.top1_counts]
@@ -83,7 +83,8 @@ def command(
                                               help="Tracks per committed unit (resume granularity).")] = 128,
     tags: Annotated[bool, typer.Option("--tags", help="Also store zero-shot tag probabilities per track "
                                                       "(tag_probs; encoders with a tagger, e.g. musicnn) "
-                                                      "and show the top tags.")] = False,
+                                                      "and show the top tags. On a finished store without "
+                                                      "tags, computes only the tags, beside it.")] = False,
     max_failure_rate: MaxFailureRate = 0.5,
     cont: Continue = False,
     force: Force = False,
@@ -107,15 +108,21 @@ def command(
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
         max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont, force),
     )
-    hint = f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "") + " --continue"
+    hint = (f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "")
+            + (" --tags" if tags else "") + " --continue")
     with app.progress(resume_hint=hint) as progress:
         result = run_embed(app.state, cfg, progress)
 
-    if result.skipped:
+    if result.tags_only and not result.skipped:
+        app.out.info(f"embeddings already complete: {escape(str(result.path))}; computed the zero-shot tags only "
+                     f"(kept in {escape(str(result.tags_path))})")
+    elif result.skipped:
         app.out.info(f"already complete: {escape(str(result.path))} (use --force to redo it)")
     rows = [["store", str(result.path) if result.assembled else f"{result.path} (pending other shards)"],
             ["encoder", result.encoder], ["manifest", result.manifest], ["dim", result.dim],
-            ["embedded", result.n_ok], ["failed", result.n_failed]]
+            ["tagged" if result.tags_only else "embedded", result.n_ok], ["failed", result.n_failed]]
+    if result.tags_path is not None:
+        rows.insert(1, ["tags", str(result.tags_path)])
     if not result.skipped:
         rows.append(["clips/s", result.clips_per_s])
     app.out.table(make_table(None, ["embed", ""], rows))

@@ -10,7 +10,7 @@ from ._context import get_ctx
 from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
 from ._output import make_table
 
-METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR")
+METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0")
 
 
 def command(
@@ -22,6 +22,10 @@ def command(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
                                             help="Also score random and untrained baselines, and the audio "
                                                  "encoder's own text tower (clap, muq).")] = True,
+    query_protocol: Annotated[str, typer.Option("--query-protocol",
+                                                help="Text queries: 'main' (each distinct main caption) or "
+                                                     "'all' (every caption, the Song Describer protocol).")
+                              ] = "main",
     batch_size: BatchSize = 64,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -30,7 +34,7 @@ def command(
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Evaluate a run: text->music and music->text retrieval (R@K, mAP@10, MRR, 1-based MedR) and tag ROC/PR-AUC.
+    """Evaluate a run: text->music and music->text retrieval (R@K, AP@10, MRR, MedR) and tag ROC/PR-AUC.
 
     Default: the newest trained run, its manifest's test split, the best checkpoint.
     """
@@ -38,7 +42,9 @@ def command(
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
-    cfg = EvalConfig(run=run, split=split, manifest=manifest, checkpoint=checkpoint, batch_size=batch_size,
+    if query_protocol not in ("main", "all"):
+        raise typer.BadParameter(f"{query_protocol!r} is not one of main, all", param_hint="--query-protocol")
+    cfg = EvalConfig(query_protocol=query_protocol, run=run, split=split, manifest=manifest, checkpoint=checkpoint, batch_size=batch_size,
                      device=device, precision=precision, baselines=baselines, seed=seed,
                      resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint="mtx eval --continue") as progress:
@@ -52,7 +58,12 @@ def command(
     app.out.info(f"{c.get('tracks', 0)} tracks, {c.get('text_queries', 0)} text queries, "
                  f"{c.get('distinct_captions', 0)} distinct captions, tags used {c.get('tags_used', 0)} "
                  f"(skipped {c.get('tags_skipped', 0)}: < {MIN_TAG_POSITIVES} positives or no negatives); "
-                 "median rank is 1-based")
+                 f"query protocol {rep.get('protocol', {}).get('query_protocol', 'main')}; MedR is 1-based, "
+                 "MedR0 0-based")
+    leaks = rep.get("leak_check") or {}
+    if leaks.get("dropped_training_records"):
+        app.out.info(f"[yellow]{leaks['dropped_training_records']} {result.split} record(s) were training records "
+                     f"of this run and were left out[/]")
     for system, note in (rep.get("baseline_notes") or {}).items():
         app.out.info(f"{system} baseline {note}")
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
@@ -66,7 +77,9 @@ def command(
             f"text->music R@10 {res['text_to_music']['R@10']:.3f}, tag ROC-AUC {res['tags'].get('roc_auc', 0):.3f}"
             if res else r.get("note", "")))
     app.out.info(f"report: {result.path}")
-    app.out.result(rep)
+    for line in result.warnings:
+        app.out.warn(line)
+    app.out.result({**rep, "warnings": result.warnings})
 
 
 def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -77,7 +90,7 @@ def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows: list[list[Any]] = []
     for task, label in (("text_to_music", "text->music"), ("music_to_text", "music->text")):
         for m in METRICS:
-            rows.append([f"{label} {m}", *[results[s][task][m] for s in systems]])
+            rows.append([f"{label} {m}", *[results[s][task].get(m) for s in systems]])
     for m, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
         rows.append([f"tags {label}", *[results[s].get("tags", {}).get(m) for s in systems]])
     return ["metric", *systems], rows

@@ -62,6 +62,8 @@ def command(
     source = f"run {result.run}" if result.text_model == "run" else \
         f"the native {result.encoder} text tower ({result.model_id})"
     app.out.info(f"using {source}, index {result.index}" + (" (rebuilt)" if result.rebuilt else ""))
+    for line in result.warnings:
+        app.out.warn(line)
     rows = []
     for h in result.hits:
         name = " - ".join(x for x in (h["artist"], h["title"]) if x) or h["id"]

@@ -39,13 +39,15 @@ def command(
     name: Annotated[str, typer.Option("--name", "-n", help="Manifest name (manifests/<name>.json).")] = "default",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the composition; write nothing.")] = False,
     keep_official_splits: Annotated[bool, typer.Option("--keep-official-splits",
-                                                       help="Keep train/val/test splits that sources define.")
+                                                       help="Keep train/val/test splits that sources define (a recording/artist "
+                                                            "component whose official splits disagree goes to "
+                                                            "the most held-out one: test, then val).")
                                     ] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Merge downloaded datasets into one manifest with artist-aware 80/10/10 splits."""
+    """Merge downloaded datasets into one manifest with leak-free 80/10/10 splits (by recording and artist)."""
     from ..state import Resume
     from ..unify import UnifyConfig, run_unify
 
@@ -75,6 +77,9 @@ def command(
             app.out.info(f"  {example}")
     if result.dropped_duration:
         app.out.info(f"{result.dropped_duration} record(s) outside the duration range were left out")
+    if result.split_overridden:
+        app.out.info(f"[yellow]{result.split_overridden} record(s) in {result.split_conflicts} recording/artist "
+                     f"group(s) with conflicting official splits were moved to the most held-out split[/]")
     if result.dry_run:
         app.out.info("dry run: nothing was written")
     elif result.skipped:

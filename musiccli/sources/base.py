@@ -30,6 +30,7 @@ class SourceInfo:
     homepage: str = ""
     phase: int | None = None          # 1: short clips, 2: full songs (Navidrome plan); None: neither
     downloadable: bool = True         # False for sources with nothing to fetch (folder)
+    synthetic: bool = False           # generated audio: a run trained only on it knows no real music
     options: tuple[str, ...] = ()     # DownloadConfig fields this source reads
     urls: dict[str, str] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)

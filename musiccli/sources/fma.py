@@ -349,7 +349,7 @@ class FmaSource(Source):
             out.append(Record(
                 id=self._id(t.id), audio_path=str(path), caption=captions[0], duration=float(duration or 0.0),
                 alt_captions=captions[1:], dataset=INFO.name, artist=t.artist, title=t.title, tags=tags,
-                license=t.license, split=SPLIT_NAMES.get((t.split or "").lower()),
+                license=t.license, split=SPLIT_NAMES.get((t.split or "").lower()), group=f"fma:{t.id}",
                 extra={"track_id": t.id, "album": t.album, "genre_top": t.genre_top,
                        "fma_subset": t.subset, "track_duration": t.duration},
             ))

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, file_group
 from ..progress import Progress
 from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, iter_jsonl, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
@@ -215,7 +215,7 @@ class FolderSource(Source):
             out.append(Record(
                 id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
                 alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
-                tags=[*info.get("genres", []), *info.get("moods", [])], license=None,
+                tags=[*info.get("genres", []), *info.get("moods", [])], license=None, group=file_group(path),
                 extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
                                          "relative_path": info["rel"]}.items() if v is not None},
             ))

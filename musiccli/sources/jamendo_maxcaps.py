@@ -31,7 +31,7 @@ from typing import Any
 
 from ..captions import alt_captions_with_tags
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, jamendo_artist, jamendo_group
 from ..progress import Progress
 from ..state import atomic_write_bytes, file_sha256, iter_jsonl
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
@@ -323,9 +323,10 @@ class JamendoMaxCapsSource(Source):
                 alt_captions=alt_captions_with_tags(segs[0]["caption"], [s["caption"] for s in segs[1:]], tags,
                                                     self._id(tid)),
                 dataset=INFO.name, artist=_str(m.get("artist_name")), title=_str(m.get("name")), tags=tags,
-                license=_str(m.get("license_ccurl")) or LICENSE,
+                license=_str(m.get("license_ccurl")) or LICENSE, group=jamendo_group(tid),
                 extra={k: v for k, v in {
-                    "track_id": tid, "album": _str(m.get("album_name")), "releasedate": _str(m.get("releasedate")),
+                    "track_id": tid, "artist_key": jamendo_artist(m.get("artist_id")),
+                    "album": _str(m.get("album_name")), "releasedate": _str(m.get("releasedate")),
                     "segments": [[s["start"], s["end"]] for s in segs]}.items() if v is not None},
             ))
         if uncaptioned:

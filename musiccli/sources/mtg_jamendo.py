@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, jamendo_artist, jamendo_group
 from ..progress import Progress
 from ..state import file_sha256
 from ._archive import iter_members, safe_extract
@@ -349,8 +349,9 @@ class MtgJamendoSource(Source):
                 id=rid, audio_path=str(path), caption=captions[0], duration=float(t.duration or 0.0),
                 alt_captions=captions[1:], dataset=INFO.name, artist=m.get("ARTIST_NAME") or t.artist_id,
                 title=m.get("TRACK_NAME") or None, tags=list(t.tags), license=LICENSE,
-                split=splits[ds].get(tid),
-                extra={"track_id": f"track_{tid:07d}", "artist_id": t.artist_id, "album_id": t.album_id,
+                split=splits[ds].get(tid), group=jamendo_group(tid),
+                extra={"track_id": f"track_{tid:07d}", "artist_id": t.artist_id,
+                       "artist_key": jamendo_artist(t.artist_id), "album_id": t.album_id,
                        "album": m.get("ALBUM_NAME") or None, "jamendo_path": t.path, "mtg_dataset": ds,
                        "url": m.get("URL") or None},
             ))

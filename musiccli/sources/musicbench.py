@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, youtube_group
 from ..progress import Progress
 from ..state import file_sha256, iter_jsonl
 from ._archive import _relative, write_member
@@ -84,6 +84,24 @@ def clip_id(location: str) -> str:
     if stem.startswith("data/"):
         stem = stem[len("data/"):]
     return "musicbench-" + stem.replace("/", "-")
+
+
+def source_ytid(location: str) -> str | None:
+    """The YouTube id of the MusicCaps clip a MusicBench file was made from.
+
+    Originals are ``data/<ytid>.wav``; augmented copies are ``data_aug2/<ytid>_<n>.wav``. YouTube ids
+    are 11 characters and may themselves hold ``_``, so an 11-character prefix followed by ``_`` (or
+    nothing) is taken first; other names (test fixtures, renamed files) drop the last ``_suffix`` of
+    an augmented copy.
+    """
+    path = posixpath.normpath(location.replace("\\", "/")).lstrip("./")
+    folder, _, name = path.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    if len(stem) >= 11 and (len(stem) == 11 or stem[11] == "_"):
+        return stem[:11]
+    if folder not in ("", "data") and "_" in stem:
+        return stem.rsplit("_", 1)[0]
+    return stem or None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -241,6 +259,7 @@ class MusicBenchSource(Source):
             out.append(Record(id=c.id, audio_path=str(path), caption=caption, duration=duration,
                               # Tags are only key and tempo, which MusicBench's captions already state.
                               alt_captions=alts, dataset=INFO.name, tags=tags, license=LICENSE, split=c.split,
+                              group=youtube_group(source_ytid(c.location)),
                               extra={k: v for k, v in extra.items() if v is not None}))
         return out
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..captions import alt_captions_with_tags
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, youtube_group
 from ..progress import Progress
 from ..state import TMP_PREFIX
 from ._http import base_url, fetch, hf_headers, join_url
@@ -267,7 +267,7 @@ class MusicCapsSource(Source):
             alt_captions=alt_captions_with_tags(c.caption, [], c.aspects, c.id),
             tags=list(c.aspects), license=INFO.license,
             # The official split (AudioSet eval = test); unify reassigns it unless --keep-official-splits.
-            split="test" if c.eval else "train",
+            split="test" if c.eval else "train", group=youtube_group(c.ytid),
             extra={"ytid": c.ytid, "start_s": c.start, "end_s": c.end, "author_id": c.author_id,
                    "audioset_labels": list(c.labels), "is_balanced_subset": c.balanced},
         ) for c, path in self._downloaded(root) if path.is_file()]

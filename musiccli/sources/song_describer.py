@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, jamendo_artist, jamendo_group
 from ..progress import Progress
 from ..state import file_sha256
 from ._archive import iter_members, safe_extract
@@ -189,8 +189,9 @@ class SongDescriberSource(Source):
                 alt_captions=[r["caption"].strip() for r in rows[1:]], dataset=INFO.name,
                 # MTG-Jamendo's spelling of the same Jamendo ids, so artists match across the two sources.
                 artist=f"artist_{artist_id:06d}" if artist_id is not None else None,
-                license=INFO.license, split="test",
-                extra={"track_id": tid, "album_id": album_id, "jamendo_path": first.get("path") or None,
+                license=INFO.license, split="test", group=jamendo_group(tid),
+                extra={"track_id": tid, "album_id": album_id, "artist_key": jamendo_artist(artist_id),
+                       "jamendo_path": first.get("path") or None,
                        "caption_ids": [_int(r.get("caption_id")) for r in rows],
                        "is_valid_subset": [_flag(r.get("is_valid_subset")) for r in rows],
                        "original_duration": _float(first.get("duration"))},

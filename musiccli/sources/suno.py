@@ -213,6 +213,7 @@ class SunoSource(Source):
             out.append(Record(
                 id=self._id(row["id"]), audio_path=str(path), caption=captions[0], duration=float(duration),
                 alt_captions=captions[1:], dataset=INFO.name, title=row.get("title"), tags=tags, license=LICENSE,
+                group=f"suno:{row['id']}",
                 extra={k: v for k, v in {"song_id": row["id"], "audio_url": row["audio_url"],
                                          "prompt": row.get("prompt")}.items() if v}))
         if uncaptioned:

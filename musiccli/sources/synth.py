@@ -39,6 +39,7 @@ INFO = SourceInfo(
     homepage="",
     phase=None,
     downloadable=True,
+    synthetic=True,
     options=("n", "duration", "sample_rate", "seed"),
 )
 

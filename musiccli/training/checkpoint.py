@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..runs import RUN_JSON
+from ..errors import MtxError
 from ..state import TMP_PREFIX, atomic_write_json, atomic_write_text, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -72,15 +75,59 @@ def write_checkpoint_dir(run_dir: Path, name: str, fill: Callable[[Path], None])
 
 
 def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
-    torch.save(state, path)
+    """Write trainer state that ``torch.load(weights_only=True)`` can read: tensors, numbers, strings,
+    lists and dicts only (RNG states are converted by ``rng_to_plain``)."""
+    out = dict(state)
+    if out.get("rng") is not None:
+        out["rng"] = rng_to_plain(out["rng"])
+    if out.get("rng_by_rank") is not None:
+        out["rng_by_rank"] = [rng_to_plain(r) for r in out["rng_by_rank"]]
+    torch.save(out, path)
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict[str, Any] | None:
     path = ckpt_dir / TRAINER_STATE
     if not path.exists():
         return None
-    # Our own file: it holds RNG states (python tuples, numpy arrays), so not weights_only.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: loading a checkpoint never runs pickled code, even from a run folder someone sent you.
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise MtxError(f"{path} holds objects other than tensors and plain values ({e})",
+                       hint="it was written by an older mtx or is not ours: start over with --force") from None
+    if state.get("rng") is not None:
+        state["rng"] = rng_from_plain(state["rng"])
+    if state.get("rng_by_rank") is not None:
+        state["rng_by_rank"] = [rng_from_plain(r) for r in state["rng_by_rank"]]
+    return state
+
+
+def rng_to_plain(rng: dict[str, Any]) -> dict[str, Any]:
+    """``runtime.capture_rng_state()`` output as tensors and lists (no tuples of numpy arrays)."""
+    version, mt, gauss = rng["python"]
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    out: dict[str, Any] = {
+        "python": {"version": int(version), "state": [int(x) for x in mt], "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": rng["torch"],
+    }
+    if "cuda" in rng:
+        out["cuda"] = list(rng["cuda"])
+    return out
+
+
+def rng_from_plain(plain: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``rng_to_plain``: what ``runtime.restore_rng_state`` takes."""
+    p, n = plain["python"], plain["numpy"]
+    out: dict[str, Any] = {
+        "python": (p["version"], tuple(p["state"]), p["gauss"]),
+        "numpy": (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]),
+        "torch": plain["torch"],
+    }
+    if "cuda" in plain:
+        out["cuda"] = list(plain["cuda"])
+    return out
 
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:

@@ -18,10 +18,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import MtxError
-from ..manifest import Record
+from ..manifest import Record, group_of
 from ..store import EmbeddingStore
 
 log = logging.getLogger(__name__)
+
+
+def text_key(s: str) -> int:
+    """A signed 64-bit key of a string (a caption text or a recording group), equal on every rank."""
+    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _item_key(seed: int, epoch: int, index: int) -> int:
@@ -93,6 +98,16 @@ class PairDataset(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         raw = self.store.rows(self.split.positions[idx])
         return [self.caption(int(i)) for i in idx], self.standardize(raw)
+
+    def pair_keys(self, indices: Sequence[int] | np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """[B, 2] int64: the key of each pair's caption text (as used in this batch) and of its recording.
+
+        The contrastive loss must not treat two pairs that share either as negatives of each other
+        ("A Rock track" is the caption of every tag-captioned rock track; a recording can appear
+        in several sources)."""
+        recs = self.split.records
+        return np.array([[text_key(t), text_key(group_of(recs[int(i)]))] for i, t in zip(indices, texts)],
+                        dtype=np.int64).reshape(-1, 2)
 
 
 class EpochSampler:

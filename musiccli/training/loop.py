@@ -26,17 +26,20 @@ import torch.nn.functional as F
 
 from ..errors import Interrupted, MtxError, unknown_choice
 from ..manifest import manifest_hash, read_manifest, resolve_manifest
-from ..metrics import retrieval_metrics
+from ..retrieval import caption_relevance, text_to_music
 from ..progress import NullProgress, Progress
+from ..provenance import training_data
 from ..runtime import (DistInfo, Runtime, capture_rng_state, init_distributed, on_main, restore_rng_state,
                        seed_everything, select_runtime)
 from ..state import Resume, StageRun, StateDir, begin_stage, check_name, load_stage, stage_function, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler, PairDataset, Split, split_pairs
-from .losses import DEFAULT_LOSS, LOSSES, LossConfig, build_loss, local_only
+from .losses import DEFAULT_LOSS, LOSSES, LossConfig, build_loss, clamp_temperatures, local_only
 
 log = logging.getLogger(__name__)
+
+RENAME_HINT = "choose another run name with --run"
 
 
 @dataclass
@@ -266,11 +269,13 @@ class _Trainer:
     def _begin_stage(self, key: str, config: dict[str, Any]) -> StageRun:
         """Apply the stage contract on rank 0 only; other ranks follow its decision (no record races)."""
         if not self.dist.enabled:
-            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard)
+            return begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                               rename_hint=RENAME_HINT)
         main_stage: list[StageRun] = []
 
         def decide() -> tuple[bool, bool]:
-            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard))
+            main_stage.append(begin_stage(self.state, "train", key, config, self.cfg.resume, discard=self._discard,
+                                          rename_hint=RENAME_HINT))
             return main_stage[0].resumed, main_stage[0].already_complete
 
         resumed, complete = on_main(self.dist, decide)
@@ -392,7 +397,9 @@ class _Trainer:
                 "manifest_hash": self.manifest_hash, "text_backbone": self.cfg.text_backbone,
                 "loss": self.loss_name, "teacher": self.cfg.teacher,
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
-                "best": self.best}
+                "best": self.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_split.records)}
 
     def _write_run_json(self, status: str) -> None:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
@@ -464,17 +471,19 @@ class _Trainer:
         raw = z * self.teacher.audio_std + self.teacher.audio_mean
         return self.model.standardize_audio(raw)
 
-    def _forward(self, model: torch.nn.Module, texts: list[str], target: torch.Tensor):
+    def _forward(self, model: torch.nn.Module, texts: list[str], target: torch.Tensor,
+                 keys: torch.Tensor | None = None):
         tok = self.model.tokenize(texts)
         with self.runtime.autocast():
             pred = model(tok["input_ids"].to(self.runtime.device), tok["attention_mask"].to(self.runtime.device))
-        loss, parts = self.loss_fn(pred.float(), target, teacher_z=self._teacher_targets(texts))
+        loss, parts = self.loss_fn(pred.float(), target, teacher_z=self._teacher_targets(texts), keys=keys)
         return pred, loss, parts
 
     def train_step(self, indices: np.ndarray) -> tuple[float, dict[str, float]]:
         texts, audio = self.train_ds.batch(indices)
         target = torch.from_numpy(audio).to(self.runtime.device)
-        _, loss, parts = self._forward(self.ddp_model, texts, target)
+        keys = torch.from_numpy(self.train_ds.pair_keys(indices, texts)).to(self.runtime.device)
+        _, loss, parts = self._forward(self.ddp_model, texts, target, keys)
         if self._any_rank(not bool(torch.isfinite(loss))):  # all ranks stop together, none waits in backward
             raise MtxError(f"training diverged at step {self.step + 1} (loss {float(loss)})",
                            hint="lower --lr, or use --precision fp32")
@@ -486,6 +495,7 @@ class _Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
+        clamp_temperatures(self.loss_fn)   # after the step (open_clip): a clamp in forward kills the gradient
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -512,12 +522,15 @@ class _Trainer:
                 idx = np.arange(s, min(n, s + self.cfg.batch_size))
                 texts, audio = self.val_ds.batch(idx)
                 target = torch.from_numpy(audio).to(self.runtime.device)
-                pred, loss, _ = self._forward(self.model, texts, target)
+                keys = torch.from_numpy(self.val_ds.pair_keys(idx, texts)).to(self.runtime.device)
+                pred, loss, _ = self._forward(self.model, texts, target, keys)
                 total += float(loss) * len(idx)
                 texts_z.append(F.normalize(pred.float(), dim=-1).cpu().numpy())
                 audio_z.append(F.normalize(target, dim=-1).cpu().numpy())
         self.model.train()
-        m = retrieval_metrics(np.concatenate(texts_z), np.concatenate(audio_z), np.arange(n))["text_to_music"]
+        # The shared protocol (musiccli.retrieval), text -> music only: validation reports nothing else.
+        rel = caption_relevance(self.val_split.records, "main")
+        m = text_to_music(np.concatenate(texts_z)[rel.main_item[rel.queries]], np.concatenate(audio_z), rel)
         out: dict[str, Any] = {"val_loss": total / n}
         out.update({f"val_{k}": v for k, v in m.items()})
         return out

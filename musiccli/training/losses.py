@@ -9,6 +9,14 @@ losses do not.
 With DDP, InfoNCE gathers the other ranks' vectors *with gradient*
 (``torch.distributed.nn.functional.all_gather``) so that every rank sees the global
 batch as negatives, as open_clip does.
+
+InfoNCE takes ``keys`` [B, 2] (caption-text key, recording-group key; see
+``PairDataset.pair_keys``): in-batch items that share the caption text or the recording
+with a pair are not its negatives and are masked out of its softmax.
+
+The learnable temperature is clamped to [0, log 100] in log-scale *after* each optimizer
+step (``clamp_temperatures``, as open_clip does), not inside the forward pass, where a
+clamp would zero its gradient at the bound.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from torch import nn
 
 from ..errors import MtxError, unknown_choice
 
-# The temperature may not go below 1/100 (open_clip's clamp): sharper logits destabilise training.
+# The temperature stays within [1/100, 1] (open_clip's clamp on log(1/T)): sharper logits destabilise
+# training, and a temperature above 1 has no use.
+MIN_LOGIT_SCALE = 0.0
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -70,8 +80,23 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def gather_plain(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks without gradient (integer keys)."""
+    _, world = _dist_info()
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 class Temperature(nn.Module):
-    """exp(logit_scale) = 1/T; log-parameterised so it stays positive, clamped from above."""
+    """exp(logit_scale) = 1/T; log-parameterised so it stays positive.
+
+    The value is kept in [MIN_LOGIT_SCALE, MAX_LOGIT_SCALE] by ``clamp_`` (at construction, and
+    after every optimizer step for a learnable one), never inside ``scale()``."""
 
     def __init__(self, temperature: float, learnable: bool) -> None:
         super().__init__()
@@ -82,9 +107,29 @@ class Temperature(nn.Module):
             self.logit_scale = nn.Parameter(init)
         else:
             self.register_buffer("logit_scale", init)
+        self.clamp_()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.logit_scale.clamp_(MIN_LOGIT_SCALE, MAX_LOGIT_SCALE)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        return self.logit_scale.exp()
+
+
+def clamp_temperatures(module: nn.Module) -> None:
+    """Clamp every temperature of a loss into range; call after each optimizer step."""
+    for m in module.modules():
+        if isinstance(m, Temperature):
+            m.clamp_()
+
+
+def same_item_mask(keys: torch.Tensor, all_keys: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """[B, G] True where a local pair and a gathered pair share the caption text or the recording,
+    except each pair's own positive (``positives[i]`` = its column)."""
+    same = (keys[:, None, 0] == all_keys[None, :, 0]) | (keys[:, None, 1] == all_keys[None, :, 1])
+    same[torch.arange(keys.shape[0], device=keys.device), positives] = False
+    return same
 
 
 class InfoNCELoss(nn.Module):
@@ -94,7 +139,8 @@ class InfoNCELoss(nn.Module):
         super().__init__()
         self.temp = Temperature(cfg.temperature, cfg.learn_temperature)
 
-    def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor, **kw) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor, keys: torch.Tensor | None = None,
+                **kw) -> tuple[torch.Tensor, dict[str, float]]:
         t = F.normalize(text_z.float(), dim=-1)
         a = F.normalize(audio_z.float(), dim=-1)
         rank, _ = _dist_info()
@@ -102,8 +148,14 @@ class InfoNCELoss(nn.Module):
         scale = self.temp.scale()
         # Local rows against the global batch; this rank's positives sit at offset rank * B.
         labels = torch.arange(t.shape[0], device=t.device) + rank * t.shape[0]
-        t2a = F.cross_entropy(scale * t @ all_a.T, labels)
-        a2t = F.cross_entropy(scale * a @ all_t.T, labels)
+        logits_t2a, logits_a2t = scale * t @ all_a.T, scale * a @ all_t.T
+        if keys is not None:
+            # Same caption or same recording: not a negative, in either direction (the relation is symmetric).
+            same = same_item_mask(keys, gather_plain(keys), labels)
+            logits_t2a = logits_t2a.masked_fill(same, float("-inf"))
+            logits_a2t = logits_a2t.masked_fill(same, float("-inf"))
+        t2a = F.cross_entropy(logits_t2a, labels)
+        a2t = F.cross_entropy(logits_a2t, labels)
         loss = (t2a + a2t) / 2
         return loss, {"infonce": float(loss.detach()), "temperature": float(1.0 / scale.detach())}
 
@@ -129,7 +181,7 @@ class CombinedLoss(nn.Module):
         self.mse_weight = cfg.mse_weight
 
     def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor, **kw) -> tuple[torch.Tensor, dict[str, float]]:
-        l1, p1 = self.infonce(text_z, audio_z)
+        l1, p1 = self.infonce(text_z, audio_z, keys=kw.get("keys"))
         l2, p2 = self.mse(text_z, audio_z)
         return l1 + self.mse_weight * l2, {**p1, **p2}
 
@@ -205,7 +257,9 @@ class DistillationLoss(nn.Module):
             raise unknown_choice("distillation metric", cfg.distill_metric, ["mse", "cosine"])
         self.metric = cfg.distill_metric
         self.kl_weight = cfg.distill_kl_weight
-        self.temp = Temperature(cfg.temperature, cfg.learn_temperature)
+        # Fixed even with --learn-temperature: the KL compares two distributions at one agreed sharpness,
+        # and learning it would let the loss shrink by flattening both instead of matching them.
+        self.temp = Temperature(cfg.temperature, learnable=False)
 
     def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor | None = None,
                 teacher_z: torch.Tensor | None = None, **kw) -> tuple[torch.Tensor, dict[str, float]]:
