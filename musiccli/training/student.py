@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from ..audio import decode
 from ..encoders.student import LogMel, StudentConfig, StudentModel, take_crop, train_tokenizer
 from ..errors import Interrupted, MtxError, unknown_choice
-from ..manifest import Record, manifest_hash, read_manifest, resolve_manifest
-from ..metrics import retrieval_metrics
+from ..manifest import Record, group_of, manifest_hash, read_manifest, resolve_manifest
+from ..retrieval import caption_relevance, text_to_music
 from ..progress import NullProgress, Progress
 from ..runtime import capture_rng_state, restore_rng_state, seed_everything, select_runtime
 from ..state import Resume, StateDir, begin_stage, check_name, stage_function, to_jsonable
 from ..store import EmbeddingStore
 from . import checkpoint as ckpt
-from .data import EpochSampler
+from .data import EpochSampler, text_key
 from .losses import InfoNCELoss, LossConfig
 from .loop import EpochCallback, TrainResult, lr_lambda
 
@@ -355,12 +355,16 @@ class _StudentTrainer:
     def _losses(self, mel: torch.Tensor, texts: list[str], idx: np.ndarray, val: bool
                 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
         dev = self.runtime.device
+        records = self.val_records if val else self.train_records
+        # Same caption or same recording: never each other's negatives (the shared InfoNCE rule).
+        keys = torch.tensor([[text_key(t), text_key(group_of(records[int(i)]))] for i, t in zip(idx, texts)],
+                            dtype=torch.int64, device=dev).reshape(-1, 2)
         with self.runtime.autocast():
             music = self.model.music(mel.to(dev)).float()
             text = self.model.embed_text(texts).float()
         loss, parts = torch.zeros((), device=dev), {}
         if self.cfg.contrastive_weight > 0 and len(idx) > 1:
-            nce, _ = self.nce(text, music)
+            nce, _ = self.nce(text, music, keys=keys)
             loss = loss + self.cfg.contrastive_weight * nce
             parts["infonce"] = float(nce.detach())
         for t in self.teachers:
@@ -406,7 +410,9 @@ class _StudentTrainer:
             music.append(m.cpu().numpy())
             text.append(t.cpu().numpy())
         self.model.train()
-        m = retrieval_metrics(np.concatenate(text), np.concatenate(music), np.arange(n))["text_to_music"]
+        # The shared protocol (musiccli.retrieval), text -> music on the main captions, as `mtx train` validates.
+        rel = caption_relevance(self.val_records, "main")
+        m = text_to_music(np.concatenate(text)[rel.main_item[rel.queries]], np.concatenate(music), rel)
         out: dict[str, Any] = {"val_loss": total / n, **{f"val_{k}": v for k, v in m.items()}}
         out.update({f"val_{k}": v / n for k, v in sums.items()})
         return out
