@@ -343,6 +343,8 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     failures; a systemic error (the same error on the first tracks, a library that cannot load,
     out of memory) or more than ``cfg.max_failure_rate`` failed tracks fail it (raises, exit 1)."""
     progress = progress or NullProgress()
+    if get_spec(cfg.audio_encoder).imported_from:
+        return _copy_imported(state, cfg, progress)
     policy = FailurePolicy(max_failure_rate=cfg.max_failure_rate)
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
@@ -408,6 +410,54 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     if plan.shard is not None:
         _mark_unsharded_complete(state, plan, result)
     store.remove_parts(plan.path)
+    return result
+
+
+def _copy_imported(state: StateDir, cfg: EmbedConfig, progress: Progress) -> EmbedResult:
+    """An imported space (``audiomuse-clap``): copy the downloaded vectors of the manifest's records.
+
+    No audio is decoded and nothing is recomputed. Records without an imported vector are listed
+    as failures. The copy is one unit: the store appears complete or not at all.
+    """
+    from .encoders.imported import imported_store
+
+    name = cfg.audio_encoder
+    source = imported_store(state.root, name)
+    if not source.exists():
+        raise MtxError(f"no imported {name} vectors ({source})",
+                       hint=f"run `mtx download {get_spec(name).imported_from}` first")
+    manifest_name, manifest_path = resolve_manifest(state, cfg.manifest)
+    records = read_manifest(manifest_path)
+    out = state.embeddings_path(name, manifest_name)
+    st = source.stat()
+    config = {"encoder": name, "encoder_version": "imported", "imported": str(source), "imported_bytes": st.st_size,
+              "imported_mtime_ns": st.st_mtime_ns, "dtype": cfg.dtype, "manifest_hash": manifest_hash(manifest_path)}
+    run = begin_stage(state, "embed", stage_key(name, manifest_name), config=config, mode=cfg.resume,
+                      discard=lambda: store.discard(out), redo_changed=True, outputs={"store": out})
+    if run.already_complete and out.exists():
+        return EmbedResult.from_dict(run.record.result, skipped=True)
+    start = time.perf_counter()
+    with store.EmbeddingStore(source) as teacher, progress.task(f"Copying {name}", total=len(records),
+                                                                unit="tracks") as task:
+        have = [r.id for r in records if teacher.has(r.id)]
+        failures = [(r.id, f"no {name} vector in the imported database") for r in records if not teacher.has(r.id)]
+        store.discard(out)
+        for i in range(0, max(1, len(have)), 4096):
+            ids = have[i:i + 4096]
+            store.write_part(out, i // 4096, ids, teacher.get(ids) if ids else np.zeros((0, teacher.dim), np.float32),
+                             failed=failures if i == 0 else ())
+            task.advance(len(ids))
+        attrs = {**teacher.attrs, "encoder": name, "manifest_hash": config["manifest_hash"], "manifest": manifest_name,
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        n = store.assemble(out, teacher.dim, cfg.dtype, attrs, max(1, math.ceil(len(have) / 4096)))
+        dim = teacher.dim
+    store.remove_parts(out)
+    seconds = time.perf_counter() - start
+    log.info("copied %d imported %s vectors (dim %d) to %s; %d record(s) have none", n, name, dim, out, len(failures))
+    result = EmbedResult(path=out, encoder=name, manifest=manifest_name, dim=dim, n_ok=n, n_failed=len(failures),
+                         failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
+                         clips_per_s=round(n / seconds, 2) if seconds else 0.0)
+    run.complete(result.to_dict(), failed=len(failures))
     return result
 
 

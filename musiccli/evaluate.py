@@ -187,9 +187,25 @@ def _untrained_like(model, backbone: str, seed: int):
     torch.manual_seed(seed)
     fresh = TextEmbedder.from_backbone(backbone, out_dim=c.out_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
                                        pooling=c.pooling, max_length=c.max_length,
-                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation)
+                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation, space=c.space)
     fresh.audio_mean.copy_(model.audio_mean.cpu())
     fresh.audio_std.copy_(model.audio_std.cpu())
+    return fresh.eval()
+
+
+def _untrained_audio(tower, seed: int):
+    """A joint run's audio tower with a freshly initialised head (seeded), same audio stats; an
+    align run's identity tower as is (it has nothing to train)."""
+    import torch
+
+    from .encoders.towers import AudioTower
+
+    if not tower.has_head:
+        return tower
+    torch.manual_seed(seed + 1)
+    fresh = AudioTower(tower.config)
+    fresh.audio_mean.copy_(tower.audio_mean.cpu())
+    fresh.audio_std.copy_(tower.audio_std.cpu())
     return fresh.eval()
 
 
@@ -215,7 +231,7 @@ def _score_native(data: EvalData, encoder: str, model_id: str | None, runtime, b
 
 @stage_function
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    from .encoders.text import TextEmbedder
+    from .runs import load_towers
     from .runtime import select_runtime
     from .store import EmbeddingStore
 
@@ -225,7 +241,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     if cfg.query_protocol not in PROTOCOLS:
         raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
     info = resolve_run(state, cfg.run)
-    if info.meta.get("objective") == "student":
+    if info.objective == "student":
         return _run_student_eval(state, cfg, info, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
@@ -251,10 +267,12 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
-    model = TextEmbedder.from_pretrained(ckpt, device=runtime.device)
+    towers = load_towers(ckpt, device=runtime.device)
+    model = towers.text
     with EmbeddingStore(emb_path) as store:
-        if store.dim != model.config.out_dim:
-            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the model predicts {model.config.out_dim}",
+        if store.dim != towers.audio.in_dim:
+            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the run's audio tower reads "
+                           f"{towers.audio.in_dim}",
                            hint="evaluate with the manifest/encoder the run was trained on")
         in_split = [r for r in records_all if r.split == cfg.split]
         leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
@@ -277,7 +295,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
         # The native tower must be the text half of the checkpoint that embedded these tracks.
         native_model = store.attrs.get("model_id") or None
     data = build_eval_data(records, audio_raw, cfg.query_protocol)
-    audio = _unit(model.audio_for_retrieval(audio_raw))
+    audio = _unit(towers.audio.audio_for_retrieval(audio_raw))
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
@@ -308,7 +326,9 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                     log.warning("untrained baseline skipped: %s", e.message)
                     notes[name] = f"skipped: {e.message}"
                 else:
-                    results[name] = score_system(data, audio, _encode(fresh, data.texts, runtime, cfg.batch_size),
+                    fresh_audio = _unit(_untrained_audio(towers.audio, cfg.seed).audio_for_retrieval(audio_raw))
+                    results[name] = score_system(data, fresh_audio,
+                                                 _encode(fresh, data.texts, runtime, cfg.batch_size),
                                                  _encode(fresh, data.tags, runtime, cfg.batch_size))
                     del fresh
             stage.update(results=to_jsonable(results), notes=notes)   # one committed unit per system
@@ -365,7 +385,8 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
                     f"cosine against every track; macro ROC-AUC / PR-AUC over tags with >= {MIN_TAG_POSITIVES} "
                     f"positives",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
-                         f"backbone with a freshly initialised head (torch seed {cfg.seed}), same audio stats; "
+                         f"backbone with a freshly initialised head (torch seed {cfg.seed}; joint runs also a fresh "
+                         f"audio head), same audio stats; "
                          f"native (clap, muq) = the audio encoder's own zero-shot text tower against the mean "
                          f"part of the stored vectors",
         },
@@ -435,14 +456,15 @@ def _teacher_cosines(model, state: StateDir, mname: str, records: Sequence[Recor
 
 
 def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: Sequence[str]) -> dict[str, Any]:
-    """Trained (align) text embedders of the same manifest in a teacher's space, with their eval results."""
+    """Trained align text embedders of the same manifest in a teacher's space, with their eval results."""
     out: dict[str, Any] = {}
     for run in state.list_runs(complete_only=True):
         try:
             other = resolve_run(state, run, announce=False)
         except MtxError:
             continue
-        if other.meta.get("objective") == "student" or other.audio_encoder not in teachers \
+        # align runs only: a joint run's text vectors live in its own learned space, not the teacher's
+        if other.objective != "align" or other.audio_encoder not in teachers \
                 or other.meta.get("manifest") != mname:
             continue
         rep = next((p for p in (eval_report_path(state, run, split, c) for c in ("best", "latest")) if p.exists()),

@@ -4,8 +4,11 @@
 with plain ``transformers.AutoModel``. ``onnx/model.onnx`` takes ``input_ids`` and
 ``attention_mask`` (dynamic batch and sequence axes) and returns ``embedding``
 (L2-normalised retrieval-space vector) and ``audio_space`` (the prediction in the
-audio encoder's native space); the tokenizer files sit next to it. The ONNX graph
-is checked against PyTorch with onnxruntime and the export fails above 1e-4.
+audio encoder's native space; align runs only); the tokenizer files sit next to it.
+``onnx/audio_tower.onnx`` maps raw stored vectors to unit vectors in the same space (the
+standardisation, plus the trained audio head of joint runs, whose ``hf/`` also holds
+``audio_tower/``). Both graphs are checked against PyTorch with onnxruntime and the export
+fails above 1e-4.
 
 Both keep what the run was trained on (``training_data`` of its ``run.json``): the model
 card's "Training data" section and ``hf/training_data.json``, and ``onnx/meta.json``.
@@ -35,6 +38,7 @@ from .state import TMP_PREFIX, Resume, StateDir, atomic_write_json, atomic_write
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "onnx")
+TARGETS = ("mtx", "audiomuse")
 ONNX_TOLERANCE = 1e-4
 TRAINING_DATA = "training_data.json"  # in hf/: what the run was trained on (run.json's training_data)
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
@@ -49,6 +53,7 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     opset: int = 17
     out: Path | None = None
+    target: str = "mtx"               # mtx: hf/ + onnx/; audiomuse: AudioMuse-AI's CLAP text-model interface
     allow_large: bool = False   # student runs: allow ONNX files above 5 MB (music) / 8 MB (text)
     resume: Resume = Resume.FRESH
 
@@ -149,17 +154,22 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
     else:
         lines.append(f"No evaluation report of these weights yet: run "
                      f"`mtx eval --run {info.name} --checkpoint {checkpoint}`.")
+    if c.space == "joint":
+        lines += ["", "## Joint space", "",
+                  f"This run was trained with the `joint` objective: text and audio both pass through trained "
+                  f"heads into a shared {c.out_dim}-d space. Map stored audio vectors with the audio tower in "
+                  f"`audio_tower/` (`musiccli.runs.load_towers(\"hf\")`, or "
+                  f"`onnx/audio_tower.onnx`), never by standardising them alone."]
     lines += [
         "",
         "## Usage",
         "",
         "```python",
-        "from musiccli import TextEmbedder",
+        "from musiccli.runs import load_towers",
         "",
-        'model = TextEmbedder.from_pretrained("hf")',
-        'q = model.encode(["dark metal"])                  # unit vectors, retrieval space',
-        'raw = model.encode(["dark metal"], space="audio")  # native audio-encoder space',
-        "scores = model.audio_for_retrieval(stored_audio_vectors) @ q[0]",
+        'towers = load_towers("hf")                         # text tower + audio tower',
+        'q = towers.text.encode(["dark metal"])            # unit vectors, retrieval space',
+        "scores = towers.audio.audio_for_retrieval(stored_audio_vectors) @ q[0]",
         "```",
         "",
         "ONNX (no PyTorch needed):",
@@ -171,12 +181,13 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         'tok = AutoTokenizer.from_pretrained("onnx")',
         'sess = ort.InferenceSession("onnx/model.onnx")',
         f'enc = tok(["dark metal"], padding=True, truncation=True, max_length={c.max_length}, return_tensors="np")',
-        'emb, audio_space = sess.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})',
+        'emb = sess.run(["embedding"], {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]',
+        'audio = ort.InferenceSession("onnx/audio_tower.onnx").run(None, {"audio": stored_audio_vectors})[0]',
+        "scores = audio @ emb[0]",
         "```",
         "",
-        "Audio vectors must be standardised with the audio statistics stored in the model "
-        "(`audio_mean`, `audio_std` in `model.safetensors`) and L2-normalised before comparing with "
-        "`embedding`.",
+        "`onnx/audio_tower.onnx` maps raw stored audio vectors to unit vectors in the same space "
+        "(standardised with the run's audio statistics, then through the audio head of joint runs).",
     ]
     if onnx_diff is not None:
         lines += ["", f"ONNX max abs diff vs PyTorch: {onnx_diff:.2g}"]
@@ -193,11 +204,12 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
 
 
 # --------------------------------------------------------------------------- formats
-def export_hf(info: RunInfo, model, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
+def export_hf(info: RunInfo, towers, checkpoint: str, out: Path, onnx_diff: float | None) -> Path:
+    """``towers.save_pretrained``: the text embedder, plus ``audio_tower/`` for joint runs."""
     tmp = _tmp_dir(out, "hf")
     try:
-        model.save_pretrained(tmp)
-        atomic_write_text(tmp / "README.md", model_card(info, model, checkpoint, onnx_diff))
+        towers.save_pretrained(tmp)
+        atomic_write_text(tmp / "README.md", model_card(info, towers.text, checkpoint, onnx_diff))
         atomic_write_json(tmp / TRAINING_DATA, _training_data_summary(info))
         final = out / "hf"
         _replace_dir(tmp, final)
@@ -222,18 +234,39 @@ class _OnnxWrapper:
             def forward(self, input_ids, attention_mask):
                 z = self.m(input_ids, attention_mask)
                 emb = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                if self.m.config.space != "audio":   # a joint space has no native audio-space reading
+                    return (emb,)
                 return emb, z * self.m.audio_std + self.m.audio_mean
 
         return Wrapper(model).eval()
 
+    @staticmethod
+    def build_audio(tower):
+        import torch
 
-def _torch_reference(model, enc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        class AudioWrapper(torch.nn.Module):
+            def __init__(self, t) -> None:
+                super().__init__()
+                self.t = t
+
+            def forward(self, audio):
+                z = self.t((audio - self.t.audio_mean) / self.t.audio_std)
+                return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+        return AudioWrapper(tower).eval()
+
+
+def _output_names(model) -> list[str]:
+    return ["embedding", "audio_space"] if model.config.space == "audio" else ["embedding"]
+
+
+def _torch_reference(model, enc: dict[str, Any]) -> tuple[np.ndarray, ...]:
     import torch
 
     wrapper = _OnnxWrapper.build(model)
     with torch.inference_mode():
-        emb, audio = wrapper(torch.as_tensor(enc["input_ids"]), torch.as_tensor(enc["attention_mask"]))
-    return emb.numpy(), audio.numpy()
+        outs = wrapper(torch.as_tensor(enc["input_ids"]), torch.as_tensor(enc["attention_mask"]))
+    return tuple(o.numpy() for o in outs)
 
 
 def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> float:
@@ -248,18 +281,48 @@ def verify_onnx(model, onnx_path: Path, queries: list[str] = CHECK_QUERIES) -> f
                               return_tensors="np")
         feeds = {"input_ids": enc["input_ids"].astype(np.int64),
                  "attention_mask": enc["attention_mask"].astype(np.int64)}
-        got_emb, got_audio = sess.run(["embedding", "audio_space"], feeds)
-        ref_emb, ref_audio = _torch_reference(model, feeds)
-        worst = max(worst, float(np.abs(got_emb - ref_emb).max()), float(np.abs(got_audio - ref_audio).max()))
+        got = sess.run(_output_names(model), feeds)
+        ref = _torch_reference(model, feeds)
+        worst = max([worst, *(float(np.abs(g - r).max()) for g, r in zip(got, ref))])
     return worst
 
 
-def export_onnx(model, out: Path, opset: int, training: dict[str, Any] | None = None) -> tuple[Path, float]:
+def verify_audio_onnx(tower, onnx_path: Path, seed: int = 0) -> float:
+    """Max abs difference between onnxruntime and PyTorch for the audio tower, on seeded store-like rows."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    mean, std = tower.audio_mean.cpu().numpy(), tower.audio_std.cpu().numpy()
+    worst = 0.0
+    for n in (1, 7):
+        raw = (mean + std * rng.standard_normal((n, tower.in_dim))).astype(np.float32)
+        got = sess.run(["embedding"], {"audio": raw})[0]
+        worst = max(worst, float(np.abs(got - tower.audio_for_retrieval(raw)).max()))
+    return worst
+
+
+def export_audio_onnx(tower, path: Path, opset: int) -> float:
+    """``audio_tower.onnx``: raw stored vectors [batch, in_dim] -> unit retrieval-space vectors."""
+    import torch
+
+    tower = tower.cpu().eval()
+    example = (tower.audio_mean + tower.audio_std * torch.randn(2, tower.in_dim)).float()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_OnnxWrapper.build_audio(tower), (example,), str(path), input_names=["audio"],
+                          output_names=["embedding"], dynamic_axes={"audio": {0: "batch"}, "embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    return verify_audio_onnx(tower, path)
+
+
+def export_onnx(towers, out: Path, opset: int, training: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """``model.onnx`` (text tower) and ``audio_tower.onnx``, each checked against PyTorch."""
     import torch
 
     tmp = _tmp_dir(out, "onnx")
     try:
-        model = model.cpu().eval()
+        model = towers.text.cpu().eval()
         # The eager attention path traces into a plain graph; SDPA mask helpers trip the exporter.
         _set_eager_attention(model.backbone)
         enc = model.tokenizer(["a short query", "a somewhat longer query about music"], padding=True,
@@ -271,12 +334,12 @@ def export_onnx(model, out: Path, opset: int, training: dict[str, Any] | None = 
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _OnnxWrapper.build(model), (enc["input_ids"], enc["attention_mask"]), str(path),
-                input_names=["input_ids", "attention_mask"], output_names=["embedding", "audio_space"],
+                input_names=["input_ids", "attention_mask"], output_names=_output_names(model),
                 dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                              "embedding": {0: "batch"}, "audio_space": {0: "batch"}},
+                              **{name: {0: "batch"} for name in _output_names(model)}},
                 opset_version=opset, dynamo=False, do_constant_folding=True,
             )
-        diff = verify_onnx(model, path)
+        diff = max(verify_onnx(model, path), export_audio_onnx(towers.audio, tmp / "audio_tower.onnx", opset))
         if diff > ONNX_TOLERANCE:
             raise MtxError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})",
                            hint="try another --opset; the hf/ export is unaffected")
@@ -284,12 +347,16 @@ def export_onnx(model, out: Path, opset: int, training: dict[str, Any] | None = 
         c = model.config
         atomic_write_json(tmp / "meta.json", {
             "inputs": ["input_ids", "attention_mask"], "outputs": {
-                "embedding": "L2-normalised retrieval-space vector (compare with standardised, normalised audio)",
-                "audio_space": "un-normalised prediction in the audio encoder's native space"},
+                "embedding": "L2-normalised retrieval-space vector (compare with audio_tower.onnx's output)",
+                **({"audio_space": "un-normalised prediction in the audio encoder's native space"}
+                   if c.space == "audio" else {})},
+            "audio_tower": {"file": "audio_tower.onnx", "input": "audio: raw stored vectors [batch, "
+                            f"{towers.audio.in_dim}]", "output": "embedding: unit vectors in the retrieval space",
+                            "head": towers.audio.has_head},
+            "space": c.space,
             "dim": c.out_dim, "audio_encoder": c.audio_encoder, "aggregation": c.aggregation,
             "backbone": c.backbone, "pooling": c.pooling, "max_length": c.max_length, "opset": opset,
-            "audio_stats": "audio_mean / audio_std in ../hf/model.safetensors; "
-                           "retrieval audio = normalize((audio - audio_mean) / audio_std)",
+            "audio_stats": "inside audio_tower.onnx (also in ../hf/, model.safetensors or audio_tower/)",
             "max_abs_diff_vs_pytorch": diff, "training_data": training or {},
         })
         final = out / "onnx"
@@ -320,9 +387,18 @@ def onnx_available() -> bool:
 
 @stage_function
 def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
-    from .encoders.text import TextEmbedder
+    from .runs import load_towers
 
     progress = progress or NullProgress()
+    if cfg.target not in TARGETS:
+        raise unknown_choice("export target", cfg.target, TARGETS)
+    if cfg.target == "audiomuse":
+        if not onnx_available():
+            raise MtxError("the AudioMuse-AI export is ONNX and needs the onnx and onnxruntime packages",
+                           hint="pip install 'musiccli[onnx]'")
+        from .export_audiomuse import export_for_audiomuse
+
+        return export_for_audiomuse(state, cfg, progress)
     for f in cfg.formats:
         if f not in FORMATS:
             raise unknown_choice("export format", f, FORMATS)
@@ -333,7 +409,7 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
         raise MtxError("ONNX export needs the onnx and onnxruntime packages",
                        hint="pip install 'musiccli[onnx]', or export only --format hf")
     info = resolve_run(state, cfg.run)
-    if info.meta.get("objective") == "student":
+    if info.objective == "student":
         return _export_student(state, cfg, info, formats, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
@@ -354,7 +430,7 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
                             skipped=True)
     done: dict[str, str] = dict(stage.record.counters.get("paths", {})) if stage.resumed else {}
     diff: float | None = stage.record.counters.get("onnx_max_abs_diff") if stage.resumed else None
-    model = TextEmbedder.from_pretrained(ckpt)
+    towers = load_towers(ckpt)
     log.info("exporting run %s (%s checkpoint) to %s", info.name, cfg.checkpoint, out)
     # ONNX first, so the model card in hf/ can quote the verified difference.
     order = [f for f in ("onnx", "hf") if f in formats]
@@ -364,11 +440,10 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
             if f in done and Path(done[f]).exists():
                 continue
             if f == "onnx":
-                path, diff = export_onnx(TextEmbedder.from_pretrained(ckpt), out, cfg.opset,
-                                         _training_data_summary(info))
+                path, diff = export_onnx(load_towers(ckpt), out, cfg.opset, _training_data_summary(info))
                 log.info("ONNX max abs diff vs PyTorch: %.2g", diff)
             else:
-                path = export_hf(info, model, cfg.checkpoint, out, diff)
+                path = export_hf(info, towers, cfg.checkpoint, out, diff)
             done[f] = str(path)
             stage.update(paths=done, onnx_max_abs_diff=diff)
             task.advance()

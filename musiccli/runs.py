@@ -9,6 +9,9 @@ checkpoint's numbers for the other::
     exports/<run>/<checkpoint>/{hf,onnx}/
 
 ``eval``, ``export`` and ``search`` import these helpers; none reads another's module.
+:func:`load_towers` is the one way any of them (and ``--init-from``) gets a checkpoint's two
+towers: the text embedder, and the audio tower its vectors are compared with (the identity
+after standardising for ``align`` runs, the trained head in ``audio_tower/`` for ``joint`` runs).
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MtxError, unknown_choice
 from .manifest import resolve_manifest
 from .state import StateDir, file_sha256, read_json
+
+if TYPE_CHECKING:
+    from .encoders.towers import Towers
 
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 CHECKPOINTS = ("best", "latest")
 WEIGHTS = "model.safetensors"
+AUDIO_TOWER_DIR = "audio_tower"   # beside the text tower in a joint run's checkpoint (and in hf/ exports)
 
 
 @dataclass
@@ -41,6 +48,12 @@ class RunInfo:
     @property
     def audio_encoder(self) -> str:
         return str(self.meta.get("audio_encoder", ""))
+
+    @property
+    def objective(self) -> str:
+        """What trained it (``training.objectives``): align and joint runs load through :func:`load_towers`;
+        a ``student`` run holds its own two towers (``encoders.student.StudentModel``)."""
+        return str(self.meta.get("objective") or "align")
 
     def has_checkpoint(self, checkpoint: str) -> bool:
         return (self.dir / checkpoint / WEIGHTS).exists()
@@ -126,6 +139,9 @@ def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
     """
     head = ckpt_dir / WEIGHTS
     ident: dict[str, Any] = {"head_sha256": file_sha256(head)[:16]}
+    audio_tower = ckpt_dir / AUDIO_TOWER_DIR / WEIGHTS   # joint runs' trained audio tower
+    if audio_tower.exists():
+        ident["audio_tower_sha256"] = file_sha256(audio_tower)[:16]
     backbone = ckpt_dir / "backbone" / WEIGHTS
     if backbone.exists():
         st = backbone.stat()
@@ -153,3 +169,24 @@ def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None)
         raise MtxError(f"no {info.audio_encoder} embeddings for manifest {name!r} ({emb})",
                        hint=f"run `mtx embed --audio-encoder {info.audio_encoder} --manifest {name}` first")
     return name, mpath, emb
+
+
+# --------------------------------------------------------------------------- the run's towers
+def load_towers(ckpt_dir: str | Path, device: Any = "cpu") -> "Towers":
+    """The text embedder and audio tower saved in ``ckpt_dir`` (a run checkpoint or an export's hf/)."""
+    from .encoders.text import CONFIG_NAME, TextEmbedder
+    from .encoders.towers import AudioTower, Towers
+
+    ckpt_dir = Path(ckpt_dir)
+    text = TextEmbedder.from_pretrained(ckpt_dir, device=device)
+    if (ckpt_dir / AUDIO_TOWER_DIR / CONFIG_NAME).exists():
+        audio = AudioTower.from_pretrained(ckpt_dir / AUDIO_TOWER_DIR, device=device)
+    else:
+        if text.config.space == "joint":
+            raise MtxError(f"{ckpt_dir} holds a joint-space text tower but no {AUDIO_TOWER_DIR}/",
+                           hint="the checkpoint is incomplete: retrain or re-export it")
+        audio = AudioTower.identity(text.audio_mean, text.audio_std).to(device).eval()
+    if audio.dim != text.config.out_dim:
+        raise MtxError(f"{ckpt_dir}: the text tower outputs {text.config.out_dim} dims, the audio tower "
+                       f"{audio.dim}", hint="the checkpoint is inconsistent: retrain it")
+    return Towers(text, audio)

@@ -74,6 +74,8 @@ class SearchConfig:
     manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
     model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
+    playlist: str | None = None    # also save the hits as this playlist on the media server
+    server: str | None = None      # jellyfin | navidrome (default: MEDIASERVER_TYPE)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class SearchResult:
     text_model: str = "run"
     encoder: str = ""
     model_id: str | None = None    # native: the text tower's checkpoint
+    playlist: dict[str, Any] | None = None  # with --playlist: server, name, playlist_id, tracks, created
     warnings: list[str] = field(default_factory=list)  # e.g. the run never saw the library's sources
 
 
@@ -121,6 +124,17 @@ class QueryModel:
     model: Any                     # TextEmbedder | NativeTextModel
     run: RunInfo | None = None     # kind "run" only
     checkpoint: str | None = None  # kind "run" only
+    audio: Any = None              # kind "run": the run's AudioTower (identity for align, the head for joint)
+
+    @property
+    def audio_side(self) -> Any:
+        """What maps stored audio rows into the query space (``audio_for_retrieval``)."""
+        return self.audio if self.audio is not None else self.model
+
+    @property
+    def audio_dim(self) -> int | None:
+        """The stored width a run's audio tower reads (None for native towers, which slice rows)."""
+        return int(self.audio.in_dim) if self.audio is not None else None
 
     @property
     def label(self) -> str:
@@ -150,18 +164,19 @@ class QueryModel:
 
 
 def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
-    """A run's text embedder at its default checkpoint."""
-    from .encoders.text import TextEmbedder
+    """A run's two towers at its default checkpoint."""
+    from .runs import load_towers
 
     checkpoint = info.default_checkpoint()
-    if info.meta.get("objective") == "student":
-        # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`.
+    if info.objective == "student":
+        # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`,
+        # whose stored rows are already unit vectors (the model's audio_for_retrieval only checks them).
         from .encoders.student import StudentModel
 
         model = StudentModel.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
         return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
-    model = TextEmbedder.from_pretrained(info.checkpoint_dir(checkpoint), device=device)
-    return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
+    towers = load_towers(info.checkpoint_dir(checkpoint), device=device)
+    return QueryModel("run", info.audio_encoder, towers.text, run=info, checkpoint=checkpoint, audio=towers.audio)
 
 
 def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
@@ -268,10 +283,11 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     with EmbeddingStore(store_path) as store:
         # A run predicts exactly the store's dim; a native tower reads a mean [D] or stats [3 D] row
         # (audio_for_retrieval refuses any other width with its own hint).
-        if text.run is not None and store.dim != text.dim:
-            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run predicts {text.dim}",
+        if text.audio_dim is not None and store.dim != text.audio_dim:
+            raise MtxError(f"store {store_path.name} has dim {store.dim}, the run's audio tower reads "
+                           f"{text.audio_dim}",
                            hint="index a library embedded with the run's audio encoder")
-        if text.run is not None and text.run.meta.get("objective") == "student" \
+        if text.run is not None and text.run.objective == "student" \
                 and store.attrs.get("model_id") != text.run.name:
             raise MtxError(f"{store_path} was embedded with student {store.attrs.get('model_id')!r}, "
                            f"not with run {text.run.name!r}",
@@ -284,7 +300,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
             with progress.task("Indexing", total=n, unit="tracks") as task:
                 for start, chunk in store.iter_chunks():   # sized in bytes, whatever the dim
                     progress.check_interrupt()
-                    mm[start:start + len(chunk)] = text.model.audio_for_retrieval(chunk)
+                    mm[start:start + len(chunk)] = text.audio_side.audio_for_retrieval(chunk)
                     task.advance(len(chunk))
             mm.flush()
             del mm
@@ -425,9 +441,16 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
                      "audio_path": item.get("audio_path"), "duration": item.get("duration")})
+    playlist = None
+    if cfg.playlist is not None:
+        from dataclasses import asdict
+
+        from .playlists import save_playlist
+
+        playlist = asdict(save_playlist(state, index.name, hits, cfg.playlist, cfg.server))
     return SearchResult(query=cfg.query, run=text.run.name if text.run is not None else None, index=index.name,
                         hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
-                        model_id=text.model_id, warnings=warnings)
+                        model_id=text.model_id, warnings=warnings, playlist=playlist)
 
 
 def _provenance_warning(text: QueryModel, index: Index) -> str | None:

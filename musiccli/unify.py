@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
+from .llm_captions import LLMConfig
 from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2   # 2: records carry their recording's group key
 MISSING_EXAMPLES = 5
+CAPTION_MODES = ("tags", "llm")
 
 
 @dataclass
@@ -47,6 +49,9 @@ class UnifyConfig:
     name: str = "default"
     dry_run: bool = False
     keep_official_splits: bool = False
+    captions: str = "tags"                 # tags: synthesised where a source has no human caption; llm
+    descriptions_per_song: int = 5         # --captions llm
+    llm: LLMConfig | None = None           # --captions llm: endpoint, model, concurrency (None: defaults)
     resume: Resume = Resume.FRESH
 
 
@@ -72,6 +77,9 @@ class UnifyResult:
     parsed: int = 0
     dry_run: bool = False
     skipped: bool = False
+    captions: str = "tags"                 # which caption mode ran
+    synthesised: int = 0                   # records whose caption was synthesised from tags/features
+    llm: dict[str, Any] | None = None      # --captions llm: model, calls, cached, failed, tokens
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
     # --keep-official-splits: records moved so that no recording/artist component crosses splits
     split_conflicts: int = 0
@@ -148,6 +156,10 @@ def _validate(cfg: UnifyConfig) -> None:
     for flag, v in (("--max-samples", cfg.max_samples), ("--samples-per-dataset", cfg.samples_per_dataset)):
         if v is not None and v < 1:
             raise MtxError(f"{flag} must be at least 1 (got {v})")
+    if cfg.captions not in CAPTION_MODES:
+        raise MtxError(f"unknown --captions {cfg.captions!r}", hint="choose tags (no LLM) or llm")
+    if cfg.descriptions_per_song < 1:
+        raise MtxError(f"--descriptions-per-song must be at least 1 (got {cfg.descriptions_per_song})")
     if cfg.min_duration is not None and cfg.max_duration is not None and cfg.min_duration > cfg.max_duration:
         raise MtxError(f"--min-duration {cfg.min_duration} is above --max-duration {cfg.max_duration}")
 
@@ -228,8 +240,11 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     names, download_failures = _select_datasets(state, cfg.datasets)
     identities = {n: dataset_identity(state.dataset_dir(n)) for n in names}
     out_path = state.manifest_path(cfg.name)
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "dry_run", "name", "datasets")}
+    config = {k: v for k, v in asdict(cfg).items()
+              if k not in ("resume", "dry_run", "name", "datasets", "llm", "descriptions_per_song")}
     config["datasets"] = names
+    if cfg.captions == "llm":
+        config["llm"] = _llm_config(cfg).identity()
     config["inputs"] = identities
 
     run = None
@@ -264,15 +279,42 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
     chosen, splits = select_and_split(filtered.records, cfg)
+    llm = None
+    if cfg.captions == "llm" and not cfg.dry_run:
+        llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
+    synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
                          dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run,
                          download_failures=download_failures,
-                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden)
+                         split_conflicts=splits.official_conflicts, split_overridden=splits.overridden,
+                         captions=cfg.captions, synthesised=synthesised, llm=llm)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
     return result
+
+
+def _llm_config(cfg: UnifyConfig) -> LLMConfig:
+    from dataclasses import replace
+
+    return replace(cfg.llm or LLMConfig(), n=cfg.descriptions_per_song)
+
+
+def _caption_with_llm(state: StateDir, records: list[Record], cfg: UnifyConfig, progress: Progress):
+    """LLM captions for records without a human one; nearest-neighbour context from imported CLAP vectors."""
+    from .llm_captions import caption_records
+    from .sources.audiomuse import NAME as AUDIOMUSE, imported_teachers
+    from .store import EmbeddingStore
+
+    vectors = {}
+    clap = imported_teachers(state.dataset_dir(AUDIOMUSE)).get("clap")
+    wanted = [r.id for r in records if r.dataset == AUDIOMUSE]
+    if clap is not None and wanted:
+        with EmbeddingStore(clap) as st:
+            have = [i for i in wanted if st.has(i)]
+            vectors = dict(zip(have, st.get(have))) if have else {}
+    return caption_records(state, records, _llm_config(cfg), vectors, progress)
 
 
 def _check_unique(records: Sequence[Record]) -> None:

@@ -158,3 +158,17 @@ def make_run(state, tiny_backbone: Path):
                 "dim": dim, "encoder": encoder}
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL server (initdb + pg_ctl on a free loopback port) for the AudioMuse-AI tests."""
+    from pgserver import find_bin, start
+
+    if not find_bin("initdb"):
+        pytest.skip("PostgreSQL's initdb is not installed (Debian package `postgresql`; .ci/run installs it)")
+    server, stop = start()
+    try:
+        yield server
+    finally:
+        stop()

@@ -79,6 +79,12 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     run_dir = sstate.run_dir("s1")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["objective"] == "student" and set(info["teachers"]) == {"dsp", "tiny"}
+    # the student's defaults filled in by TrainConfig.resolved(), and main's provenance record
+    assert (info["config"]["lr"], info["config"]["weight_decay"]) == (1e-3, 1e-4)
+    from musiccli.manifest import read_manifest
+
+    train_ids = {r.id for r in read_manifest(sstate.manifest_path("lib")) if r.split == "train"}
+    assert info["training_data"]["manifest"] == "lib" and info["training_data"]["tracks"] == len(train_ids)
     losses = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in losses if "train_loss" in e]
     assert steps and all(e["train_loss"] > 0 and "distill_dsp" in e and "infonce" in e for e in steps)
@@ -280,6 +286,20 @@ def test_teacher_parsing():
 def test_bad_student_options(cli, sstate, args, message):
     r = cli("train", "--objective", "student", *TINY, *args)
     assert r.exit_code == 1 and message in r.output.lower(), r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--audio-encoder", "dsp", "--teachers", "dsp:1"], "--teachers only applies to --objective student"),
+    (["--audio-encoder", "dsp", "--student-blocks", "4"], "--student-blocks only applies to --objective student"),
+    (["--audio-encoder", "dsp", "--objective", "joint", "--crop", "3"], "--crop only applies"),
+    (["--objective", "student", "--audio-encoder", "dsp"], "--audio-encoder does not apply to --objective student"),
+    (["--objective", "student", "--loss", "infonce"], "--loss does not apply to --objective student"),
+    (["--objective", "student", "--init-from", "x"], "--init-from does not apply"),
+])
+def test_flags_of_one_objective_are_refused_by_the_others(cli, sstate, args, message):
+    r = cli("train", "--epochs", "1", "--device", "cpu", *args)
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert not list(sstate.stages_dir.glob("train*"))
 
 
 def test_objective_names_match_the_registry():

@@ -34,6 +34,15 @@ def command(
     max_shards: Annotated[int | None, typer.Option("--max-shards", min=1,
                                                    help="Download at most this many archive shards.")] = None,
     path: Annotated[Path | None, typer.Option("--path", help="folder: directory of your own music.")] = None,
+    dsn: Annotated[str | None, typer.Option("--dsn",
+                                            help="audiomuse: PostgreSQL connection string (default: DATABASE_URL, "
+                                                 "else POSTGRES_HOST/PORT/USER/PASSWORD/DB).",
+                                            show_default=False)] = None,
+    server: Annotated[str | None, typer.Option("--server", help="audiomuse: where audio comes from: jellyfin, "
+                                                                "navidrome or local (default: MEDIASERVER_TYPE, "
+                                                                "else local).",
+                                               autocompletion=lambda incomplete: ["jellyfin", "navidrome", "local"],
+                                               show_default=False)] = None,
     phase: Annotated[int | None, typer.Option("--phase", min=1, max=2,
                                               help="Download every source of a phase: 1 short clips, "
                                                    "2 full songs.")] = None,
@@ -77,7 +86,7 @@ def command(
                          workers=workers, rate_limit=rate_limit,
                          keep_archives=keep_archives, seed=seed, n=n, duration=duration,
                          sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
-                         path=path.expanduser().resolve() if path else None)
+                         path=path.expanduser().resolve() if path else None, dsn=dsn, server=server)
     target = f"--phase {phase}" if phase is not None else source
     with app.progress(resume_hint=f"mtx download {target} --continue") as progress:
         results = run_downloads(app.state, names, cfg, Resume.from_flags(cont or retry_failed, force), progress,

@@ -41,6 +41,11 @@ def command(
                                                                       "(native: native-<encoder>--<manifest>).",
                                               autocompletion=_complete_indexes)] = None,
     m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist.")] = None,
+    playlist: Annotated[str | None, typer.Option("--playlist", help="Also create (or replace) this playlist on "
+                                                                      "the media server with the hits.")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="With --playlist: jellyfin or navidrome "
+                                                                "(default: MEDIASERVER_TYPE).",
+                                               autocompletion=lambda incomplete: ["jellyfin", "navidrome"])] = None,
     device: Device = "cpu",
     cont: Annotated[bool, typer.Option("--continue", help="Finish an interrupted index build, then search.")
                     ] = False,
@@ -56,7 +61,7 @@ def command(
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
-                       resume=resume)
+                       resume=resume, playlist=playlist, server=server)
     with app.progress(resume_hint=f"mtx search {query!r} --continue") as progress:
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \
@@ -75,4 +80,9 @@ def command(
     app.out.table(table)
     if m3u is not None:
         app.out.info(f"playlist: {write_m3u(m3u, result.hits)}")
+    if result.playlist is not None:
+        p = result.playlist
+        app.out.info(f"{p['server']} playlist {p['name']!r} {'created' if p['created'] else 'replaced'}: "
+                     f"{p['tracks']} track(s)" + (f", {len(p['unmapped'])} hit(s) without a server id left out"
+                                                  if p["unmapped"] else ""))
     app.out.result(result)

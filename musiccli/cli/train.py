@@ -1,4 +1,5 @@
-"""`mtx train`: fit a text embedder to an audio encoder's embeddings."""
+"""`mtx train`: fit a text embedder (and, for joint runs, an audio tower) to an audio encoder's embeddings,
+or (--objective student) a small two-tower model distilled from teacher stores."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from ._context import get_ctx
 from ._options import _complete_encoders, Continue, Device, Force, JsonOut, Manifest, Precision, Seed
 from ._output import make_table
 
-# Kept in sync with musiccli.training.losses.LOSSES by a test; importing the registry here
-# would pull torch into `mtx --help`.
+# Kept in sync with the registries (LOSSES, OBJECTIVES, TEXT_REPS, TRACKERS, RECIPES) by a test;
+# importing them here would pull torch into `mtx --help`.
 LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
-# Kept in sync with musiccli.training.objectives.OBJECTIVES by a test (same reason).
-OBJECTIVE_NAMES = ("align", "student")
-
-
-def _complete_objectives(incomplete: str) -> list[str]:
-    return [n for n in OBJECTIVE_NAMES if n.startswith(incomplete)]
+OBJECTIVE_NAMES = ("align", "joint", "student")
+TEXT_REP_NAMES = ("caption", "tag", "stochastic", "mixed")
+POOLING_NAMES = ("mean", "cls", "layers")
+TRACKER_NAMES = ("none", "tensorboard", "wandb")
+RECIPE_NAMES = ("navidrome",)
+STUDENT_TEXT_TOWERS = ("mean", "transformer")
 
 
 def _complete_losses(incomplete: str) -> list[str]:
@@ -27,102 +28,132 @@ def _complete_losses(incomplete: str) -> list[str]:
     return [n for n in LOSSES if n.startswith(incomplete)]
 
 
+def _choices(names: tuple[str, ...]):
+    return lambda incomplete: [n for n in names if n.startswith(incomplete)]
+
+
+def _opt(*names: str, help: str, **kw):
+    return typer.Option(*names, help=help, **kw)
+
+
 def command(
     ctx: typer.Context,
-    audio_encoder: Annotated[str | None, typer.Option(
-        "--audio-encoder", "-e", help="Audio encoder whose store the text tower aligns to (--objective align).",
-        autocompletion=_complete_encoders)] = None,
+    audio_encoder: Annotated[str | None, _opt("--audio-encoder", "-e", help="Audio encoder whose store the towers "
+                                              "train on (align, joint; a student reads audio and --teachers).",
+                                              autocompletion=_complete_encoders)] = None,
     manifest: Manifest = None,
-    objective: Annotated[str, typer.Option("--objective", help=f"What to train: {', '.join(OBJECTIVE_NAMES)} "
-                                           "(student: small mel-CNN music tower + text tower, distilled from "
-                                           "--teachers).", autocompletion=_complete_objectives)] = "align",
-    run: Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")]
-    = None,
-    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm, roberta, distilbert, "
-                                               "a Hub id or a local path.")] = "minilm",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1,
-                                                   help="Batch size (default: align 64, student 32).")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (align: the backbone's, the head uses "
-                                             "10x; default align 5e-5, student 1e-3).")] = None,
-    loss: Annotated[str, typer.Option("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}.",
-                                      autocompletion=_complete_losses)] = "combined",
-    temperature: Annotated[float, typer.Option("--temperature", help="InfoNCE temperature.")] = 0.07,
-    learn_temperature: Annotated[bool, typer.Option("--learn-temperature",
-                                                    help="Learn the temperature (log-parameterised).")] = False,
-    mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
-    patience: Annotated[int | None, typer.Option("--patience", min=1,
-                                                 help="Stop after N epochs without val R@10 improvement.")] = None,
-    head_hidden: Annotated[int, typer.Option("--head-hidden", min=1, help="Hidden width of the projection head.")]
-    = 1024,
-    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Max caption tokens.")] = 64,
-    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings/--train-embeddings",
-                                                    help="Keep the backbone's token embeddings frozen "
-                                                         "(about 3x faster steps on a CPU).")] = True,
-    freeze_layers: Annotated[int, typer.Option("--freeze-layers", min=0,
-                                               help="Also freeze the lowest N transformer layers.")] = 0,
+    run: Annotated[str | None, _opt("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")] = None,
+    objective: Annotated[str, _opt("--objective", help=f"What trains: {', '.join(OBJECTIVE_NAMES)} (align: text "
+                                   "into the frozen audio space; joint: both towers into a shared space; student: "
+                                   "small mel-CNN music tower + text tower, distilled from --teachers).",
+                                   autocompletion=_choices(OBJECTIVE_NAMES))] = "align",
+    joint_dim: Annotated[int | None, _opt("--joint-dim", min=2, help="Joint objective: width of the shared "
+                                          "space (default: 128).")] = None,
+    recipe: Annotated[str | None, _opt("--recipe", help="Per-encoder defaults for backbone, pooling and batch "
+                                       f"size ({', '.join(RECIPE_NAMES)}); explicit flags still win.",
+                                       autocompletion=_choices(RECIPE_NAMES))] = None,
+    text_backbone: Annotated[str | None, _opt("--text-backbone", help="minilm, roberta, distilbert, a Hub id or "
+                                              "a local path (default: recipe or minilm).")] = None,
+    text_pooling: Annotated[str | None, _opt("--text-pooling", help=f"{', '.join(POOLING_NAMES)} (layers: every "
+                                             "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
+                                             autocompletion=_choices(POOLING_NAMES))] = None,
+    text_rep: Annotated[str, _opt("--text-rep", help=f"Training text: {', '.join(TEXT_REP_NAMES)} (stochastic: "
+                                  "k ~ U{1..L} tags joined; mixed: caption, alt caption, tags or 'title by artist').",
+                                  autocompletion=_choices(TEXT_REP_NAMES))] = "caption",
+    epochs: Annotated[int, _opt("--epochs", min=1, help="Training epochs.")] = 10,
+    batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1, help="Batch size per process and "
+                                           "sub-batch (default: recipe or 64; student 32).")] = None,
+    accum_steps: Annotated[int, _opt("--accum-steps", min=1, help="GradCache: each step is N sub-batches with "
+                                     "the exact gradients of one N x larger batch.")] = 1,
+    lr: Annotated[float | None, _opt("--lr", help="Backbone learning rate (default 5e-5; student 1e-3).")] = None,
+    head_lr_mult: Annotated[float, _opt("--head-lr-mult", min=0.0, help="Heads learn at lr x this.")] = 10.0,
+    weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0, help="AdamW weight decay "
+                                               "(default 0.01; student 1e-4).")] = None,
+    warmup_ratio: Annotated[float | None, _opt("--warmup-ratio", min=0.0, max=1.0, help="Linear warmup share of "
+                                               "the steps, then cosine decay (default 0.1; student 0.05).")] = None,
+    loss: Annotated[str | None, _opt("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}, or a combination such as "
+                                     "infonce+0.5*listmle (default: combined for align, infonce for joint).",
+                                     autocompletion=_complete_losses)] = None,
+    temperature: Annotated[float, _opt("--temperature", help="InfoNCE / ListMLE temperature.")] = 0.07,
+    learn_temperature: Annotated[bool, _opt("--learn-temperature",
+                                            help="Learn the temperature (log-parameterised).")] = False,
+    mse_weight: Annotated[float, _opt("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
+    margin: Annotated[float, _opt("--margin", help="Triplet loss margin.")] = 0.2,
+    distill_metric: Annotated[str, _opt("--distill-metric", help="Distillation point loss: mse or cosine.",
+                                        autocompletion=_choices(("mse", "cosine")))] = "mse",
+    distill_kl_weight: Annotated[float, _opt("--distill-kl-weight", min=0.0, help="Weight of the in-batch "
+                                             "similarity KL in distillation (0 = off).")] = 1.0,
+    head_hidden: Annotated[int, _opt("--head-hidden", min=1, help="Hidden width of the projection heads.")] = 1024,
+    dropout: Annotated[float, _opt("--dropout", min=0.0, max=1.0, help="Dropout in the heads.")] = 0.1,
+    freeze_embeddings: Annotated[bool, _opt("--freeze-embeddings/--train-embeddings",
+                                            help="Keep the backbone's token embeddings frozen "
+                                                 "(about 3x faster steps on a CPU).")] = True,
+    freeze_layers: Annotated[int, _opt("--freeze-layers", min=0,
+                                       help="Also freeze the lowest N transformer layers.")] = 0,
+    grad_checkpointing: Annotated[bool, _opt("--grad-checkpointing", help="Recompute backbone activations in "
+                                             "backward (less memory, slower steps).")] = False,
+    max_length: Annotated[int, _opt("--max-length", min=8, help="Max caption tokens.")] = 64,
+    grad_clip: Annotated[float, _opt("--grad-clip", min=0.0, help="Clip the gradient norm (0 = off).")] = 1.0,
+    patience: Annotated[int | None, _opt("--patience", min=1,
+                                         help="Stop after N epochs without val R@10 improvement.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Distil a (smaller) --text-backbone student "
-                                                "from this trained run.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1,
-                                                         help="Also checkpoint every N steps "
-                                                              "(always at epoch end).")] = None,
-    teachers: Annotated[str, typer.Option("--teachers", help="student: teacher stores NAME:WEIGHT,... "
-                                          "(the design's pair is musicnn:0.3,clap:0.4).")] = "musicnn:0.3,dsp:0.4",
-    contrastive_weight: Annotated[float, typer.Option("--contrastive-weight", min=0.0,
-                                                      help="student: weight of music-text InfoNCE.")] = 0.3,
-    distill_loss: Annotated[str, typer.Option("--distill-loss", help="student: mse or cosine, on standardised "
-                                              "teacher vectors.")] = "mse",
-    student_blocks: Annotated[int, typer.Option("--student-blocks", min=1, max=6,
-                                                help="student: conv blocks (channels 32, 64, 128, ...).")] = 3,
-    student_channels: Annotated[int, typer.Option("--student-channels", min=1,
-                                                  help="student: channels of the first block.")] = 32,
-    student_residual: Annotated[bool, typer.Option("--student-residual",
-                                                   help="student: residual conv blocks.")] = False,
-    crop: Annotated[float, typer.Option("--crop", min=0.1, help="student: seconds per random audio crop.")] = 30.0,
-    text_tower: Annotated[str, typer.Option("--text-tower", help="student: mean (token mean) or transformer "
-                                            "(2 layers, 4 heads).")] = "mean",
-    vocab_size: Annotated[int, typer.Option("--vocab-size", min=16, help="student: WordPiece vocabulary "
-                                            "trained on the captions (3072 keeps the text ONNX under 8 MB).")]
-    = 3072,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="student: audio/mel loader "
-                                             "processes.")] = 2,
+    teacher: Annotated[str | None, _opt("--teacher", help="Distil a (smaller) --text-backbone student "
+                                        "from this trained run.")] = None,
+    init_from: Annotated[str | None, _opt("--init-from", help="Start from another run's weights: RUN, RUN:best "
+                                          "or RUN:latest (fresh optimiser and schedule).")] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1,
+                                                 help="Also checkpoint every N steps (always at epoch end).")] = None,
+    eval_every: Annotated[int | None, _opt("--eval-every", min=1, help="Also validate every N steps "
+                                           "(logged; best/ is still chosen at epoch ends).")] = None,
+    report_to: Annotated[str, _opt("--report-to", help=f"Experiment tracker: {', '.join(TRACKER_NAMES)} "
+                                   "(metrics.jsonl is always written).",
+                                   autocompletion=_choices(TRACKER_NAMES))] = "none",
+    val_split: Annotated[str, _opt("--val-split", help="Split used for validation.")] = "val",
+    use_alt_captions: Annotated[bool, _opt("--alt-captions/--no-alt-captions",
+                                           help="Draw from alternative captions too.")] = True,
+    teachers: Annotated[str | None, _opt("--teachers", help="student: teacher stores NAME:WEIGHT,... (default "
+                                         "musicnn:0.3,dsp:0.4; the design's pair is musicnn:0.3,clap:0.4).")] = None,
+    contrastive_weight: Annotated[float, _opt("--contrastive-weight", min=0.0,
+                                              help="student: weight of music-text InfoNCE.")] = 0.3,
+    distill_loss: Annotated[str, _opt("--distill-loss", help="student: mse or cosine, on standardised teacher "
+                                      "vectors.", autocompletion=_choices(("mse", "cosine")))] = "mse",
+    student_blocks: Annotated[int, _opt("--student-blocks", min=1, max=6,
+                                        help="student: conv blocks (channels 32, 64, 128, ...).")] = 3,
+    student_channels: Annotated[int, _opt("--student-channels", min=1,
+                                          help="student: channels of the first block.")] = 32,
+    student_residual: Annotated[bool, _opt("--student-residual", help="student: residual conv blocks.")] = False,
+    crop: Annotated[float, _opt("--crop", min=0.1, help="student: seconds per random audio crop.")] = 30.0,
+    text_tower: Annotated[str, _opt("--text-tower", help="student: mean (token mean) or transformer "
+                                    "(2 layers, 4 heads).", autocompletion=_choices(STUDENT_TEXT_TOWERS))] = "mean",
+    vocab_size: Annotated[int, _opt("--vocab-size", min=16, help="student: WordPiece vocabulary trained on the "
+                                    "captions (3072 keeps the text ONNX under 8 MB).")] = 3072,
+    num_workers: Annotated[int, _opt("--num-workers", min=0, help="student: audio/mel loader processes.")] = 2,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Train a text embedder into an audio encoder's space, or (--objective student) a small two-tower model."""
-    from ..errors import MtxError
+    """Train a text embedder whose vectors land in the audio encoder's space (or a joint space), or
+    (--objective student) a small two-tower model."""
     from ..state import Resume
-    from ..training import TrainConfig
-    from ..training.objectives import get_objective
+    from ..training import TrainConfig, run_train
 
     app = get_ctx(ctx, json_mode=as_json)
-    resume = Resume.from_flags(cont, force)
-    obj = get_objective(objective)
-    if objective == "student":
-        from ..training.student import StudentTrainConfig
-
-        cfg = StudentTrainConfig(
-            manifest=manifest, run=run, teachers=teachers, contrastive_weight=contrastive_weight,
-            distill_loss=distill_loss, temperature=temperature, epochs=epochs, batch_size=batch_size or 32,
-            lr=lr if lr is not None else 1e-3, patience=patience, blocks=student_blocks,
-            base_channels=student_channels, residual=student_residual, crop_s=crop, text_encoder=text_tower,
-            vocab_size=vocab_size, max_length=max_length, seed=seed, device=device, precision=precision,
-            num_workers=num_workers, checkpoint_every=checkpoint_every, resume=resume)
-    elif audio_encoder is None:
-        raise MtxError("--audio-encoder is required for --objective align",
-                       hint="e.g. mtx train --audio-encoder dsp, or mtx train --objective student")
-    else:
-        cfg = TrainConfig(audio_encoder=audio_encoder, manifest=manifest, run=run, text_backbone=text_backbone,
-                      epochs=epochs, batch_size=batch_size or 64, lr=lr if lr is not None else 5e-5, loss=loss,
-                      temperature=temperature,
-                      learn_temperature=learn_temperature, mse_weight=mse_weight, patience=patience, seed=seed,
-                      head_hidden=head_hidden, max_length=max_length, freeze_embeddings=freeze_embeddings,
-                      freeze_layers=freeze_layers, device=device, precision=precision, teacher=teacher, checkpoint_every=checkpoint_every,
-                      resume=resume)
+    cfg = TrainConfig(
+        audio_encoder=audio_encoder, manifest=manifest, run=run, objective=objective, joint_dim=joint_dim,
+        recipe=recipe, text_backbone=text_backbone, text_pooling=text_pooling, text_rep=text_rep, epochs=epochs,
+        batch_size=batch_size, accum_steps=accum_steps, lr=lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, loss=loss, temperature=temperature, learn_temperature=learn_temperature,
+        mse_weight=mse_weight, margin=margin, distill_metric=distill_metric, distill_kl_weight=distill_kl_weight,
+        head_hidden=head_hidden, dropout=dropout, freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers,
+        grad_checkpointing=grad_checkpointing, max_length=max_length, grad_clip=grad_clip or None,
+        patience=patience, seed=seed, device=device, precision=precision, checkpoint_every=checkpoint_every,
+        eval_every=eval_every, report_to=report_to, teacher=teacher, init_from=init_from, val_split=val_split,
+        use_alt_captions=use_alt_captions, teachers=teachers, contrastive_weight=contrastive_weight,
+        distill_loss=distill_loss, student_blocks=student_blocks, student_channels=student_channels,
+        student_residual=student_residual, crop=crop, text_tower=text_tower, vocab_size=vocab_size,
+        num_workers=num_workers, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
@@ -134,17 +165,20 @@ def command(
                      f"val loss {val}, val R@10 {r10}{cosines}{star}")
 
     with app.progress(resume_hint="mtx train --continue (with the same options)") as progress:
-        result = obj.runner()(app.state, cfg, progress, on_epoch=on_epoch)
+        result = run_train(app.state, cfg, progress, on_epoch=on_epoch)
 
     if result.skipped:
         app.out.info(f"run {result.run} is already complete (use --force to train it again)")
-    rows = [["run", result.run], ["loss", result.loss], ["epochs", result.epochs_done], ["steps", result.steps],
-            ["best epoch", result.best_epoch], ["best val R@10", result.best_val_r10],
-            ["final train loss", result.final_train_loss], ["final val loss", result.final_val_loss]]
+    rows = [["run", result.run], ["objective", result.objective], ["loss", result.loss],
+            ["epochs", result.epochs_done], ["steps", result.steps], ["best epoch", result.best_epoch],
+            ["best val R@10", result.best_val_r10], ["final train loss", result.final_train_loss],
+            ["final val loss", result.final_val_loss]]
     if not result.skipped:
         rows += [["steps/s", result.steps_per_s], ["seconds", result.seconds]]
     if result.stopped_early:
         rows.append(["stopped early", "yes (patience)"])
     app.out.table(make_table("Training", ["", "value"], rows))
     app.out.info(f"saved to {result.run_dir}")
+    if result.logs:
+        app.out.info(f"{report_to} logs: {result.logs}")
     app.out.result(result)

@@ -43,22 +43,37 @@ def command(
                                                             "component whose official splits disagree goes to "
                                                             "the most held-out one: test, then val).")
                                     ] = False,
+    captions: Annotated[str, typer.Option("--captions", help="For records without a human caption: tags "
+                                                             "(synthesised from moods/features/tempo/key) or llm "
+                                                             "(OPENAI_SERVER_URL / OPENAI_API_KEY / OPENAI_MODEL_NAME).",
+                                          autocompletion=lambda incomplete: ["tags", "llm"])] = "tags",
+    descriptions_per_song: Annotated[int, typer.Option("--descriptions-per-song", min=1,
+                                                       help="--captions llm: descriptions per song (the first is "
+                                                            "the caption, the rest alternatives).")] = 5,
+    llm_concurrency: Annotated[int, typer.Option("--llm-concurrency", min=1,
+                                                 help="--captions llm: requests in flight.")] = 4,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
     """Merge downloaded datasets into one manifest with leak-free 80/10/10 splits (by recording and artist)."""
+    from ..llm_captions import LLMConfig
     from ..state import Resume
     from ..unify import UnifyConfig, run_unify
 
     app = get_ctx(ctx, json_mode=as_json)
+    if captions not in ("tags", "llm"):
+        raise typer.BadParameter(f"{captions!r} is not one of tags, llm", param_hint="--captions")
     if stratify_by not in ("dataset", "duration", "none"):
         raise typer.BadParameter(f"{stratify_by!r} is not one of dataset, duration, none",
                                  param_hint="--stratify-by")
     cfg = UnifyConfig(datasets=_split_list(datasets), max_samples=max_samples, stratify_by=stratify_by,
                       samples_per_dataset=samples_per_dataset, min_duration=min_duration,
                       max_duration=max_duration, seed=seed, name=name, dry_run=dry_run,
-                      keep_official_splits=keep_official_splits, resume=Resume.from_flags(cont, force))
+                      keep_official_splits=keep_official_splits, captions=captions,
+                      descriptions_per_song=descriptions_per_song,
+                      llm=LLMConfig(concurrency=llm_concurrency) if captions == "llm" else None,
+                      resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint="mtx unify --continue") as progress:
         result = run_unify(app.state, cfg, progress)
 
@@ -80,6 +95,14 @@ def command(
     if result.split_overridden:
         app.out.info(f"[yellow]{result.split_overridden} record(s) in {result.split_conflicts} recording/artist "
                      f"group(s) with conflicting official splits were moved to the most held-out split[/]")
+    if result.llm is not None:
+        m = result.llm
+        app.out.info(f"captions: llm ({m['model']}): {m['records']} song(s), {m['calls']} call(s), {m['cached']} "
+                     f"from the cache, {m['failed']} failed (kept their synthesised caption); tokens "
+                     f"{m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
+    elif not result.skipped:
+        app.out.info(f"captions: tags ({result.synthesised} synthesised from moods, features, tempo and key)"
+                     if result.synthesised else "captions: tags (every record has its own caption)")
     if result.dry_run:
         app.out.info("dry run: nothing was written")
     elif result.skipped:

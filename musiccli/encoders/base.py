@@ -46,6 +46,8 @@ class EncoderSpec:
     tagger: bool = False
     # Keys accepted by `--encoder-option KEY=VALUE` (EncoderOptions.extra); anything else is refused.
     options: tuple[str, ...] = ()
+    # Set for spaces whose vectors are imported (``mtx download <source>``), never computed from audio.
+    imported_from: str | None = None
 
 
 @dataclass

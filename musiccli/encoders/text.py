@@ -67,12 +67,19 @@ class TextEmbedderConfig:
     out_dim: int
     hidden_dim: int = 1024
     dropout: float = 0.1
-    pooling: str = "mean"         # mean | cls
+    pooling: str = "mean"         # mean | cls | layers (every hidden layer mean-pooled, concatenated)
     max_length: int = 64
     audio_encoder: str | None = None
     aggregation: str | None = None
+    # "audio": predictions live in the audio encoder's standardised space (align);
+    # "joint": in a space shared with a trained audio tower (see encoders/towers.py).
+    space: str = "audio"
     model_type: str = MODEL_TYPE
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+POOLINGS = ("mean", "cls", "layers")
+SPACES = ("audio", "joint")
 
 
 class Head(nn.Module):
@@ -98,13 +105,25 @@ def _load_backbone(source: str):
     return tok, model
 
 
+def _mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp_min(1e-6)
+
+
 class TextEmbedder(nn.Module):
     def __init__(self, config: TextEmbedderConfig, backbone: nn.Module, tokenizer: Any) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
         self.tokenizer = tokenizer
+        if config.pooling not in POOLINGS:
+            raise MtxError(f"unknown text pooling {config.pooling!r}", hint=f"choose one of: {', '.join(POOLINGS)}")
+        if config.space not in SPACES:
+            raise MtxError(f"unknown text-embedder space {config.space!r}", hint=f"one of: {', '.join(SPACES)}")
         hidden = int(backbone.config.hidden_size)
+        if config.pooling == "layers":
+            # the Navidrome design's multi-layer extraction: L x hidden features before the head
+            hidden *= int(backbone.config.num_hidden_layers)
         self.head = Head(hidden, config.hidden_dim, config.out_dim, config.dropout)
         self.register_buffer("audio_mean", torch.zeros(config.out_dim))
         self.register_buffer("audio_std", torch.ones(config.out_dim))
@@ -166,9 +185,28 @@ class TextEmbedder(nn.Module):
         return (a - self.audio_mean) / self.audio_std
 
     def audio_for_retrieval(self, audio: np.ndarray) -> np.ndarray:
-        """Raw audio vectors -> unit vectors in the space text queries are compared in."""
+        """Raw audio vectors -> unit vectors in the space text queries are compared in (align runs;
+        a joint run's audio side is its trained audio tower: ``musiccli.runs.load_towers``)."""
+        self._require_audio_space()
         z = (np.asarray(audio, dtype=np.float32) - self.audio_mean.cpu().numpy()) / self.audio_std.cpu().numpy()
         return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+    def _require_audio_space(self) -> None:
+        if self.config.space != "audio":
+            raise MtxError("this text tower predicts into a joint space, not the audio encoder's",
+                           hint="map audio through the run's audio tower (musiccli.runs.load_towers)")
+
+    def enable_grad_checkpointing(self) -> None:
+        """Recompute the backbone's activations in backward instead of storing them."""
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            raise MtxError(f"backbone {self.config.backbone} does not support gradient checkpointing",
+                           hint="drop --grad-checkpointing")
+        kwargs = {"use_reentrant": False}   # the non-reentrant form replays dropout with the saved RNG state
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)   # transformers >= 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ------------------------------------------------------------------ forward
     @property
@@ -180,11 +218,14 @@ class TextEmbedder(nn.Module):
                               return_tensors="pt")
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "layers":
+            states = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   output_hidden_states=True).hidden_states[1:]   # [0] is the embedding output
+            return torch.cat([_mean_pool(h, attention_mask) for h in states], dim=-1)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.pooling == "cls":
             return out[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(out.dtype)
-        return (out * mask).sum(1) / mask.sum(1).clamp_min(1e-6)
+        return _mean_pool(out, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Predictions in the standardised audio space (not normalised)."""
@@ -197,6 +238,8 @@ class TextEmbedder(nn.Module):
         ``space="audio"``: the audio encoder's native space (no normalisation)."""
         if space not in ("retrieval", "audio"):
             raise MtxError(f"unknown space {space!r}", hint="use 'retrieval' or 'audio'")
+        if space == "audio":
+            self._require_audio_space()
         was_training = self.training
         self.eval()
         outs = []

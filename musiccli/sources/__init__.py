@@ -13,6 +13,7 @@ from . import musicbench  # noqa: F401  (registers "musicbench")
 from . import jamendo_maxcaps  # noqa: F401  (registers "jamendo-maxcaps")
 from . import suno  # noqa: F401  (registers "suno")
 from . import folder  # noqa: F401  (registers "folder")
+from . import audiomuse  # noqa: F401  (registers "audiomuse")
 
 
 def source_names() -> list[str]:

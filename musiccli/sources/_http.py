@@ -7,9 +7,10 @@ rest with ``Range: bytes=N-``. The checksum is computed while the bytes are writ
 and checked before the file is renamed into place, so ``dest`` existing means
 "complete and verified" (when a checksum is known).
 
-Authorization headers are never logged, never written anywhere, and dropped on
-redirects to hosts that are not the Hugging Face Hub (the Hub redirects file
-downloads to signed CDN URLs that must not receive the token).
+Authorization headers (and the media servers' X-Emby-Token / X-Plex-Token) are never
+logged, never written anywhere, and dropped on redirects to hosts that are not the
+Hugging Face Hub (the Hub redirects file downloads to signed CDN URLs that must not
+receive the token).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ USER_AGENT = "mtx/0.1 (+https://github.com/; dataset downloader)"
 HASHES = ("sha1", "sha256", "md5")
 HF_HOSTS = ("huggingface.co", "hf.co")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+# Never forwarded to another host on a redirect (urllib capitalises header names this way).
+SECRET_HEADERS = ("Authorization", "X-emby-token", "X-plex-token")
 
 
 class DownloadError(MtxError):
@@ -133,8 +136,9 @@ class _SafeRedirect(urllib.request.HTTPRedirectHandler):
             old_host = urllib.parse.urlparse(req.full_url).hostname
             new_host = urllib.parse.urlparse(new.full_url).hostname
             if new_host != old_host and not _is_hf_host(new.full_url):
-                new.remove_header("Authorization")
-                new.unredirected_hdrs.pop("Authorization", None)
+                for name in SECRET_HEADERS:   # media-server tokens travel in their own headers
+                    new.remove_header(name)
+                    new.unredirected_hdrs.pop(name, None)
         return new
 
 

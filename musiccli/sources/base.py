@@ -57,6 +57,9 @@ class DownloadConfig:
     quality: str = "low"
     max_shards: int | None = None
     path: Path | None = None
+    # audiomuse: the database (None: DATABASE_URL / POSTGRES_*) and the media server to fetch audio from
+    dsn: str | None = None
+    server: str | None = None
 
     @property
     def n_workers(self) -> int:
@@ -64,7 +67,7 @@ class DownloadConfig:
 
 
 # Options that change how a download runs, never what it produces: a resumed run may change them.
-HOW_NOT_WHAT = frozenset({"workers", "rate_limit", "mirror", "keep_archives"})
+HOW_NOT_WHAT = frozenset({"workers", "rate_limit", "mirror", "keep_archives", "dsn"})
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import MtxError
+from ..errors import MtxError, unknown_choice
 from ..manifest import Record, group_of
 from ..store import EmbeddingStore
+from .textrep import TEXT_REPS, draw_text
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,21 @@ class PairDataset(Dataset):
     """(caption, standardised audio vector) pairs for one epoch at a time.
 
     ``alt_captions`` take part: each epoch picks one of ``[caption, *alt_captions]``
-    per item, deterministically from (seed, epoch, index).
+    per item, deterministically from (seed, epoch, index). Other text representations
+    (``text_rep``: tag, stochastic, mixed; see :mod:`.textrep`) draw from the same key.
     """
 
     def __init__(self, split: Split, store: EmbeddingStore, mean: np.ndarray, std: np.ndarray, seed: int,
-                 use_alt_captions: bool = True) -> None:
+                 use_alt_captions: bool = True, text_rep: str = "caption") -> None:
         self.split = split
         self.store = store
         self.mean = mean.astype(np.float32)
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         self.seed = seed
         self.use_alt = use_alt_captions
+        if text_rep not in TEXT_REPS:
+            raise unknown_choice("text representation", text_rep, TEXT_REPS)
+        self.text_rep = text_rep
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -81,10 +86,13 @@ class PairDataset(Dataset):
 
     def caption(self, index: int, epoch: int | None = None) -> str:
         r = self.split.records[index]
+        key = _item_key(self.seed, self.epoch if epoch is None else epoch, index)
+        if self.text_rep != "caption":
+            return draw_text(r, self.text_rep, key, self.use_alt)
         caps = r.captions if self.use_alt else [r.caption]
         if len(caps) == 1:
             return caps[0]
-        return caps[_item_key(self.seed, self.epoch if epoch is None else epoch, index) % len(caps)]
+        return caps[key % len(caps)]
 
     def standardize(self, raw: np.ndarray) -> np.ndarray:
         return (raw - self.mean) / self.std

@@ -294,7 +294,51 @@ LOSSES: dict[str, Callable[[LossConfig], nn.Module]] = {
 DEFAULT_LOSS = "combined"
 
 
+class WeightedSum(nn.Module):
+    """A combination such as ``infonce+0.5*listmle``: the weighted sum of registered losses."""
+
+    def __init__(self, terms: list[tuple[float, str]], cfg: LossConfig) -> None:
+        super().__init__()
+        self.weights = [w for w, _ in terms]
+        self.names = [n for _, n in terms]
+        self.terms = nn.ModuleList(LOSSES[n](cfg) for n in self.names)
+
+    def forward(self, text_z: torch.Tensor, audio_z: torch.Tensor, **kw) -> tuple[torch.Tensor, dict[str, float]]:
+        values: list[torch.Tensor] = []
+        parts: dict[str, float] = {}
+        for w, loss_fn in zip(self.weights, self.terms):
+            value, p = loss_fn(text_z, audio_z, **kw)
+            parts.update(p)
+            values.append(w * value)
+        return torch.stack(values).sum(), parts
+
+
+def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
+    """``"infonce+0.5*listmle"`` -> ``[(1.0, "infonce"), (0.5, "listmle")]``; names checked against LOSSES."""
+    terms = []
+    for raw in spec.split("+"):
+        part = raw.strip()
+        weight = 1.0
+        if "*" in part:
+            w, _, part = part.partition("*")
+            try:
+                weight = float(w)
+            except ValueError:
+                raise MtxError(f"bad loss weight {w!r} in {spec!r}", hint="write e.g. infonce+0.5*listmle") from None
+            part = part.strip()
+        if part not in LOSSES:
+            raise unknown_choice("loss", part, LOSSES)
+        terms.append((weight, part))
+    return terms
+
+
+def loss_names(spec: str) -> list[str]:
+    return [n for _, n in parse_loss_spec(spec)]
+
+
 def build_loss(name: str, cfg: LossConfig | None = None) -> nn.Module:
-    if name not in LOSSES:
-        raise unknown_choice("loss", name, LOSSES)
-    return LOSSES[name](cfg or LossConfig())
+    """A registered loss by name, or a ``+``-combination of them (``infonce+0.5*triplet``)."""
+    terms = parse_loss_spec(name)
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return LOSSES[terms[0][1]](cfg or LossConfig())
+    return WeightedSum(terms, cfg or LossConfig())

@@ -38,6 +38,7 @@ from ..errors import Interrupted, MtxError, unknown_choice
 from ..manifest import Record, group_of, manifest_hash, read_manifest, resolve_manifest
 from ..retrieval import caption_relevance, text_to_music
 from ..progress import NullProgress, Progress
+from ..provenance import training_data
 from ..runtime import capture_rng_state, restore_rng_state, seed_everything, select_runtime
 from ..state import Resume, StateDir, begin_stage, check_name, stage_function, to_jsonable
 from ..store import EmbeddingStore
@@ -313,7 +314,9 @@ class _StudentTrainer:
                              for t in self.teachers},
                 "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
-                "best": self.best}
+                "best": self.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
 
     def _write_run_json(self, status: str) -> None:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
@@ -479,7 +482,7 @@ class _StudentTrainer:
             steps=self.step, best_epoch=self.best["epoch"], best_val_r10=self.best["val_R@10"],
             final_train_loss=last.get("epoch_train_loss"), final_val_loss=last.get("val_loss"), seconds=seconds,
             steps_per_s=steps_now / seconds if seconds > 0 else 0.0, stopped_early=self.stopped_early,
-            epochs=self.epoch_summaries)
+            objective="student", epochs=self.epoch_summaries)
         self._write_run_json("complete")
         self.stage.complete(result=asdict(result))
         return result

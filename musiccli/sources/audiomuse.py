@@ -1,0 +1,404 @@
+"""AudioMuse-AI: songs and teacher embeddings from its PostgreSQL database, audio from its media server.
+
+``mtx download audiomuse`` has two phases, both resumable:
+
+1. **Import** (read-only, see ``audiomuse_db``): keyset pages over ``score.item_id``. For each
+   page the teacher vectors are committed as store parts, then the song lines, then one ledger
+   entry per song (``pending``: imported, audio not fetched yet; ``failed``: a vector that is the
+   wrong size or not finite), then the cursor. A page re-read after a crash rewrites the same
+   parts, and duplicate song lines are merged on reading, so a resumed import equals an
+   uninterrupted one. When the last page is in, each store is assembled once.
+2. **Audio**: from Jellyfin, Navidrome, or the files themselves (``--server local``), through
+   ``sources._http.fetch`` (Range resume, retries), with ``--workers`` and ``--rate-limit``.
+
+Layout under ``datasets/audiomuse/``::
+
+    connection.json        target (host, port, database, user: no password), schema, server
+    songs.jsonl            one line per song (metadata, parsed moods and features)
+    cursor.json            the last committed page (keyset position)
+    teachers/<name>.h5     teacher stores (mtx store layout, ids = record ids)
+    import.json            written last: the import is complete (counts, dims)
+    audio.jsonl            per fetched file: path, duration and size
+    audio/<xx>/<id>.<ext>  the audio files
+    ledger.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import audiomuse_db as db
+from .. import store as store_mod
+from ..errors import MtxError
+from ..manifest import Record
+from ..progress import Progress
+from ..state import append_jsonl, atomic_write_json, iter_jsonl, read_json
+from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
+from .ledger import FAILED, OK, PENDING, Ledger, LedgerEntry, end_torn_line
+
+log = logging.getLogger(__name__)
+
+NAME = "audiomuse"
+PAGE_SIZE = 1000
+ID_PREFIX = f"{NAME}:"
+SONGS, CURSOR, IMPORTED, AUDIO_INDEX, CONNECTION = "songs.jsonl", "cursor.json", "import.json", "audio.jsonl", \
+    "connection.json"
+FEATURES = ("danceable", "aggressive", "happy", "party", "relaxed", "sad")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+INFO = SourceInfo(
+    name=NAME,
+    description="Your AudioMuse-AI library: songs + MusiCNN/CLAP teacher vectors from its PostgreSQL, "
+                "audio from Jellyfin/Navidrome/local files",
+    license="(your files)",
+    homepage="https://github.com/NeptuneHub/AudioMuse-AI",
+    phase=None,
+    options=("dsn", "server", "workers", "rate_limit"),
+)
+
+
+def record_id(item_id: str) -> str:
+    return ID_PREFIX + item_id
+
+
+def teacher_store_path(root: Path, name: str) -> Path:
+    """Where the imported vectors of teacher ``name`` (musicnn, clap, ...) live."""
+    return Path(root) / "teachers" / f"{name}.h5"
+
+
+def imported_teachers(root: Path) -> dict[str, Path]:
+    """Finished teacher stores of an import: name -> path."""
+    marker = Path(root) / IMPORTED
+    if not marker.exists():
+        return {}
+    done = read_json(marker).get("teachers", {})
+    return {n: teacher_store_path(root, n) for n in done if teacher_store_path(root, n).exists()}
+
+
+# --------------------------------------------------------------------------- captions (no LLM)
+def _tempo_word(bpm: float) -> str:
+    return "slow" if bpm < 80 else "mid-tempo" if bpm < 115 else "upbeat" if bpm < 140 else "fast"
+
+
+def describe_song(song: dict[str, Any], n: int = 3) -> list[str]:
+    """Captions from the mood vector, features, tempo, key and genre: the first is canonical.
+
+    "An energetic, danceable rock track in A minor at 128 BPM". The phrasing of the alternatives
+    depends only on the item id, so re-parsing gives the same manifest.
+    """
+    from ..captions import classify_tags, join_and, with_article
+
+    moods = sorted(song.get("moods", {}).items(), key=lambda kv: -kv[1])
+    ts = classify_tags([m for m, _ in moods])
+    genres = ts.genres[:2]
+    feats = [f for f, v in sorted(song.get("features", {}).items(), key=lambda kv: -kv[1]) if v >= 0.5]
+    adjectives = list(dict.fromkeys([*(("energetic",) if "party" in feats or "aggressive" in feats else ()),
+                                     *[f for f in feats if f in ("danceable", "aggressive", "happy", "relaxed",
+                                                                 "sad")], *ts.moods[:1]]))[:2]
+    genre = join_and(genres) if genres else None
+    noun = "track" if genres else "piece"
+    key = f"{song['key']} {song['scale']}" if song.get("key") and song.get("scale") else song.get("key")
+    tempo = song.get("tempo")
+    bpm = f"{round(float(tempo))} BPM" if isinstance(tempo, (int, float)) and tempo > 0 else None
+    tail = " ".join(p for p in (f"in {key}" if key else None, f"at {bpm}" if bpm else None) if p)
+    head = ", ".join(adjectives)
+    first = with_article(" ".join(p for p in (head, genre, noun) if p), capital=True) + (f" {tail}" if tail else "")
+    out = [first]
+    rng = random.Random(hashlib.sha1(str(song.get("item_id")).encode()).hexdigest())
+    if bpm:
+        out.append(f"{(genre or 'music').capitalize()} at {bpm}" + (f", feeling {join_and(adjectives)}"
+                                                                    if adjectives else ""))
+    if adjectives and genres:
+        out.append(f"{' and '.join(adjectives).capitalize()} {genre}" + (f" in {key}" if key else ""))
+    if song.get("title") and song.get("artist"):
+        out.append(f"{song['title']} by {song['artist']}")
+    alts = out[1:]
+    rng.shuffle(alts)
+    return list(dict.fromkeys([first, *alts]))[:max(1, n)]
+
+
+def song_tags(song: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """Tags (mood labels, then features at or above 0.5) and every label's score."""
+    scores = {**song.get("moods", {}), **{f: v for f, v in song.get("features", {}).items()}}
+    tags = [m for m, _ in sorted(song.get("moods", {}).items(), key=lambda kv: -kv[1])]
+    tags += [f for f, v in sorted(song.get("features", {}).items(), key=lambda kv: -kv[1]) if v >= 0.5]
+    return list(dict.fromkeys(tags)), scores
+
+
+# --------------------------------------------------------------------------- import
+def song_from_row(row: dict[str, Any], server_ids: bool = False) -> dict[str, Any]:
+    """One songs.jsonl line; ``server_ids``: the layout where item_id is the media server's own id."""
+    def num(k: str) -> float | None:
+        v = row.get(k)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    song = {"item_id": str(row["item_id"]), "title": row.get("title"), "artist": row.get("author"),
+            "album": row.get("album"), "album_artist": row.get("album_artist"),
+            "year": int(row["year"]) if isinstance(row.get("year"), int) else None,
+            "duration": num("duration"), "tempo": num("tempo"), "energy": num("energy"),
+            "key": row.get("key") or None, "scale": row.get("scale") or None,
+            "moods": db.parse_scores(row.get("mood_vector")), "features": db.parse_scores(row.get("other_features")),
+            "file_path": row.get("server_file_path") or row.get("file_path"),
+            "server_item_id": row.get("server_item_id") or (str(row["item_id"]) if server_ids else None)}
+    return {k: v for k, v in song.items() if v not in (None, {}, "")}
+
+
+class _Importer:
+    """One import run: pages in, parts + songs + ledger + cursor out (in that order)."""
+
+    def __init__(self, root: Path, conn, schema: db.Schema, server_id: str | None, ledger: Ledger,
+                 max_items: int | None) -> None:
+        self.root, self.conn, self.schema, self.server_id = root, conn, schema, server_id
+        self.ledger, self.max_items = ledger, max_items
+        self.teachers = [t.name for t in db.TEACHERS if t.name in schema.teachers]
+        if not self.teachers:
+            raise MtxError("the database has no embedding tables (embedding, clap_embedding, ...)",
+                           hint="run AudioMuse-AI's analysis first: mtx imports its vectors, it computes none")
+        cursor = read_json(root / CURSOR) if (root / CURSOR).exists() else {}
+        self.page = int(cursor.get("page", 0))
+        self.after = str(cursor.get("after", ""))
+        self.done = int(cursor.get("songs", 0))
+        self.dims: dict[str, int] = {k: int(v) for k, v in cursor.get("dims", {}).items()}
+
+    def run(self, progress: Progress) -> dict[str, Any]:
+        total = db.count_songs(self.conn)
+        if self.max_items is not None:
+            total = min(total, self.max_items)
+        with progress.task("Importing songs", total=total, unit="songs", completed=self.done) as task:
+            for rows in db.iter_pages(self.conn, self.schema, self.teachers, self.server_id, self.after,
+                                      self._page_size()):
+                if self.max_items is not None:
+                    rows = rows[: max(0, self.max_items - self.done)]
+                if not rows:
+                    break
+                self._commit(rows)
+                task.advance(len(rows))
+                progress.check_interrupt()
+                if self.max_items is not None and self.done >= self.max_items:
+                    break
+        return self._finish()
+
+    def _page_size(self) -> int:
+        if self.max_items is None:
+            return PAGE_SIZE
+        return max(1, min(PAGE_SIZE, self.max_items - self.done))
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        vectors: dict[str, list[tuple[str, np.ndarray]]] = {t: [] for t in self.teachers}
+        songs, failed = [], []
+        for row in rows:
+            item = str(row["item_id"])
+            try:
+                decoded = {t: db.decode_vector(row.get(f"vec_{t}"), self._dim(t), db.TEACHER_BY_NAME[t].table)
+                           for t in self.teachers}
+            except db.VectorError as e:
+                failed.append((item, str(e)))
+                continue
+            for t, v in decoded.items():
+                if v is not None:
+                    self.dims.setdefault(t, int(v.size))
+                    vectors[t].append((record_id(item), v))
+            songs.append(song_from_row(row, server_ids=self.schema.id_kind == "server"))
+        self._check_systemic(rows, failed)
+        for t in self.teachers:
+            ids = [i for i, _ in vectors[t]]
+            mat = np.stack([v for _, v in vectors[t]]) if ids else np.zeros((0, self.dims.get(t, 1)), np.float32)
+            store_mod.write_part(teacher_store_path(self.root, t), self.page, ids, mat)
+        append_jsonl(self.root / SONGS, songs)
+        # One fsync per page: pending = imported, audio not fetched yet (an ok entry stays ok).
+        self.ledger.record_many([LedgerEntry(id=s["item_id"], status=PENDING) for s in songs
+                                 if not self.ledger.is_ok(s["item_id"])]
+                                + [LedgerEntry(id=item, status=FAILED, reason=why) for item, why in failed])
+        self.page += 1
+        self.done += len(rows)
+        self.after = str(rows[-1]["item_id"])
+        atomic_write_json(self.root / CURSOR, {"page": self.page, "after": self.after, "songs": self.done,
+                                               "dims": self.dims})
+
+    def _dim(self, teacher: str) -> int | None:
+        return db.TEACHER_BY_NAME[teacher].dim or self.dims.get(teacher)
+
+    def _check_systemic(self, rows: list[dict[str, Any]], failed: list[tuple[str, str]]) -> None:
+        """Every row of the first page refused: the table holds another model's vectors; stop, say which."""
+        if self.page == 0 and failed and len(failed) == len(rows):
+            raise MtxError(f"every vector of the first {len(rows)} song(s) was refused, e.g. {failed[0][1]}",
+                           hint="the database holds vectors of another size than AudioMuse-AI's "
+                                "(MusiCNN 200, CLAP 512, lyrics 768); nothing was imported")
+
+    def _finish(self) -> dict[str, Any]:
+        counts = {}
+        for t in self.teachers:
+            path = teacher_store_path(self.root, t)
+            dim = self.dims.get(t)
+            if dim is None:  # the table exists but holds no vector for these songs
+                store_mod.remove_parts(path)
+                continue
+            attrs = {"encoder": f"audiomuse-{t}", "encoder_version": "imported", "model_id": db.TEACHER_BY_NAME[t].table,
+                     "dim": dim, "aggregation": "mean", "source": "AudioMuse-AI PostgreSQL",
+                     "schema_version": self.schema.version}
+            counts[t] = store_mod.assemble(path, dim, "float32", attrs, self.page)
+            store_mod.remove_parts(path)
+        summary = {"songs": self.done, "teachers": counts, "dims": {t: self.dims[t] for t in counts},
+                   "schema": self.schema.version, "id_kind": self.schema.id_kind}
+        atomic_write_json(self.root / IMPORTED, summary)
+        log.info("audiomuse: imported %d song(s); teacher rows %s", self.done, counts)
+        return summary
+
+
+# --------------------------------------------------------------------------- audio
+def audio_rel(item_id: str, suffix: str | None) -> str:
+    safe = item_id if _SAFE_ID.match(item_id) else hashlib.sha1(item_id.encode()).hexdigest()
+    ext = re.sub(r"[^A-Za-z0-9]", "", suffix or "")[:8] or "audio"
+    return f"audio/{safe[:2]}/{safe}.{ext}"
+
+
+def read_songs(root: Path) -> dict[str, dict[str, Any]]:
+    """item_id -> song; a page re-read after a crash wrote some lines twice: the last one wins."""
+    return {d["item_id"]: d for d in iter_jsonl(Path(root) / SONGS) if "item_id" in d}
+
+
+@register
+class AudioMuseSource(Source):
+    info = INFO
+
+    def identity(self, cfg: DownloadConfig) -> dict[str, Any]:
+        from ..mediaserver import make_server
+
+        target = db.describe(db.resolve_dsn(cfg.dsn))
+        return {"max_items": cfg.max_items, "database": target, "server": make_server(cfg.server).describe()}
+
+    def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
+        from ..mediaserver import make_server
+
+        server = make_server(cfg.server)
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / IMPORTED).exists():
+            dsn = db.resolve_dsn(cfg.dsn)
+            conn = db.connect(dsn)
+            try:
+                schema = db.detect_schema(conn)
+                server_id = db.pick_server(schema, server.kind)
+                log.info("audiomuse: schema %s, item ids are %s ids%s", schema.version, schema.id_kind,
+                         f" (mapped through music server {server_id})" if server_id else "")
+                atomic_write_json(root / CONNECTION, {"database": db.describe(dsn), "schema": schema.to_dict(),
+                                                      "server": server.describe(), "server_id": server_id})
+                end_torn_line(root / SONGS)
+                _Importer(root, conn, schema, server_id, ledger, cfg.max_items).run(progress)
+            finally:
+                conn.close()
+        self._fetch_audio(cfg, root, ledger, server, progress)
+
+    # ------------------------------------------------------------------ audio phase
+    def _fetch_audio(self, cfg: DownloadConfig, root: Path, ledger: Ledger, server, progress: Progress) -> None:
+        from ._parallel import RateLimiter, run_bounded
+
+        songs = read_songs(root)
+        todo = [s for item, s in songs.items() if not ledger.is_ok(item)]
+        if not todo:
+            return
+        listing = {}
+        if server.kind != "local":
+            with progress.task(f"Listing {server.kind}", unit="tracks") as task:
+                for t in server.tracks():
+                    listing[t.id] = t
+                    task.advance(1)
+            log.info("%s lists %d track(s)", server.kind, len(listing))
+        end_torn_line(root / AUDIO_INDEX)
+        pacer = RateLimiter(cfg.rate_limit)
+        with progress.task("Fetching audio", total=len(todo), unit="files") as task, \
+                ThreadPoolExecutor(max_workers=cfg.n_workers) as pool:
+            def done(song: dict[str, Any], fut) -> None:  # noqa: ANN001
+                item = song["item_id"]
+                try:
+                    rel, nbytes, duration = fut.result()
+                except MtxError as e:
+                    ledger.failed(item, getattr(e, "reason", None) or e.message[:200])
+                else:
+                    append_jsonl(root / AUDIO_INDEX, [{"item_id": item, "path": rel, "bytes": nbytes,
+                                                       "duration": duration}])
+                    ledger.ok(item, path=rel, nbytes=nbytes)
+                task.advance(1)
+
+            run_bounded(pool, lambda s: pool.submit(self._fetch_one, s, root, server, listing, pacer), todo,
+                        window=2 * cfg.n_workers, on_done=done, progress=progress)
+
+    @staticmethod
+    def _fetch_one(song: dict[str, Any], root: Path, server, listing: dict, pacer) -> tuple[str, int, float | None]:
+        from ._http import fetch
+
+        item = song["item_id"]
+        if server.kind == "local":
+            src = song.get("file_path")
+            if not src:
+                raise MtxError("no file_path in the database (older AudioMuse-AI versions do not store it)",
+                               hint="use --server jellyfin or --server navidrome")
+            path = Path(src)
+            if not path.is_file():
+                raise MtxError(f"file not found: {src}", hint="mount the music where AudioMuse-AI saw it")
+            # In place: nothing is copied; the ledger points at the user's file.
+            return str(path), path.stat().st_size, song.get("duration")
+        server_id = song.get("server_item_id") or item
+        track = listing.get(server_id)
+        if track is None:
+            raise MtxError(f"not on the {server.kind} server (id {server_id})",
+                           hint="the song was removed from the server after AudioMuse-AI analysed it")
+        rel = audio_rel(item, track.suffix or (Path(track.path).suffix.lstrip(".") if track.path else None))
+        url, headers = server.download(server_id)
+        pacer.wait()
+        res = fetch(url, root / rel, headers=headers)
+        return rel, res.bytes, song.get("duration") or track.duration
+
+    # ------------------------------------------------------------------ parsing
+    def _present(self, root: Path) -> list[tuple[dict[str, Any], Path, float | None]]:
+        root = Path(root)
+        ledger = Ledger(root)
+        songs = read_songs(root)
+        index = {d["item_id"]: d for d in iter_jsonl(root / AUDIO_INDEX) if "item_id" in d}
+        out = []
+        for item in sorted(songs):
+            entry = ledger.entries.get(item)
+            if entry is None or entry.status != OK or not entry.path:
+                continue
+            path = Path(entry.path)
+            path = path if path.is_absolute() else root / path
+            out.append((songs[item], path, songs[item].get("duration") or index.get(item, {}).get("duration")))
+        return out
+
+    def records(self, root: Path) -> list[Record]:
+        from ..audio import AudioError, audio_info
+
+        out = []
+        for song, path, duration in self._present(root):
+            if duration is None:
+                try:
+                    duration = audio_info(path).duration
+                except AudioError as e:
+                    log.warning("audiomuse: %s: %s; left out", song["item_id"], e.message)
+                    continue
+            captions = describe_song(song)
+            tags, scores = song_tags(song)
+            extra = {k: song[k] for k in ("album", "year", "tempo", "key", "scale", "energy", "server_item_id")
+                     if k in song}
+            extra.update({"item_id": song["item_id"], "moods": song.get("moods", {}),
+                          "features": song.get("features", {}), "tag_scores": scores, "caption_source": "tags"})
+            out.append(Record(id=record_id(song["item_id"]), audio_path=str(path), caption=captions[0],
+                              duration=float(duration), alt_captions=captions[1:], dataset=NAME,
+                              artist=song.get("artist"), title=song.get("title"), tags=tags, extra=extra))
+        return out
+
+    def expected_files(self, root: Path) -> list[ExpectedFile]:
+        return [ExpectedFile(id=song["item_id"], path=path, duration=duration,
+                             duration_tolerance=max(1.0, 0.01 * float(duration or 0)))
+                for song, path, duration in self._present(root)]
+
+__all__ = ["AudioMuseSource", "INFO", "describe_song", "imported_teachers", "read_songs", "record_id",
+           "song_from_row", "teacher_store_path"]

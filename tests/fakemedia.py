@@ -1,0 +1,263 @@
+"""Loopback Jellyfin and Navidrome (OpenSubsonic) servers with their real response shapes and auth checks.
+
+Only the endpoints mtx calls are implemented. Jellyfin accepts ``Authorization: MediaBrowser
+Token="..."`` (``modern=True``) or only ``X-Emby-Token`` (``modern=False``, an older server).
+Navidrome accepts ``apiKey``, ``u`` + ``p=enc:<hex>`` and ``u`` + ``t=md5(password+salt)`` + ``s``.
+Both serve track bytes with Range support and keep playlists in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class FakeTrack:
+    id: str
+    title: str
+    artist: str
+    data: bytes
+    suffix: str = "wav"
+    duration: float = 2.0
+
+
+@dataclass
+class FakeServer:
+    url: str
+    tracks: dict[str, FakeTrack]
+    playlists: dict[str, dict] = field(default_factory=dict)   # id -> {"name", "ids"}
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path+query, headers
+    cut_first: dict[str, int] = field(default_factory=dict)   # track id -> bytes to send before hanging up
+
+    def paths(self, prefix: str) -> list[str]:
+        return [p for _, p, _ in self.requests if p.startswith(prefix)]
+
+
+def _send_bytes(h: BaseHTTPRequestHandler, data: bytes, server: FakeServer, track_id: str) -> None:
+    start, end, status = 0, len(data) - 1, 200
+    rng = h.headers.get("Range")
+    if rng:
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+        if not m or int(m.group(1)) >= len(data):
+            h.send_response(416)
+            h.send_header("Content-Range", f"bytes */{len(data)}")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        start, status = int(m.group(1)), 206
+        end = int(m.group(2)) if m.group(2) else end
+    body = data[start:end + 1]
+    h.send_response(status)
+    h.send_header("Content-Type", "audio/wav")
+    h.send_header("Content-Length", str(len(body)))
+    h.send_header("Accept-Ranges", "bytes")
+    if status == 206:
+        h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+    h.end_headers()
+    cut = server.cut_first.pop(track_id, None)
+    if cut is not None and cut < len(body):
+        h.wfile.write(body[:cut])
+        h.wfile.flush()
+        h.close_connection = True
+        return
+    h.wfile.write(body)
+
+
+def _json(h: BaseHTTPRequestHandler, code: int, obj) -> None:
+    body = json.dumps(obj).encode()
+    h.send_response(code)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
+
+
+@contextmanager
+def _serve(handler_factory, tracks: list[FakeTrack]) -> Iterator[FakeServer]:
+    state = FakeServer(url="", tracks={t.id: t for t in tracks})
+    lock = threading.Lock()
+    Handler = handler_factory(state, lock)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(timeout=5)
+
+
+@contextmanager
+def jellyfin(tracks: list[FakeTrack], token: str, user_id: str, modern: bool = True) -> Iterator[FakeServer]:
+    def factory(state: FakeServer, lock: threading.Lock):
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # noqa: ANN002
+                pass
+
+            def _authorised(self) -> bool:
+                if modern:
+                    m = re.search(r'Token="([^"]*)"', self.headers.get("Authorization", ""))
+                    if m and m.group(1) == token:
+                        return True
+                return self.headers.get("X-Emby-Token") == token
+
+            def _handle(self, method: str) -> None:
+                with lock:
+                    state.requests.append((method, self.path, dict(self.headers.items())))
+                if not self._authorised():
+                    _json(self, 401, {"error": "Unauthorized"})
+                    return
+                u = urllib.parse.urlsplit(self.path)
+                q = {k: v[-1] for k, v in urllib.parse.parse_qs(u.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                parts = u.path.strip("/").split("/")
+                if method == "GET" and u.path == f"/Users/{user_id}":
+                    return _json(self, 200, {"Id": user_id, "Name": "me"})
+                if method == "GET" and u.path == "/Items":
+                    if q.get("userId") != user_id:
+                        return _json(self, 400, {"error": "userId"})
+                    if q.get("IncludeItemTypes") == "Playlist":
+                        items = [{"Id": pid, "Name": p["name"], "Type": "Playlist"} for pid, p in state.playlists.items()
+                                 if q.get("searchTerm", "").lower() in p["name"].lower()]
+                        return _json(self, 200, {"Items": items, "TotalRecordCount": len(items)})
+                    start, limit = int(q.get("StartIndex", 0)), int(q.get("Limit", 100))
+                    all_items = [{"Id": t.id, "Name": t.title, "Album": "A", "AlbumArtist": t.artist,
+                                  "Artists": [t.artist], "Path": f"/music/{t.id}.{t.suffix}", "Container": t.suffix,
+                                  "RunTimeTicks": int(t.duration * 1e7), "Type": "Audio"}
+                                 for t in state.tracks.values()]
+                    return _json(self, 200, {"Items": all_items[start:start + limit],
+                                             "TotalRecordCount": len(all_items), "StartIndex": start})
+                if method == "GET" and len(parts) == 3 and parts[0] == "Items" and parts[2] == "Download":
+                    t = state.tracks.get(parts[1])
+                    if t is None:
+                        return _json(self, 404, {"error": "not found"})
+                    return _send_bytes(self, t.data, state, t.id)
+                if method == "POST" and u.path == "/Playlists":
+                    pid = f"pl{len(state.playlists) + 1}"
+                    state.playlists[pid] = {"name": body["Name"], "ids": list(body.get("Ids") or []),
+                                            "user": body.get("UserId")}
+                    return _json(self, 200, {"Id": pid})
+                if len(parts) == 3 and parts[0] == "Playlists" and parts[2] == "Items" and parts[1] in state.playlists:
+                    pl = state.playlists[parts[1]]
+                    if method == "GET":
+                        return _json(self, 200, {"Items": [{"Id": i, "PlaylistItemId": f"e{n}:{i}"}
+                                                           for n, i in enumerate(pl["ids"])]})
+                    if method == "DELETE":
+                        drop = set(q.get("entryIds", "").split(","))
+                        pl["ids"] = [i for n, i in enumerate(pl["ids"]) if f"e{n}:{i}" not in drop]
+                        return self._empty(204)
+                    if method == "POST":
+                        pl["ids"] += [i for i in q.get("ids", "").split(",") if i]
+                        return self._empty(204)
+                _json(self, 404, {"error": "no route"})
+
+            def _empty(self, code: int) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):  # noqa: N802
+                self._handle("GET")
+
+            def do_POST(self):  # noqa: N802
+                self._handle("POST")
+
+            def do_DELETE(self):  # noqa: N802
+                self._handle("DELETE")
+
+        return H
+
+    with _serve(factory, tracks) as s:
+        yield s
+
+
+@contextmanager
+def navidrome(tracks: list[FakeTrack], user: str, password: str, api_key: str) -> Iterator[FakeServer]:
+    def factory(state: FakeServer, lock: threading.Lock):
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # noqa: ANN002
+                pass
+
+            def _ok(self, **payload) -> None:
+                _json(self, 200, {"subsonic-response": {"status": "ok", "version": "1.16.1", "type": "navidrome",
+                                                        "openSubsonic": True, **payload}})
+
+            def _fail(self, code: int, message: str) -> None:
+                _json(self, 200, {"subsonic-response": {"status": "failed", "version": "1.16.1",
+                                                        "error": {"code": code, "message": message}}})
+
+            def _authorised(self, q: dict[str, list[str]]) -> bool:
+                one = {k: v[-1] for k, v in q.items()}
+                if "apiKey" in one:
+                    return one["apiKey"] == api_key
+                if one.get("u") != user:
+                    return False
+                if "p" in one:
+                    p = one["p"]
+                    return (bytes.fromhex(p[4:]).decode() if p.startswith("enc:") else p) == password
+                if "t" in one and "s" in one:
+                    return one["t"] == hashlib.md5((password + one["s"]).encode()).hexdigest()  # noqa: S324
+                return False
+
+            def do_GET(self):  # noqa: N802
+                with lock:
+                    state.requests.append(("GET", self.path, dict(self.headers.items())))
+                u = urllib.parse.urlsplit(self.path)
+                q = urllib.parse.parse_qs(u.query, keep_blank_values=True)
+                m = re.fullmatch(r"/rest/(\w+)(?:\.view)?", u.path)
+                if not m:
+                    return _json(self, 404, {"error": "no route"})
+                if q.get("f", [""])[-1] != "json" or q.get("c", [""])[-1] == "" or "v" not in q:
+                    return self._fail(10, "Required parameter is missing")
+                if not self._authorised(q):
+                    return self._fail(40, "Wrong username or password")
+                ep = m.group(1)
+                one = {k: v[-1] for k, v in q.items()}
+                if ep == "search3":
+                    off, count = int(one.get("songOffset", 0)), int(one.get("songCount", 20))
+                    songs = [{"id": t.id, "title": t.title, "artist": t.artist, "album": "A", "suffix": t.suffix,
+                              "duration": int(t.duration), "path": f"{t.artist}/A/{t.title}.{t.suffix}",
+                              "isDir": False} for t in state.tracks.values()]
+                    return self._ok(searchResult3={"song": songs[off:off + count]})
+                if ep == "stream":
+                    t = state.tracks.get(one.get("id", ""))
+                    if t is None:
+                        return self._fail(70, "Song not found")
+                    return _send_bytes(self, t.data, state, t.id)
+                if ep == "getPlaylists":
+                    return self._ok(playlists={"playlist": [{"id": pid, "name": p["name"], "songCount": len(p["ids"])}
+                                                            for pid, p in state.playlists.items()]})
+                if ep == "createPlaylist":
+                    ids = q.get("songId", [])
+                    if "playlistId" in one:
+                        if one["playlistId"] not in state.playlists:
+                            return self._fail(70, "Playlist not found")
+                        pid = one["playlistId"]
+                        state.playlists[pid]["ids"] = list(ids)
+                    else:
+                        pid = f"nd{len(state.playlists) + 1}"
+                        state.playlists[pid] = {"name": one.get("name", ""), "ids": list(ids)}
+                    return self._ok(playlist={"id": pid, "name": state.playlists[pid]["name"],
+                                              "songCount": len(state.playlists[pid]["ids"])})
+                return self._fail(0, f"unknown endpoint {ep}")
+
+        return H
+
+    with _serve(factory, tracks) as s:
+        yield s
