@@ -146,6 +146,7 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
     cfg = req.config
     source = resolve_source(cfg.source)
     root = state.dataset_dir(source.info.name)
+    source.check(cfg)  # a bad option is one clear line, not a partial record that later reads "interrupted"
     policy = FailurePolicy(max_failure_rate=req.max_failure_rate)
     run = begin_stage(state, "download", download_key(source.info.name), config=source.identity(cfg),
                       mode=req.resume, discard=lambda: shutil.rmtree(root, ignore_errors=True),

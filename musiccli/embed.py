@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from . import store
-from .audio import decode, frame_windows, repeat_pad, window_starts
+from .audio import decode_windows, frame_with_context
 from .encoders import AGGREGATIONS, AudioEncoder, EncoderOptions, aggregate, build_encoder, get_spec
 from .errors import MtxError, unknown_choice
 from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
@@ -72,8 +72,8 @@ from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
 from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRecord, StageRun,
-                    StateDir, atomic_write_json, begin_stage, diff_configs, is_done, load_stage, read_json,
-                    stage_function, to_jsonable)
+                    StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs, is_done, load_stage,
+                    read_json, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class EmbedConfig:
     chunk_tracks: int = 128              # tracks per committed part
     tags: bool = False                   # also store per-track tag probabilities (encoders with a tagger)
     encoder_options: dict[str, str] = field(default_factory=dict)  # --encoder-option KEY=VALUE
+    trust_remote_code: bool = False      # let a model run code from its repo (MERT); never the default
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE  # more failed tracks than this fraction: the stage fails
     resume: Resume = Resume.FRESH
 
@@ -217,6 +218,7 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
         log.info("%s", runtime.describe())
     encoder = build_encoder(spec.name, EncoderOptions(model=cfg.model, layers=cfg.layers,
                                                       cache_dir=state.root / "models",
+                                                      trust_remote_code=cfg.trust_remote_code,
                                                       extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
     window = cfg.window or encoder.default_window()[0]
@@ -281,8 +283,9 @@ class _TrackDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, str, np.ndarray | None, str | None]:
         chunk, id_, path = self.items[i]
         try:
-            wave, _ = decode(path, self.sample_rate)
-            return chunk, id_, _frame(wave, self.window, self.hop, self.max_windows, self.context), None
+            # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
+            windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context)
+            return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the stage
@@ -290,14 +293,8 @@ class _TrackDataset(torch.utils.data.Dataset):
 
 
 def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int) -> np.ndarray:
-    """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start)."""
-    if not context:
-        return frame_windows(wave, window, hop, max_windows)
-    wave = repeat_pad(wave, window)
-    starts = window_starts(wave.shape[-1], window, hop, max_windows)
-    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False)])
-    # Window s spans padded[s + context : s + context + window]; its context the `context` samples before.
-    return np.stack([padded[s:s + context + window] for s in starts])
+    """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
+    return frame_with_context(wave, window, hop, max_windows, context)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -374,6 +371,10 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
                            n_ok=0, n_failed=0, skipped=True)
 
     start = time.perf_counter()
+    if plan.dist.is_main:
+        # Temp files of a run that died mid-write (a part, or the store being assembled).
+        for folder in (plan.path.parent, store.parts_dir(plan.path)):
+            clean_stale_temps(folder)
     done = store.committed_parts(plan.path)
     mine = [c for c in range(plan.n_chunks) if plan.owns(c)]
     todo = [c for c in mine if c not in done]

@@ -30,6 +30,10 @@ def require(module: str, extra: str) -> Any:
 
 def load_error(what: str, model: str, e: Exception) -> MtxError:
     """One readable line for a model that cannot be loaded (offline, typo, missing remote code)."""
+    if "trust_remote_code" in str(e):
+        return MtxError(f"{model} runs code from its own repository, which is not allowed by default",
+                        hint="pass --trust-remote-code to allow it (it executes that Python code on this "
+                             "machine: only for model repos you trust, e.g. the official m-a-p/MERT-v1-*)")
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     return MtxError(f"cannot load {what} {model!r}: {first}",
                     hint="pass --model with a local directory saved by save_pretrained, "

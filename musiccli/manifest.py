@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -62,11 +63,28 @@ class Record:
             raise MtxError(f"{where}: record {ident!r} lacks required field(s): {', '.join(missing)}",
                            hint="every record needs id, audio_path, caption and duration")
         known = set(cls.__dataclass_fields__) - {"extra"}
+        ident = d["id"]
+        if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+            raise MtxError(f"{where}: record id {ident!r} is not a string", hint="ids are strings")
         try:
+            if isinstance(d["duration"], bool):
+                raise TypeError
             duration = float(d["duration"])
         except (TypeError, ValueError):
-            raise MtxError(f"{where}: record {d['id']!r} has a non-numeric duration {d['duration']!r}",
+            raise MtxError(f"{where}: record {ident!r} has a non-numeric duration {d['duration']!r}",
                            hint="duration is in seconds") from None
+        if not math.isfinite(duration) or duration <= 0:
+            raise MtxError(f"{where}: record {ident!r} has duration {d['duration']!r}",
+                           hint="duration is a positive number of seconds")
+        for name in ("audio_path", "caption"):
+            if not isinstance(d[name], str):
+                raise MtxError(f"{where}: record {ident!r} has a non-string {name} ({type(d[name]).__name__})",
+                               hint=f"{name} is a string")
+        for name in ("alt_captions", "tags"):
+            value = d.get(name)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise MtxError(f"{where}: record {ident!r} has {name} that is not a list of strings",
+                               hint=f"{name} is a list of strings")
         split = d.get("split")
         if split is not None and split not in SPLITS:
             raise MtxError(f"{where}: record {d['id']!r} has split {split!r}", hint="use train, val or test")
@@ -92,8 +110,33 @@ def write_manifest(path: Path, records: Sequence[Record]) -> None:
     # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
     # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
     encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
-    body = ",\n".join(encode(r.to_dict()) for r in records)
+    path = Path(path)
+    body = ",\n".join(encode({**r.to_dict(), "audio_path": _stored_path(r.audio_path, path)}) for r in records)
     atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+
+
+def _stored_path(audio_path: str, manifest: Path) -> str:
+    """How ``audio_path`` is written into ``manifest``: relative to the manifest's folder when both live in
+    the same state dir (``<state>/manifests/x.json`` -> ``../datasets/...``), so a moved or restored
+    state dir keeps working; absolute otherwise (your own music folder stays where it is)."""
+    folder = manifest.parent.resolve()
+    if folder.name != "manifests":
+        return audio_path
+    root = folder.parent
+    p = Path(audio_path)
+    if not p.is_absolute():
+        return audio_path
+    try:
+        p.relative_to(root)
+    except ValueError:
+        return audio_path
+    return os.path.relpath(p, folder)
+
+
+def _resolved_path(audio_path: str, manifest: Path) -> str:
+    """A relative ``audio_path`` is relative to the manifest's folder (written so, or by hand)."""
+    p = Path(audio_path).expanduser()
+    return str(p) if p.is_absolute() else os.path.normpath(manifest.parent.resolve() / p)
 
 
 def read_manifest(path: Path) -> list[Record]:
@@ -108,7 +151,11 @@ def read_manifest(path: Path) -> list[Record]:
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise MtxError(f"{path} is not a manifest (expected a JSON array of record objects)",
                        hint="regenerate it with `mtx unify --force`")
+    if not data:
+        raise MtxError(f"manifest {path} is empty", hint="regenerate it with `mtx unify --force`")
     records = [Record.from_dict(d, where=path.name) for d in data]
+    for r in records:
+        r.audio_path = _resolved_path(r.audio_path, path)
     ids = set()
     for r in records:
         if r.id in ids:
@@ -125,20 +172,36 @@ def manifest_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def looks_like_path(value: str) -> bool:
+    """A value the user meant as a path: it has a folder separator, a .json suffix, or starts with ~ or ."""
+    return (os.sep in value or "/" in value or value.endswith(".json") or value.startswith(("~", "."))
+            or (os.altsep is not None and os.altsep in value))
+
+
 def resolve_manifest(state, name_or_path: str | None) -> tuple[str, Path]:
-    """Accept a manifest name in the state dir, a path, or None for the newest."""
+    """A manifest name in the state dir (looked up first), a path, or None for the newest.
+
+    A bare word is always a name: ``--manifest lib`` is ``manifests/lib.json`` even if a folder
+    ``./lib`` exists. Only a value that looks like a path is read as one.
+    """
     if name_or_path is None:
         name = state.newest_manifest()
         return name, state.manifest_path(name)
-    p = Path(name_or_path)
-    if p.suffix == ".json" or p.exists():
-        return p.stem, p.resolve()
-    path = state.manifest_path(name_or_path)
-    if not path.exists():
-        from .errors import unknown_choice
+    if not looks_like_path(name_or_path):
+        path = state.manifest_path(name_or_path)
+        if not path.exists():
+            from .errors import unknown_choice
 
-        raise unknown_choice("manifest", name_or_path, state.list_manifests() or ["(none: run `mtx unify`)"])
-    return name_or_path, path
+            raise unknown_choice("manifest", name_or_path, state.list_manifests() or ["(none: run `mtx unify`)"])
+        return name_or_path, path
+    p = Path(name_or_path).expanduser()
+    if not p.is_file():
+        from .errors import MtxError
+
+        what = "is a directory, not a manifest file" if p.is_dir() else "does not exist"
+        raise MtxError(f"manifest {name_or_path} {what}",
+                       hint="pass a manifest name from `mtx unify --name` or the path of a manifest .json file")
+    return p.stem, p.resolve()
 
 
 # --------------------------------------------------------------------------- sampling

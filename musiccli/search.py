@@ -39,7 +39,7 @@ from .errors import MtxError, unknown_choice
 from .progress import NullProgress, Progress
 from .runs import RunInfo, resolve_run, store_identity, weights_identity
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
-                    read_json, stage_function)
+                    clean_stale_temps, read_json, stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,13 @@ class SearchConfig:
     run: str | None = None
     index: str | None = None
     k: int = 10
-    device: str = "cpu"
+    device: str = "auto"
     rebuild: bool = False          # rebuild the index even if it is current (--force)
     text_model: str = "run"        # "run": the run's trained text embedder; "native": the encoder's own tower
     audio_encoder: str | None = None  # native: whose tower and store (clap, muq)
     manifest: str | None = None    # library manifest; default: newest with embeddings for the encoder
     model: str | None = None       # native: tower checkpoint; default: the one recorded in the store
+    checkpoint: str | None = None  # run: best | latest; default: best if saved, else latest
     resume: Resume = Resume.FRESH  # for the index build: --continue finishes an interrupted one
     playlist: str | None = None    # also save the hits as this playlist on the media server
     server: str | None = None      # jellyfin | navidrome (default: MEDIASERVER_TYPE)
@@ -163,11 +164,16 @@ class QueryModel:
         return meta.get("run") == self.run.name if self.run is not None else meta.get("encoder") == self.encoder
 
 
-def run_query_model(info: RunInfo, device: Any = "cpu") -> QueryModel:
-    """A run's two towers at its default checkpoint."""
+def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None = None) -> QueryModel:
+    """A run's two towers at ``checkpoint`` (best / latest; None = its default checkpoint)."""
     from .runs import load_towers
 
-    checkpoint = info.default_checkpoint()
+    if checkpoint is not None and checkpoint not in ("best", "latest"):
+        raise unknown_choice("checkpoint", checkpoint, ("best", "latest"))
+    if checkpoint is not None and not (info.checkpoint_dir(checkpoint) / "model.safetensors").exists():
+        raise MtxError(f"run {info.name!r} has no {checkpoint} checkpoint",
+                       hint="pass --checkpoint best or latest (whichever the run saved)")
+    checkpoint = checkpoint or info.default_checkpoint()
     if info.objective == "student":
         # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`,
         # whose stored rows are already unit vectors (the model's audio_for_retrieval only checks them).
@@ -278,6 +284,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
     d = state.index_dir(name)
     d.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(d)                        # .tmp-items.json.*, .tmp-vectors.npy.* of a build that died
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
     log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
     with EmbeddingStore(store_path) as store:
@@ -395,6 +402,9 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     if meta is not None and meta.get("text_model", "run") != cfg.text_model:
         raise MtxError(f"index {cfg.index!r} was built for {_owner(meta)}",
                        hint=f"search it with {_owner_flags(meta)}, or pick another index")
+    if cfg.checkpoint is not None and cfg.text_model == "native":
+        raise MtxError("--checkpoint chooses one of a run's checkpoints",
+                       hint="drop it with --text-model native (use --model for the tower)")
     if cfg.text_model == "native":
         encoder = cfg.audio_encoder or (meta or {}).get("encoder")
         if not encoder:
@@ -414,7 +424,7 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
         raise MtxError(f"run {info.name!r} was trained on {info.audio_encoder} embeddings, not {cfg.audio_encoder}",
                        hint=f"drop --audio-encoder, or search with --text-model native --audio-encoder "
                             f"{cfg.audio_encoder}")
-    return run_query_model(info, device)
+    return run_query_model(info, device, cfg.checkpoint)
 
 
 def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None) -> SearchResult:
@@ -463,6 +473,11 @@ def _provenance_warning(text: QueryModel, index: Index) -> str | None:
     return unseen_sources_warning(text.run.name, run_training_data(text.run.meta), source_counts(index.items.values()))
 
 
+def _m3u_text(text: str) -> str:
+    """``text`` on one line: control characters (newlines included) become spaces."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
     """Extended M3U playlist of the hits (``#EXTINF:seconds,artist - title``), written atomically."""
     lines = ["#EXTM3U"]
@@ -472,7 +487,8 @@ def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
         dur = h.get("duration")
         secs = int(round(float(dur))) if dur is not None else -1
         label = " - ".join(x for x in (h.get("artist"), h.get("title")) if x) or h["id"]
-        lines += [f"#EXTINF:{secs},{label}", str(h["audio_path"])]
+        # One entry is exactly two lines: a newline in a tag or path must not inject lines.
+        lines += [f"#EXTINF:{secs},{_m3u_text(label)}", _m3u_text(str(h["audio_path"]))]
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -59,7 +59,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    # The writer's pid is in the name, so a later run can tell a dead writer's leftovers from a live one's.
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.{os.getpid()}.", dir=path.parent)
+    # mkstemp creates 0600; a playlist, manifest or export must be readable as the umask allows
+    # (a media server running as another user), like a file written with open().
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError:
+        pass
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -69,6 +76,67 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+# .tmp-<name>.<pid>.<random> (atomic_path); the older form without the pid is .tmp-<name>.<random>.
+_TMP_WITH_PID = re.compile(r"^\.tmp-.+\.(\d+)\.[a-z0-9_]{8}$")
+_TMP_NO_PID = re.compile(r"^\.tmp-.+\.[a-z0-9_]{8}$")
+STALE_TMP_SECONDS = 6 * 3600  # a pid-less temp file this old has no writer left
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process
+    return True
+
+
+def clean_stale_temps(directory: Path) -> int:
+    """Remove ``atomic_path`` temp files in ``directory`` whose writer is dead; return how many.
+
+    Only files named the way :func:`atomic_path` names them are touched: a resumable download's
+    ``.tmp-<name>.part`` is kept. A temp file of a live process (this one or another) is kept.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        m = _TMP_WITH_PID.match(entry.name)
+        if m is not None:
+            stale = not _pid_alive(int(m.group(1)))
+        elif _TMP_NO_PID.match(entry.name) and not entry.name.endswith(".part"):
+            try:
+                stale = now - entry.stat().st_mtime > STALE_TMP_SECONDS
+            except OSError:
+                continue
+        else:
+            continue
+        if stale:
+            try:
+                size = entry.stat().st_size
+                os.unlink(entry.path)
+                removed += 1
+                log.info("removed %s (%d bytes) left by an interrupted run", entry.name, size)
+            except OSError:
+                pass
+    return removed
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; put it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

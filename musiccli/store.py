@@ -227,6 +227,42 @@ class EmbeddingStore:
         self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in raw_ids]
         self._pos = {i: k for k, i in enumerate(self.ids)}
         self.attrs: dict[str, Any] = {k: _attr(v) for k, v in self._f.attrs.items()}
+        try:
+            self._check_shape()
+            self._check_finite()
+        except MtxError:
+            self.close()
+            raise
+
+    def _check_shape(self) -> None:
+        shape = tuple(self._emb.shape)
+        if len(shape) != 2 or shape[1] < 1:
+            raise MtxError(f"store {self.path} is malformed: embeddings have shape {shape}, expected [N, D]",
+                           hint="rerun `mtx embed` with --force")
+        if shape[0] != len(self.ids):
+            raise MtxError(f"store {self.path} is malformed: {len(self.ids)} ids for {shape[0]} embedding rows",
+                           hint="rerun `mtx embed` with --force")
+        if len(self._pos) != len(self.ids):
+            raise MtxError(f"store {self.path} is malformed: {len(self.ids) - len(self._pos)} duplicate id(s)",
+                           hint="rerun `mtx embed` with --force")
+        if not np.issubdtype(self._emb.dtype, np.floating):
+            raise MtxError(f"store {self.path} is malformed: embeddings are {self._emb.dtype}, not floats",
+                           hint="rerun `mtx embed` with --force")
+
+    def _check_finite(self, block: int = 8192) -> None:
+        """Refuse NaN/inf rows at load (streamed): they would turn training into "diverged" and search into NaN."""
+        bad, first = 0, None
+        for start in range(0, len(self.ids), block):
+            rows = np.asarray(self._emb[start:start + block])
+            ok = np.isfinite(rows).all(axis=1)
+            if not ok.all():
+                bad += int((~ok).sum())
+                if first is None:
+                    first = self.ids[start + int(np.flatnonzero(~ok)[0])]
+        if bad:
+            raise MtxError(f"store {self.path} has {bad} row(s) with non-finite values (NaN or inf), "
+                           f"e.g. {first!r}",
+                           hint="re-embed with `mtx embed --force` (a corrupt file or an unstable encoder)")
 
     def __enter__(self) -> "EmbeddingStore":
         return self

@@ -3,8 +3,9 @@
 Steps: parse each source (``Source.records``), cached per source under
 ``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
 unify resumes without re-parsing; make ids unique across sources; drop records
-whose audio is missing (a cheap existence check, no decoding) or whose duration is
-out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
+whose audio is missing (a cheap existence check, no decoding), that the source's
+last complete ``verify`` of the same download found corrupt, truncated or of the wrong
+duration, or whose duration is out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
 (``manifest.assign_splits``: connected components of recording
 group and artist, bucketed by a seeded hash); write with ``manifest.write_manifest``.
 """
@@ -27,13 +28,16 @@ from .llm_captions import LLMConfig
 from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
-from .state import (Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
-                    stage_function)
+from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
+                    load_stage, stage_function)
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2   # 2: records carry their recording's group key
 MISSING_EXAMPLES = 5
+# Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
+# different sample rate still decodes, so those stay in).
+VERIFY_REJECTS = ("corrupt", "wrong_duration")
 CAPTION_MODES = ("tags", "llm")
 
 
@@ -74,6 +78,8 @@ class UnifyResult:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0                 # left out because `mtx verify` flagged their file
+    failed_verify_examples: list[str] = field(default_factory=list)
     parsed: int = 0
     dry_run: bool = False
     skipped: bool = False
@@ -100,6 +106,8 @@ class Filtered:
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
+    failed_verify: int = 0
+    failed_verify_examples: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -115,9 +123,17 @@ def prefix_ids(records: Sequence[Record], source: str) -> list[Record]:
 
 
 def filter_records(records: Sequence[Record], min_duration: float | None, max_duration: float | None,
-                   check_audio: bool = True) -> Filtered:
+                   check_audio: bool = True, rejected: dict[str, str] | None = None) -> Filtered:
+    """Drop records without audio, with a file verify rejected (``rejected``: audio path -> why), or out of range."""
     out = Filtered(records=[])
+    rejected = rejected or {}
     for r in records:
+        why = rejected.get(os.path.normpath(r.audio_path))
+        if why is not None:
+            out.failed_verify += 1
+            if len(out.failed_verify_examples) < MISSING_EXAMPLES:
+                out.failed_verify_examples.append(f"{r.id}: {why}")
+            continue
         if check_audio and not os.path.exists(r.audio_path):
             out.missing_audio += 1
             if len(out.missing_examples) < MISSING_EXAMPLES:
@@ -177,15 +193,27 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             log.info("%s: using %d parsed records from the cache", name, len(data))
-            return [Record.from_dict(d, where=path.name) for d in data]
+            records = [Record.from_dict(d, where=path.name) for d in data]
+            for r in records:  # stored relative to the state dir, so a moved state dir reuses the cache
+                r.audio_path = str(state.root / r.audio_path) if not os.path.isabs(r.audio_path) else r.audio_path
+            return records
         except (json.JSONDecodeError, MtxError):
             log.warning("%s: parse cache %s is unreadable; parsing again", name, path)
     source = resolve_source(name)
     records = prefix_ids(source.records(state.dataset_dir(name)), name)
     if write_cache:
         # One committed unit per source: the cache file appears atomically or not at all.
-        atomic_write_text(path, json.dumps([r.to_dict() for r in records], ensure_ascii=False))
+        atomic_write_text(path, json.dumps([{**r.to_dict(), "audio_path": _under_root(r.audio_path, state.root)}
+                                            for r in records], ensure_ascii=False))
     return records
+
+
+def _under_root(audio_path: str, root: Path) -> str:
+    """``audio_path`` relative to the state dir when it lies inside it, else unchanged."""
+    try:
+        return Path(audio_path).relative_to(root).as_posix()
+    except ValueError:
+        return audio_path
 
 
 def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list[str], dict[str, int]]:
@@ -232,6 +260,22 @@ def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list
     return names, failed
 
 
+def verify_rejects(state: StateDir, name: str, identity: dict[str, Any]) -> dict[str, str]:
+    """Audio paths the last complete ``mtx verify`` of this very download rejected -> problem and detail.
+
+    Read from verify's stage record (the state contract), and only when it checked the dataset
+    as it is now: a re-download changes the ledger identity, and an older verdict is ignored.
+    """
+    record = load_stage(state, f"verify:{name}")
+    if record is None or record.status not in DONE:  # complete, or complete with failures (bad files)
+        return {}
+    if any(record.config.get(k) != v for k, v in identity.items()):
+        log.info("%s: the last verify checked an older download; its verdicts are not used", name)
+        return {}
+    return {os.path.normpath(str(b["path"])): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
+            for b in record.result.get("bad", []) if b.get("problem") in VERIFY_REJECTS}
+
+
 # --------------------------------------------------------------------------- stage
 @stage_function
 def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = None) -> UnifyResult:
@@ -246,6 +290,10 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     if cfg.captions == "llm":
         config["llm"] = _llm_config(cfg).identity()
     config["inputs"] = identities
+    rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
+    if rejected:
+        # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
+        config["verify_rejects"] = config_hash(sorted(rejected))
 
     run = None
     if not cfg.dry_run:
@@ -270,7 +318,10 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             progress.check_interrupt()
 
     _check_unique(parsed)
-    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
+    if filtered.failed_verify:
+        log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
+                    "are left out, e.g. %s", filtered.failed_verify, filtered.failed_verify_examples[0])
     if filtered.missing_audio:
         log.warning("%d record(s) have no audio file and are left out, e.g. %s", filtered.missing_audio,
                     filtered.missing_examples[0])
@@ -285,8 +336,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
     result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
-                         dropped_duration=filtered.dropped_duration, parsed=len(parsed), dry_run=cfg.dry_run,
-                         download_failures=download_failures,
+                         dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
+                         failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
+                         dry_run=cfg.dry_run, download_failures=download_failures,
                          split_conflicts=splits.official_conflicts, split_overridden=splits.overridden,
                          captions=cfg.captions, synthesised=synthesised, llm=llm)
     if run is not None:

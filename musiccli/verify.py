@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
+from .audio import AudioError, stream_blocks
 from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
 from .progress import NullProgress, Progress
@@ -148,25 +148,28 @@ class _DecodeError(Exception):
 
 
 def _decode_stream(path: Path) -> tuple[int, int]:
-    """Decode the whole file block by block; (frames decoded, sample rate)."""
+    """Decode the whole file block by block; (frames decoded, sample rate).
+
+    libsndfile where it opens the file, FFmpeg (PyAV) for the rest (AAC/ALAC in .m4a, Opus, ...).
+    """
     try:
-        f = sf.SoundFile(str(path))
+        sr, declared, subtype, blocks = stream_blocks(path, BLOCK_FRAMES)
+    except AudioError as e:
+        raise _DecodeError(f"not decodable audio: {e.message}") from None
     except Exception as e:  # libsndfile raises several types for non-audio input
         raise _DecodeError(f"not decodable audio: {_first_line(e)}") from None
-    with f:
-        sr, declared, subtype = int(f.samplerate), int(f.frames), str(f.subtype or "")
-        frames = 0
-        try:
-            # read() in a loop, not blocks(): blocks() pads past the end of a cut MP3 up to the frame
-            # count its (Xing) header promises, which would hide the truncation.
-            while len(block := f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
-                if not np.isfinite(block).all():
-                    raise _DecodeError(f"non-finite samples near {frames / sr:.2f} s")
-                frames += len(block)
-        except _DecodeError:
-            raise
-        except Exception as e:
-            raise _DecodeError(f"decoding failed after {frames / max(sr, 1):.2f} s: {_first_line(e)}") from None
+    frames = 0
+    try:
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise _DecodeError(f"non-finite samples near {frames / sr:.2f} s")
+            frames += len(block)
+    except _DecodeError:
+        raise
+    except AudioError as e:
+        raise _DecodeError(f"decoding failed after {frames / max(sr, 1):.2f} s: {e.message}") from None
+    except Exception as e:
+        raise _DecodeError(f"decoding failed after {frames / max(sr, 1):.2f} s: {_first_line(e)}") from None
     # The header promised more frames than the stream holds: the file was cut short, unless the
     # format's header count is only approximate and the shortfall is within its allowance.
     if 0 < declared and frames < declared and declared < (1 << 62):

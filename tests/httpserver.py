@@ -3,7 +3,8 @@
 ``serve(root)`` serves the files under ``root`` with Range support, records every
 request, and can inject the failures downloaders must survive: the first N
 requests for a path answered 500, the first response for a path cut after K bytes,
-or Range headers ignored (always 200 with the whole file).
+or Range headers ignored (always 200 with the whole file). With ``basic_auth=(user, password)``
+every request without those HTTP basic credentials is answered 401.
 
 ``routes`` maps a request to a file: a dict from path (``"/watch?v=abc"``, query
 included) to a file name under root, or a callable ``(path, query) -> name | None``.
@@ -48,6 +49,7 @@ def serve(
     ignore_range: bool = False,
     routes: dict[str, str | None] | Route | None = None,
     content_types: dict[str, str] | None = None,
+    basic_auth: tuple[str, str] | None = None,
 ) -> Iterator[Server]:
     root = Path(root)
     fail_left = dict(fail_first or {})
@@ -106,6 +108,13 @@ def serve(
             if failing:
                 self._plain(500)
                 return
+            if basic_auth is not None:
+                import base64
+
+                want = "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+                if self.headers.get("Authorization") != want:
+                    self._plain(401, {"WWW-Authenticate": 'Basic realm="mirror"'})
+                    return
             path = self._resolve()
             if path is None:
                 self._plain(404)

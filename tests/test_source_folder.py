@@ -129,6 +129,60 @@ def test_cli_download_unify(music: Path, state_dir: Path) -> None:
     assert all(r.dataset == "folder" for r in read_manifest(state.manifest_path("library")))
 
 
+def test_symlinks_followed_once_loops_and_duplicates_skipped(music: Path, tmp_path: Path) -> None:
+    (music / "loop").symlink_to(music, target_is_directory=True)          # loop -> .
+    (music / "misc" / "again").symlink_to(music / "misc", target_is_directory=True)
+    (music / "Jazz link").symlink_to(music / "Miles Davis", target_is_directory=True)
+    (music / "misc" / "same.wav").symlink_to(music / "Unknown Artist" / "Demos" / "03 - Sketch.wav")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    sf.write(outside / "linked.wav", _tone(1.0), 8000)
+    (music / "external").symlink_to(outside, target_is_directory=True)
+    (music / "misc" / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    warnings: list[str] = []
+    files = folder.scan(music, warnings)
+    assert files == sorted(["Miles Davis/Kind of Blue/01 So What.flac", "Unknown Artist/Demos/03 - Sketch.wav",
+                            "external/linked.wav", "misc/broken.mp3", "misc/track.mp3"])
+    assert any("dangling.wav" in w for w in warnings)
+    root = tmp_path / "ds"
+    ledger = _scan(root, music)
+    assert ledger.counts() == {"ok": 4, "failed": 1, "pending": 0}
+    assert all(check_file(e)[0] is None for e in folder.FolderSource().expected_files(root)
+               if not e.path.name.startswith("broken"))
+
+
+def test_unreadable_subfolder_is_a_warning(music: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    # Tests may run as root, for whom chmod 000 changes nothing: make the OS refuse the listing instead.
+    import os
+
+    real = os.scandir
+    locked = music / "misc"
+
+    def scandir(path):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(folder.os, "scandir", scandir)
+    with caplog.at_level("WARNING"):
+        files = folder.scan(music)
+    assert not any(f.startswith("misc/") for f in files) and len(files) == 2
+    assert "cannot read folder misc: Permission denied" in caplog.text
+
+
+def test_nonexistent_path_says_so_and_leaves_no_record(tmp_path: Path, state_dir: Path, music: Path) -> None:
+    from httpserver import mtx_runner
+
+    mtx = mtx_runner(state_dir)
+    r = mtx("download", "folder", "--path", str(tmp_path / "nope"))
+    assert r.exit_code == 1 and "no such folder" in r.output and "interrupted" not in r.output
+    r = mtx("download", "folder", "--path", str(tmp_path / "nope"))
+    assert "no such folder" in r.output and "interrupted" not in r.output
+    r = mtx("download", "folder", "--path", str(music))
+    assert "interrupted" not in r.output and "broken.mp3" in r.output
+
+
 def test_stats_measure_the_music_not_the_index(music: Path, state_dir: Path) -> None:
     """`download --stats` for a folder: GB and hours from the audio files, which live outside the state dir."""
     import json

@@ -204,3 +204,34 @@ def test_no_datasets_and_bad_options(state: StateDir, cli):
     assert cli("unify", "--stratify-by", "genre").exit_code == 2
     with pytest.raises(MtxError, match="min-duration"):
         run_unify(state, dataclasses.replace(UnifyConfig(), min_duration=5.0, max_duration=1.0))
+
+
+def test_files_verify_rejected_are_left_out_with_a_count(tmp_path, state_dir) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from httpserver import mtx_runner
+    from musiccli.manifest import read_manifest
+    from musiccli.state import StateDir
+
+    lib = tmp_path / "Music"
+    lib.mkdir()
+    tone = (0.2 * np.sin(np.arange(16000 * 3) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+    for name in ("good.wav", "cut.wav", "liar.wav"):
+        sf.write(lib / name, tone, 16000)
+    # A header whose data size says 0xFFFFFFFF: mutagen (the scan) believes 134,217 s, libsndfile decodes 3 s.
+    liar = bytearray((lib / "liar.wav").read_bytes())
+    liar[40:44] = (0xFFFFFFFF).to_bytes(4, "little")
+    (lib / "liar.wav").write_bytes(bytes(liar))
+    mtx = mtx_runner(state_dir)
+    assert mtx("download", "folder", "--path", str(lib)).exit_code == 0
+    # After the scan the file is cut short (a copy interrupted half-way).
+    data = (lib / "cut.wav").read_bytes()
+    (lib / "cut.wav").write_bytes(data[: len(data) // 2])
+    r = mtx("verify", "folder")
+    assert r.exit_code == 1, r.output
+    r = mtx("unify", "--datasets", "folder", "--name", "lib")
+    assert r.exit_code == 0, r.output
+    assert "2 record(s) whose file `mtx verify` rejected were left out" in r.output
+    records = read_manifest(StateDir.resolve(state_dir).manifest_path("lib"))
+    assert [p.split("/")[-1] for p in (x.audio_path for x in records)] == ["good.wav"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -32,6 +34,18 @@ class MtxGroup(TyperGroup):
     def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # keep the pipeline order, not alphabetical
 
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            escape_help(cmd)
+        return cmd
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        escape_help(self)
+        for cmd in self.commands.values():
+            escape_help(cmd)
+        super().format_help(ctx, formatter)
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -51,9 +65,82 @@ class MtxGroup(TyperGroup):
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if _debug(ctx):
                 raise
+            known = system_error(e, _state_root(ctx))
+            if known is not None:
+                _out(ctx).error(*known)
+                ctx.exit(1)
             _out(ctx).error(f"internal error: {type(e).__name__}: {e}",
                             "rerun with --debug for the traceback, and please report it")
             ctx.exit(1)
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def system_error(e: BaseException, state_root: Path | None) -> tuple[str, str] | None:
+    """(message, hint) for an error of the machine rather than the code: a full disk, a read-only or
+    misplaced state dir. Libraries wrap these (h5py's OSError text, safetensors' SafetensorError),
+    so the whole exception chain and its text are searched."""
+    for err in _chain(e):
+        text = str(err)
+        code = getattr(err, "errno", None)
+        where = getattr(err, "filename", None) or (str(state_root) if state_root else "the output folder")
+        if code == errno.ENOSPC or "No space left on device" in text or "errno = 28" in text:
+            return (f"no space left on device at {where}",
+                    "free some space, then rerun the same command with --continue: committed work is kept")
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
+            if state_root is not None and _inside(where, state_root):
+                return (f"state dir {state_root} is read-only (cannot write {where})",
+                        "make it writable, or point --state-dir / MTX_HOME at a writable folder")
+            return f"cannot write {where}: permission denied", "check the permissions of that path"
+        if code == errno.ENOTDIR or isinstance(err, NotADirectoryError):
+            return (f"{where}: a part of this path is a file, not a folder",
+                    "point --state-dir / MTX_HOME at a folder (it is created if missing)")
+    return None
+
+
+def _inside(path: str, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _state_root(ctx: typer.Context) -> Path | None:
+    obj = _app_ctx(ctx)
+    root = getattr(obj, "state_root", None)
+    if root:
+        return Path(root)
+    try:
+        from ..state import default_state_dir
+
+        return default_state_dir()
+    except Exception:  # noqa: BLE001 - only used to word the message
+        return None
+
+
+def escape_help(cmd: Any) -> None:
+    """Escape Rich markup in a command's help texts once, so "[train] epochs = 20" prints as written.
+
+    Typer renders help with ``rich_markup_mode="rich"``, which would eat any bracketed text.
+    """
+    if getattr(cmd, "_mtx_help_escaped", False):
+        return
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        if getattr(cmd, attr, None):
+            setattr(cmd, attr, escape(getattr(cmd, attr)))
+    for param in getattr(cmd, "params", []):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    cmd._mtx_help_escaped = True
 
 
 def _app_ctx(ctx: typer.Context):

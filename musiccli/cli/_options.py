@@ -7,17 +7,15 @@ from typing import Annotated
 
 import typer
 
+from .. import names
+from ..names import completer, listed
 
-def _complete_encoders(incomplete: str) -> list[str]:
-    from ..encoders import encoder_names
-
-    return [n for n in encoder_names() if n.startswith(incomplete)]
-
-
-def _complete_sources(incomplete: str) -> list[str]:
-    from ..sources import source_names
-
-    return [n for n in source_names() if n.startswith(incomplete)]
+# Registry names come from musiccli.names (no torch import), so --help and completion stay fast.
+_complete_encoders = completer(names.AUDIO_ENCODERS)
+_complete_sources = completer(names.SOURCES)
+_complete_losses = completer(names.LOSSES)
+_complete_backbones = completer(names.TEXT_BACKBONES)
+_complete_aggregations = completer(names.AGGREGATIONS)
 
 
 def _state_from_env():
@@ -43,18 +41,23 @@ MaxFailureRate = Annotated[float, typer.Option("--max-failure-rate", min=0.0, ma
                                                     "items fail.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.",
-                                     autocompletion=lambda incomplete: ["auto", "cpu", "cuda", "mps"])]
-Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 / fp16 / fp32 by device), fp32, bf16, fp16.",
-                                        autocompletion=lambda incomplete: ["auto", "fp32", "bf16", "fp16"])]
+                                     autocompletion=completer(names.DEVICES))]
+Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 / fp16 / fp32 by device), fp32, bf16 or fp16.",
+                                        autocompletion=completer(names.PRECISIONS))]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
-AudioEncoder = Annotated[str, typer.Option("--audio-encoder", "-e", help="Audio encoder (see `mtx embed --help`).",
+AudioEncoder = Annotated[str, typer.Option("--audio-encoder", "-e",
+                                           help=f"Audio encoder: {listed(names.AUDIO_ENCODERS)}.",
                                            autocompletion=_complete_encoders)]
 Manifest = Annotated[str | None, typer.Option("--manifest", "-m",
-                                              help="Manifest name in the state dir or a path; default: newest.",
+                                              help="Manifest name in the state dir (looked up first), or a path "
+                                                   "to a .json file; default: newest.",
                                               autocompletion=_complete_manifests)]
 Run = Annotated[str | None, typer.Option("--run", "-r", help="Run name; default: newest trained run.",
                                          autocompletion=_complete_runs)]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size.")]
-NumWorkers = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
-Source = Annotated[str, typer.Argument(help="Dataset source name.", autocompletion=_complete_sources)]
+NumWorkers = Annotated[int, typer.Option("--workers", "--num-workers", min=0, help="Worker processes.")]
+Source = Annotated[str, typer.Argument(help=f"Dataset source: {listed(names.SOURCES)}.",
+                                       autocompletion=_complete_sources)]
+Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Which checkpoint of the run: best or latest.",
+                                         autocompletion=completer(names.CHECKPOINTS))]
 OutPath = Annotated[Path | None, typer.Option("--out", "-o", help="Output path.")]

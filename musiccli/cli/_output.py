@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..redact import redact_text
 from ..state import to_jsonable
 
 
@@ -29,7 +30,7 @@ class Output:
         """A human status line (suppressed in quiet/json modes; goes to stderr in json mode)."""
         if self.quiet:
             return
-        (self.err if self.json_mode else self.console).print(message)
+        (self.err if self.json_mode else self.console).print(redact_text(message))
 
     def warn(self, message: str) -> None:
         """A warning line on stderr, at most once per command; human mode only (json results carry
@@ -46,13 +47,14 @@ class Output:
     def result(self, data: Any) -> None:
         """The machine-readable result; printed only in json mode."""
         if self.json_mode:
-            sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+            text = json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)
+            sys.stdout.write(redact_text(text) + "\n")
             sys.stdout.flush()
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.err.print(f"[bold red]error:[/] {escape(message)}")
+        self.err.print(f"[bold red]error:[/] {escape(redact_text(message))}")
         if hint:
-            self.err.print(f"[dim]hint:[/] {escape(hint)}")
+            self.err.print(f"[dim]hint:[/] {escape(redact_text(hint))}")
 
 
 def escape(text: str) -> str:

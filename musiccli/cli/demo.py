@@ -54,7 +54,7 @@ def command(
                               for s in result.stages]))
     app.out.table(make_table("quality checks (test split)", ["check", "value", "target", "ok"],
                              [[c.name, c.value, c.target, "yes" if c.passed else "NO"] for c in result.checks]))
-    app.out.info(f"state dir: {result.state_dir}   export: {result.export_dir}   total {result.seconds:.0f} s")
+    app.out.info(f"state dir: {escape(str(result.state_dir))}   export: {escape(str(result.export_dir))}   total {result.seconds:.0f} s")
     app.out.info(f"This demo shows the pipeline and its resume contract. Its model learned only from "
                  f"{escape(result.trained_on or 'synthetic clips')}: it is not a search model for real music, where "
                  "it ranks near chance. For your own library, train on real captioned data (`mtx download "

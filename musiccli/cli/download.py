@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
+from .. import names
+from ..names import listed
 from ._options import Continue, Force, JsonOut, MaxFailureRate, RetryFailed, _complete_sources
 from ._output import escape, make_table
 
 
 def command(
     ctx: typer.Context,
-    source: Annotated[str | None, typer.Argument(help="Dataset source (e.g. synth); omit with --phase or --stats.",
+    source: Annotated[str | None, typer.Argument(help=f"Dataset source: {listed(names.SOURCES)}; omit with --phase or --stats.",
                                                  autocompletion=_complete_sources, show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="synth: number of clips.")] = 1000,
     duration: Annotated[float, typer.Option("--duration", min=0.1, help="synth: seconds per clip.")] = 10.0,
@@ -69,7 +71,7 @@ def command(
     if stats:
         rows = dataset_stats(app.state)
         if not rows:
-            app.out.info(f"no datasets downloaded in {app.state.root / 'datasets'}")
+            app.out.info(f"no datasets downloaded in {escape(str(app.state.root / 'datasets'))}")
         app.out.table(make_table("Datasets on disk", ["source", "items", "ok", "failed", "audio files", "GB",
                                                       "hours"],
                                  [[r.source, r.items, r.ok, r.failed, r.audio_files, r.gb,
@@ -97,7 +99,7 @@ def command(
                                ("already " if r.skipped else "") + r.status]
                               for r in results]))
     for r in results:
-        app.out.info(f"{r.source}: {r.root}")
+        app.out.info(f"{r.source}: {escape(str(r.root))}")
     app.out.result(results)
     for r in results:
         if not r.failed:

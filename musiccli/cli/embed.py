@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._context import AppContext, get_ctx
+from .. import names
+from ..names import completer
 from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, MaxFailureRate,
-                       Precision)
+                       Precision, _complete_aggregations)
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ def command(
     aggregation: Annotated[str | None, typer.Option(
         "--aggregation", help="mean, stats ([mean, robust_sigma, dmean], 3x dim) or none (keep windows) "
                               "[default: the encoder's].",
-        autocompletion=lambda incomplete: ["mean", "stats", "none"])] = None,
+        autocompletion=_complete_aggregations)] = None,
     window: Annotated[float | None, typer.Option("--window", min=0.0, help="Window length in seconds "
                                                                            "[default: the encoder's].")] = None,
     hop: Annotated[float | None, typer.Option("--hop", min=0.0, help="Hop between windows in seconds "
@@ -70,11 +72,11 @@ def command(
                                                     help="At most this many windows per track, spread evenly "
                                                          "over the whole track.")] = None,
     batch_size: BatchSize = 64,
-    num_workers: Annotated[int | None, typer.Option("--num-workers", min=0,
+    num_workers: Annotated[int | None, typer.Option("--workers", "--num-workers", min=0,
                                                     help="Decoding worker processes [default: 2 on CPU, up to "
                                                          "8 with a GPU].")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32 or float16.",
-                                       autocompletion=lambda incomplete: ["float32", "float16"])] = "float32",
+                                       autocompletion=completer(names.DTYPES))] = "float32",
     device: Device = "auto",
     precision: Precision = "auto",
     shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard K of N (K/N); the last shard "
@@ -85,6 +87,10 @@ def command(
                                                       "(tag_probs; encoders with a tagger, e.g. musicnn) "
                                                       "and show the top tags. On a finished store without "
                                                       "tags, computes only the tags, beside it.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Let the model run Python code from its own repository. MERT needs it "
+                                    "(the official m-a-p/MERT-v1-* checkpoints ship their model code); "
+                                    "off by default, use it only for repos you trust.")] = False,
     max_failure_rate: MaxFailureRate = 0.5,
     cont: Continue = False,
     force: Force = False,
@@ -106,6 +112,7 @@ def command(
         aggregation=aggregation, window=window, hop=hop, max_windows=max_windows, batch_size=batch_size,
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
+        trust_remote_code=trust_remote_code,
         max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont, force),
     )
     hint = (f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "")

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from ._context import get_ctx
-from ._options import BatchSize, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
-from ._output import make_table
+from ._options import BatchSize, Checkpoint, Continue, Device, Force, JsonOut, Manifest, Precision, Run, Seed
+from ._output import escape, make_table
 
 METRICS = ("R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0")
 
@@ -17,7 +17,7 @@ def command(
     ctx: typer.Context,
     run: Run = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate: train, val or test.")] = "test",
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    checkpoint: Checkpoint = "best",
     manifest: Manifest = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines",
                                             help="Also score random and untrained baselines, and the audio "
@@ -76,7 +76,7 @@ def command(
         app.out.info(f"teacher-space text embedder {other} ({r['audio_encoder']}): " + (
             f"text->music R@10 {res['text_to_music']['R@10']:.3f}, tag ROC-AUC {res['tags'].get('roc_auc', 0):.3f}"
             if res else r.get("note", "")))
-    app.out.info(f"report: {result.path}")
+    app.out.info(f"report: {escape(str(result.path))}")
     for line in result.warnings:
         app.out.warn(line)
     app.out.result({**rep, "warnings": result.warnings})

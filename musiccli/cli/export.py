@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import Continue, Force, JsonOut, Run
+from ._output import escape
+from ._options import Checkpoint, Continue, Force, JsonOut, Run
 
 
 def command(
     ctx: typer.Context,
     run: Run = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or latest.")] = "best",
+    checkpoint: Checkpoint = "best",
     formats: Annotated[list[str] | None, typer.Option("--format", "-f",
                                                       help="hf and/or onnx (repeatable); default both.")] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset version.")] = 17,
@@ -42,7 +43,7 @@ def command(
         app.out.info(f"export of run {result.run} ({result.checkpoint}) is up to date")
     for fmt in (*FORMATS, "audiomuse"):
         if fmt in result.paths:
-            app.out.info(f"{fmt}: {result.paths[fmt]}")
+            app.out.info(f"{fmt}: {escape(str(result.paths[fmt]))}")
     sizes = result.details.get("sizes_mb")
     if sizes:
         app.out.info(f"ONNX sizes: music {sizes['music']:.2f} MB, text {sizes['text']:.2f} MB; client check "

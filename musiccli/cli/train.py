@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from ._context import get_ctx
-from ._options import _complete_encoders, Continue, Device, Force, JsonOut, Manifest, Precision, Seed
-from ._output import make_table
+from ._options import (Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
+                       _complete_encoders, _complete_losses)
+from ._output import escape, make_table
 
 # Kept in sync with the registries (LOSSES, OBJECTIVES, TEXT_REPS, TRACKERS, RECIPES) by a test;
 # importing them here would pull torch into `mtx --help`.
@@ -22,10 +23,10 @@ RECIPE_NAMES = ("navidrome",)
 STUDENT_TEXT_TOWERS = ("mean", "transformer")
 
 
-def _complete_losses(incomplete: str) -> list[str]:
-    from ..training.losses import LOSSES
-
-    return [n for n in LOSSES if n.startswith(incomplete)]
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:  # also refuses NaN (None: the objective's default)
+        raise typer.BadParameter(f"must be a positive number (got {value})")
+    return value
 
 
 def _choices(names: tuple[str, ...]):
@@ -53,7 +54,8 @@ def command(
                                        f"size ({', '.join(RECIPE_NAMES)}); explicit flags still win.",
                                        autocompletion=_choices(RECIPE_NAMES))] = None,
     text_backbone: Annotated[str | None, _opt("--text-backbone", help="minilm, roberta, distilbert, a Hub id or "
-                                              "a local path (default: recipe or minilm).")] = None,
+                                              "a local path (default: recipe or minilm).",
+                                              autocompletion=_complete_backbones)] = None,
     text_pooling: Annotated[str | None, _opt("--text-pooling", help=f"{', '.join(POOLING_NAMES)} (layers: every "
                                              "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
                                              autocompletion=_choices(POOLING_NAMES))] = None,
@@ -65,7 +67,8 @@ def command(
                                            "sub-batch (default: recipe or 64; student 32).")] = None,
     accum_steps: Annotated[int, _opt("--accum-steps", min=1, help="GradCache: each step is N sub-batches with "
                                      "the exact gradients of one N x larger batch.")] = 1,
-    lr: Annotated[float | None, _opt("--lr", help="Backbone learning rate (default 5e-5; student 1e-3).")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Backbone learning rate (default 5e-5; student 1e-3).",
+                                     callback=_positive)] = None,
     head_lr_mult: Annotated[float, _opt("--head-lr-mult", min=0.0, help="Heads learn at lr x this.")] = 10.0,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0, help="AdamW weight decay "
                                                "(default 0.01; student 1e-4).")] = None,
@@ -178,7 +181,7 @@ def command(
     if result.stopped_early:
         rows.append(["stopped early", "yes (patience)"])
     app.out.table(make_table("Training", ["", "value"], rows))
-    app.out.info(f"saved to {result.run_dir}")
+    app.out.info(f"saved to {escape(str(result.run_dir))}")
     if result.logs:
         app.out.info(f"{report_to} logs: {result.logs}")
     app.out.result(result)

@@ -8,7 +8,7 @@ import typer
 
 from ._context import get_ctx
 from ._options import Continue, Force, JsonOut, Seed
-from ._output import make_table
+from ._output import escape, make_table
 
 
 def _split_list(values: list[str] | None) -> list[str] | None:
@@ -89,7 +89,12 @@ def command(
     if result.missing_audio:
         app.out.info(f"[yellow]{result.missing_audio} record(s) without an audio file were left out[/], e.g.:")
         for example in result.missing_examples:
-            app.out.info(f"  {example}")
+            app.out.info(f"  {escape(example)}")
+    if result.failed_verify:
+        app.out.info(f"[yellow]{result.failed_verify} record(s) whose file `mtx verify` rejected were left out[/], "
+                     "e.g.:")
+        for example in result.failed_verify_examples:
+            app.out.info(f"  {escape(example)}")
     if result.dropped_duration:
         app.out.info(f"{result.dropped_duration} record(s) outside the duration range were left out")
     if result.split_overridden:
@@ -106,7 +111,7 @@ def command(
     if result.dry_run:
         app.out.info("dry run: nothing was written")
     elif result.skipped:
-        app.out.info(f"already up to date: {result.path} (use --force to rebuild it)")
+        app.out.info(f"already up to date: {escape(result.path)} (use --force to rebuild it)")
     else:
-        app.out.info(f"wrote {result.records:,} records to {result.path}")
+        app.out.info(f"wrote {result.records:,} records to {escape(result.path)}")
     app.out.result(result)

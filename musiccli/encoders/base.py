@@ -57,6 +57,7 @@ class EncoderOptions:
     model: str | None = None          # hub id or local path; None -> spec default
     layers: list[int] | None = None   # for multi-layer encoders (MERT)
     cache_dir: Path | None = None     # where converted weights live (state dir)
+    trust_remote_code: bool = False   # allow models whose code lives in their repo (MERT); --trust-remote-code
     extra: dict[str, Any] = field(default_factory=dict)
 
 

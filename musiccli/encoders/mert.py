@@ -1,8 +1,11 @@
 """MERT (m-a-p/MERT-v1-330M, -95M): every hidden layer, time-pooled.
 
-Loading is exactly what the model card does: ``AutoModel.from_pretrained(model,
+Loading is what the model card does: ``AutoModel.from_pretrained(model,
 trust_remote_code=True)`` and ``Wav2Vec2FeatureExtractor.from_pretrained(model,
 trust_remote_code=True)``; a local directory (``--model /path``) takes the same path.
+Remote code runs only with ``--trust-remote-code`` (``EncoderOptions.trust_remote_code``):
+the official m-a-p/MERT-v1 checkpoints need it, and without the flag loading stops with a
+line that says so. A checkpoint in a plain transformers architecture loads without it.
 
 Windows are 5 s at 24 kHz with a 5 s hop (no overlap). MERT was pre-trained on 5 s
 crops, so a 5 s window is the longest context that matches its training, and
@@ -120,7 +123,7 @@ class MertEncoder(AudioEncoder):
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(self.model_id, trust_remote_code=True)
+            return AutoConfig.from_pretrained(self.model_id, trust_remote_code=self.options.trust_remote_code)
         except (OSError, ValueError) as e:
             raise load_error("MERT config", self.model_id, e) from None
 
@@ -137,9 +140,10 @@ class MertEncoder(AudioEncoder):
         from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
         try:
-            extractor = Wav2Vec2FeatureExtractor.from_pretrained(self.model_id, trust_remote_code=True)
+            trust = self.options.trust_remote_code
+            extractor = Wav2Vec2FeatureExtractor.from_pretrained(self.model_id, trust_remote_code=trust)
             with stdout_to_log(log):   # MERT's remote code prints warnings on import
-                model = AutoModel.from_pretrained(self.model_id, trust_remote_code=True)
+                model = AutoModel.from_pretrained(self.model_id, trust_remote_code=trust)
         except (OSError, ValueError) as e:
             raise load_error("MERT model", self.model_id, e) from None
         if int(extractor.sampling_rate) != SPEC.sample_rate:

@@ -15,6 +15,7 @@ receive the token).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import logging
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MtxError
+from ..redact import redact_url, split_credentials
 
 if TYPE_CHECKING:
     from ..progress import Task
@@ -118,13 +120,20 @@ def _new_hash(algorithm: str):
 
 
 def _redact(url: str) -> str:
-    """The URL without credentials: no query string (signed CDN URLs carry them there), no user:password@."""
-    try:
-        p = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<malformed URL>"
-    netloc = p.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
+    """The URL as it may be shown: ``redact.redact_url`` (no userinfo, no secret query values)."""
+    return redact_url(url)
+
+
+def _with_basic_auth(url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A URL with ``user:password@`` is requested without it, with ``Authorization: Basic``.
+
+    urllib would otherwise try to resolve ``user:password@host`` as a host name.
+    """
+    bare, creds = split_credentials(url)
+    if creds is None:
+        return url, headers
+    token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode("ascii")
+    return bare, {**headers, "Authorization": f"Basic {token}"}
 
 
 class _SafeRedirect(urllib.request.HTTPRedirectHandler):
@@ -135,7 +144,8 @@ class _SafeRedirect(urllib.request.HTTPRedirectHandler):
         if new is not None:
             old_host = urllib.parse.urlparse(req.full_url).hostname
             new_host = urllib.parse.urlparse(new.full_url).hostname
-            if new_host != old_host and not _is_hf_host(new.full_url):
+            basic = str(req.get_header("Authorization") or "").startswith("Basic ")
+            if new_host != old_host and (basic or not _is_hf_host(new.full_url)):
                 for name in SECRET_HEADERS:   # media-server tokens travel in their own headers
                     new.remove_header(name)
                     new.unredirected_hdrs.pop(name, None)
@@ -225,6 +235,7 @@ def _attempt(url: str, part: Path, headers: dict[str, str], algorithm: str | Non
     if have:
         req_headers["Range"] = f"bytes={have}-"
     try:
+        url, req_headers = _with_basic_auth(url, req_headers)
         req = urllib.request.Request(url, headers=req_headers)
     except ValueError as e:
         # A malformed URL (e.g. one row of a third-party metadata file) fails this item, not the run.

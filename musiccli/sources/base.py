@@ -90,6 +90,9 @@ class Source(abc.ABC):
         generic = {"max_items": cfg.max_items, "subset": cfg.subset}
         return {**generic, **{k: getattr(cfg, k) for k in self.info.options if k not in HOW_NOT_WHAT}}
 
+    def check(self, cfg: DownloadConfig) -> None:
+        """Refuse a config that cannot work (raise MtxError) before any stage record is written."""
+
     @abc.abstractmethod
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
         """Fetch/generate into ``root``; record each item in ``ledger``; skip items already ok."""

@@ -54,15 +54,68 @@ def file_id(rel: str) -> str:
     return "folder-" + hashlib.sha1(rel.encode("utf-8")).hexdigest()[:16]
 
 
-def scan(music_dir: Path) -> list[str]:
-    """Relative posix paths of the audio files under ``music_dir``, sorted; hidden files skipped."""
-    out = []
-    for dirpath, dirs, files in os.walk(music_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.startswith((".", TMP_PREFIX)) or not name.lower().endswith(AUDIO_EXTENSIONS):
+def scan(music_dir: Path, warnings: list[str] | None = None) -> list[str]:
+    """Relative posix paths of the audio files under ``music_dir``, sorted; hidden files skipped.
+
+    Symlinked folders and files are followed, safely: a folder already visited (by device and
+    inode, so ``loop -> .`` or two links to one album) is not entered again, and a file reached
+    through several paths is listed once. Real paths win over links (links are followed after
+    the real tree), so the listing does not depend on link names. Sub-folders that cannot be
+    read are logged as warnings (and appended to ``warnings``), never skipped silently.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    links: list[tuple[Path, str]] = []  # followed after everything reachable without links
+    out: list[str] = []
+
+    def warn(msg: str) -> None:
+        log.warning("folder: %s", msg)
+        if warnings is not None:
+            warnings.append(msg)
+
+    def add_file(path: Path, rel: str) -> None:
+        try:
+            st = path.stat()  # follows symlinks; a dangling link is reported, not listed
+        except OSError as e:
+            warn(f"cannot read {rel}: {e.strerror or e}")
+            return
+        if (st.st_dev, st.st_ino) not in seen_files:
+            seen_files.add((st.st_dev, st.st_ino))
+            out.append(rel)
+
+    def walk(folder: Path, rel: str) -> None:
+        try:
+            st = folder.stat()
+        except OSError as e:
+            warn(f"cannot read {rel or '.'}: {e.strerror or e}")
+            return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            log.debug("folder: %s is a folder already scanned (symlink loop or duplicate link)", rel)
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            warn(f"cannot read folder {rel or '.'}: {e.strerror or e}; its files are left out")
+            return
+        for entry in entries:
+            if entry.name.startswith((".", TMP_PREFIX)):
                 continue
-            out.append(Path(dirpath, name).relative_to(music_dir).as_posix())
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_symlink():
+                links.append((Path(entry.path), child))
+            elif entry.is_dir(follow_symlinks=False):
+                walk(Path(entry.path), child)
+            elif entry.name.lower().endswith(AUDIO_EXTENSIONS):
+                add_file(Path(entry.path), child)
+
+    walk(Path(music_dir), "")
+    while links:
+        path, rel = links.pop(0)
+        if path.is_dir():
+            walk(path, rel)
+        elif path.name.lower().endswith(AUDIO_EXTENSIONS):
+            add_file(path, rel)
     return sorted(out)
 
 
@@ -95,7 +148,7 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
     """Tags and duration of one file, with file/folder-name fallbacks; raises MtxError if it is not audio."""
     import mutagen
 
-    from ..audio import AudioError, audio_info
+    from ..audio import AudioError, audio_info, container_tags
 
     tags, duration = None, None
     try:
@@ -107,6 +160,9 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
         tags = f.tags
         length = getattr(getattr(f, "info", None), "length", None)
         duration = float(length) if length and length > 0 else None
+    if not any(_first(tags, k) for k in ("artist", "title", "album", "genre")):
+        # mutagen reads no RIFF INFO chunk (tagged WAVs) and no Matroska/WebM tags: ask FFmpeg.
+        tags = container_tags(path) or tags
     if duration is None:
         try:
             duration = audio_info(path).duration
@@ -150,6 +206,18 @@ class FolderSource(Source):
             return None
         data = read_json(cfg)
         return Path(data["path"]) if isinstance(data, dict) and data.get("path") else None
+
+    def check(self, cfg: DownloadConfig) -> None:
+        if cfg.path is None:
+            return  # the folder recorded by an earlier scan is used (download says so if there is none)
+        music = Path(cfg.path).expanduser()
+        if not music.exists():
+            raise MtxError(f"--path {cfg.path}: no such folder", hint="pass the folder that holds your music")
+        if not music.is_dir():
+            raise MtxError(f"--path {cfg.path} is not a directory",
+                           hint="pass the folder that holds your music with --path")
+        if not os.access(music, os.R_OK | os.X_OK):
+            raise MtxError(f"--path {cfg.path}: permission denied", hint="check the folder's permissions")
 
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
         music = Path(cfg.path).expanduser().resolve() if cfg.path else self.music_dir(root)

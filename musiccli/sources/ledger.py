@@ -94,6 +94,9 @@ class Ledger:
             self.on_ok(id)
 
     def failed(self, id: str, reason: str) -> None:
+        from ..redact import redact_text
+
+        reason = redact_text(reason)  # reasons may quote URLs
         self._append(LedgerEntry(id=id, status=FAILED, reason=reason))
         if self.on_failed is not None:
             self.on_failed(id, reason)

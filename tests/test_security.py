@@ -1,0 +1,122 @@
+"""Secrets never reach output or the state dir; mirrors with credentials work; files honour the umask;
+remote code runs only when asked for; no loader unpickles user files."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from httpserver import mtx_runner, serve
+from musiccli.redact import redact_text, redact_url
+
+USER, PASSWORD, TOKEN = "alice", "s3cr3t-pw", "tok-9f8e7d6c"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://alice:pw@host:8/api?x=1", "http://host:8/api?x=1"),
+    ("https://h/f.zip?token=abc&download=1", "https://h/f.zip?token=REDACTED&download=1"),
+    ("https://h/f?Signature=a&Key-Pair-Id=k&Expires=3", "https://h/f?Signature=REDACTED&Key-Pair-Id=k&Expires=3"),
+    ("https://h/f?X-Amz-Signature=a&X-Amz-Credential=b&sig=c&key=d&password=e&api_key=f",
+     "https://h/f?X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED&sig=REDACTED&key=REDACTED"
+     "&password=REDACTED&api_key=REDACTED"),
+    ("https://huggingface.co/datasets/x", "https://huggingface.co/datasets/x"),
+])
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+    assert redact_text(f"cannot list {url} (gaierror)") == f"cannot list {expected} (gaierror)"
+
+
+def test_mirror_with_credentials_is_basic_auth_and_secrets_never_leak(tmp_path: Path, state_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_source_jamendo_maxcaps import _routes, build_www
+
+    from musiccli.sources import jamendo_maxcaps as jm
+
+    www = tmp_path / "www"
+    www.mkdir()
+    build_www(www)
+    mtx = mtx_runner(state_dir)
+    outputs = []
+    with serve(www, routes=_routes, basic_auth=(USER, PASSWORD)) as srv:
+        host = srv.url.removeprefix("http://")
+        mirror = f"http://{USER}:{PASSWORD}@{host}"
+        monkeypatch.setenv(jm.ENV_API, f"http://{USER}:{PASSWORD}@{host}/api/tree")
+        r = mtx("--verbose", "download", "jamendo-maxcaps", "--mirror", mirror, "--max-shards", "1", "--json")
+        outputs.append(r.output)  # stdout and the log lines on stderr
+        assert r.exit_code == 0, r.output
+        # Every request carried the credentials as a header, none in the URL.
+        assert srv.requests and all(h.get("Authorization", "").startswith("Basic ") for _, h in srv.requests)
+        # A wrong password, and a token in the query strings: clean failures that show neither.
+        monkeypatch.setenv(jm.ENV_API, f"http://{USER}:wrong-{PASSWORD}@{host}/api/tree?token={TOKEN}")
+        r = mtx("--verbose", "download", "jamendo-maxcaps", "--mirror", f"http://{USER}:wrong-{PASSWORD}@{host}",
+                "--force", "--max-shards", "1", "--json")
+        outputs.append(r.output)
+        assert r.exit_code == 1 and "HTTP 401" in r.output
+        assert "cannot list" in r.output and "token=REDACTED" in r.output
+    secrets = (PASSWORD, TOKEN, f"{USER}:")
+    for text in outputs:
+        for secret in secrets:
+            assert secret not in text, (secret, text[-2000:])
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, (secret, path)
+
+
+def test_atomic_writes_honour_the_umask(tmp_path: Path) -> None:
+    from musiccli.state import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "playlist.m3u", "#EXTM3U\n")
+        assert (tmp_path / "playlist.m3u").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.json", "{}")
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_no_loader_unpickles_user_files() -> None:
+    # torch.load without weights_only=True, numpy allow_pickle=True, pickle/joblib/dill loads: none in the package.
+    root = Path(__file__).resolve().parents[1] / "musiccli"
+    patterns = [r"\bpickle\.loads?\(", r"\bjoblib\.load\(", r"\bdill\.", r"allow_pickle\s*=\s*True",
+                r"\bcloudpickle\b"]
+    offenders = []
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for pat in patterns:
+            offenders += [f"{path.name}: {pat}" for _ in re.finditer(pat, text)]
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                offenders.append(f"{path.name}: torch.load without weights_only=True")
+    assert offenders == []
+
+
+def test_mert_runs_remote_code_only_with_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from musiccli.encoders import EncoderOptions, build_encoder
+    from musiccli.errors import MtxError
+    from musiccli.runtime import select_runtime
+
+    asked = []
+
+    def from_pretrained(model_id, trust_remote_code=False, **kw):
+        asked.append(trust_remote_code)
+        if not trust_remote_code:  # what transformers says for a repo with an auto_map of its own code
+            raise ValueError(f"The repository {model_id} contains custom code which must be executed to correctly "
+                             "load the model. Please pass the argument `trust_remote_code=True` to allow it.")
+        return type("Cfg", (), {"num_hidden_layers": 2, "hidden_size": 8})()
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", staticmethod(from_pretrained))
+    cpu = select_runtime("cpu", "fp32")
+    with pytest.raises(MtxError) as e:
+        _ = build_encoder("mert", EncoderOptions(model="m-a-p/MERT-v1-95M"), cpu).window_dim
+    assert "runs code from its own repository" in e.value.message and "--trust-remote-code" in e.value.hint
+    enc = build_encoder("mert", EncoderOptions(model="m-a-p/MERT-v1-95M", trust_remote_code=True), cpu)
+    assert enc.window_dim == 3 * 8 and asked == [False, True]
