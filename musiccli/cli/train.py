@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .. import names
+from ..names import listed
 from ._context import get_ctx
 from ._options import (Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
                        _complete_encoders, _complete_losses)
@@ -40,7 +42,8 @@ def _opt(*names: str, help: str, **kw):
 def command(
     ctx: typer.Context,
     audio_encoder: Annotated[str | None, _opt("--audio-encoder", "-e", help="Audio encoder whose store the towers "
-                                              "train on (align, joint; a student reads audio and --teachers).",
+                                              f"train on: {listed(names.AUDIO_ENCODERS)} (align and joint; a "
+                                              "student reads audio and --teachers).",
                                               autocompletion=_complete_encoders)] = None,
     manifest: Manifest = None,
     run: Annotated[str | None, _opt("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")] = None,
