@@ -224,8 +224,8 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
                                                       trust_remote_code=cfg.trust_remote_code,
                                                       extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
-    window = cfg.window or spec.window_s
-    hop = cfg.hop or spec.hop_s
+    window = cfg.window or encoder.default_window()[0]
+    hop = cfg.hop or encoder.default_window()[1]
     config = {
         **encoder.identity(),
         "aggregation": aggregation, "window": window, "hop": hop, "max_windows": cfg.max_windows,

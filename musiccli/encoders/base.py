@@ -109,6 +109,11 @@ class AudioEncoder(abc.ABC):
             ident["options"] = dict(sorted(self.options.extra.items()))
         return ident
 
+    def default_window(self) -> tuple[float, float]:
+        """(window, hop) in seconds when ``mtx embed`` gets no --window/--hop; a trained model may differ
+        from its spec (a student's crop length)."""
+        return self.spec.window_s, self.spec.hop_s
+
     def dim(self, aggregation: str) -> int:
         return self.window_dim * (3 if aggregation == "stats" else 1)
 
