@@ -312,17 +312,26 @@ def resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
 
 
 # --------------------------------------------------------------------------- windowing
-def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None = None) -> list[int]:
+def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None = None,
+                  patch: int = 0) -> list[int]:
     """Start offsets of windows over a signal of ``n_samples`` (after padding to >= window).
 
     With ``max_windows`` the windows are spread evenly over the whole signal, so a
     full song is summarised from beginning to end at bounded cost.
+
+    ``patch > 0`` is a drop-the-tail grid (musicnn's): a window at every hop start ``s``
+    with ``s + patch <= n_samples`` (``patch``: the samples a window needs to be complete),
+    the incomplete remainder dropped, no window flush with the end; ``[0]`` for a signal
+    shorter than one patch.
     """
-    n = max(n_samples, window)
-    starts = list(range(0, n - window + 1, hop)) or [0]
-    # Cover the tail: a last window flush with the end if the hop grid misses it.
-    if starts[-1] + window < n:
-        starts.append(n - window)
+    if patch:
+        starts = list(range(0, n_samples - patch + 1, hop)) or [0]
+    else:
+        n = max(n_samples, window)
+        starts = list(range(0, n - window + 1, hop)) or [0]
+        # Cover the tail: a last window flush with the end if the hop grid misses it.
+        if starts[-1] + window < n:
+            starts.append(n - window)
     if max_windows and len(starts) > max_windows:
         idx = np.linspace(0, len(starts) - 1, max_windows).round().astype(int)
         starts = [starts[i] for i in idx]
@@ -345,19 +354,28 @@ def frame_windows(wave: np.ndarray, window: int, hop: int, max_windows: int | No
 
 
 def frame_with_context(wave: np.ndarray, window: int, hop: int, max_windows: int | None,
-                       context: int = 0) -> np.ndarray:
-    """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start)."""
-    if not context:
+                       context: int = 0, patch: int = 0) -> np.ndarray:
+    """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start).
+
+    With ``patch > 0`` the starts follow :func:`window_starts`' drop-the-tail grid and the
+    signal is zero-padded (not repeat-padded) wherever a window runs past its end.
+    """
+    if not context and not patch:
         return frame_windows(wave, window, hop, max_windows)
-    wave = repeat_pad(wave, window)
-    starts = window_starts(wave.shape[-1], window, hop, max_windows)
-    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False)])
+    if patch:
+        starts = window_starts(wave.shape[-1], window, hop, max_windows, patch)
+        right = np.zeros(max(0, starts[-1] + window - wave.shape[-1]), dtype=np.float32)
+    else:
+        wave = repeat_pad(wave, window)
+        starts = window_starts(wave.shape[-1], window, hop, max_windows)
+        right = np.zeros(0, dtype=np.float32)
+    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False), right])
     # Window s spans padded[s + context : s + context + window]; its context the `context` samples before.
     return np.stack([padded[s:s + context + window] for s in starts])
 
 
 def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_windows: int | None = None,
-                   context: int = 0) -> np.ndarray:
+                   context: int = 0, patch: int = 0) -> np.ndarray:
     """[W, context + window] mono float32 windows at ``target_sr``, as :func:`frame_with_context` would
     cut them from the whole decoded track.
 
@@ -369,9 +387,9 @@ def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_
     info = audio_info(path) if max_windows else None
     if info is not None and info.frames > 0:
         n = resampled_length(info.frames, info.sample_rate, target_sr)
-        starts = window_starts(n, window, hop, max_windows)
+        starts = window_starts(n, window, hop, max_windows, patch)
         needed = len(starts) * (context + window + 2 * _RESAMPLE_MARGIN)
-        if n >= window and needed < n // 2:
+        if n >= (patch or window) and needed < n // 2:
             try:
                 return _windows_from_spans(path, info, target_sr, starts, window, context)
             except _ShorterThanHeader:
@@ -379,7 +397,7 @@ def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_
                 # the window grid must come from the real length, so decode the whole file once.
                 log.debug("%s is shorter than its header says; decoding it whole", path)
     wave, _ = decode(path, target_sr)
-    return frame_with_context(wave, window, hop, max_windows, context)
+    return frame_with_context(wave, window, hop, max_windows, context, patch)
 
 
 class _ShorterThanHeader(Exception):

@@ -23,7 +23,10 @@ chunks like the embeddings). A store with tags also satisfies a request without 
 
 An encoder with ``context_samples > 0`` receives, in front of each window, the
 samples that precede it in the track (zeros at the start): windows of
-``context + window`` samples on the same start grid. Once every part exists, ``store.assemble`` streams
+``context + window`` samples on the same start grid. An encoder with
+``patch_samples > 0`` (musicnn) gets its reference's drop-the-tail grid instead:
+windows only at hop starts where a full patch fits, the remainder dropped,
+zero-padding where a window runs past the end. Once every part exists, ``store.assemble`` streams
 them in chunk order into ``embeddings/<encoder>/<manifest>.h5``; the stage is
 marked complete and the parts are removed. Because chunks are fixed by the
 manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
@@ -221,8 +224,8 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
                                                       trust_remote_code=cfg.trust_remote_code,
                                                       extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
-    window = cfg.window or spec.window_s
-    hop = cfg.hop or spec.hop_s
+    window = cfg.window or encoder.default_window()[0]
+    hop = cfg.hop or encoder.default_window()[1]
     config = {
         **encoder.identity(),
         "aggregation": aggregation, "window": window, "hop": hop, "max_windows": cfg.max_windows,
@@ -269,13 +272,14 @@ class _TrackDataset(torch.utils.data.Dataset):
     """Decode + resample + window one track; runs in DataLoader workers."""
 
     def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
-                 max_windows: int | None, context: int = 0) -> None:
+                 max_windows: int | None, context: int = 0, patch: int = 0) -> None:
         self.items = items
         self.sample_rate = sample_rate
         self.window = window
         self.hop = hop
         self.max_windows = max_windows
         self.context = context
+        self.patch = patch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -284,7 +288,8 @@ class _TrackDataset(torch.utils.data.Dataset):
         chunk, id_, path = self.items[i]
         try:
             # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
-            windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context)
+            windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context,
+                                     self.patch)
             return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
@@ -292,9 +297,10 @@ class _TrackDataset(torch.utils.data.Dataset):
             return chunk, id_, None, f"{type(e).__name__}: {e}"
 
 
-def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int) -> np.ndarray:
+def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int,
+           patch: int = 0) -> np.ndarray:
     """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
-    return frame_with_context(wave, window, hop, max_windows, context)
+    return frame_with_context(wave, window, hop, max_windows, context, patch)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -472,7 +478,7 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
     spec = plan.encoder.spec
     sr = spec.sample_rate
     dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows,
-                            context=plan.encoder.context_samples)
+                            context=plan.encoder.context_samples, patch=plan.encoder.patch_samples)
     per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
     batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
     cuda = plan.runtime.device.type == "cuda"

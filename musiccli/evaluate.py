@@ -329,6 +329,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     if cfg.query_protocol not in PROTOCOLS:
         raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
     info = resolve_run(state, cfg.run)
+    if info.objective == "student":
+        return _run_student_eval(state, cfg, info, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
     records_all = read_manifest(mpath)
@@ -494,3 +496,159 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
         "ratio_r10_model_vs_random": ratio,
         "inputs": stage_config,
     }
+
+
+# --------------------------------------------------------------------------- student runs
+def student_track_vectors(model, records: Sequence[Record], batch_windows: int = 16) -> tuple[np.ndarray, list[str]]:
+    """Unit music vectors [N, dim] from audio (crop-length windows, mean, L2) as `mtx embed` stores them;
+    tracks that fail to decode get a zero row and are listed."""
+    import torch
+
+    from .audio import decode, frame_windows
+
+    c = model.student_config
+    out = np.zeros((len(records), c.dim), dtype=np.float32)
+    failed = []
+    with torch.inference_mode():
+        for j, r in enumerate(records):
+            try:
+                wave, _ = decode(r.audio_path, c.sample_rate)
+            except MtxError as e:
+                failed.append(f"{r.id}: {e.message}")
+                continue
+            windows = frame_windows(wave, c.crop_samples, c.crop_samples)
+            vecs = [model.embed_waves(torch.from_numpy(windows[s:s + batch_windows])).float().cpu().numpy()
+                    for s in range(0, len(windows), batch_windows)]
+            out[j] = np.concatenate(vecs).mean(0)
+    return _unit(out), failed
+
+
+def _teacher_cosines(model, state: StateDir, mname: str, records: Sequence[Record], music: np.ndarray
+                     ) -> tuple[dict[str, float], dict[str, str]]:
+    """Mean cosine between each teacher's projection of the student vector and its standardised vector."""
+    import torch
+
+    from .store import EmbeddingStore
+
+    cos, notes = {}, {}
+    for name in sorted(model.student_config.teachers):
+        path = state.embeddings_path(name, mname)
+        if not path.exists():
+            notes[f"teacher_{name}"] = f"skipped: no {name} store for {mname}"
+            continue
+        with EmbeddingStore(path) as store:
+            keep = [j for j, r in enumerate(records) if store.has(r.id)]
+            raw = store.get([records[j].id for j in keep])
+        with torch.inference_mode():
+            target = model.standardise_teacher(name, torch.from_numpy(raw))
+            pred = model.heads[name](torch.from_numpy(music[keep]))
+            cos[name] = float(torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean())
+    return cos, notes
+
+
+def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: Sequence[str]) -> dict[str, Any]:
+    """Trained align text embedders of the same manifest in a teacher's space, with their eval results."""
+    out: dict[str, Any] = {}
+    for run in state.list_runs(complete_only=True):
+        try:
+            other = resolve_run(state, run, announce=False)
+        except MtxError:
+            continue
+        # align runs only: a joint run's text vectors live in its own learned space, not the teacher's
+        if other.objective != "align" or other.audio_encoder not in teachers \
+                or other.meta.get("manifest") != mname:
+            continue
+        rep = next((p for p in (eval_report_path(state, run, split, c) for c in ("best", "latest")) if p.exists()),
+                   None)
+        if rep is not None:
+            r = read_json(rep)
+            out[run] = {"audio_encoder": other.audio_encoder, "tracks": r.get("counts", {}).get("tracks"),
+                        "results": r.get("results", {}).get("model")}
+        else:
+            out[run] = {"audio_encoder": other.audio_encoder, "note": f"not evaluated: run `mtx eval --run {run} "
+                                                                      f"--split {split}`"}
+    return out
+
+
+def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress: Progress) -> EvalReport:
+    from .encoders.student import StudentModel
+    from .manifest import resolve_manifest
+    from .runtime import select_runtime
+
+    ckpt = info.checkpoint_dir(cfg.checkpoint)
+    if cfg.manifest is None:
+        mname, mpath = resolve_manifest(state, str(info.meta.get("manifest")))
+    else:
+        mname, mpath = resolve_manifest(state, cfg.manifest)
+    out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
+    teachers = sorted(info.meta.get("teachers") or {})
+    stage_config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "weights": weights_identity(ckpt),
+                    "teachers": {t: store_identity(state.embeddings_path(t, mname))
+                                 for t in teachers if state.embeddings_path(t, mname).exists()},
+                    "baselines": cfg.baselines, "seed": cfg.seed, "query_protocol": cfg.query_protocol}
+    stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
+                        mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
+                        outputs={"report": out_path})
+    if stage.already_complete and out_path.exists():
+        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
+    runtime = select_runtime(cfg.device, "fp32")
+    model = StudentModel.from_pretrained(ckpt, device=runtime.device)
+    if cfg.query_protocol not in PROTOCOLS:
+        raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
+    records_all = read_manifest(mpath)
+    in_split = [r for r in records_all if r.split == cfg.split]
+    leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
+             if cfg.split == "train" else drop_training_records(in_split, _run_train_records(info, mpath,
+                                                                                             records_all)))
+    if leaks.dropped:
+        log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are left "
+                    "out, e.g. %s", leaks.dropped, cfg.split, mname, info.name, ", ".join(leaks.examples))
+    records = leaks.kept
+    if not records:
+        raise MtxError(f"no {cfg.split} records of {mname} to evaluate on", hint="pick another --split")
+    log.info("evaluating student run %s (%s checkpoint) on %d %s tracks of %s", info.name, cfg.checkpoint,
+             len(records), cfg.split, mname)
+    systems = ["model", "random"] if cfg.baselines else ["model"]
+    with progress.task("Evaluating", total=len(systems) + 1, unit="steps") as task:
+        music, failed = student_track_vectors(model, records)
+        if failed:
+            log.warning("%d %s tracks failed to decode and are left out", len(failed), cfg.split)
+            keep = [j for j, r in enumerate(records) if not any(f.startswith(r.id + ":") for f in failed)]
+            records, music = [records[j] for j in keep], music[keep]
+        task.advance()
+        data = build_eval_data(records, music, cfg.query_protocol)
+        results: dict[str, Any] = {}
+        for name in systems:
+            progress.check_interrupt()
+            if name == "model":
+                results[name] = score_system(data, music, model.encode(data.texts), model.encode(data.tags))
+            else:
+                rng = np.random.default_rng(cfg.seed)
+                d = model.student_config.dim
+                results[name] = score_system(data, music, _unit(rng.standard_normal((len(data.texts), d))),
+                                             _unit(rng.standard_normal((len(data.tags), d))))
+            task.advance()
+    cosines, notes = _teacher_cosines(model, state, mname, records, music)
+    report = {
+        "run": info.name, "objective": "student", "checkpoint": cfg.checkpoint, "split": cfg.split,
+        "manifest": mname, "audio_encoder": "student", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "protocol": {"retrieval": f"musiccli.retrieval, query protocol {cfg.query_protocol!r} (as for every run)",
+                     "music_vectors": "student music tower from audio: crop-length windows, mean, L2",
+                     "teacher_cosine": "mean cosine between the teacher's learned projection of the student "
+                                       "vector and the teacher vector standardised with train-split statistics",
+                     "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed})"},
+        "counts": {"tracks": len(records), "text_queries": len(data.relevance.queries),
+                   "captions": data.relevance.n_captions, "left_out_training_records": leaks.dropped,
+                   "failed_decode": len(failed), "distinct_captions": len(data.texts),
+                   "tags_total": len(data.tags), "tags_used": int(results["model"]["tags"].get("n_tags", 0))},
+        "results": results,
+        "teacher_cosine": cosines,
+        "teacher_space_text_embedders": _teacher_space_embedders(state, mname, cfg.split, teachers),
+        "baseline_notes": notes,
+        "ratio_r10_model_vs_random": ({d: _ratio(results["model"][d]["R@10"], results["random"][d]["R@10"])
+                                       for d in ("text_to_music", "music_to_text")} if "random" in results else {}),
+        "inputs": stage_config,
+    }
+    atomic_write_json(out_path, report)
+    stage.complete(result={"path": str(out_path)})
+    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))

@@ -46,6 +46,7 @@ class ExportConfig:
     opset: int = 17
     out: Path | None = None
     target: str = "mtx"               # mtx: hf/ + onnx/; audiomuse: AudioMuse-AI's CLAP text-model interface
+    allow_large: bool = False   # student runs: allow ONNX files above 5 MB (music) / 8 MB (text)
     resume: Resume = Resume.FRESH
 
 
@@ -57,6 +58,7 @@ class ExportResult:
     paths: dict[str, str] = field(default_factory=dict)
     onnx_max_abs_diff: float | None = None
     skipped: bool = False
+    details: dict[str, Any] = field(default_factory=dict)   # student: ONNX sizes and both checks
 
 
 # --------------------------------------------------------------------------- helpers
@@ -231,6 +233,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
         raise MtxError("ONNX export needs the onnx and onnxruntime packages",
                        hint="pip install 'musiccli[onnx]', or export only --format hf")
     info = resolve_run(state, cfg.run)
+    if info.objective == "student":
+        return _export_student(state, cfg, info, formats, progress)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
     key = export_key(info.name, cfg.checkpoint, cfg.out)
@@ -270,3 +274,57 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
     stage.complete(result={"paths": done, "onnx_max_abs_diff": diff})
     return ExportResult(info.name, cfg.checkpoint, out, done, diff)
 
+
+
+def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: tuple[str, ...],
+                    progress: Progress) -> ExportResult:
+    """A student run: onnx/ (both towers, tokenizer, preprocessing.json, verified) and hf/ (the checkpoint)."""
+    from . import export_student as es
+    from .encoders.student import StudentModel
+
+    ckpt = info.checkpoint_dir(cfg.checkpoint)
+    out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
+    config = {"weights": weights_identity(ckpt), "formats": list(formats), "opset": cfg.opset, "out": str(out),
+              "allow_large": cfg.allow_large}
+
+    def discard() -> None:
+        for f in formats:
+            shutil.rmtree(out / f, ignore_errors=True)
+
+    stage = begin_stage(state, "export", export_key(info.name, cfg.checkpoint, cfg.out), config=config,
+                        mode=cfg.resume, discard=discard, redo_changed=True, outputs={f: out / f for f in formats})
+    if stage.already_complete and all((out / f).exists() for f in formats):
+        r = stage.record.result
+        return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),
+                            skipped=True, details=dict(r.get("details", {})))
+    done: dict[str, str] = dict(stage.record.counters.get("paths", {})) if stage.resumed else {}
+    checks: dict[str, Any] = dict(stage.record.counters.get("details", {})) if stage.resumed else {}
+    model = StudentModel.from_pretrained(ckpt)
+    report = latest_eval_report(info.dir, cfg.checkpoint)
+    order = [f for f in ("onnx", "hf") if f in formats]
+    log.info("exporting student run %s (%s checkpoint) to %s", info.name, cfg.checkpoint, out)
+    with progress.task("Exporting", total=len(order), unit="formats", completed=len(done)) as task:
+        for f in order:
+            progress.check_interrupt()
+            if f in done and Path(done[f]).exists():
+                continue
+            tmp = tmp_dir(out, f)
+            try:
+                if f == "onnx":
+                    checks = es.build_onnx_dir(model, tmp, cfg.opset, cfg.allow_large)
+                    atomic_write_json(tmp / "meta.json", {**checks, "opset": cfg.opset, "run": info.name,
+                                                          "checkpoint": cfg.checkpoint})
+                else:
+                    model.save_pretrained(tmp)
+                if checks:
+                    es.write_card(tmp, es.model_card(info.name, cfg.checkpoint, model, info.meta, checks, report))
+                replace_dir(tmp, out / f)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            done[f] = str(out / f)
+            stage.update(paths=done, details=checks)
+            task.advance()
+    diff = max(checks["parity"].values()) if checks else None
+    stage.complete(result={"paths": done, "onnx_max_abs_diff": diff, "details": checks})
+    return ExportResult(info.name, cfg.checkpoint, out, done, diff, details=checks)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 SOURCES = ("audiomuse", "fma", "folder", "jamendo-maxcaps", "mtg-jamendo", "musicbench", "musiccaps", "song-describer",
            "suno", "synth")
 AUDIO_ENCODERS = ("audiomuse-clap", "audiomuse-lyrics", "audiomuse-mulan", "audiomuse-musicnn", "clap", "dsp", "mert",
-                  "music2latent", "musicgen", "muq", "musicnn")
+                  "music2latent", "musicgen", "muq", "musicnn", "student")
 NATIVE_TEXT_ENCODERS = ("clap", "muq")          # audio encoders with their own text tower
 LOSSES = ("combined", "distillation", "infonce", "listmle", "mse", "triplet")
 TEXT_BACKBONES = ("minilm", "roberta", "distilbert")  # short names; a Hub id or a local path also works

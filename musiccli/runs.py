@@ -49,6 +49,12 @@ class RunInfo:
     def audio_encoder(self) -> str:
         return str(self.meta.get("audio_encoder", ""))
 
+    @property
+    def objective(self) -> str:
+        """What trained it (``training.objectives``): align and joint runs load through :func:`load_towers`;
+        a ``student`` run holds its own two towers (``encoders.student.StudentModel``)."""
+        return str(self.meta.get("objective") or "align")
+
     def has_checkpoint(self, checkpoint: str) -> bool:
         return (self.dir / checkpoint / WEIGHTS).exists()
 

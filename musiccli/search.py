@@ -212,6 +212,16 @@ def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None =
         raise MtxError(f"run {info.name!r} has no {checkpoint} checkpoint",
                        hint="pass --checkpoint best or latest (whichever the run saved)")
     checkpoint = checkpoint or info.default_checkpoint()
+    if info.objective == "student":
+        from .runtime import select_runtime
+
+        # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`,
+        # whose stored rows are already unit vectors (the model's audio_for_retrieval only checks them).
+        from .encoders.student import StudentModel
+
+        model = StudentModel.from_pretrained(info.checkpoint_dir(checkpoint),
+                                             device=select_runtime(str(device), "fp32").device)
+        return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
     ckpt = info.checkpoint_dir(checkpoint)
     note = None
     if query_runtime in ("auto", "onnx") and onnx_dir is not None:
@@ -385,6 +395,12 @@ def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, pro
             raise MtxError(f"store {store_path.name} has dim {store.dim}, the run's audio tower reads "
                            f"{text.audio_dim}",
                            hint="index a library embedded with the run's audio encoder")
+        if text.run is not None and text.run.objective == "student" \
+                and store.attrs.get("model_id") != text.run.name:
+            raise MtxError(f"{store_path} was embedded with student {store.attrs.get('model_id')!r}, "
+                           f"not with run {text.run.name!r}",
+                           hint=f"run `mtx embed --audio-encoder student --model {text.run.name} --manifest {mpath.stem} "
+                                f"--force` first")
         n, dim = len(store), text.dim
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))

@@ -34,6 +34,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "musicnn_reference.npz"
 TOL = 1e-3
 SR = 16000
 WINDOW, HOP, CTX = 48000, 47872, 256
+PATCH = 47616  # 186 x 256: a window needs its last frame's center inside the file
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_stage_framed_windows_match_musicnn(encoder) -> None:
 
 @pytest.fixture(scope="module")
 def tagged(musicnn_installed: None, tmp_path_factory: pytest.TempPathFactory):
-    """run_embed --tags on 3 short WAVs (1, 2 and 2 windows)."""
+    """run_embed --tags on 3 short WAVs (3, 3.5 and 5 s: one musicnn patch each)."""
     root = tmp_path_factory.mktemp("tagged")
     rng = np.random.default_rng(2)
     t = np.arange(int(5.0 * SR)) / SR
@@ -159,7 +160,8 @@ def test_run_embed_with_tags(tagged) -> None:
     # Per-track tags = mean of the window probabilities; the first window of "fixture" is the TF clip.
     ref = np.load(FIXTURE)
     fixture_wave = sf.read(records[2].audio_path, dtype="float32")[0]
-    framed = torch.from_numpy(_frame(fixture_wave, WINDOW, HOP, None, CTX))
+    framed = torch.from_numpy(_frame(fixture_wave, WINDOW, HOP, None, CTX, PATCH))
+    assert len(framed) == 1  # 5 s: one full patch, the tail dropped as musicnn does
     with torch.inference_mode():
         model = mt.load_musicnn("MSD_musicnn", state.root / "models" / "musicnn")
         _, win_probs = model.embed_audio(framed[:, CTX:], framed[:, :CTX])
@@ -297,3 +299,78 @@ def test_cli_tags_for_a_finished_store_names_tracks(musicnn_installed: None, cli
     payload = json.loads(data.stdout)
     first = payload["tag_summary"]["tracks"][0]
     assert (first["id"], first["artist"], first["title"]) == ("lib-0000", "Koji Kondo", "Overworld")
+
+
+# ----------------------------------------------------------------------------- whole-file parity
+
+
+def _musicnn_patch_count(n_samples: int) -> int:
+    """musicnn's own rule: ``n_frames = 1 + n // 256``, patches at ``range(0, n_frames - 187 + 1, 187)``."""
+    last_frame = 1 + n_samples // mt.FFT_HOP - mt.N_FRAMES + 1
+    return len(range(0, last_frame, mt.N_FRAMES)) if last_frame > 0 else 1
+
+
+def _whole_file_reference(model: mt.MusiCNN, wave: np.ndarray) -> torch.Tensor:
+    """Per-patch penultimate features from ONE mel of the whole file, sliced musicnn's way."""
+    return model(mt.musicnn_patches(model.logmel(torch.from_numpy(wave))[0]))[1]
+
+
+def test_stage_tail_rule() -> None:
+    patch = build_encoder("musicnn", EncoderOptions(), select_runtime("cpu", "auto")).patch_samples
+    assert patch == (mt.N_FRAMES - 1) * mt.FFT_HOP == PATCH
+    for n in (12 * SR, 3 * HOP + patch, 3 * HOP + patch - 1, 3 * HOP + WINDOW + 100, patch, 20 * SR + 7):
+        framed = _frame(np.ones(n, dtype=np.float32), WINDOW, HOP, None, CTX, patch)
+        assert len(framed) == _musicnn_patch_count(n), n
+        # Zeros before the file start and past its end, never repeated audio.
+        assert framed.sum() == sum(min(n, s + WINDOW) - max(0, s - CTX) for s in range(0, len(framed) * HOP, HOP))
+    short = _frame(np.ones(SR, dtype=np.float32), WINDOW, HOP, None, CTX, patch)  # shorter than one patch
+    assert short.shape == (1, CTX + WINDOW) and short[0, CTX:CTX + SR].all() and not short[0, CTX + SR:].any()
+    # --max-windows: evenly spaced windows of the same grid.
+    wave = np.arange(12 * SR, dtype=np.float32)
+    full = _frame(wave, WINDOW, HOP, None, CTX, patch)
+    np.testing.assert_array_equal(_frame(wave, WINDOW, HOP, 2, CTX, patch), full[[0, -1]])
+
+
+@pytest.fixture(scope="module")
+def whole_file_clips() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    t = np.arange(12 * SR) / SR
+    fixture = _fixture_wave()
+    twelve = np.concatenate([0.05 * rng.standard_normal(4 * SR), fixture,
+                             0.3 * np.sin(2 * np.pi * 330 * t[: 12 * SR - 4 * SR - len(fixture)])])
+    # Last patch's final frames lie past the end of the file (its centering pad): zero-padded window.
+    ragged = np.concatenate([fixture, 0.2 * np.sin(2 * np.pi * 523 * t[: 3 * HOP + 47616 + 100 - len(fixture)])])
+    return {"twelve": twelve.astype(np.float32), "ragged": ragged.astype(np.float32)}
+
+
+@pytest.mark.parametrize("max_windows", [None, 2])
+def test_embed_matches_whole_file_musicnn(musicnn_installed: None, whole_file_clips, tmp_path: Path,
+                                          max_windows: int | None) -> None:
+    """The embed stage's track vector = mean of musicnn's whole-file patches (same PyTorch model),
+    with musicnn's number of patches (12 s -> 4)."""
+    records = [Record(id=k, audio_path=str(tmp_path / f"{k}.wav"), caption=k, duration=len(w) / SR)
+               for k, w in whole_file_clips.items()]
+    for r in records:
+        sf.write(r.audio_path, whole_file_clips[r.id], SR, subtype="FLOAT")  # lossless: same samples back
+    state = StateDir.resolve(tmp_path / "state")
+    for name in ("windows", "mean"):
+        write_manifest(state.manifest_path(name), records)
+    base = EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", max_windows=max_windows)
+    windows = run_embed(state, replace(base, manifest="windows", aggregation="none"))
+    mean = run_embed(state, replace(base, manifest="mean"))
+    model = mt.load_musicnn("MSD_musicnn", state.root / "models" / "musicnn")
+    with h5py.File(windows.path) as fw, h5py.File(mean.path) as fm:
+        assert [s.decode() for s in fw["ids"][()]] == [r.id for r in records]
+        offsets, per_window, track = fw["window_offsets"][()], fw["windows"][()], fm["embeddings"][()]
+    assert whole_file_clips["twelve"].shape == (12 * SR,) and _musicnn_patch_count(12 * SR) == 4
+    for i, r in enumerate(records):
+        wave = whole_file_clips[r.id]
+        with torch.inference_mode():
+            ref = _whole_file_reference(model, wave).numpy()
+        assert len(ref) == _musicnn_patch_count(len(wave)) == 4
+        if max_windows:
+            ref = ref[np.linspace(0, len(ref) - 1, max_windows).round().astype(int)]
+        got = per_window[offsets[i]:offsets[i + 1]]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-4
+        assert np.abs(track[i] - ref.mean(0)).max() <= 1e-4

@@ -88,6 +88,13 @@ def command(
         zs = rep["zero_shot"]
         app.out.table(make_table(f"zero-shot classification, prompt {escape(str(zs['prompt']))}",
                                  *zero_shot_rows(rep)))
+    for teacher, cos in (rep.get("teacher_cosine") or {}).items():
+        app.out.info(f"cosine to teacher {teacher}: {cos:.3f} (the student design's goal: > 0.7)")
+    for other, r in (rep.get("teacher_space_text_embedders") or {}).items():
+        res = r.get("results")
+        app.out.info(f"teacher-space text embedder {other} ({r['audio_encoder']}): " + (
+            f"text->music R@10 {res['text_to_music']['R@10']:.3f}, tag ROC-AUC {res['tags'].get('roc_auc', 0):.3f}"
+            if res else r.get("note", "")))
     app.out.info(f"report: {escape(str(result.path))}")
     if result.html is not None:
         app.out.info(f"report with pictures: {escape(str(result.html))}")

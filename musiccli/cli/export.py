@@ -24,6 +24,8 @@ def command(
                                                           "trained on audiomuse-clap).",
                                         autocompletion=lambda incomplete: ["mtx", "audiomuse"])] = "mtx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>/<checkpoint>.")] = None,
+    allow_large: Annotated[bool, typer.Option("--allow-large", help="Student runs: export even above 5 MB "
+                                              "(music) / 8 MB (text) of ONNX.")] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -34,7 +36,7 @@ def command(
 
     app = get_ctx(ctx, json_mode=as_json)
     cfg = ExportConfig(run=run, checkpoint=checkpoint, formats=tuple(formats) if formats else FORMATS, opset=opset,
-                       out=out, target=target, resume=Resume.from_flags(cont, force))
+                       out=out, target=target, allow_large=allow_large, resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint="mtx export --continue") as progress:
         result = run_export(app.state, cfg, progress)
     if result.skipped:
@@ -42,6 +44,11 @@ def command(
     for fmt in (*FORMATS, "audiomuse"):
         if fmt in result.paths:
             app.out.info(f"{fmt}: {escape(str(result.paths[fmt]))}")
+    sizes = result.details.get("sizes_mb")
+    if sizes:
+        app.out.info(f"ONNX sizes: music {sizes['music']:.2f} MB, text {sizes['text']:.2f} MB; client check "
+                     f"(preprocessing.json + tokenizer.json): max abs diff "
+                     f"{max(result.details['client'].values()):.2g}")
     if result.onnx_max_abs_diff is not None:
         app.out.info(f"ONNX max abs diff vs PyTorch: {result.onnx_max_abs_diff:.2g}")
     if "audiomuse" in result.paths:

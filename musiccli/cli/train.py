@@ -1,4 +1,5 @@
-"""`mtx train`: fit a text embedder (and, for joint runs, an audio tower) to an audio encoder's embeddings."""
+"""`mtx train`: fit a text embedder (and, for joint runs, an audio tower) to an audio encoder's embeddings,
+or (--objective student) a small two-tower model distilled from teacher stores."""
 
 from __future__ import annotations
 
@@ -6,23 +7,26 @@ from typing import Annotated
 
 import typer
 
+from .. import names
+from ..names import listed
 from ._context import get_ctx
-from ._options import (AudioEncoder, Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
-                       _complete_losses)
+from ._options import (Continue, Device, Force, JsonOut, Manifest, Precision, Seed, _complete_backbones,
+                       _complete_encoders, _complete_losses)
 from ._output import escape, make_table
 
 # Kept in sync with the registries (LOSSES, OBJECTIVES, TEXT_REPS, TRACKERS, RECIPES) by a test;
 # importing them here would pull torch into `mtx --help`.
 LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
-OBJECTIVE_NAMES = ("align", "joint")
+OBJECTIVE_NAMES = ("align", "joint", "student")
 TEXT_REP_NAMES = ("caption", "tag", "stochastic", "mixed")
 POOLING_NAMES = ("mean", "cls", "layers")
 TRACKER_NAMES = ("none", "tensorboard", "wandb")
 RECIPE_NAMES = ("navidrome",)
+STUDENT_TEXT_TOWERS = ("mean", "transformer")
 
 
-def _positive(value: float) -> float:
-    if not value > 0:  # also refuses NaN
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:  # also refuses NaN (None: the objective's default)
         raise typer.BadParameter(f"must be a positive number (got {value})")
     return value
 
@@ -37,11 +41,15 @@ def _opt(*names: str, help: str, **kw):
 
 def command(
     ctx: typer.Context,
-    audio_encoder: AudioEncoder,
+    audio_encoder: Annotated[str | None, _opt("--audio-encoder", "-e", help="Audio encoder whose store the towers "
+                                              f"train on: {listed(names.AUDIO_ENCODERS)} (align and joint; a "
+                                              "student reads audio and --teachers).",
+                                              autocompletion=_complete_encoders)] = None,
     manifest: Manifest = None,
     run: Annotated[str | None, _opt("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")] = None,
     objective: Annotated[str, _opt("--objective", help=f"What trains: {', '.join(OBJECTIVE_NAMES)} (align: text "
-                                   "into the frozen audio space; joint: both towers into a shared space).",
+                                   "into the frozen audio space; joint: both towers into a shared space; student: "
+                                   "small mel-CNN music tower + text tower, distilled from --teachers).",
                                    autocompletion=_choices(OBJECTIVE_NAMES))] = "align",
     joint_dim: Annotated[int | None, _opt("--joint-dim", min=2, help="Joint objective: width of the shared "
                                           "space (default: 128).")] = None,
@@ -59,14 +67,16 @@ def command(
                                   autocompletion=_choices(TEXT_REP_NAMES))] = "caption",
     epochs: Annotated[int, _opt("--epochs", min=1, help="Training epochs.")] = 10,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1, help="Batch size per process and "
-                                           "sub-batch (default: recipe or 64).")] = None,
+                                           "sub-batch (default: recipe or 64; student 32).")] = None,
     accum_steps: Annotated[int, _opt("--accum-steps", min=1, help="GradCache: each step is N sub-batches with "
                                      "the exact gradients of one N x larger batch.")] = 1,
-    lr: Annotated[float, _opt("--lr", help="Backbone learning rate.", callback=_positive)] = 5e-5,
+    lr: Annotated[float | None, _opt("--lr", help="Backbone learning rate (default 5e-5; student 1e-3).",
+                                     callback=_positive)] = None,
     head_lr_mult: Annotated[float, _opt("--head-lr-mult", min=0.0, help="Heads learn at lr x this.")] = 10.0,
-    weight_decay: Annotated[float, _opt("--weight-decay", min=0.0, help="AdamW weight decay.")] = 0.01,
-    warmup_ratio: Annotated[float, _opt("--warmup-ratio", min=0.0, max=1.0, help="Linear warmup share of "
-                                        "the steps (then cosine decay).")] = 0.1,
+    weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0, help="AdamW weight decay "
+                                               "(default 0.01; student 1e-4).")] = None,
+    warmup_ratio: Annotated[float | None, _opt("--warmup-ratio", min=0.0, max=1.0, help="Linear warmup share of "
+                                               "the steps, then cosine decay (default 0.1; student 0.05).")] = None,
     loss: Annotated[str | None, _opt("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}, or a combination such as "
                                      "infonce+0.5*listmle (default: combined for align, infonce for joint).",
                                      autocompletion=_complete_losses)] = None,
@@ -109,6 +119,23 @@ def command(
     val_split: Annotated[str, _opt("--val-split", help="Split used for validation.")] = "val",
     use_alt_captions: Annotated[bool, _opt("--alt-captions/--no-alt-captions",
                                            help="Draw from alternative captions too.")] = True,
+    teachers: Annotated[str | None, _opt("--teachers", help="student: teacher stores NAME:WEIGHT,... (default "
+                                         "musicnn:0.3,dsp:0.4; the design's pair is musicnn:0.3,clap:0.4).")] = None,
+    contrastive_weight: Annotated[float, _opt("--contrastive-weight", min=0.0,
+                                              help="student: weight of music-text InfoNCE.")] = 0.3,
+    distill_loss: Annotated[str, _opt("--distill-loss", help="student: mse or cosine, on standardised teacher "
+                                      "vectors.", autocompletion=_choices(("mse", "cosine")))] = "mse",
+    student_blocks: Annotated[int, _opt("--student-blocks", min=1, max=6,
+                                        help="student: conv blocks (channels 32, 64, 128, ...).")] = 3,
+    student_channels: Annotated[int, _opt("--student-channels", min=1,
+                                          help="student: channels of the first block.")] = 32,
+    student_residual: Annotated[bool, _opt("--student-residual", help="student: residual conv blocks.")] = False,
+    crop: Annotated[float, _opt("--crop", min=0.1, help="student: seconds per random audio crop.")] = 30.0,
+    text_tower: Annotated[str, _opt("--text-tower", help="student: mean (token mean) or transformer "
+                                    "(2 layers, 4 heads).", autocompletion=_choices(STUDENT_TEXT_TOWERS))] = "mean",
+    vocab_size: Annotated[int, _opt("--vocab-size", min=16, help="student: WordPiece vocabulary trained on the "
+                                    "captions (3072 keeps the text ONNX under 8 MB).")] = 3072,
+    num_workers: Annotated[int, _opt("--num-workers", min=0, help="student: audio/mel loader processes.")] = 2,
     export: Annotated[bool, _opt("--export/--no-export",
                                  help="Export the ONNX towers at the end (exports/<run>/best/onnx), so "
                                       "`mtx search` starts without PyTorch.")] = True,
@@ -116,7 +143,8 @@ def command(
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Train a text embedder whose vectors land in the audio encoder's space (or a joint space)."""
+    """Train a text embedder whose vectors land in the audio encoder's space (or a joint space), or
+    (--objective student) a small two-tower model."""
     from ..state import Resume
     from ..training import TrainConfig, run_train
 
@@ -131,14 +159,19 @@ def command(
         grad_checkpointing=grad_checkpointing, max_length=max_length, grad_clip=grad_clip or None,
         patience=patience, seed=seed, device=device, precision=precision, checkpoint_every=checkpoint_every,
         eval_every=eval_every, report_to=report_to, teacher=teacher, init_from=init_from, val_split=val_split,
-        use_alt_captions=use_alt_captions, export=export, resume=Resume.from_flags(cont, force))
+        use_alt_captions=use_alt_captions, teachers=teachers, contrastive_weight=contrastive_weight,
+        distill_loss=distill_loss, student_blocks=student_blocks, student_channels=student_channels,
+        student_residual=student_residual, crop=crop, text_tower=text_tower, vocab_size=vocab_size,
+        num_workers=num_workers, export=export, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
         r10 = "-" if e["val_R@10"] is None else f"{e['val_R@10']:.3f}"
         star = " [green]*best[/]" if e["best"] else ""
+        cosines = "".join(f", {k[len('val_cosine_'):]} cos {v:.3f}" for k, v in e.items()
+                          if k.startswith("val_cosine_") and v is not None)
         app.out.info(f"epoch {e['epoch']}/{epochs}: train loss {e['epoch_train_loss']:.4f}, "
-                     f"val loss {val}, val R@10 {r10}{star}")
+                     f"val loss {val}, val R@10 {r10}{cosines}{star}")
 
     with app.progress(resume_hint="mtx train --continue (with the same options)") as progress:
         result = run_train(app.state, cfg, progress, on_epoch=on_epoch)

@@ -69,6 +69,11 @@ class AudioEncoder(abc.ABC):
     #: of a file): [B, context_samples + window]. For encoders whose framing reaches back before the
     #: window start (musicnn's centered STFT), so that stage-cut windows equal the model's own framing.
     context_samples: int = 0
+    #: Drop-the-tail framing, for encoders whose reference cuts fixed patches and drops the rest
+    #: (musicnn): when > 0, the samples a window needs to be complete. The stage then plans a window
+    #: at every hop start ``s`` with ``s + patch_samples <= n`` only (no window flush with the end),
+    #: and zero-pads (instead of repeat-padding) where a window runs past the end of a track.
+    patch_samples: int = 0
 
     def __init__(self, options: EncoderOptions, runtime: Runtime) -> None:
         self.options = options
@@ -103,6 +108,11 @@ class AudioEncoder(abc.ABC):
         if self.options.extra:
             ident["options"] = dict(sorted(self.options.extra.items()))
         return ident
+
+    def default_window(self) -> tuple[float, float]:
+        """(window, hop) in seconds when ``mtx embed`` gets no --window/--hop; a trained model may differ
+        from its spec (a student's crop length)."""
+        return self.spec.window_s, self.spec.hop_s
 
     def dim(self, aggregation: str) -> int:
         return self.window_dim * (3 if aggregation == "stats" else 1)

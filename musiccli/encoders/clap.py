@@ -9,6 +9,8 @@ Windows are 10 s at 48 kHz with a 10 s hop: CLAP's feature extractor is built fo
 and no padding. Longer windows (``--window``) are cut to the extractor's maximum
 before feature extraction, because the extractor would otherwise pick a *random*
 crop and the stage must be deterministic.
+Reference windowing: 10 s at 48 kHz, the extractor's ``max_length_s`` at its
+``sampling_rate``; the stage's windows follow it (``window_s=10``, 48 kHz).
 
 Per window: ``get_audio_features`` -> projection dim (512 for larger_clap_music),
 L2-normalised (transformers 5 already normalises; older versions do not, so we do it

@@ -10,6 +10,8 @@ line that says so. A checkpoint in a plain transformers architecture loads witho
 Windows are 5 s at 24 kHz with a 5 s hop (no overlap). MERT was pre-trained on 5 s
 crops, so a 5 s window is the longest context that matches its training, and
 non-overlapping windows keep the cost linear in the track length.
+Reference windowing: 5 s at 24 kHz (MERT-v1's pre-training crops at its
+feature extractor's ``sampling_rate``); the stage's windows follow it.
 
 Per window, ``output_hidden_states=True`` gives the CNN-feature projection plus one
 state per transformer layer: (n_layers + 1) tensors of [frames, hidden]. Each is

@@ -23,10 +23,20 @@ window reaches 256 samples *before* the window. A bare 3 s window would see zero
 padding there instead, which moves the penultimate features by up to ~0.4 away from
 the file start. The encoder therefore declares ``context_samples = 256``: the embed
 stage hands it those preceding samples (zeros at the file start) in front of every
-window, [B, 256 + 48,000], and every window on the hop grid then equals musicnn's
-own whole-file patch at that position. (The stage adds one window flush with the
-end of a track when the grid misses the tail, and repeat-pads clips under 3 s;
-musicnn drops the tail and zero-pads; those windows are extra, not different.)
+window, [B, 256 + 48,000]. Frame 186, the last one used, reaches up to
+187 x 256 = 47,872 samples after the window start, inside the window.
+
+Last patch. musicnn cuts patches ``for t in range(0, n_frames - 187 + 1, 187)``
+with ``n_frames = 1 + n // 256``: a patch exists where its last frame's center,
+start + 186 x 256 = start + 47,616 samples, is inside the file, and the incomplete
+tail is dropped. The encoder declares ``patch_samples = 47,616``, so the stage plans
+exactly those windows (a 12 s clip: 4, not 4 + a window flush with the end), and
+zero-pads a window that runs past the end of the file (what the whole-file STFT's
+centering pad sees there). Every window then equals musicnn's own whole-file patch,
+STFT frame for STFT frame. A file shorter than one patch gets one zero-padded
+window; musicnn zero-pads the mel instead, which differs only in the one frame
+straddling the end of the audio. ``--max-windows`` picks evenly spaced windows of
+this same grid.
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ SPEC = EncoderSpec(
     hop_s=mt.N_FRAMES * mt.FFT_HOP / mt.SAMPLE_RATE,           # 2.992 s: musicnn's patch hop
     default_aggregation="mean",
     default_model="MSD_musicnn",
-    version="1",
+    version="2",                 # 2: musicnn's last-patch rule (no tail window)
     license="ISC (musicnn code and weights)",
     citation="Pons & Serra, musicnn: Pre-trained convolutional neural networks for music audio "
              "tagging, ISMIR 2019 late-breaking/demo (arXiv:1909.06654)",
@@ -68,6 +78,7 @@ def default_cache_dir() -> Path:
 @register(SPEC)
 class MusicnnEncoder(AudioEncoder):
     context_samples = mt.CONTEXT_SAMPLES
+    patch_samples = (mt.N_FRAMES - 1) * mt.FFT_HOP  # 47,616: the last frame's center must be in the file
 
     @property
     def window_dim(self) -> int:

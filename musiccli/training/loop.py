@@ -62,22 +62,22 @@ CHECKPOINTS = ("best", "latest")
 
 @dataclass
 class TrainConfig:
-    audio_encoder: str
+    audio_encoder: str | None = None      # align/joint: the store the towers train on (student: none)
     manifest: str | None = None           # name or path; None = newest
-    run: str | None = None                # None = "<audio_encoder>-<manifest>"
-    objective: str = DEFAULT_OBJECTIVE    # align | joint (see training/objectives)
+    run: str | None = None                # None = "<audio_encoder>-<manifest>" ("student-<manifest>")
+    objective: str = DEFAULT_OBJECTIVE    # align | joint | student (see training/objectives)
     joint_dim: int | None = None          # joint: shared space width (None = 128, TTMR's)
     recipe: str | None = None             # fills unset backbone / batch size / pooling per encoder
     text_backbone: str | None = None      # alias, HF id or local path (None = recipe or minilm)
     text_pooling: str | None = None       # mean | cls | layers (None = recipe or mean)
     text_rep: str = "caption"             # caption | tag | stochastic | mixed (TTMR)
     epochs: int = 10
-    batch_size: int | None = None         # per process and step (None = recipe or 64)
+    batch_size: int | None = None         # per process and step (None = recipe or 64; student 32)
     accum_steps: int = 1                  # GradCache: one step = accum_steps sub-batches of batch_size
-    lr: float = 5e-5                      # backbone learning rate
+    lr: float | None = None               # backbone learning rate (None = the objective's: 5e-5; student 1e-3)
     head_lr_mult: float = 10.0            # the freshly initialised heads learn faster
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    weight_decay: float | None = None     # None = the objective's (0.01; student 1e-4)
+    warmup_ratio: float | None = None     # None = the objective's (0.1; student 0.05)
     loss: str | None = None               # a registered loss or a combination ("infonce+0.5*listmle");
                                           # None = the objective's default
     temperature: float = 0.07
@@ -105,12 +105,27 @@ class TrainConfig:
     val_split: str = "val"
     use_alt_captions: bool = True
     export: bool = True                   # write exports/<run>/<checkpoint>/onnx at the end (torch-free search)
+    # --objective student only (the student's own trainer, training/student.py)
+    teachers: str | None = None           # teacher stores "NAME:WEIGHT,..." (None = musicnn:0.3,dsp:0.4)
+    contrastive_weight: float = 0.3       # weight of the music-text InfoNCE
+    distill_loss: str = "mse"             # mse | cosine on standardised teacher vectors
+    student_blocks: int = 3               # conv blocks (channels 32, 64, 128, ...)
+    student_channels: int = 32            # channels of the first block
+    student_residual: bool = False
+    crop: float = 30.0                    # seconds per random audio crop
+    text_tower: str = "mean"              # mean | transformer (2 layers, 4 heads)
+    vocab_size: int = 3072                # WordPiece pieces trained on the captions
+    num_workers: int = 2                  # audio/mel DataLoader processes
     resume: Resume = Resume.FRESH
 
     # Fields that never change what a run computes (where/how often it is saved or logged, how it was
     # started, whether activations are recomputed in backward, whether it is exported at the end).
     NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "report_to", "eval_every",
                             "grad_checkpointing", "export")
+    # Fields only the student objective reads: other objectives refuse them when set and leave them out
+    # of their run config (so align/joint stage records are what they were before the student existed).
+    STUDENT_FIELDS = ("teachers", "contrastive_weight", "distill_loss", "student_blocks", "student_channels",
+                      "student_residual", "crop", "text_tower", "vocab_size", "num_workers")
 
     def loss_config(self) -> LossConfig:
         return LossConfig(temperature=self.temperature, learn_temperature=self.learn_temperature,
@@ -118,8 +133,14 @@ class TrainConfig:
                           distill_kl_weight=self.distill_kl_weight)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the recipe and built-in defaults filled in (backbone, batch size, pooling)."""
-        values = recipes.resolve({k: getattr(self, k) for k in recipes.BUILTIN}, self.recipe, self.audio_encoder)
+        """A copy with the objective's, the recipe's and the built-in defaults filled in (learning rate,
+        weight decay, warmup, backbone, batch size, pooling)."""
+        defaults = get_objective(self.objective).defaults
+        values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.objective == "student":
+            return dataclasses.replace(self, **values)
+        values.update(recipes.resolve({k: getattr(self, k) for k in recipes.BUILTIN}, self.recipe,
+                                      str(self.audio_encoder)))
         return dataclasses.replace(self, **values)
 
 
@@ -217,7 +238,8 @@ def param_groups(model: torch.nn.Module, loss_fn: torch.nn.Module, cfg: TrainCon
 
 
 def _result_config(cfg: TrainConfig, runtime: Runtime, loss_name: str) -> dict[str, Any]:
-    d = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in TrainConfig.NOT_RESULT_AFFECTING}
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)
+         if f.name not in TrainConfig.NOT_RESULT_AFFECTING and f.name not in TrainConfig.STUDENT_FIELDS}
     d["loss"] = loss_name
     d["precision"] = runtime.precision  # "auto" resolves differently per machine; the resolved one matters
     return to_jsonable(d)
@@ -283,6 +305,14 @@ def _check_config(cfg: TrainConfig) -> tuple[Objective, str]:
     if cfg.text_rep not in TEXT_REPS:
         raise unknown_choice("text representation", cfg.text_rep, TEXT_REPS)
     objective = get_objective(cfg.objective)
+    if cfg.audio_encoder is None:
+        raise MtxError(f"--audio-encoder is required for --objective {cfg.objective}",
+                       hint="e.g. mtx train --audio-encoder dsp, or mtx train --objective student")
+    baseline = TrainConfig()
+    for name in TrainConfig.STUDENT_FIELDS:
+        if getattr(cfg, name) != getattr(baseline, name):
+            raise MtxError(f"--{name.replace('_', '-')} only applies to --objective student",
+                           hint="add --objective student, or drop the flag")
     if cfg.joint_dim is not None and cfg.objective != "joint":
         raise MtxError("--joint-dim only applies to --objective joint", hint="add --objective joint")
     if cfg.teacher and cfg.loss not in (None, "distillation"):
@@ -500,7 +530,8 @@ class _Trainer:
                 "manifest_hash": self.manifest_hash, "text_backbone": cfg.text_backbone,
                 "objective": cfg.objective, "space_dim": self.towers.dim, "text_rep": cfg.text_rep,
                 "loss": self.loss_name, "teacher": cfg.teacher, "init_from": None,
-                "config": to_jsonable(asdict(cfg)), "created": self.ts.created, "status": status,
+                "config": to_jsonable({k: v for k, v in asdict(cfg).items() if k not in TrainConfig.STUDENT_FIELDS}),
+                "created": self.ts.created, "status": status,
                 "best": self.ts.best,
                 # What the run learned from (search and eval warn when it meets other sources).
                 "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_split.records)}
@@ -647,7 +678,14 @@ class _Trainer:
 @stage_function
 def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = None,
               on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train (or resume, or skip when complete) one run; see the module docstring."""
+    """Train (or resume, or skip when complete) one run; see the module docstring.
+
+    An objective with its own trainer (``student``: towers trained from audio, not from a store)
+    takes the whole run; the others share :class:`_Trainer`.
+    """
+    own = get_objective(cfg.objective).run_train
+    if own is not None:
+        return own(state, cfg.resolved(), progress or NullProgress(), on_epoch)
     trainer = _Trainer(state, cfg.resolved(), progress or NullProgress(), on_epoch)
     try:
         skipped = trainer.setup()

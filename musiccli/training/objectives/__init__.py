@@ -8,10 +8,12 @@ from ...errors import unknown_choice
 from .align import AlignObjective
 from .base import Objective, TowerSpec, check_loss
 from .joint import DEFAULT_JOINT_DIM, JointObjective
+from .student import StudentObjective
 
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "align": AlignObjective,
     "joint": JointObjective,
+    "student": StudentObjective,
 }
 DEFAULT_OBJECTIVE = "align"
 

@@ -3,12 +3,17 @@
 The trainer is objective-agnostic: it asks the objective for fresh :class:`Towers`
 (or checks loaded ones), sends the text batch through the text tower and the
 standardised audio batch through the audio tower, and hands both to the loss.
+
+An objective whose towers do not train on a store's vectors (``student``: a mel CNN on
+audio) sets ``run_train`` to its own trainer; ``training.loop.run_train`` then hands it the
+whole (resolved) :class:`~musiccli.training.loop.TrainConfig`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -33,11 +38,19 @@ class TowerSpec:
     joint_dim: int | None = None
 
 
+# The shared trainer's optimiser defaults (a fine-tuned text backbone under small heads).
+SHARED_DEFAULTS: dict[str, Any] = {"lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1}
+
+
 class Objective(Protocol):
     name: ClassVar[str]
     default_loss: ClassVar[str]
     # loss names (parts of a "+" combination) this objective refuses, with the reason
     refused_losses: ClassVar[dict[str, str]]
+    # TrainConfig fields left None that this objective fills (TrainConfig.resolved())
+    defaults: ClassVar[dict[str, Any]] = SHARED_DEFAULTS
+    # None: the shared trainer builds towers with build()/check(); else (state, cfg, progress, on_epoch) -> result
+    run_train: Callable[..., Any] | None = None
 
     def build(self, spec: TowerSpec) -> Towers:
         """Fresh towers for a new run."""

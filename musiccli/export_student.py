@@ -1,0 +1,270 @@
+"""The export stage's part for student runs (``mtx export`` on a run trained with ``--objective student``).
+
+``onnx/`` holds::
+
+    student_music_encoder.onnx   mel_spectrogram [N, 1, n_mels, T] (T dynamic) -> music_embedding [N, dim]
+    student_text_encoder.onnx    input_ids, attention_mask [N, L] int64       -> text_embedding [N, dim]
+    tokenizer.json               the run's WordPiece tokenizer (padding and truncation built in)
+    preprocessing.json           sample rate, STFT, mel, log / scale rule and crop: all a client needs
+    meta.json                    sizes and the verified differences
+    README.md                    the model card
+
+Each graph is verified twice before anything is moved into place:
+
+- parity: onnxruntime against PyTorch on the same inputs (several batch sizes, frame counts and query
+  lengths), max abs diff <= 1e-4;
+- a plain client check: features computed by :func:`numpy_log_mel` from ``preprocessing.json`` alone
+  (NumPy, no torch, written independently of the training front end) and tokens from ``tokenizer.json``
+  with the bare ``tokenizers`` library, run through onnxruntime and compared with the PyTorch path
+  (torch front end + towers) on a seeded test signal.
+
+The music file must be <= 5 MB and the text file <= 8 MB (10^6 bytes), or the export fails unless
+``--allow-large``. ``hf/`` is the checkpoint (``StudentModel.from_pretrained``) plus the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MtxError
+from .state import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MUSIC_ONNX = "student_music_encoder.onnx"
+TEXT_ONNX = "student_text_encoder.onnx"
+PREPROCESSING = "preprocessing.json"
+LIMITS_MB = {"music": 5.0, "text": 8.0}
+TOLERANCE = 1e-4
+CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
+                 "upbeat synth pop with female vocals", "jazz"]
+
+
+# --------------------------------------------------------------------------- the client's front end
+def _htk_mel(hz: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+
+def numpy_log_mel(wave: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """Mono ``wave`` at ``pre['sample_rate']`` -> [1, 1, n_mels, T] float32, from preprocessing.json alone."""
+    n_fft, hop, n_mels, sr = int(pre["n_fft"]), int(pre["hop_length"]), int(pre["n_mels"]), int(pre["sample_rate"])
+    x = np.asarray(wave, dtype=np.float32)
+    if len(x) <= n_fft // 2:
+        x = np.concatenate([x, np.zeros(n_fft // 2 + 1 - len(x), np.float32)])
+    x = np.pad(x, n_fft // 2, mode="reflect")
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]          # [T, n_fft], a view
+    spec = np.fft.rfft(frames * window, axis=1)                                 # [T, F]
+    power = spec.real ** 2 + spec.imag ** 2
+    bin_hz = np.arange(n_fft // 2 + 1) * sr / n_fft
+    edges_mel = np.linspace(_htk_mel(np.float64(pre["fmin"])), _htk_mel(np.float64(pre["fmax"])), n_mels + 2)
+    edges = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
+    fb = np.zeros((n_mels, len(bin_hz)))
+    for m in range(n_mels):
+        left, centre, right = edges[m], edges[m + 1], edges[m + 2]
+        rising = (bin_hz - left) / (centre - left)
+        falling = (right - bin_hz) / (right - centre)
+        fb[m] = np.maximum(0.0, np.minimum(rising, falling))
+    mel = fb.astype(np.float32) @ power.T                                       # [M, T]
+    db = 10.0 * np.log10(np.maximum(mel, pre["log"]["amin"]))
+    db = np.maximum(db - db.max(), -float(pre["log"]["top_db"]))
+    lo, hi = db.min(), db.max()
+    scaled = (db - lo) / (hi - lo) if hi > lo else np.zeros_like(db)
+    return scaled.astype(np.float32)[None, None]
+
+
+def test_signal(sr: int, seconds: float = 4.0, seed: int = 0) -> np.ndarray:
+    """A seeded chirp + chord + noise: broadband enough to exercise every mel band."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    chirp = np.sin(2 * np.pi * (60.0 * t + 0.5 * (4000.0 / seconds) * t ** 2))
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    return (0.3 * chirp + 0.1 * chord + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- export + checks
+def _export_graphs(model, tmp: Path, opset: int) -> None:
+    import torch
+
+    cfg = model.student_config
+    mel = torch.rand(2, 1, cfg.n_mels, 4 * 2 ** cfg.blocks + 3)
+    tok = model.tokenize(["a short query", "a somewhat longer query about music"])
+
+    class Text(torch.nn.Module):
+        def __init__(self, tower) -> None:
+            super().__init__()
+            self.tower = tower
+
+        def forward(self, input_ids, attention_mask):
+            return self.tower(input_ids, attention_mask)
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # tracer notices: the graphs are checked numerically below
+        torch.onnx.export(model.music, (mel,), str(tmp / MUSIC_ONNX), input_names=["mel_spectrogram"],
+                          output_names=["music_embedding"],
+                          dynamic_axes={"mel_spectrogram": {0: "batch", 3: "frames"}, "music_embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(Text(model.text).eval(), (tok["input_ids"], tok["attention_mask"]), str(tmp / TEXT_ONNX),
+                          input_names=["input_ids", "attention_mask"], output_names=["text_embedding"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                        "attention_mask": {0: "batch", 1: "sequence"},
+                                        "text_embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def _sessions(tmp: Path):
+    import onnxruntime as ort
+
+    opts = ["CPUExecutionProvider"]
+    return (ort.InferenceSession(str(tmp / MUSIC_ONNX), providers=opts),
+            ort.InferenceSession(str(tmp / TEXT_ONNX), providers=opts))
+
+
+def parity(model, tmp: Path) -> dict[str, float]:
+    """Max abs diff onnxruntime vs PyTorch: mel batches of several frame counts; queries alone and padded."""
+    import torch
+
+    music_s, text_s = _sessions(tmp)
+    cfg = model.student_config
+    rng = np.random.default_rng(0)
+    worst_m = worst_t = 0.0
+    with torch.inference_mode():
+        for n, frames in ((1, 2 ** cfg.blocks), (3, 101), (2, 938)):
+            mel = rng.random((n, 1, cfg.n_mels, frames), dtype=np.float32)
+            got = music_s.run(["music_embedding"], {"mel_spectrogram": mel})[0]
+            ref = model.music(torch.from_numpy(mel)).numpy()
+            worst_m = max(worst_m, float(np.abs(got - ref).max()))
+        for batch in [[q] for q in CHECK_QUERIES] + [CHECK_QUERIES]:
+            tok = model.tokenize(batch)
+            feeds = {k: v.numpy() for k, v in tok.items()}
+            got = text_s.run(["text_embedding"], feeds)[0]
+            ref = model.text(tok["input_ids"], tok["attention_mask"]).numpy()
+            worst_t = max(worst_t, float(np.abs(got - ref).max()))
+    return {"music": worst_m, "text": worst_t}
+
+
+def client_check(model, tmp: Path) -> dict[str, float]:
+    """Plain-onnxruntime client: features from preprocessing.json (NumPy), tokens from tokenizer.json."""
+    import torch
+    from tokenizers import Tokenizer
+
+    music_s, text_s = _sessions(tmp)
+    pre = json.loads((tmp / PREPROCESSING).read_text())
+    wave = test_signal(int(pre["sample_rate"]))
+    got = music_s.run(["music_embedding"], {"mel_spectrogram": numpy_log_mel(wave, pre)})[0]
+    tok = Tokenizer.from_file(str(tmp / "tokenizer.json"))
+    enc = tok.encode_batch(CHECK_QUERIES)
+    feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+    got_t = text_s.run(["text_embedding"], feeds)[0]
+    with torch.inference_mode():
+        ref = model.embed_waves(torch.from_numpy(wave)[None]).numpy()
+        ref_t = model.embed_text(CHECK_QUERIES).numpy()
+    return {"music": float(np.abs(got - ref).max()), "text": float(np.abs(got_t - ref_t).max())}
+
+
+def sizes_mb(tmp: Path) -> dict[str, float]:
+    return {"music": (tmp / MUSIC_ONNX).stat().st_size / 1e6, "text": (tmp / TEXT_ONNX).stat().st_size / 1e6}
+
+
+def check_sizes(sizes: dict[str, float], allow_large: bool) -> None:
+    over = [f"{k} {v:.2f} MB > {LIMITS_MB[k]:g} MB" for k, v in sizes.items() if v > LIMITS_MB[k]]
+    if over and not allow_large:
+        raise MtxError("student ONNX too large: " + "; ".join(over),
+                       hint="train a smaller student (--vocab-size, --student-blocks, --student-channels, "
+                            "--text-tower mean) or pass --allow-large")
+
+
+def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], checks: dict[str, Any],
+               eval_report: dict[str, Any] | None) -> str:
+    c = model.student_config
+    teachers = info_meta.get("teachers") or {}
+    lines = [
+        f"# mtx student: {run}", "",
+        "A small two-tower music-text model (the AudioMuse-AI student design), trained by `mtx` from audio, "
+        "distilled from teacher embedding stores and aligned with captions by InfoNCE.", "",
+        "## Model", "",
+        f"- music tower: {c.blocks} x (conv 3x3, BN, ReLU{', residual' if c.residual else ''}, max-pool 2x2), "
+        f"channels {c.channels}, global average pool, Dense {c.dim}, L2",
+        f"- text tower: WordPiece ({c.vocab_size} pieces, trained on the captions), token embedding "
+        f"{c.text_width}, {'mean pooling' if c.text_encoder == 'mean' else f'{c.text_layers}-layer {c.text_heads}-head transformer + mean pooling'}, "
+        f"Dense {c.dim}, L2 (max {c.max_length} tokens)",
+        "- teachers: " + (", ".join(f"`{t}` (dim {v.get('dim')}, weight {v.get('weight')})" for t, v in teachers.items())
+                          or "none"),
+        f"- checkpoint: `{checkpoint}`; manifest `{info_meta.get('manifest')}`", "",
+        "## Files", "",
+        f"- `{MUSIC_ONNX}` ({checks['sizes_mb']['music']:.2f} MB): `mel_spectrogram` [N, 1, {c.n_mels}, T] -> "
+        f"`music_embedding` [N, {c.dim}]",
+        f"- `{TEXT_ONNX}` ({checks['sizes_mb']['text']:.2f} MB): `input_ids`, `attention_mask` -> "
+        f"`text_embedding` [N, {c.dim}]",
+        "- `tokenizer.json`, `preprocessing.json` (features: see below)", "",
+        "## Features", "",
+        f"{c.sample_rate} Hz mono; STFT n_fft {c.n_fft}, hop {c.hop}, periodic Hann, centred (reflect); power; "
+        f"{c.n_mels} HTK-mel bands {c.fmin:g}-{c.fmax:g} Hz (peak-1 triangles); 10 log10(max(mel, {c.amin:g})) "
+        f"minus the clip max, floored at -{c.top_db:g} dB; per-clip min-max to [0, 1]. Crops of {c.crop_s:g} s; "
+        "a long track is cut into crops and the L2-normalised mean of their vectors is its vector.", "",
+        "## Verification", "",
+        f"- onnxruntime vs PyTorch: music {checks['parity']['music']:.2g}, text {checks['parity']['text']:.2g} "
+        f"(limit {TOLERANCE:g})",
+        f"- NumPy features from preprocessing.json + tokenizer.json, onnxruntime vs PyTorch: music "
+        f"{checks['client']['music']:.2g}, text {checks['client']['text']:.2g}",
+    ]
+    if eval_report:
+        res = eval_report.get("results", {})
+        lines += ["", "## Evaluation", "", f"Split `{eval_report.get('split')}`:", ""]
+        for sysname, r in res.items():
+            lines.append(f"- {sysname}: text->music R@10 {r['text_to_music']['R@10']:.3f}, "
+                         f"tag ROC-AUC {r.get('tags', {}).get('roc_auc', float('nan')):.3f}")
+        for t, v in (eval_report.get("teacher_cosine") or {}).items():
+            lines.append(f"- cosine to teacher `{t}`: {v:.3f}")
+    else:
+        lines += ["", f"No evaluation yet: run `mtx eval --run {run}`."]
+    lines += ["", "## Usage (no PyTorch)", "", "```python", "import json, numpy as np, onnxruntime as ort",
+              "from tokenizers import Tokenizer", "",
+              'tok = Tokenizer.from_file("tokenizer.json")',
+              'text = ort.InferenceSession("student_text_encoder.onnx")',
+              'e = tok.encode_batch(["dark metal"])',
+              'q = text.run(None, {"input_ids": np.array([x.ids for x in e]), '
+              '"attention_mask": np.array([x.attention_mask for x in e])})[0]',
+              "# music: compute mel_spectrogram as preprocessing.json says, then",
+              '# ort.InferenceSession("student_music_encoder.onnx").run(None, {"mel_spectrogram": mel})',
+              "```", "",
+              "## Licence", "",
+              "Trained from scratch; the training audio and captions come from the manifest's datasets, each "
+              "under its own licence (see each record's `license`).", ""]
+    return "\n".join(lines)
+
+
+def build_onnx_dir(model, tmp: Path, opset: int, allow_large: bool) -> dict[str, Any]:
+    """Write and verify the onnx/ folder's content into ``tmp``; returns the checks."""
+    model = model.cpu().eval()
+    _export_graphs(model, tmp, opset)
+    sizes = sizes_mb(tmp)
+    log.info("student ONNX sizes: music %.2f MB, text %.2f MB", sizes["music"], sizes["text"])
+    check_sizes(sizes, allow_large)
+    model.tokenizer.save(str(tmp / "tokenizer.json"))
+    atomic_write_json(tmp / PREPROCESSING, model.student_config.preprocessing())
+    par = parity(model, tmp)
+    if max(par.values()) > TOLERANCE:
+        raise MtxError(f"student ONNX differs from PyTorch by {max(par.values()):.3g} (> {TOLERANCE:g})",
+                       hint="try another --opset")
+    client = client_check(model, tmp)
+    if max(client.values()) > TOLERANCE:
+        raise MtxError(f"a client following preprocessing.json gets vectors {max(client.values()):.3g} away "
+                       f"from PyTorch (> {TOLERANCE:g})", hint="the front end and preprocessing.json disagree")
+    return {"sizes_mb": sizes, "parity": par, "client": client}
+
+
+def write_card(tmp: Path, text: str) -> None:
+    atomic_write_text(tmp / "README.md", text)
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

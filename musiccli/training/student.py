@@ -1,0 +1,521 @@
+"""The ``student`` objective: train both student towers from audio, distilled from teacher stores.
+
+``run_student_train(state, StudentTrainConfig, progress) -> TrainResult`` (the same result type as
+``run_train``). Loss per step::
+
+    contrastive_weight * InfoNCE(text tower, music tower)
+      + sum_t weight_t * D(P_t(music), standardise_t(teacher_t))
+
+``P_t`` is a learned linear projection from the 256-d student space to teacher ``t``'s dim (one per
+teacher, never a slice of the student vector), ``standardise_t`` uses the teacher store's train-split
+mean/std, and ``D`` is MSE or ``1 - cosine`` (``--distill-loss``). Teachers are any audio encoders
+whose store exists for the manifest; a missing one is refused with the `mtx embed` command that builds it.
+
+Data: DataLoader workers decode each track at 48 kHz, take a random crop and compute the log-mel
+(``encoders.student.LogMel``). The crop offset and the caption are pure functions of (seed, epoch,
+index), and the loaders get their own seeded generator instead of drawing from the global RNG, so a
+checkpoint's (epoch, batch) plus its RNG states (dropout) resume to the same losses. Validation uses
+the centre crop and the main caption. Runs are single-process (no DDP for the student yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..audio import decode
+from ..encoders.student import LogMel, StudentConfig, StudentModel, take_crop, train_tokenizer
+from ..errors import Interrupted, MtxError, unknown_choice
+from ..manifest import Record, group_of, manifest_hash, read_manifest, resolve_manifest
+from ..retrieval import caption_relevance, text_to_music
+from ..progress import NullProgress, Progress
+from ..provenance import training_data
+from ..runtime import capture_rng_state, restore_rng_state, seed_everything, select_runtime
+from ..state import Resume, StateDir, begin_stage, check_name, stage_function, to_jsonable
+from ..store import EmbeddingStore
+from . import checkpoint as ckpt
+from .data import EpochSampler, text_key
+from .losses import InfoNCELoss, LossConfig
+from .loop import EpochCallback, TrainResult, lr_lambda
+
+log = logging.getLogger(__name__)
+
+DISTILL_LOSSES = ("mse", "cosine")
+DEFAULT_TEACHERS = "musicnn:0.3,dsp:0.4"
+
+
+@dataclass
+class StudentTrainConfig:
+    manifest: str | None = None
+    run: str | None = None                 # None = "student-<manifest>"
+    teachers: str = DEFAULT_TEACHERS       # "name:weight,..." (the design's pair is musicnn:0.3,clap:0.4)
+    contrastive_weight: float = 0.3
+    distill_loss: str = "mse"
+    temperature: float = 0.07
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_ratio: float = 0.05
+    grad_clip: float | None = 1.0
+    patience: int | None = None
+    # architecture (StudentConfig)
+    blocks: int = 3
+    base_channels: int = 32
+    residual: bool = False
+    dim: int = 256
+    dropout: float = 0.1
+    crop_s: float = 30.0
+    text_encoder: str = "mean"
+    text_width: int = 256
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab_size: int = 3072
+    max_length: int = 64
+    use_alt_captions: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 2
+    checkpoint_every: int | None = None
+    resume: Resume = Resume.FRESH
+
+    NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "num_workers")
+
+    def student_config(self, vocab_size: int, teacher_dims: dict[str, int]) -> StudentConfig:
+        return StudentConfig(blocks=self.blocks, base_channels=self.base_channels, residual=self.residual,
+                             dim=self.dim, dropout=self.dropout, crop_s=self.crop_s, text_encoder=self.text_encoder,
+                             text_width=self.text_width, text_layers=self.text_layers, text_heads=self.text_heads,
+                             vocab_size=vocab_size, max_length=self.max_length, teachers=dict(teacher_dims))
+
+
+def parse_teachers(text: str) -> dict[str, float]:
+    """``"musicnn:0.3,dsp:0.4"`` -> {"musicnn": 0.3, "dsp": 0.4} (a bare name weighs 1.0)."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise MtxError(f"invalid teacher weight in {part!r}", hint="use NAME:WEIGHT, e.g. musicnn:0.3") from None
+        if w < 0 or name.strip() in out:
+            raise MtxError(f"invalid teacher {part!r}", hint="each teacher once, with a non-negative weight")
+        out[name.strip()] = w
+    if not out:
+        raise MtxError("no teachers given", hint=f"e.g. --teachers {DEFAULT_TEACHERS}")
+    return out
+
+
+def _key(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
+
+
+class AudioCrops(torch.utils.data.Dataset):
+    """(index, log-mel crop) per track; runs in DataLoader workers. ``random=False``: centre crops."""
+
+    def __init__(self, records: list[Record], cfg: StudentConfig, seed: int, random: bool) -> None:
+        self.paths = [r.audio_path for r in records]
+        self.cfg, self.seed, self.random, self.epoch = cfg, seed, random, 0
+        self._front: LogMel | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        if self._front is None:
+            self._front = LogMel(self.cfg)
+        try:
+            wave, _ = decode(self.paths[i], self.cfg.sample_rate)
+        except MtxError as e:   # reported by the main process as one line, not a worker traceback
+            return i, None, e.message
+        key = _key("crop", self.seed, self.epoch, i) if self.random else None
+        crop = take_crop(wave, self.cfg.crop_samples, key)
+        with torch.no_grad():
+            mel = self._front(torch.from_numpy(np.ascontiguousarray(crop))[None])[0]
+        return i, mel, None
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[np.ndarray, torch.Tensor]:
+    bad = next((why for _, m, why in items if m is None), None)
+    if bad is not None:
+        return np.zeros(0, dtype=np.int64), bad   # type: ignore[return-value]
+    return np.array([i for i, _, _ in items], dtype=np.int64), torch.stack([m for _, m, _ in items])
+
+
+def _checked(batches):
+    """Loader batches; a track that cannot be decoded stops training with one clear line."""
+    for idx, mel in batches:
+        if isinstance(mel, str):
+            raise MtxError(f"cannot read training audio: {mel}",
+                           hint="run `mtx verify` on the source, fix or drop the file, then `mtx unify --force`")
+        yield idx, mel
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass
+class _Teacher:
+    name: str
+    weight: float
+    store: EmbeddingStore
+    train_pos: np.ndarray
+    val_pos: np.ndarray
+
+
+class _StudentTrainer:
+    def __init__(self, state: StateDir, cfg: StudentTrainConfig, progress: Progress, on_epoch: EpochCallback | None):
+        self.state, self.cfg, self.progress, self.on_epoch = state, cfg, progress, on_epoch
+        self.teachers: list[_Teacher] = []
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> TrainResult | None:
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise MtxError(f"--epochs must be at least 1, got {cfg.epochs}")
+        if cfg.distill_loss not in DISTILL_LOSSES:
+            raise unknown_choice("distillation loss", cfg.distill_loss, DISTILL_LOSSES)
+        if cfg.contrastive_weight < 0:
+            raise MtxError(f"--contrastive-weight must be >= 0, got {cfg.contrastive_weight}")
+        cfg.student_config(cfg.vocab_size, {}).validate()
+        self.weights = parse_teachers(cfg.teachers)
+        self.runtime = select_runtime(cfg.device, cfg.precision)
+        self.manifest_name, self.manifest_path = resolve_manifest(self.state, cfg.manifest)
+        stores = {}
+        for name in self.weights:
+            path = self.state.embeddings_path(name, self.manifest_name)
+            if not path.exists():
+                raise MtxError(f"teacher {name!r} has no embeddings for manifest {self.manifest_name} ({path})",
+                               hint=f"run `mtx embed --audio-encoder {name} --manifest {self.manifest_name}` "
+                                    f"first, or drop it from --teachers")
+            stores[name] = path
+        self.run_name = check_name("run", cfg.run or f"student-{self.manifest_name}")
+        self.run_dir = self.state.run_dir(self.run_name)
+        self.manifest_hash = manifest_hash(self.manifest_path)
+        self.result_config = to_jsonable({f.name: getattr(cfg, f.name) for f in fields(cfg)
+                                          if f.name not in StudentTrainConfig.NOT_RESULT_AFFECTING})
+        self.result_config["objective"] = "student"
+        self.result_config["precision"] = self.runtime.precision
+        stage_config = {**self.result_config, "manifest_name": self.manifest_name,
+                        "manifest_hash": self.manifest_hash,
+                        "teacher_stores": {n: _file_identity(p) for n, p in stores.items()}}
+        self.stage = begin_stage(self.state, "train", f"train:{self.run_name}", stage_config, cfg.resume,
+                                 discard=self._discard)
+        if self.stage.already_complete:
+            r = dict(self.stage.record.result)
+            res = TrainResult(**{k: v for k, v in r.items() if k in {f.name for f in fields(TrainResult)}})
+            res.skipped = True
+            return res
+        if not self.stage.resumed:
+            self._discard()
+        ckpt.recover(self.run_dir)
+        for name in self.weights:
+            self.teachers.append(_Teacher(name, self.weights[name], EmbeddingStore(stores[name]),
+                                          np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        log.info("using manifest %s; teachers %s; %s", self.manifest_name,
+                 ", ".join(f"{t.name} (dim {t.store.dim}, weight {t.weight:g})" for t in self.teachers),
+                 self.runtime.describe())
+        return None
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _split(self, records: list[Record], split: str) -> list[Record]:
+        wanted = [r for r in records if r.split == split]
+        kept = [r for r in wanted if all(t.store.has(r.id) for t in self.teachers)]
+        if len(kept) < len(wanted):
+            log.info("%s split: %d of %d records lack a teacher embedding and are skipped", split,
+                     len(wanted) - len(kept), len(wanted))
+        return kept
+
+    def build(self) -> None:
+        cfg = self.cfg
+        records = read_manifest(self.manifest_path)
+        self.train_records = self._split(records, "train")
+        self.val_records = self._split(records, "val")
+        if len(self.train_records) < 2:
+            raise MtxError(f"only {len(self.train_records)} training records with every teacher's embedding",
+                           hint="check the manifest splits and that `mtx embed` covered them")
+        for t in self.teachers:
+            t.train_pos = t.store.positions([r.id for r in self.train_records])
+            t.val_pos = t.store.positions([r.id for r in self.val_records])
+        self.sampler = EpochSampler(len(self.train_records), cfg.batch_size, cfg.seed)
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise MtxError(f"{len(self.train_records)} training records make no batch", hint="lower --batch-size")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        latest = self.run_dir / "latest"
+        self.resume_state = ckpt.load_trainer_state(latest) if self.stage.resumed else None
+        seed_everything(cfg.seed)
+        if self.resume_state is not None:
+            self.model = StudentModel.from_pretrained(latest, device=self.runtime.device)
+        else:
+            tok = train_tokenizer([c for r in self.train_records for c in r.captions], cfg.vocab_size,
+                                  cfg.max_length)
+            scfg = cfg.student_config(tok.get_vocab_size(), {t.name: t.store.dim for t in self.teachers})
+            self.model = StudentModel(scfg, tok).to(self.runtime.device)
+            for t in self.teachers:
+                self.model.set_teacher_stats(t.name, *t.store.mean_std(t.train_pos))
+            log.info("student: %s; tokenizer: %d WordPiece pieces trained on the train captions",
+                     f"{cfg.blocks} blocks {scfg.channels}{' residual' if cfg.residual else ''}, "
+                     f"text {cfg.text_encoder}", tok.get_vocab_size())
+        self.model.train()
+        self.scfg = self.model.student_config
+        self.train_ds = AudioCrops(self.train_records, self.scfg, cfg.seed, random=True)
+        self.val_ds = AudioCrops(self.val_records, self.scfg, cfg.seed, random=False)
+        self.nce = InfoNCELoss(LossConfig(temperature=cfg.temperature)).to(self.runtime.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, int(cfg.warmup_ratio * self.total_steps)))
+        self.metrics = ckpt.MetricsLog(self.run_dir / ckpt.METRICS)
+        self.step = self.epoch = self.batch = 0
+        self.best: dict[str, Any] = {"epoch": None, "val_R@10": None}
+        self.bad_epochs = 0
+        self.epoch_loss = [0.0, 0]
+        self.losses: list[float] = []
+        self.epoch_summaries: list[dict[str, Any]] = []
+        self.stopped_early = False
+        self.created = time.time()
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        else:
+            self._write_run_json("running")
+
+    def _restore(self, s: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.step, self.epoch, self.batch = s["step"], s["epoch"], s["batch"]
+        self.best, self.bad_epochs = s["best"], s["bad_epochs"]
+        self.stopped_early = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
+        self.epoch_loss, self.losses = list(s["epoch_loss"]), list(s["losses"])
+        self.epoch_summaries, self.created = list(s["epoch_summaries"]), s["created"]
+        self.metrics.truncate_to(self.step, epochs_done=self.epoch)
+        restore_rng_state(s["rng"])
+        log.info("resuming %s at step %d (epoch %d, batch %d)", self.run_name, self.step, self.epoch + 1, self.batch)
+
+    # ------------------------------------------------------------------ persistence
+    def _run_info(self, status: str) -> dict[str, Any]:
+        return {"run": self.run_name, "objective": "student", "audio_encoder": "student",
+                "manifest": self.manifest_name, "manifest_path": str(self.manifest_path),
+                "manifest_hash": self.manifest_hash, "embeddings": None,
+                "teachers": {t.name: {"weight": t.weight, "dim": t.store.dim, "store": str(t.store.path)}
+                             for t in self.teachers},
+                "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
+                "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
+                "best": self.best,
+                # What the run learned from (search and eval warn when it meets other sources).
+                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
+
+    def _write_run_json(self, status: str) -> None:
+        ckpt.write_run_json(self.run_dir, self._run_info(status))
+
+    def save_latest(self) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": capture_rng_state(),
+                 "best": self.best, "bad_epochs": self.bad_epochs, "epoch_loss": self.epoch_loss,
+                 "losses": self.losses, "epoch_summaries": self.epoch_summaries, "created": self.created,
+                 "config": self.result_config}
+        meta = {"run": self.run_name, "step": self.step, "epoch": self.epoch, "batch": self.batch,
+                "total_steps": self.total_steps, "config": self.result_config, "best": self.best,
+                "losses": self.losses, "epochs": self.epoch_summaries}
+
+        def fill(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            ckpt.save_trainer_state(tmp / ckpt.TRAINER_STATE, state)
+            ckpt.write_meta(tmp / ckpt.META, meta)
+
+        ckpt.write_checkpoint_dir(self.run_dir, "latest", fill)
+        self.stage.update(step=self.step, epoch=self.epoch, batch=self.batch)
+
+    # ------------------------------------------------------------------ steps
+    def _loader(self, ds: AudioCrops, batches: list[np.ndarray], epoch: int):
+        ds.epoch = epoch
+        # Its own generator: creating a loader must not draw from the global RNG (dropout's stream).
+        gen = torch.Generator().manual_seed(_key("loader", self.cfg.seed, epoch) % (2 ** 63))
+        return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
+                                           num_workers=self.cfg.num_workers, collate_fn=_collate,
+                                           worker_init_fn=_worker_init, generator=gen)
+
+    def _captions(self, records: list[Record], idx: np.ndarray, epoch: int | None) -> list[str]:
+        out = []
+        for i in idx.tolist():
+            caps = records[i].captions if (self.cfg.use_alt_captions and epoch is not None) else [records[i].caption]
+            out.append(caps[_key("caption", self.cfg.seed, epoch, i) % len(caps)] if len(caps) > 1 else caps[0])
+        return out
+
+    def _losses(self, mel: torch.Tensor, texts: list[str], idx: np.ndarray, val: bool
+                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+        dev = self.runtime.device
+        records = self.val_records if val else self.train_records
+        # Same caption or same recording: never each other's negatives (the shared InfoNCE rule).
+        keys = torch.tensor([[text_key(t), text_key(group_of(records[int(i)]))] for i, t in zip(idx, texts)],
+                            dtype=torch.int64, device=dev).reshape(-1, 2)
+        with self.runtime.autocast():
+            music = self.model.music(mel.to(dev)).float()
+            text = self.model.embed_text(texts).float()
+        loss, parts = torch.zeros((), device=dev), {}
+        if self.cfg.contrastive_weight > 0 and len(idx) > 1:
+            nce, _ = self.nce(text, music, keys=keys)
+            loss = loss + self.cfg.contrastive_weight * nce
+            parts["infonce"] = float(nce.detach())
+        for t in self.teachers:
+            pos = (t.val_pos if val else t.train_pos)[idx]
+            target = self.model.standardise_teacher(t.name, torch.from_numpy(t.store.rows(pos)).to(dev))
+            pred = self.model.heads[t.name](music)
+            if self.cfg.distill_loss == "mse":
+                d = F.mse_loss(pred, target)
+            else:
+                d = 1.0 - F.cosine_similarity(pred, target, dim=-1).mean()
+            loss = loss + t.weight * d
+            parts[f"distill_{t.name}"] = float(d.detach())
+            parts[f"cosine_{t.name}"] = float(F.cosine_similarity(pred, target, dim=-1).mean().detach())
+        return loss, parts, music, text
+
+    def train_step(self, idx: np.ndarray, mel: torch.Tensor) -> tuple[float, dict[str, float]]:
+        loss, parts, _, _ = self._losses(mel, self._captions(self.train_records, idx, self.epoch), idx, val=False)
+        if not bool(torch.isfinite(loss)):
+            raise MtxError(f"training diverged at step {self.step + 1} (loss {float(loss)})", hint="lower --lr")
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), parts
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        n = len(self.val_records)
+        if n == 0:
+            return {"val_loss": None, "val_R@10": None}
+        self.model.eval()
+        bs = self.cfg.batch_size
+        batches = [np.arange(s, min(n, s + bs)) for s in range(0, n, bs)]
+        music, text, total, sums = [], [], 0.0, {}
+        for idx, mel in _checked(self._loader(self.val_ds, batches, 0)):
+            loss, parts, m, t = self._losses(mel, self._captions(self.val_records, idx, None), idx, val=True)
+            total += float(loss) * len(idx)
+            for k, v in parts.items():
+                if k.startswith("cosine_"):
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+            music.append(m.cpu().numpy())
+            text.append(t.cpu().numpy())
+        self.model.train()
+        # The shared protocol (musiccli.retrieval), text -> music on the main captions, as `mtx train` validates.
+        rel = caption_relevance(self.val_records, "main")
+        m = text_to_music(np.concatenate(text)[rel.main_item[rel.queries]], np.concatenate(music), rel)
+        out: dict[str, Any] = {"val_loss": total / n, **{f"val_{k}": v for k, v in m.items()}}
+        out.update({f"val_{k}": v / n for k, v in sums.items()})
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        start_time, start_step = time.time(), self.step
+        with self.progress.task("Training student", total=self.total_steps, unit="steps",
+                                completed=self.step) as task:
+            while self.epoch < self.cfg.epochs and not self.stopped_early:
+                batches = self.sampler.batches(self.epoch)
+                for idx, mel in _checked(self._loader(self.train_ds, batches[self.batch:], self.epoch)):
+                    loss, parts = self.train_step(idx, mel)
+                    self.step += 1
+                    self.batch += 1
+                    self.losses.append(loss)
+                    self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
+                    self.metrics.append({"step": self.step, "epoch": self.epoch + 1, "train_loss": loss,
+                                         "lr": self.scheduler.get_last_lr()[0], **parts})
+                    task.advance(1)
+                    every = self.cfg.checkpoint_every
+                    if every and self.step % every == 0 and self.batch < len(batches):
+                        self.save_latest()
+                    try:
+                        self.progress.check_interrupt()
+                    except Interrupted:
+                        self.save_latest()
+                        raise
+                self._end_epoch()
+        seconds = time.time() - start_time
+        return self._finish(seconds, self.step - start_step)
+
+    def _end_epoch(self) -> None:
+        val = self.validate()
+        epoch_no = self.epoch + 1
+        r10 = val["val_R@10"]
+        improved = r10 is None or self.best["val_R@10"] is None or r10 > self.best["val_R@10"]
+        if improved:
+            self.best = {"epoch": epoch_no, "val_R@10": r10}
+            self.bad_epochs = 0
+            ckpt.write_checkpoint_dir(self.run_dir, "best", self.model.save_pretrained)
+        else:
+            self.bad_epochs += 1
+        summary = {"epoch": epoch_no, "step": self.step,
+                   "epoch_train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]), **val, "best": improved}
+        self.epoch_summaries.append(summary)
+        self.metrics.append(summary)
+        if self.on_epoch is not None:
+            self.on_epoch(summary)
+        if self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience:
+            self.stopped_early = True
+            log.info("stopping early: val R@10 did not improve for %d epochs", self.bad_epochs)
+        self.epoch += 1
+        self.batch = 0
+        self.epoch_loss = [0.0, 0]
+        self.save_latest()
+        self._write_run_json("running")
+
+    def _finish(self, seconds: float, steps_now: int) -> TrainResult:
+        last = self.epoch_summaries[-1] if self.epoch_summaries else {}
+        result = TrainResult(
+            run=self.run_name, run_dir=str(self.run_dir), manifest=self.manifest_name,
+            embeddings=", ".join(str(t.store.path) for t in self.teachers), loss="student", epochs_done=self.epoch,
+            steps=self.step, best_epoch=self.best["epoch"], best_val_r10=self.best["val_R@10"],
+            final_train_loss=last.get("epoch_train_loss"), final_val_loss=last.get("val_loss"), seconds=seconds,
+            steps_per_s=steps_now / seconds if seconds > 0 else 0.0, stopped_early=self.stopped_early,
+            objective="student", epochs=self.epoch_summaries)
+        self._write_run_json("complete")
+        self.stage.complete(result=asdict(result))
+        return result
+
+    def abandon(self) -> None:
+        if not self.stage.resumed:
+            self.stage.path.unlink(missing_ok=True)
+            self._discard()
+
+    def close(self) -> None:
+        for t in self.teachers:
+            t.store.close()
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@stage_function
+def run_student_train(state: StateDir, cfg: StudentTrainConfig, progress: Progress | None = None,
+                      on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train (or resume, or skip when complete) one student run; see the module docstring."""
+    trainer = _StudentTrainer(state, cfg, progress or NullProgress(), on_epoch)
+    try:
+        skipped = trainer.setup()
+        if skipped is not None:
+            return skipped
+        try:
+            trainer.build()
+        except MtxError:
+            trainer.abandon()
+            raise
+        return trainer.fit()
+    finally:
+        trainer.close()
