@@ -168,7 +168,8 @@ def run_demo(state: StateDir, cfg: DemoConfig, progress: Progress | None = None)
     _timed(result, "train", lambda: run_train(state, TrainConfig(
         audio_encoder=encoder, manifest=NAME, run=NAME, text_backbone=cfg.text_backbone, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
-        export=False, resume=mode), progress),   # the export stage below writes onnx/ (and hf/)
+        # TTMR's stochastic tag text: the demo's tag queries score it best (benchmarks/ablation_textrep.py)
+        text_rep="stochastic", export=False, resume=mode), progress),   # the export stage writes onnx/ + hf/
         lambda r: f"{r.epochs_done} epochs, best val R@10 {r.best_val_r10:.3f} (epoch {r.best_epoch})")
     ev = _timed(result, "eval", lambda: run_eval(state, EvalConfig(run=NAME, device=cfg.device,
                                                                     precision=cfg.precision, seed=cfg.seed,
