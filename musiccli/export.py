@@ -222,7 +222,8 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
                            hint="pip install 'musiccli[onnx]'")
         from .export_audiomuse import export_for_audiomuse
 
-        return export_for_audiomuse(state, cfg, progress)
+        r = export_for_audiomuse(state, cfg, progress)
+        return ExportResult(r.run, cfg.checkpoint, r.out, r.paths, r.onnx_max_abs_diff, skipped=r.skipped)
     for f in cfg.formats:
         if f not in FORMATS:
             raise unknown_choice("export format", f, FORMATS)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import MtxError
-from .export import ExportConfig, ExportResult
 from .onnx_text import ONNX_TOLERANCE, replace_dir, set_eager_attention, tmp_dir
 from .runs import RunInfo, export_dir, export_key, resolve_run, weights_identity
 from .progress import NullProgress, Progress
@@ -171,7 +171,18 @@ def readme(info: RunInfo, checkpoint: str, check: dict[str, Any], roberta: bool,
     ])
 
 
-def export_for_audiomuse(state: StateDir, cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
+@dataclass
+class AudiomuseExport:
+    run: str
+    out: Path
+    paths: dict[str, str]
+    onnx_max_abs_diff: float | None
+    skipped: bool = False
+
+
+def export_for_audiomuse(state: StateDir, cfg: Any, progress: Progress | None = None) -> AudiomuseExport:
+    """The audiomuse target of `mtx export`; ``cfg`` is the export stage's config (run, checkpoint, out,
+    opset, resume), passed in so this building block never imports the stage."""
     from .encoders.text import TextEmbedder
 
     progress = progress or NullProgress()
@@ -192,8 +203,7 @@ def export_for_audiomuse(state: StateDir, cfg: ExportConfig, progress: Progress 
                         outputs={"audiomuse": final})
     if stage.already_complete and final.exists():
         r = stage.record.result
-        return ExportResult(info.name, cfg.checkpoint, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"),
-                            skipped=True)
+        return AudiomuseExport(info.name, out, dict(r.get("paths", {})), r.get("onnx_max_abs_diff"), skipped=True)
     set_eager_attention(model.backbone)
     roberta = tokenizer_matches_roberta(model.tokenizer)
     tmp = tmp_dir(out, "audiomuse")
@@ -221,7 +231,7 @@ def export_for_audiomuse(state: StateDir, cfg: ExportConfig, progress: Progress 
     log.info("AudioMuse-AI text model: %s (tokenizer %s)", final / ONNX_NAME,
              "roberta-base compatible" if roberta else "differs from roberta-base: see README.md")
     stage.complete(result={"paths": paths, "onnx_max_abs_diff": check["max_abs_diff_vs_pytorch"]})
-    return ExportResult(info.name, cfg.checkpoint, out, paths, check["max_abs_diff_vs_pytorch"])
+    return AudiomuseExport(info.name, out, paths, check["max_abs_diff_vs_pytorch"])
 
 
 __all__ = ["export_for_audiomuse", "tokenizer_matches_roberta", "verify"]
