@@ -136,6 +136,9 @@ def command(
     vocab_size: Annotated[int, _opt("--vocab-size", min=16, help="student: WordPiece vocabulary trained on the "
                                     "captions (3072 keeps the text ONNX under 8 MB).")] = 3072,
     num_workers: Annotated[int, _opt("--num-workers", min=0, help="student: audio/mel loader processes.")] = 2,
+    mel_cache: Annotated[bool, _opt("--mel-cache", help="student: compute each track's log-mel once into "
+                                    "<state>/cache/mel and crop from it (hop-aligned crops, real audio at crop "
+                                    "edges: not bit-identical to uncached training).")] = False,
     export: Annotated[bool, _opt("--export/--no-export",
                                  help="Export the ONNX towers at the end (exports/<run>/best/onnx), so "
                                       "`mtx search` starts without PyTorch.")] = True,
@@ -162,7 +165,7 @@ def command(
         use_alt_captions=use_alt_captions, teachers=teachers, contrastive_weight=contrastive_weight,
         distill_loss=distill_loss, student_blocks=student_blocks, student_channels=student_channels,
         student_residual=student_residual, crop=crop, text_tower=text_tower, vocab_size=vocab_size,
-        num_workers=num_workers, export=export, resume=Resume.from_flags(cont, force))
+        num_workers=num_workers, mel_cache=mel_cache, export=export, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"

@@ -150,21 +150,37 @@ class LogMel:
         self.window = torch.hann_window(cfg.n_fft, periodic=True)
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        return scale_db(self.db(wave), self.cfg.top_db).unsqueeze(1)
+
+    def db(self, wave: torch.Tensor, center: bool = True) -> torch.Tensor:
+        """Waveforms [B, S] -> ``10 log10(max(mel, amin))`` [B, n_mels, T], before the per-clip scaling.
+
+        ``center=False`` frames without padding (frame t starts at sample t * hop): the mel cache
+        computes a long track block by block on the reflect-padded track this way.
+        """
         c = self.cfg
         wave = wave.float()
-        if wave.shape[-1] <= c.n_fft // 2:   # reflect padding needs more samples than the pad
+        if center and wave.shape[-1] <= c.n_fft // 2:   # reflect padding needs more samples than the pad
             wave = F.pad(wave, (0, c.n_fft // 2 + 1 - wave.shape[-1]))
         spec = torch.stft(wave, c.n_fft, hop_length=c.hop, win_length=c.n_fft,
-                          window=self.window.to(wave.device), center=True, pad_mode="reflect",
+                          window=self.window.to(wave.device), center=center, pad_mode="reflect",
                           return_complex=True)
         power = spec.real ** 2 + spec.imag ** 2                          # [B, F, T]
         mel = torch.einsum("bft,fm->bmt", power, self.fb.to(wave.device))
-        return normalise_db(mel, c.amin, c.top_db).unsqueeze(1)
+        return power_to_db(mel, c.amin)
+
+
+def power_to_db(mel: torch.Tensor, amin: float) -> torch.Tensor:
+    return 10.0 * torch.log10(mel.clamp_min(amin))
 
 
 def normalise_db(mel: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
     """[B, M, T] power mel -> dB re the clip max, floored at -top_db, min-max scaled to [0, 1] per clip."""
-    db = 10.0 * torch.log10(mel.clamp_min(amin))
+    return scale_db(power_to_db(mel, amin), top_db)
+
+
+def scale_db(db: torch.Tensor, top_db: float) -> torch.Tensor:
+    """[B, M, T] dB -> re the clip max (ref = max), floored at -top_db, min-max scaled to [0, 1] per clip."""
     db = db - db.amax(dim=(1, 2), keepdim=True)
     db = db.clamp_min(-top_db)
     lo = db.amin(dim=(1, 2), keepdim=True)

@@ -16,6 +16,13 @@ Data: DataLoader workers decode each track at 48 kHz, take a random crop and com
 index), and the loaders get their own seeded generator instead of drawing from the global RNG, so a
 checkpoint's (epoch, batch) plus its RNG states (dropout) resume to the same losses. Validation uses
 the centre crop and the main caption. Runs are single-process (no DDP for the student yet).
+
+``mel_cache=True`` (``--mel-cache``): the full-track dB mel of every train/val track is computed once
+(:mod:`.melcache`, a stage of its own, shared by every student run on the manifest and front end) and
+crops are taken from it in frame space with the same (seed, epoch, index) keys, then scaled per crop as
+``LogMel`` does. Cached crops start on a hop boundary and their edge frames see the real neighbouring
+audio instead of reflect padding, so a cached run is not bit-identical to an uncached one; the flag is
+part of the result-affecting config (recorded only when on, so earlier runs' records keep theirs).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from . import checkpoint as ckpt
 from .data import EpochSampler, text_key
 from .losses import InfoNCELoss, LossConfig
 from .loop import EpochCallback, TrainResult, lr_lambda
+from .melcache import MelCache, crop_frames, ensure_mel_cache
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,7 @@ class StudentTrainConfig:
     device: str = "auto"
     precision: str = "auto"
     num_workers: int = 2
+    mel_cache: bool = False                # crops from <state>/cache/mel (see training/melcache.py)
     checkpoint_every: int | None = None
     resume: Resume = Resume.FRESH
 
@@ -146,6 +155,22 @@ class AudioCrops(torch.utils.data.Dataset):
         return i, mel, None
 
 
+class CachedCrops(torch.utils.data.Dataset):
+    """As :class:`AudioCrops`, from the mel cache: crops in frame space (aligned to the hop), same keys."""
+
+    def __init__(self, records: list[Record], cfg: StudentConfig, seed: int, random: bool, cache: MelCache) -> None:
+        self.ids = [r.id for r in records]
+        self.cfg, self.seed, self.random, self.epoch, self.cache = cfg, seed, random, 0, cache
+        self.n_frames = crop_frames(cfg)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        key = _key("crop", self.seed, self.epoch, i) if self.random else None
+        return i, self.cache.crop(self.ids[i], self.n_frames, key, self.cfg.top_db), None
+
+
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[np.ndarray, torch.Tensor]:
     bad = next((why for _, m, why in items if m is None), None)
     if bad is not None:
@@ -179,6 +204,7 @@ class _StudentTrainer:
     def __init__(self, state: StateDir, cfg: StudentTrainConfig, progress: Progress, on_epoch: EpochCallback | None):
         self.state, self.cfg, self.progress, self.on_epoch = state, cfg, progress, on_epoch
         self.teachers: list[_Teacher] = []
+        self.mel_cache_path: Path | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> TrainResult | None:
@@ -205,7 +231,8 @@ class _StudentTrainer:
         self.run_dir = self.state.run_dir(self.run_name)
         self.manifest_hash = manifest_hash(self.manifest_path)
         self.result_config = to_jsonable({f.name: getattr(cfg, f.name) for f in fields(cfg)
-                                          if f.name not in StudentTrainConfig.NOT_RESULT_AFFECTING})
+                                          if f.name not in StudentTrainConfig.NOT_RESULT_AFFECTING
+                                          and not _off(f.name, getattr(cfg, f.name))})
         self.result_config["objective"] = "student"
         self.result_config["precision"] = self.runtime.precision
         stage_config = {**self.result_config, "manifest_name": self.manifest_name,
@@ -273,8 +300,13 @@ class _StudentTrainer:
                      f"text {cfg.text_encoder}", tok.get_vocab_size())
         self.model.train()
         self.scfg = self.model.student_config
-        self.train_ds = AudioCrops(self.train_records, self.scfg, cfg.seed, random=True)
-        self.val_ds = AudioCrops(self.val_records, self.scfg, cfg.seed, random=False)
+        if cfg.mel_cache:
+            cache = self._mel_cache(records)
+            self.train_ds = CachedCrops(self.train_records, self.scfg, cfg.seed, True, cache)
+            self.val_ds = CachedCrops(self.val_records, self.scfg, cfg.seed, False, cache)
+        else:
+            self.train_ds = AudioCrops(self.train_records, self.scfg, cfg.seed, random=True)
+            self.val_ds = AudioCrops(self.val_records, self.scfg, cfg.seed, random=False)
         self.nce = InfoNCELoss(LossConfig(temperature=cfg.temperature)).to(self.runtime.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -292,6 +324,19 @@ class _StudentTrainer:
             self._restore(self.resume_state)
         else:
             self._write_run_json("running")
+
+    def _mel_cache(self, records: list[Record]) -> MelCache:
+        """The manifest's mel cache (built, resumed or reused); a track it could not decode stops training."""
+        res = ensure_mel_cache(self.state, self.manifest_name, self.manifest_hash, records, self.scfg,
+                               self.cfg.resume, self.progress, num_workers=self.cfg.num_workers)
+        self.mel_cache_path = res.path
+        cache = MelCache(res.path)
+        why = dict(cache.failures)
+        bad = next((r for r in (*self.train_records, *self.val_records) if not cache.has(r.id)), None)
+        if bad is not None:
+            raise MtxError(f"cannot read training audio: {why.get(bad.id, f'{bad.id} is not in the mel cache')}",
+                           hint="run `mtx verify` on the source, fix or drop the file, then `mtx unify --force`")
+        return cache
 
     def _restore(self, s: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(s["optimizer"])
@@ -314,6 +359,7 @@ class _StudentTrainer:
                              for t in self.teachers},
                 "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
+                "mel_cache": str(self.mel_cache_path) if self.mel_cache_path else None,
                 "best": self.best,
                 # What the run learned from (search and eval warn when it meets other sources).
                 "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
@@ -493,8 +539,17 @@ class _StudentTrainer:
             self._discard()
 
     def close(self) -> None:
+        for ds in (getattr(self, "train_ds", None), getattr(self, "val_ds", None)):
+            if isinstance(ds, CachedCrops):
+                ds.cache.close()
         for t in self.teachers:
             t.store.close()
+
+
+def _off(name: str, value: Any) -> bool:
+    """Options added after the first student runs, left out of the run config while off, so the stage
+    records of earlier runs keep their config."""
+    return (name == "mel_cache" and value is False) or (name == "text_teacher" and value is None)
 
 
 def _file_identity(path: Path) -> dict[str, Any]:

@@ -1,0 +1,207 @@
+"""The student's training side: the mel cache (a stage of its own), --text-teacher, the shared trainer skeleton.
+
+Tiny synth audio and tiny teachers, from tests/test_student.py's fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from test_student import TINY, _cfg, base_state, one_thread, sstate  # noqa: F401 - fixtures
+
+CHUNK = 4
+
+
+def _records(state):
+    from musiccli.manifest import read_manifest
+
+    return read_manifest(state.manifest_path("lib"))
+
+
+def _build(state, **kw):
+    from musiccli.encoders.student import StudentConfig
+    from musiccli.manifest import manifest_hash
+    from musiccli.training.melcache import ensure_mel_cache
+
+    return ensure_mel_cache(state, "lib", manifest_hash(state.manifest_path("lib")), _records(state),
+                            StudentConfig(), chunk_tracks=CHUNK, **kw)
+
+
+def _contents(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def _losses(state, run: str = "s") -> list[float]:
+    return json.loads((state.run_dir(run) / "latest" / "meta.json").read_text())["losses"]
+
+
+# --------------------------------------------------------------------------- the cache's contents
+def test_cache_frames_equal_logmel_in_the_interior(sstate):
+    import torch
+
+    from musiccli.audio import decode
+    from musiccli.encoders.student import LogMel, StudentConfig
+    from musiccli.training.melcache import MelCache, track_db
+
+    res = _build(sstate)
+    assert res.path == sstate.root / "cache" / "mel" / res.path.name and res.path.name.startswith("lib-")
+    cfg = StudentConfig()
+    front = LogMel(cfg)
+    rec = next(r for r in _records(sstate) if r.split == "train")
+    wave, _ = decode(rec.audio_path, cfg.sample_rate)
+    cache = MelCache(res.path)
+    assert cache.frames(rec.id) == 1 + len(wave) // cfg.hop
+    # The block-wise full-track computation is LogMel.db of the whole track (float32, before float16).
+    whole = front.db(torch.from_numpy(wave)[None])[0].T.numpy()
+    np.testing.assert_allclose(track_db(front, wave, block_frames=7), whole, rtol=1e-5, atol=1e-3)
+    # A hop-aligned crop: LogMel of that audio equals the cached frames except at its two edges
+    # (reflect padding there; the cache saw the real neighbours), within float16's precision.
+    start, n = 11, 40
+    crop = wave[start * cfg.hop:start * cfg.hop + (n - 1) * cfg.hop]
+    ours = front.db(torch.from_numpy(crop)[None])[0].T.numpy()
+    assert ours.shape == (n, cfg.n_mels)
+    edge = cfg.n_fft // (2 * cfg.hop)
+    cached = cache.db(rec.id, start, n)
+    np.testing.assert_allclose(cached[edge:-edge], ours[edge:-edge], rtol=1e-3, atol=2e-2)
+    assert np.abs(cached[0] - ours[0]).max() > 0.1          # the edge frames do differ
+    # The scaled crop is the uncached rule (ref = max, floor at -top_db, min-max) on the cached frames.
+    got = cache.crop(rec.id, n, None, cfg.top_db)[0].numpy()
+    total = cache.frames(rec.id)
+    db = cache.db(rec.id, (total - n) // 2, n).T
+    db = np.maximum(db - db.max(), -cfg.top_db)
+    np.testing.assert_allclose(got, (db - db.min()) / (0 - db.min()), atol=1e-6)
+    assert got.shape == (cfg.n_mels, n) and got.min() == 0.0 and got.max() == pytest.approx(1.0)
+
+
+def test_short_tracks_are_tiled_in_frame_space(sstate):
+    from musiccli.encoders.student import StudentConfig
+    from musiccli.training.melcache import MelCache
+
+    cache = MelCache(_build(sstate).path)
+    rec = next(r for r in _records(sstate) if r.split == "train")
+    total = cache.frames(rec.id)
+    crop = cache.crop(rec.id, 2 * total + 3, 12345, StudentConfig().top_db)[0].numpy()
+    np.testing.assert_array_equal(crop[:, :total], crop[:, total:2 * total])
+    np.testing.assert_array_equal(crop[:, 2 * total:], crop[:, :3])
+
+
+def test_interrupted_cache_build_resumes_to_the_same_file(sstate, tmp_path: Path):
+    from progress_doubles import StopAfter
+
+    from musiccli.errors import Interrupted, MtxError
+    from musiccli.state import Resume, StateDir, load_stage
+    from musiccli.store import committed_parts
+    from musiccli.training.melcache import stage_key
+
+    other = StateDir.resolve(tmp_path / "other")
+    shutil.copytree(sstate.root, other.root)
+    full = _build(other)
+    with pytest.raises(Interrupted):
+        _build(sstate, progress=StopAfter(CHUNK + 1))
+    rec = load_stage(sstate, full.key)
+    assert rec.status == "partial" and full.key == stage_key("lib", full.path.stem.split("-", 1)[1])
+    path = sstate.root / "cache" / "mel" / full.path.name
+    assert not path.exists() and len(committed_parts(path)) == 2
+    with pytest.raises(MtxError, match="interrupted melcache found"):
+        _build(sstate)
+    resumed = _build(sstate, mode=Resume.CONTINUE)
+    assert (resumed.tracks, resumed.frames) == (full.tracks, full.frames) and not committed_parts(path)
+    a, b = _contents(full.path), _contents(resumed.path)
+    assert set(a) == set(b) == {"ids", "offsets", "db", "failed_ids", "failed_reasons"}
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert b["db"].dtype == np.float16 and len(b["ids"]) == sum(r.split in ("train", "val") for r in _records(sstate))
+
+
+def test_a_complete_cache_is_reused_by_other_runs(sstate, caplog):
+    from musiccli.state import Resume
+    from musiccli.training.melcache import MelCache
+    from musiccli.training.student import run_student_train
+
+    run_student_train(sstate, _cfg(epochs=1, mel_cache=True))
+    (path,) = (sstate.root / "cache" / "mel").glob("lib-*.h5")
+    before = path.stat().st_mtime_ns
+    record = next(sstate.stages_dir.glob("melcache*.json"))
+    record_before = record.read_text()
+    with caplog.at_level(logging.INFO, logger="musiccli.training.melcache"):
+        # other teachers, another run, even --force on it: the same cache
+        run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="s2", teachers="dsp:1"))
+        run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="s2", teachers="dsp:1", resume=Resume.FORCE))
+    assert caplog.text.count("reusing the mel cache") == 2
+    assert path.stat().st_mtime_ns == before and record.read_text() == record_before
+    info = json.loads((sstate.run_dir("s2") / "run.json").read_text())
+    assert info["mel_cache"] == str(path)
+    train_ids = {r.id for r in _records(sstate) if r.split == "train"}
+    assert train_ids <= set(MelCache(path).row)
+
+
+# --------------------------------------------------------------------------- training from the cache
+def test_cached_training_resumes_to_the_same_losses(sstate, tmp_path: Path):
+    from progress_doubles import StopAfter
+
+    from musiccli.errors import Interrupted
+    from musiccli.state import Resume, StateDir
+    from musiccli.training.student import run_student_train
+
+    other = StateDir.resolve(tmp_path / "other")
+    shutil.copytree(sstate.root, other.root)
+    full = run_student_train(other, _cfg(mel_cache=True))
+    _build(sstate)   # cache first, so StopAfter counts training steps only
+    with pytest.raises(Interrupted):
+        run_student_train(sstate, _cfg(mel_cache=True), StopAfter(4))
+    resumed = run_student_train(sstate, _cfg(mel_cache=True, resume=Resume.CONTINUE))
+    assert resumed.steps == full.steps
+    np.testing.assert_allclose(_losses(sstate), _losses(other), rtol=1e-5, atol=1e-6)
+    assert resumed.best_val_r10 == pytest.approx(full.best_val_r10)
+    cfg = json.loads(next(p for p in sstate.stages_dir.glob("train*.json")).read_text())["config"]
+    assert cfg["mel_cache"] is True
+
+
+def test_cached_and_uncached_runs_differ_and_the_flag_is_result_affecting(sstate, tmp_path: Path):
+    from musiccli.errors import MtxError
+    from musiccli.state import Resume
+    from musiccli.training.student import run_student_train
+
+    run_student_train(sstate, _cfg(epochs=1))
+    uncached = _losses(sstate)
+    cfg = json.loads(next(p for p in sstate.stages_dir.glob("train*.json")).read_text())["config"]
+    assert "mel_cache" not in cfg            # off: earlier runs' records keep their config
+    with pytest.raises(MtxError, match="different config: mel_cache"):
+        run_student_train(sstate, _cfg(epochs=1, mel_cache=True))
+    run_student_train(sstate, _cfg(epochs=1, mel_cache=True, resume=Resume.FORCE))
+    cached = _losses(sstate)
+    assert len(cached) == len(uncached) and not np.allclose(cached, uncached)
+
+
+def test_undecodable_audio_is_recorded_in_the_cache_and_stops_training(sstate):
+    from musiccli.errors import MtxError
+    from musiccli.state import load_stage
+    from musiccli.training.student import run_student_train
+
+    victim = next(r for r in _records(sstate) if r.split == "train")
+    Path(victim.audio_path).unlink()
+    with pytest.raises(MtxError, match="cannot read training audio.*missing audio file") as e:
+        run_student_train(sstate, _cfg(epochs=1, mel_cache=True))
+    assert "mtx verify" in e.value.hint
+    (record,) = sstate.stages_dir.glob("melcache*.json")
+    rec = load_stage(sstate, json.loads(record.read_text())["key"])
+    assert rec.status == "complete-with-failures" and rec.failed_items == 1
+    assert rec.result["failures"][0][0] == victim.id
+    assert not sstate.run_dir("s").exists()
+
+
+def test_mel_cache_flag_through_the_cli(cli, sstate):
+    r = cli("train", "--objective", "student", "--teachers", "dsp:0.4,tiny:0.3", "--epochs", "1", "--run", "c1",
+            "--mel-cache", "--no-export", *TINY)
+    assert r.exit_code == 0, r.output
+    info = json.loads((sstate.run_dir("c1") / "run.json").read_text())
+    assert info["config"]["mel_cache"] is True and Path(info["mel_cache"]).exists()
+    r = cli("train", "--audio-encoder", "dsp", "--mel-cache", "--epochs", "1", "--device", "cpu")
+    assert r.exit_code == 1 and "--mel-cache only applies to --objective student" in r.output
