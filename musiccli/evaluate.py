@@ -546,6 +546,32 @@ def _teacher_cosines(model, state: StateDir, mname: str, records: Sequence[Recor
     return cos, notes
 
 
+def _text_teacher_checkpoint(state: StateDir, info: RunInfo) -> tuple[Path | None, dict[str, str]]:
+    """The checkpoint of a student's ``--text-teacher`` run, if it had one and it is still there."""
+    tt = info.meta.get("text_teacher")
+    if not tt:
+        return None, {}
+    try:
+        return resolve_run(state, tt["run"], announce=False).checkpoint_dir(tt["checkpoint"]), {}
+    except MtxError as e:
+        return None, {"text_teacher": f"skipped: {e.message}"}
+
+
+def _text_teacher_cosine(model, info: RunInfo, ckpt: Path, texts: Sequence[str]) -> dict[str, float]:
+    """Mean cosine, over the split's captions, between the teacher projection of the student's text vector
+    and the text teacher's vector (native space, standardised as in training)."""
+    import torch
+
+    from .encoders.text import TextEmbedder
+
+    teacher = info.meta["text_teacher"]["audio_encoder"]
+    raw = TextEmbedder.from_pretrained(ckpt).encode(list(texts), batch_size=128, space="audio")
+    with torch.inference_mode():
+        target = model.standardise_teacher(teacher, torch.from_numpy(raw).to(model.device))
+        pred = model.heads[teacher](torch.from_numpy(model.encode(list(texts))).to(model.device))
+        return {teacher: float(torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean())}
+
+
 def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: Sequence[str]) -> dict[str, Any]:
     """Trained align text embedders of the same manifest in a teacher's space, with their eval results."""
     out: dict[str, Any] = {}
@@ -582,10 +608,13 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
         mname, mpath = resolve_manifest(state, cfg.manifest)
     out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
     teachers = sorted(info.meta.get("teachers") or {})
+    text_teacher, notes = _text_teacher_checkpoint(state, info)
     stage_config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "weights": weights_identity(ckpt),
                     "teachers": {t: store_identity(state.embeddings_path(t, mname))
                                  for t in teachers if state.embeddings_path(t, mname).exists()},
                     "baselines": cfg.baselines, "seed": cfg.seed, "query_protocol": cfg.query_protocol}
+    if text_teacher is not None:   # retrained teacher weights change its cosine
+        stage_config["text_teacher"] = weights_identity(text_teacher)
     stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
                         mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
                         outputs={"report": out_path})
@@ -628,7 +657,9 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
                 results[name] = score_system(data, music, _unit(rng.standard_normal((len(data.texts), d))),
                                              _unit(rng.standard_normal((len(data.tags), d))))
             task.advance()
-    cosines, notes = _teacher_cosines(model, state, mname, records, music)
+    cosines, teacher_notes = _teacher_cosines(model, state, mname, records, music)
+    notes.update(teacher_notes)
+    text_cosine = _text_teacher_cosine(model, info, text_teacher, data.texts) if text_teacher is not None else {}
     report = {
         "run": info.name, "objective": "student", "checkpoint": cfg.checkpoint, "split": cfg.split,
         "manifest": mname, "audio_encoder": "student", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -643,6 +674,7 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
                    "tags_total": len(data.tags), "tags_used": int(results["model"]["tags"].get("n_tags", 0))},
         "results": results,
         "teacher_cosine": cosines,
+        "text_teacher_cosine": text_cosine,
         "teacher_space_text_embedders": _teacher_space_embedders(state, mname, cfg.split, teachers),
         "baseline_notes": notes,
         "ratio_r10_model_vs_random": ({d: _ratio(results["model"][d]["R@10"], results["random"][d]["R@10"])

@@ -205,3 +205,120 @@ def test_mel_cache_flag_through_the_cli(cli, sstate):
     assert info["config"]["mel_cache"] is True and Path(info["mel_cache"]).exists()
     r = cli("train", "--audio-encoder", "dsp", "--mel-cache", "--epochs", "1", "--device", "cpu")
     assert r.exit_code == 1 and "--mel-cache only applies to --objective student" in r.output
+
+
+# --------------------------------------------------------------------------- --text-teacher
+@pytest.fixture(scope="module")
+def tt_base(base_state: Path, tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """base_state plus: align run `al` (dsp, lib), align run `al2` (dsp, another manifest), student run `st`."""
+    from musiccli.embed import EmbedConfig, run_embed
+    from musiccli.state import StateDir
+    from musiccli.training import TrainConfig, run_train
+    from musiccli.training.student import run_student_train
+    from musiccli.unify import UnifyConfig, run_unify
+
+    root = tmp_path_factory.mktemp("text-teacher")
+    shutil.copytree(base_state, root, dirs_exist_ok=True)
+    state = StateDir.resolve(root)
+    align = dict(audio_encoder="dsp", text_backbone=str(tiny_backbone), epochs=1, batch_size=8, lr=1e-3,
+                 head_hidden=32, max_length=16, device="cpu", precision="fp32", export=False)
+    run_train(state, TrainConfig(manifest="lib", run="al", **align))
+    run_unify(state, UnifyConfig(datasets=["synth"], name="lib2"))
+    run_embed(state, EmbedConfig(audio_encoder="dsp", manifest="lib2", num_workers=0, device="cpu"))
+    run_train(state, TrainConfig(manifest="lib2", run="al2", **align))
+    run_student_train(state, _cfg(epochs=1, run="st"))
+    return root
+
+
+@pytest.fixture()
+def ttstate(tt_base: Path, state_dir: Path):
+    from musiccli.state import StateDir
+
+    shutil.copytree(tt_base, state_dir, dirs_exist_ok=True)
+    return StateDir.resolve(state_dir)
+
+
+def _steps(state, run: str) -> list[dict]:
+    rows = [json.loads(line) for line in (state.run_dir(run) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "train_loss" in r]
+
+
+def test_text_teacher_term_is_trained_and_decreases(ttstate, cli):
+    import torch
+
+    from musiccli.encoders.student import StudentModel
+    from musiccli.encoders.text import TextEmbedder
+    from musiccli.training.student import run_student_train
+
+    res = run_student_train(ttstate, _cfg(text_teacher="al:1", epochs=6, batch_size=4, lr=3e-3,
+                                          contrastive_weight=0.0))
+    steps = _steps(ttstate, "s")
+    assert all("text_distill_dsp" in e and "text_cosine_dsp" in e for e in steps)
+    per_epoch = [np.mean([e["text_distill_dsp"] for e in steps if e["epoch"] == k]) for k in (1, 6)]
+    assert per_epoch[1] < 0.8 * per_epoch[0], per_epoch
+    assert all("val_text_cosine_dsp" in e for e in res.epochs)
+    assert res.epochs[-1]["val_text_cosine_dsp"] > res.epochs[0]["val_text_cosine_dsp"]
+    info = json.loads((ttstate.run_dir("s") / "run.json").read_text())
+    assert info["text_teacher"] == {"run": "al", "weight": 1.0, "audio_encoder": "dsp", "checkpoint": "best",
+                                    "manifest": "lib"}
+    stage = json.loads(next(ttstate.stages_dir.glob("train_s.json")).read_text())["config"]
+    assert stage["text_teacher"] == "al:1" and "head_sha256" in stage["text_teacher_weights"]
+
+    # The logged cosine is the naive one: student text -> P_dsp vs the teacher's native vector,
+    # standardised with the student's dsp statistics.
+    from musiccli.manifest import read_manifest
+
+    val = [r.caption for r in read_manifest(ttstate.manifest_path("lib")) if r.split == "val"]
+    model = StudentModel.from_pretrained(ttstate.run_dir("s") / "latest")
+    raw = TextEmbedder.from_pretrained(ttstate.run_dir("al") / "best").encode(val, space="audio")
+    with torch.no_grad():
+        target = (torch.from_numpy(raw) - model.mean_dsp) / model.std_dsp
+        pred = model.heads["dsp"](torch.from_numpy(model.encode(val)))
+        naive = torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean().item()
+    assert res.epochs[-1]["val_text_cosine_dsp"] == pytest.approx(naive, abs=1e-4)
+
+    # `mtx eval` averages over every distinct caption of the split (alternative captions too).
+    texts = list(dict.fromkeys(c for r in read_manifest(ttstate.manifest_path("lib")) if r.split == "val"
+                               for c in r.captions))
+    raw = TextEmbedder.from_pretrained(ttstate.run_dir("al") / "best").encode(texts, space="audio")
+    with torch.no_grad():
+        target = (torch.from_numpy(raw) - model.mean_dsp) / model.std_dsp
+        pred = model.heads["dsp"](torch.from_numpy(model.encode(texts)))
+        naive_distinct = torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean().item()
+    r = cli("eval", "--run", "s", "--split", "val", "--checkpoint", "latest", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["text_teacher_cosine"]["dsp"] == pytest.approx(naive_distinct, abs=1e-4)
+    r = cli("eval", "--run", "s", "--split", "val", "--checkpoint", "latest", "--force")
+    assert "text tower cosine to the text teacher (dsp space)" in r.output
+
+
+def test_text_teacher_from_another_manifest_is_a_warning(ttstate, caplog):
+    from musiccli.training.student import run_student_train
+
+    with caplog.at_level(logging.WARNING, logger="musiccli.training.student"):
+        res = run_student_train(ttstate, _cfg(text_teacher="al2", epochs=1))
+    assert "was trained on manifest lib2" in caplog.text and res.steps > 0
+    assert "text_distill_dsp" in _steps(ttstate, "s")[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text-teacher", "nope"], "--text-teacher run 'nope' not found"),
+    (["--text-teacher", "st"], "--text-teacher run 'st' is a student run, not an align run"),
+    (["--text-teacher", "al", "--teachers", "tiny:1"], "is aligned to dsp, which is not one of --teachers (tiny)"),
+    (["--text-teacher", "al:abc"], "invalid --text-teacher weight"),
+    (["--text-teacher", "al:-1"], "invalid --text-teacher 'al:-1'"),
+    (["--text-teacher", "../al"], "invalid run name"),
+])
+def test_bad_text_teachers_are_refused_in_one_line(cli, ttstate, args, message):
+    base = ["train", "--objective", "student", "--manifest", "lib", "--teachers", "dsp:0.4,tiny:0.3", "--run", "bad",
+            *TINY]
+    r = cli(*base, *args)
+    assert r.exit_code == 1, r.output
+    assert message in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and "hint" in r.output.lower()
+    assert not ttstate.run_dir("bad").exists() and not list(ttstate.stages_dir.glob("train_bad*"))
+
+
+def test_text_teacher_only_applies_to_the_student(cli, ttstate):
+    r = cli("train", "--audio-encoder", "dsp", "--text-teacher", "al", "--epochs", "1", "--device", "cpu")
+    assert r.exit_code == 1 and "--text-teacher only applies to --objective student" in r.output

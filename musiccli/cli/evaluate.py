@@ -90,6 +90,8 @@ def command(
                                  *zero_shot_rows(rep)))
     for teacher, cos in (rep.get("teacher_cosine") or {}).items():
         app.out.info(f"cosine to teacher {teacher}: {cos:.3f} (the student design's goal: > 0.7)")
+    for teacher, cos in (rep.get("text_teacher_cosine") or {}).items():
+        app.out.info(f"text tower cosine to the text teacher ({teacher} space): {cos:.3f}")
     for other, r in (rep.get("teacher_space_text_embedders") or {}).items():
         res = r.get("results")
         app.out.info(f"teacher-space text embedder {other} ({r['audio_encoder']}): " + (

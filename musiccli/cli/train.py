@@ -139,6 +139,9 @@ def command(
     mel_cache: Annotated[bool, _opt("--mel-cache", help="student: compute each track's log-mel once into "
                                     "<state>/cache/mel and crop from it (hop-aligned crops, real audio at crop "
                                     "edges: not bit-identical to uncached training).")] = False,
+    text_teacher: Annotated[str | None, _opt("--text-teacher", help="student: distil the text tower from an "
+                                             "align run's text embedder, RUN or RUN:WEIGHT (default weight 0.3); "
+                                             "its audio encoder must be one of --teachers.")] = None,
     export: Annotated[bool, _opt("--export/--no-export",
                                  help="Export the ONNX towers at the end (exports/<run>/best/onnx), so "
                                       "`mtx search` starts without PyTorch.")] = True,
@@ -165,7 +168,7 @@ def command(
         use_alt_captions=use_alt_captions, teachers=teachers, contrastive_weight=contrastive_weight,
         distill_loss=distill_loss, student_blocks=student_blocks, student_channels=student_channels,
         student_residual=student_residual, crop=crop, text_tower=text_tower, vocab_size=vocab_size,
-        num_workers=num_workers, mel_cache=mel_cache, export=export, resume=Resume.from_flags(cont, force))
+        num_workers=num_workers, mel_cache=mel_cache, text_teacher=text_teacher, export=export, resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"
@@ -173,6 +176,8 @@ def command(
         star = " [green]*best[/]" if e["best"] else ""
         cosines = "".join(f", {k[len('val_cosine_'):]} cos {v:.3f}" for k, v in e.items()
                           if k.startswith("val_cosine_") and v is not None)
+        cosines += "".join(f", {k[len('val_text_cosine_'):]} text cos {v:.3f}" for k, v in e.items()
+                           if k.startswith("val_text_cosine_") and v is not None)
         app.out.info(f"epoch {e['epoch']}/{epochs}: train loss {e['epoch_train_loss']:.4f}, "
                      f"val loss {val}, val R@10 {r10}{cosines}{star}")
 

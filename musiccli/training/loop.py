@@ -117,6 +117,7 @@ class TrainConfig:
     vocab_size: int = 3072                # WordPiece pieces trained on the captions
     num_workers: int = 2                  # audio/mel DataLoader processes
     mel_cache: bool = False               # crops from a once-computed full-track mel cache (not bit-identical)
+    text_teacher: str | None = None       # RUN[:WEIGHT]: distil the text tower from an align run's text embedder
     resume: Resume = Resume.FRESH
 
     # Fields that never change what a run computes (where/how often it is saved or logged, how it was
@@ -126,7 +127,8 @@ class TrainConfig:
     # Fields only the student objective reads: other objectives refuse them when set and leave them out
     # of their run config (so align/joint stage records are what they were before the student existed).
     STUDENT_FIELDS = ("teachers", "contrastive_weight", "distill_loss", "student_blocks", "student_channels",
-                      "student_residual", "crop", "text_tower", "vocab_size", "num_workers", "mel_cache")
+                      "student_residual", "crop", "text_tower", "vocab_size", "num_workers", "mel_cache",
+                      "text_teacher")
 
     def loss_config(self) -> LossConfig:
         return LossConfig(temperature=self.temperature, learn_temperature=self.learn_temperature,

@@ -11,6 +11,13 @@ teacher, never a slice of the student vector), ``standardise_t`` uses the teache
 mean/std, and ``D`` is MSE or ``1 - cosine`` (``--distill-loss``). Teachers are any audio encoders
 whose store exists for the manifest; a missing one is refused with the `mtx embed` command that builds it.
 
+``text_teacher`` (``--text-teacher RUN[:WEIGHT]``, default weight 0.3) adds
+``weight * (1 - cos(P_t(text tower(caption)), teacher_text(caption)))``: ``RUN`` is an ``align`` run whose
+audio encoder ``t`` is one of the teachers, so its text embedder predicts into ``t``'s space; its
+vectors for every train/val caption are computed once in ``build()``, mapped back to ``t``'s native space
+and standardised with the student's statistics for ``t`` (the music side's targets), and the text tower
+shares the music side's projection ``P_t``. Its cosine is logged per epoch on val (``val_text_cosine_t``).
+
 Data: DataLoader workers decode each track at 48 kHz, take a random crop and compute the log-mel
 (``encoders.student.LogMel``). The crop offset and the caption are pure functions of (seed, epoch,
 index), and the loaders get their own seeded generator instead of drawing from the global RNG, so a
@@ -59,6 +66,7 @@ log = logging.getLogger(__name__)
 
 DISTILL_LOSSES = ("mse", "cosine")
 DEFAULT_TEACHERS = "musicnn:0.3,dsp:0.4"
+DEFAULT_TEXT_TEACHER_WEIGHT = 0.3
 
 
 @dataclass
@@ -95,6 +103,7 @@ class StudentTrainConfig:
     precision: str = "auto"
     num_workers: int = 2
     mel_cache: bool = False                # crops from <state>/cache/mel (see training/melcache.py)
+    text_teacher: str | None = None        # "RUN" or "RUN:WEIGHT": an align run whose text embedder teaches
     checkpoint_every: int | None = None
     resume: Resume = Resume.FRESH
 
@@ -124,6 +133,34 @@ def parse_teachers(text: str) -> dict[str, float]:
     if not out:
         raise MtxError("no teachers given", hint=f"e.g. --teachers {DEFAULT_TEACHERS}")
     return out
+
+
+def parse_text_teacher(text: str) -> tuple[str, float]:
+    """``"RUN"`` -> (RUN, 0.3); ``"RUN:0.5"`` -> (RUN, 0.5). Run names cannot hold ':' (``check_name``)."""
+    name, sep, weight = text.strip().rpartition(":")
+    if not sep:
+        name, weight = weight, ""
+    try:
+        w = float(weight) if weight else DEFAULT_TEXT_TEACHER_WEIGHT
+    except ValueError:
+        raise MtxError(f"invalid --text-teacher weight in {text!r}", hint="use RUN or RUN:WEIGHT, e.g. minilm-lib:0.3") \
+            from None
+    if not name or not w >= 0:
+        raise MtxError(f"invalid --text-teacher {text!r}", hint="use RUN or RUN:WEIGHT with a non-negative weight")
+    return check_name("run", name), w
+
+
+@dataclass
+class _TextTeacher:
+    """An align run's text embedder: its vectors live in its audio encoder's (a teacher's) space."""
+
+    run: str
+    weight: float
+    teacher: str                   # the --teachers entry whose space (and projection head) it shares
+    checkpoint: Path
+    info: dict[str, Any]
+    targets: torch.Tensor | None = None        # [captions, teacher dim], standardised as the student's teacher
+    row: dict[str, int] | None = None           # caption -> row of ``targets``
 
 
 def _key(*parts: Any) -> int:
@@ -203,6 +240,7 @@ class _Teacher:
 class _StudentTrainer:
     def __init__(self, state: StateDir, cfg: StudentTrainConfig, progress: Progress, on_epoch: EpochCallback | None):
         self.state, self.cfg, self.progress, self.on_epoch = state, cfg, progress, on_epoch
+        self.text_teacher: _TextTeacher | None = None
         self.teachers: list[_Teacher] = []
         self.mel_cache_path: Path | None = None
 
@@ -227,6 +265,7 @@ class _StudentTrainer:
                                hint=f"run `mtx embed --audio-encoder {name} --manifest {self.manifest_name}` "
                                     f"first, or drop it from --teachers")
             stores[name] = path
+        self.text_teacher = self._text_teacher(stores) if cfg.text_teacher else None
         self.run_name = check_name("run", cfg.run or f"student-{self.manifest_name}")
         self.run_dir = self.state.run_dir(self.run_name)
         self.manifest_hash = manifest_hash(self.manifest_path)
@@ -238,6 +277,8 @@ class _StudentTrainer:
         stage_config = {**self.result_config, "manifest_name": self.manifest_name,
                         "manifest_hash": self.manifest_hash,
                         "teacher_stores": {n: _file_identity(p) for n, p in stores.items()}}
+        if self.text_teacher is not None:   # retrained teacher weights change the targets
+            stage_config["text_teacher_weights"] = self.text_teacher.info["weights"]
         self.stage = begin_stage(self.state, "train", f"train:{self.run_name}", stage_config, cfg.resume,
                                  discard=self._discard)
         if self.stage.already_complete:
@@ -255,6 +296,54 @@ class _StudentTrainer:
                  ", ".join(f"{t.name} (dim {t.store.dim}, weight {t.weight:g})" for t in self.teachers),
                  self.runtime.describe())
         return None
+
+    def _text_teacher(self, stores: dict[str, Path]) -> _TextTeacher:
+        """Check ``--text-teacher``: an existing align run (with weights) aligned to one of ``--teachers``."""
+        from ..runs import RUN_JSON, resolve_run, weights_identity
+
+        name, weight = parse_text_teacher(str(self.cfg.text_teacher))
+        if not (self.state.run_dir(name) / RUN_JSON).exists():
+            raise MtxError(f"--text-teacher run {name!r} not found in {self.state.root / 'runs'}",
+                           hint="train one first: mtx train --audio-encoder TEACHER --run NAME (an align run)")
+        info = resolve_run(self.state, name, announce=False)
+        if info.objective != "align":
+            raise MtxError(f"--text-teacher run {name!r} is a {info.objective} run, not an align run",
+                           hint="a joint or student run's text vectors live in its own learned space; pass a run "
+                                "trained with `mtx train --audio-encoder TEACHER` (the align objective)")
+        if info.audio_encoder not in self.weights:
+            raise MtxError(f"--text-teacher run {name!r} is aligned to {info.audio_encoder}, which is not one of "
+                           f"--teachers ({', '.join(self.weights)})",
+                           hint=f"add {info.audio_encoder}:WEIGHT to --teachers, or pick an align run of one of them")
+        ckpt_dir = info.checkpoint_dir(info.default_checkpoint())
+        if info.meta.get("manifest") != self.manifest_name:
+            log.warning("--text-teacher run %s was trained on manifest %s, this student on %s; its text space is "
+                        "still %s's", name, info.meta.get("manifest"), self.manifest_name, info.audio_encoder)
+        return _TextTeacher(run=name, weight=weight, teacher=info.audio_encoder, checkpoint=ckpt_dir,
+                            info={"run": name, "weight": weight, "audio_encoder": info.audio_encoder,
+                                  "checkpoint": ckpt_dir.name, "manifest": info.meta.get("manifest"),
+                                  "weights": weights_identity(ckpt_dir)})
+
+    def _text_targets(self, captions: list[str]) -> None:
+        """The text teacher's vectors for every training/validation caption, once (batched, no grad), mapped
+        from its run's standardised space to the native teacher space and standardised as the student's
+        teacher targets are, so ``P_t`` serves the music and the text side alike."""
+        from ..encoders.text import TextEmbedder
+
+        tt = self.text_teacher
+        teacher = next(t for t in self.teachers if t.name == tt.teacher)
+        embedder = TextEmbedder.from_pretrained(tt.checkpoint, device=self.runtime.device)
+        if embedder.config.space != "audio" or embedder.config.out_dim != teacher.store.dim:
+            raise MtxError(f"--text-teacher run {tt.run!r} predicts {embedder.config.out_dim} dims in its "
+                           f"{embedder.config.space} space, the {tt.teacher} store has {teacher.store.dim}",
+                           hint=f"pass an align run trained on this {tt.teacher} store (same aggregation)")
+        unique = list(dict.fromkeys(captions))
+        raw = torch.from_numpy(embedder.encode(unique, batch_size=128, space="audio")).to(self.runtime.device)
+        del embedder
+        with torch.no_grad():
+            tt.targets = self.model.standardise_teacher(tt.teacher, raw).float()
+        tt.row = {c: i for i, c in enumerate(unique)}
+        log.info("text teacher %s (%s space): %d caption vectors, weight %g", tt.run, tt.teacher, len(unique),
+                 tt.weight)
 
     def _discard(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -298,6 +387,9 @@ class _StudentTrainer:
             log.info("student: %s; tokenizer: %d WordPiece pieces trained on the train captions",
                      f"{cfg.blocks} blocks {scfg.channels}{' residual' if cfg.residual else ''}, "
                      f"text {cfg.text_encoder}", tok.get_vocab_size())
+        if self.text_teacher is not None:
+            self._text_targets([c for r in self.train_records for c in r.captions]
+                               + [r.caption for r in self.val_records])
         self.model.train()
         self.scfg = self.model.student_config
         if cfg.mel_cache:
@@ -360,6 +452,8 @@ class _StudentTrainer:
                 "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
                 "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
                 "mel_cache": str(self.mel_cache_path) if self.mel_cache_path else None,
+                "text_teacher": {k: v for k, v in self.text_teacher.info.items() if k != "weights"}
+                if self.text_teacher is not None else None,
                 "best": self.best,
                 # What the run learned from (search and eval warn when it meets other sources).
                 "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
@@ -427,6 +521,13 @@ class _StudentTrainer:
             loss = loss + t.weight * d
             parts[f"distill_{t.name}"] = float(d.detach())
             parts[f"cosine_{t.name}"] = float(F.cosine_similarity(pred, target, dim=-1).mean().detach())
+        tt = self.text_teacher
+        if tt is not None:
+            target = tt.targets[torch.tensor([tt.row[c] for c in texts], device=dev)]
+            cos = F.cosine_similarity(self.model.heads[tt.teacher](text), target, dim=-1).mean()
+            loss = loss + tt.weight * (1.0 - cos)
+            parts[f"text_distill_{tt.teacher}"] = float(1.0 - cos.detach())
+            parts[f"text_cosine_{tt.teacher}"] = float(cos.detach())
         return loss, parts, music, text
 
     def train_step(self, idx: np.ndarray, mel: torch.Tensor) -> tuple[float, dict[str, float]]:
@@ -454,7 +555,7 @@ class _StudentTrainer:
             loss, parts, m, t = self._losses(mel, self._captions(self.val_records, idx, None), idx, val=True)
             total += float(loss) * len(idx)
             for k, v in parts.items():
-                if k.startswith("cosine_"):
+                if k.startswith(("cosine_", "text_cosine_")):
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
             music.append(m.cpu().numpy())
             text.append(t.cpu().numpy())

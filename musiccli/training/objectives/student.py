@@ -53,6 +53,6 @@ class StudentObjective(Objective):
             dropout=cfg.dropout, crop_s=cfg.crop, text_encoder=cfg.text_tower, vocab_size=cfg.vocab_size,
             max_length=cfg.max_length, use_alt_captions=cfg.use_alt_captions, seed=cfg.seed, device=cfg.device,
             precision=cfg.precision, num_workers=cfg.num_workers, mel_cache=cfg.mel_cache,
-            checkpoint_every=cfg.checkpoint_every,
+            text_teacher=cfg.text_teacher, checkpoint_every=cfg.checkpoint_every,
             resume=cfg.resume)
         return run_student_train(state, scfg, progress, on_epoch=on_epoch)
