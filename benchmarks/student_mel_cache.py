@@ -5,7 +5,9 @@ resampled to 48 kHz by the trainer as for real audio) and one random 64-d teache
 runs train the same student (default architecture unless ``--channels`` is given) for the same
 epochs on the same DataLoader worker count; the uncached run decodes and computes the STFT/mel
 of every crop in every epoch, the cached one reads its crops from the cache built once before
-(its build time is reported separately: it is paid once per manifest and front end).
+(its build time is reported separately: it is paid once per manifest and front end). The data path
+alone (one epoch of loader batches, no model step) is timed too: on a CPU the model's backward pass
+dominates a step, so the whole-epoch ratio understates what the cache removes from the loaders.
 
     python benchmarks/student_mel_cache.py                       # 48 clips x 30 s, 2 epochs, 2 workers
     python benchmarks/student_mel_cache.py --clips 24 --seconds 10 --crop 5 --channels 8 --epochs 2
@@ -79,6 +81,25 @@ def main(argv: list[str] | None = None) -> None:
         build_s = time.perf_counter() - t0
         print(f"mel cache build (once): {build_s:.2f} s, {cache.tracks} tracks, "
               f"{cache.path.stat().st_size / 1e6:.1f} MB")
+
+        # The data path alone: one epoch of training batches through the same DataLoader, no model step.
+        from musiccli.training.data import EpochSampler
+        from musiccli.training.melcache import MelCache
+        from musiccli.training.student import AudioCrops, CachedCrops, _collate, _worker_init
+
+        scfg = StudentConfig(crop_s=args.crop)
+        train = [r for r in read_manifest(mpath) if r.split == "train"]
+        batches = [b.tolist() for b in EpochSampler(len(train), args.batch_size, 0).batches(0)]
+        loader_s = {}
+        for cached in (False, True):
+            ds = CachedCrops(train, scfg, 0, True, MelCache(cache.path)) if cached else AudioCrops(train, scfg, 0, True)
+            t0 = time.perf_counter()
+            for _ in torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=args.workers,
+                                                 collate_fn=_collate, worker_init_fn=_worker_init):
+                pass
+            loader_s[cached] = time.perf_counter() - t0
+        print(f"data path only (one epoch of {len(batches)} batches, no model): uncached {loader_s[False]:.2f} s, "
+              f"cached {loader_s[True]:.2f} s ({loader_s[False] / loader_s[True]:.1f}x)")
 
         per_epoch = {}
         # A first, unmeasured epoch pays the one-off costs (lazy imports, allocator warm-up) for both.
