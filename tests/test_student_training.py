@@ -322,3 +322,48 @@ def test_bad_text_teachers_are_refused_in_one_line(cli, ttstate, args, message):
 def test_text_teacher_only_applies_to_the_student(cli, ttstate):
     r = cli("train", "--audio-encoder", "dsp", "--text-teacher", "al", "--epochs", "1", "--device", "cpu")
     assert r.exit_code == 1 and "--text-teacher only applies to --objective student" in r.output
+
+
+# --------------------------------------------------------------------------- the shared skeleton
+class _Recorder:
+    def __init__(self, skipped=None, build_error=None):
+        self.calls, self.skipped, self.build_error = [], skipped, build_error
+
+    def setup(self):
+        self.calls.append("setup")
+        return self.skipped
+
+    def build(self):
+        self.calls.append("build")
+        if self.build_error is not None:
+            raise self.build_error
+
+    def fit(self):
+        self.calls.append("fit")
+        return "result"
+
+    def abandon(self):
+        self.calls.append("abandon")
+
+    def close(self):
+        self.calls.append("close")
+
+
+@pytest.mark.parametrize("trainer, outcome, calls", [
+    (_Recorder(), "result", ["setup", "build", "fit", "close"]),
+    (_Recorder(skipped="done"), "done", ["setup", "close"]),
+    (_Recorder(build_error="mtx"), "MtxError", ["setup", "build", "abandon", "close"]),
+    (_Recorder(build_error=RuntimeError("bug")), "RuntimeError", ["setup", "build", "close"]),
+])
+def test_run_trainer_order(trainer, outcome, calls):
+    from musiccli.errors import MtxError
+    from musiccli.training.fit import run_trainer
+
+    if trainer.build_error == "mtx":
+        trainer.build_error = MtxError("bad input")
+    if outcome in ("MtxError", "RuntimeError"):
+        with pytest.raises(MtxError if outcome == "MtxError" else RuntimeError):
+            run_trainer(trainer)
+    else:
+        assert run_trainer(trainer) == outcome
+    assert trainer.calls == calls

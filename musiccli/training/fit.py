@@ -8,13 +8,48 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import Interrupted
+from ..errors import Interrupted, MtxError
 from ..progress import Progress
 from .train_state import TrainState
+
+
+class Trainer(Protocol):
+    """One training invocation, in the order :func:`run_trainer` calls it."""
+
+    def setup(self) -> Any:
+        """Validate, begin the stage; a complete run's result (``skipped``) or None to train."""
+
+    def build(self) -> None:
+        """Data, model, optimizer, restore; raises ``MtxError`` before any step for bad inputs."""
+
+    def fit(self) -> Any:
+        """Train to the end; the result."""
+
+    def abandon(self) -> None:
+        """``build`` failed: forget a fresh run so the corrected command starts cleanly."""
+
+    def close(self) -> None:
+        """Release stores and trackers (always called)."""
+
+
+def run_trainer(trainer: Trainer) -> Any:
+    """setup -> skipped? -> build (abandon on MtxError) -> fit, then close: every objective's trainer."""
+    try:
+        skipped = trainer.setup()
+        if skipped is not None:
+            return skipped
+        try:
+            trainer.build()
+        except MtxError:
+            trainer.abandon()
+            raise
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 @dataclass

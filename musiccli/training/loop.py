@@ -46,7 +46,7 @@ from . import recipes
 from .checkpointer import Checkpointer
 from .data import EpochSampler, PairDataset, Split, split_pairs
 from .distributed import Collective
-from .fit import FitHooks, fit
+from .fit import FitHooks, fit, run_trainer
 from .losses import LossConfig, build_loss, local_only, loss_names
 from .objectives import DEFAULT_OBJECTIVE, Objective, TowerSpec, check_loss, get_objective
 from .step import Stepper
@@ -169,6 +169,22 @@ class TrainResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     onnx: str | None = None               # the ONNX text tower written at the end (None: not exported)
     onnx_note: str | None = None          # why it was not
+
+    @classmethod
+    def from_state(cls, ts: TrainState, seconds: float, steps_now: int, patience: int | None,
+                   **fields_: Any) -> "TrainResult":
+        """The result of a finished fit: the loop's numbers from ``ts``, the run's identity in ``fields_``."""
+        last = ts.epoch_summaries[-1] if ts.epoch_summaries else {}
+        return cls(epochs_done=ts.epoch, steps=ts.step, best_epoch=ts.best["epoch"], best_val_r10=ts.best["val_R@10"],
+                   final_train_loss=last.get("epoch_train_loss"), final_val_loss=last.get("val_loss"),
+                   seconds=seconds, steps_per_s=steps_now / seconds if seconds > 0 else 0.0,
+                   stopped_early=ts.out_of_patience(patience), epochs=ts.epoch_summaries, **fields_)
+
+    @classmethod
+    def skipped_from(cls, recorded: dict[str, Any]) -> "TrainResult":
+        """The result a complete stage recorded, marked skipped (nothing was trained now)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in recorded.items() if k in known}, "skipped": True})
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -419,11 +435,7 @@ class _Trainer:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _skipped_result(self) -> TrainResult:
-        r = dict(self.stage.record.result)
-        known = {f.name for f in fields(TrainResult)}
-        res = TrainResult(**{k: v for k, v in r.items() if k in known})
-        res.skipped = True
-        return res
+        return TrainResult.skipped_from(self.stage.record.result)
 
     # ------------------------------------------------------------------ build
     def build(self) -> None:
@@ -556,9 +568,7 @@ class _Trainer:
         state = {"optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
                  "scaler": st.scaler.state_dict(), "loss": self.loss_fn.state_dict(), **ts.to_dict(),
                  "config": self.result_config}
-        meta = {"run": self.run_name, "step": ts.step, "epoch": ts.epoch, "batch": ts.batch,
-                "total_steps": self.total_steps, "config": self.result_config, "best": ts.best,
-                "losses": ts.losses, "epochs": ts.epoch_summaries}
+        meta = ts.meta(self.run_name, self.total_steps, self.result_config)
         if self.checkpointer.save_latest(self.towers.save_pretrained, state, meta):
             self.stage.update(step=ts.step, epoch=ts.epoch, batch=ts.batch)
 
@@ -647,16 +657,10 @@ class _Trainer:
         return self._finish(time.time() - start_time, self.ts.step - start_step)
 
     def _finish(self, seconds: float, steps_now: int) -> TrainResult:
-        ts = self.ts
-        last = ts.epoch_summaries[-1] if ts.epoch_summaries else {}
-        result = TrainResult(
-            run=self.run_name, run_dir=str(self.run_dir), manifest=self.manifest_name,
-            embeddings=str(self.store.path), loss=self.loss_name, epochs_done=ts.epoch, steps=ts.step,
-            best_epoch=ts.best["epoch"], best_val_r10=ts.best["val_R@10"],
-            final_train_loss=last.get("epoch_train_loss"), final_val_loss=last.get("val_loss"),
-            seconds=seconds, steps_per_s=steps_now / seconds if seconds > 0 else 0.0,
-            stopped_early=ts.out_of_patience(self.cfg.patience), objective=self.cfg.objective,
-            logs=self.tracker.location if self.tracker is not None else None, epochs=ts.epoch_summaries)
+        result = TrainResult.from_state(
+            self.ts, seconds, steps_now, self.cfg.patience, run=self.run_name, run_dir=str(self.run_dir),
+            manifest=self.manifest_name, embeddings=str(self.store.path), loss=self.loss_name,
+            objective=self.cfg.objective, logs=self.tracker.location if self.tracker is not None else None)
         if self.collective.is_main:
             self._write_run_json("complete")
             self.stage.complete(result=asdict(result))
@@ -690,19 +694,8 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
     if own is not None:
         return own(state, cfg.resolved(), progress or NullProgress(), on_epoch)
     trainer = _Trainer(state, cfg.resolved(), progress or NullProgress(), on_epoch)
-    try:
-        skipped = trainer.setup()
-        if skipped is not None:
-            return skipped
-        try:
-            trainer.build()
-        except MtxError:
-            trainer.abandon()
-            raise
-        result = trainer.fit()
-    finally:
-        trainer.close()
-    if cfg.export and trainer.collective.is_main:
+    result = run_trainer(trainer)
+    if not result.skipped and cfg.export and trainer.collective.is_main:
         export_onnx_at_end(state, result)
     return result
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..audio import decode
 from ..encoders.student import LogMel, StudentConfig, StudentModel, take_crop, train_tokenizer
-from ..errors import Interrupted, MtxError, unknown_choice
+from ..errors import MtxError, unknown_choice
 from ..manifest import Record, group_of, manifest_hash, read_manifest, resolve_manifest
 from ..retrieval import caption_relevance, text_to_music
 from ..progress import NullProgress, Progress
@@ -59,7 +59,9 @@ from ..store import EmbeddingStore
 from . import checkpoint as ckpt
 from .data import EpochSampler, text_key
 from .losses import InfoNCELoss, LossConfig
+from .fit import FitHooks, fit, run_trainer
 from .loop import EpochCallback, TrainResult, lr_lambda
+from .train_state import TrainState
 from .melcache import MelCache, crop_frames, ensure_mel_cache
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ log = logging.getLogger(__name__)
 DISTILL_LOSSES = ("mse", "cosine")
 DEFAULT_TEACHERS = "musicnn:0.3,dsp:0.4"
 DEFAULT_TEXT_TEACHER_WEIGHT = 0.3
+
+
+_ARCH = StudentConfig()   # the architecture defaults below are StudentConfig's, so the two cannot drift
 
 
 @dataclass
@@ -84,19 +89,19 @@ class StudentTrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float | None = 1.0
     patience: int | None = None
-    # architecture (StudentConfig)
-    blocks: int = 3
-    base_channels: int = 32
-    residual: bool = False
-    dim: int = 256
-    dropout: float = 0.1
-    crop_s: float = 30.0
-    text_encoder: str = "mean"
-    text_width: int = 256
-    text_layers: int = 2
-    text_heads: int = 4
-    vocab_size: int = 3072
-    max_length: int = 64
+    # architecture (StudentConfig's fields of the same names)
+    blocks: int = _ARCH.blocks
+    base_channels: int = _ARCH.base_channels
+    residual: bool = _ARCH.residual
+    dim: int = _ARCH.dim
+    dropout: float = _ARCH.dropout
+    crop_s: float = _ARCH.crop_s
+    text_encoder: str = _ARCH.text_encoder
+    text_width: int = _ARCH.text_width
+    text_layers: int = _ARCH.text_layers
+    text_heads: int = _ARCH.text_heads
+    vocab_size: int = _ARCH.vocab_size
+    max_length: int = _ARCH.max_length
     use_alt_captions: bool = True
     seed: int = 0
     device: str = "auto"
@@ -110,10 +115,13 @@ class StudentTrainConfig:
     NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "num_workers")
 
     def student_config(self, vocab_size: int, teacher_dims: dict[str, int]) -> StudentConfig:
-        return StudentConfig(blocks=self.blocks, base_channels=self.base_channels, residual=self.residual,
-                             dim=self.dim, dropout=self.dropout, crop_s=self.crop_s, text_encoder=self.text_encoder,
-                             text_width=self.text_width, text_layers=self.text_layers, text_heads=self.text_heads,
-                             vocab_size=vocab_size, max_length=self.max_length, teachers=dict(teacher_dims))
+        """The architecture fields (same names here and in StudentConfig; the front end keeps its defaults)."""
+        arch = {f.name: getattr(self, f.name) for f in fields(StudentConfig) if f.name in _ARCH_FIELDS}
+        return StudentConfig(**arch, vocab_size=vocab_size, teachers=dict(teacher_dims))
+
+
+_ARCH_FIELDS = ("blocks", "base_channels", "residual", "dim", "dropout", "crop_s", "text_encoder", "text_width",
+                "text_layers", "text_heads", "max_length")
 
 
 def parse_teachers(text: str) -> dict[str, float]:
@@ -282,10 +290,7 @@ class _StudentTrainer:
         self.stage = begin_stage(self.state, "train", f"train:{self.run_name}", stage_config, cfg.resume,
                                  discard=self._discard)
         if self.stage.already_complete:
-            r = dict(self.stage.record.result)
-            res = TrainResult(**{k: v for k, v in r.items() if k in {f.name for f in fields(TrainResult)}})
-            res.skipped = True
-            return res
+            return TrainResult.skipped_from(self.stage.record.result)
         if not self.stage.resumed:
             self._discard()
         ckpt.recover(self.run_dir)
@@ -404,14 +409,7 @@ class _StudentTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, int(cfg.warmup_ratio * self.total_steps)))
         self.metrics = ckpt.MetricsLog(self.run_dir / ckpt.METRICS)
-        self.step = self.epoch = self.batch = 0
-        self.best: dict[str, Any] = {"epoch": None, "val_R@10": None}
-        self.bad_epochs = 0
-        self.epoch_loss = [0.0, 0]
-        self.losses: list[float] = []
-        self.epoch_summaries: list[dict[str, Any]] = []
-        self.stopped_early = False
-        self.created = time.time()
+        self.ts = TrainState()
         if self.resume_state is not None:
             self._restore(self.resume_state)
         else:
@@ -433,14 +431,11 @@ class _StudentTrainer:
     def _restore(self, s: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
-        self.step, self.epoch, self.batch = s["step"], s["epoch"], s["batch"]
-        self.best, self.bad_epochs = s["best"], s["bad_epochs"]
-        self.stopped_early = self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
-        self.epoch_loss, self.losses = list(s["epoch_loss"]), list(s["losses"])
-        self.epoch_summaries, self.created = list(s["epoch_summaries"]), s["created"]
-        self.metrics.truncate_to(self.step, epochs_done=self.epoch)
+        self.ts = TrainState.from_dict(s)
+        self.metrics.truncate_to(self.ts.step, epochs_done=self.ts.epoch)
         restore_rng_state(s["rng"])
-        log.info("resuming %s at step %d (epoch %d, batch %d)", self.run_name, self.step, self.epoch + 1, self.batch)
+        log.info("resuming %s at step %d (epoch %d, batch %d)", self.run_name, self.ts.step, self.ts.epoch + 1,
+                 self.ts.batch)
 
     # ------------------------------------------------------------------ persistence
     def _run_info(self, status: str) -> dict[str, Any]:
@@ -450,11 +445,11 @@ class _StudentTrainer:
                 "teachers": {t.name: {"weight": t.weight, "dim": t.store.dim, "store": str(t.store.path)}
                              for t in self.teachers},
                 "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
-                "config": to_jsonable(asdict(self.cfg)), "created": self.created, "status": status,
+                "config": to_jsonable(asdict(self.cfg)), "created": self.ts.created, "status": status,
                 "mel_cache": str(self.mel_cache_path) if self.mel_cache_path else None,
                 "text_teacher": {k: v for k, v in self.text_teacher.info.items() if k != "weights"}
                 if self.text_teacher is not None else None,
-                "best": self.best,
+                "best": self.ts.best,
                 # What the run learned from (search and eval warn when it meets other sources).
                 "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
 
@@ -462,14 +457,10 @@ class _StudentTrainer:
         ckpt.write_run_json(self.run_dir, self._run_info(status))
 
     def save_latest(self) -> None:
+        ts = self.ts
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": capture_rng_state(),
-                 "best": self.best, "bad_epochs": self.bad_epochs, "epoch_loss": self.epoch_loss,
-                 "losses": self.losses, "epoch_summaries": self.epoch_summaries, "created": self.created,
-                 "config": self.result_config}
-        meta = {"run": self.run_name, "step": self.step, "epoch": self.epoch, "batch": self.batch,
-                "total_steps": self.total_steps, "config": self.result_config, "best": self.best,
-                "losses": self.losses, "epochs": self.epoch_summaries}
+                 **ts.to_dict(), "rng": capture_rng_state(), "config": self.result_config}
+        meta = ts.meta(self.run_name, self.total_steps, self.result_config)
 
         def fill(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
@@ -477,7 +468,7 @@ class _StudentTrainer:
             ckpt.write_meta(tmp / ckpt.META, meta)
 
         ckpt.write_checkpoint_dir(self.run_dir, "latest", fill)
-        self.stage.update(step=self.step, epoch=self.epoch, batch=self.batch)
+        self.stage.update(step=ts.step, epoch=ts.epoch, batch=ts.batch)
 
     # ------------------------------------------------------------------ steps
     def _loader(self, ds: AudioCrops, batches: list[np.ndarray], epoch: int):
@@ -531,9 +522,9 @@ class _StudentTrainer:
         return loss, parts, music, text
 
     def train_step(self, idx: np.ndarray, mel: torch.Tensor) -> tuple[float, dict[str, float]]:
-        loss, parts, _, _ = self._losses(mel, self._captions(self.train_records, idx, self.epoch), idx, val=False)
+        loss, parts, _, _ = self._losses(mel, self._captions(self.train_records, idx, self.ts.epoch), idx, val=False)
         if not bool(torch.isfinite(loss)):
-            raise MtxError(f"training diverged at step {self.step + 1} (loss {float(loss)})", hint="lower --lr")
+            raise MtxError(f"training diverged at step {self.ts.step + 1} (loss {float(loss)})", hint="lower --lr")
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -568,68 +559,51 @@ class _StudentTrainer:
         return out
 
     # ------------------------------------------------------------------ the loop
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """This epoch's batches; the loader over the ones still to do starts here (workers prefetch in order)."""
+        batches = self.sampler.batches(epoch)
+        self._train_batches = _checked(self._loader(self.train_ds, batches[self.ts.batch:], epoch))
+        return batches
+
+    def _step(self, indices: np.ndarray) -> dict[str, Any]:
+        idx, mel = next(self._train_batches)
+        if not np.array_equal(idx, indices):   # the loader deals fit()'s batches in fit()'s order
+            raise RuntimeError(f"student loader out of step at {self.ts.step}")
+        loss, parts = self.train_step(idx, mel)
+        return {"train_loss": loss, "lr": self.scheduler.get_last_lr()[0], **parts}
+
     def fit(self) -> TrainResult:
-        start_time, start_step = time.time(), self.step
-        with self.progress.task("Training student", total=self.total_steps, unit="steps",
-                                completed=self.step) as task:
-            while self.epoch < self.cfg.epochs and not self.stopped_early:
-                batches = self.sampler.batches(self.epoch)
-                for idx, mel in _checked(self._loader(self.train_ds, batches[self.batch:], self.epoch)):
-                    loss, parts = self.train_step(idx, mel)
-                    self.step += 1
-                    self.batch += 1
-                    self.losses.append(loss)
-                    self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
-                    self.metrics.append({"step": self.step, "epoch": self.epoch + 1, "train_loss": loss,
-                                         "lr": self.scheduler.get_last_lr()[0], **parts})
-                    task.advance(1)
-                    every = self.cfg.checkpoint_every
-                    if every and self.step % every == 0 and self.batch < len(batches):
-                        self.save_latest()
-                    try:
-                        self.progress.check_interrupt()
-                    except Interrupted:
-                        self.save_latest()
-                        raise
-                self._end_epoch()
-        seconds = time.time() - start_time
-        return self._finish(seconds, self.step - start_step)
+        start_time, start_step = time.time(), self.ts.step
+        hooks = FitHooks(batches=self._batches, step=self._step, log_step=self.metrics.append,
+                         end_epoch=self._end_epoch, save=self.save_latest, any_rank=lambda flag: flag)
+        fit(self.ts, self.cfg.epochs, hooks, self.progress, self.total_steps,
+            checkpoint_every=self.cfg.checkpoint_every, patience=self.cfg.patience)
+        return self._finish(time.time() - start_time, self.ts.step - start_step)
 
     def _end_epoch(self) -> None:
+        self._train_batches.close()   # the epoch's loader workers stop before validation starts its own
+        ts = self.ts
         val = self.validate()
-        epoch_no = self.epoch + 1
-        r10 = val["val_R@10"]
-        improved = r10 is None or self.best["val_R@10"] is None or r10 > self.best["val_R@10"]
+        improved = ts.record_val(val["val_R@10"])
         if improved:
-            self.best = {"epoch": epoch_no, "val_R@10": r10}
-            self.bad_epochs = 0
             ckpt.write_checkpoint_dir(self.run_dir, "best", self.model.save_pretrained)
-        else:
-            self.bad_epochs += 1
-        summary = {"epoch": epoch_no, "step": self.step,
-                   "epoch_train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]), **val, "best": improved}
-        self.epoch_summaries.append(summary)
+        summary = {"epoch": ts.epoch + 1, "step": ts.step, "epoch_train_loss": ts.epoch_train_loss(), **val,
+                   "best": improved}
+        ts.epoch_summaries.append(summary)
         self.metrics.append(summary)
         if self.on_epoch is not None:
             self.on_epoch(summary)
-        if self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience:
-            self.stopped_early = True
-            log.info("stopping early: val R@10 did not improve for %d epochs", self.bad_epochs)
-        self.epoch += 1
-        self.batch = 0
-        self.epoch_loss = [0.0, 0]
+        if ts.out_of_patience(self.cfg.patience):
+            log.info("stopping early: val R@10 did not improve for %d epochs", ts.bad_epochs)
+        ts.next_epoch()
         self.save_latest()
         self._write_run_json("running")
 
     def _finish(self, seconds: float, steps_now: int) -> TrainResult:
-        last = self.epoch_summaries[-1] if self.epoch_summaries else {}
-        result = TrainResult(
-            run=self.run_name, run_dir=str(self.run_dir), manifest=self.manifest_name,
-            embeddings=", ".join(str(t.store.path) for t in self.teachers), loss="student", epochs_done=self.epoch,
-            steps=self.step, best_epoch=self.best["epoch"], best_val_r10=self.best["val_R@10"],
-            final_train_loss=last.get("epoch_train_loss"), final_val_loss=last.get("val_loss"), seconds=seconds,
-            steps_per_s=steps_now / seconds if seconds > 0 else 0.0, stopped_early=self.stopped_early,
-            objective="student", epochs=self.epoch_summaries)
+        result = TrainResult.from_state(
+            self.ts, seconds, steps_now, self.cfg.patience, run=self.run_name, run_dir=str(self.run_dir),
+            manifest=self.manifest_name, embeddings=", ".join(str(t.store.path) for t in self.teachers),
+            loss="student", objective="student")
         self._write_run_json("complete")
         self.stage.complete(result=asdict(result))
         return result
@@ -662,16 +636,4 @@ def _file_identity(path: Path) -> dict[str, Any]:
 def run_student_train(state: StateDir, cfg: StudentTrainConfig, progress: Progress | None = None,
                       on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train (or resume, or skip when complete) one student run; see the module docstring."""
-    trainer = _StudentTrainer(state, cfg, progress or NullProgress(), on_epoch)
-    try:
-        skipped = trainer.setup()
-        if skipped is not None:
-            return skipped
-        try:
-            trainer.build()
-        except MtxError:
-            trainer.abandon()
-            raise
-        return trainer.fit()
-    finally:
-        trainer.close()
+    return run_trainer(_StudentTrainer(state, cfg, progress or NullProgress(), on_epoch))

@@ -41,6 +41,11 @@ class TrainState:
         out.epoch_summaries = list(out.epoch_summaries)
         return out
 
+    def meta(self, run: str, total_steps: int, config: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint's readable ``meta.json`` shows about the loop."""
+        return {"run": run, "step": self.step, "epoch": self.epoch, "batch": self.batch, "total_steps": total_steps,
+                "config": config, "best": self.best, "losses": self.losses, "epochs": self.epoch_summaries}
+
     def record_step(self, loss: float) -> None:
         self.step += 1
         self.batch += 1
