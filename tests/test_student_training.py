@@ -367,3 +367,12 @@ def test_run_trainer_order(trainer, outcome, calls):
     else:
         assert run_trainer(trainer) == outcome
     assert trainer.calls == calls
+
+
+def test_text_teacher_through_the_cli_logs_its_cosine(cli, ttstate):
+    r = cli("train", "--objective", "student", "--manifest", "lib", "--teachers", "dsp:0.4,tiny:0.3", "--epochs", "1",
+            "--run", "tt", "--text-teacher", "al:0.5", "--no-export", *TINY)
+    assert r.exit_code == 0, r.output
+    assert "dsp text cos" in r.output
+    info = json.loads((ttstate.run_dir("tt") / "run.json").read_text())
+    assert info["text_teacher"]["weight"] == 0.5 and info["config"]["text_teacher"] == "al:0.5"
