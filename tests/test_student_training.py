@@ -376,3 +376,13 @@ def test_text_teacher_through_the_cli_logs_its_cosine(cli, ttstate):
     assert "dsp text cos" in r.output
     info = json.loads((ttstate.run_dir("tt") / "run.json").read_text())
     assert info["text_teacher"]["weight"] == 0.5 and info["config"]["text_teacher"] == "al:0.5"
+
+
+def test_cache_built_in_loader_workers_is_the_same_file(sstate, tmp_path: Path):
+    from musiccli.state import StateDir
+
+    other = StateDir.resolve(tmp_path / "other")
+    shutil.copytree(sstate.root, other.root)
+    a, b = _contents(_build(sstate).path), _contents(_build(other, num_workers=2).path)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -135,6 +135,11 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _as_is(item: Any) -> Any:
+    """One track per loader item, kept as NumPy (the default would convert it to tensors)."""
+    return item
+
+
 # --------------------------------------------------------------------------- the stage
 @dataclass
 class MelCacheResult:
@@ -260,7 +265,7 @@ def ensure_mel_cache(state: StateDir, manifest: str, manifest_hash: str, records
     items = [(pos, todo_records[pos].audio_path) for c in todo
              for pos in range(c * chunk_tracks, min(len(todo_records), (c + 1) * chunk_tracks))]
     loader = torch.utils.data.DataLoader(_Tracks(items, cfg), batch_size=None, shuffle=False,
-                                         num_workers=num_workers, worker_init_fn=_worker_init)
+                                         num_workers=num_workers, worker_init_fn=_worker_init, collate_fn=_as_is)
     pending: dict[int, list[tuple[int, np.ndarray | None, str | None]]] = {}
     with progress.task("Building mel cache", total=len(todo_records), unit="tracks",
                        completed=len(todo_records) - len(items)) as task:
