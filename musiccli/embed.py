@@ -32,6 +32,17 @@ marked complete and the parts are removed. Because chunks are fixed by the
 manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
 resumed run produces the same file as an uninterrupted one.
 
+Retrying failed tracks
+----------------------
+A store that is complete with failures is kept. ``--retry-failed`` (or ``--continue``, as for
+``download``) embeds only the manifest's tracks without a row, commits them in chunks into a
+workspace in the store's parts folder (an interrupted retry resumes like any run), and merges
+them into the store with ``store.merge``: one atomic rewrite with every row in manifest order,
+so the store then equals one embedded without failures. The record becomes complete when none
+fail now; tracks that fail again stay listed (they never make the stage "failed" by the
+same-error rule, since a file nobody fixed fails the same way). A store with ``tag_probs`` gets
+them for the retried tracks too; a tag side file of the previous store is removed.
+
 Sharding
 --------
 Chunk ``i`` belongs to shard ``i % N == K`` for ``--shard K/N``, and likewise to
@@ -74,9 +85,9 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRecord, StageRun,
-                    StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs, is_done, load_stage,
-                    read_json, stage_function, to_jsonable)
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, RetryTracker, StageRecord,
+                    StageRun, StageStatus, StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs,
+                    is_done, load_stage, read_json, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +136,7 @@ class EmbedResult:
     tag_summary: TagSummary | None = None  # with --tags: top tags of the first tracks, top-1 counts
     tags_path: Path | None = None          # the tag side file, when tags were added to a finished store
     tags_only: bool = False                # this run computed tags only (n_ok/failures count tagged tracks)
+    retried: int = 0                       # --retry-failed: tracks embedded again (n_ok/failures: the whole store)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))
@@ -352,6 +364,10 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
+
+    retrying = _retry_target(state, key, plan, cfg)
+    if retrying is not None:
+        return _retry_failed(state, retrying, cfg, progress, policy)
 
     finished = _finished_store_differing_in_tags(state, key, plan, cfg)
     if finished is not None:
@@ -680,6 +696,103 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
                          tag_summary=summarize_tags(plan.path, plan.records), tags_path=side, tags_only=True)
     run.complete(result.to_dict(), failed=len(failures))
     store.remove_parts(side)
+    return result
+
+
+# --------------------------------------------------------------------------- --retry-failed
+def _retry_target(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> _Plan | None:
+    """The plan to retry the failed tracks of a finished store with, or None for a normal run.
+
+    That is ``--retry-failed``/``--continue`` over a store that is complete with failures (as for
+    ``download``), or a retry that was interrupted. The retry keeps the store's own tags setting,
+    so that every row of the merged store has what the others have.
+    """
+    if plan.shard is not None or plan.dist.enabled or cfg.resume is Resume.FORCE or not plan.path.is_file():
+        return None
+    previous = load_stage(state, key)
+    if previous is None:
+        return None
+    in_flight = (store.parts_dir(store.retry_path(plan.path)) / PARTS_CONFIG).is_file()
+    wanted = previous.status == StageStatus.COMPLETE_WITH_FAILURES.value and cfg.resume is Resume.CONTINUE
+    if not (wanted or (in_flight and not is_done(previous.status))):
+        return None
+    tagged = bool(previous.config.get("tags"))
+    if plan.tags and not tagged:
+        raise MtxError(f"{plan.path} has no tags: retry its failed tracks without --tags first",
+                       hint="then `mtx embed --tags` adds the tags of every stored track beside it")
+    if tagged and not plan.tags:
+        check_tagger(plan.name)
+        plan = replace(plan, tags=True, config={**plan.config, "tags": True})
+    return plan
+
+
+def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress,
+                  policy: FailurePolicy) -> EmbedResult:
+    """Embed only the manifest's tracks that are missing from the finished store, and merge them in.
+
+    The tracks to retry are the records without a row (the store was complete, so each of them
+    failed). They are committed in chunks into a workspace inside the store's parts folder (resumed
+    by ``--continue`` like any run), assembled there, and merged into the store in manifest order
+    (``store.merge``: one atomic rewrite), so the store then equals one embedded without failures.
+    The stage record becomes complete when none fail now, else complete with the remaining failures.
+    """
+    key = stage_key(plan.name, plan.manifest_name)
+    run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
+                      discard=lambda: _discard(plan, cfg), outputs={"store": plan.path}, policy=policy)
+    if run.already_complete:
+        return EmbedResult.from_dict(run.record.result, skipped=True)
+    _check_existing(plan, cfg)
+    workspace = store.retry_path(plan.path)
+    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(workspace)):
+        clean_stale_temps(folder)
+    with store.EmbeddingStore(plan.path) as existing:
+        stored = set(existing.ids)
+        identity = f"{existing.attrs.get('created', '')} ({len(stored)} rows)"
+    saved_path = store.parts_dir(workspace) / PARTS_CONFIG
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    # The store held none of the tracks to retry: if it holds some now, a retry merged them and
+    # stopped before recording it, and only the record is left to write.
+    merged = saved is not None and any(i in stored for i in saved.get("retry_ids", ()))
+    if saved is not None and not merged and saved.get("retry_of") != identity:
+        store.discard(workspace)  # made for another store
+        saved = None
+    ids = saved["retry_ids"] if saved is not None else [r.id for r in plan.records if r.id not in stored]
+    by_id = {r.id: r for r in plan.records}
+    tplan = replace(plan, records=[by_id[i] for i in ids], path=workspace,
+                    config={**plan.config, "retry_of": saved["retry_of"] if merged else identity, "retry_ids": ids},
+                    n_chunks=math.ceil(len(ids) / cfg.chunk_tracks))
+    if not merged:
+        _check_parts_config(tplan)
+    log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", len(ids), plan.path)
+    run.update(retrying=len(ids))
+    start = time.perf_counter()
+    done = store.committed_parts(workspace)
+    todo = [] if merged else [c for c in range(tplan.n_chunks) if c not in done]
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, RetryTracker(f"embed ({plan.name})", policy))
+    seconds = time.perf_counter() - start
+    parts = store.committed_parts(workspace)
+    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
+    n_ok = len(stored) if merged else len(stored) + len(ids) - len(failures)
+    run.check_failures(ok=n_ok, failed=len(failures))
+    if len(failures) < len(ids) and not merged:
+        store.assemble(workspace, plan.dim, cfg.dtype, {}, tplan.n_chunks, keep_windows=plan.aggregation == "none",
+                       tag_names=plan.encoder.tag_names if plan.tags else None)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        n_ok = store.merge(plan.path, workspace, [r.id for r in plan.records], {"created": now})
+        log.info("merged %d re-embedded track(s) into %s (%d rows, manifest order)", len(ids) - len(failures),
+                 plan.path, n_ok)
+        side = store.tags_path(plan.path)
+        if side.exists():
+            store.discard(side)
+            log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again",
+                     side)
+    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n_ok,
+                         n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
+                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0, retried=len(ids))
+    if plan.tags:
+        result.tag_summary = summarize_tags(plan.path, plan.records)
+    run.complete(result.to_dict(), failed=len(failures))
+    store.remove_parts(plan.path)  # the workspace lives in the store's parts folder
     return result
 
 
