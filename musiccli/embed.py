@@ -21,7 +21,9 @@ once more, but only the tags are kept, in ``<manifest>.tags.h5`` beside the stor
 (its own stage record ``embed-tags:<enc>:<manifest>``, committed and resumed in
 chunks like the embeddings). A store with tags also satisfies a request without them.
 
-An encoder with ``context_samples > 0`` receives, in front of each window, the
+How windows cover the end of a track is the encoder spec's ``tail`` policy: ``flush`` (a last
+window flush with the end, short tracks repeat-padded) or ``wrap`` (MuQ-MuLan's clips: the last
+window continues from the track's start). An encoder with ``context_samples > 0`` receives, in front of each window, the
 samples that precede it in the track (zeros at the start): windows of
 ``context + window`` samples on the same start grid. An encoder with
 ``patch_samples > 0`` (musicnn) gets its reference's drop-the-tail grid instead:
@@ -284,7 +286,7 @@ class _TrackDataset(torch.utils.data.Dataset):
     """Decode + resample + window one track; runs in DataLoader workers."""
 
     def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
-                 max_windows: int | None, context: int = 0, patch: int = 0) -> None:
+                 max_windows: int | None, context: int = 0, patch: int = 0, tail: str = "flush") -> None:
         self.items = items
         self.sample_rate = sample_rate
         self.window = window
@@ -292,6 +294,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         self.max_windows = max_windows
         self.context = context
         self.patch = patch
+        self.tail = tail
 
     def __len__(self) -> int:
         return len(self.items)
@@ -301,7 +304,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         try:
             # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
             windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context,
-                                     self.patch)
+                                     self.patch, self.tail)
             return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
@@ -310,9 +313,9 @@ class _TrackDataset(torch.utils.data.Dataset):
 
 
 def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int,
-           patch: int = 0) -> np.ndarray:
+           patch: int = 0, tail: str = "flush") -> np.ndarray:
     """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
-    return frame_with_context(wave, window, hop, max_windows, context, patch)
+    return frame_with_context(wave, window, hop, max_windows, context, patch, tail)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -494,7 +497,8 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
     spec = plan.encoder.spec
     sr = spec.sample_rate
     dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows,
-                            context=plan.encoder.context_samples, patch=plan.encoder.patch_samples)
+                            context=plan.encoder.context_samples, patch=plan.encoder.patch_samples,
+                            tail=spec.tail)
     per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
     batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
     cuda = plan.runtime.device.type == "cuda"

@@ -194,7 +194,7 @@ def test_retry_stopped_after_the_merge_only_records_it(tmp_path: Path, decoded: 
     real_merge = store.merge
 
     def merge_then_stop(*args, **kwargs):
-        n = real_merge(*args, **kwargs)
+        real_merge(*args, **kwargs)
         raise Interrupted("stopped")
 
     monkeypatch.setattr(store, "merge", merge_then_stop)
