@@ -711,7 +711,7 @@ def _retry_target(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> _
     ``download``), or a retry that was interrupted. The retry keeps the store's own tags setting,
     so that every row of the merged store has what the others have.
     """
-    if plan.shard is not None or plan.dist.enabled or cfg.resume is Resume.FORCE or not plan.path.is_file():
+    if cfg.resume is Resume.FORCE or not plan.path.is_file():
         return None
     previous = load_stage(state, key)
     if previous is None:
@@ -720,6 +720,11 @@ def _retry_target(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> _
     wanted = previous.status == StageStatus.COMPLETE_WITH_FAILURES.value and cfg.resume is Resume.CONTINUE
     if not (wanted or (in_flight and not is_done(previous.status))):
         return None
+    if plan.shard is not None or plan.dist.enabled:
+        # Every rank reads the same record, so each refuses alike (no rank waits on a barrier alone).
+        raise MtxError(f"{plan.path} is assembled; its failed tracks are retried by one process",
+                       hint=f"run `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name} "
+                            "--retry-failed` without --shard or torchrun")
     tagged = bool(previous.config.get("tags"))
     if plan.tags and not tagged:
         raise MtxError(f"{plan.path} has no tags: retry its failed tracks without --tags first",

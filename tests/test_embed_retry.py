@@ -208,6 +208,21 @@ def test_retry_stopped_after_the_merge_only_records_it(tmp_path: Path, decoded: 
     _assert_same_store(_read(result.path), _clean_store(tmp_path, records))
 
 
+def test_sharded_store_is_retried_by_one_process(tmp_path: Path, decoded: list[str]) -> None:
+    records = _library(tmp_path / "audio")
+    state = _state(tmp_path / "state", records)
+    run_embed(state, _cfg(shard="0/2"))
+    assert run_embed(state, _cfg(shard="1/2")).assembled
+    _fix(records)
+    with pytest.raises(MtxError, match="retried by one process") as err:
+        run_embed(state, _cfg(shard="0/2", resume=Resume.CONTINUE))
+    assert "--retry-failed` without --shard" in err.value.hint
+    decoded.clear()
+    result = run_embed(state, _cfg(resume=Resume.CONTINUE))
+    assert sorted(decoded) == sorted(f"track{i}.wav" for i in BROKEN) and result.n_failed == 0
+    _assert_same_store(_read(result.path), _clean_store(tmp_path, records))
+
+
 def test_retry_with_another_config_is_refused(tmp_path: Path) -> None:
     records = _library(tmp_path / "audio")
     state = _state(tmp_path / "state", records)

@@ -194,6 +194,11 @@ def test_muq_run_embed_equals_the_package(tiny_mulan_10s: Path, tmp_path: Path) 
         for name, wave in waves.items():
             reference = enc._model(wavs=torch.from_numpy(wave)[None])[0].numpy()
             np.testing.assert_allclose(st.get([name])[0], reference, atol=1e-5, rtol=0)
+        # `search --like FILE` embeds a file as the stage did (the same clips, the last one wrapped).
+        from musiccli.encoders.single import embed_file
+
+        like = embed_file(tmp_path / "long.wav", st.attrs)
+        np.testing.assert_allclose(like, st.get(["long"])[0], atol=1e-5, rtol=0)
 
 
 def test_mulan_native_text_tower(tiny_mulan: Path) -> None:
