@@ -222,6 +222,88 @@ def test_mel_front_end_matches_preprocessing_json_in_numpy():
     assert not LogMel(cfg)(torch.zeros(1, 4096)).any()
 
 
+def _naive_log_mel(wave: np.ndarray, pre: dict) -> np.ndarray:
+    """preprocessing.json read literally, one frame and one band at a time, in float64."""
+    n, hop, n_mels, sr = pre["n_fft"], pre["hop_length"], pre["n_mels"], pre["sample_rate"]
+    x = np.pad(wave.astype(np.float64), n // 2, mode="reflect")
+    window = np.array([0.5 - 0.5 * np.cos(2 * np.pi * i / n) for i in range(n)])
+    mel_of = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)   # noqa: E731
+    pts = [700.0 * (10 ** (m / 2595.0) - 1) for m in np.linspace(mel_of(pre["fmin"]), mel_of(pre["fmax"]), n_mels + 2)]
+    bins = [k * sr / n for k in range(n // 2 + 1)]
+    out = np.zeros((n_mels, 1 + len(wave) // hop))
+    for t in range(out.shape[1]):
+        power = np.abs(np.fft.rfft(x[t * hop:t * hop + n] * window)) ** 2
+        for m in range(n_mels):
+            weights = [max(0.0, min((f - pts[m]) / (pts[m + 1] - pts[m]), (pts[m + 2] - f) / (pts[m + 2] - pts[m + 1])))
+                       for f in bins]
+            out[m, t] = float(np.dot(weights, power))
+    db = 10 * np.log10(np.maximum(out, pre["log"]["amin"]))
+    db = np.maximum(db - db.max(), -pre["log"]["top_db"])
+    return (db - db.min()) / (db.max() - db.min())
+
+
+def test_client_front_end_against_a_naive_reading_of_preprocessing_json(monkeypatch):
+    import builtins
+
+    from musiccli.encoders.student import StudentConfig
+    from musiccli.export_student import ClientLogMel, test_signal
+
+    pre = json.loads(json.dumps(StudentConfig(n_mels=24, n_fft=256, hop=128, sample_rate=8000,
+                                              fmax=4000.0).preprocessing()))
+    wave = test_signal(8000, seconds=0.5)
+    ref = _naive_log_mel(wave, pre)
+    fast = ClientLogMel(pre)(wave)
+    assert fast.shape == (1, 1, 24, ref.shape[1]) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast[0, 0], ref, atol=2e-5)
+    # Without SciPy the client falls back to NumPy's FFT: the same features.
+    real_import = builtins.__import__
+
+    def no_scipy(name, *a, **kw):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    np.testing.assert_allclose(ClientLogMel(pre)(wave), fast, atol=1e-6)
+
+
+def test_int8_music_tower_is_exported_and_checked_against_float32(cli, sstate):
+    import onnxruntime as ort
+
+    r = cli("train", "--objective", "student", "--teachers", "dsp:0.4,tiny:0.3", "--epochs", "1", "--run", "q",
+            *TINY)
+    assert r.exit_code == 0, r.output
+    r = cli("export", "--run", "q", "--format", "onnx", "--int8")
+    assert r.exit_code == 0, r.output
+    assert "int8 music tower" in r.output and "cosine to float32" in r.output
+    onnx_dir = sstate.export_dir("q") / "best" / "onnx"
+    meta = json.loads((onnx_dir / "meta.json").read_text())
+    q = meta["int8"]
+    assert q["cosine_min"] >= 0.99 and q["check_clips"] >= 1 and q["calibration_clips"] >= 3
+    int8 = onnx_dir / "student_music_encoder.int8.onnx"
+    assert int8.stat().st_size < (onnx_dir / "student_music_encoder.onnx").stat().st_size
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"mel_spectrogram": np.random.default_rng(0).random((1, 1, 128, 40), np.float32)})[0]
+    assert out.shape == (1, 256) and abs(float(np.linalg.norm(out)) - 1.0) < 0.05
+    assert "int8" in (onnx_dir / "README.md").read_text()
+    # --int8 is part of the export's identity: a plain export afterwards drops the file.
+    assert cli("export", "--run", "q", "--format", "onnx").exit_code == 0
+    assert not int8.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "a", "--int8"], "--int8 applies to student runs"),
+    (["--run", "q", "--int8", "--format", "hf"], "--int8 quantises the ONNX music tower"),
+])
+def test_int8_refusals(cli, sstate, args, message):
+    assert cli("train", "--audio-encoder", "dsp", "--manifest", "lib", "--run", "a", "--epochs", "1",
+               "--device", "cpu", "--no-export").exit_code == 0
+    assert cli("train", "--objective", "student", "--teachers", "dsp:0.4", "--epochs", "1", "--run", "q",
+               *TINY).exit_code == 0
+    r = cli("export", *args)
+    assert r.exit_code == 1 and message in r.output, r.output
+
+
 # --------------------------------------------------------------------------- sizes / refusals
 def test_size_limit_is_enforced_unless_allow_large(sstate, monkeypatch):
     from musiccli import export_student
