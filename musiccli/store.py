@@ -238,10 +238,12 @@ def merge(path: Path, extra: Path, order: Sequence[str], attrs: dict[str, Any] |
             with h5py.File(tmp, "w") as out:
                 out.create_dataset("ids", data=np.array([ids[s][i] for s, i in rows], dtype=object),
                                    dtype=STR_DTYPE, maxshape=(None,), chunks=(4096,))
+                # A store without rows may lack a dataset (no windows at all); no run then reads it.
                 for name in names:
-                    _copy_runs(out, name, [f[name] for f in sources], runs, [np.arange(len(x) + 1) for x in ids], n)
+                    _copy_runs(out, name, [f.get(name) for f in sources], runs, [np.arange(len(x) + 1) for x in ids],
+                               n)
                 if windows:
-                    _copy_runs(out, "windows", [f["windows"] for f in sources], runs, offsets,
+                    _copy_runs(out, "windows", [f.get("windows") for f in sources], runs, offsets,
                                int(offsets[0][-1] + offsets[1][-1]))
                     counts = [np.diff(offsets[s])[i] for s, i in rows]
                     out.create_dataset("window_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
@@ -262,11 +264,12 @@ def _runs(rows: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
     return [(s, a, b) for s, a, b in out]
 
 
-def _copy_runs(out: h5py.File, name: str, sources: list[h5py.Dataset], runs: list[tuple[int, int, int]],
+def _copy_runs(out: h5py.File, name: str, sources: list[h5py.Dataset | None], runs: list[tuple[int, int, int]],
                offsets: list[np.ndarray], total: int) -> None:
     """Copy row runs of ``sources`` into a new dataset ``name`` of ``total`` rows; run ``(s, a, b)`` covers
     the rows ``offsets[s][a]:offsets[s][b]`` of source ``s`` (identity offsets for per-track datasets)."""
-    first = sources[0] if sources[0].shape[0] else sources[1]
+    present = [d for d in sources if d is not None]
+    first = next((d for d in present if d.shape[0]), present[0])   # its width, dtype and attributes
     width = first.shape[1]
     ds = out.create_dataset(name, shape=(total, width), maxshape=(None, width), dtype=first.dtype,
                             chunks=(chunk_rows(width, first.dtype.itemsize), width))

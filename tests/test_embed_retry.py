@@ -355,6 +355,20 @@ def test_merge_follows_the_given_order(tmp_path: Path) -> None:
         assert len(st) == 7
 
 
+def test_merge_into_a_store_without_rows(tmp_path: Path) -> None:
+    """A store whose tracks all failed has no windows at all; the retried ones bring them."""
+    base, extra = tmp_path / "base.h5", tmp_path / "extra.h5"
+    with h5py.File(base, "w") as f:
+        f.create_dataset("ids", data=np.array([], dtype=object), dtype=store.STR_DTYPE)
+        f.create_dataset("embeddings", data=np.zeros((0, 3), np.float32))
+    _write_store(extra, ["t2", "t1"], windows=[2, 1])
+    assert store.merge(base, extra, ["t1", "t2"]) == 2
+    got = _read(base)
+    assert got["ids"] == ["t1", "t2"] and got["windows"].shape == (3, 2)
+    np.testing.assert_array_equal(got["window_offsets"], [0, 1, 3])
+    np.testing.assert_array_equal(got["windows"][:, 0], [1.0, 2.0, 2.0])
+
+
 @pytest.mark.parametrize("extra_kw, order, match", [
     ({"tags": False}, None, "only one of the stores has `tag_probs`"),
     ({"tags": True}, ["t1", "t2"], "not in the manifest"),
