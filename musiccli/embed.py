@@ -751,19 +751,55 @@ def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Prog
     if run.already_complete:
         return EmbedResult.from_dict(run.record.result, skipped=True)
     _check_existing(plan, cfg)
-    workspace = store.retry_path(plan.path)
-    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(workspace)):
+    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(store.retry_path(plan.path))):
         clean_stale_temps(folder)
+    tplan, n_stored, merged = _retry_plan(plan, cfg)
+    n_retry = len(tplan.records)
+    log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", n_retry, plan.path)
+    run.update(retrying=n_retry)
+    start = time.perf_counter()
+    done = store.committed_parts(tplan.path)
+    todo = [] if merged else [c for c in range(tplan.n_chunks) if c not in done]
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, RetryTracker(f"embed ({plan.name})", policy))
+    seconds = time.perf_counter() - start
+    parts = store.committed_parts(tplan.path)
+    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
+    n_ok = n_stored if merged else n_stored + n_retry - len(failures)
+    run.check_failures(ok=n_ok, failed=len(failures))
+    if len(failures) < n_retry and not merged:
+        n_ok = _merge_retried(plan, tplan)
+    if len(failures) < n_retry:
+        side = store.tags_path(plan.path)
+        if side.exists():
+            store.discard(side)
+            log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again",
+                     side)
+    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n_ok,
+                         n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
+                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0, retried=n_retry)
+    if plan.tags:
+        result.tag_summary = summarize_tags(plan.path, plan.records)
+    run.complete(result.to_dict(), failed=len(failures))
+    store.remove_parts(plan.path)  # the workspace lives in the store's parts folder
+    return result
+
+
+def _retry_plan(plan: _Plan, cfg: EmbedConfig) -> tuple[_Plan, int, bool]:
+    """(the plan over the tracks to retry, rows of the store now, whether they were merged already).
+
+    A workspace made for this store is resumed with its own list of tracks. The store held none of
+    them; if it holds some now, a retry merged them and stopped before recording it, and only the
+    record is left to write. A workspace made for another store is discarded.
+    """
+    workspace = store.retry_path(plan.path)
     with store.EmbeddingStore(plan.path) as existing:
         stored = set(existing.ids)
         identity = f"{existing.attrs.get('created', '')} ({len(stored)} rows)"
     saved_path = store.parts_dir(workspace) / PARTS_CONFIG
     saved = read_json(saved_path) if saved_path.is_file() else None
-    # The store held none of the tracks to retry: if it holds some now, a retry merged them and
-    # stopped before recording it, and only the record is left to write.
     merged = saved is not None and any(i in stored for i in saved.get("retry_ids", ()))
     if saved is not None and not merged and saved.get("retry_of") != identity:
-        store.discard(workspace)  # made for another store
+        store.discard(workspace)
         saved = None
     ids = saved["retry_ids"] if saved is not None else [r.id for r in plan.records if r.id not in stored]
     by_id = {r.id: r for r in plan.records}
@@ -772,37 +808,18 @@ def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Prog
                     n_chunks=math.ceil(len(ids) / cfg.chunk_tracks))
     if not merged:
         _check_parts_config(tplan)
-    log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", len(ids), plan.path)
-    run.update(retrying=len(ids))
-    start = time.perf_counter()
-    done = store.committed_parts(workspace)
-    todo = [] if merged else [c for c in range(tplan.n_chunks) if c not in done]
-    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, RetryTracker(f"embed ({plan.name})", policy))
-    seconds = time.perf_counter() - start
-    parts = store.committed_parts(workspace)
-    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
-    n_ok = len(stored) if merged else len(stored) + len(ids) - len(failures)
-    run.check_failures(ok=n_ok, failed=len(failures))
-    if len(failures) < len(ids) and not merged:
-        store.assemble(workspace, plan.dim, cfg.dtype, {}, tplan.n_chunks, keep_windows=plan.aggregation == "none",
-                       tag_names=plan.encoder.tag_names if plan.tags else None)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        n_ok = store.merge(plan.path, workspace, [r.id for r in plan.records], {"created": now})
-        log.info("merged %d re-embedded track(s) into %s (%d rows, manifest order)", len(ids) - len(failures),
-                 plan.path, n_ok)
-        side = store.tags_path(plan.path)
-        if side.exists():
-            store.discard(side)
-            log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again",
-                     side)
-    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n_ok,
-                         n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
-                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0, retried=len(ids))
-    if plan.tags:
-        result.tag_summary = summarize_tags(plan.path, plan.records)
-    run.complete(result.to_dict(), failed=len(failures))
-    store.remove_parts(plan.path)  # the workspace lives in the store's parts folder
-    return result
+    return tplan, len(stored), merged
+
+
+def _merge_retried(plan: _Plan, tplan: _Plan) -> int:
+    """Assemble the retried tracks' parts and merge them into the store (manifest order); return its rows."""
+    added = store.assemble(tplan.path, plan.dim, plan.config["dtype"], {}, tplan.n_chunks,
+                           keep_windows=plan.aggregation == "none",
+                           tag_names=plan.encoder.tag_names if plan.tags else None)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    n = store.merge(plan.path, tplan.path, [r.id for r in plan.records], {"created": now})
+    log.info("merged %d re-embedded track(s) into %s (%d rows, manifest order)", added, plan.path, n)
+    return n
 
 
 # --------------------------------------------------------------------------- safety checks

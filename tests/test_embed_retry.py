@@ -307,6 +307,22 @@ def test_retry_on_a_store_with_tags_merges_them(musicnn_installed: None, tmp_pat
     _assert_same_store(_read(result.path), _read(clean.path))
 
 
+def test_retry_removes_the_tag_side_file_of_the_previous_store(musicnn_installed: None, tmp_path: Path) -> None:
+    records = _library(tmp_path / "audio", broken=(1,))[:3]
+    state = _state(tmp_path / "state", records)
+    run_embed(state, _cfg(audio_encoder="musicnn", batch_size=1))
+    tagged = run_embed(state, _cfg(audio_encoder="musicnn", batch_size=1, tags=True))
+    side = store.tags_path(tagged.path)
+    assert tagged.tags_only and side.is_file()
+    _fix(records, (1,))
+    result = run_embed(state, _cfg(audio_encoder="musicnn", batch_size=1, resume=Resume.CONTINUE))
+    assert result.retried == 1 and result.n_failed == 0 and not side.exists()
+    again = run_embed(state, _cfg(audio_encoder="musicnn", batch_size=1, tags=True))
+    assert again.tags_only and again.n_ok == 3 and side.is_file()
+    with h5py.File(side) as f:
+        assert [i.decode() for i in f["ids"][()]] == [r.id for r in records]
+
+
 def test_tags_asked_on_an_untagged_store_with_failures(musicnn_installed: None, tmp_path: Path) -> None:
     records = _library(tmp_path / "audio")
     state = _state(tmp_path / "state", records)
