@@ -6,6 +6,8 @@
                    one [1, 1, 128, T] input per 30 s crop.
 ``student-int8``   the same with ``student_music_encoder.int8.onnx`` (``mtx export --int8``; here calibrated
                    on synthetic clips when the export folder has none).
+``*-library``      throughput when embedding many clips: the mel of the next clip (one thread) is computed
+                   while onnxruntime (one thread) runs the current one; wall time / clips.
 ``student-torch``  the training front end (``LogMel``, torch STFT) + the PyTorch music tower.
 ``musicnn``        ``MusiCNN`` in PyTorch with its own log-mel, ten 3 s windows per 30 s clip
                    (its native rate, 16 kHz), as ``mtx embed --audio-encoder musicnn`` runs it.
@@ -56,6 +58,21 @@ def default_export(out: Path) -> Path:
     atomic_write_json(out / PREPROCESSING, model.student_config.preprocessing())
     model.save_pretrained(out / "checkpoint")
     return out
+
+
+def pipelined(sess, mel, clips: list[np.ndarray]) -> float:
+    """ms per clip over ``clips``: clip i+1's features computed in a thread while clip i runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(mel, clips[0])
+        for i in range(len(clips)):
+            feats = nxt.result()
+            if i + 1 < len(clips):
+                nxt = pool.submit(mel, clips[i + 1])
+            sess.run(["music_embedding"], {"mel_spectrogram": feats})
+    return (time.perf_counter() - start) * 1000.0 / len(clips)
 
 
 def timed(fn) -> float:
@@ -134,6 +151,13 @@ def main() -> None:
             for name, (fn, clips) in systems.items():   # interleaved: load from others hits all alike
                 times[name].append(timed(lambda: fn(clips[i])))
     mel_ms = statistics.median(timed(lambda: mel(c)) for c in clips48 for _ in range(args.repeats))
+    library = {}
+    if args.threads >= 2:
+        mel1 = ClientLogMel(pre, fft_workers=1)
+        for name, d, f in (("student-onnx", onnx_dir, MUSIC_ONNX), ("student-int8", int8_dir, MUSIC_INT8_ONNX)):
+            one = client_session(d / f, 1)
+            library[f"{name}-library"] = statistics.median(
+                pipelined(one, mel1, clips48) for _ in range(args.repeats))
     sizes = {p.name: p.stat().st_size / 1e6 for d in {onnx_dir, int8_dir} for p in d.glob("*.onnx")}
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}, {args.clips} clips x {args.repeats} repeats of {CLIP_S:g} s")
@@ -141,9 +165,12 @@ def main() -> None:
     for name, ts in times.items():
         print(f"{name:14s} {statistics.median(ts):9.1f} ms per 30 s clip (min {min(ts):.1f})")
     print(f"{'(numpy mel)':14s} {mel_ms:9.1f} ms of the student-onnx time")
-    for name in ("student-onnx", "student-int8"):
-        ms = statistics.median(times[name])
-        print(f"{name} is {statistics.median(times['musicnn']) / ms:.2f}x the speed of musicnn; target <= 50 ms "
+    for name, ms in library.items():
+        print(f"{name:14s} {ms:9.1f} ms per 30 s clip (mel and network overlapped, one thread each)")
+    per_clip = {**{k: statistics.median(v) for k, v in times.items()}, **library}
+    for name in ("student-onnx", "student-int8", *library):
+        ms = per_clip[name]
+        print(f"{name} is {per_clip['musicnn'] / ms:.2f}x the speed of musicnn; target <= 50 ms "
               f"per clip: {'met' if ms <= 50 else 'not met'} ({ms:.1f} ms)")
     print(f"CUDA: {'available' if torch.cuda.is_available() else 'not available on this machine'}")
 

@@ -613,6 +613,8 @@ def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, P
         "max_windows": plan.config["max_windows"] or 0, "aggregation": plan.aggregation, "dim": plan.dim,
         "window_dim": plan.encoder.window_dim, "manifest_hash": plan.config["manifest_hash"],
         "manifest": plan.manifest_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # an encoder that can run in several runtimes (the student: onnx / torch) says which one did
+        **({"runtime": plan.config["runtime"]} if "runtime" in plan.config else {}),
     }
     n = store.assemble(plan.path, plan.dim, cfg.dtype, attrs, plan.n_chunks,
                        keep_windows=plan.aggregation == "none",

@@ -137,11 +137,24 @@ def test_signal(sr: int, seconds: float = 4.0, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- export + checks
+def export_music_graph(tower, path: Path, opset: int = 17, n_mels: int = 128, blocks: int = 3) -> None:
+    """The music tower (eval mode) as ONNX: ``mel_spectrogram`` [N, 1, n_mels, T], N and T dynamic."""
+    import torch
+
+    mel = torch.rand(2, 1, n_mels, 4 * 2 ** blocks + 3)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # tracer notices: the graphs are checked numerically
+        torch.onnx.export(tower, (mel,), str(path), input_names=["mel_spectrogram"],
+                          output_names=["music_embedding"],
+                          dynamic_axes={"mel_spectrogram": {0: "batch", 3: "frames"}, "music_embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
 def _export_graphs(model, tmp: Path, opset: int) -> None:
     import torch
 
     cfg = model.student_config
-    mel = torch.rand(2, 1, cfg.n_mels, 4 * 2 ** cfg.blocks + 3)
+    export_music_graph(model.music, tmp / MUSIC_ONNX, opset, cfg.n_mels, cfg.blocks)
     tok = model.tokenize(["a short query", "a somewhat longer query about music"])
 
     class Text(torch.nn.Module):
@@ -153,11 +166,7 @@ def _export_graphs(model, tmp: Path, opset: int) -> None:
             return self.tower(input_ids, attention_mask)
 
     with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # tracer notices: the graphs are checked numerically below
-        torch.onnx.export(model.music, (mel,), str(tmp / MUSIC_ONNX), input_names=["mel_spectrogram"],
-                          output_names=["music_embedding"],
-                          dynamic_axes={"mel_spectrogram": {0: "batch", 3: "frames"}, "music_embedding": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        warnings.simplefilter("ignore")
         torch.onnx.export(Text(model.text).eval(), (tok["input_ids"], tok["attention_mask"]), str(tmp / TEXT_ONNX),
                           input_names=["input_ids", "attention_mask"], output_names=["text_embedding"],
                           dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},

@@ -150,6 +150,31 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     assert set(rep["teacher_cosine"]) == {"dsp", "tiny"} and {"model", "random"} <= set(rep["results"])
 
 
+def test_student_encoder_runs_onnx_on_cpu_and_agrees_with_torch(cli, sstate):
+    from musiccli.store import EmbeddingStore
+    from musiccli.training.student import run_student_train
+
+    run_student_train(sstate, _cfg(epochs=1))
+    vecs = {}
+    for rt in ("torch", "onnx"):
+        r = cli("embed", "--audio-encoder", "student", "--model", "s", "--manifest", "lib", "--num-workers", "0",
+                "-O", f"runtime={rt}", "--force")
+        assert r.exit_code == 0, r.output
+        with EmbeddingStore(sstate.embeddings_path("student", "lib")) as st:
+            assert st.attrs["runtime"] == rt
+            vecs[rt] = st.get(st.ids)
+    np.testing.assert_allclose(vecs["onnx"], vecs["torch"], atol=1e-4)
+    assert list((sstate.root / "models" / "student-onnx").glob("*/student_music_encoder.onnx"))
+    # auto on the CPU is the ONNX path; an unknown runtime is one line.
+    r = cli("embed", "--audio-encoder", "student", "--model", "s", "--manifest", "lib", "--num-workers", "0",
+            "--force")
+    assert r.exit_code == 0, r.output
+    with EmbeddingStore(sstate.embeddings_path("student", "lib")) as st:
+        assert st.attrs["runtime"] == "onnx"
+    r = cli("embed", "--audio-encoder", "student", "--model", "s", "--manifest", "lib", "-O", "runtime=tpu")
+    assert r.exit_code == 1 and "unknown student runtime" in r.output.lower(), r.output
+
+
 def test_missing_teacher_store_is_refused_with_the_embed_command(cli, sstate):
     r = cli("train", "--objective", "student", "--teachers", "dsp:0.4,musicnn:0.3", *TINY)
     assert r.exit_code == 1
