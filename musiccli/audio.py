@@ -161,20 +161,29 @@ def backend_for(path: Path | str) -> str:
         return "av"
 
 
+def _open(path: Path) -> sf.SoundFile | _AvReader:
+    """The file opened by libsndfile (the fast path), else by FFmpeg; the caller closes it.
+
+    Raises :class:`AudioError` for a missing or empty file, or one neither backend can open.
+    """
+    _check_exists(path)
+    try:
+        return sf.SoundFile(str(path))
+    except Exception:  # noqa: BLE001 - libsndfile raises RuntimeError/LibsndfileError/TypeError
+        return _AvReader(path)
+
+
 def audio_info(path: Path | str) -> AudioInfo:
     """Fast header read (no full decode); libsndfile first, then FFmpeg."""
     path = Path(path)
-    _check_exists(path)
-    try:
-        info = sf.info(str(path))
-    except Exception:  # noqa: BLE001
-        info = None
-    if info is not None:
-        if info.samplerate <= 0 or info.frames <= 0:
-            raise AudioError(f"no audio in {path}", hint="the file holds no samples")
-        return AudioInfo(duration=info.frames / info.samplerate, sample_rate=int(info.samplerate),
-                         channels=int(info.channels), frames=int(info.frames))
-    with _AvReader(path) as r:
+    opened = _open(path)
+    if isinstance(opened, sf.SoundFile):
+        with opened as info:
+            if info.samplerate <= 0 or info.frames <= 0:
+                raise AudioError(f"no audio in {path}", hint="the file holds no samples")
+            return AudioInfo(duration=info.frames / info.samplerate, sample_rate=int(info.samplerate),
+                             channels=int(info.channels), frames=int(info.frames))
+    with opened as r:
         frames = r.estimated_frames()
         if r.sample_rate <= 0 or frames <= 0:
             raise AudioError(f"no audio in {path}", hint="the file holds no samples")
@@ -209,12 +218,8 @@ def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[i
     from the iterator as :class:`AudioError`.
     """
     path = Path(path)
-    _check_exists(path)
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception:  # noqa: BLE001
-        f = None
-    if f is not None:
+    f = _open(path)
+    if isinstance(f, sf.SoundFile):
         def sf_blocks() -> Iterator[np.ndarray]:
             with f:
                 # read() in a loop, not blocks(): blocks() pads past the end of a cut MP3 up to the
@@ -222,7 +227,7 @@ def stream_blocks(path: Path | str, block_frames: int = BLOCK_FRAMES) -> tuple[i
                 while len(block := f.read(block_frames, dtype="float32", always_2d=True)):
                     yield block
         return int(f.samplerate), int(f.frames), str(f.subtype or ""), sf_blocks()
-    reader = _AvReader(path)
+    reader = f
 
     def av_blocks() -> Iterator[np.ndarray]:
         with reader:
@@ -239,12 +244,8 @@ def read_span(path: Path | str, start: int = 0, frames: int | None = None) -> tu
     decodes forward. ``n`` is shorter than ``frames`` at the end of the file.
     """
     path = Path(path)
-    _check_exists(path)
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception:  # noqa: BLE001
-        f = None
-    if f is not None:
+    f = _open(path)
+    if isinstance(f, sf.SoundFile):
         try:
             with f:
                 sr = int(f.samplerate)
@@ -255,7 +256,7 @@ def read_span(path: Path | str, start: int = 0, frames: int | None = None) -> tu
             raise AudioError(f"cannot decode {path}: {_short(e)}",
                              hint="the file is corrupt, truncated or not audio") from None
         return np.ascontiguousarray(data.T), sr
-    with _AvReader(path) as r:
+    with f as r:
         parts, have = [], 0
         for block in r.blocks(start):
             if frames is not None and have + block.shape[1] >= frames:
@@ -312,8 +313,19 @@ def resampled_length(n: int, orig_sr: int, target_sr: int) -> int:
 
 
 # --------------------------------------------------------------------------- windowing
+TAILS = ("flush", "wrap")
+
+
+def _check_tail(tail: str, context: int = 0, patch: int = 0) -> None:
+    if tail not in TAILS:
+        raise MtxError(f"unknown window tail policy {tail!r}", hint=f"one of: {', '.join(TAILS)}")
+    if tail == "wrap" and (context or patch):
+        raise MtxError("the wrap tail policy takes no context or patch samples",
+                       hint="an encoder declares either tail='wrap' or context/patch framing")
+
+
 def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None = None,
-                  patch: int = 0) -> list[int]:
+                  patch: int = 0, tail: str = "flush") -> list[int]:
     """Start offsets of windows over a signal of ``n_samples`` (after padding to >= window).
 
     With ``max_windows`` the windows are spread evenly over the whole signal, so a
@@ -323,8 +335,19 @@ def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None
     with ``s + patch <= n_samples`` (``patch``: the samples a window needs to be complete),
     the incomplete remainder dropped, no window flush with the end; ``[0]`` for a signal
     shorter than one patch.
+
+    ``tail="wrap"`` (MuQ-MuLan's clips): a window at every hop start that fits whole, then one
+    more at the next hop start if any audio is left; that window runs past the end and
+    continues from the signal's start (see :func:`frame_with_context`). ``[0]`` for a signal
+    shorter than one window.
     """
-    if patch:
+    _check_tail(tail, patch=patch)
+    if tail == "wrap":
+        starts = list(range(0, n_samples - window + 1, hop))
+        after = starts[-1] + hop if starts else 0
+        if after < n_samples:
+            starts.append(after)
+    elif patch:
         starts = list(range(0, n_samples - patch + 1, hop)) or [0]
     else:
         n = max(n_samples, window)
@@ -353,13 +376,28 @@ def frame_windows(wave: np.ndarray, window: int, hop: int, max_windows: int | No
     return np.stack([wave[s:s + window] for s in starts]).astype(np.float32, copy=False)
 
 
+def wrap_windows(wave: np.ndarray, starts: list[int], window: int) -> np.ndarray:
+    """[W, window] windows read circularly: a window that runs past the end continues from the start.
+
+    For a signal of at least half a window this is MuQ-MuLan's last clip, ``wave[s:]`` followed by
+    ``wave[:window - (n - s)]``. A shorter signal is repeated until the window is full (the package
+    stops after one repetition and embeds a shorter clip, which cannot share a batch).
+    """
+    n = wave.shape[-1]
+    return np.stack([wave[(s + np.arange(window)) % n] for s in starts]).astype(np.float32, copy=False)
+
+
 def frame_with_context(wave: np.ndarray, window: int, hop: int, max_windows: int | None,
-                       context: int = 0, patch: int = 0) -> np.ndarray:
+                       context: int = 0, patch: int = 0, tail: str = "flush") -> np.ndarray:
     """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start).
 
     With ``patch > 0`` the starts follow :func:`window_starts`' drop-the-tail grid and the
-    signal is zero-padded (not repeat-padded) wherever a window runs past its end.
+    signal is zero-padded (not repeat-padded) wherever a window runs past its end. With
+    ``tail="wrap"`` the last window continues from the start of the signal (:func:`wrap_windows`).
     """
+    if tail != "flush":
+        _check_tail(tail, context, patch)
+        return wrap_windows(wave, window_starts(wave.shape[-1], window, hop, max_windows, tail=tail), window)
     if not context and not patch:
         return frame_windows(wave, window, hop, max_windows)
     if patch:
@@ -375,7 +413,7 @@ def frame_with_context(wave: np.ndarray, window: int, hop: int, max_windows: int
 
 
 def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_windows: int | None = None,
-                   context: int = 0, patch: int = 0) -> np.ndarray:
+                   context: int = 0, patch: int = 0, tail: str = "flush") -> np.ndarray:
     """[W, context + window] mono float32 windows at ``target_sr``, as :func:`frame_with_context` would
     cut them from the whole decoded track.
 
@@ -383,21 +421,23 @@ def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_
     memory is bounded by the windows, not the track: a 60-minute file with 8 windows never
     exists in memory whole. Otherwise the whole file is decoded once.
     """
+    _check_tail(tail, context, patch)
     path = Path(path)
     info = audio_info(path) if max_windows else None
     if info is not None and info.frames > 0:
         n = resampled_length(info.frames, info.sample_rate, target_sr)
-        starts = window_starts(n, window, hop, max_windows, patch)
+        starts = window_starts(n, window, hop, max_windows, patch, tail)
         needed = len(starts) * (context + window + 2 * _RESAMPLE_MARGIN)
         if n >= (patch or window) and needed < n // 2:
             try:
-                return _windows_from_spans(path, info, target_sr, starts, window, context)
+                return _windows_from_spans(path, info, target_sr, starts, window, context,
+                                           wrap_at=n if tail == "wrap" else None)
             except _ShorterThanHeader:
                 # The header (or a container's duration estimate) promised more audio than there is:
                 # the window grid must come from the real length, so decode the whole file once.
                 log.debug("%s is shorter than its header says; decoding it whole", path)
     wave, _ = decode(path, target_sr)
-    return frame_with_context(wave, window, hop, max_windows, context, patch)
+    return frame_with_context(wave, window, hop, max_windows, context, patch, tail)
 
 
 class _ShorterThanHeader(Exception):
@@ -405,30 +445,42 @@ class _ShorterThanHeader(Exception):
 
 
 def _windows_from_spans(path: Path, info: AudioInfo, target_sr: int, starts: list[int], window: int,
-                        context: int) -> np.ndarray:
+                        context: int, wrap_at: int | None = None) -> np.ndarray:
+    """Windows read as spans; with ``wrap_at`` (the track's length at ``target_sr``) a window that runs
+    past it continues from the start, as :func:`wrap_windows` cuts it."""
+    out = np.zeros((len(starts), context + window), dtype=np.float32)
+    for i, s in enumerate(starts):
+        lo_t, hi_t = s - context, s + window     # target samples wanted (lo_t < 0: zeros)
+        if wrap_at is not None and hi_t > wrap_at:
+            head = _target_span(path, info, target_sr, s, wrap_at)   # wrap windows have no context
+            out[i, :head.shape[-1]] = head
+            rest = _target_span(path, info, target_sr, 0, hi_t - wrap_at)
+            out[i, head.shape[-1]:head.shape[-1] + rest.shape[-1]] = rest
+            continue
+        piece = _target_span(path, info, target_sr, max(lo_t, 0), hi_t)
+        dst = max(lo_t, 0) - lo_t
+        out[i, dst:dst + piece.shape[-1]] = piece
+    return out
+
+
+def _target_span(path: Path, info: AudioInfo, target_sr: int, a: int, b: int) -> np.ndarray:
+    """Mono samples ``a:b`` (``a >= 0``) of the track resampled to ``target_sr``, as a whole-file resample
+    gives them, from a span read (shorter at the end of the file)."""
     sr = info.sample_rate
     g = math.gcd(sr, target_sr)
     period_in, period_out = sr // g, target_sr // g  # resampler phases repeat every period_in input samples
-    out = np.zeros((len(starts), context + window), dtype=np.float32)
-    for i, s in enumerate(starts):
-        lo_t = s - context                                   # first target sample wanted (may be < 0: zeros)
-        hi_t = s + window
-        lo_n = max(0, (max(lo_t, 0) * sr) // target_sr - _RESAMPLE_MARGIN)
-        lo_n -= lo_n % period_in                             # on the resampler's phase grid
-        hi_n = -(-hi_t * sr // target_sr) + _RESAMPLE_MARGIN
-        data, _ = read_span(path, lo_n, hi_n - lo_n)
-        if data.shape[-1] < min(hi_n, info.frames) - lo_n:
-            raise _ShorterThanHeader
-        wave = _to_mono(data, True)
-        if not np.isfinite(wave).all():
-            raise AudioError(f"non-finite samples in {path}", hint="the file is corrupt")
-        wave = resample(wave, sr, target_sr) if sr != target_sr else wave
-        offset = lo_n // period_in * period_out              # target index of wave[0]
-        a, b = max(lo_t, 0), hi_t
-        piece = wave[a - offset:b - offset]
-        dst = a - lo_t
-        out[i, dst:dst + piece.shape[-1]] = piece
-    return out
+    lo_n = max(0, (a * sr) // target_sr - _RESAMPLE_MARGIN)
+    lo_n -= lo_n % period_in                         # on the resampler's phase grid
+    hi_n = -(-b * sr // target_sr) + _RESAMPLE_MARGIN
+    data, _ = read_span(path, lo_n, hi_n - lo_n)
+    if data.shape[-1] < min(hi_n, info.frames) - lo_n:
+        raise _ShorterThanHeader
+    wave = _to_mono(data, True)
+    if not np.isfinite(wave).all():
+        raise AudioError(f"non-finite samples in {path}", hint="the file is corrupt")
+    wave = resample(wave, sr, target_sr) if sr != target_sr else wave
+    offset = lo_n // period_in * period_out          # target index of wave[0]
+    return wave[a - offset:b - offset]
 
 
 # --------------------------------------------------------------------------- writing

@@ -21,7 +21,9 @@ once more, but only the tags are kept, in ``<manifest>.tags.h5`` beside the stor
 (its own stage record ``embed-tags:<enc>:<manifest>``, committed and resumed in
 chunks like the embeddings). A store with tags also satisfies a request without them.
 
-An encoder with ``context_samples > 0`` receives, in front of each window, the
+How windows cover the end of a track is the encoder spec's ``tail`` policy: ``flush`` (a last
+window flush with the end, short tracks repeat-padded) or ``wrap`` (MuQ-MuLan's clips: the last
+window continues from the track's start). An encoder with ``context_samples > 0`` receives, in front of each window, the
 samples that precede it in the track (zeros at the start): windows of
 ``context + window`` samples on the same start grid. An encoder with
 ``patch_samples > 0`` (musicnn) gets its reference's drop-the-tail grid instead:
@@ -31,6 +33,17 @@ them in chunk order into ``embeddings/<encoder>/<manifest>.h5``; the stage is
 marked complete and the parts are removed. Because chunks are fixed by the
 manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
 resumed run produces the same file as an uninterrupted one.
+
+Retrying failed tracks
+----------------------
+A store that is complete with failures is kept. ``--retry-failed`` (or ``--continue``, as for
+``download``) embeds only the manifest's tracks without a row, commits them in chunks into a
+workspace in the store's parts folder (an interrupted retry resumes like any run), and merges
+them into the store with ``store.merge``: one atomic rewrite with every row in manifest order,
+so the store then equals one embedded without failures. The record becomes complete when none
+fail now; tracks that fail again stay listed (they never make the stage "failed" by the
+same-error rule, since a file nobody fixed fails the same way). A store with ``tag_probs`` gets
+them for the retried tracks too; a tag side file of the previous store is removed.
 
 Sharding
 --------
@@ -74,9 +87,9 @@ from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
-from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageRecord, StageRun,
-                    StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs, is_done, load_stage,
-                    read_json, stage_function, to_jsonable)
+from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, RetryTracker, StageRecord,
+                    StageRun, StageStatus, StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs,
+                    is_done, load_stage, read_json, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +138,7 @@ class EmbedResult:
     tag_summary: TagSummary | None = None  # with --tags: top tags of the first tracks, top-1 counts
     tags_path: Path | None = None          # the tag side file, when tags were added to a finished store
     tags_only: bool = False                # this run computed tags only (n_ok/failures count tagged tracks)
+    retried: int = 0                       # --retry-failed: tracks embedded again (n_ok/failures: the whole store)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))
@@ -272,7 +286,7 @@ class _TrackDataset(torch.utils.data.Dataset):
     """Decode + resample + window one track; runs in DataLoader workers."""
 
     def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
-                 max_windows: int | None, context: int = 0, patch: int = 0) -> None:
+                 max_windows: int | None, context: int = 0, patch: int = 0, tail: str = "flush") -> None:
         self.items = items
         self.sample_rate = sample_rate
         self.window = window
@@ -280,6 +294,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         self.max_windows = max_windows
         self.context = context
         self.patch = patch
+        self.tail = tail
 
     def __len__(self) -> int:
         return len(self.items)
@@ -289,7 +304,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         try:
             # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
             windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context,
-                                     self.patch)
+                                     self.patch, self.tail)
             return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
@@ -298,9 +313,9 @@ class _TrackDataset(torch.utils.data.Dataset):
 
 
 def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int,
-           patch: int = 0) -> np.ndarray:
+           patch: int = 0, tail: str = "flush") -> np.ndarray:
     """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
-    return frame_with_context(wave, window, hop, max_windows, context, patch)
+    return frame_with_context(wave, window, hop, max_windows, context, patch, tail)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -352,6 +367,10 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     plan = _plan(state, cfg)
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
+
+    retrying = _retry_target(state, key, plan, cfg)
+    if retrying is not None:
+        return _retry_failed(state, retrying, cfg, progress, policy)
 
     finished = _finished_store_differing_in_tags(state, key, plan, cfg)
     if finished is not None:
@@ -478,7 +497,8 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
     spec = plan.encoder.spec
     sr = spec.sample_rate
     dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows,
-                            context=plan.encoder.context_samples, patch=plan.encoder.patch_samples)
+                            context=plan.encoder.context_samples, patch=plan.encoder.patch_samples,
+                            tail=spec.tail)
     per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
     batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
     cuda = plan.runtime.device.type == "cuda"
@@ -683,6 +703,125 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
     run.complete(result.to_dict(), failed=len(failures))
     store.remove_parts(side)
     return result
+
+
+# --------------------------------------------------------------------------- --retry-failed
+def _retry_target(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> _Plan | None:
+    """The plan to retry the failed tracks of a finished store with, or None for a normal run.
+
+    That is ``--retry-failed``/``--continue`` over a store that is complete with failures (as for
+    ``download``), or a retry that was interrupted. The retry keeps the store's own tags setting,
+    so that every row of the merged store has what the others have.
+    """
+    if cfg.resume is Resume.FORCE or not plan.path.is_file():
+        return None
+    previous = load_stage(state, key)
+    if previous is None:
+        return None
+    in_flight = (store.parts_dir(store.retry_path(plan.path)) / PARTS_CONFIG).is_file()
+    wanted = previous.status == StageStatus.COMPLETE_WITH_FAILURES.value and cfg.resume is Resume.CONTINUE
+    if not (wanted or (in_flight and not is_done(previous.status))):
+        return None
+    if plan.shard is not None or plan.dist.enabled:
+        # Every rank reads the same record, so each refuses alike (no rank waits on a barrier alone).
+        raise MtxError(f"{plan.path} is assembled; its failed tracks are retried by one process",
+                       hint=f"run `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name} "
+                            "--retry-failed` without --shard or torchrun")
+    tagged = bool(previous.config.get("tags"))
+    if plan.tags and not tagged:
+        raise MtxError(f"{plan.path} has no tags: retry its failed tracks without --tags first",
+                       hint="then `mtx embed --tags` adds the tags of every stored track beside it")
+    if tagged and not plan.tags:
+        check_tagger(plan.name)
+        plan = replace(plan, tags=True, config={**plan.config, "tags": True})
+    return plan
+
+
+def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress,
+                  policy: FailurePolicy) -> EmbedResult:
+    """Embed only the manifest's tracks that are missing from the finished store, and merge them in.
+
+    The tracks to retry are the records without a row (the store was complete, so each of them
+    failed). They are committed in chunks into a workspace inside the store's parts folder (resumed
+    by ``--continue`` like any run), assembled there, and merged into the store in manifest order
+    (``store.merge``: one atomic rewrite), so the store then equals one embedded without failures.
+    The stage record becomes complete when none fail now, else complete with the remaining failures.
+    """
+    key = stage_key(plan.name, plan.manifest_name)
+    run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
+                      discard=lambda: _discard(plan, cfg), outputs={"store": plan.path}, policy=policy)
+    if run.already_complete:
+        return EmbedResult.from_dict(run.record.result, skipped=True)
+    _check_existing(plan, cfg)
+    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(store.retry_path(plan.path))):
+        clean_stale_temps(folder)
+    tplan, n_stored, merged = _retry_plan(plan, cfg)
+    n_retry = len(tplan.records)
+    log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", n_retry, plan.path)
+    run.update(retrying=n_retry)
+    start = time.perf_counter()
+    done = store.committed_parts(tplan.path)
+    todo = [] if merged else [c for c in range(tplan.n_chunks) if c not in done]
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, RetryTracker(f"embed ({plan.name})", policy))
+    seconds = time.perf_counter() - start
+    parts = store.committed_parts(tplan.path)
+    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
+    n_ok = n_stored if merged else n_stored + n_retry - len(failures)
+    run.check_failures(ok=n_ok, failed=len(failures))
+    if len(failures) < n_retry and not merged:
+        n_ok = _merge_retried(plan, tplan)
+    if len(failures) < n_retry:
+        side = store.tags_path(plan.path)
+        if side.exists():
+            store.discard(side)
+            log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again",
+                     side)
+    result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n_ok,
+                         n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
+                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0, retried=n_retry)
+    if plan.tags:
+        result.tag_summary = summarize_tags(plan.path, plan.records)
+    run.complete(result.to_dict(), failed=len(failures))
+    store.remove_parts(plan.path)  # the workspace lives in the store's parts folder
+    return result
+
+
+def _retry_plan(plan: _Plan, cfg: EmbedConfig) -> tuple[_Plan, int, bool]:
+    """(the plan over the tracks to retry, rows of the store now, whether they were merged already).
+
+    A workspace made for this store is resumed with its own list of tracks. The store held none of
+    them; if it holds some now, a retry merged them and stopped before recording it, and only the
+    record is left to write. A workspace made for another store is discarded.
+    """
+    workspace = store.retry_path(plan.path)
+    with store.EmbeddingStore(plan.path) as existing:
+        stored = set(existing.ids)
+        identity = f"{existing.attrs.get('created', '')} ({len(stored)} rows)"
+    saved_path = store.parts_dir(workspace) / PARTS_CONFIG
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    merged = saved is not None and any(i in stored for i in saved.get("retry_ids", ()))
+    if saved is not None and not merged and saved.get("retry_of") != identity:
+        store.discard(workspace)
+        saved = None
+    ids = saved["retry_ids"] if saved is not None else [r.id for r in plan.records if r.id not in stored]
+    by_id = {r.id: r for r in plan.records}
+    tplan = replace(plan, records=[by_id[i] for i in ids], path=workspace,
+                    config={**plan.config, "retry_of": saved["retry_of"] if merged else identity, "retry_ids": ids},
+                    n_chunks=math.ceil(len(ids) / cfg.chunk_tracks))
+    if not merged:
+        _check_parts_config(tplan)
+    return tplan, len(stored), merged
+
+
+def _merge_retried(plan: _Plan, tplan: _Plan) -> int:
+    """Assemble the retried tracks' parts and merge them into the store (manifest order); return its rows."""
+    added = store.assemble(tplan.path, plan.dim, plan.config["dtype"], {}, tplan.n_chunks,
+                           keep_windows=plan.aggregation == "none",
+                           tag_names=plan.encoder.tag_names if plan.tags else None)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    n = store.merge(plan.path, tplan.path, [r.id for r in plan.records], {"created": now})
+    log.info("merged %d re-embedded track(s) into %s (%d rows, manifest order)", added, plan.path, n)
+    return n
 
 
 # --------------------------------------------------------------------------- safety checks

@@ -469,9 +469,7 @@ class FailureTracker:
 
     def failure(self, item: str, reason: str) -> None:
         self.failed += 1
-        if is_systemic(reason):
-            raise SystemicError(f"{self.stage} stopped: {reason} (item {item})",
-                                hint="fix the installation or the device; nothing was recorded as complete")
+        self._check_systemic(item, reason)
         if self._streak_broken:
             return
         self._first.append(failure_signature(reason))
@@ -482,6 +480,11 @@ class FailureTracker:
         if len(self._first) >= n:
             self._streak_broken = True
 
+    def _check_systemic(self, item: str, reason: str) -> None:
+        if is_systemic(reason):
+            raise SystemicError(f"{self.stage} stopped: {reason} (item {item})",
+                                hint="fix the installation or the device; nothing was recorded as complete")
+
     def check_rate(self, total: int | None = None) -> None:
         """Raise if the failure rate over ``total`` items (default: those seen) is above the policy's."""
         total = self.ok + self.failed if total is None else total
@@ -490,6 +493,18 @@ class FailureTracker:
                 f"{self.stage} failed: {self.failed} of {total} items failed "
                 f"({self.failed / total:.0%} > --max-failure-rate {self.policy.max_failure_rate:.0%})",
                 hint="see the listed failures; fix them, or raise --max-failure-rate to accept them")
+
+
+class RetryTracker(FailureTracker):
+    """Outcomes of items that failed before and are tried again (``--retry-failed``).
+
+    Some of them are expected to fail again the same way (a file nobody fixed), so the same-error
+    rule does not apply; a systemic failure (a library that cannot load) still aborts at once.
+    """
+
+    def failure(self, item: str, reason: str) -> None:
+        self.failed += 1
+        self._check_systemic(item, reason)
 
 
 # --------------------------------------------------------------------------- one process per output

@@ -198,6 +198,93 @@ def assemble_tags(path: Path, tag_names: Sequence[str], attrs: dict[str, Any], n
     return n
 
 
+def retry_path(path: Path) -> Path:
+    """Where ``embed --retry-failed`` assembles the re-embedded tracks of the store at ``path`` before
+    merging them in: inside the store's parts folder, so discarding the store discards it too."""
+    return parts_dir(path) / "retry.h5"
+
+
+def merge(path: Path, extra: Path, order: Sequence[str], attrs: dict[str, Any] | None = None) -> int:
+    """Rewrite the store at ``path`` with the rows of the store ``extra`` added; return the rows.
+
+    Rows of the result are in the order of ``order`` (the manifest's ids), which is the order a
+    clean run writes, so a store with re-embedded tracks merged in equals a store embedded at once.
+    Every dataset the stores hold (``embeddings``, ``tag_probs``, ``windows`` + ``window_offsets``) is
+    merged; both stores must hold the same ones. The result is streamed into a temporary file in
+    runs of consecutive rows (never all N x D in memory) and replaces ``path`` atomically. Its
+    attributes are those of ``path`` updated with ``attrs``.
+    """
+    rank = {id_: k for k, id_ in enumerate(order)}
+    with h5py.File(path, "r") as base, h5py.File(extra, "r") as more:
+        sources = (base, more)
+        ids = [[s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]] for f in sources]
+        unknown = [i for i in ids[0] + ids[1] if i not in rank]
+        if unknown:
+            raise MtxError(f"cannot merge into {path.name}: {len(unknown)} row(s) are not in the manifest, "
+                           f"e.g. {unknown[0]!r}", hint="rerun `mtx embed` with --force")
+        names = [n for n in ("embeddings", "tag_probs") if n in base or n in more]
+        windows = any("windows" in f for f in sources)
+        for name in names + (["windows", "window_offsets"] if windows else []):
+            if any(len(rows_ids) and name not in f for f, rows_ids in zip(sources, ids)):
+                raise MtxError(f"cannot merge into {path.name}: only one of the stores has `{name}`",
+                               hint="rerun `mtx embed` with --force")
+        rows = sorted(((src, i) for src in (0, 1) for i in range(len(ids[src]))),
+                      key=lambda si: rank[ids[si[0]][si[1]]])
+        runs = _runs(rows)
+        offsets = ([f["window_offsets"][()] if "window_offsets" in f else np.zeros(1, np.int64) for f in sources]
+                   if windows else None)
+        n = len(rows)
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as out:
+                out.create_dataset("ids", data=np.array([ids[s][i] for s, i in rows], dtype=object),
+                                   dtype=STR_DTYPE, maxshape=(None,), chunks=(4096,))
+                # A store without rows may lack a dataset (no windows at all); no run then reads it.
+                for name in names:
+                    _copy_runs(out, name, [f.get(name) for f in sources], runs, [np.arange(len(x) + 1) for x in ids],
+                               n)
+                if windows:
+                    _copy_runs(out, "windows", [f.get("windows") for f in sources], runs, offsets,
+                               int(offsets[0][-1] + offsets[1][-1]))
+                    counts = [np.diff(offsets[s])[i] for s, i in rows]
+                    out.create_dataset("window_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+                for k, v in {**{k: base.attrs[k] for k in base.attrs}, **(attrs or {})}.items():
+                    out.attrs[k] = v if v is not None else ""
+                out.attrs["count"] = n
+    return n
+
+
+def _runs(rows: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(source, first, end) runs of consecutive rows of one source, in output order."""
+    out: list[list[int]] = []
+    for src, i in rows:
+        if out and out[-1][0] == src and out[-1][2] == i:
+            out[-1][2] = i + 1
+        else:
+            out.append([src, i, i + 1])
+    return [(s, a, b) for s, a, b in out]
+
+
+def _copy_runs(out: h5py.File, name: str, sources: list[h5py.Dataset | None], runs: list[tuple[int, int, int]],
+               offsets: list[np.ndarray], total: int) -> None:
+    """Copy row runs of ``sources`` into a new dataset ``name`` of ``total`` rows; run ``(s, a, b)`` covers
+    the rows ``offsets[s][a]:offsets[s][b]`` of source ``s`` (identity offsets for per-track datasets)."""
+    present = [d for d in sources if d is not None]
+    first = next((d for d in present if d.shape[0]), present[0])   # its width, dtype and attributes
+    width = first.shape[1]
+    ds = out.create_dataset(name, shape=(total, width), maxshape=(None, width), dtype=first.dtype,
+                            chunks=(chunk_rows(width, first.dtype.itemsize), width))
+    for key in first.attrs:
+        ds.attrs[key] = first.attrs[key]
+    block = rows_for_bytes(width * first.dtype.itemsize)
+    at = 0
+    for s, a, b in runs:
+        lo, hi = int(offsets[s][a]), int(offsets[s][b])
+        for start in range(lo, hi, block):
+            stop = min(hi, start + block)
+            ds[at:at + stop - start] = sources[s][start:stop].astype(first.dtype, copy=False)
+            at += stop - start
+
+
 def discard(path: Path) -> None:
     path.unlink(missing_ok=True)
     shutil.rmtree(parts_dir(path), ignore_errors=True)

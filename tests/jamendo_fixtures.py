@@ -16,8 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
+from sine_audio import mp3
 
 TAGS = (["genre---rock", "instrument---guitar"], ["mood/theme---calm", "instrument---piano"],
         ["genre---electronic", "mood/theme---energetic"], ["genre---jazz", "instrument---saxophone"])
@@ -31,17 +30,49 @@ class JamendoFixture:
     mtg_only: list[int]
 
 
-def _mp3(seconds: float, freq: float) -> bytes:
-    sr = 8000
-    t = np.arange(int(sr * seconds)) / sr
-    buf = io.BytesIO()
-    sf.write(buf, (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="MP3")
-    return buf.getvalue()
-
-
-def _tsv(rows: list[list[str]]) -> bytes:
+def tsv(rows: list[list[str]]) -> bytes:
+    """An MTG-Jamendo tag TSV (CRLF line ends, as published)."""
     header = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
     return ("\r\n".join([header, *("\t".join(r) for r in rows)]) + "\r\n").encode()
+
+
+META_HEADER = "TRACK_ID\tARTIST_ID\tALBUM_ID\tTRACK_NAME\tARTIST_NAME\tALBUM_NAME\tRELEASEDATE\tURL"
+
+
+def write_mtg_mirror(www: Path, rows: dict[int, list[str]], meta: list[str], splits: dict[str, list[int]],
+                     audio: dict[int, bytes], corrupt_track: int | None = None, member_prefix: str = "") -> None:
+    """An MTG-Jamendo mirror in the published layout under ``www``.
+
+    ``rows``: tag-TSV rows by track id (a listed id without ``audio`` has no tar member); ``meta``:
+    ``raw.meta.tsv`` lines after the header; ``splits``: split-0 track ids by split name. The audio goes
+    into one ``raw_30s_audio-low-NN.tar`` per ``id % 100``, with the sha256 lists of tars and tracks.
+    ``corrupt_track`` gets a wrong listed checksum; ``member_prefix`` goes in front of tar member names.
+    """
+    data = www / "data"
+    (data / "download").mkdir(parents=True, exist_ok=True)
+    (data / "splits" / "split-0").mkdir(parents=True, exist_ok=True)
+    (data / "raw_30s_cleantags_50artists.tsv").write_bytes(tsv(list(rows.values())))
+    (data / "raw.meta.tsv").write_bytes(("\r\n".join([META_HEADER, *meta]) + "\r\n").encode())
+    for name, ids in splits.items():
+        (data / "splits/split-0" / f"autotagging-{name}.tsv").write_bytes(tsv([rows[t] for t in ids]))
+    out = www / "raw_30s" / "audio-low"
+    out.mkdir(parents=True, exist_ok=True)
+    tars: dict[str, list[int]] = {}
+    for tid in audio:
+        tars.setdefault(f"raw_30s_audio-low-{tid % 100:02d}.tar", []).append(tid)
+    track_lines, tar_lines = [], []
+    for name, members in sorted(tars.items()):
+        with tarfile.open(out / name, "w") as tf:
+            for tid in members:
+                member = f"{tid % 100:02d}/{tid}.low.mp3"
+                info = tarfile.TarInfo(member_prefix + member)
+                info.size = len(audio[tid])
+                tf.addfile(info, io.BytesIO(audio[tid]))
+                sha = "0" * 64 if tid == corrupt_track else hashlib.sha256(audio[tid]).hexdigest()
+                track_lines.append(f"{sha} {member}")
+        tar_lines.append(f"{hashlib.sha256((out / name).read_bytes()).hexdigest()} {name}")
+    (data / "download/raw_30s_audio-low_sha256_tars.txt").write_text("\n".join(tar_lines) + "\n")
+    (data / "download/raw_30s_audio-low_sha256_tracks.txt").write_text("\n".join(track_lines) + "\n")
 
 
 def build(root: Path, n_shared: int = 40, n_mtg_only: int = 40, tracks_per_artist: int = 2) -> JamendoFixture:
@@ -50,42 +81,18 @@ def build(root: Path, n_shared: int = 40, n_mtg_only: int = 40, tracks_per_artis
     ids = [1000 + 37 * i for i in range(n_shared + n_mtg_only)]
     shared, mtg_only = ids[:n_shared], ids[n_shared:]
     artist = {tid: i // tracks_per_artist for i, tid in enumerate(ids)}
-    audio = {tid: _mp3(0.4, 200.0 + 5 * i) for i, tid in enumerate(ids)}
+    audio = {tid: mp3(0.4, 200.0 + 5 * i) for i, tid in enumerate(ids)}
 
     mtg = root / "mtg-www"
-    data = mtg / "data"
-    (data / "download").mkdir(parents=True, exist_ok=True)
-    (data / "splits" / "split-0").mkdir(parents=True, exist_ok=True)
     rows = {tid: [f"track_{tid:07d}", f"artist_{artist[tid]:06d}", f"album_{artist[tid]:06d}",
                   f"{tid % 100:02d}/{tid}.mp3", "0.4", *TAGS[i % len(TAGS)]] for i, tid in enumerate(ids)}
-    (data / "raw_30s_cleantags_50artists.tsv").write_bytes(_tsv(list(rows.values())))
-    meta = ["TRACK_ID\tARTIST_ID\tALBUM_ID\tTRACK_NAME\tARTIST_NAME\tALBUM_NAME\tRELEASEDATE\tURL"]
-    meta += [f"track_{tid:07d}\tartist_{artist[tid]:06d}\talbum_{artist[tid]:06d}\tSong {tid}\t"
-             f"The Band {artist[tid]}\tAlbum {artist[tid]}\t2010-01-01\t" for tid in ids]
-    (data / "raw.meta.tsv").write_bytes(("\r\n".join(meta) + "\r\n").encode())
+    meta = [f"track_{tid:07d}\tartist_{artist[tid]:06d}\talbum_{artist[tid]:06d}\tSong {tid}\t"
+            f"The Band {artist[tid]}\tAlbum {artist[tid]}\t2010-01-01\t" for tid in ids]
     # Official MTG-Jamendo split, by artist: 8 of every 10 artists train, then one val, one test.
     official = {tid: ("train", "train", "train", "train", "train", "train", "train", "train", "validation",
                       "test")[artist[tid] % 10] for tid in ids}
-    for name in ("train", "validation", "test"):
-        (data / "splits/split-0" / f"autotagging-{name}.tsv").write_bytes(
-            _tsv([rows[t] for t in ids if official[t] == name]))
-    out = mtg / "raw_30s" / "audio-low"
-    out.mkdir(parents=True, exist_ok=True)
-    tars: dict[str, list[int]] = {}
-    for tid in ids:
-        tars.setdefault(f"raw_30s_audio-low-{tid % 100:02d}.tar", []).append(tid)
-    track_lines, tar_lines = [], []
-    for name, members in sorted(tars.items()):
-        with tarfile.open(out / name, "w") as tf:
-            for tid in members:
-                member = f"{tid % 100:02d}/{tid}.low.mp3"
-                info = tarfile.TarInfo(member)
-                info.size = len(audio[tid])
-                tf.addfile(info, io.BytesIO(audio[tid]))
-                track_lines.append(f"{hashlib.sha256(audio[tid]).hexdigest()} {member}")
-        tar_lines.append(f"{hashlib.sha256((out / name).read_bytes()).hexdigest()} {name}")
-    (data / "download/raw_30s_audio-low_sha256_tars.txt").write_text("\n".join(tar_lines) + "\n")
-    (data / "download/raw_30s_audio-low_sha256_tracks.txt").write_text("\n".join(track_lines) + "\n")
+    splits = {name: [t for t in ids if official[t] == name] for name in ("train", "validation", "test")}
+    write_mtg_mirror(mtg, rows, meta, splits, audio)
 
     sd = root / "sd-www"
     sd.mkdir(parents=True, exist_ok=True)

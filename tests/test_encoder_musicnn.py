@@ -174,6 +174,17 @@ def test_run_embed_with_tags(tagged) -> None:
     assert summary.tracks[2].top[0][0] == mt.MSD_LABELS[int(probs[2].argmax())]
 
 
+def test_like_file_embeds_as_the_stage_did(tagged) -> None:
+    """`search --like FILE` frames a file on musicnn's patch grid, as the stage framed the store."""
+    from musiccli.encoders.single import embed_file
+    from musiccli.store import EmbeddingStore
+
+    state, records, result = tagged
+    with EmbeddingStore(result.path) as st:
+        for r in records:
+            np.testing.assert_allclose(embed_file(Path(r.audio_path), st.attrs), st.get([r.id])[0], atol=1e-5)
+
+
 def test_tags_result_survives_skip(tagged) -> None:
     state, _, first = tagged
     again = run_embed(state, EmbedConfig(audio_encoder="musicnn", tags=True, num_workers=0, device="cpu",

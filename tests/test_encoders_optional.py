@@ -46,8 +46,7 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 # --------------------------------------------------------------------------- MuQ-MuLan
-@pytest.fixture(scope="module")
-def tiny_mulan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _build_tiny_mulan(root: Path, clip_secs: int) -> Path:
     """MuQ (2-layer conformer) + XLM-R-style text model (MiniLM tokenizer) + MuQMuLan, via the package.
 
     MuQMuLan's constructor loads its towers by name ('muq' / 'xlm-roberta' must be in the
@@ -59,7 +58,6 @@ def tiny_mulan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from musiccli.encoders.text import resolve_backbone
 
-    root = tmp_path_factory.mktemp("tiny-mulan")
     torch.manual_seed(0)
     w2v2 = Wav2Vec2ConformerConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                                    conv_depthwise_kernel_size=3, position_embeddings_type="rotary").to_dict()
@@ -72,7 +70,7 @@ def tiny_mulan(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      pad_token_id=tok.pad_token_id)).save_pretrained(root / "tiny-xlm-roberta")
     tok.save_pretrained(root / "tiny-xlm-roberta")
     cfg = dict(
-        mulan=dict(sr=24_000, clip_secs=1, dim_latent=8, decoupled_contrastive_learning=True,
+        mulan=dict(sr=24_000, clip_secs=clip_secs, dim_latent=8, decoupled_contrastive_learning=True,
                    hierarchical_contrastive_loss=False, hierarchical_contrastive_loss_layers=None,
                    sigmoid_contrastive_loss=False, rank_contrast=True),
         audio_model=dict(name=str(root / "tiny-muq"), model_dim=16, use_layer_idx=-1),
@@ -83,6 +81,18 @@ def tiny_mulan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     MuQMuLan(cfg).save_pretrained(root / "tiny-muq-mulan")
     return root / "tiny-muq-mulan"
+
+
+@pytest.fixture(scope="module")
+def tiny_mulan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MuQ-MuLan with 1 s clips."""
+    return _build_tiny_mulan(tmp_path_factory.mktemp("tiny-mulan"), clip_secs=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_mulan_10s(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MuQ-MuLan with the released model's 10 s clips."""
+    return _build_tiny_mulan(tmp_path_factory.mktemp("tiny-mulan-10s"), clip_secs=10)
 
 
 def test_muq_dims_batches_and_other_window_lengths(tiny_mulan: Path) -> None:
@@ -102,6 +112,93 @@ def test_muq_dims_batches_and_other_window_lengths(tiny_mulan: Path) -> None:
     torch.testing.assert_close(reference, many, atol=1e-5, rtol=1e-5)
     # A 1.5 s window goes through the package's clip-and-average path.
     assert enc.embed_windows(_windows(24_000, 2, 1.5)).shape == (2, 8)
+
+
+def _signal(seconds: float, sr: int = 24_000, seed: int = 3) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t / 40)) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seconds", [25.0, 20.0, 7.0, 10.0, 13.37])
+def test_muq_windows_equal_the_package_clips(tiny_mulan_10s: Path, seconds: float) -> None:
+    """The stage's windows (the spec's tail="wrap") are MuQMuLan._get_all_clips' clips, the last one
+    wrapped around to the track's start, not padded."""
+    from musiccli.audio import frame_with_context
+    from musiccli.encoders import get_spec
+
+    enc = build_encoder("muq", EncoderOptions(model=str(tiny_mulan_10s)), CPU)
+    window, hop = enc.default_window()
+    assert (window, hop) == (10.0, 10.0) and enc.spec.tail == "wrap" and get_spec("muq").tail == "wrap"
+    wave = _signal(seconds)
+    ours = frame_with_context(wave, int(window * 24_000), int(hop * 24_000), None, tail=enc.spec.tail)
+    clips = enc._model._get_all_clips(torch.from_numpy(wave)).numpy()
+    assert ours.shape == clips.shape
+    np.testing.assert_array_equal(ours, clips)
+    if seconds == 25.0:   # two whole clips, then 5 s of tail + the first 5 s
+        np.testing.assert_array_equal(ours[2], np.concatenate([wave[480_000:], wave[:120_000]]))
+
+
+def test_muq_short_track_rule(tiny_mulan_10s: Path) -> None:
+    """Under half a clip the package repeats the track once (a shorter clip); the stage fills the clip."""
+    from musiccli.audio import frame_with_context
+
+    enc = build_encoder("muq", EncoderOptions(model=str(tiny_mulan_10s)), CPU)
+    wave = _signal(3.0)
+    ours = frame_with_context(wave, 240_000, 240_000, None, tail="wrap")
+    clips = enc._model._get_all_clips(torch.from_numpy(wave)).numpy()
+    assert clips.shape == (1, 144_000) and ours.shape == (1, 240_000)
+    np.testing.assert_array_equal(ours[0, :144_000], clips[0])
+    np.testing.assert_array_equal(ours[0], np.tile(wave, 4)[:240_000])
+
+
+@pytest.mark.parametrize("sr", [24_000, 16_000])
+def test_wrap_windows_from_spans_equal_the_whole_decode(tmp_path: Path, sr: int) -> None:
+    """--max-windows reads spans; the wrapped last window joins the end of the track and its start."""
+    import soundfile as sf
+
+    from musiccli.audio import decode, decode_windows, frame_with_context, window_starts
+
+    path = tmp_path / "long.wav"
+    sf.write(path, _signal(95.0, sr=sr), sr, subtype="FLOAT")
+    n = len(decode(path, 24_000)[0])
+    assert window_starts(n, 240_000, 240_000, 2, tail="wrap") == [0, 2_160_000]   # the last one wraps
+    spans = decode_windows(path, 24_000, 240_000, 240_000, 2, tail="wrap")
+    whole = frame_with_context(decode(path, 24_000)[0], 240_000, 240_000, 2, tail="wrap")
+    np.testing.assert_allclose(spans, whole, atol=1e-5)
+
+
+def test_muq_run_embed_equals_the_package(tiny_mulan_10s: Path, tmp_path: Path) -> None:
+    """run_embed with the muq encoder stores what MuQMuLan(wavs=...) returns for the whole track."""
+    import soundfile as sf
+
+    from musiccli.embed import EmbedConfig, run_embed
+    from musiccli.manifest import Record, write_manifest
+    from musiccli.state import StateDir
+    from musiccli.store import EmbeddingStore
+
+    waves = {"long": _signal(25.0, seed=4), "short": _signal(7.0, seed=5), "exact": _signal(20.0, seed=6)}
+    records = []
+    for name, wave in waves.items():
+        sf.write(tmp_path / f"{name}.wav", wave, 24_000, subtype="FLOAT")
+        records.append(Record(id=name, audio_path=str(tmp_path / f"{name}.wav"), caption=name,
+                              duration=len(wave) / 24_000))
+    state = StateDir.resolve(tmp_path / "state")
+    write_manifest(state.manifest_path("lib"), records)
+    result = run_embed(state, EmbedConfig(audio_encoder="muq", model=str(tiny_mulan_10s), manifest="lib",
+                                          aggregation="mean", num_workers=0, device="cpu", precision="fp32"))
+    assert result.n_ok == 3 and result.n_failed == 0
+    enc = build_encoder("muq", EncoderOptions(model=str(tiny_mulan_10s)), CPU)
+    with EmbeddingStore(result.path) as st, torch.inference_mode():
+        assert st.attrs["window"] == 10.0 and st.attrs["encoder_version"] == "2"
+        for name, wave in waves.items():
+            reference = enc._model(wavs=torch.from_numpy(wave)[None])[0].numpy()
+            np.testing.assert_allclose(st.get([name])[0], reference, atol=1e-5, rtol=0)
+        # `search --like FILE` embeds a file as the stage did (the same clips, the last one wrapped).
+        from musiccli.encoders.single import embed_file
+
+        like = embed_file(tmp_path / "long.wav", st.attrs)
+        np.testing.assert_allclose(like, st.get(["long"])[0], atol=1e-5, rtol=0)
 
 
 def test_mulan_native_text_tower(tiny_mulan: Path) -> None:

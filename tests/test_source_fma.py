@@ -6,11 +6,10 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from httpserver import serve
+from sine_audio import mp3
 from musiccli.progress import NullProgress
 from musiccli.sources import fma
 from musiccli.sources._http import DownloadError
@@ -43,16 +42,6 @@ genre_id,#tracks,parent,title,top_level
 """
 
 
-def _mp3(seconds: float, freq: float) -> bytes:
-    sr = 8000
-    t = np.arange(int(sr * seconds)) / sr
-    import io
-
-    buf = io.BytesIO()
-    sf.write(buf, (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="MP3")
-    return buf.getvalue()
-
-
 def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
@@ -64,9 +53,9 @@ def build_fma(www: Path, corrupt_checksum_for: int | None = None) -> dict[str, b
         zf.writestr("fma_metadata/tracks.csv", TRACKS_CSV)
         zf.writestr("fma_metadata/genres.csv", GENRES_CSV)
         zf.writestr("fma_metadata/README.txt", "fixture")
-    audio = {f"000/{tid:06d}.mp3": _mp3(30.0, 220.0 * (i + 1)) for i, tid in enumerate(GOOD)}
-    audio[f"098/{SHORT:06d}.mp3"] = _mp3(1.5, 330.0)
-    audio[f"098/{TRUNCATED:06d}.mp3"] = _mp3(30.0, 330.0)[:3000]
+    audio = {f"000/{tid:06d}.mp3": mp3(30.0, 220.0 * (i + 1)) for i, tid in enumerate(GOOD)}
+    audio[f"098/{SHORT:06d}.mp3"] = mp3(1.5, 330.0)
+    audio[f"098/{TRUNCATED:06d}.mp3"] = mp3(30.0, 330.0)[:3000]
     audio[f"099/{EMPTY:06d}.mp3"] = b""
     sums = "".join(f"{'0' * 40 if corrupt_checksum_for and rel.endswith(f'{corrupt_checksum_for:06d}.mp3') else _sha1(d)}"
                    f"  {rel}\n" for rel, d in audio.items())

@@ -4,17 +4,15 @@ Hub tree listing, all served over 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import soundfile as sf
 
 from httpserver import serve
+from sine_audio import mp3
 from musiccli.progress import NullProgress
 from musiccli.sources import jamendo_maxcaps as jm
 from musiccli.sources.base import DownloadConfig
@@ -22,14 +20,6 @@ from musiccli.sources.ledger import Ledger
 from musiccli.verify import check_file
 
 SHARDS = {"data/train-00000-of-00002.parquet": ["101", "202", "303"], "data/train-00001-of-00002.parquet": ["404"]}
-
-
-def _mp3(seconds: float, freq: float) -> bytes:
-    sr = 8000
-    t = np.arange(int(sr * seconds)) / sr
-    buf = io.BytesIO()
-    sf.write(buf, (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="MP3")
-    return buf.getvalue()
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -42,7 +32,7 @@ def build_www(www: Path) -> dict[str, bytes]:
     audio = {}
     for name, ids in SHARDS.items():
         for i, tid in enumerate(ids):
-            audio[tid] = _mp3(2.0 + i * 0.5, 200 + 50 * int(tid[0]))
+            audio[tid] = mp3(2.0 + i * 0.5, 200 + 50 * int(tid[0]))
         table = pa.table({"audio": [{"bytes": audio[t], "path": f"{t}.mp3"} for t in ids]})
         pq.write_table(table, www / name, row_group_size=2)
     (www / jm.CAPTIONS).write_text(_jsonl([

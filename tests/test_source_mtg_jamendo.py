@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from httpserver import serve
+from jamendo_fixtures import write_mtg_mirror
+from sine_audio import mp3
 from musiccli.progress import NullProgress
 from musiccli.sources import mtg_jamendo as mj
 from musiccli.sources.base import DownloadConfig
@@ -28,57 +25,16 @@ TRACKS = {
 NOT_IN_TAR = 5546  # listed in the TSV, missing from tar 46
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _mp3(seconds: float, freq: float) -> bytes:
-    sr = 8000
-    t = np.arange(int(sr * seconds)) / sr
-    buf = io.BytesIO()
-    sf.write(buf, (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="MP3")
-    return buf.getvalue()
-
-
-def _tsv(rows: list[list[str]]) -> str:
-    header = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
-    return "\r\n".join([header, *("\t".join(r) for r in rows)]) + "\r\n"
-
-
 def build_www(www: Path, corrupt_track: int | None = None, member_prefix: str = "") -> dict[int, bytes]:
-    data = www / "data"
-    (data / "download").mkdir(parents=True, exist_ok=True)
-    (data / "splits" / "split-0").mkdir(parents=True, exist_ok=True)
-    audio = {tid: _mp3(sec, 200.0 + 40 * i) for i, (tid, (sec, _)) in enumerate(TRACKS.items())}
+    audio = {tid: mp3(sec, 200.0 + 40 * i) for i, (tid, (sec, _)) in enumerate(TRACKS.items())}
     rows = {tid: [f"track_{tid:07d}", f"artist_{tid:06d}", f"album_{tid:06d}", f"{tid % 100:02d}/{tid}.mp3",
                   f"{sec}", *tags] for tid, (sec, tags) in TRACKS.items()}
     rows[NOT_IN_TAR] = [f"track_{NOT_IN_TAR:07d}", "artist_1", "album_1", "46/5546.mp3", "2.0", "genre---pop"]
-    (data / "raw_30s_cleantags_50artists.tsv").write_bytes(_tsv(list(rows.values())).encode())
-    meta = ("TRACK_ID\tARTIST_ID\tALBUM_ID\tTRACK_NAME\tARTIST_NAME\tALBUM_NAME\tRELEASEDATE\tURL\r\n"
-            'track_0003346\tartist_003346\talbum_003346\t"Quiet Night\tAnna "A" Berg\tNocturnes\t2010-01-01\t'
-            "https://www.jamendo.com/track/3346\r\n"
-            "track_0002046\tartist_002046\talbum_002046\tLoud Day\tThe Rockers\tDay\t2011-02-02\t\r\n")
-    (data / "raw.meta.tsv").write_bytes(meta.encode())
-    for name, ids in {"train": [3346, 1009], "validation": [2046], "test": [7400]}.items():
-        (data / "splits/split-0" / f"autotagging-{name}.tsv").write_bytes(_tsv([rows[i] for i in ids]).encode())
-    tars: dict[str, list[int]] = {}
-    for tid in audio:
-        tars.setdefault(f"raw_30s_audio-low-{tid % 100:02d}.tar", []).append(tid)
-    out = www / "raw_30s" / "audio-low"
-    out.mkdir(parents=True, exist_ok=True)
-    track_lines, tar_lines = [], []
-    for name, ids in sorted(tars.items()):
-        with tarfile.open(out / name, "w") as tf:
-            for tid in ids:
-                member = f"{tid % 100:02d}/{tid}.low.mp3"
-                info = tarfile.TarInfo(member_prefix + member)
-                info.size = len(audio[tid])
-                tf.addfile(info, io.BytesIO(audio[tid]))
-                sha = "0" * 64 if tid == corrupt_track else _sha(audio[tid])
-                track_lines.append(f"{sha} {member}")
-        tar_lines.append(f"{_sha((out / name).read_bytes())} {name}")
-    (data / "download/raw_30s_audio-low_sha256_tars.txt").write_text("\n".join(tar_lines) + "\n")
-    (data / "download/raw_30s_audio-low_sha256_tracks.txt").write_text("\n".join(track_lines) + "\n")
+    meta = ['track_0003346\tartist_003346\talbum_003346\t"Quiet Night\tAnna "A" Berg\tNocturnes\t2010-01-01\t'
+            "https://www.jamendo.com/track/3346",
+            "track_0002046\tartist_002046\talbum_002046\tLoud Day\tThe Rockers\tDay\t2011-02-02\t"]
+    splits = {"train": [3346, 1009], "validation": [2046], "test": [7400]}
+    write_mtg_mirror(www, rows, meta, splits, audio, corrupt_track=corrupt_track, member_prefix=member_prefix)
     return audio
 
 

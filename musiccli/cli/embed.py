@@ -10,7 +10,7 @@ from ._context import AppContext, get_ctx
 from .. import names
 from ..names import completer
 from ._options import (AudioEncoder, BatchSize, Continue, Device, Force, JsonOut, Manifest, MaxFailureRate,
-                       Precision, _complete_aggregations)
+                       Precision, RetryFailed, _complete_aggregations)
 from ._output import escape, make_table
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ def _show_tags(app: AppContext, summary: TagSummary) -> None:
     app.out.table(make_table(title, ["track", "tags (probability)"], rows))
     common = [[name, count] for name, count in summary.top1_counts]
     app.out.table(make_table("most frequent top-1 tags", ["tag", "tracks"], common))
+
+
+def _retry_command(encoder: str, manifest: str | None, tags: bool) -> str:
+    return (f"mtx embed --audio-encoder {encoder}" + (f" --manifest {manifest}" if manifest else "")
+            + (" --tags" if tags else "") + " --retry-failed")
 
 
 def command(
@@ -93,13 +98,15 @@ def command(
                                     "off by default, use it only for repos you trust.")] = False,
     max_failure_rate: MaxFailureRate = 0.5,
     cont: Continue = False,
+    retry_failed: RetryFailed = False,
     force: Force = False,
     as_json: JsonOut = False,
 ) -> None:
     """Embed every track of a manifest with a frozen audio encoder (default: dsp, offline, no weights).
 
     Writes <state>/embeddings/<encoder>/<manifest>.h5. Work is committed every --chunk-tracks tracks, so
-    Ctrl-C or a crash loses at most one chunk: resume with --continue.
+    Ctrl-C or a crash loses at most one chunk: resume with --continue. A store that is complete with
+    failed tracks is kept: --retry-failed embeds only those tracks and merges them in.
     """
     from ..embed import EmbedConfig, run_embed
     from ..encoders import get_spec
@@ -113,7 +120,7 @@ def command(
         num_workers=num_workers, dtype=dtype, device=device, precision=precision, shard=shard,
         chunk_tracks=chunk_tracks, tags=tags, encoder_options=_parse_options(encoder_option or []),
         trust_remote_code=trust_remote_code,
-        max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont, force),
+        max_failure_rate=max_failure_rate, resume=Resume.from_flags(cont or retry_failed, force),
     )
     hint = (f"mtx embed --audio-encoder {audio_encoder}" + (f" --shard {shard}" if shard else "")
             + (" --tags" if tags else "") + " --continue")
@@ -123,8 +130,16 @@ def command(
     if result.tags_only and not result.skipped:
         app.out.info(f"embeddings already complete: {escape(str(result.path))}; computed the zero-shot tags only "
                      f"(kept in {escape(str(result.tags_path))})")
+    elif result.skipped and result.n_failed:
+        app.out.info(f"already complete with {result.n_failed} failed track(s): {escape(str(result.path))} "
+                     f"(`{escape(_retry_command(audio_encoder, manifest, tags))}` embeds only those)")
+    elif result.skipped and retry_failed:
+        app.out.info(f"nothing to retry: {escape(str(result.path))} is complete and no track failed")
     elif result.skipped:
         app.out.info(f"already complete: {escape(str(result.path))} (use --force to redo it)")
+    elif result.retried:
+        app.out.info(f"retried {result.retried} failed track(s): {result.retried - result.n_failed} embedded and "
+                     f"merged into {escape(str(result.path))}, {result.n_failed} still fail")
     rows = [["store", str(result.path) if result.assembled else f"{result.path} (pending other shards)"],
             ["encoder", result.encoder], ["manifest", result.manifest], ["dim", result.dim],
             ["tagged" if result.tags_only else "embedded", result.n_ok], ["failed", result.n_failed]]

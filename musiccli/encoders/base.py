@@ -48,6 +48,11 @@ class EncoderSpec:
     options: tuple[str, ...] = ()
     # Set for spaces whose vectors are imported (``mtx download <source>``), never computed from audio.
     imported_from: str | None = None
+    # How windows cover the end of a track (``audio.TAILS``), as the encoder's reference cuts it:
+    # "flush" adds a last window flush with the end (a track shorter than a window is repeat-padded);
+    # "wrap" (MuQ-MuLan) places windows on the hop grid while they fit, then one more at the next
+    # hop start that continues from the track's start.
+    tail: str = "flush"
 
 
 @dataclass

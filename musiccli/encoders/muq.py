@@ -4,9 +4,15 @@ Loading goes through the ``muq`` package exactly as its model card shows:
 ``MuQMuLan.from_pretrained(model)`` then ``model(wavs=...)``. The package is an
 optional extra (``pip install 'musiccli[muq]'``).
 
-Windows are 10 s at 24 kHz with a 10 s hop: MuQ-MuLan cuts audio into 10 s clips
-itself (``clip_secs``) and averages their latents, so feeding it exactly one clip
-per window lets us batch windows and aggregate them ourselves.
+Windows are the package's clips: ``clip_secs`` (10 s for the released model, read from
+the checkpoint's config) at 24 kHz with a hop of one clip. ``MuQMuLan(wavs=...)`` cuts
+audio into such clips itself (``_get_all_clips``) and averages their latents, so feeding
+it exactly one clip per window lets us batch windows and aggregate them ourselves. The
+package's last clip is the remainder of the track followed by the track's start, not
+padding: the spec's ``tail="wrap"`` makes the stage cut the same clip (encoder version 2;
+version 1 stores, whose last window was flush with the end, are refused). Only a track
+shorter than half a clip differs: the package embeds it repeated once (a shorter clip),
+the stage repeats it until the clip is full.
 
 Per window: the unit-norm audio latent, ``dim_latent`` = 512. ``stats`` -> 512 x 3 =
 1,536 ([mean | robust_sigma | dmean]); the first 512 dims (the mean) are what the
@@ -46,7 +52,8 @@ SPEC = EncoderSpec(
     hop_s=10.0,
     default_aggregation="stats",
     default_model="OpenMuQ/MuQ-MuLan-large",
-    version="1",
+    version="2",
+    tail="wrap",
     license="CC-BY-NC-4.0 (model weights)",
     citation="Zhu et al., MuQ: Self-Supervised Music Representation Learning with Mel Residual "
              "Vector Quantization, 2025",
@@ -136,6 +143,12 @@ class MuqEncoder(AudioEncoder):
         except (KeyError, TypeError):
             raise MtxError(f"{self.model_id} has no mulan.dim_latent in its config.json",
                            hint="pass --model with a MuQ-MuLan checkpoint") from None
+
+    def default_window(self) -> tuple[float, float]:
+        """One of the checkpoint's clips per window, clip after clip (``mulan.clip_secs``; 10 s released)."""
+        mulan = self.config.get("mulan") if isinstance(self.config, dict) else None
+        clip = mulan.get("clip_secs") if isinstance(mulan, dict) else None
+        return (float(clip), float(clip)) if clip else (self.spec.window_s, self.spec.hop_s)
 
     @cached_property
     def _model(self) -> Any:

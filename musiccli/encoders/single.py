@@ -14,23 +14,11 @@ import numpy as np
 from ..errors import MtxError
 
 
-def _frames(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int) -> np.ndarray:
-    from ..audio import frame_windows, repeat_pad, window_starts
-
-    if not context:
-        return frame_windows(wave, window, hop, max_windows)
-    # Window s also carries the `context` samples before it (zeros before the start), as the encoder expects.
-    wave = repeat_pad(wave, window)
-    starts = window_starts(wave.shape[-1], window, hop, max_windows)
-    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False)])
-    return np.stack([padded[s:s + context + window] for s in starts])
-
-
 def embed_file(path: Path, attrs: dict[str, Any], device: str = "cpu", batch_size: int = 16) -> np.ndarray:
     """The store-space vector [dim] of one file, given the store's attributes."""
     import torch
 
-    from ..audio import decode
+    from ..audio import decode, frame_with_context
     from ..runtime import select_runtime
     from . import EncoderOptions, aggregate, build_encoder, get_spec
 
@@ -47,7 +35,9 @@ def embed_file(path: Path, attrs: dict[str, Any], device: str = "cpu", batch_siz
     window = int(round(float(attrs.get("window") or spec.window_s) * sr))
     hop = int(round(float(attrs.get("hop") or spec.hop_s) * sr))
     wave, _ = decode(path, sr)
-    frames = _frames(wave, window, hop, int(attrs.get("max_windows") or 0) or None, encoder.context_samples)
+    # The stage's own framing: context, patch grid and tail policy as the encoder declares them.
+    frames = frame_with_context(wave, window, hop, int(attrs.get("max_windows") or 0) or None,
+                                encoder.context_samples, encoder.patch_samples, spec.tail)
     x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(runtime.device)
     outs = []
     with torch.inference_mode():
