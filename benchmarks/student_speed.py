@@ -4,8 +4,6 @@
 ``student-onnx``   NumPy log-mel computed from ``preprocessing.json`` (what a client does: ``ClientLogMel``)
                    + onnxruntime (``client_session``: ORT_ENABLE_ALL) on ``student_music_encoder.onnx``:
                    one [1, 1, 128, T] input per 30 s crop.
-``student-int8``   the same with ``student_music_encoder.int8.onnx`` (``mtx export --int8``; here calibrated
-                   on synthetic clips when the export folder has none).
 ``*-library``      throughput when embedding many clips: the mel of the next clip (one thread) is computed
                    while onnxruntime (one thread) runs the current one; wall time / clips.
 ``student-torch``  the training front end (``LogMel``, torch STFT) + the PyTorch music tower.
@@ -26,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -97,8 +94,7 @@ def main() -> None:
 
     from musiccli.encoders import musicnn_torch as mt
     from musiccli.encoders.student import LogMel, StudentModel
-    from musiccli.export_student import (MUSIC_INT8_ONNX, MUSIC_ONNX, PREPROCESSING, ClientLogMel, client_session,
-                                         quantize_music)
+    from musiccli.export_student import MUSIC_ONNX, PREPROCESSING, ClientLogMel, client_session
 
     tmp = tempfile.TemporaryDirectory(prefix="student_speed_")
     onnx_dir = args.onnx_dir or default_export(Path(tmp.name))
@@ -106,15 +102,7 @@ def main() -> None:
     mel = ClientLogMel(pre, fft_workers=args.threads)
     rng = np.random.default_rng(0)
     sr = int(pre["sample_rate"])
-    int8_dir = onnx_dir
-    if not (onnx_dir / MUSIC_INT8_ONNX).exists():   # quantised in the temporary folder, never in --onnx-dir
-        int8_dir = Path(tmp.name) / "int8"
-        int8_dir.mkdir(exist_ok=True)
-        shutil.copy(onnx_dir / MUSIC_ONNX, int8_dir / MUSIC_ONNX)
-        int8 = quantize_music(int8_dir, [mel(synth_clip(rng, sr)) for _ in range(8)])
-        print(f"int8 graph calibrated here on synthetic clips: cosine to float32 min {int8['cosine_min']:.4f}")
     sess = client_session(onnx_dir / MUSIC_ONNX, args.threads)
-    sess8 = client_session(int8_dir / MUSIC_INT8_ONNX, args.threads)
     ckpt = onnx_dir / "checkpoint" if (onnx_dir / "checkpoint").exists() else onnx_dir.parent / "hf"
     student = StudentModel.from_pretrained(ckpt) if ckpt.exists() else None
     front = LogMel(student.student_config) if student is not None else None
@@ -127,9 +115,6 @@ def main() -> None:
     def student_onnx(wave: np.ndarray) -> None:
         sess.run(["music_embedding"], {"mel_spectrogram": mel(wave)})
 
-    def student_int8(wave: np.ndarray) -> None:
-        sess8.run(["music_embedding"], {"mel_spectrogram": mel(wave)})
-
     def student_torch(wave: np.ndarray) -> None:
         with torch.inference_mode():
             student.music(front(torch.from_numpy(wave)[None]))
@@ -139,8 +124,7 @@ def main() -> None:
         with torch.inference_mode():
             musicnn(musicnn.logmel(windows)[:, :mt.N_FRAMES])
 
-    systems = {"student-onnx": (student_onnx, clips48), "student-int8": (student_int8, clips48),
-               "musicnn": (musicnn_clip, clips16)}
+    systems = {"student-onnx": (student_onnx, clips48), "musicnn": (musicnn_clip, clips16)}
     if student is not None:
         systems["student-torch"] = (student_torch, clips48)
     for fn, clips in systems.values():   # warm-up
@@ -154,11 +138,9 @@ def main() -> None:
     library = {}
     if args.threads >= 2:
         mel1 = ClientLogMel(pre, fft_workers=1)
-        for name, d, f in (("student-onnx", onnx_dir, MUSIC_ONNX), ("student-int8", int8_dir, MUSIC_INT8_ONNX)):
-            one = client_session(d / f, 1)
-            library[f"{name}-library"] = statistics.median(
-                pipelined(one, mel1, clips48) for _ in range(args.repeats))
-    sizes = {p.name: p.stat().st_size / 1e6 for d in {onnx_dir, int8_dir} for p in d.glob("*.onnx")}
+        one = client_session(onnx_dir / MUSIC_ONNX, 1)
+        library["student-library"] = statistics.median(pipelined(one, mel1, clips48) for _ in range(args.repeats))
+    sizes = {p.name: p.stat().st_size / 1e6 for p in onnx_dir.glob("*.onnx")}
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}, {args.clips} clips x {args.repeats} repeats of {CLIP_S:g} s")
     print("ONNX sizes: " + ", ".join(f"{k} {v:.2f} MB" for k, v in sorted(sizes.items())))
@@ -168,7 +150,7 @@ def main() -> None:
     for name, ms in library.items():
         print(f"{name:14s} {ms:9.1f} ms per 30 s clip (mel and network overlapped, one thread each)")
     per_clip = {**{k: statistics.median(v) for k, v in times.items()}, **library}
-    for name in ("student-onnx", "student-int8", *library):
+    for name in ("student-onnx", *library):
         ms = per_clip[name]
         print(f"{name} is {per_clip['musicnn'] / ms:.2f}x the speed of musicnn; target <= 50 ms "
               f"per clip: {'met' if ms <= 50 else 'not met'} ({ms:.1f} ms)")

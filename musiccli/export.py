@@ -47,7 +47,6 @@ class ExportConfig:
     out: Path | None = None
     target: str = "mtx"               # mtx: hf/ + onnx/; audiomuse: AudioMuse-AI's CLAP text-model interface
     allow_large: bool = False   # student runs: allow ONNX files above 5 MB (music) / 8 MB (text)
-    int8: bool = False          # student runs: also an int8 music tower, calibrated on the run's training audio
     resume: Resume = Resume.FRESH
 
 
@@ -236,12 +235,7 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
                        hint="pip install 'musiccli[onnx]', or export only --format hf")
     info = resolve_run(state, cfg.run)
     if info.objective == "student":
-        if cfg.int8 and "onnx" not in formats:
-            raise MtxError("--int8 quantises the ONNX music tower", hint="add --format onnx, or drop --int8")
         return _export_student(state, cfg, info, formats, progress)
-    if cfg.int8:
-        raise MtxError(f"--int8 applies to student runs; {info.name} is a {info.objective} run",
-                       hint="drop --int8 (the text tower's ONNX stays float32)")
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
     key = export_key(info.name, cfg.checkpoint, cfg.out)
@@ -283,17 +277,6 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
 
 
 
-def _training_audio(info: RunInfo) -> list[Path]:
-    """The run's train-split audio files (int8 calibration), in manifest order."""
-    from .manifest import read_manifest
-
-    path = Path(str(info.meta.get("manifest_path", "")))
-    if not path.is_file():
-        raise MtxError(f"run {info.name}'s manifest {path} is gone; int8 calibration reads its training audio",
-                       hint="rebuild it with `mtx unify`, or export without --int8")
-    return [Path(r.audio_path) for r in read_manifest(path) if r.split == "train"]
-
-
 def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: tuple[str, ...],
                     progress: Progress) -> ExportResult:
     """A student run: onnx/ (both towers, tokenizer, preprocessing.json, verified) and hf/ (the checkpoint)."""
@@ -303,7 +286,7 @@ def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: 
     ckpt = info.checkpoint_dir(cfg.checkpoint)
     out = export_dir(state, info.name, cfg.checkpoint, cfg.out)
     config = {"weights": weights_identity(ckpt), "formats": list(formats), "opset": cfg.opset, "out": str(out),
-              "allow_large": cfg.allow_large, "int8": cfg.int8}
+              "allow_large": cfg.allow_large}
 
     def discard() -> None:
         for f in formats:
@@ -329,8 +312,7 @@ def _export_student(state: StateDir, cfg: ExportConfig, info: RunInfo, formats: 
             tmp = tmp_dir(out, f)
             try:
                 if f == "onnx":
-                    mels = es.calibration_mels(model, _training_audio(info)) if cfg.int8 else None
-                    checks = es.build_onnx_dir(model, tmp, cfg.opset, cfg.allow_large, int8_mels=mels)
+                    checks = es.build_onnx_dir(model, tmp, cfg.opset, cfg.allow_large)
                     atomic_write_json(tmp / "meta.json", {**checks, "opset": cfg.opset, "run": info.name,
                                                           "checkpoint": cfg.checkpoint})
                 else:

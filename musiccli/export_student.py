@@ -30,7 +30,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -222,82 +221,6 @@ def client_check(model, tmp: Path) -> dict[str, float]:
     return {"music": float(np.abs(got - ref).max()), "text": float(np.abs(got_t - ref_t).max())}
 
 
-# --------------------------------------------------------------------------- the int8 music tower (opt-in)
-MUSIC_INT8_ONNX = "student_music_encoder.int8.onnx"
-INT8_MIN_COSINE = 0.99   # every check clip's int8 vector against the float32 graph's
-
-
-def calibration_mels(model, paths: Sequence[Path], limit: int = 32) -> list[np.ndarray]:
-    """Centre crops of up to ``limit`` readable tracks, as a client computes them (:class:`ClientLogMel`)."""
-    from .audio import decode
-    from .encoders.student import take_crop
-
-    c = model.student_config
-    front = ClientLogMel(c.preprocessing())
-    out: list[np.ndarray] = []
-    for p in paths:
-        if len(out) >= limit:
-            break
-        try:
-            wave, _ = decode(p, c.sample_rate, max_seconds=c.crop_s * 3)
-        except MtxError as e:
-            log.info("int8 calibration: skipping %s (%s)", p, e.message)
-            continue
-        out.append(front(take_crop(wave, c.crop_samples, None)))
-    return out
-
-
-def quantize_music(tmp: Path, mels: Sequence[np.ndarray]) -> dict[str, Any]:
-    """``student_music_encoder.int8.onnx``: static int8 (QDQ, per-channel weights) of the float32 graph,
-    calibrated on 3/4 of ``mels``; checked on the rest (cosine to the float32 vectors >= INT8_MIN_COSINE).
-
-    Int8 is not a parity export: the float32 file stays the reference. On CPUs without VNNI (AVX2) it runs
-    the default tower in about 0.6-0.75 of the float32 time (benchmarks/student_speed.py prints both)."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError as e:   # onnx itself is the usual missing piece
-        raise MtxError(f"int8 export needs the onnx package ({e})", hint="pip install 'musiccli[onnx]'") from None
-    if len(mels) < 4:
-        raise MtxError(f"int8 calibration needs at least 4 readable training tracks, found {len(mels)}",
-                       hint="check that the run's manifest audio is on disk (`mtx verify`), or export without --int8")
-    n_check = max(1, len(mels) // 4)
-    calib, check = list(mels[n_check:]), list(mels[:n_check])
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calib)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            mel = next(self.items, None)
-            return None if mel is None else {"mel_spectrogram": mel}
-
-    pre_processed = tmp / "music.pre-quant.onnx"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(tmp / MUSIC_ONNX), str(pre_processed))
-            # Signed int8 activations in QDQ form: on AVX2 they ran 1.6x faster than unsigned ones.
-            quantize_static(str(pre_processed), str(tmp / MUSIC_INT8_ONNX), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        pre_processed.unlink(missing_ok=True)
-    fp32, int8 = client_session(tmp / MUSIC_ONNX), client_session(tmp / MUSIC_INT8_ONNX)
-    cos = []
-    for mel in check:
-        a = fp32.run(["music_embedding"], {"mel_spectrogram": mel})[0][0]
-        b = int8.run(["music_embedding"], {"mel_spectrogram": mel})[0][0]
-        cos.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
-    result = {"size_mb": (tmp / MUSIC_INT8_ONNX).stat().st_size / 1e6, "cosine_min": min(cos),
-              "cosine_mean": float(np.mean(cos)), "calibration_clips": len(calib), "check_clips": len(check)}
-    log.info("int8 music tower: %.2f MB, cosine to float32 min %.4f mean %.4f on %d held-out clips",
-             result["size_mb"], result["cosine_min"], result["cosine_mean"], len(check))
-    if result["cosine_min"] < INT8_MIN_COSINE:
-        raise MtxError(f"the int8 music tower disagrees with float32 (cosine {result['cosine_min']:.3f} < "
-                       f"{INT8_MIN_COSINE})", hint="export without --int8; the float32 graph is unaffected")
-    return result
-
-
 def sizes_mb(tmp: Path) -> dict[str, float]:
     return {"music": (tmp / MUSIC_ONNX).stat().st_size / 1e6, "text": (tmp / TEXT_ONNX).stat().st_size / 1e6}
 
@@ -332,10 +255,6 @@ def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], chec
         f"`music_embedding` [N, {c.dim}]",
         f"- `{TEXT_ONNX}` ({checks['sizes_mb']['text']:.2f} MB): `input_ids`, `attention_mask` -> "
         f"`text_embedding` [N, {c.dim}]",
-        *([f"- `{MUSIC_INT8_ONNX}` ({checks['int8']['size_mb']:.2f} MB): the same tower in int8 (static, "
-            f"calibrated on {checks['int8']['calibration_clips']} training clips); cosine to the float32 vectors "
-            f"min {checks['int8']['cosine_min']:.4f} on {checks['int8']['check_clips']} held-out clips"]
-          if "int8" in checks else []),
         "- `tokenizer.json`, `preprocessing.json` (features: see below)", "",
         "## Features", "",
         f"{c.sample_rate} Hz mono; STFT n_fft {c.n_fft}, hop {c.hop}, periodic Hann, centred (reflect); power; "
@@ -377,10 +296,8 @@ def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], chec
     return "\n".join(lines)
 
 
-def build_onnx_dir(model, tmp: Path, opset: int, allow_large: bool,
-                   int8_mels: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
-    """Write and verify the onnx/ folder's content into ``tmp``; returns the checks. With ``int8_mels``
-    (calibration features), also the int8 music tower (:func:`quantize_music`)."""
+def build_onnx_dir(model, tmp: Path, opset: int, allow_large: bool) -> dict[str, Any]:
+    """Write and verify the onnx/ folder's content into ``tmp``; returns the checks."""
     model = model.cpu().eval()
     _export_graphs(model, tmp, opset)
     sizes = sizes_mb(tmp)
@@ -396,10 +313,7 @@ def build_onnx_dir(model, tmp: Path, opset: int, allow_large: bool,
     if max(client.values()) > TOLERANCE:
         raise MtxError(f"a client following preprocessing.json gets vectors {max(client.values()):.3g} away "
                        f"from PyTorch (> {TOLERANCE:g})", hint="the front end and preprocessing.json disagree")
-    checks: dict[str, Any] = {"sizes_mb": sizes, "parity": par, "client": client}
-    if int8_mels is not None:
-        checks["int8"] = quantize_music(tmp, int8_mels)
-    return checks
+    return {"sizes_mb": sizes, "parity": par, "client": client}
 
 
 def write_card(tmp: Path, text: str) -> None:

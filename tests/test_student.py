@@ -292,43 +292,6 @@ def test_client_front_end_against_a_naive_reading_of_preprocessing_json(monkeypa
     np.testing.assert_allclose(ClientLogMel(pre)(wave), fast, atol=1e-6)
 
 
-def test_int8_music_tower_is_exported_and_checked_against_float32(cli, sstate):
-    import onnxruntime as ort
-
-    r = cli("train", "--objective", "student", "--teachers", "dsp:0.4,tiny:0.3", "--epochs", "1", "--run", "q",
-            *TINY)
-    assert r.exit_code == 0, r.output
-    r = cli("export", "--run", "q", "--format", "onnx", "--int8")
-    assert r.exit_code == 0, r.output
-    assert "int8 music tower" in r.output and "cosine to float32" in r.output
-    onnx_dir = sstate.export_dir("q") / "best" / "onnx"
-    meta = json.loads((onnx_dir / "meta.json").read_text())
-    q = meta["int8"]
-    assert q["cosine_min"] >= 0.99 and q["check_clips"] >= 1 and q["calibration_clips"] >= 3
-    int8 = onnx_dir / "student_music_encoder.int8.onnx"
-    assert int8.stat().st_size < (onnx_dir / "student_music_encoder.onnx").stat().st_size
-    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"mel_spectrogram": np.random.default_rng(0).random((1, 1, 128, 40), np.float32)})[0]
-    assert out.shape == (1, 256) and abs(float(np.linalg.norm(out)) - 1.0) < 0.05
-    assert "int8" in (onnx_dir / "README.md").read_text()
-    # --int8 is part of the export's identity: a plain export afterwards drops the file.
-    assert cli("export", "--run", "q", "--format", "onnx").exit_code == 0
-    assert not int8.exists()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--run", "a", "--int8"], "--int8 applies to student runs"),
-    (["--run", "q", "--int8", "--format", "hf"], "--int8 quantises the ONNX music tower"),
-])
-def test_int8_refusals(cli, sstate, args, message):
-    assert cli("train", "--audio-encoder", "dsp", "--manifest", "lib", "--run", "a", "--epochs", "1",
-               "--device", "cpu", "--no-export").exit_code == 0
-    assert cli("train", "--objective", "student", "--teachers", "dsp:0.4", "--epochs", "1", "--run", "q",
-               *TINY).exit_code == 0
-    r = cli("export", *args)
-    assert r.exit_code == 1 and message in r.output, r.output
-
-
 # --------------------------------------------------------------------------- sizes / refusals
 def test_size_limit_is_enforced_unless_allow_large(sstate, monkeypatch):
     from musiccli import export_student

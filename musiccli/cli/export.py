@@ -26,8 +26,6 @@ def command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder; default <state>/exports/<run>/<checkpoint>.")] = None,
     allow_large: Annotated[bool, typer.Option("--allow-large", help="Student runs: export even above 5 MB "
                                               "(music) / 8 MB (text) of ONNX.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Student runs: also write an int8 music tower "
-                                       "(calibrated on the run's training audio, checked against float32).")] = False,
     cont: Continue = False,
     force: Force = False,
     as_json: JsonOut = False,
@@ -38,7 +36,7 @@ def command(
 
     app = get_ctx(ctx, json_mode=as_json)
     cfg = ExportConfig(run=run, checkpoint=checkpoint, formats=tuple(formats) if formats else FORMATS, opset=opset,
-                       out=out, target=target, allow_large=allow_large, int8=int8, resume=Resume.from_flags(cont, force))
+                       out=out, target=target, allow_large=allow_large, resume=Resume.from_flags(cont, force))
     with app.progress(resume_hint="mtx export --continue") as progress:
         result = run_export(app.state, cfg, progress)
     if result.skipped:
@@ -51,10 +49,6 @@ def command(
         app.out.info(f"ONNX sizes: music {sizes['music']:.2f} MB, text {sizes['text']:.2f} MB; client check "
                      f"(preprocessing.json + tokenizer.json): max abs diff "
                      f"{max(result.details['client'].values()):.2g}")
-    q = result.details.get("int8")
-    if q:
-        app.out.info(f"int8 music tower: {q['size_mb']:.2f} MB, cosine to float32 min {q['cosine_min']:.4f} "
-                     f"(mean {q['cosine_mean']:.4f}) on {q['check_clips']} held-out clips")
     if result.onnx_max_abs_diff is not None:
         app.out.info(f"ONNX max abs diff vs PyTorch: {result.onnx_max_abs_diff:.2g}")
     if "audiomuse" in result.paths:

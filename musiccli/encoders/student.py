@@ -122,8 +122,8 @@ class StudentConfig:
                     "amin": self.amin, "top_db": self.top_db},
             "scale": {"rule": "per-clip min-max to [0, 1]: (db - min) / (max - min); 0 where max == min"},
             "crop_seconds": self.crop_s, "crop_samples": self.crop_samples,
-            "long_audio": f"windows of crop_seconds every crop_seconds; the track vector is the L2-normalised "
-                          f"mean of the window vectors",
+            "long_audio": "windows of crop_seconds every crop_seconds; the track vector is the L2-normalised "
+                          "mean of the window vectors",
             "short_audio": "repeated to crop_samples",
             "input": {"name": "mel_spectrogram", "shape": ["N", 1, self.n_mels, "T"], "dtype": "float32"},
         }
