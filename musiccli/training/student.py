@@ -22,7 +22,8 @@ Data: DataLoader workers decode each track at 48 kHz, take a random crop and com
 (``encoders.student.LogMel``). The crop offset and the caption are pure functions of (seed, epoch,
 index), and the loaders get their own seeded generator instead of drawing from the global RNG, so a
 checkpoint's (epoch, batch) plus its RNG states (dropout) resume to the same losses. Validation uses
-the centre crop and the main caption. Runs are single-process (no DDP for the student yet).
+the centre crop and the main caption. Runs are single-process: DDP would need SyncBatchNorm, which
+PyTorch runs only on GPUs.
 
 ``mel_cache=True`` (``--mel-cache``): the full-track dB mel of every train/val track is computed once
 (:mod:`.melcache`, a stage of its own, shared by every student run on the manifest and front end) and
