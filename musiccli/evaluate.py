@@ -166,6 +166,21 @@ def _run_train_records(info: RunInfo, mpath: Path, records_all: list[Record]) ->
     return [r for r in read_manifest(train_path) if r.split == "train"]
 
 
+def held_out(info: RunInfo, mpath: Path, mname: str, records_all: list[Record], split: str) -> LeakCheck:
+    """The ``split`` records of the manifest minus those the run trained on (logged); refused when none is left."""
+    in_split = [r for r in records_all if r.split == split]
+    if split == "train":
+        return LeakCheck(kept=in_split, note="not checked: evaluating the train split")
+    leaks = drop_training_records(in_split, _run_train_records(info, mpath, records_all))
+    if leaks.dropped:
+        log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are "
+                    "left out, e.g. %s", leaks.dropped, split, mname, info.name, ", ".join(leaks.examples))
+    if in_split and not leaks.kept:
+        raise MtxError(f"every {split} record of {mname} was a training record of run {info.name}",
+                       hint="evaluate on a manifest whose test split the run did not train on")
+    return leaks
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -368,16 +383,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             raise MtxError(f"store {emb_path.name} has dim {store.dim} but the run's audio tower reads "
                            f"{towers.audio.in_dim}",
                            hint="evaluate with the manifest/encoder the run was trained on")
-        in_split = [r for r in records_all if r.split == cfg.split]
-        leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
-                 if cfg.split == "train" else drop_training_records(in_split, _run_train_records(info, mpath,
-                                                                                                 records_all)))
-        if leaks.dropped:
-            log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are "
-                        "left out, e.g. %s", leaks.dropped, cfg.split, mname, info.name, ", ".join(leaks.examples))
-        if in_split and not leaks.kept:
-            raise MtxError(f"every {cfg.split} record of {mname} was a training record of run {info.name}",
-                           hint="evaluate on a manifest whose test split the run did not train on")
+        leaks = held_out(info, mpath, mname, records_all, cfg.split)
         records = [r for r in leaks.kept if store.has(r.id)]
         if not records:
             from .manifest import split_counts
@@ -625,13 +631,7 @@ def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress:
     if cfg.query_protocol not in PROTOCOLS:
         raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
     records_all = read_manifest(mpath)
-    in_split = [r for r in records_all if r.split == cfg.split]
-    leaks = (LeakCheck(kept=in_split, note="not checked: evaluating the train split")
-             if cfg.split == "train" else drop_training_records(in_split, _run_train_records(info, mpath,
-                                                                                             records_all)))
-    if leaks.dropped:
-        log.warning("%d %s record(s) of %s were training records of run %s (same id or recording) and are left "
-                    "out, e.g. %s", leaks.dropped, cfg.split, mname, info.name, ", ".join(leaks.examples))
+    leaks = held_out(info, mpath, mname, records_all, cfg.split)
     records = leaks.kept
     if not records:
         raise MtxError(f"no {cfg.split} records of {mname} to evaluate on", hint="pick another --split")

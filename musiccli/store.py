@@ -86,11 +86,14 @@ def committed_parts(path: Path) -> dict[int, Path]:
     return out
 
 
+def h5_strings(values: Any) -> list[str]:
+    """An HDF5 string dataset's values (bytes or str, by h5py version and dtype) as Python strings."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
 def read_part_failures(part: Path) -> list[tuple[str, str]]:
     with h5py.File(part, "r") as f:
-        ids = [s.decode() if isinstance(s, bytes) else s for s in f["failed_ids"][()]]
-        why = [s.decode() if isinstance(s, bytes) else s for s in f["failed_reasons"][()]]
-    return list(zip(ids, why))
+        return list(zip(h5_strings(f["failed_ids"][()]), h5_strings(f["failed_reasons"][()])))
 
 
 def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: int,
@@ -217,7 +220,7 @@ def merge(path: Path, extra: Path, order: Sequence[str], attrs: dict[str, Any] |
     rank = {id_: k for k, id_ in enumerate(order)}
     with h5py.File(path, "r") as base, h5py.File(extra, "r") as more:
         sources = (base, more)
-        ids = [[s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]] for f in sources]
+        ids = [h5_strings(f["ids"][()]) for f in sources]
         unknown = [i for i in ids[0] + ids[1] if i not in rank]
         if unknown:
             raise MtxError(f"cannot merge into {path.name}: {len(unknown)} row(s) are not in the manifest, "
@@ -311,7 +314,7 @@ class EmbeddingStore:
             self.close()  # a file without our datasets must not stay open (and locked) behind the error
             raise MtxError(f"{self.path} is not a valid embedding store ({e})",
                            hint="rerun `mtx embed` with --force") from None
-        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in raw_ids]
+        self.ids: list[str] = h5_strings(raw_ids)
         self._pos = {i: k for k, i in enumerate(self.ids)}
         self.attrs: dict[str, Any] = {k: _attr(v) for k, v in self._f.attrs.items()}
         try:
@@ -442,7 +445,7 @@ class TagTable:
             raise MtxError(f"{store_path} has no tag probabilities",
                            hint="run `mtx embed` with --tags and an encoder that has a tagger")
         self._f = h5py.File(self.path, "r")
-        self.ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["ids"][()]]
+        self.ids: list[str] = h5_strings(self._f["ids"][()])
         self._tags = self._f["tag_probs"]
         self.tag_names: list[str] = [str(_attr(v)) for v in self._tags.attrs["tag_names"]]
 

@@ -14,6 +14,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture()
+def one_thread():
+    """Tiny models run fastest single-threaded: intra-op threads only add sync overhead (and on a
+    busy 2-core machine, contention). Runs compared for exact resume use the same setting.
+    Modules of tiny-model training tests use it for every test (``pytestmark``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "state"
     monkeypatch.setenv("MTX_HOME", str(root))

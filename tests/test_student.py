@@ -17,14 +17,7 @@ TINY = ["--crop", "1", "--student-channels", "4", "--vocab-size", "200", "--batc
         "--num-workers", "0", "--device", "cpu", "--precision", "fp32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_student import TINY, _cfg, base_state, one_thread, sstate  # noqa: F401 - fixtures
+from test_student import TINY, _cfg, base_state, sstate  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHUNK = 4
 

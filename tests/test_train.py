@@ -13,16 +13,7 @@ MOODS = ["dark", "happy", "calm", "angry"]
 INSTRUMENTS = ["piano", "guitar", "drums"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded: intra-op threads only add sync overhead (and on a
-    busy 2-core machine, contention). Runs compared for exact resume use the same setting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_data(state, n: int = 48, dim: int = 24, encoder: str = "fake", manifest: str = "lib", seed: int = 0):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -481,6 +482,10 @@ class StudentEncoder(AudioEncoder):
         state_root = options.cache_dir.parent if options.cache_dir is not None else None
         self.checkpoint = resolve_student_checkpoint(options.model, state_root)
         self.model = StudentModel.from_pretrained(self.checkpoint, device=runtime.device).eval()
+        from ..state import file_sha256
+
+        # Retrained weights change every vector: their hash keys the stage config and the ONNX cache.
+        self.weights_sha = file_sha256(self.checkpoint / WEIGHTS_FILE)[:16]
         want = str(options.extra.get("runtime", "auto"))
         if want not in RUNTIMES:
             raise unknown_choice("student runtime", want, RUNTIMES)
@@ -490,17 +495,14 @@ class StudentEncoder(AudioEncoder):
         self.runtime_name = "onnx" if self._session is not None else "torch"
 
     def _open_onnx(self, required: bool) -> None:
-        from ..state import file_sha256
-
         try:
             from ..export_student import ClientLogMel, client_session, export_music_graph
 
-            sha = file_sha256(self.checkpoint / WEIGHTS_FILE)[:16]
-            cache = (self.options.cache_dir or self.checkpoint) / "student-onnx" / sha
+            cache = (self.options.cache_dir or self.checkpoint) / "student-onnx" / self.weights_sha
             path = cache / "student_music_encoder.onnx"
             if not path.exists():
                 cache.mkdir(parents=True, exist_ok=True)
-                tmp = cache / f".{path.name}.tmp"
+                tmp = cache / f".{path.name}.{os.getpid()}.tmp"   # shards may export at the same time
                 cfg = self.model.student_config
                 export_music_graph(self.model.music.cpu(), tmp, 17, cfg.n_mels, cfg.blocks)
                 self.model.music.to(self.runtime.device)
@@ -536,11 +538,7 @@ class StudentEncoder(AudioEncoder):
         return crop, crop
 
     def identity(self) -> dict[str, Any]:
-        from ..state import file_sha256
-
-        # Retrained weights change every vector: their hash is part of the stage key's config.
-        return {**super().identity(), "weights_sha256": file_sha256(self.checkpoint / WEIGHTS_FILE)[:16],
-                "runtime": self.runtime_name}
+        return {**super().identity(), "weights_sha256": self.weights_sha, "runtime": self.runtime_name}
 
     @torch.inference_mode()
     def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:

@@ -191,8 +191,8 @@ def _assemble(path: Path, n_chunks: int, n_mels: int, attrs: dict[str, Any]) -> 
             for i in range(n_chunks):
                 with h5py.File(parts[i], "r") as part:
                     pids, counts, rows = part["ids"][()], part["counts"][()], part["db"][()]
-                    failed_ids += [s.decode() if isinstance(s, bytes) else s for s in part["failed_ids"][()]]
-                    failed_why += [s.decode() if isinstance(s, bytes) else s for s in part["failed_reasons"][()]]
+                    failed_ids += store_mod.h5_strings(part["failed_ids"][()])
+                    failed_why += store_mod.h5_strings(part["failed_reasons"][()])
                 if len(pids):
                     ids.resize((n + len(pids),))
                     ids[n:] = pids
@@ -306,10 +306,10 @@ class MelCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
-            ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+            ids = store_mod.h5_strings(f["ids"][()])
             self.offsets = f["offsets"][()]
-            self.failures = [(s.decode() if isinstance(s, bytes) else s, w.decode() if isinstance(w, bytes) else w)
-                             for s, w in zip(f["failed_ids"][()], f["failed_reasons"][()])]
+            self.failures = list(zip(store_mod.h5_strings(f["failed_ids"][()]),
+                                     store_mod.h5_strings(f["failed_reasons"][()])))
         self.row = {id_: i for i, id_ in enumerate(ids)}
         self._file: h5py.File | None = None
 
