@@ -281,3 +281,38 @@ def test_train_with_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path) -
     assert [p.name for p in run.iterdir()] == ["latest"]
     message, hint = system_error(e.value, tmp_path)
     assert message.startswith("no space left on device") and "--continue" in hint
+
+
+# --------------------------------------------------------------------------- train and export options
+# Each refused before any work, in one line: weights, names and sizes that used to train, or end in an
+# internal error or the wrong hint ("diverged ... lower --lr").
+@pytest.mark.parametrize(("args", "code", "needles"), [
+    (["--objective", "student", "--teachers", "dsp:nan"], 1, ["invalid teacher 'dsp:nan'", "finite number above 0"]),
+    (["--objective", "student", "--teachers", "dsp:inf"], 1, ["invalid teacher 'dsp:inf'"]),
+    (["--objective", "student", "--teachers", "dsp:0.4,tiny:0"], 1, ["invalid teacher 'tiny:0'"]),
+    (["--objective", "student", "--teachers", "dsp:-1"], 1, ["invalid teacher 'dsp:-1'"]),
+    (["--objective", "student", "--teachers", "../embeddings/dsp"], 1, ["invalid teacher name '../embeddings/dsp'"]),
+    (["--audio-encoder", "dsp", "--loss", "infonce+nan*listmle"], 1, ["bad loss weight 'nan'", "above 0"]),
+    (["--audio-encoder", "dsp", "--loss", "infonce+-1*listmle"], 1, ["bad loss weight '-1'"]),
+    (["--audio-encoder", "dsp", "--loss", "0*infonce"], 1, ["bad loss weight '0'"]),
+    (["--objective", "student", "--student-blocks", "6", "--crop", "0.2"], 1,
+     ["--crop 0.2 gives 19 mel frames, fewer than the 64 that 6 blocks pool down", "--crop 0.7 or more"]),
+    (["--objective", "student", "--crop", "1000"], 1, ["--crop must be above 0 and at most 120 seconds"]),
+    (["--audio-encoder", "dsp", "--val-split", "bogus"], 1, ["unknown validation split 'bogus'"]),
+    (["--objective", "student", "--val-split", "bogus"], 1, ["unknown validation split 'bogus'"]),
+    (["--audio-encoder", "dsp", "--init-from", ""], 1, ["--init-from is empty"]),
+    (["--audio-encoder", "dsp", "--temperature", "0"], 2, ["must be a positive number", "--learn-temperature"]),
+])
+def test_bad_train_options_are_refused_in_one_line(synth_state: Path, args: list[str], code: int,
+                                                   needles: list[str]) -> None:
+    r = mtx(synth_state, "train", "--epochs", "1", "--device", "cpu", *args)
+    one_clear_line(r, code, *needles)
+    assert not list((synth_state / "runs").glob("*")) if (synth_state / "runs").exists() else True
+
+
+def test_export_out_naming_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep me")
+    r = mtx(tmp_path / "state", "export", "--out", str(target))
+    one_clear_line(r, 1, "is a file, not a folder")
+    assert target.read_bytes() == b"keep me"

@@ -3,13 +3,17 @@
 For each family in ``musiccli.families.FAMILIES``: train a tiny run through the one trainer (``mtx
 train``'s stage), interrupt another after two steps and resume it (the losses equal the uninterrupted
 run's), then load the checkpoint through the family, encode texts and map stored audio rows into the
-same space, export ONNX, load the export without torch and compare it with PyTorch, and get the
-torch-free search path. A new family needs a case here (the first test fails until it has one).
+same space, export ONNX, load the export and compare it with PyTorch, and encode a query through the
+search path in a process that never imports torch. A new family needs a case here (the first test fails until it has one).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +138,19 @@ def test_family_contract(name, state, tiny_backbone, request):
     # the torch-free search path serves every family once its export matches the checkpoint
     parts = family.query_parts(info, "best", "cpu", res.out / "onnx", "auto")
     assert parts.runtime == "onnx" and parts.note is None
+    code = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        from musiccli.families import family_for
+        from musiccli.runs import resolve_run
+        from musiccli.state import StateDir
+        info = resolve_run(StateDir.resolve({str(state.root)!r}), "full", announce=False)
+        parts = family_for(info).query_parts(info, "best", "cpu", Path({str(res.out / "onnx")!r}), "auto")
+        q = parts.model.encode(["calm piano"])
+        print(json.dumps({{"runtime": parts.runtime, "dim": int(q.shape[1]), "torch": "torch" in sys.modules}}))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"runtime": "onnx", "dim": model.dim, "torch": False}

@@ -397,3 +397,33 @@ def test_unreadable_training_audio_is_one_clear_error(sstate):
     with pytest.raises(MtxError, match="cannot read training audio.*missing audio file") as e:
         run_student_train(sstate, _cfg(epochs=1))
     assert "mtx verify" in e.value.hint
+
+
+def test_vocab_size_below_the_captions_characters_is_refused(sstate):
+    from musiccli.errors import MtxError
+    from musiccli.families.student.train import run_student_train
+
+    with pytest.raises(MtxError, match=r"--vocab-size 16 is smaller than the \d+ pieces") as e:
+        run_student_train(sstate, _cfg(epochs=1, vocab_size=16))
+    assert "--vocab-size" in e.value.hint and not sstate.run_dir("s").exists()
+
+
+def test_every_eval_option_works_for_a_student_run(cli, sstate):
+    """Zero-shot tables, prompts and plots, as for every family; `train --export` writes the torch-free files."""
+    from musiccli.training import TrainConfig, run_train
+
+    res = run_train(sstate, TrainConfig(objective="student", manifest="lib", run="zs", teachers="dsp:0.4,tiny:0.3",
+                                        epochs=1, batch_size=6, crop=1.0, student_channels=4, vocab_size=200,
+                                        num_workers=0, device="cpu", precision="fp32"))
+    assert res.onnx is not None and Path(res.onnx).name == "student_text_encoder.onnx", res.onnx_note
+    # the train split: the only one of these 24 clips that holds several styles
+    r = cli("eval", "--run", "zs", "--split", "train", "--zero-shot", "style", "--prompt", "clap", "--device", "cpu",
+            "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    zs = rep["zero_shot"]
+    assert zs["prompt"] == "clap" and zs["templates"] == ["This audio is a {} song."]
+    assert {"model", "random", "probe"} <= set(zs["fields"]["style"]["systems"])
+    assert set(rep["teacher_cosine"]) == {"dsp", "tiny"} and rep["objective"] == "student"
+    html = sstate.run_dir("zs") / "eval-train-best" / "report.html"
+    assert html.exists() and "Zero-shot classification" in html.read_text()

@@ -389,3 +389,15 @@ def test_cache_built_in_loader_workers_is_the_same_file(sstate, tmp_path: Path):
     a, b = _contents(_build(sstate).path), _contents(_build(other, num_workers=2).path)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_run_that_builds_the_mel_cache_computes_what_a_run_that_finds_it_does(sstate):
+    """The cache is built before the seed is set: building it must not move the training RNG streams."""
+    from musiccli.families.student.train import run_student_train
+
+    built = run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="builds"))
+    found = run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="finds"))
+    assert built.steps == found.steps
+    a = json.loads((sstate.run_dir("builds") / "latest" / "meta.json").read_text())["losses"]
+    b = json.loads((sstate.run_dir("finds") / "latest" / "meta.json").read_text())["losses"]
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)

@@ -271,6 +271,21 @@ def test_init_from_lineage_and_refusals(state, tiny_backbone):
         run_train(state, tiny_cfg(tiny_backbone, run="bad", manifest="lib", objective="joint", init_from="align1"))
 
 
+
+def test_init_from_a_joint_run_inherits_its_objective_and_dims(state, tiny_backbone, caplog):
+    import logging
+
+    from musiccli.training import run_train
+
+    make_data(state)
+    run_train(state, tiny_cfg(tiny_backbone, run="parent", objective="joint", joint_dim=8, epochs=1))
+    with caplog.at_level(logging.INFO, logger="musiccli.training.loop"):
+        res = run_train(state, tiny_cfg(tiny_backbone, run="child", init_from="parent", epochs=1))
+    assert res.objective == "joint"
+    info = json.loads((state.run_dir("child") / "run.json").read_text())
+    assert info["objective"] == "joint" and info["space_dim"] == 8 and info["config"]["joint_dim"] == 8
+    assert "a joint run, so this run trains --objective joint --joint-dim 8 too" in caplog.text
+
 # --------------------------------------------------------------------------- GradCache
 def _grads(params) -> list:
     import torch

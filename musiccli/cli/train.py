@@ -31,6 +31,13 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
+def _temperature(value: float) -> float:
+    if not value > 0:  # also refuses NaN
+        raise typer.BadParameter(f"must be a positive number (got {value}): the similarities are divided by it; "
+                                 "0.07 is CLIP's, --learn-temperature learns it")
+    return value
+
+
 def _choices(names: tuple[str, ...]):
     return lambda incomplete: [n for n in names if n.startswith(incomplete)]
 
@@ -47,10 +54,11 @@ def command(
                                               autocompletion=_complete_encoders)] = None,
     manifest: Manifest = None,
     run: Annotated[str | None, _opt("--run", "-r", help="Run name; default: <audio-encoder>-<manifest>.")] = None,
-    objective: Annotated[str, _opt("--objective", help=f"What trains: {', '.join(OBJECTIVE_NAMES)} (align: text "
-                                   "into the frozen audio space; joint: both towers into a shared space; student: "
-                                   "small mel-CNN music tower + text tower, distilled from --teachers).",
-                                   autocompletion=_choices(OBJECTIVE_NAMES))] = "align",
+    objective: Annotated[str | None, _opt("--objective", help=f"What trains: {', '.join(OBJECTIVE_NAMES)} (align: "
+                                          "text into the frozen audio space; joint: both towers into a shared "
+                                          "space; student: small mel-CNN music tower + text tower, distilled from "
+                                          "--teachers). Default: align, or the --init-from run's.",
+                                          autocompletion=_choices(OBJECTIVE_NAMES))] = None,
     joint_dim: Annotated[int | None, _opt("--joint-dim", min=2, help="Joint objective: width of the shared "
                                           "space (default: 128).")] = None,
     recipe: Annotated[str | None, _opt("--recipe", help="Per-encoder defaults for backbone, pooling and batch "
@@ -80,7 +88,8 @@ def command(
     loss: Annotated[str | None, _opt("--loss", help=f"Loss: {', '.join(LOSS_NAMES)}, or a combination such as "
                                      "infonce+0.5*listmle (default: combined for align, infonce for joint).",
                                      autocompletion=_complete_losses)] = None,
-    temperature: Annotated[float, _opt("--temperature", help="InfoNCE / ListMLE temperature.")] = 0.07,
+    temperature: Annotated[float, _opt("--temperature", callback=_temperature,
+                                       help="InfoNCE / ListMLE temperature.")] = 0.07,
     learn_temperature: Annotated[bool, _opt("--learn-temperature",
                                             help="Learn the temperature (log-parameterised).")] = False,
     mse_weight: Annotated[float, _opt("--mse-weight", help="Weight of MSE in the combined loss.")] = 0.1,
@@ -116,7 +125,8 @@ def command(
     report_to: Annotated[str, _opt("--report-to", help=f"Experiment tracker: {', '.join(TRACKER_NAMES)} "
                                    "(metrics.jsonl is always written).",
                                    autocompletion=_choices(TRACKER_NAMES))] = "none",
-    val_split: Annotated[str, _opt("--val-split", help="Split used for validation.")] = "val",
+    val_split: Annotated[str, _opt("--val-split", help="Split used for validation: train, val or test.",
+                                   autocompletion=_choices(("train", "val", "test")))] = "val",
     use_alt_captions: Annotated[bool, _opt("--alt-captions/--no-alt-captions",
                                            help="Draw from alternative captions too.")] = True,
     teachers: Annotated[str | None, _opt("--teachers", help="student: teacher stores NAME:WEIGHT,... (default "

@@ -24,7 +24,8 @@ class TrainConfig:
     audio_encoder: str | None = None      # align/joint: the store the towers train on (student: none)
     manifest: str | None = None           # name or path; None = newest
     run: str | None = None                # None = "<audio_encoder>-<manifest>" ("student-<manifest>")
-    objective: str = DEFAULT_OBJECTIVE    # align | joint | student (musiccli.families.OBJECTIVES)
+    objective: str | None = None          # align | joint | student (musiccli.families.OBJECTIVES); None = align,
+                                          # or the --init-from run's objective (training.loop.run_train)
     joint_dim: int | None = None          # joint: shared space width (None = 128, TTMR's)
     recipe: str | None = None             # fills unset backbone / batch size / pooling per encoder
     text_backbone: str | None = None      # alias, HF id or local path (None = recipe or minilm)

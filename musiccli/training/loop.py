@@ -14,12 +14,14 @@ from into ``exports/<run>/<checkpoint>/onnx``; a failure there never fails the t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from ..errors import MtxError
 from ..progress import NullProgress, Progress
-from ..state import StateDir, stage_function
+from ..runs import RunMeta
+from ..state import StateDir, check_name, stage_function
 from .config import DEFAULT_OBJECTIVE, EpochCallback, TrainConfig, TrainResult, default_run_name
 from .fit import run_trainer
 from .trainer import TrainContext, Trainer
@@ -35,6 +37,7 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
     """Train (or resume, or skip when complete) one run of the family ``cfg.objective`` belongs to."""
     from ..families import family_of
 
+    cfg = resolve_objective(state, cfg)
     family = family_of(cfg.objective)
     ctx = TrainContext(state, cfg.resolved(family.defaults, family.uses_recipes), progress or NullProgress())
     trainer = Trainer(family.train_parts(ctx), ctx, on_epoch)
@@ -42,6 +45,29 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
     if not result.skipped and ctx.cfg.export and trainer.collective.is_main:
         export_at_end(state, family, result)
     return result
+
+
+def resolve_objective(state: StateDir, cfg: TrainConfig) -> TrainConfig:
+    """``--objective`` left unset: the ``--init-from`` run's objective (and a joint run's ``--joint-dim``), said
+    in the log, else align. A run continued from a joint run is a joint run unless told otherwise."""
+    if cfg.objective is not None:
+        return cfg
+    parent = cfg.init_from.partition(":")[0].strip() if cfg.init_from else ""
+    meta = None
+    if parent:
+        try:
+            meta = RunMeta.read(state.run_dir(check_name("run", parent)))
+        except MtxError:
+            meta = None   # a bad name: the family's --init-from check says so in its own words
+    if meta is None or meta.objective == DEFAULT_OBJECTIVE:
+        return dataclasses.replace(cfg, objective=DEFAULT_OBJECTIVE)
+    values: dict = {"objective": meta.objective}
+    if meta.objective == "joint" and cfg.joint_dim is None and meta.space_dim:
+        values["joint_dim"] = int(meta.space_dim)
+    log.info("--init-from %s: a %s run, so this run trains --objective %s%s too (pass --objective to change it)",
+             parent, meta.objective, meta.objective,
+             f" --joint-dim {values['joint_dim']}" if "joint_dim" in values else "")
+    return dataclasses.replace(cfg, **values)
 
 
 def export_at_end(state: StateDir, family, result: TrainResult) -> None:

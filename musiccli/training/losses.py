@@ -325,6 +325,9 @@ def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
                 weight = float(w)
             except ValueError:
                 raise MtxError(f"bad loss weight {w!r} in {spec!r}", hint="write e.g. infonce+0.5*listmle") from None
+            if not (math.isfinite(weight) and weight > 0):
+                raise MtxError(f"bad loss weight {w.strip()!r} in {spec!r}: each weight must be a finite number "
+                               f"above 0", hint="write e.g. infonce+0.5*listmle, or leave a loss out")
             part = part.strip()
         if part not in LOSSES:
             raise unknown_choice("loss", part, LOSSES)

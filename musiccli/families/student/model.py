@@ -53,6 +53,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_ENCODERS = ("mean", "transformer")
 PAD, UNK = "[PAD]", "[UNK]"
 SAMPLE_RATE = 48000
+MAX_CROP_S = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,16 @@ class StudentConfig:
             raise MtxError("student widths must be positive")
         if self.text_encoder == "transformer" and self.text_width % self.text_heads:
             raise MtxError(f"text width {self.text_width} is not divisible by {self.text_heads} heads")
-        if self.crop_s <= 0:
-            raise MtxError(f"--crop must be positive, got {self.crop_s}")
+        if not 0 < self.crop_s <= MAX_CROP_S:
+            # A crop is decoded, repeated to length and turned into a mel per item: its cost grows with it.
+            raise MtxError(f"--crop must be above 0 and at most {MAX_CROP_S:g} seconds, got {self.crop_s:g}",
+                           hint="the student design uses 30 s crops; shorter tracks are repeated to the crop")
+        frames, need = 1 + self.crop_samples // self.hop, 2 ** self.blocks
+        if frames < need:
+            shortest = (need - 1) * self.hop / self.sample_rate
+            raise MtxError(f"--crop {self.crop_s:g} gives {frames} mel frames, fewer than the {need} that "
+                           f"{self.blocks} blocks pool down", hint=f"use --crop {math.ceil(shortest * 10) / 10:g} "
+                           f"or more, or fewer --student-blocks")
 
     @property
     def channels(self) -> list[int]:
@@ -229,6 +238,10 @@ def train_tokenizer(captions: Sequence[str], vocab_size: int, max_length: int):
         words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(c)))
     chars = sorted({ch for w in words for ch in w})
     pieces = [PAD, UNK, *chars, *(f"##{ch}" for ch in chars)]
+    if len(pieces) > vocab_size:
+        # Fewer pieces than characters would leave words unspellable; never exceed the size silently.
+        raise MtxError(f"--vocab-size {vocab_size} is smaller than the {len(pieces)} pieces the captions' "
+                       f"characters need", hint=f"use --vocab-size {len(pieces)} or more (default 3072)")
     taken = set(pieces)
     ranked = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
     pieces += ranked[:max(0, vocab_size - len(pieces))]

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ...audio import decode
 from ...errors import MtxError, unknown_choice
-from ...manifest import Record, manifest_hash, read_manifest, resolve_manifest
+from ...manifest import SPLITS, Record, manifest_hash, read_manifest, resolve_manifest
 from ...progress import NullProgress, Progress
 from ...provenance import training_data
 from ...retrieval import pair_keys
@@ -109,6 +109,7 @@ class StudentTrainConfig:
     vocab_size: int = _ARCH.vocab_size
     max_length: int = _ARCH.max_length
     use_alt_captions: bool = True
+    val_split: str = "val"
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -134,19 +135,25 @@ _ARCH_FIELDS = ("blocks", "base_channels", "residual", "dim", "dropout", "crop_s
 
 
 def parse_teachers(text: str) -> dict[str, float]:
-    """``"musicnn:0.3,dsp:0.4"`` -> {"musicnn": 0.3, "dsp": 0.4} (a bare name weighs 1.0)."""
+    """``"musicnn:0.3,dsp:0.4"`` -> {"musicnn": 0.3, "dsp": 0.4} (a bare name weighs 1.0).
+
+    A teacher is a store name (``embeddings/<name>/``), never a path; each weight is a finite number > 0
+    (a teacher of weight 0 would only cost time)."""
     out: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         name, _, weight = part.partition(":")
+        name = name.strip()
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
             raise MtxError(f"invalid teacher weight in {part!r}", hint="use NAME:WEIGHT, e.g. musicnn:0.3") from None
-        if w < 0 or name.strip() in out:
-            raise MtxError(f"invalid teacher {part!r}", hint="each teacher once, with a non-negative weight")
-        out[name.strip()] = w
+        if not (math.isfinite(w) and w > 0) or name in out:
+            raise MtxError(f"invalid teacher {part!r}",
+                           hint="each teacher once, with a weight that is a finite number above 0, e.g. dsp:0.4")
+        check_name("teacher", name)   # an audio encoder's store name: '../x' or 'a/b' never reach a path
+        out[name] = w
     if not out:
         raise MtxError("no teachers given", hint=f"e.g. --teachers {DEFAULT_TEACHERS}")
     return out
@@ -271,13 +278,12 @@ class StudentParts:
         cfg = self.cfg
         if cfg.distill_loss not in DISTILL_LOSSES:
             raise unknown_choice("distillation loss", cfg.distill_loss, DISTILL_LOSSES)
-        if not cfg.contrastive_weight >= 0 or math.isinf(cfg.contrastive_weight):
+        if not (math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0):
             raise MtxError(f"--contrastive-weight must be a finite number >= 0, got {cfg.contrastive_weight}")
+        if cfg.val_split not in SPLITS:
+            raise unknown_choice("validation split", cfg.val_split, SPLITS)
         cfg.student_config(cfg.vocab_size, {}).validate()
         self.weights = parse_teachers(cfg.teachers)
-        if cfg.contrastive_weight == 0 and not any(self.weights.values()) and not cfg.text_teacher:
-            raise MtxError("every loss weight is zero: the student would not learn anything",
-                           hint="give --contrastive-weight or a teacher a positive weight")
         self.runtime = select_runtime(cfg.device, cfg.precision)
         self.collective = Collective(DistInfo(), self.runtime.device)
         self.manifest_name, self.manifest_path = resolve_manifest(self.state, cfg.manifest)
@@ -370,7 +376,7 @@ class StudentParts:
         cfg = self.cfg
         self.records = read_manifest(self.manifest_path)
         self.train_records = self._split(self.records, "train")
-        self.val_records = self._split(self.records, "val")
+        self.val_records = self._split(self.records, cfg.val_split)
         if len(self.train_records) < 2:
             raise MtxError(f"only {len(self.train_records)} training records with every teacher's embedding",
                            hint="check the manifest splits and that `mtx embed` covered them")
@@ -573,7 +579,8 @@ class StudentParts:
 def _off(name: str, value: Any) -> bool:
     """Options added after the first student runs, left out of the run config while off, so the stage
     records of earlier runs keep their config."""
-    return (name == "mel_cache" and value is False) or (name == "text_teacher" and value is None)
+    return ((name == "mel_cache" and value is False) or (name == "text_teacher" and value is None)
+            or (name == "val_split" and value == "val"))
 
 
 def _file_identity(path: Path) -> dict[str, Any]:
@@ -596,7 +603,8 @@ def student_train_config(cfg: TrainConfig) -> StudentTrainConfig:
         warmup_ratio=float(cfg.warmup_ratio), grad_clip=cfg.grad_clip, patience=cfg.patience,
         blocks=cfg.student_blocks, base_channels=cfg.student_channels, residual=cfg.student_residual,
         dropout=cfg.dropout, crop_s=cfg.crop, text_encoder=cfg.text_tower, vocab_size=cfg.vocab_size,
-        max_length=cfg.max_length, use_alt_captions=cfg.use_alt_captions, seed=cfg.seed, device=cfg.device,
+        max_length=cfg.max_length, use_alt_captions=cfg.use_alt_captions, val_split=cfg.val_split, seed=cfg.seed,
+        device=cfg.device,
         precision=cfg.precision, num_workers=cfg.num_workers, mel_cache=cfg.mel_cache,
         text_teacher=cfg.text_teacher, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         report_to=cfg.report_to, resume=cfg.resume)

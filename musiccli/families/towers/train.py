@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import MtxError, unknown_choice
-from ...manifest import manifest_hash, read_manifest, resolve_manifest
+from ...manifest import SPLITS, manifest_hash, read_manifest, resolve_manifest
 from ...provenance import training_data
 from ...runs import CHECKPOINTS, RunMeta, find_checkpoint
 from ...runtime import Runtime, init_distributed, select_runtime
@@ -132,6 +132,8 @@ def check_config(cfg: TrainConfig) -> tuple[Objective, str]:
         raise MtxError(f"--accum-steps must be at least 1, got {cfg.accum_steps}")
     if cfg.text_rep not in TEXT_REPS:
         raise unknown_choice("text representation", cfg.text_rep, TEXT_REPS)
+    if cfg.val_split not in SPLITS:
+        raise unknown_choice("validation split", cfg.val_split, SPLITS)
     objective = get_objective(cfg.objective)
     if cfg.audio_encoder is None:
         raise MtxError(f"--audio-encoder is required for --objective {cfg.objective}",
