@@ -267,7 +267,7 @@ def merge_caption_file(records: Sequence[Record], cf: CaptionFile) -> CaptionMer
     if out.unknown:
         log.warning("%s: %d row(s) name no scanned record and are ignored, e.g. %s", name, out.unknown,
                     out.unknown_examples[0])
-    log.info("%s: %d row(s) matched, %d record(s) got new captions", name, out.matched, out.captions)
+    log.debug("%s: %d row(s) matched, %d record(s) got new captions", name, out.matched, out.captions)
     return out
 
 

@@ -126,7 +126,7 @@ def command(
         m = result.caption_file
         labels = ", ".join(f"{f} ({n})" for f, n in sorted(m["labels"].items())) or "none"
         app.out.info(f"caption file {escape(m['file'])}: {m['matched']} of {m['rows']} row(s) matched; "
-                     f"{m['captions']} record(s) got its captions; fields set: {escape(labels)}; "
+                     f"{m['captions']} record(s) took their captions from it; fields set: {escape(labels)}; "
                      f"{m['without_row']} scanned record(s) not in the file")
         if m["unknown"]:
             app.out.info(f"[yellow]{m['unknown']} row(s) name no scanned record and were ignored[/], e.g.:")
