@@ -182,5 +182,6 @@ def test_csv_quoting_lists_bom_and_tsv(tmp_path: Path) -> None:
                Record(id="a2", audio_path=str(tmp_path / "b.wav"), caption="keep", duration=2.0)]
     merged = merge_caption_file(records, cf)
     assert (merged.matched, merged.captions, merged.unknown, merged.without_row) == (2, 1, 0, 0)
-    assert records[0].captions == ['Strings, then "brass"', "one", "two"] and records[0].extra["genre"] == ["jazz", "swing"]
+    assert records[0].captions == ['Strings, then "brass"', "one", "two"]
+    assert records[0].extra["genre"] == ["jazz", "swing"]
     assert records[1].captions == ["keep"] and records[1].duration == 2.0
