@@ -25,8 +25,7 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import (Record, SplitSummary, assign_splits, dominant_artists, sample_records, split_counts,
-                       split_counts_by, write_manifest)
+from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
@@ -89,13 +88,13 @@ class UnifyResult:
     synthesised: int = 0                   # records whose caption was synthesised from tags/features
     llm: dict[str, Any] | None = None      # --captions llm: model, calls, cached, failed, tokens
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
-    # --keep-official-splits: records moved so that no recording/artist component crosses splits
-    split_conflicts: int = 0
-    split_overridden: int = 0
     caption_file: dict[str, Any] | None = None      # --captions FILE: rows matched, unknown keys, fields set
     artist_sources: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> artist rule -> records
     dominant_artists: list[list[Any]] = field(default_factory=list)          # [artist, records] over the share
     folders: list[CompositionRow] = field(default_factory=list)   # split sizes per top-level folder of a library
+    # --keep-official-splits: records moved so that no recording/artist component crosses splits
+    split_conflicts: int = 0
+    split_overridden: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
@@ -170,6 +169,38 @@ def composition(records: Sequence[Record]) -> list[CompositionRow]:
         rows.append(CompositionRow(dataset=ds, count=len(by_ds[ds]),
                                    hours=round(sum(r.duration for r in by_ds[ds]) / 3600, 4), **counts))
     return rows
+
+
+def _artists_and_folders(records: Sequence[Record]) -> dict[str, Any]:
+    """Which rule named each record's artist (per source), artists too big for balanced splits, and the
+    split sizes per top-level folder of a library (``relative_path``) with more than one."""
+    from .manifest import dominant_artists, split_counts_by
+
+    sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        if r.extra.get("artist_source"):   # set where a rule named the artist (folder, a caption file)
+            sources[r.dataset or "unknown"][r.extra["artist_source"]] += 1
+    dominant = dominant_artists(records)
+    for artist, n in dominant:
+        log.warning("artist %r holds %d of %d records (%.0f%%): they all go to one split, so the splits cannot "
+                    "be balanced", artist, n, len(records), 100 * n / len(records))
+
+    def top_folder(r: Record) -> str | None:
+        rel = r.extra.get("relative_path")
+        return f"{r.dataset}/{rel.split('/', 1)[0] if '/' in rel else '.'}" if isinstance(rel, str) else None
+
+    by_folder = split_counts_by(records, top_folder)
+    per_source = defaultdict(int)
+    for key in by_folder:
+        per_source[key.split("/", 1)[0]] += 1
+    hours: dict[str, float] = defaultdict(float)
+    for r in records:
+        if (k := top_folder(r)) is not None:
+            hours[k] += r.duration / 3600
+    folders = [CompositionRow(dataset=k, count=sum(c.values()), hours=round(hours[k], 4), **c)
+               for k, c in by_folder.items() if per_source[k.split("/", 1)[0]] > 1]
+    return {"artist_sources": {ds: dict(sorted(c.items())) for ds, c in sorted(sources.items())},
+            "dominant_artists": [[a, n] for a, n in dominant], "folders": folders}
 
 
 def _validate(cfg: UnifyConfig) -> None:
@@ -352,48 +383,19 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     if cfg.captions == "llm" and not cfg.dry_run:
         llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
     synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
-    result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
+    reports = {"caption_file": merged, **_artists_and_folders(chosen)}
+    result = UnifyResult(**reports,
+                         name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
                          dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
                          failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
                          dry_run=cfg.dry_run, download_failures=download_failures,
                          split_conflicts=splits.official_conflicts, split_overridden=splits.overridden,
-                         captions=cfg.captions, synthesised=synthesised, llm=llm, caption_file=merged,
-                         **_artists_and_folders(chosen))
+                         captions=cfg.captions, synthesised=synthesised, llm=llm)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
     return result
-
-
-def _artists_and_folders(records: Sequence[Record]) -> dict[str, Any]:
-    """Which rule named each record's artist (per source), artists too big for balanced splits, and the
-    split sizes per top-level folder of a library (``relative_path``) with more than one."""
-    sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in records:
-        if r.extra.get("artist_source"):   # sources that say which rule named the artist (folder; a caption file)
-            sources[r.dataset or "unknown"][r.extra["artist_source"]] += 1
-    dominant = dominant_artists(records)
-    for artist, n in dominant:
-        log.warning("artist %r holds %d of %d records (%.0f%%): they all go to one split, so the splits cannot "
-                    "be balanced", artist, n, len(records), 100 * n / len(records))
-
-    def top_folder(r: Record) -> str | None:
-        rel = r.extra.get("relative_path")
-        return f"{r.dataset}/{rel.split('/', 1)[0] if '/' in rel else '.'}" if isinstance(rel, str) else None
-
-    by_folder = split_counts_by(records, top_folder)
-    per_source = defaultdict(int)
-    for key in by_folder:
-        per_source[key.split("/", 1)[0]] += 1
-    hours: dict[str, float] = defaultdict(float)
-    for r in records:
-        if (k := top_folder(r)) is not None:
-            hours[k] += r.duration / 3600
-    folders = [CompositionRow(dataset=k, count=sum(c.values()), hours=round(hours[k], 4), **c)
-               for k, c in by_folder.items() if per_source[k.split("/", 1)[0]] > 1]
-    return {"artist_sources": {ds: dict(sorted(c.items())) for ds, c in sorted(sources.items())},
-            "dominant_artists": [[a, n] for a, n in dominant], "folders": folders}
 
 
 def _llm_config(cfg: UnifyConfig) -> LLMConfig:

@@ -184,15 +184,6 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
     }
 
 
-def captions_for(info: dict[str, Any]) -> list[str]:
-    from ..captions import classify_tags, synthesize_captions
-
-    described = synthesize_captions(classify_tags([*info.get("genres", []), *info.get("moods", [])]),
-                                    key=info["id"], n=3)
-    by = f"{info['title']} by {info['artist']}" if info.get("artist") else info["title"]
-    return [c for c in dict.fromkeys([*described, by]) if c]
-
-
 # --------------------------------------------------------------------------- artists
 # ``artist_source`` of a folder record: which rule named its artist.
 ARTIST_TAG, ARTIST_FOLDER, ARTIST_NONE = "tag", "folder", "none"
@@ -258,6 +249,15 @@ def folder_artists(infos: list[dict[str, Any]]) -> list[tuple[str | None, str]]:
         else:
             out.append((None, ARTIST_NONE))
     return out
+
+
+def captions_for(info: dict[str, Any]) -> list[str]:
+    from ..captions import classify_tags, synthesize_captions
+
+    described = synthesize_captions(classify_tags([*info.get("genres", []), *info.get("moods", [])]),
+                                    key=info["id"], n=3)
+    by = f"{info['title']} by {info['artist']}" if info.get("artist") else info["title"]
+    return [c for c in dict.fromkeys([*described, by]) if c]
 
 
 @register
@@ -351,12 +351,12 @@ class FolderSource(Source):
             captions = captions_for(info)
             out.append(Record(
                 id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
-                alt_captions=captions[1:], dataset=INFO.name, artist=artist, title=info.get("title"),
+                alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
                 tags=[*info.get("genres", []), *info.get("moods", [])], license=None, group=file_group(path),
                 extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
-                                         "relative_path": info["rel"],
-                                         "artist_source": artist_source}.items() if v is not None},
+                                         "relative_path": info["rel"]}.items() if v is not None},
             ))
+            out[-1].extra["artist_source"] = artist_source   # which rule named the artist (folder_artists)
         return out
 
     def expected_files(self, root: Path) -> list[ExpectedFile]:
