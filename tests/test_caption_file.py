@@ -27,11 +27,11 @@ def library(tmp_path: Path, state_dir: Path):
     from httpserver import mtx_runner
 
     corpus = tmp_path / "corpus"
-    for s, style in (("mma", "samba"), ("field", "rain")):
+    for i, (s, style) in enumerate((("mma", "samba"), ("field", "rain"))):
         d = corpus / s / f"{style}-pack"
         d.mkdir(parents=True)
         for p in range(6):
-            sf.write(d / f"{style}_{p}.wav", _tone(0.3, 200 + 50 * p), 8000)
+            sf.write(d / f"{style}_{p}.wav", _tone(0.3, 200 + 50 * p + 1000 * i), 8000)   # each its own audio
     mtx = mtx_runner(state_dir)
     assert mtx("download", "folder", "--path", str(corpus)).exit_code == 0
     return corpus, mtx, StateDir.resolve(state_dir)

@@ -18,9 +18,9 @@ from musiccli.sources.ledger import Ledger
 from musiccli.verify import check_file
 
 
-def _tone(seconds: float) -> np.ndarray:
+def _tone(seconds: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(8000 * seconds)) / 8000
-    return (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 @pytest.fixture()
@@ -215,12 +215,12 @@ def test_stats_measure_the_music_not_the_index(music: Path, state_dir: Path) -> 
 def _corpus(root: Path, sources: tuple[str, ...] = ("mma", "field", "synth"), collections: int = 3,
             pieces: int = 10) -> Path:
     """corpus/<source>/<collection>/<piece>.wav, untagged: a sample library, not Artist/Album/track."""
-    for s in sources:
+    for i, s in enumerate(sources):
         for c in range(collections):
             d = root / s / f"{s}-lib{c}"
             d.mkdir(parents=True)
-            for p in range(pieces):
-                sf.write(d / f"piece_{p:02d}.wav", _tone(0.2 + 0.01 * p), 8000)
+            for p in range(pieces):   # every file its own audio (byte-identical copies are one recording)
+                sf.write(d / f"piece_{p:02d}.wav", _tone(0.2, 100 + 10 * p + 200 * c + 1000 * i), 8000)
     return root
 
 
@@ -293,7 +293,7 @@ def test_one_artist_holding_most_records_is_warned(tmp_path: Path, state_dir: Pa
     lib.mkdir()
     for i in range(24):
         path = lib / f"{i:02d}.mp3"
-        sf.write(path, _tone(0.3), 8000, format="MP3")
+        sf.write(path, _tone(0.3, 300 + 20 * i), 8000, format="MP3")
         tags = EasyID3()
         tags.update({"artist": "Big Band" if i < 12 else f"Solo {i}", "title": f"Song {i}"})
         tags.save(path)
