@@ -213,14 +213,14 @@ def test_stats_measure_the_music_not_the_index(music: Path, state_dir: Path) -> 
 
 # --------------------------------------------------------------------------- artists (issue 24)
 def _corpus(root: Path, sources: tuple[str, ...] = ("mma", "field", "synth"), collections: int = 3,
-            pieces: int = 10) -> Path:
+            pieces: int = 20) -> Path:
     """corpus/<source>/<collection>/<piece>.wav, untagged: a sample library, not Artist/Album/track."""
     for i, s in enumerate(sources):
         for c in range(collections):
             d = root / s / f"{s}-lib{c}"
             d.mkdir(parents=True)
             for p in range(pieces):   # every file its own audio (byte-identical copies are one recording)
-                sf.write(d / f"piece_{p:02d}.wav", _tone(0.2, 100 + 10 * p + 200 * c + 1000 * i), 8000)
+                sf.write(d / f"piece_{p:02d}.wav", _tone(0.2, 100 + 10 * p + 250 * c + 1000 * i), 8000)
     return root
 
 
@@ -228,7 +228,7 @@ def test_untagged_source_collection_layout_invents_no_artist_and_splits_every_fo
                                                                                       state_dir: Path) -> None:
     from httpserver import mtx_runner
 
-    from musiccli.manifest import read_manifest
+    from musiccli.manifest import read_manifest, recording_components
     from musiccli.state import StateDir
 
     corpus = _corpus(tmp_path / "corpus")
@@ -236,10 +236,11 @@ def test_untagged_source_collection_layout_invents_no_artist_and_splits_every_fo
     assert mtx("download", "folder", "--path", str(corpus)).exit_code == 0
     out = mtx("unify", "--datasets", "folder", "--name", "lib")
     assert out.exit_code == 0, out.output
-    assert "folder artists: 90 without an artist" in out.output      # the rule each record used
+    assert "folder artists: 180 without an artist" in out.output      # the rule each record used
     assert "holds" not in out.output                                  # no artist dominates: nothing to warn
     records = read_manifest(StateDir.resolve(state_dir).manifest_path("lib"))
-    assert len(records) == 90
+    assert len(records) == 180
+    assert len(recording_components(records)) == 180                  # no folder lumps records together
     assert all(r.artist is None and r.extra["artist_source"] == "none" for r in records)
     assert not any(" by " in c for r in records for c in r.captions)  # no "piece_01 by mma"
     by_top: dict[str, set[str]] = {}
@@ -253,8 +254,8 @@ def test_untagged_source_collection_layout_invents_no_artist_and_splits_every_fo
     res = json.loads(mtx("unify", "--datasets", "folder", "--name", "lib2", "--json").stdout)
     rows = {c["dataset"]: c for c in res["folders"]}
     assert set(rows) == {"folder/mma", "folder/field", "folder/synth"}
-    assert all(c["test"] > 0 and c["count"] == 30 for c in rows.values())
-    assert res["artist_sources"] == {"folder": {"none": 90}}
+    assert all(c["test"] > 0 and c["count"] == 60 for c in rows.values())
+    assert res["artist_sources"] == {"folder": {"none": 180}}
 
 
 def _info(rel: str, tag: str | None = None, **kw) -> dict:
