@@ -63,6 +63,7 @@ def test_csv_captions_labels_and_unknown_paths(library, tmp_path: Path) -> None:
     assert set(plain) == set(mine)
     for rel in plain:   # captions and labels change; which audio a record is, and its split, do not
         assert [getattr(mine[rel], f) for f in IDENTITY] == [getattr(plain[rel], f) for f in IDENTITY]
+        assert mine[rel].extra.get("content_hash") == plain[rel].extra.get("content_hash")
     fast = mine["mma/samba-pack/samba_0.wav"]
     assert fast.caption == "A fast samba, with surdo"
     assert fast.alt_captions == ["busy drums", "carnival groove"]
