@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -113,7 +114,7 @@ def read_caption_file(path: str | Path) -> CaptionFile:
 
 
 def _read_csv(text: str, name: str, delimiter: str) -> list[Row]:
-    reader = csv.reader(text.splitlines(), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)  # keeps quoted newlines
     try:
         header = next(reader, None)
     except csv.Error as e:

@@ -164,9 +164,11 @@ def test_csv_quoting_lists_bom_and_tsv(tmp_path: Path) -> None:
     p = tmp_path / "c.csv"
     p.write_text('\ufeffid,caption,alt_captions,genre\n'
                  '  a1 ,"Strings, then ""brass""",one | two||,jazz|swing\n'
-                 "a2,,,\n", encoding="utf-8")
+                 "a2,,,\n"
+                 '"a3","two\nlines",,\n', encoding="utf-8")
     cf = read_caption_file(p)
-    assert cf.format == "csv" and [r.key for r in cf.rows] == ["a1", "a2"]
+    assert cf.format == "csv" and [r.key for r in cf.rows] == ["a1", "a2", "a3"]
+    assert cf.rows[2].values == {"caption": "two\nlines"} and cf.rows[2].line == 5
     assert cf.rows[0].values == {"caption": 'Strings, then "brass"', "alt_captions": ["one", "two"],
                                  "genre": ["jazz", "swing"]}
     assert cf.rows[1].values == {}
@@ -182,7 +184,7 @@ def test_csv_quoting_lists_bom_and_tsv(tmp_path: Path) -> None:
                       alt_captions=["older"]),
                Record(id="a2", audio_path=str(tmp_path / "b.wav"), caption="keep", duration=2.0)]
     merged = merge_caption_file(records, cf)
-    assert (merged.matched, merged.captions, merged.unknown, merged.without_row) == (2, 1, 0, 0)
+    assert (merged.matched, merged.captions, merged.unknown, merged.without_row) == (2, 1, 1, 0)
     assert records[0].captions == ['Strings, then "brass"', "one", "two"]
     assert records[0].extra["genre"] == ["jazz", "swing"]
     assert records[1].captions == ["keep"] and records[1].duration == 2.0
