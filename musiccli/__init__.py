@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .encoders.text import TextEmbedder
+    from .families.towers.model import load_towers
 
 
 def __getattr__(name: str) -> Any:
@@ -16,7 +17,11 @@ def __getattr__(name: str) -> Any:
         from .encoders.text import TextEmbedder
 
         return TextEmbedder
+    if name == "load_towers":   # both towers of an align or joint checkpoint, or of an export's hf/
+        from .families.towers.model import load_towers
+
+        return load_towers
     raise AttributeError(name)
 
 
-__all__ = ["TextEmbedder", "__version__"]
+__all__ = ["TextEmbedder", "__version__", "load_towers"]

@@ -72,7 +72,7 @@ class TextEmbedderConfig:
     audio_encoder: str | None = None
     aggregation: str | None = None
     # "audio": predictions live in the audio encoder's standardised space (align);
-    # "joint": in a space shared with a trained audio tower (see encoders/towers.py).
+    # "joint": in a space shared with a trained audio tower (see families/towers/model.py).
     space: str = "audio"
     model_type: str = MODEL_TYPE
     extra: dict[str, Any] = field(default_factory=dict)
@@ -186,7 +186,7 @@ class TextEmbedder(nn.Module):
 
     def audio_for_retrieval(self, audio: np.ndarray) -> np.ndarray:
         """Raw audio vectors -> unit vectors in the space text queries are compared in (align runs;
-        a joint run's audio side is its trained audio tower: ``musiccli.runs.load_towers``)."""
+        a joint run's audio side is its trained audio tower: ``musiccli.families.towers.model.load_towers``)."""
         self._require_audio_space()
         z = (np.asarray(audio, dtype=np.float32) - self.audio_mean.cpu().numpy()) / self.audio_std.cpu().numpy()
         return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
@@ -194,7 +194,7 @@ class TextEmbedder(nn.Module):
     def _require_audio_space(self) -> None:
         if self.config.space != "audio":
             raise MtxError("this text tower predicts into a joint space, not the audio encoder's",
-                           hint="map audio through the run's audio tower (musiccli.runs.load_towers)")
+                           hint="map audio through the run's audio tower (musiccli.families.towers.model.load_towers)")
 
     def enable_grad_checkpointing(self) -> None:
         """Recompute the backbone's activations in backward instead of storing them."""

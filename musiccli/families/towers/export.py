@@ -96,14 +96,14 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         lines += ["", "## Joint space", "",
                   f"This run was trained with the `joint` objective: text and audio both pass through trained "
                   f"heads into a shared {c.out_dim}-d space. Map stored audio vectors with the audio tower in "
-                  f"`audio_tower/` (`musiccli.families.towers.model.load_towers(\"hf\")`, or "
+                  f"`audio_tower/` (`musiccli.load_towers(\"hf\")`, or "
                   f"`onnx/audio_tower.onnx`), never by standardising them alone."]
     lines += [
         "",
         "## Usage",
         "",
         "```python",
-        "from musiccli.families.towers.model import load_towers",
+        "from musiccli import load_towers",
         "",
         'towers = load_towers("hf")                         # text tower + audio tower',
         'q = towers.text.encode(["dark metal"])            # unit vectors, retrieval space',
