@@ -154,3 +154,15 @@ def test_family_contract(name, state, tiny_backbone, request):
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"runtime": "onnx", "dim": model.dim, "torch": False}
+
+
+def test_stages_never_branch_on_a_family_or_objective_name():
+    """Stages call the family; only the families (and the registry) know the names."""
+    import musiccli
+    from musiccli.families import FAMILIES, OBJECTIVES
+
+    root = Path(musiccli.__file__).parent
+    names = {*FAMILIES, *OBJECTIVES}
+    for stage in ("evaluate", "export", "search", "embed", "training/loop", "training/trainer"):
+        text = (root / f"{stage}.py").read_text()
+        assert not [n for n in names if f'"{n}"' in text or f"'{n}'" in text], stage

@@ -284,7 +284,7 @@ def test_init_from_a_joint_run_inherits_its_objective_and_dims(state, tiny_backb
     assert res.objective == "joint"
     info = json.loads((state.run_dir("child") / "run.json").read_text())
     assert info["objective"] == "joint" and info["space_dim"] == 8 and info["config"]["joint_dim"] == 8
-    assert "a joint run, so this run trains --objective joint --joint-dim 8 too" in caplog.text
+    assert "--init-from parent: a joint run, so this run trains --objective joint --joint-dim 8 too" in caplog.text
 
 # --------------------------------------------------------------------------- GradCache
 def _grads(params) -> list:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from ..manifest import Record
-from ..runs import RunInfo
+from ..runs import RunInfo, RunMeta
 from ..state import StateDir
 
 BACKENDS = ("torch", "onnx")
@@ -117,6 +117,10 @@ class Family(Protocol):
     # -- training
     def train_parts(self, ctx: Any) -> Any:
         """``training.trainer.TrainParts`` for a ``training.trainer.TrainContext``."""
+
+    def inherited(self, parent: RunMeta, cfg: Any) -> dict[str, Any]:
+        """TrainConfig fields a run started with ``--init-from`` a run of this family (and no ``--objective``)
+        takes from its parent's ``run.json``, beyond the objective."""
 
     # -- export
     def export_config(self, job: ExportJob) -> dict[str, Any]:

@@ -48,8 +48,10 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
 
 
 def resolve_objective(state: StateDir, cfg: TrainConfig) -> TrainConfig:
-    """``--objective`` left unset: the ``--init-from`` run's objective (and a joint run's ``--joint-dim``), said
-    in the log, else align. A run continued from a joint run is a joint run unless told otherwise."""
+    """``--objective`` left unset: the ``--init-from`` run's objective and what its family says a child
+    inherits (a joint run's ``--joint-dim``), said in the log; else align."""
+    from ..families import family_of
+
     if cfg.objective is not None:
         return cfg
     parent = cfg.init_from.partition(":")[0].strip() if cfg.init_from else ""
@@ -59,14 +61,13 @@ def resolve_objective(state: StateDir, cfg: TrainConfig) -> TrainConfig:
             meta = RunMeta.read(state.run_dir(check_name("run", parent)))
         except MtxError:
             meta = None   # a bad name: the family's --init-from check says so in its own words
-    if meta is None or meta.objective == DEFAULT_OBJECTIVE:
+    if meta is None:
         return dataclasses.replace(cfg, objective=DEFAULT_OBJECTIVE)
-    values: dict = {"objective": meta.objective}
-    if meta.objective == "joint" and cfg.joint_dim is None and meta.space_dim:
-        values["joint_dim"] = int(meta.space_dim)
-    log.info("--init-from %s: a %s run, so this run trains --objective %s%s too (pass --objective to change it)",
-             parent, meta.objective, meta.objective,
-             f" --joint-dim {values['joint_dim']}" if "joint_dim" in values else "")
+    values = {"objective": meta.objective, **family_of(meta.objective).inherited(meta, cfg)}
+    if values != {"objective": DEFAULT_OBJECTIVE}:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+        log.info("--init-from %s: a %s run, so this run trains %s too (pass --objective to change it)",
+                 parent, meta.objective, flags)
     return dataclasses.replace(cfg, **values)
 
 

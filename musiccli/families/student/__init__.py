@@ -85,6 +85,9 @@ class StudentFamily:
         parts.progress = ctx.progress
         return parts
 
+    def inherited(self, parent: Any, cfg: Any) -> dict[str, Any]:
+        return {}
+
     # ------------------------------------------------------------------ export
     def export_config(self, job: ExportJob) -> dict[str, Any]:
         return {"allow_large": job.allow_large}

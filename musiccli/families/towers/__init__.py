@@ -70,6 +70,12 @@ class TowersFamily:
 
         return TowersParts(ctx)
 
+    def inherited(self, parent: Any, cfg: Any) -> dict[str, Any]:
+        """A child of a joint run (``--init-from`` without ``--objective``) keeps its shared space's width."""
+        if parent.objective == "joint" and cfg.joint_dim is None and parent.space_dim:
+            return {"joint_dim": int(parent.space_dim)}
+        return {}
+
     # ------------------------------------------------------------------ export
     def export_config(self, job: ExportJob) -> dict[str, Any]:
         return {}
