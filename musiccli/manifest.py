@@ -206,6 +206,37 @@ def content_hash(r: Record) -> str:
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
 
 
+@dataclass
+class ManifestChanges:
+    """How one manifest differs from the one it replaces, by record id and content hash."""
+
+    added: int = 0
+    changed: int = 0      # same id, other audio
+    moved: int = 0        # same id and audio, another path
+    removed: int = 0
+    unchanged: int = 0    # same audio at the same path (captions or tags may differ)
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def diff_manifests(old: Sequence[Record], new: Sequence[Record]) -> ManifestChanges:
+    before = {r.id: r for r in old}
+    out = ManifestChanges()
+    for r in new:
+        was = before.pop(r.id, None)
+        if was is None:
+            out.added += 1
+        elif content_hash(was) != content_hash(r):
+            out.changed += 1
+        elif os.path.normpath(was.audio_path) != os.path.normpath(r.audio_path):
+            out.moved += 1
+        else:
+            out.unchanged += 1
+    out.removed = len(before)
+    return out
+
+
 def library_digest(keys: Iterable[tuple[str, str]]) -> str:
     """One hash of an ordered list of (record id, content hash): what an embedding store was built for."""
     h = hashlib.sha256()
@@ -463,6 +494,7 @@ def assign_splits(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     keep_official: bool = False,
+    previous: dict[str, str] | None = None,
 ) -> SplitSummary:
     """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
@@ -473,6 +505,11 @@ def assign_splits(
     split would be empty (``_fill_empty_splits``). With ``keep_official`` a component
     with official splits keeps them; when its members disagree it goes to the most held-out one
     (test, then val), and the records moved are counted.
+
+    ``previous`` (record id -> split, from the manifest this one replaces) keeps a changed library's
+    splits still: a component holding records that had a split keeps it (the most held-out one if
+    a new record joined components that had different splits), so an update never moves a track
+    between train and test; only new components are bucketed.
     """
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
@@ -484,8 +521,12 @@ def assign_splits(
     for members in components:
         rs = [records[i] for i in members]
         official = {r.split for r in rs if r.split} if keep_official else set()
+        kept = {previous[r.id] for r in rs if r.id in previous} if previous else set()
         keys.append(component_key(rs, seed))
-        if official:
+        if kept:
+            pinned.append(min(kept, key=_HELD_OUT_ORDER.__getitem__))
+            hashed.append(None)
+        elif official:
             split = min(official, key=_HELD_OUT_ORDER.__getitem__)
             if len(official) > 1:
                 summary.official_conflicts += 1
@@ -496,7 +537,7 @@ def assign_splits(
             pinned.append(None)
             hashed.append(bucket(keys[-1], ratios))
     summary.components = len(components)
-    if not keep_official or all(p is None for p in pinned):
+    if not previous and (not keep_official or all(p is None for p in pinned)):
         summary.filled = _fill_empty_splits(keys, hashed, ratios)
     for members, p, h in zip(components, pinned, hashed):
         for i in members:
