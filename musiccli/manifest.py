@@ -139,6 +139,20 @@ def _resolved_path(audio_path: str, manifest: Path) -> str:
     return str(p) if p.is_absolute() else os.path.normpath(manifest.parent.resolve() / p)
 
 
+def state_relative(path: Path | str, root: Path) -> str:
+    """A path as a record inside the state dir stores it: relative to the state dir when inside it
+    (a moved state dir keeps working), absolute otherwise (your own music stays where it is)."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
+def from_state_dir(path: str, root: Path) -> str:
+    """The inverse of :func:`state_relative`: an absolute, normalised path."""
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(str(root), path))
+
+
 def read_manifest(path: Path) -> list[Record]:
     path = Path(path)
     if not path.exists():

@@ -25,7 +25,7 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import (Record, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
+from .manifest import (Record, from_state_dir, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
                        write_manifest)
 from .progress import NullProgress, Progress
 from .sources import source_names
@@ -277,7 +277,7 @@ def verify_rejects(state: StateDir, name: str, identity: dict[str, Any]) -> dict
     if any(record.config.get(k) != v for k, v in identity.items()):
         log.info("%s: the last verify checked an older download; its verdicts are not used", name)
         return {}
-    return {os.path.normpath(str(b["path"])): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
+    return {from_state_dir(str(b["path"]), state.root): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
             for b in record.result.get("bad", []) if b.get("problem") in VERIFY_REJECTS}
 
 
