@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -485,13 +485,17 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
         if not text.owns(meta):
             raise MtxError(f"index {index!r} was built for {_owner(meta)}, not {_owner_of(text)}",
                            hint=f"search it with {_owner_flags(meta)}, or pick another index")
-        name, manifest = index, meta.get("manifest")
+        name = index
+        manifest = meta["manifest_path"] if meta.get("manifest_path") and Path(meta["manifest_path"]).is_file() \
+            and Path(meta["manifest_path"]).resolve() != state.manifest_path(str(meta.get("manifest"))).resolve() \
+            else meta.get("manifest")
         if backend == "auto":
             backend = str(meta.get("backend", "exact"))
             uri = uri or meta.get("backend_options", {}).get("uri")
     else:
-        manifest = library_store(state, text.encoder, manifest)[0]
-        name, backend = _default_name(state, text, manifest, backend)
+        mname, mpath, _ = library_store(state, text.encoder, manifest)
+        name, backend = _default_name(state, text, mname, backend)
+        manifest = mname if Path(mpath).resolve() == state.manifest_path(mname).resolve() else str(mpath)   # `--manifest /abs/lib.json`
         recover_index(state, name)
         d = state.index_dir(name)
         meta = _absolute_paths(state, read_json(d / "meta.json")) if (d / "meta.json").exists() else None
@@ -609,7 +613,9 @@ def update_index(state: StateDir, text: QueryModel, name: str, meta: dict[str, A
 
     progress = progress or NullProgress()
     d, nxt = state.index_dir(name), _next_dir(state, name)
-    mname, mpath, store_path = library_store(state, text.encoder, meta.get("manifest"))
+    ref = meta.get("manifest_path") if meta.get("manifest_path") and Path(meta["manifest_path"]).is_file() \
+        else meta.get("manifest")
+    mname, mpath, store_path = library_store(state, text.encoder, ref)
     shutil.rmtree(nxt, ignore_errors=True)
     nxt.mkdir(parents=True)
     old_ids, old_hashes = read_json(d / "ids.json"), read_json(d / HASHES_FILE)
@@ -696,7 +702,13 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     if cfg.checkpoint is not None and cfg.text_model == "native":
         raise MtxError("--checkpoint chooses one of a run's checkpoints",
                        hint="drop it with --text-model native (use --model for the tower)")
-    if cfg.text_model == "native":
+    text_model = cfg.text_model
+    if text_model == "run" and cfg.run is None and meta is None and cfg.checkpoint is None:
+        fallback = _native_fallback(state, cfg)
+        if fallback is not None:
+            cfg = replace(cfg, text_model="native", audio_encoder=fallback[0], manifest=cfg.manifest or fallback[1])
+            text_model = "native"
+    if text_model == "native":
         encoder = cfg.audio_encoder or (meta or {}).get("encoder")
         if not encoder:
             raise MtxError("--text-model native needs --audio-encoder",
@@ -720,6 +732,23 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
                             f"{cfg.audio_encoder}")
     onnx_dir = export_dir(state, info.name, cfg.checkpoint or info.default_checkpoint()) / "onnx"
     return run_query_model(info, cfg.device, cfg.checkpoint, onnx_dir, cfg.query_runtime)
+
+
+def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str] | None:
+    """(encoder, manifest) to search with an encoder's own text tower when there is no trained run:
+    the newest library embedded with an encoder that has one (what `mtx sync` leaves). None when a
+    run exists (runs are the default) or no such library does."""
+    from .encoders.native_text import TEXT_TOWERS
+
+    if state.list_runs(complete_only=True) or cfg.model is not None:
+        return None
+    manifests = [cfg.manifest] if cfg.manifest else state.list_manifests()
+    for name in manifests:
+        for encoder in state.list_encoders_with_embeddings(name):
+            if encoder in TEXT_TOWERS and (cfg.audio_encoder in (None, encoder)):
+                log.info("no trained run: searching %s with the native %s text tower", name, encoder)
+                return encoder, name
+    return None
 
 
 def _check(cfg: SearchConfig) -> bool:
