@@ -46,13 +46,24 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        # A shallow copy (lists copied) instead of dataclasses.asdict, whose recursive deepcopy
-        # made writing a 100k-record manifest take seconds; the output is the same.
-        d = {k: list(v) if isinstance(v, list) else v
-             for k, v in ((f, getattr(self, f)) for f in self.__dataclass_fields__)}
-        extra = d.pop("extra")
-        out = {k: v for k, v in d.items() if v is not None and v != [] or k in REQUIRED}
-        out.update(extra)
+        # Built field by field (no dataclasses.asdict deepcopy, no generic loop): writing a manifest
+        # of 100k records is mostly this; the output is the same.
+        out: dict[str, Any] = {"id": self.id, "audio_path": self.audio_path, "caption": self.caption,
+                               "duration": self.duration}
+        if self.alt_captions:
+            out["alt_captions"] = list(self.alt_captions)
+        for key in ("dataset", "artist", "title"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.tags:
+            out["tags"] = list(self.tags)
+        for key in ("license", "split", "group"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.extra:
+            out.update(self.extra)
         return out
 
     @classmethod
@@ -105,32 +116,46 @@ class Record:
 def write_manifest(path: Path, records: Sequence[Record]) -> None:
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
     # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
     # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
     encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
     path = Path(path)
-    body = ",\n".join(encode({**r.to_dict(), "audio_path": _stored_path(r.audio_path, path)}) for r in records)
+    stored = _path_writer(path)
+    lines = []
+    for r in records:
+        d = r.to_dict()
+        d["audio_path"] = stored(r.audio_path)
+        lines.append(encode(d))
+    body = ",\n".join(lines)
     atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
-def _stored_path(audio_path: str, manifest: Path) -> str:
+def _path_writer(manifest: Path):
     """How ``audio_path`` is written into ``manifest``: relative to the manifest's folder when both live in
     the same state dir (``<state>/manifests/x.json`` -> ``../datasets/...``), so a moved or restored
-    state dir keeps working; absolute otherwise (your own music folder stays where it is)."""
+    state dir keeps working; absolute otherwise (your own music folder stays where it is). String
+    operations only: a ``resolve()`` per record dominated writing large manifests."""
     folder = manifest.parent.resolve()
     if folder.name != "manifests":
-        return audio_path
-    root = folder.parent
-    p = Path(audio_path)
-    if not p.is_absolute():
-        return audio_path
-    try:
-        p.relative_to(root)
-    except ValueError:
-        return audio_path
-    return os.path.relpath(p, folder)
+        return lambda audio_path: audio_path
+    prefix = str(folder.parent).rstrip(os.sep) + os.sep
+
+    def stored(audio_path: str) -> str:
+        if not audio_path.startswith(prefix):
+            return audio_path   # relative (kept as written) or outside the state dir
+        normal = os.path.normpath(audio_path)
+        if not normal.startswith(prefix):
+            return audio_path
+        return ".." + os.sep + normal[len(prefix):]
+
+    return stored
+
+
+def _stored_path(audio_path: str, manifest: Path) -> str:
+    return _path_writer(manifest)(audio_path)
 
 
 def _resolved_path(audio_path: str, manifest: Path) -> str:
@@ -343,24 +368,30 @@ def sample_records(
     """Pick a subset; the result is ordered deterministically by (group, shuffle key)."""
     if stratify_by not in ("dataset", "duration", "none"):
         raise MtxError(f"unknown --stratify-by {stratify_by!r}", hint="choose dataset, duration or none")
+    # Each record's shuffle key is hashed once (the same keys as ``_shuffled``), then only looked up.
+    key_of = {r.id: _stable_key(seed, r.id) for r in records}
+
+    def shuffled(rs: Iterable[Record]) -> list[Record]:
+        return sorted(rs, key=lambda r: key_of[r.id])
+
     by_dataset: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_dataset[r.dataset or "unknown"].append(r)
     pool: list[Record] = []
     for ds in sorted(by_dataset):
-        group = _shuffled(by_dataset[ds], seed)
+        group = shuffled(by_dataset[ds])
         pool.extend(group[:samples_per_dataset] if samples_per_dataset else group)
     if max_samples is None or max_samples >= len(pool):
-        return _shuffled(pool, seed)
+        return shuffled(pool)
     if stratify_by == "none":
-        return _shuffled(pool, seed)[:max_samples]
+        return shuffled(pool)[:max_samples]
     keyf = (lambda r: r.dataset or "unknown") if stratify_by == "dataset" else (lambda r: duration_bin(r.duration))
     groups: dict[str, list[Record]] = defaultdict(list)
-    for r in _shuffled(pool, seed):
+    for r in shuffled(pool):
         groups[keyf(r)].append(r)
     quota = allocate_quota({g: len(v) for g, v in groups.items()}, max_samples)
     chosen = [r for g in sorted(groups) for r in groups[g][: quota[g]]]
-    return _shuffled(chosen, seed)
+    return shuffled(chosen)
 
 
 # --------------------------------------------------------------------------- recordings (group keys)
