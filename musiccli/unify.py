@@ -25,7 +25,7 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import (Record, from_state_dir, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
+from .manifest import (Record, from_state_dir, state_relative, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
                        write_manifest)
 from .progress import NullProgress, Progress
 from .sources import source_names
@@ -298,7 +298,7 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
     if rejected:
         # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
-        config["verify_rejects"] = config_hash(sorted(rejected))
+        config["verify_rejects"] = config_hash(sorted(state_relative(p, state.root) for p in rejected))   # not where
 
     run = None
     previous: list[Record] | None = None
