@@ -233,3 +233,26 @@ def test_kill_9_during_an_index_update(make_run, state, backend: str) -> None:
     d = state.index_dir(name)
     assert json.loads((d / "ids.json").read_text()) == [r.id for r in new_records]
     np.testing.assert_allclose(np.load(d / "vectors.npy"), run["model"].audio_for_retrieval(new_vectors), atol=1e-6)
+
+
+def test_search_manifest_by_absolute_path(make_run, state) -> None:
+    run = make_run(n=12)
+    path = state.manifest_path(run["manifest"]).resolve()
+    res = search(state, SearchConfig(query="rock", manifest=str(path), query_runtime="torch"))
+    assert res.index == "run1--lib" and res.hits
+    again = search(state, SearchConfig(query="rock", manifest=str(path), query_runtime="torch"))
+    assert not again.rebuilt
+
+
+def test_a_rebuild_over_a_damaged_store_keeps_the_working_index(make_run, state) -> None:
+    from musiccli.errors import MtxError
+
+    run = make_run(n=12)
+    name = search(state, SearchConfig(query="rock", query_runtime="torch")).index
+    before = (state.index_dir(name) / "vectors.npy").read_bytes()
+    data = run["store"].read_bytes()
+    run["store"].write_bytes(data[: len(data) // 2])
+    with pytest.raises(MtxError):
+        search(state, SearchConfig(query="rock", rebuild=True, query_runtime="torch"))
+    assert (state.index_dir(name) / "vectors.npy").read_bytes() == before       # not deleted
+    assert (state.index_dir(name) / "meta.json").exists()

@@ -169,24 +169,26 @@ def test_cli_sync_json_and_a_second_sync_that_does_nothing(tmp_path: Path, cli) 
     assert missing.exit_code == 1 and "no such folder" in missing.output
 
 
-def test_sync_then_search_with_the_native_text_tower(tmp_path: Path, tiny_clap: Path) -> None:
-    """Two commands from a folder to a search: sync with an encoder that has a text tower, then a plain
-    search (no run, no flags) answers with that tower."""
-    from musiccli.search import SearchConfig, search
-
+def test_sync_then_search_with_the_native_text_tower(tmp_path: Path, tiny_clap: Path, cli, state_dir: Path) -> None:
+    """Two commands from a folder to a search: `mtx sync` (default encoder: CLAP, a tiny one here),
+    then a plain `mtx search "dark metal"` (no run, no flags) answers with CLAP's text tower."""
     music = _make_library(tmp_path / "Music")
-    state = StateDir.resolve(tmp_path / "state")
-    result = run_sync(state, _cfg(music, audio_encoder="clap", model=str(tiny_clap)))
-    assert result.index == "native-clap--library" and result.embedded == 6
-    res = search(state, SearchConfig(query="dark metal", k=3))
-    assert res.text_model == "native" and res.encoder == "clap" and len(res.hits) == 3
-    assert all(Path(h["audio_path"]).is_file() for h in res.hits)
+    sync = ("sync", str(music), "--model", str(tiny_clap), "--workers", "0", "--device", "cpu")
+    res = cli(*sync, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["embedded"] == 6
+    found = cli("search", "dark metal", "-k", "3", "--json")
+    assert found.exit_code == 0, found.output
+    data = json.loads(found.stdout)
+    assert data["text_model"] == "native" and data["encoder"] == "clap" and len(data["hits"]) == 3
+    assert data["index"] == "native-clap--library" and not data["rebuilt"]     # sync built it
+    assert all(Path(h["audio_path"]).is_file() for h in data["hits"])
     _change(music)
-    again = run_sync(state, _cfg(music, audio_encoder="clap", model=str(tiny_clap)))
-    assert again.embedded == 3
-    res = search(state, SearchConfig(query="dark metal", k=10))
-    assert not res.rebuilt and len(res.hits) == 6          # the index followed the library in place
-    assert not any("01 e.flac" in (h["audio_path"] or "") for h in res.hits)
+    again = cli(*sync, "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["embedded"] == 3
+    found = json.loads(cli("search", "dark metal", "-k", "10", "--json").stdout)
+    assert not found["rebuilt"] and len(found["hits"]) == 6      # the index followed the library in place
+    assert not any("01 e.flac" in (h["audio_path"] or "") for h in found["hits"])
 
 
 def test_rows_carry_the_scanned_content_hash(tmp_path: Path) -> None:
