@@ -184,7 +184,9 @@ def _index(state: StateDir, cfg: SyncConfig, result: SyncResult, progress: Progr
 
     store_path = library_store(state, cfg.audio_encoder, cfg.manifest)[2]
     text = native_query_model(cfg.audio_encoder, store_path, None, select_runtime(cfg.device, "fp32").device)
-    index, _ = open_index(state, text, manifest=cfg.manifest, progress=progress)
+    # --continue finishes a first index build that an earlier sync left interrupted (an existing index
+    # is updated beside itself and swapped in, so there is nothing to resume then).
+    index, _ = open_index(state, text, manifest=cfg.manifest, progress=progress, resume=Resume.CONTINUE)
     result.index = index.name
 
 
