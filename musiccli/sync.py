@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtxError
+from .manifest import (CONTENT_HASH, Record, content_hash, diff_manifests, from_state_dir, read_manifest,
+                       state_relative)
 from .progress import NullProgress, Progress
-from .state import DEFAULT_MAX_FAILURE_RATE, Resume, StateDir
+from .state import DEFAULT_MAX_FAILURE_RATE, Resume, StateDir, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +112,11 @@ def run_sync(state: StateDir, cfg: SyncConfig, progress: Progress | None = None)
     scan = timed("scan", _scan, state, path, cfg, progress)
     if cfg.verify:
         timed("verify", _verify, state, progress)
-    unified = timed("unify", _unify, state, cfg, progress)
-    # A unify with nothing to do reports its last run; then nothing changed since.
-    changes = ({"unchanged": unified.records} if unified.skipped
-               else unified.changes if unified.changes is not None else {"added": unified.records})
+    timed("unify", _unify, state, cfg, progress)
+    # What changed since the last sync that finished (so a sync that was interrupted is still counted).
+    current = read_manifest(state.manifest_path(cfg.manifest))
+    before = _last_synced(state, cfg.manifest)
+    changes = diff_manifests(before, current).to_dict() if before is not None else {"added": len(current)}
     for key in ("added", "changed", "moved", "removed", "unchanged"):
         setattr(result, key, int(changes.get(key, 0)))
     embedded = timed("embed", _embed, state, cfg, progress)
@@ -122,8 +125,33 @@ def run_sync(state: StateDir, cfg: SyncConfig, progress: Progress | None = None)
     result.failures = [*scan.failures, *embedded.failures][:1000]
     if cfg.index:
         timed("index", _index, state, cfg, result, progress)
+    _remember(state, cfg.manifest, current)
     result.seconds = round(time.perf_counter() - start, 3)
     return result
+
+
+def _snapshot_path(state: StateDir, manifest: str) -> Path:
+    return state.manifests_dir / f".sync-{manifest}.json"
+
+
+def _last_synced(state: StateDir, manifest: str) -> list[Record] | None:
+    """The library as the last finished sync left it: id -> (content hash, audio path)."""
+    path = _snapshot_path(state, manifest)
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+        return [Record(id=i, audio_path=from_state_dir(p, state.root), caption="", duration=1.0,
+                       extra={CONTENT_HASH: h}) for i, (h, p) in data["tracks"].items()]
+    except (MtxError, KeyError, TypeError, ValueError):
+        log.warning("%s is unreadable; this sync counts every track as added", path)
+        return None
+
+
+def _remember(state: StateDir, manifest: str, records: list[Record]) -> None:
+    atomic_write_json(_snapshot_path(state, manifest),
+                      {"tracks": {r.id: [content_hash(r), state_relative(r.audio_path, state.root)] for r in records}},
+                      indent=None)
 
 
 def _scan(state: StateDir, path: Path, cfg: SyncConfig, progress: Progress):

@@ -199,3 +199,48 @@ def test_rows_carry_the_scanned_content_hash(tmp_path: Path) -> None:
 
     for r in read_manifest(state.manifest_path("library")):
         assert r.extra[CONTENT_HASH] == file_content_hash(r.audio_path)
+
+
+_KILLED_SYNC = """
+import os, signal, sys
+from pathlib import Path
+from musiccli import embed
+from musiccli.state import StateDir
+from musiccli.sync import SyncConfig, run_sync
+
+real = embed._commit
+def commit(*a, **k):
+    out = real(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)      # kill -9 after the first committed chunk of the update
+    return out
+embed._commit = commit
+run_sync(StateDir.resolve(sys.argv[1]), SyncConfig(path=Path(sys.argv[2]), audio_encoder="dsp", num_workers=0,
+                                                   device="cpu", chunk_tracks=1))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_sync_then_sync_again_equals_the_uninterrupted_library(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    music = _make_library(tmp_path / "Music")
+    state = StateDir.resolve(tmp_path / "state")
+    run_sync(state, _cfg(music, chunk_tracks=1))
+    _change(music)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SYNC, str(state.root), str(music)], env=env,
+                          capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    again = run_sync(state, _cfg(music, chunk_tracks=1))      # no flag: the interrupted embed is continued
+    assert again.embedded == 2                                  # one of the three was committed before the kill
+    assert again.counts()["added"] == 1 and again.counts()["changed"] == 2   # still counted since the last sync
+    scratch = StateDir.resolve(tmp_path / "scratch")
+    run_sync(scratch, _cfg(music, chunk_tracks=1))
+    got, want = _library_rows(state), _library_rows(scratch)
+    assert sorted(got) == sorted(want)
+    for rel in want:
+        assert got[rel][0] == want[rel][0]
+        np.testing.assert_allclose(got[rel][1], want[rel][1], atol=1e-6, err_msg=rel)
