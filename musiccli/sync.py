@@ -131,7 +131,8 @@ def run_sync(state: StateDir, cfg: SyncConfig, progress: Progress | None = None)
 
 
 def _snapshot_path(state: StateDir, manifest: str) -> Path:
-    return state.manifests_dir / f".sync-{manifest}.json"
+    # not beside the manifests: every *.json there is one (the dot does not hide it from a glob)
+    return state.manifests_dir / ".cache" / f"sync-{manifest}.json"
 
 
 def _last_synced(state: StateDir, manifest: str) -> list[Record] | None:

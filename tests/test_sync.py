@@ -121,6 +121,7 @@ def test_sync_follows_every_kind_of_change(tmp_path: Path, decoded: list[str]) -
     assert first.counts() == {"added": 6, "changed": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0,
                               "embedded": 6}
     assert first.index is None and "no text tower" in first.index_note
+    assert state.list_manifests() == ["library"]     # sync's own bookkeeping is not mistaken for a manifest
     before = {r.extra["relative_path"]: r for r in read_manifest(state.manifest_path("library"))}
 
     _change(music)
