@@ -342,24 +342,26 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
     if rejected:
         # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
-        config["verify_rejects"] = config_hash(sorted(state_relative(p, state.root) for p in rejected))   # not where
+        # (state-dir relative, so a moved state dir is the same verdict)
+        config["verify_rejects"] = config_hash(sorted(state_relative(p, state.root) for p in rejected))
 
     run = None
     previous: list[Record] | None = None
     if not cfg.dry_run:
-        def discard() -> None:
-            out_path.unlink(missing_ok=True)
-            for n in names:
-                _cache_path(state, n, identities[n]).unlink(missing_ok=True)
-
         mode, previous = _update_mode(state, cfg, config, out_path)
-        if previous is not None:
-            old_inputs = (load_stage(state, f"unify:{cfg.name}").config or {}).get("inputs", {})
+        old_inputs = (load_stage(state, f"unify:{cfg.name}").config or {}).get("inputs", {}) \
+            if previous is not None else None
 
-            def discard() -> None:   # noqa: F811 - an update keeps the manifest until the new one replaces it
+        def discard() -> None:
+            if old_inputs is not None:
+                # An update keeps the manifest until the new one replaces it; only stale parse caches go.
                 for n, ident in old_inputs.items():
                     if ident != identities.get(n):
                         _cache_path(state, n, ident).unlink(missing_ok=True)
+                return
+            out_path.unlink(missing_ok=True)
+            for n in names:
+                _cache_path(state, n, identities[n]).unlink(missing_ok=True)
 
         run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=mode, discard=discard,
                           rename_hint="choose another manifest name with --name")
