@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in picked[n_change:]:
             write_file(music, int(i), args.seconds).unlink()
         for i in range(args.n, args.n + n_add):
-            write_file(music, i, args.seconds)
+            write_file(music, i, args.seconds, variant=2)   # audio no removed file had (that would be a move)
 
         t0 = time.perf_counter()
         second = run_sync(state, cfg)
