@@ -738,10 +738,10 @@ def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str] | No
     """(encoder, manifest) to search with an encoder's own text tower when there is no trained run:
     the newest library embedded with an encoder that has one (what `mtx sync` leaves). None when a
     run exists (runs are the default) or no such library does."""
+    if state.list_runs(complete_only=True) or cfg.model is not None:
+        return None   # (checked first: a cold search with a run must not import the towers' torch code)
     from .encoders.native_text import TEXT_TOWERS
 
-    if state.list_runs(complete_only=True) or cfg.model is not None:
-        return None
     manifests = [cfg.manifest] if cfg.manifest else state.list_manifests()
     for name in manifests:
         for encoder in state.list_encoders_with_embeddings(name):
