@@ -24,7 +24,7 @@ from .sources import get_source, source_names
 from .sources.base import DownloadConfig, Source
 from .sources.ledger import FAILED, OK, PENDING, Ledger
 from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, StageStatus, StateDir,
-                    SystemicError, begin_stage, stage_function)
+                    SystemicError, begin_stage, diff_configs, is_done, load_stage, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,14 @@ class DownloadResult:
     seconds: float = 0.0
     skipped: bool = False
     status: str = StageStatus.COMPLETE.value   # complete / complete-with-failures / partial / failed
+    changes: dict[str, int] | None = None      # a rescanned library (folder): added, changed, moved, removed, ...
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "DownloadResult":
         return cls(source=d["source"], root=d["root"], ok=d.get("ok", 0), failed=d.get("failed", 0),
                    pending=d.get("pending", 0), failures=[tuple(f) for f in d.get("failures", [])],
                    bytes=d.get("bytes", 0), seconds=d.get("seconds", 0.0), skipped=skipped,
-                   status=d.get("status", StageStatus.COMPLETE.value))
+                   status=d.get("status", StageStatus.COMPLETE.value), changes=d.get("changes"))
 
 
 def _watch(ledger: Ledger, tracker: FailureTracker) -> None:
@@ -148,9 +149,16 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
     root = state.dataset_dir(source.info.name)
     source.check(cfg)  # a bad option is one clear line, not a partial record that later reads "interrupted"
     policy = FailurePolicy(max_failure_rate=req.max_failure_rate)
+    mode, discard = req.resume, lambda: shutil.rmtree(root, ignore_errors=True)
+    if getattr(source, "rescans", False) and mode is not Resume.FORCE:
+        # A library that changes (your music folder): a finished scan is redone in place, recording
+        # what was added, changed, moved and removed; nothing is discarded.
+        previous = load_stage(state, download_key(source.info.name))
+        if previous is not None and is_done(previous.status) \
+                and not diff_configs(previous.config, to_jsonable(source.identity(cfg))):
+            mode, discard = Resume.FORCE, (lambda: None)
     run = begin_stage(state, "download", download_key(source.info.name), config=source.identity(cfg),
-                      mode=req.resume, discard=lambda: shutil.rmtree(root, ignore_errors=True),
-                      outputs={"dataset": root}, policy=policy)
+                      mode=mode, discard=discard, outputs={"dataset": root}, policy=policy)
     if run.already_complete:
         return DownloadResult.from_dict(run.record.result, skipped=True)
 
@@ -170,6 +178,7 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
         source=source.info.name, root=str(root), ok=counts[OK], failed=counts[FAILED], pending=counts[PENDING],
         failures=[(e.id, e.reason or "unknown") for e in ledger.failures()],
         bytes=measure_on_disk(source, root, hours=False).bytes, seconds=round(time.monotonic() - start, 3),
+        changes=source.changes(root) if hasattr(source, "changes") else None,
     )
     if result.pending:
         result.status = StageStatus.PARTIAL.value

@@ -643,6 +643,7 @@ def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, P
     for c in range(plan.n_chunks):
         failures.extend(store.read_part_failures(parts[c]))
     attrs = _store_attrs(plan)
+    _check_free_space(plan.path, sum(p.stat().st_size for p in parts.values()))
     n = store.assemble(plan.path, plan.dim, cfg.dtype, attrs, plan.n_chunks,
                        keep_windows=plan.aggregation == "none",
                        tag_names=plan.encoder.tag_names if plan.tags else None)
@@ -935,6 +936,7 @@ def _compose_update(plan: _Plan, tplan: _Plan, up: _Update,
         ids.append(r.id)
         hashes.append(h)
     attrs = {**_store_attrs(plan), "update_token": up.token}
+    _check_free_space(plan.path, plan.path.stat().st_size + (tplan.path.stat().st_size if tplan.records else 0))
     n = store.compose(plan.path, sources, picks, ids, hashes, failed, attrs)
     return n, sum(1 for s, _ in picks if s == 0)
 

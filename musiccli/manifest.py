@@ -46,13 +46,24 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        # A shallow copy (lists copied) instead of dataclasses.asdict, whose recursive deepcopy
-        # made writing a 100k-record manifest take seconds; the output is the same.
-        d = {k: list(v) if isinstance(v, list) else v
-             for k, v in ((f, getattr(self, f)) for f in self.__dataclass_fields__)}
-        extra = d.pop("extra")
-        out = {k: v for k, v in d.items() if v is not None and v != [] or k in REQUIRED}
-        out.update(extra)
+        # Built field by field (no dataclasses.asdict deepcopy, no generic loop): writing a manifest
+        # of 100k records is mostly this; the output is the same.
+        out: dict[str, Any] = {"id": self.id, "audio_path": self.audio_path, "caption": self.caption,
+                               "duration": self.duration}
+        if self.alt_captions:
+            out["alt_captions"] = list(self.alt_captions)
+        for key in ("dataset", "artist", "title"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.tags:
+            out["tags"] = list(self.tags)
+        for key in ("license", "split", "group"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.extra:
+            out.update(self.extra)
         return out
 
     @classmethod
@@ -105,38 +116,66 @@ class Record:
 def write_manifest(path: Path, records: Sequence[Record]) -> None:
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
     # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
     # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
     encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
     path = Path(path)
-    body = ",\n".join(encode({**r.to_dict(), "audio_path": _stored_path(r.audio_path, path)}) for r in records)
+    stored = _path_writer(path)
+    lines = []
+    for r in records:
+        d = r.to_dict()
+        d["audio_path"] = stored(r.audio_path)
+        lines.append(encode(d))
+    body = ",\n".join(lines)
     atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
-def _stored_path(audio_path: str, manifest: Path) -> str:
+def _path_writer(manifest: Path):
     """How ``audio_path`` is written into ``manifest``: relative to the manifest's folder when both live in
     the same state dir (``<state>/manifests/x.json`` -> ``../datasets/...``), so a moved or restored
-    state dir keeps working; absolute otherwise (your own music folder stays where it is)."""
+    state dir keeps working; absolute otherwise (your own music folder stays where it is). String
+    operations only: a ``resolve()`` per record dominated writing large manifests."""
     folder = manifest.parent.resolve()
     if folder.name != "manifests":
-        return audio_path
-    root = folder.parent
-    p = Path(audio_path)
-    if not p.is_absolute():
-        return audio_path
-    try:
-        p.relative_to(root)
-    except ValueError:
-        return audio_path
-    return os.path.relpath(p, folder)
+        return lambda audio_path: audio_path
+    prefix = str(folder.parent).rstrip(os.sep) + os.sep
+
+    def stored(audio_path: str) -> str:
+        if not audio_path.startswith(prefix):
+            return audio_path   # relative (kept as written) or outside the state dir
+        normal = os.path.normpath(audio_path)
+        if not normal.startswith(prefix):
+            return audio_path
+        return ".." + os.sep + normal[len(prefix):]
+
+    return stored
+
+
+def _stored_path(audio_path: str, manifest: Path) -> str:
+    return _path_writer(manifest)(audio_path)
 
 
 def _resolved_path(audio_path: str, manifest: Path) -> str:
     """A relative ``audio_path`` is relative to the manifest's folder (written so, or by hand)."""
     p = Path(audio_path).expanduser()
     return str(p) if p.is_absolute() else os.path.normpath(manifest.parent.resolve() / p)
+
+
+def state_relative(path: Path | str, root: Path) -> str:
+    """A path as a record inside the state dir stores it: relative to the state dir when inside it
+    (a moved state dir keeps working), absolute otherwise (your own music stays where it is)."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
+def from_state_dir(path: str, root: Path) -> str:
+    """The inverse of :func:`state_relative`: an absolute, normalised path."""
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(str(root), path))
 
 
 def read_manifest(path: Path) -> list[Record]:
@@ -204,6 +243,37 @@ def content_hash(r: Record) -> str:
     except OSError:
         return "missing"
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass
+class ManifestChanges:
+    """How one manifest differs from the one it replaces, by record id and content hash."""
+
+    added: int = 0
+    changed: int = 0      # same id, other audio
+    moved: int = 0        # same id and audio, another path
+    removed: int = 0
+    unchanged: int = 0    # same audio at the same path (captions or tags may differ)
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def diff_manifests(old: Sequence[Record], new: Sequence[Record]) -> ManifestChanges:
+    before = {r.id: r for r in old}
+    out = ManifestChanges()
+    for r in new:
+        was = before.pop(r.id, None)
+        if was is None:
+            out.added += 1
+        elif content_hash(was) != content_hash(r):
+            out.changed += 1
+        elif os.path.normpath(was.audio_path) != os.path.normpath(r.audio_path):
+            out.moved += 1
+        else:
+            out.unchanged += 1
+    out.removed = len(before)
+    return out
 
 
 def library_digest(keys: Iterable[tuple[str, str]]) -> str:
@@ -298,24 +368,30 @@ def sample_records(
     """Pick a subset; the result is ordered deterministically by (group, shuffle key)."""
     if stratify_by not in ("dataset", "duration", "none"):
         raise MtxError(f"unknown --stratify-by {stratify_by!r}", hint="choose dataset, duration or none")
+    # Each record's shuffle key is hashed once (the same keys as ``_shuffled``), then only looked up.
+    key_of = {r.id: _stable_key(seed, r.id) for r in records}
+
+    def shuffled(rs: Iterable[Record]) -> list[Record]:
+        return sorted(rs, key=lambda r: key_of[r.id])
+
     by_dataset: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_dataset[r.dataset or "unknown"].append(r)
     pool: list[Record] = []
     for ds in sorted(by_dataset):
-        group = _shuffled(by_dataset[ds], seed)
+        group = shuffled(by_dataset[ds])
         pool.extend(group[:samples_per_dataset] if samples_per_dataset else group)
     if max_samples is None or max_samples >= len(pool):
-        return _shuffled(pool, seed)
+        return shuffled(pool)
     if stratify_by == "none":
-        return _shuffled(pool, seed)[:max_samples]
+        return shuffled(pool)[:max_samples]
     keyf = (lambda r: r.dataset or "unknown") if stratify_by == "dataset" else (lambda r: duration_bin(r.duration))
     groups: dict[str, list[Record]] = defaultdict(list)
-    for r in _shuffled(pool, seed):
+    for r in shuffled(pool):
         groups[keyf(r)].append(r)
     quota = allocate_quota({g: len(v) for g, v in groups.items()}, max_samples)
     chosen = [r for g in sorted(groups) for r in groups[g][: quota[g]]]
-    return _shuffled(chosen, seed)
+    return shuffled(chosen)
 
 
 # --------------------------------------------------------------------------- recordings (group keys)
@@ -463,6 +539,7 @@ def assign_splits(
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     keep_official: bool = False,
+    previous: dict[str, str] | None = None,
 ) -> SplitSummary:
     """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
@@ -473,6 +550,11 @@ def assign_splits(
     split would be empty (``_fill_empty_splits``). With ``keep_official`` a component
     with official splits keeps them; when its members disagree it goes to the most held-out one
     (test, then val), and the records moved are counted.
+
+    ``previous`` (record id -> split, from the manifest this one replaces) keeps a changed library's
+    splits still: a component holding records that had a split keeps it (the most held-out one if
+    a new record joined components that had different splits), so an update never moves a track
+    between train and test; only new components are bucketed.
     """
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
@@ -484,8 +566,12 @@ def assign_splits(
     for members in components:
         rs = [records[i] for i in members]
         official = {r.split for r in rs if r.split} if keep_official else set()
+        kept = {previous[r.id] for r in rs if r.id in previous} if previous else set()
         keys.append(component_key(rs, seed))
-        if official:
+        if kept:
+            pinned.append(min(kept, key=_HELD_OUT_ORDER.__getitem__))
+            hashed.append(None)
+        elif official:
             split = min(official, key=_HELD_OUT_ORDER.__getitem__)
             if len(official) > 1:
                 summary.official_conflicts += 1
@@ -496,7 +582,7 @@ def assign_splits(
             pinned.append(None)
             hashed.append(bucket(keys[-1], ratios))
     summary.components = len(components)
-    if not keep_official or all(p is None for p in pinned):
+    if not previous and (not keep_official or all(p is None for p in pinned)):
         summary.filled = _fill_empty_splits(keys, hashed, ratios)
     for members, p, h in zip(components, pinned, hashed):
         for i in members:

@@ -217,7 +217,8 @@ def weights_identity(ckpt_dir: Path) -> dict[str, Any]:
 
 def store_identity(path: Path) -> dict[str, Any]:
     st = Path(path).stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # The path within the state dir (embeddings/<encoder>/<manifest>.h5), not where the state dir is.
+    return {"path": "/".join(Path(path).parts[-3:]), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None) -> tuple[str, Path, Path]:
@@ -225,9 +226,10 @@ def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None)
     if manifest is None:
         mpath = Path(info.meta.manifest_path or "")
         name = str(info.meta.manifest or mpath.stem)
-        if not mpath.is_file():
+        if not mpath.is_file() or state.manifest_path(name).is_file():   # this state dir's own first (it may have moved)
             name, mpath = resolve_manifest(state, name)
-        emb = Path(info.meta.embeddings or state.embeddings_path(info.audio_encoder, name))
+        own = state.embeddings_path(info.audio_encoder, name)
+        emb = own if own.exists() else Path(info.meta.embeddings or own)
     else:
         name, mpath = resolve_manifest(state, manifest)
         emb = state.embeddings_path(info.audio_encoder, name)

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from .index_backends import ANN_THRESHOLD, CHOICES as BACKEND_CHOICES, get_backe
 from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, resolve_run, store_identity, weights_identity
+from .manifest import from_state_dir, state_relative
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     clean_stale_temps, read_json, stage_function)
 
@@ -244,10 +247,15 @@ def require_native_tower(encoder: str) -> None:
 # --------------------------------------------------------------------------- identity / discovery
 def _identity(text: QueryModel, store_path: Path, manifest_path: Path | None) -> dict[str, Any]:
     """What the index was computed from: the text model, store rows, and display metadata."""
-    ident = {**text.identity(), "store": store_identity(store_path)}
+    ident = {**text.identity(), "store": _file_identity(store_path)}
     if manifest_path is not None and manifest_path.exists():
-        ident["manifest"] = store_identity(manifest_path)
+        ident["manifest"] = _file_identity(manifest_path)
     return ident
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """A file's content identity without its location (a moved state dir is the same library)."""
+    return {k: v for k, v in store_identity(path).items() if k != "path"}
 
 
 def default_library_manifest(state: StateDir, encoder: str) -> str:
@@ -265,10 +273,19 @@ def list_indexes(state: StateDir) -> list[str]:
 
 
 def read_index_meta(state: StateDir, name: str) -> dict[str, Any]:
+    recover_index(state, name)
     path = state.index_dir(name) / "meta.json"
     if not path.exists():
         raise unknown_choice("index", name, list_indexes(state) or ["(none yet: `mtx search` builds one)"])
-    return read_json(path)
+    return _absolute_paths(state, read_json(path))
+
+
+def _absolute_paths(state: StateDir, meta: dict[str, Any]) -> dict[str, Any]:
+    """meta.json records paths inside the state dir relative to it; callers get them absolute."""
+    for key in ("store", "manifest_path"):
+        if meta.get(key):
+            meta[key] = from_state_dir(str(meta[key]), state.root)
+    return meta
 
 
 def load_index(state: StateDir, name: str) -> Index:
@@ -287,11 +304,17 @@ def load_index(state: StateDir, name: str) -> Index:
 
 
 # --------------------------------------------------------------------------- building
-def _item(record) -> dict[str, Any]:
+def _item(record, root: Path | None = None) -> dict[str, Any]:
+    """Display metadata of a track; an audio path inside the state dir is stored relative to it."""
     if record is None:
         return {"title": None, "artist": None, "dataset": None, "tags": [], "audio_path": None, "duration": None}
+    path = state_relative(record.audio_path, root) if root is not None else record.audio_path
     return {"title": record.title, "artist": record.artist, "dataset": record.dataset, "tags": list(record.tags),
-            "audio_path": record.audio_path, "duration": record.duration}
+            "audio_path": path, "duration": record.duration}
+
+
+def _abs_audio(state: StateDir, path: str | None) -> str | None:
+    return from_state_dir(path, state.root) if path else path
 
 
 def library_store(state: StateDir, encoder: str, manifest: str | None) -> tuple[str, Path, Path]:
@@ -308,7 +331,7 @@ def library_store(state: StateDir, encoder: str, manifest: str | None) -> tuple[
 
 def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, name: str | None = None,
                 progress: Progress | None = None, backend: str = "exact", options: dict[str, Any] | None = None,
-                stage=None) -> Index:
+                stage=None, target: Path | None = None) -> Index | None:
     """Index a library manifest's store with ``text``'s mapping of audio rows; returns the loaded index.
 
     Units: the vectors (+ ids and items), then the backend's own (``stage`` counters record them,
@@ -319,7 +342,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     encoder = text.encoder
     mname, mpath, store_path = library_store(state, encoder, manifest)
     name = check_name("index", name or f"{text.label}--{mname}")
-    d = state.index_dir(name)
+    d = target or state.index_dir(name)   # ``target``: a successor written beside the working index
     d.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(d)                        # .tmp-items.json.*, .tmp-vectors.npy.* of a build that died
     (d / "meta.json").unlink(missing_ok=True)   # the index is incomplete from here until meta.json is back
@@ -331,7 +354,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
 
     if not (done.get("vectors") and (d / "vectors.npy").exists() and (d / "ids.json").exists()):
         log.info("building index %s from %s (%s embeddings)", name, mname, encoder)
-        _write_vectors(d, text, store_path, mpath, progress)
+        _write_vectors(d, text, store_path, mpath, progress, state.root)
         commit(vectors=True)
     ids = read_json(d / "ids.json")
     items = read_json(d / "items.json")
@@ -340,19 +363,26 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
     options["index_name"] = name
     backend_meta = get_backend(backend).build(d, vectors, options, progress, commit, done, ids, items)
     del vectors
-    atomic_write_json(d / "meta.json", {
+    atomic_write_json(d / "meta.json", _meta(state, name, text, mname, mpath, store_path, len(ids), backend,
+                                             backend_options, backend_meta))
+    return load_index(state, name) if target is None else None
+
+
+def _meta(state: StateDir, name: str, text: QueryModel, mname: str, mpath: Path, store_path: Path, count: int,
+          backend: str, options: dict[str, Any], backend_meta: dict[str, Any]) -> dict[str, Any]:
+    return {
         "name": name, "text_model": text.kind, "run": text.run.name if text.run is not None else None,
-        "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": encoder, "manifest": mname,
-        "manifest_path": str(mpath), "store": str(store_path),
-        "identity": _identity(text, store_path, mpath), "dim": text.dim, "count": len(ids),
-        "format": INDEX_FORMAT, "backend": backend, "backend_options": backend_options,
-        "backend_meta": backend_meta,
+        "checkpoint": text.checkpoint, "model_id": text.model_id, "encoder": text.encoder, "manifest": mname,
+        # Paths inside the state dir are relative to it, so a moved state dir keeps its indexes.
+        "manifest_path": state_relative(mpath, state.root), "store": state_relative(store_path, state.root),
+        "identity": _identity(text, store_path, mpath), "dim": text.dim, "count": count,
+        "format": INDEX_FORMAT, "backend": backend, "backend_options": options, "backend_meta": backend_meta,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    return load_index(state, name)
+    }
 
 
-def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, progress: Progress) -> None:
+def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, progress: Progress,
+                   root: Path | None = None) -> None:
     """vectors.npy (streamed chunk by chunk into a memmap, so the library never sits twice in RAM),
     ids.json and items.json."""
     from .manifest import read_manifest
@@ -381,24 +411,32 @@ def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, pro
             mm.flush()
             del mm
         ids = list(store.ids)
+        hashes = store.hashes
+    atomic_write_text(d / HASHES_FILE, json.dumps(hashes or []))
     atomic_write_text(d / "ids.json", json.dumps(ids))
-    atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i)) for i in ids}, ensure_ascii=False))
+    atomic_write_text(d / "items.json", json.dumps({i: _item(records.get(i), root) for i in ids}, ensure_ascii=False))
 
 
 _CHANGES = {"weights": "the run's weights changed", "tower": "the text tower changed",
             "store": "the embedding store changed", "manifest": "the library manifest changed"}
 
 
-def _stale_reason(text: QueryModel, meta: dict[str, Any], options: dict[str, Any] | None = None) -> str | None:
+def _meta_paths(state: StateDir, meta: dict[str, Any]) -> tuple[Path, Path | None]:
+    store_path = Path(from_state_dir(str(meta.get("store", "")), state.root))
+    mpath = Path(from_state_dir(str(meta["manifest_path"]), state.root)) if meta.get("manifest_path") else None
+    return store_path, mpath
+
+
+def _stale_reason(state: StateDir, text: QueryModel, meta: dict[str, Any],
+                  options: dict[str, Any] | None = None) -> str | None:
     if meta.get("format") != INDEX_FORMAT:
         return "it predates memory-mapped indexes"
     for key, value in (options or {}).items():
         if meta.get("backend_options", {}).get(key) != value:
             return f"its {key} changed"
-    store_path = Path(meta.get("store", ""))
+    store_path, mpath = _meta_paths(state, meta)
     if not store_path.exists():
         return "its embedding store is gone"
-    mpath = Path(meta["manifest_path"]) if meta.get("manifest_path") else None
     current = _identity(text, store_path, mpath)
     old = meta.get("identity", {})
     for key in [*_CHANGES, *sorted((set(current) | set(old)) - set(_CHANGES))]:
@@ -422,6 +460,7 @@ def _default_name(state: StateDir, text: QueryModel, manifest: str, backend: str
     if backend == "auto":
         # An index that already exists decides, so a cold search never has to open the store to count.
         for b, name in (("exact", base), ("ann", f"{base}--ann")):
+            recover_index(state, name)
             if (state.index_dir(name) / "meta.json").exists():
                 return name, b
         from .store import EmbeddingStore
@@ -446,34 +485,191 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
         if not text.owns(meta):
             raise MtxError(f"index {index!r} was built for {_owner(meta)}, not {_owner_of(text)}",
                            hint=f"search it with {_owner_flags(meta)}, or pick another index")
-        name, manifest = index, meta.get("manifest")
+        name = index
+        manifest = meta["manifest_path"] if meta.get("manifest_path") and Path(meta["manifest_path"]).is_file() \
+            and Path(meta["manifest_path"]).resolve() != state.manifest_path(str(meta.get("manifest"))).resolve() \
+            else meta.get("manifest")
         if backend == "auto":
             backend = str(meta.get("backend", "exact"))
             uri = uri or meta.get("backend_options", {}).get("uri")
     else:
-        manifest = library_store(state, text.encoder, manifest)[0]
-        name, backend = _default_name(state, text, manifest, backend)
+        mname, mpath, _ = library_store(state, text.encoder, manifest)
+        name, backend = _default_name(state, text, mname, backend)
+        manifest = mname if Path(mpath).resolve() == state.manifest_path(mname).resolve() else str(mpath)   # `--manifest /abs/lib.json`
+        recover_index(state, name)
         d = state.index_dir(name)
-        meta = read_json(d / "meta.json") if (d / "meta.json").exists() else None
+        meta = _absolute_paths(state, read_json(d / "meta.json")) if (d / "meta.json").exists() else None
     options = backend_options(backend, dtype, uri)
+    update = False
     if meta is not None and not rebuild:
-        reason = _stale_reason(text, meta, options) or (
+        reason = _stale_reason(state, text, meta, options) or (
             f"it was built for the {meta.get('backend', 'exact')} backend" if meta.get("backend", "exact") != backend
             else None)
         if reason is None:
             return load_index(state, name), False
-        log.info("index %s is out of date (%s); rebuilding", name, reason)
-    # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
-    # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
-    mode = Resume.FORCE if (meta is not None or rebuild) else resume
+        update = _updatable(state, text, meta, options, backend)
+        log.info("index %s is out of date (%s); %s", name, reason, "updating it in place" if update else "rebuilding")
     stage_config = {"text_model": text.kind, "manifest": manifest, "backend": backend, "options": options}
     stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
                         else {"encoder": text.encoder, "model_id": text.model_id})
+    if meta is not None and backend != "milvus":
+        # A working index is replaced only once its successor is complete: the new one is written
+        # beside it (an update reuses every unchanged row, a rebuild starts over) and swapped in.
+        stage = begin_stage(state, "search", f"index:{name}", stage_config, Resume.FORCE,
+                            discard=lambda: shutil.rmtree(_next_dir(state, name), ignore_errors=True))
+        built = (update_index(state, text, name, meta, progress, backend, options) if update
+                 else _rebuild_beside(state, text, manifest, name, progress, backend, options))
+        stage.complete({"index": name, "count": len(built), "updated": update})
+        return built, True
+    # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
+    # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
+    mode = Resume.FORCE if (meta is not None or rebuild) else resume
     stage = begin_stage(state, "search", f"index:{name}", stage_config, mode, outputs={"index": state.index_dir(name)})
     built = build_index(state, text, manifest, name, progress=progress, backend=backend, options=options,
                         stage=stage)
     stage.complete({"index": name, "count": len(built)})
     return built, True
+
+
+# --------------------------------------------------------------------------- updating in place
+HASHES_FILE = "hashes.json"   # the content hash of each row (the store's), so an update knows what changed
+SPARSE_LIMIT = 0.5            # an ANN index whose labels are more than half dead is rebuilt (compacted)
+
+
+def _next_dir(state: StateDir, name: str) -> Path:
+    return state.index_dir(name).parent / f".{name}.next"
+
+
+def _old_dir(state: StateDir, name: str) -> Path:
+    return state.index_dir(name).parent / f".{name}.old"
+
+
+def _swap_in(state: StateDir, name: str) -> None:
+    """Replace the index folder by its complete successor (two renames; :func:`recover_index` finishes
+    a swap cut between them)."""
+    d, nxt, old = state.index_dir(name), _next_dir(state, name), _old_dir(state, name)
+    shutil.rmtree(old, ignore_errors=True)
+    if d.exists():
+        os.replace(d, old)
+    os.replace(nxt, d)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_index(state: StateDir, name: str) -> None:
+    """Finish or undo a swap that a crash cut short; never leaves the name without an index it had."""
+    d, nxt, old = state.index_dir(name), _next_dir(state, name), _old_dir(state, name)
+    if not d.exists():
+        if (nxt / "meta.json").exists():
+            os.replace(nxt, d)
+        elif old.exists():
+            os.replace(old, d)
+    if d.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _updatable(state: StateDir, text: QueryModel, meta: dict[str, Any], options: dict[str, Any],
+               backend: str) -> bool:
+    """Only the library changed (same text model, backend and options; the store keys rows by content)."""
+    if meta.get("format") != INDEX_FORMAT or meta.get("backend", "exact") != backend or backend == "milvus":
+        return False
+    if meta.get("backend_options", {}) != options:
+        return False
+    old, current = meta.get("identity", {}), text.identity()
+    if any(old.get(k) != v for k, v in current.items()):
+        return False
+    store_path, _ = _meta_paths(state, meta)
+    if not (state.index_dir(meta["name"]) / HASHES_FILE).is_file() or not store_path.is_file():
+        return False
+    from .store import EmbeddingStore
+
+    try:
+        with EmbeddingStore(store_path) as st:
+            return st.hashes is not None
+    except MtxError:
+        return False
+
+
+def _rebuild_beside(state: StateDir, text: QueryModel, manifest: str | None, name: str, progress: Progress,
+                    backend: str, options: dict[str, Any]) -> Index:
+    nxt = _next_dir(state, name)
+    shutil.rmtree(nxt, ignore_errors=True)
+    build_index(state, text, manifest, name, progress=progress, backend=backend, options=options, target=nxt)
+    _swap_in(state, name)
+    return load_index(state, name)
+
+
+def update_index(state: StateDir, text: QueryModel, name: str, meta: dict[str, Any], progress: Progress | None,
+                 backend: str, options: dict[str, Any]) -> Index:
+    """Bring an index up to date with its changed store without rebuilding it.
+
+    Rows whose (id, content hash) the index holds are copied (no text model runs on them), new and
+    changed rows are mapped by the text model, removed ones are dropped; the backend updates its own
+    files (the ANN index removes and adds vectors, it is not retrained). Everything is written beside
+    the working index and swapped in at the end, so a crash leaves the old index working and the
+    next search or sync simply updates again.
+    """
+    from .manifest import read_manifest
+    from .store import EmbeddingStore
+
+    progress = progress or NullProgress()
+    d, nxt = state.index_dir(name), _next_dir(state, name)
+    ref = meta.get("manifest_path") if meta.get("manifest_path") and Path(meta["manifest_path"]).is_file() \
+        else meta.get("manifest")
+    mname, mpath, store_path = library_store(state, text.encoder, ref)
+    shutil.rmtree(nxt, ignore_errors=True)
+    nxt.mkdir(parents=True)
+    old_ids, old_hashes = read_json(d / "ids.json"), read_json(d / HASHES_FILE)
+    old_vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    old_rows = {(i, h): k for k, (i, h) in enumerate(zip(old_ids, old_hashes))}
+    records = {r.id: r for r in read_manifest(mpath)} if mpath.exists() else {}
+    with EmbeddingStore(store_path) as st:
+        ids, hashes = list(st.ids), list(st.hashes or [])
+        source = np.array([old_rows.get(key, -1) for key in zip(ids, hashes)], dtype=np.int64)
+        fresh = np.flatnonzero(source < 0)
+        with atomic_path(nxt / "vectors.npy") as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), text.dim))
+            for a, b, first in _copy_runs(source):
+                mm[a:b] = old_vectors[first:first + b - a]
+            block = max(1, 65536 // max(1, st.dim))
+            with progress.task("Updating index", total=len(fresh), unit="tracks") as task:
+                for s0 in range(0, len(fresh), block):
+                    progress.check_interrupt()
+                    rows = fresh[s0:s0 + block]
+                    mm[rows] = text.audio_side.audio_for_retrieval(st.rows(rows))
+                    task.advance(len(rows))
+            mm.flush()
+            del mm
+    atomic_write_text(nxt / HASHES_FILE, json.dumps(hashes))
+    atomic_write_text(nxt / "ids.json", json.dumps(ids))
+    atomic_write_text(nxt / "items.json",
+                      json.dumps({i: _item(records.get(i), state.root) for i in ids}, ensure_ascii=False))
+    vectors = np.load(nxt / "vectors.npy", mmap_mode="r")
+    module = get_backend(backend)
+    opts = {**options, "index_name": name}
+    if hasattr(module, "update"):
+        backend_meta = module.update(nxt, d, vectors, source, meta, opts, progress)
+    else:
+        backend_meta = module.build(nxt, vectors, opts, progress, lambda **_: None, {}, ids, {})
+    del vectors
+    log.info("index %s updated: %d row(s) kept, %d new, %d dropped", name, len(ids) - len(fresh), len(fresh),
+             len(old_ids) - (len(ids) - len(fresh)))
+    atomic_write_json(nxt / "meta.json", _meta(state, name, text, mname, mpath, store_path, len(ids), backend,
+                                               options, backend_meta))
+    _swap_in(state, name)
+    return load_index(state, name)
+
+
+def _copy_runs(source: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, first source row) runs of consecutive kept rows (source[k] = row in the old index, -1 new)."""
+    out: list[list[int]] = []
+    for k, s in enumerate(source.tolist()):
+        if s < 0:
+            continue
+        if out and out[-1][1] == k and out[-1][2] + (k - out[-1][0]) == s:
+            out[-1][1] = k + 1
+        else:
+            out.append([k, k + 1, s])
+    return [(a, b, f) for a, b, f in out]
 
 
 def _owner(meta: dict[str, Any]) -> str:
@@ -506,7 +702,13 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     if cfg.checkpoint is not None and cfg.text_model == "native":
         raise MtxError("--checkpoint chooses one of a run's checkpoints",
                        hint="drop it with --text-model native (use --model for the tower)")
-    if cfg.text_model == "native":
+    text_model = cfg.text_model
+    if text_model == "run" and cfg.run is None and meta is None and cfg.checkpoint is None:
+        fallback = _native_fallback(state, cfg)
+        if fallback is not None:
+            cfg = replace(cfg, text_model="native", audio_encoder=fallback[0], manifest=cfg.manifest or fallback[1])
+            text_model = "native"
+    if text_model == "native":
         encoder = cfg.audio_encoder or (meta or {}).get("encoder")
         if not encoder:
             raise MtxError("--text-model native needs --audio-encoder",
@@ -530,6 +732,23 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
                             f"{cfg.audio_encoder}")
     onnx_dir = export_dir(state, info.name, cfg.checkpoint or info.default_checkpoint()) / "onnx"
     return run_query_model(info, cfg.device, cfg.checkpoint, onnx_dir, cfg.query_runtime)
+
+
+def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str] | None:
+    """(encoder, manifest) to search with an encoder's own text tower when there is no trained run:
+    the newest library embedded with an encoder that has one (what `mtx sync` leaves). None when a
+    run exists (runs are the default) or no such library does."""
+    if state.list_runs(complete_only=True) or cfg.model is not None:
+        return None   # (checked first: a cold search with a run must not import the towers' torch code)
+    from .encoders.native_text import TEXT_TOWERS
+
+    manifests = [cfg.manifest] if cfg.manifest else state.list_manifests()
+    for name in manifests:
+        for encoder in state.list_encoders_with_embeddings(name):
+            if encoder in TEXT_TOWERS and (cfg.audio_encoder in (None, encoder)):
+                log.info("no trained run: searching %s with the native %s text tower", name, encoder)
+                return encoder, name
+    return None
 
 
 def _check(cfg: SearchConfig) -> bool:
@@ -628,7 +847,7 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         item = index.items.get(id_, {})
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
-                     "audio_path": item.get("audio_path"), "duration": item.get("duration")})
+                     "audio_path": _abs_audio(state, item.get("audio_path")), "duration": item.get("duration")})
     playlist = None
     if cfg.playlist is not None:
         from dataclasses import asdict

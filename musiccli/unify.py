@@ -25,11 +25,12 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import Record, SplitSummary, assign_splits, sample_records, split_counts, write_manifest
+from .manifest import (Record, from_state_dir, state_relative, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
+                       write_manifest)
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
-                    load_stage, stage_function)
+                    is_done, load_stage, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class UnifyResult:
     # --keep-official-splits: records moved so that no recording/artist component crosses splits
     split_conflicts: int = 0
     split_overridden: int = 0
+    # A changed library updates its manifest in place: what changed (added, changed, moved, removed,
+    # unchanged records); None for a manifest made for the first time.
+    changes: dict[str, int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
@@ -153,10 +157,11 @@ def filter_records(records: Sequence[Record], min_duration: float | None, max_du
     return out
 
 
-def select_and_split(records: Sequence[Record], cfg: UnifyConfig) -> tuple[list[Record], SplitSummary]:
+def select_and_split(records: Sequence[Record], cfg: UnifyConfig,
+                     previous: dict[str, str] | None = None) -> tuple[list[Record], SplitSummary]:
     chosen = sample_records(records, max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
                             samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
-    return chosen, assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits)
+    return chosen, assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits, previous=previous)
 
 
 def composition(records: Sequence[Record]) -> list[CompositionRow]:
@@ -310,7 +315,7 @@ def verify_rejects(state: StateDir, name: str, identity: dict[str, Any]) -> dict
     if any(record.config.get(k) != v for k, v in identity.items()):
         log.info("%s: the last verify checked an older download; its verdicts are not used", name)
         return {}
-    return {os.path.normpath(str(b["path"])): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
+    return {from_state_dir(str(b["path"]), state.root): f"{b['problem']} ({b.get('detail', '')})".replace(" ()", "")
             for b in record.result.get("bad", []) if b.get("problem") in VERIFY_REJECTS}
 
 
@@ -337,16 +342,28 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
     if rejected:
         # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
-        config["verify_rejects"] = config_hash(sorted(rejected))
+        # (state-dir relative, so a moved state dir is the same verdict)
+        config["verify_rejects"] = config_hash(sorted(state_relative(p, state.root) for p in rejected))
 
     run = None
+    previous: list[Record] | None = None
     if not cfg.dry_run:
+        mode, previous = _update_mode(state, cfg, config, out_path)
+        old_inputs = (load_stage(state, f"unify:{cfg.name}").config or {}).get("inputs", {}) \
+            if previous is not None else None
+
         def discard() -> None:
+            if old_inputs is not None:
+                # An update keeps the manifest until the new one replaces it; only stale parse caches go.
+                for n, ident in old_inputs.items():
+                    if ident != identities.get(n):
+                        _cache_path(state, n, ident).unlink(missing_ok=True)
+                return
             out_path.unlink(missing_ok=True)
             for n in names:
                 _cache_path(state, n, identities[n]).unlink(missing_ok=True)
 
-        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=cfg.resume, discard=discard,
+        run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=mode, discard=discard,
                           rename_hint="choose another manifest name with --name")
         if run.already_complete:
             return UnifyResult.from_dict(run.record.result, skipped=True)
@@ -378,7 +395,8 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
-    chosen, splits = select_and_split(filtered.records, cfg)
+    chosen, splits = select_and_split(filtered.records, cfg,
+                                      {r.id: r.split for r in previous if r.split} if previous else None)
     llm = None
     if cfg.captions == "llm" and not cfg.dry_run:
         llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
@@ -391,11 +409,43 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
                          failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),
                          dry_run=cfg.dry_run, download_failures=download_failures,
                          split_conflicts=splits.official_conflicts, split_overridden=splits.overridden,
-                         captions=cfg.captions, synthesised=synthesised, llm=llm)
+                         captions=cfg.captions, synthesised=synthesised, llm=llm,
+                         changes=diff_manifests(previous, chosen).to_dict() if previous is not None else None)
     if run is not None:
         write_manifest(out_path, chosen)
         run.complete(result=asdict(result))
     return result
+
+
+# The config keys that name the inputs' contents: when only they changed, the library changed.
+_INPUT_KEYS = {"inputs", "verify_rejects"}
+
+
+def _update_mode(state: StateDir, cfg: UnifyConfig, config: dict[str, Any],
+                 out_path: Path) -> tuple[Resume, list[Record] | None]:
+    """(how to begin the stage, the manifest it updates in place or None).
+
+    A finished manifest whose sources changed since (a rescanned folder, a download that added
+    items, a new verify verdict) is redone in place: no ``--force`` is needed for a changed library,
+    and the records it had keep their splits (see ``assign_splits``). Any other config change is
+    left to the stage contract (refused unless ``--force``).
+    """
+    if cfg.resume is Resume.FORCE or not out_path.is_file():
+        return cfg.resume, None
+    record = load_stage(state, f"unify:{cfg.name}")
+    if record is None or not is_done(record.status):
+        return cfg.resume, None
+    new = to_jsonable(config)
+    changed = {k for k in set(record.config) | set(new) if record.config.get(k) != new.get(k)}
+    if not changed or not changed <= _INPUT_KEYS:
+        return cfg.resume, None
+    try:
+        previous = read_manifest(out_path)
+    except MtxError as e:
+        log.warning("cannot read the manifest to update (%s); it is made again", e.message)
+        previous = []
+    log.info("the sources of manifest %r changed; updating it in place", cfg.name)
+    return Resume.FORCE, previous
 
 
 def _llm_config(cfg: UnifyConfig) -> LLMConfig:

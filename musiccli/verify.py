@@ -28,6 +28,7 @@ import numpy as np
 from .audio import AudioError, stream_blocks
 from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
+from .manifest import from_state_dir, state_relative
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
 from .state import (Resume, StateDir, SystemicError, append_jsonl, begin_stage, config_hash, is_systemic,
@@ -222,13 +223,17 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
                       discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True)
     if run.already_complete:
         return _report_from_result(run.record.result, cfg.min_success)
-    if not run.resumed:
-        # A fresh run never mixes in results from an older attempt (or an older dataset).
-        for old in root.glob("verify-*.jsonl"):
-            old.unlink(missing_ok=True)
-
     start = time.monotonic()
-    done = _load_results(out_path) if run.resumed else {}
+    if not run.resumed:
+        # A fresh run never mixes in verdicts from an older dataset, except for files it can tell are
+        # the very same (path, size and mtime): a rescanned library checks only what changed.
+        carried = _carry_over(root, out_path, expected, state.root)
+        for old in root.glob("verify-*.jsonl"):
+            if old != out_path:
+                old.unlink(missing_ok=True)
+        if carried:
+            log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", carried)
+    done = _load_results(out_path)
     todo = [ef for ef in expected if ef.id not in done]
     log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
     with progress.task(f"Verifying {source.info.name}", total=len(expected), unit="files",
@@ -237,8 +242,8 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
         for i in range(0, len(todo), BATCH):
             batch = todo[i:i + BATCH]
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
-            rows = [{"id": ef.id, "path": str(ef.path), "problem": p, "detail": d}
-                    for ef, (p, d) in zip(batch, outcomes)]
+            rows = [{"id": ef.id, "path": state_relative(ef.path, state.root), "problem": p, "detail": d,
+                     "stat": _stamp(Path(ef.path))} for ef, (p, d) in zip(batch, outcomes)]
             _check_systemic(rows)
             append_jsonl(out_path, rows)  # the batch is committed before progress moves
             done.update({r["id"]: r for r in rows})
@@ -250,6 +255,34 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     report.seconds = round(time.monotonic() - start, 3)
     run.complete(result=asdict(report), failed=report.total - report.ok)
     return report
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile], state_root: Path) -> int:
+    """Copy into ``out_path`` the newest earlier verdicts of files unchanged since (same id, path, size,
+    mtime); return how many. A verdict without a stamp (an older verify) is not carried."""
+    earlier = sorted((p for p in root.glob("verify-*.jsonl") if p != out_path), key=lambda p: p.stat().st_mtime)
+    if not earlier or out_path.exists():
+        return 0
+    old = _load_results(earlier[-1])
+    rows = []
+    for ef in expected:
+        row = old.get(ef.id)
+        if row is None or row.get("stat") is None:
+            continue
+        if from_state_dir(str(row.get("path", "")), state_root) == os.path.normpath(str(ef.path)) \
+                and row["stat"] == _stamp(Path(ef.path)):
+            rows.append(row)
+    for i in range(0, len(rows), 4096):
+        append_jsonl(out_path, rows[i:i + 4096])
+    return len(rows)
 
 
 def _check_systemic(rows: list[dict[str, Any]]) -> None:

@@ -304,3 +304,22 @@ def test_one_artist_holding_most_records_is_warned(tmp_path: Path, state_dir: Pa
     assert out.exit_code == 0, out.output
     assert "artist 'Big Band' holds 12 of 24 records" in out.output and "cannot be balanced" in out.output
     assert "folder artists: 24 from tags" in out.output
+
+
+def test_cli_rerun_rescans_and_reports_changes(music: Path, state_dir: Path) -> None:
+    """Re-running `mtx download folder --path LIB` after the library changed rescans it (no --force)."""
+    import shutil
+
+    from httpserver import mtx_runner
+
+    mtx = mtx_runner(state_dir)
+    assert mtx("download", "folder", "--path", str(music)).exit_code == 0
+    sf.write(music / "misc" / "new.wav", _tone(1.0), 8000)
+    shutil.move(music / "misc" / "track.mp3", music / "misc" / "renamed.mp3")
+    (music / "Unknown Artist" / "Demos" / "03 - Sketch.wav").unlink()
+    res = mtx("download", "folder", "--path", str(music))
+    assert res.exit_code == 0, res.output
+    assert "1 added, 0 changed, 1 moved, 1 removed, 1 unchanged" in res.output
+    recs = {r.extra["relative_path"]: r for r in folder.FolderSource().records(state_dir / "datasets" / "folder")}
+    assert set(recs) == {"Miles Davis/Kind of Blue/01 So What.flac", "misc/renamed.mp3", "misc/new.wav"}
+    assert recs["misc/renamed.mp3"].id == folder.file_id("misc/track.mp3")   # a moved file keeps its id

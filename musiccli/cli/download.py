@@ -100,6 +100,8 @@ def command(
                               for r in results]))
     for r in results:
         app.out.info(f"{r.source}: {escape(str(r.root))}")
+        if r.changes and not r.skipped:   # a rescanned library (folder): what changed since the last scan
+            app.out.info(f"{r.source}: " + ", ".join(f"{v} {k}" for k, v in r.changes.items()))
     app.out.result(results)
     for r in results:
         if not r.failed:

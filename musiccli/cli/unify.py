@@ -145,5 +145,8 @@ def command(
     elif result.skipped:
         app.out.info(f"already up to date: {escape(result.path)} (use --force to rebuild it)")
     else:
+        if result.changes is not None:   # the sources changed: the manifest was updated in place
+            app.out.info("updated in place: " + ", ".join(f"{v} {k}" for k, v in result.changes.items())
+                         + " (ids and splits of the tracks kept are unchanged)")
         app.out.info(f"wrote {result.records:,} records to {escape(result.path)}")
     app.out.result(result)

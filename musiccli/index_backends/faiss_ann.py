@@ -14,6 +14,7 @@ counter ``ann_added`` moving only after the file is in place.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ PARTIAL_FILE = "ann.partial.faiss"
 ADD_BLOCK = 65_536
 SAVE_EVERY = 262_144
 TRAIN_PER_LIST = 64
+SPARSE_LIMIT = 0.5
 
 
 def _faiss():
@@ -101,6 +103,49 @@ def build(d: Path, vectors: np.ndarray, options: dict[str, Any], progress, commi
     return {"factory": f"IVF{params['nlist']},SQ8", "metric": "inner_product", **params}
 
 
+LABELS_FILE = "labels.npy"   # after an update: label -> row of vectors.npy (-1: removed); absent: label = row
+
+
+def update(d: Path, old: Path, vectors: np.ndarray, source: np.ndarray, meta: dict[str, Any],
+           options: dict[str, Any], progress) -> dict[str, Any]:
+    """Write into ``d`` the index of ``old`` updated to ``vectors``, without retraining.
+
+    ``source[k]`` is the row of the old index that row ``k`` copies, or -1 for a new row. Old rows not
+    copied are removed (``remove_ids``), new rows are added under fresh labels (``add_with_ids``), and
+    ``labels.npy`` maps every label to its row. The coarse quantiser stays the one trained on the
+    first build; when more than :data:`SPARSE_LIMIT` of the labels are dead the index is rebuilt.
+    """
+    faiss = _faiss()
+    index = faiss.read_index(str(old / INDEX_FILE))
+    labels = np.load(old / LABELS_FILE) if (old / LABELS_FILE).exists() else np.arange(index.ntotal, dtype=np.int64)
+    label_of_old = np.full(int(labels.max(initial=-1)) + 1, -1, dtype=np.int64)
+    live = np.flatnonzero(labels >= 0)
+    label_of_old[labels[live]] = live                       # old row -> its label
+    kept_old = source[source >= 0]
+    gone = np.setdiff1d(labels[live] if len(live) else np.zeros(0, np.int64), kept_old)
+    dropped = label_of_old[gone[gone < len(label_of_old)]] if len(gone) else np.zeros(0, np.int64)
+    fresh = np.flatnonzero(source < 0)
+    total = len(labels) + len(fresh)
+    if total and (total - len(vectors)) / total > SPARSE_LIMIT:
+        log.info("the ANN index has more removed rows than live ones; rebuilding it")
+        return build(d, vectors, options, progress, lambda **_: None, {}, [], {})
+    if len(dropped):
+        index.remove_ids(np.ascontiguousarray(dropped, dtype=np.int64))
+    new_labels = np.arange(len(labels), total, dtype=np.int64)
+    for s in range(0, len(fresh), ADD_BLOCK):
+        rows = fresh[s:s + ADD_BLOCK]
+        index.add_with_ids(np.ascontiguousarray(vectors[rows], dtype=np.float32), new_labels[s:s + ADD_BLOCK])
+    out = np.full(total, -1, dtype=np.int64)
+    kept_rows = np.flatnonzero(source >= 0)
+    out[label_of_old[source[kept_rows]]] = kept_rows
+    out[new_labels] = fresh
+    with atomic_path(d / LABELS_FILE) as tmp:
+        with builtins.open(tmp, "wb") as f:   # this module's own open() is the backend API
+            np.save(f, out)
+    _save(faiss, index, d / INDEX_FILE)
+    return {**meta.get("backend_meta", {}), "updated_rows": int(len(fresh)), "removed_rows": int(len(dropped))}
+
+
 class AnnSearcher:
     def __init__(self, d: Path, meta: dict[str, Any], exact: np.ndarray) -> None:
         faiss = _faiss()
@@ -116,11 +161,16 @@ class AnnSearcher:
         faiss.extract_index_ivf(self.index).nprobe = nprobe
         self.exact = exact
         self.rows = RowReader(d / "vectors.npy")   # scattered re-rank reads, no mapping
+        self.labels = np.load(d / LABELS_FILE) if (d / LABELS_FILE).exists() else None
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         c = min(n_candidates(k), self.index.ntotal)
         _, rows = self.index.search(np.asarray(q, dtype=np.float32)[None, :], c)
-        return rerank(self.rows, q, rows[0], k)
+        rows = rows[0]
+        if self.labels is not None:   # an updated index: labels are not rows
+            rows = rows[(rows >= 0) & (rows < len(self.labels))]
+            rows = self.labels[rows]
+        return rerank(self.rows, q, rows[rows >= 0], k)
 
 
 def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> AnnSearcher:  # noqa: A001 - the backend API

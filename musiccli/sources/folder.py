@@ -12,7 +12,9 @@ Tags are read with mutagen's "easy" interface (ID3, Vorbis comments, MP4 atoms a
 a missing title falls back to the file name, a missing artist to the folder only where the library is
 laid out ``Artist/Album/01 Title.mp3`` (:func:`folder_artists`; ``artist_source`` says which rule).
 Captions are synthesised from genre and mood tags, or fall back to "<title> by <artist>".
-Rescan after changing the library with ``mtx download folder --path ... --force``.
+Rerun ``mtx download folder`` after changing the library: it rescans and records what was added,
+changed, moved and removed (``scan.json``); see :func:`rescan`. ``mtx sync PATH`` does that and
+updates the manifest, the embeddings and the search index in one go.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import hashlib
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
-from ..manifest import Record, file_group
+from ..manifest import CONTENT_HASH, Record, file_content_hash
 from ..progress import Progress
 from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, iter_jsonl, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
@@ -260,6 +263,143 @@ def captions_for(info: dict[str, Any]) -> list[str]:
     return [c for c in dict.fromkeys([*described, by]) if c]
 
 
+SCAN_NAME = "scan.json"
+
+
+@dataclass
+class ScanReport:
+    """What a scan found compared with the previous one, in files."""
+
+    added: int = 0
+    changed: int = 0       # same path, other audio (content hash differs)
+    moved: int = 0         # same audio at another path: keeps its id, so it is not embedded again
+    removed: int = 0
+    unchanged: int = 0     # same path, size and mtime (or a touched file whose content hash is the same)
+    failed: int = 0        # not readable as audio
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def describe(self) -> str:
+        return ", ".join(f"{v} {k}" for k, v in self.to_dict().items())
+
+
+def live_index(root: Path) -> dict[str, dict[str, Any]]:
+    """The index's current entry per id (the last line wins; a removed file's tombstone drops it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in iter_jsonl(Path(root) / INDEX_NAME):
+        if "id" not in d:
+            continue
+        if d.get("removed"):
+            out.pop(d["id"], None)
+        elif "rel" in d:
+            out[d["id"]] = d
+    return out
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: Progress) -> ScanReport:
+    """Compare the folder with the index and record every difference (the index and ledger are append-only).
+
+    A file is identified by its path plus size and mtime. When those change, its content hash says
+    whether the audio did: the same hash is an unchanged (touched) file, another one a changed file
+    (same id). A new path whose content hash equals that of a file gone from its old path is that
+    file moved: it keeps its id, so later stages see the same track and embed nothing. Files gone
+    are tombstoned. Each file is committed on its own (index line first, then the ledger), so an
+    interrupted scan resumes where it stopped and a finished one finds nothing left to do.
+    """
+    index = root / INDEX_NAME
+    live = live_index(root)
+    by_rel = {d["rel"]: d for d in live.values() if ledger.is_ok(d["id"])}
+    present = set(files)
+    report = ScanReport()
+    fresh: list[tuple[str, tuple[int, int] | None]] = []
+    with progress.task("Scanning", total=len(files), unit="files") as task:
+        for rel in files:
+            st = _stat(music / rel)
+            info = by_rel.get(rel)
+            if info is not None and st is not None and [info.get("size"), info.get("mtime_ns")] == list(st):
+                report.unchanged += 1
+            elif info is not None:
+                digest = _hash(music / rel)
+                if digest is not None and digest == info.get(CONTENT_HASH):
+                    append_jsonl(index, [{**info, "size": st[0], "mtime_ns": st[1]}])   # touched only
+                    report.unchanged += 1
+                elif info.get(CONTENT_HASH) is None and digest is not None:
+                    # indexed before content hashes: record it, nothing known changed
+                    append_jsonl(index, [{**info, "size": st[0], "mtime_ns": st[1], CONTENT_HASH: digest}])
+                    report.unchanged += 1
+                elif _scan_one(music, rel, info["id"], index, ledger, digest):
+                    report.changed += 1
+                else:
+                    report.failed += 1
+            else:
+                fresh.append((rel, st))
+                continue
+            task.advance(1)
+            progress.check_interrupt()
+        gone = {d[CONTENT_HASH]: d for rel, d in sorted(by_rel.items()) if rel not in present and d.get(CONTENT_HASH)}
+        taken = {d["id"] for d in live.values()}
+        for rel, st in fresh:
+            digest = _hash(music / rel)
+            moved = gone.pop(digest, None) if digest is not None else None
+            if moved is not None:
+                ok = _scan_one(music, rel, moved["id"], index, ledger, digest)
+                report.moved += ok
+            else:
+                fid = file_id(rel)
+                if fid in taken and live.get(fid, {}).get("rel") != rel:
+                    fid = file_id(f"{rel}#{digest}")   # its path's id is held by a file moved away from it
+                ok = _scan_one(music, rel, fid, index, ledger, digest)
+                report.added += ok
+                taken.add(fid)
+            report.failed += not ok
+            task.advance(1)
+            progress.check_interrupt()
+    kept = {d["id"] for d in live_index(root).values() if d["rel"] in present}
+    for rel, d in sorted(by_rel.items()):
+        if rel not in present and d["id"] not in kept:
+            append_jsonl(index, [{"id": d["id"], "rel": rel, "removed": True}])
+            ledger.removed(d["id"])
+            report.removed += 1
+    wanted = {file_id(rel) for rel in present}
+    for e in ledger.failures():   # a broken file that is gone is no longer a failure of this library
+        if e.id not in wanted and e.id not in kept:
+            ledger.removed(e.id)
+    return report
+
+
+def _hash(path: Path) -> str | None:
+    try:
+        return file_content_hash(path)
+    except OSError:
+        return None
+
+
+def _scan_one(music: Path, rel: str, fid: str, index: Path, ledger: Ledger, digest: str | None) -> bool:
+    """Read one file's tags into the index under ``fid``; False (and a ledger failure) if it is not audio."""
+    path = music / rel
+    try:
+        info = read_file_info(path, rel)
+    except MtxError as e:
+        ledger.failed(fid, e.message[:200])
+        return False
+    st = _stat(path)
+    info.update(id=fid, size=st[0] if st else None, mtime_ns=st[1] if st else None,
+                **{CONTENT_HASH: digest or _hash(path)})
+    # The index line first (fsynced), then the ledger: an ok entry always has its tags on disk.
+    append_jsonl(index, [info])
+    ledger.ok(fid, path=rel, nbytes=st[0] if st else None, checksum=info[CONTENT_HASH])
+    return True
+
+
 @register
 class FolderSource(Source):
     info = INFO
@@ -287,6 +427,8 @@ class FolderSource(Source):
         if not os.access(music, os.R_OK | os.X_OK):
             raise MtxError(f"--path {cfg.path}: permission denied", hint="check the folder's permissions")
 
+    rescans = True   # `mtx download folder` rescans a finished library and records what changed
+
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
         music = Path(cfg.path).expanduser().resolve() if cfg.path else self.music_dir(root)
         if music is None:
@@ -302,31 +444,19 @@ class FolderSource(Source):
         files = scan(music)
         if cfg.max_items is not None:
             files = files[: max(0, cfg.max_items)]
-        indexed = set(self._index(root))
-        todo = [rel for rel in files if not (ledger.is_ok(file_id(rel)) and file_id(rel) in indexed)]
-        log.info("folder: %d audio file(s) in %s, %d to scan", len(files), music, len(todo))
         end_torn_line(root / INDEX_NAME)
-        with progress.task("Scanning", total=len(todo), unit="files") as task:
-            for rel in todo:
-                self._scan_one(music, rel, root / INDEX_NAME, ledger)
-                task.advance(1)
-                progress.check_interrupt()
+        report = rescan(music, root, files, ledger, progress)
+        atomic_write_json(root / SCAN_NAME, report.to_dict())
+        log.info("folder: %d audio file(s) in %s: %s", len(files), music, report.describe())
 
-    @staticmethod
-    def _scan_one(music: Path, rel: str, index: Path, ledger: Ledger) -> None:
-        fid = file_id(rel)
-        try:
-            info = read_file_info(music / rel, rel)
-        except MtxError as e:
-            ledger.failed(fid, e.message[:200])
-            return
-        # The index line first (fsynced), then the ledger: an ok entry always has its tags on disk.
-        append_jsonl(index, [info])
-        ledger.ok(fid, path=rel, nbytes=(music / rel).stat().st_size)
+    def changes(self, root: Path) -> dict[str, Any] | None:
+        """What the last scan found (added, changed, moved, removed, unchanged, failed)."""
+        path = Path(root) / SCAN_NAME
+        return read_json(path) if path.is_file() else None
 
     @staticmethod
     def _index(root: Path) -> dict[str, dict[str, Any]]:
-        return {d["id"]: d for d in iter_jsonl(Path(root) / INDEX_NAME) if "id" in d}
+        return live_index(root)
 
     def _present(self, root: Path) -> list[tuple[dict[str, Any], Path]]:
         music = self.music_dir(root)
@@ -352,9 +482,12 @@ class FolderSource(Source):
             out.append(Record(
                 id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
                 alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
-                tags=[*info.get("genres", []), *info.get("moods", [])], license=None, group=file_group(path),
+                tags=[*info.get("genres", []), *info.get("moods", [])], license=None,
+                # The recording is the audio: byte-identical copies share it, and a moved file keeps it.
+                group=f"audio:{info[CONTENT_HASH]}" if info.get(CONTENT_HASH) else f"file:{info['id']}",
                 extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
-                                         "relative_path": info["rel"]}.items() if v is not None},
+                                         "relative_path": info["rel"],
+                                         CONTENT_HASH: info.get(CONTENT_HASH)}.items() if v is not None},
             ))
             out[-1].extra["artist_source"] = artist_source   # which rule named the artist (folder_artists)
         return out

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..state import append_jsonl, iter_jsonl
 
-OK, FAILED, PENDING = "ok", "failed", "pending"
+OK, FAILED, PENDING, REMOVED = "ok", "failed", "pending", "removed"   # removed: gone from a rescanned library
 
 
 def end_torn_line(path: Path) -> None:
@@ -100,6 +100,10 @@ class Ledger:
         self._append(LedgerEntry(id=id, status=FAILED, reason=reason))
         if self.on_failed is not None:
             self.on_failed(id, reason)
+
+    def removed(self, id: str) -> None:
+        """The item is gone from the library (a rescan): neither ok nor failed any more."""
+        self._append(LedgerEntry(id=id, status=REMOVED))
 
     def pending(self, id: str) -> None:
         self._append(LedgerEntry(id=id, status=PENDING))

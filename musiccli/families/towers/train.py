@@ -118,7 +118,7 @@ def _result_config(cfg: TrainConfig, runtime: Runtime, loss_name: str) -> dict[s
 
 
 def _store_identity(store: EmbeddingStore) -> dict[str, Any]:
-    return {"path": str(store.path), "rows": len(store), "dim": store.dim, "encoder": store.encoder,
+    return {"path": "/".join(store.path.parts[-3:]), "rows": len(store),   # not where the state dir is "dim": store.dim, "encoder": store.encoder,
             "manifest_hash": store.attrs.get("manifest_hash"), "size": store.path.stat().st_size}
 
 
