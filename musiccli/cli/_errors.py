@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import Interrupted, MtxError
+from ..state import MAX_NAME_LENGTH, is_no_space, no_space_error
 from ._output import Output
 
 
@@ -62,6 +63,8 @@ class MtxGroup(TyperGroup):
         except KeyboardInterrupt:
             _out(ctx).error("aborted", "rerun the same command with --continue to resume")
             ctx.exit(130)
+        except BrokenPipeError:
+            raise   # the reader of stdout went away (`mtx search --help | head`): app.main ends quietly
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if _debug(ctx):
                 raise
@@ -90,9 +93,12 @@ def system_error(e: BaseException, state_root: Path | None) -> tuple[str, str] |
         text = str(err)
         code = getattr(err, "errno", None)
         where = getattr(err, "filename", None) or (str(state_root) if state_root else "the output folder")
-        if code == errno.ENOSPC or "No space left on device" in text or "errno = 28" in text:
-            return (f"no space left on device at {where}",
-                    "free some space, then rerun the same command with --continue: committed work is kept")
+        if code in (errno.ENOSPC, errno.EDQUOT) or is_no_space(text):
+            full = no_space_error(where)
+            return full.message, full.hint
+        if code == errno.ENAMETOOLONG:
+            return (f"a file name is too long: {where}",
+                    f"use shorter names (at most {MAX_NAME_LENGTH} characters for runs, manifests and indexes)")
         if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
             if state_root is not None and _inside(where, state_root):
                 return (f"state dir {state_root} is read-only (cannot write {where})",

@@ -104,6 +104,15 @@ class _RedactFilter(logging.Filter):
         cleaned = redact_text(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # A logged traceback (--debug, log.exception) may quote a URL in an exception's message:
+            # then it is shown as redacted text instead of Rich's rendering of the live exception.
+            import traceback
+
+            text = "".join(traceback.format_exception(*record.exc_info))
+            if redact_text(text) != text:
+                record.msg, record.args = f"{cleaned}\n{redact_text(text).rstrip()}", None
+                record.exc_info, record.exc_text = None, None
         return True
 
 
@@ -199,3 +208,21 @@ def main() -> None:
         app(prog_name="mtx")
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except Exception as e:  # only --debug lets one get here: its traceback, without any URL's credentials
+        _print_traceback(e)
+        raise SystemExit(1) from None
+
+
+def _print_traceback(e: BaseException) -> None:
+    """Python's own traceback text, with every URL redacted (a mirror's ?token=, a user:pass@ server)."""
+    import sys
+    import traceback
+
+    from ..redact import redact_text
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        sys.stderr.write(redact_text(text))
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError):
+        pass
