@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MtxError
+from .safe_read import onnx_session
 from .state import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def client_session(path: Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(path, sess_options=opts, providers=["CPUExecutionProvider"])  # damaged: one line
 
 
 def test_signal(sr: int, seconds: float = 4.0, seed: int = 0) -> np.ndarray:

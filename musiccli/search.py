@@ -48,6 +48,7 @@ from .index_backends import ANN_THRESHOLD, CHOICES as BACKEND_CHOICES, get_backe
 from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, resolve_run, store_identity, weights_identity
+from .safe_read import DamagedFileError, load_npy
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     clean_stale_temps, read_json, stage_function)
 
@@ -232,9 +233,12 @@ def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None =
         why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
         if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
             why = "onnxruntime or tokenizers is not installed"
-        if why is None:
-            return QueryModel("run", info.audio_encoder, OnnxTextModel(onnx_dir), run=info, checkpoint=checkpoint,
-                              runtime="onnx")
+        try:
+            if why is None:
+                return QueryModel("run", info.audio_encoder, OnnxTextModel(onnx_dir), run=info,
+                                  checkpoint=checkpoint, runtime="onnx")
+        except DamagedFileError as e:   # a truncated model.onnx or a garbage tokenizer.json: say so, use PyTorch
+            why = f"{e.message} (export it again with --force)"
         if query_runtime == "onnx":
             raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
                            hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
@@ -307,7 +311,7 @@ def load_index(state: StateDir, name: str) -> Index:
     items = read_json(d / "items.json")
     # Memory-mapped: a cold process reads only the pages a query touches (the fp16 scan copy and the
     # float32 rows of the candidates it re-ranks), not the whole matrix.
-    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    vectors = load_npy(d / "vectors.npy", mmap_mode="r", hint="rebuild the index with `mtx search --force`")
     if vectors.shape != (len(ids), int(meta["dim"])) or vectors.dtype != np.float32:
         raise MtxError(f"index {name!r} is damaged ({vectors.shape} {vectors.dtype} vectors for {len(ids)} ids)",
                        hint="rebuild it with `mtx search --force`")
@@ -364,7 +368,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         commit(vectors=True)
     ids = read_json(d / "ids.json")
     items = read_json(d / "items.json")
-    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    vectors = load_npy(d / "vectors.npy", mmap_mode="r", hint="rebuild the index with `mtx search --force`")
     backend_options = dict(options)
     options["index_name"] = name
     backend_meta = get_backend(backend).build(d, vectors, options, progress, commit, done, ids, items)

@@ -421,17 +421,16 @@ class StudentModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "StudentModel":
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
+        from ..safe_read import load_safetensors as load_file, load_tokenizer, read_json
 
         path = Path(path)
         if not (path / CONFIG_FILE).exists():
             raise MtxError(f"{path} is not a student checkpoint (no {CONFIG_FILE})",
                            hint="train one with `mtx train --objective student`")
-        raw = json.loads((path / CONFIG_FILE).read_text())
+        raw = read_json(path / CONFIG_FILE)
         known = set(StudentConfig.__dataclass_fields__)
         cfg = StudentConfig(**{k: v for k, v in raw.items() if k in known})
-        tok = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        tok = load_tokenizer(path / TOKENIZER_FILE)
         model = cls(cfg, tok)
         model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
         return model.to(device).eval()
@@ -497,10 +496,11 @@ class StudentEncoder(AudioEncoder):
     def _open_onnx(self, required: bool) -> None:
         try:
             from ..export_student import ClientLogMel, client_session, export_music_graph
+            from ..safe_read import onnx_file_loads
 
             cache = (self.options.cache_dir or self.checkpoint) / "student-onnx" / self.weights_sha
             path = cache / "student_music_encoder.onnx"
-            if not path.exists():
+            if not path.exists() or not onnx_file_loads(path):   # a damaged cache is rebuilt, never used
                 cache.mkdir(parents=True, exist_ok=True)
                 tmp = cache / f".{path.name}.{os.getpid()}.tmp"   # shards may export at the same time
                 cfg = self.model.student_config
