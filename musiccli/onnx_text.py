@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 
 from . import safe_read
 from .errors import MtxError
-from .state import TMP_PREFIX, atomic_write_json, read_json
+from .state import TMP_PREFIX, atomic_write_json, honour_umask, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,7 @@ CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon 
 # --------------------------------------------------------------------------- folders
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished folder into place (the old one, if any, is removed first)."""
+    honour_umask(tmp)   # readable as the umask allows (a consumer running as another user), not 0700/0600
     if final.exists():
         old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -59,8 +59,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def tmp_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
+    return make_temp_dir(parent, prefix=f"{TMP_PREFIX}{name}.")
 
 
 # --------------------------------------------------------------------------- export (torch)

@@ -133,6 +133,36 @@ def clean_stale_temps(directory: Path) -> int:
     return removed
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temp folder in ``parent`` (``mkdtemp``), with the mode a plain ``mkdir`` would give.
+
+    ``mkdtemp`` creates 0700 whatever the umask; an export renamed into place from it would stay
+    unreadable to a consumer running as another user (an AudioMuse-AI container).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def honour_umask(root: Path) -> None:
+    """Give every folder and file under ``root`` (and ``root``) the mode the umask allows.
+
+    Libraries write with modes of their own (safetensors: 0600); a folder about to be published
+    (an export) gets folders ``0777 & ~umask`` and files ``0666 & ~umask``, like ``mkdir``/``open``.
+    """
+    mask = _umask()
+    root = Path(root)
+    for d, _, files in os.walk(root):
+        os.chmod(d, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(d, name)
+            if not os.path.islink(p):
+                executable = os.stat(p).st_mode & 0o100
+                os.chmod(p, (0o777 if executable else 0o666) & ~mask)
+
+
 def _umask() -> int:
     # The only portable way to read the umask is to set it; put it back at once.
     mask = os.umask(0o022)

@@ -84,14 +84,50 @@ def _map_config(path: Path, data: dict, group) -> dict:
             for opt in param.opts:  # not secondary_opts: `no-baselines = true` would mean the opposite
                 by_flag[opt.lstrip("-")] = param.name
                 by_flag[opt.lstrip("-").replace("-", "_")] = param.name
+        params = {p.name: p for p in cmd.params}
         mapped: dict[str, object] = {}
         for key, value in opts.items():
             if key not in by_flag:
                 spelled = sorted(k for k in by_flag if "_" not in k)
                 raise MtxError(f"{path}: [{table}] has no key {key!r}", hint=_closest(key, spelled))
+            _check_value(path, table, key, value, params[by_flag[key]])
             mapped[by_flag[key]] = value
         out[table] = mapped
     return out
+
+
+def _check_value(path: Path, table: str, key: str, value: object, param) -> None:
+    """A config value of the wrong type is an error that names the file and the key (not the flag).
+
+    TOML has real booleans: ``workers = true`` is not 1, and ``tags = 1`` is not true.
+    """
+    import json
+
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:   # not a Typer parameter: the flag's own parsing checks it
+        return
+    shown = f"{path}: [{table}] {key} = {json.dumps(value, default=str)}"
+    items = value if isinstance(value, list) else [value]
+    if descriptor.annotation is bool:
+        if not isinstance(value, bool):
+            raise MtxError(f"{shown} is not true or false", hint=f"write {key} = true or {key} = false")
+        return
+    if any(isinstance(v, bool) for v in items):
+        kind = getattr(descriptor.annotation, "__name__", str(descriptor.annotation))
+        flag = next((o for o in param.opts if o.startswith("--")), param.name)
+        raise MtxError(f"{shown}: a boolean where a value is expected",
+                       hint=f"{key} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind}, as {flag} does")
+    try:
+        from typer._click.exceptions import BadParameter
+    except ImportError:  # older Typer without a vendored click
+        from click.exceptions import BadParameter  # type: ignore[no-redef]
+    check = [value] if param.multiple and not isinstance(value, list) else value
+    try:
+        param.get_runtime_param().coerce(check, param=param, ctx=None)
+    except BadParameter as e:
+        raise MtxError(f"{shown}: {e.message}", hint=f"fix {key} in {path}") from None
+    except Exception:  # noqa: BLE001 - a check that needs a context (paths, callbacks) runs with the flag
+        return
 
 
 class _RedactFilter(logging.Filter):
