@@ -303,6 +303,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A name becomes part of file names that add to it (``.tmp-<name>.json.<pid>.<random>``, an index named
 # ``<run>--<manifest>--milvus``, a stage record ``<stage>_<key>.json``); 255 bytes is the usual limit.
 MAX_NAME_LENGTH = 100
+# Names built from other names get room for them: a default run is <encoder>-<manifest>, a default
+# index <run>--<manifest>--<backend>.
+_MAX_LENGTH_OF = {"run": MAX_NAME_LENGTH + 28, "index": 2 * MAX_NAME_LENGTH + 40}
 
 
 def check_name(kind: str, name: str) -> str:
@@ -310,9 +313,10 @@ def check_name(kind: str, name: str) -> str:
     if not _NAME_RE.match(name) or name in {".", ".."}:
         raise MtxError(f"invalid {kind} name {name!r}",
                        hint="use letters, digits, '.', '_' and '-' (not starting with '.' or '-')")
-    if len(name) > MAX_NAME_LENGTH:
+    limit = _MAX_LENGTH_OF.get(kind, MAX_NAME_LENGTH)
+    if len(name) > limit:
         raise MtxError(f"{kind} name is {len(name)} characters long ({name[:24]}...)",
-                       hint=f"use at most {MAX_NAME_LENGTH} characters")
+                       hint=f"use at most {limit} characters")
     return name
 
 
