@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,7 @@ class MtxGroup(TyperGroup):
             _out(ctx).error("aborted", "rerun the same command with --continue to resume")
             ctx.exit(130)
         except BrokenPipeError:
-            raise   # the reader of stdout went away (`mtx search --help | head`): app.main ends quietly
+            quiet_broken_pipe()   # the reader of stdout went away (`mtx search --help | head`)
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if _debug(ctx):
                 raise
@@ -75,6 +77,18 @@ class MtxGroup(TyperGroup):
             _out(ctx).error(f"internal error: {type(e).__name__}: {e}",
                             "rerun with --debug for the traceback, and please report it")
             ctx.exit(1)
+
+
+def quiet_broken_pipe(console=None) -> None:
+    """The reader of our stdout went away (`mtx --help | head -3`): stop writing and exit 0, silently."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
+    except (OSError, ValueError):
+        pass
+    if console is not None:
+        console.quiet = True
+    raise SystemExit(0)
 
 
 def _chain(e: BaseException):

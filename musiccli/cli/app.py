@@ -13,7 +13,7 @@ import typer
 from .. import __version__
 from ..errors import MtxError
 from ._context import AppContext
-from ._errors import MtxGroup
+from ._errors import MtxGroup, quiet_broken_pipe as _quiet_broken_pipe
 
 app = typer.Typer(
     cls=MtxGroup,
@@ -218,20 +218,6 @@ def _register() -> None:
 
 
 _register()
-
-
-def _quiet_broken_pipe(console=None) -> None:
-    """The reader of our stdout went away (`mtx --help | head -3`): stop writing and exit 0, silently."""
-    import sys
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
-    except (OSError, ValueError):
-        pass
-    if console is not None:
-        console.quiet = True
-    raise SystemExit(0)
 
 
 def main() -> None:
