@@ -205,3 +205,20 @@ def test_logged_tracebacks_are_redacted() -> None:
     text = record.getMessage()
     assert record.exc_info is None and "ValueError: cannot open http://h/x?token=REDACTED" in text
     assert PASSWORD not in text and TOKEN not in text
+
+
+def test_an_export_is_readable_by_another_user_as_the_umask_allows(make_run, state) -> None:
+    import stat
+
+    from musiccli.onnx_text import export_checkpoint_onnx
+    from musiccli.runs import export_dir
+
+    make_run()
+    old = os.umask(0o022)
+    try:
+        onnx_dir = export_checkpoint_onnx(state.run_dir("run1") / "best", export_dir(state, "run1", "best"))[0].parent
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [onnx_dir, *onnx_dir.rglob("*")]}
+    assert modes["audio_stats.safetensors"] == 0o644 and modes[onnx_dir.name] == 0o755, modes
+    assert all(m in (0o644, 0o755) for m in modes.values()), modes
