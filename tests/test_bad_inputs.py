@@ -160,7 +160,7 @@ def test_issue_22_bad_inputs(request: pytest.FixtureRequest, tmp_path: Path, nee
 
 
 def test_a_damaged_onnx_export_falls_back_to_pytorch_and_says_why(make_run, state_dir: Path) -> None:
-    from musiccli.onnx_text import export_checkpoint_onnx
+    from musiccli.families.towers.onnx import export_checkpoint_onnx
     from musiccli.runs import export_dir
     from musiccli.state import StateDir
 
@@ -184,7 +184,7 @@ def test_a_damaged_onnx_export_falls_back_to_pytorch_and_says_why(make_run, stat
 
 def test_damaged_caches_name_the_file_or_are_rebuilt(tmp_path: Path) -> None:
     from musiccli.safe_read import DamagedFileError, onnx_file_loads, open_h5
-    from musiccli.training.melcache import MelCache
+    from musiccli.families.student.melcache import MelCache
 
     cache = tmp_path / "lib-abc.h5"
     with h5py.File(cache, "w") as f:

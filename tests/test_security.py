@@ -210,7 +210,7 @@ def test_logged_tracebacks_are_redacted() -> None:
 def test_an_export_is_readable_by_another_user_as_the_umask_allows(make_run, state) -> None:
     import stat
 
-    from musiccli.onnx_text import export_checkpoint_onnx
+    from musiccli.families.towers.onnx import export_checkpoint_onnx
     from musiccli.runs import export_dir
 
     make_run()
