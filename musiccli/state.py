@@ -221,6 +221,10 @@ class DamagedFileError(MtxError):
     def __init__(self, path: Path | str, what: str, hint: str | None = None) -> None:
         super().__init__(f"{path} is damaged: {what}", hint=hint or DAMAGED_HINT)
         self.path = Path(path)
+        self.what = what
+
+    def __reduce__(self):   # raised in a worker process, it must unpickle in the parent
+        return (type(self), (self.path, self.what, self.hint))
 
 
 def read_json(path: Path, hint: str | None = None) -> Any:
@@ -819,14 +823,16 @@ class StageRun:
             pass
 
 
+DAMAGED_RECORD_HINT = "rerun the same command with --force: the stage starts over and writes a new record"
+
+
 def load_stage(state: StateDir, key: str) -> StageRecord | None:
     path = stage_record_path(state, key)
     if not path.exists():
         return None
-    data = read_json(path, hint="delete that stage record, then rerun with --force (the stage starts over)")
+    data = read_json(path, hint=DAMAGED_RECORD_HINT)
     if not isinstance(data, dict):
-        raise DamagedFileError(path, "not a stage record",
-                               hint="delete that stage record, then rerun with --force (the stage starts over)")
+        raise DamagedFileError(path, "not a stage record", hint=DAMAGED_RECORD_HINT)
     known = {f for f in StageRecord.__dataclass_fields__}
     return StageRecord(**{k: v for k, v in data.items() if k in known})
 
@@ -912,7 +918,13 @@ class Stage:
     def _apply_contract(self, mode: Resume) -> StageRun:
         stage, key = self.name, self.key
         config = redact_obj(to_jsonable(self.config))   # as saved: a URL's credentials never change results
-        previous = load_stage(self.state, key)
+        try:
+            previous = load_stage(self.state, key)
+        except DamagedFileError as e:
+            if mode is not Resume.FORCE:
+                raise
+            log.warning("%s; starting over", e.message)   # --force discards the outputs the record described
+            previous = None
         if previous is not None and previous.status == StageStatus.FAILED.value and mode is Resume.FRESH:
             # A failed attempt is not an interruption: the next run simply tries again, keeping
             # committed units when nothing changed and starting over when the config did.

@@ -127,7 +127,7 @@ BAD_INPUTS_22 = [
                  ['config.toml: [search] top-k = "ten": Input should be a valid integer', "fix top-k in"],
                  id="config-text-for-int"),
     pytest.param("synth", ("stages/unify_lib.json", _not_utf8), ["unify", "--name", "lib"], 1,
-                 ["unify_lib.json is damaged: not UTF-8 text", "delete that stage record"],
+                 ["unify_lib.json is damaged: not UTF-8 text", "rerun the same command with --force"],
                  id="stage-record-not-utf8"),
     pytest.param("index", ("runs/run1/run.json", _not_utf8), ["search", "jazz"], 1,
                  ["run.json is damaged: not UTF-8 text", "--force"], id="run-json-not-utf8"),

@@ -131,7 +131,14 @@ def test_a_damaged_stage_record_says_to_delete_it(tmp_path) -> None:
         record.write_bytes(damage)
         with pytest.raises(MtxError) as e:
             load_stage(state, "unify:x")
-        assert str(record) in e.value.message and "delete that stage record" in e.value.hint
+        assert str(record) in e.value.message and "--force" in e.value.hint
+    with pytest.raises(MtxError):
+        begin_stage(state, "unify", "unify:x", {}, Resume.CONTINUE)
+    run = begin_stage(state, "unify", "unify:x", {}, Resume.FORCE)          # --force starts over
+    assert not run.already_complete and load_stage(state, "unify:x").status == "running"
+    run.close()
+    pickled = __import__("pickle").loads(__import__("pickle").dumps(e.value))   # raised in a worker process
+    assert type(pickled) is type(e.value) and pickled.message == e.value.message
 
 
 def test_name_limits_leave_room_for_names_built_from_names(tmp_path) -> None:
