@@ -164,7 +164,7 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
 
     root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(root)
-    _watch(ledger, FailureTracker(f"download {source.info.name}", policy))
+    _watch(ledger, FailureTracker(f"download {source.info.name}", policy, where=root))
     log.info("downloading %s into %s", source.info.name, root)
     start = time.monotonic()
     try:
@@ -186,7 +186,8 @@ def run_download(state: StateDir, req: DownloadRequest, progress: Progress | Non
         result.status = StageStatus.COMPLETE_WITH_FAILURES.value
     run.update(**counts, failures=len(result.failures))
     try:
-        result.status = run.finish(asdict(result), ok=result.ok, failed=result.failed, pending=result.pending)
+        result.status = run.finish(asdict(result), ok=result.ok, failed=result.failed, pending=result.pending,
+                                   failures=result.failures, listed_in=ledger.path)
     except SystemicError:
         result.status = StageStatus.FAILED.value
         raise

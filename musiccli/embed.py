@@ -228,7 +228,8 @@ def _validate(cfg: EmbedConfig) -> None:
     for name in ("window", "hop"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
-            raise MtxError(f"--{name} must be positive, got {value}")
+            raise MtxError(f"--{name} must be positive, got {value}",
+                           hint=f"give seconds above 0, or leave --{name} out for the encoder's default")
     for name in ("batch_size", "chunk_tracks", "max_windows"):
         value = getattr(cfg, name)
         if value is not None and value < 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .redact import redact_text
+
 
 class MtxError(Exception):
     """A user-facing error: one line of message plus an actionable hint.
@@ -11,6 +13,10 @@ class MtxError(Exception):
     """
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        # A message or hint built from a URL never carries its credentials: not on screen, not in a
+        # stage record that stores the message, not in a --debug traceback.
+        message = redact_text(message)
+        hint = redact_text(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint

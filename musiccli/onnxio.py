@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import MtxError
-from .state import TMP_PREFIX
+from .state import TMP_PREFIX, honour_umask, make_temp_dir
 
 ONNX_TOLERANCE = 1e-4
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished folder into place (the old one, if any, is removed first)."""
+    honour_umask(tmp)   # readable as the umask allows (a consumer running as another user), not 0700/0600
     if final.exists():
         old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -34,8 +34,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def tmp_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
+    return make_temp_dir(parent, prefix=f"{TMP_PREFIX}{name}.")
 
 
 def export_graph(module: Any, example: tuple[Any, ...], path: Path, inputs: Sequence[str], outputs: Sequence[str],

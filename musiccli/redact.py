@@ -42,9 +42,20 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Every URL inside ``text`` redacted (for messages that embed URLs)."""
-    if "://" not in text:
+    if not isinstance(text, str) or "://" not in text:
         return text
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_obj(obj):
+    """``obj`` (JSON-like: dicts, lists, strings) with every URL in every string redacted."""
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, dict):
+        return {k: redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    return obj
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

@@ -51,6 +51,7 @@ from .index_backends._topk import top_k
 from .progress import NullProgress, Progress
 from .runs import RunInfo, export_dir, resolve_run, store_identity, weights_identity
 from .manifest import from_state_dir, state_relative
+from .safe_read import load_npy
 from .state import (Resume, StateDir, atomic_path, atomic_write_json, atomic_write_text, begin_stage, check_name,
                     clean_stale_temps, read_json, stage_function)
 
@@ -295,7 +296,7 @@ def load_index(state: StateDir, name: str) -> Index:
     items = read_json(d / "items.json")
     # Memory-mapped: a cold process reads only the pages a query touches (the fp16 scan copy and the
     # float32 rows of the candidates it re-ranks), not the whole matrix.
-    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    vectors = load_npy(d / "vectors.npy", mmap_mode="r", hint="rebuild the index with `mtx search --force`")
     if vectors.shape != (len(ids), int(meta["dim"])) or vectors.dtype != np.float32:
         raise MtxError(f"index {name!r} is damaged ({vectors.shape} {vectors.dtype} vectors for {len(ids)} ids)",
                        hint="rebuild it with `mtx search --force`")
@@ -358,7 +359,7 @@ def build_index(state: StateDir, text: QueryModel, manifest: str | None = None, 
         commit(vectors=True)
     ids = read_json(d / "ids.json")
     items = read_json(d / "items.json")
-    vectors = np.load(d / "vectors.npy", mmap_mode="r")
+    vectors = load_npy(d / "vectors.npy", mmap_mode="r", hint="rebuild the index with `mtx search --force`")
     backend_options = dict(options)
     options["index_name"] = name
     backend_meta = get_backend(backend).build(d, vectors, options, progress, commit, done, ids, items)

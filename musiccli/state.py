@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtxError
+from .redact import redact_obj, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,36 @@ def clean_stale_temps(directory: Path) -> int:
     return removed
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temp folder in ``parent`` (``mkdtemp``), with the mode a plain ``mkdir`` would give.
+
+    ``mkdtemp`` creates 0700 whatever the umask; an export renamed into place from it would stay
+    unreadable to a consumer running as another user (an AudioMuse-AI container).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def honour_umask(root: Path) -> None:
+    """Give every folder and file under ``root`` (and ``root``) the mode the umask allows.
+
+    Libraries write with modes of their own (safetensors: 0600); a folder about to be published
+    (an export) gets folders ``0777 & ~umask`` and files ``0666 & ~umask``, like ``mkdir``/``open``.
+    """
+    mask = _umask()
+    root = Path(root)
+    for d, _, files in os.walk(root):
+        os.chmod(d, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(d, name)
+            if not os.path.islink(p):
+                executable = os.stat(p).st_mode & 0o100
+                os.chmod(p, (0o777 if executable else 0o666) & ~mask)
+
+
 def _umask() -> int:
     # The only portable way to read the umask is to set it; put it back at once.
     mask = os.umask(0o022)
@@ -181,15 +212,38 @@ def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+DAMAGED_HINT = "the file is damaged: rerun the stage that wrote it with --force"
+
+
+class DamagedFileError(MtxError):
+    """A file exists but cannot be decoded (truncated, overwritten, not UTF-8): one line naming it."""
+
+    def __init__(self, path: Path | str, what: str, hint: str | None = None) -> None:
+        super().__init__(f"{path} is damaged: {what}", hint=hint or DAMAGED_HINT)
+        self.path = Path(path)
+        self.what = what
+
+    def __reduce__(self):   # raised in a worker process, it must unpickle in the parent
+        return (type(self), (self.path, self.what, self.hint))
+
+
+def read_json(path: Path, hint: str | None = None) -> Any:
+    """JSON from ``path``; a missing or damaged file is one :class:`MtxError` line naming it.
+
+    ``hint`` says what to do about a damaged file (default: rerun the stage that wrote it with --force).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise MtxError(f"file not found: {path}", hint="check the path or run the stage that writes it") from None
+    except IsADirectoryError:
+        raise MtxError(f"{path} is a folder, not a JSON file", hint="check the path") from None
     except json.JSONDecodeError as e:
-        raise MtxError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})",
-                       hint="the file is damaged: rerun the stage that wrote it with --force") from None
+        raise DamagedFileError(path, f"not valid JSON ({e.msg} at line {e.lineno})", hint) from None
+    except UnicodeDecodeError as e:
+        raise DamagedFileError(path, f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                               hint) from None
 
 
 def iter_jsonl(source: Path | Iterable[str], where: str | None = None) -> Iterator[dict[str, Any]]:
@@ -250,13 +304,23 @@ def default_state_dir() -> Path:
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A name becomes part of file names that add to it (``.tmp-<name>.json.<pid>.<random>``, an index named
+# ``<run>--<manifest>--milvus``, a stage record ``<stage>_<key>.json``); 255 bytes is the usual limit.
+MAX_NAME_LENGTH = 100
+# Names built from other names get room for them: a default run is <encoder>-<manifest>, a default
+# index <run>--<manifest>--<backend>.
+_MAX_LENGTH_OF = {"run": MAX_NAME_LENGTH + 28, "index": 2 * MAX_NAME_LENGTH + 40}
 
 
 def check_name(kind: str, name: str) -> str:
-    """Names become path components: refuse anything that could escape the state dir."""
+    """Names become path components: refuse anything that could escape the state dir or be too long."""
     if not _NAME_RE.match(name) or name in {".", ".."}:
         raise MtxError(f"invalid {kind} name {name!r}",
                        hint="use letters, digits, '.', '_' and '-' (not starting with '.' or '-')")
+    limit = _MAX_LENGTH_OF.get(kind, MAX_NAME_LENGTH)
+    if len(name) > limit:
+        raise MtxError(f"{kind} name is {len(name)} characters long ({name[:24]}...)",
+                       hint=f"use at most {limit} characters")
     return name
 
 
@@ -413,9 +477,63 @@ class SystemicError(MtxError):
     """The stage cannot succeed on any item; it is recorded failed and the CLI exits 1."""
 
 
+# A full disk is systemic too: every next item would fail the same way. Libraries word it their own
+# way (h5py's "errno = 28", safetensors' "code: 28, kind: StorageFull"); libsndfile says only
+# "System error", which is why an item failure is also checked against the output's free space.
+_NO_SPACE = re.compile(r"No space left on device|\bENOSPC\b|errno = 28\b|\[Errno 28\]|code: 28\b|StorageFull|"
+                       r"Disk quota exceeded|\[Errno 122\]", re.I)
+NO_SPACE_HINT = "free some space, then rerun the same command with --continue: committed work is kept"
+LOW_SPACE_BYTES = 1 << 20   # below this much free space, a failed write is a full disk whatever it says
+
+
+def is_no_space(reason: str) -> bool:
+    """Whether a failure reason or exception text says the disk (or the user's quota) is full."""
+    return bool(_NO_SPACE.search(reason))
+
+
+def exception_is_no_space(e: BaseException) -> bool:
+    """Whether ``e`` or anything in its chain is a full disk (ENOSPC, EDQUOT, or a library's words for it)."""
+    import errno as errno_mod
+
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) in (errno_mod.ENOSPC, errno_mod.EDQUOT) or is_no_space(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _free_bytes(path: Path) -> int | None:
+    import shutil
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:   # an output that is not there yet: its nearest folder
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def out_of_space(path: Path | None) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left for this user."""
+    if path is None:
+        return False
+    free = _free_bytes(path)
+    return free is not None and free < LOW_SPACE_BYTES
+
+
+def no_space_error(where: Path | str, stage: str | None = None) -> "SystemicError":
+    """The one no-space line every stage and the CLI print: ``no space left on device at WHERE``."""
+    return SystemicError(f"no space left on device at {where}" + (f" ({stage} stopped)" if stage else ""),
+                         hint=NO_SPACE_HINT)
+
+
 def is_systemic(reason: str) -> bool:
     """Whether one item's failure reason (``"Type: message"`` or a message) is a systemic error."""
-    return any(p.search(reason) for p in _SYSTEMIC_PATTERNS)
+    return is_no_space(reason) or any(p.search(reason) for p in _SYSTEMIC_PATTERNS)
 
 
 def systemic_exception(e: BaseException) -> bool:
@@ -454,9 +572,10 @@ class FailurePolicy:
 class FailureTracker:
     """Counts item outcomes in processing order and raises :class:`SystemicError` per the policy."""
 
-    def __init__(self, stage: str, policy: FailurePolicy | None = None) -> None:
+    def __init__(self, stage: str, policy: FailurePolicy | None = None, where: Path | None = None) -> None:
         self.stage = stage
         self.policy = policy or FailurePolicy()
+        self.where = where   # the output whose free space decides whether a failure is a full disk
         self.ok = 0
         self.failed = 0
         self._first: list[str] = []     # signatures of the first items, while all of them failed
@@ -481,18 +600,47 @@ class FailureTracker:
             self._streak_broken = True
 
     def _check_systemic(self, item: str, reason: str) -> None:
+        where = self.where if self.where is not None else _current_output()
+        if is_no_space(reason) or out_of_space(where):
+            raise no_space_error(where or _path_in(reason) or "the output folder", self.stage)
         if is_systemic(reason):
             raise SystemicError(f"{self.stage} stopped: {reason} (item {item})",
                                 hint="fix the installation or the device; nothing was recorded as complete")
 
-    def check_rate(self, total: int | None = None) -> None:
-        """Raise if the failure rate over ``total`` items (default: those seen) is above the policy's."""
+    def check_rate(self, total: int | None = None, failures: list[tuple[str, str]] | None = None,
+                   listed_in: Path | None = None) -> None:
+        """Raise if the failure rate over ``total`` items (default: those seen) is above the policy's.
+
+        ``failures`` ((item, reason) pairs) are listed in the error, the first few of them, so the
+        user sees what failed without opening ``listed_in`` (the ledger or record that holds them all).
+        """
         total = self.ok + self.failed if total is None else total
         if total and self.failed / total > self.policy.max_failure_rate:
             raise SystemicError(
                 f"{self.stage} failed: {self.failed} of {total} items failed "
-                f"({self.failed / total:.0%} > --max-failure-rate {self.policy.max_failure_rate:.0%})",
-                hint="see the listed failures; fix them, or raise --max-failure-rate to accept them")
+                f"({self.failed / total:.0%} > --max-failure-rate {self.policy.max_failure_rate:.0%})"
+                + list_failures(failures or [], listed_in),
+                hint=("fix the failures listed" if failures else "see the failures in the log above")
+                + ", or raise --max-failure-rate to accept them")
+
+
+LISTED_FAILURES = 5
+
+
+def list_failures(failures: list[tuple[str, str]], listed_in: Path | None = None) -> str:
+    """``: a (reason); b (reason); ... and N more (all in FILE)`` for an error line; '' when none."""
+    if not failures:
+        return ""
+    shown = "; ".join(f"{item} ({reason})" for item, reason in failures[:LISTED_FAILURES])
+    more = len(failures) - LISTED_FAILURES
+    tail = f"; and {more} more" if more > 0 else ""
+    where = f" (all in {listed_in})" if listed_in is not None and more > 0 else ""
+    return f": {shown}{tail}{where}"
+
+
+def _path_in(reason: str) -> str | None:
+    m = re.search(r"'(/[^']+)'", reason)
+    return m.group(1) if m else None
 
 
 class RetryTracker(FailureTracker):
@@ -508,8 +656,13 @@ class RetryTracker(FailureTracker):
 
 
 # --------------------------------------------------------------------------- one process per output
+_MAX_RECORD_STEM = 160   # + ".json", and the atomic writer's ".tmp-" prefix and ".<pid>.<random>" suffix
+
+
 def stage_record_path(state: StateDir, key: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+    if len(safe) > _MAX_RECORD_STEM:   # a key of long names: keep it readable and unique, but short enough
+        safe = f"{safe[:_MAX_RECORD_STEM - 17]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     return state.stages_dir / f"{safe}.json"
 
 
@@ -583,6 +736,7 @@ class StageRun:
         self.resumed = resumed
         self.already_complete = already_complete
         self.policy = policy or FailurePolicy()
+        self.outputs: dict[str, Path] = {}
         self._lock: Path | None = None
 
     @property
@@ -595,7 +749,8 @@ class StageRun:
 
     def save(self) -> None:
         self.record.updated = time.time()
-        atomic_write_json(self.path, self.record)
+        # Messages and results may quote a URL (a mirror with ?token=, a user:pass@ server): never at rest.
+        atomic_write_json(self.path, redact_obj(to_jsonable(self.record)))
 
     def update(self, **counters: Any) -> None:
         self.record.counters.update(counters)
@@ -613,7 +768,8 @@ class StageRun:
         self.save()
         return status.value
 
-    def finish(self, result: dict[str, Any] | None, ok: int, failed: int, pending: int = 0) -> str:
+    def finish(self, result: dict[str, Any] | None, ok: int, failed: int, pending: int = 0,
+               failures: list[tuple[str, str]] | None = None, listed_in: Path | None = None) -> str:
         """Apply the completion policy to a finished pass over the items and record the outcome.
 
         Pending items leave the stage partial (``--continue`` picks them up); a failure rate above
@@ -628,15 +784,17 @@ class StageRun:
             return StageStatus.PARTIAL.value
         if result is not None:
             self.record.result = to_jsonable(result)
-        self.check_failures(ok, failed)
+        self.check_failures(ok, failed, failures, listed_in)
         return self.complete(result, failed=failed)
 
-    def check_failures(self, ok: int, failed: int) -> None:
-        """Record the stage failed and raise :class:`SystemicError` if too many items failed."""
+    def check_failures(self, ok: int, failed: int, failures: list[tuple[str, str]] | None = None,
+                       listed_in: Path | None = None) -> None:
+        """Record the stage failed and raise :class:`SystemicError` if too many items failed
+        (the error lists the first of ``failures``)."""
         tracker = FailureTracker(self.record.stage, self.policy)
         tracker.ok, tracker.failed = ok, failed
         try:
-            tracker.check_rate()
+            tracker.check_rate(failures=failures, listed_in=listed_in)
         except SystemicError as e:
             self.mark(StageStatus.FAILED, e.message)
             raise
@@ -665,11 +823,16 @@ class StageRun:
             pass
 
 
+DAMAGED_RECORD_HINT = "rerun the same command with --force: the stage starts over and writes a new record"
+
+
 def load_stage(state: StateDir, key: str) -> StageRecord | None:
     path = stage_record_path(state, key)
     if not path.exists():
         return None
-    data = read_json(path)
+    data = read_json(path, hint=DAMAGED_RECORD_HINT)
+    if not isinstance(data, dict):
+        raise DamagedFileError(path, "not a stage record", hint=DAMAGED_RECORD_HINT)
     known = {f for f in StageRecord.__dataclass_fields__}
     return StageRecord(**{k: v for k, v in data.items() if k in known})
 
@@ -717,22 +880,51 @@ class Stage:
             else:
                 path.unlink(missing_ok=True)
 
+    def clean_temps(self) -> int:
+        """Remove the temp files that dead writers left in this stage's outputs; return how many.
+
+        Every stage gets this through :meth:`begin`: a folder output is searched all the way down
+        (a dataset's teacher stores, an index's vectors), a file output in its folder and in its
+        hidden work folders (``.<stem>.parts``). The output's lock is held, so no other process
+        writes there for this stage, and a live writer's temp file (its pid is in the name) is kept.
+        """
+        folders: list[Path] = [self.state.stages_dir]
+        for path in self.outputs.values():
+            path = Path(path)
+            if path.is_dir():
+                folders += [Path(d) for d, _, _ in os.walk(path)]
+            else:
+                folders.append(path.parent)
+                if path.parent.is_dir():
+                    folders += [path.parent / d.name for d in os.scandir(path.parent)
+                                if d.name.startswith(f".{path.stem}.") and d.is_dir(follow_symlinks=False)]
+        return sum(clean_stale_temps(d) for d in dict.fromkeys(folders))
+
     def begin(self, mode: Resume) -> StageRun:
         _acquire_lock(self.lock_path, self.name, self.key)
         try:
             run = self._apply_contract(mode)
+            if not run.already_complete:
+                self.clean_temps()
         except BaseException:
             _release_lock(self.lock_path)
             raise
         run.policy = self.policy
+        run.outputs = dict(self.outputs)
         run._lock = self.lock_path
         _current_scope_add(run)
         return run
 
     def _apply_contract(self, mode: Resume) -> StageRun:
         stage, key = self.name, self.key
-        config = to_jsonable(self.config)
-        previous = load_stage(self.state, key)
+        config = redact_obj(to_jsonable(self.config))   # as saved: a URL's credentials never change results
+        try:
+            previous = load_stage(self.state, key)
+        except DamagedFileError as e:
+            if mode is not Resume.FORCE:
+                raise
+            log.warning("%s; starting over", e.message)   # --force discards the outputs the record described
+            previous = None
         if previous is not None and previous.status == StageStatus.FAILED.value and mode is Resume.FRESH:
             # A failed attempt is not an interruption: the next run simply tries again, keeping
             # committed units when nothing changed and starting over when the config did.
@@ -830,7 +1022,43 @@ def _current_scope_add(run: StageRun) -> None:
         _scopes[-1].append(run)
 
 
+def _current_output() -> Path | None:
+    """The first output of the innermost stage running in this process (for the free-space check)."""
+    for scope in reversed(_scopes):
+        for run in reversed(scope):
+            if run.outputs:
+                return next(iter(run.outputs.values()))
+    return None
+
+
+def _stage_error(e: BaseException, scope: list[StageRun], fn_name: str) -> BaseException | None:
+    """The :class:`SystemicError` a stage's unexpected exception becomes (None: raise it as it is)."""
+    if isinstance(e, MtxError) or not isinstance(e, Exception):
+        return None
+    name = scope[0].record.stage if scope else fn_name.removeprefix("run_")
+    if exception_is_no_space(e):
+        where = next((getattr(x, "filename", None) for x in _chain(e) if getattr(x, "filename", None)), None)
+        return no_space_error(where or _current_output() or "the output folder", name)
+    if systemic_exception(e):
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return SystemicError(f"{name} stopped: {type(e).__name__}: {first}",
+                             hint="a library cannot load or the device ran out of memory; "
+                                  "fix that (e.g. a smaller --batch-size) and rerun")
+    return None
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a stage's core function: a raising stage is recorded failed (partial on Ctrl-C), a full
+    disk or a broken library becomes one :class:`SystemicError` line, and its locks are released."""
     import functools
 
     from .errors import Interrupted
@@ -842,6 +1070,7 @@ def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except BaseException as e:
             interrupted = isinstance(e, (Interrupted, KeyboardInterrupt))
+            converted = _stage_error(e, _scopes[-1], fn.__name__)
             for run in _scopes[-1]:
                 # Only the lock holder writes the record (other torchrun ranks follow rank 0), and a
                 # record the stage removed itself (a setup that failed before any work) stays removed.
@@ -850,14 +1079,14 @@ def stage_function(fn: Callable[..., Any]) -> Callable[..., Any]:
                     if interrupted:
                         run.mark(StageStatus.PARTIAL)
                     else:
-                        message = e.message if isinstance(e, MtxError) else f"{type(e).__name__}: {e}"
-                        run.mark(StageStatus.FAILED, message)
-            if not isinstance(e, MtxError) and isinstance(e, Exception) and systemic_exception(e):
-                name = _scopes[-1][0].record.stage if _scopes[-1] else fn.__name__.removeprefix("run_")
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                raise SystemicError(f"{name} stopped: {type(e).__name__}: {first}",
-                                    hint="a library cannot load or the device ran out of memory; "
-                                         "fix that (e.g. a smaller --batch-size) and rerun") from e
+                        shown = converted if converted is not None else e
+                        message = shown.message if isinstance(shown, MtxError) else f"{type(e).__name__}: {e}"
+                        try:
+                            run.mark(StageStatus.FAILED, redact_text(message))
+                        except OSError:   # the disk that is full cannot take the record either
+                            log.debug("could not record %s as failed", run.record.key, exc_info=True)
+            if converted is not None:
+                raise converted from e
             raise
         finally:
             for run in _scopes.pop():

@@ -220,7 +220,8 @@ def _validate(cfg: UnifyConfig) -> None:
     if cfg.descriptions_per_song < 1:
         raise MtxError(f"--descriptions-per-song must be at least 1 (got {cfg.descriptions_per_song})")
     if cfg.min_duration is not None and cfg.max_duration is not None and cfg.min_duration > cfg.max_duration:
-        raise MtxError(f"--min-duration {cfg.min_duration} is above --max-duration {cfg.max_duration}")
+        raise MtxError(f"--min-duration {cfg.min_duration} is above --max-duration {cfg.max_duration}",
+                       hint="swap them: --min-duration keeps tracks at least that long, --max-duration at most that")
 
 
 # --------------------------------------------------------------------------- parse cache

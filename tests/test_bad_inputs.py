@@ -96,6 +96,131 @@ def test_state_dir_is_a_file(tmp_path: Path) -> None:
     one_clear_line(mtx(f, "unify"), 2, "is a file, not a folder", "--state-dir")
 
 
+# --------------------------------------------------------------------------- issue 22 (reliability) rows
+# Each row: what to prepare ("none", "synth": a downloaded and unified synth library, "index": a trained
+# run with its search index), how to damage it, the command, its exit code and what its one line says.
+def _not_utf8(path: Path) -> None:
+    path.write_bytes(b'{"name": "caf\xe9 \xff"}')      # Latin-1 bytes where UTF-8 is expected
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+
+
+BAD_INPUTS_22 = [
+    pytest.param("none", None, ["unify", "--name", "a" * 260], 1,
+                 ["manifest name is 260 characters long", "at most 100 characters"], id="manifest-name-260"),
+    pytest.param("synth", None, ["train", "--audio-encoder", "dsp", "--manifest", "lib", "--run", "r" * 300], 1,
+                 ["run name is 300 characters long", "at most 128 characters"], id="run-name-300"),
+    pytest.param("index", None, ["search", "jazz", "--index", "i" * 280], 1,
+                 ["index name is 280 characters long"], id="index-name-280"),
+    pytest.param("synth", None, ["embed", "--manifest", "lib", "--hop", "0"], 1,
+                 ["--hop must be positive", "hint: give seconds above 0"], id="hop-0"),
+    pytest.param("synth", None, ["unify", "--name", "x", "--min-duration", "30", "--max-duration", "10"], 1,
+                 ["--min-duration 30.0 is above --max-duration 10.0", "hint: swap them"], id="min-above-max"),
+    pytest.param("none", ("config.toml", "[embed]\nworkers = true\n"), ["embed"], 1,
+                 ["config.toml: [embed] workers = true: a boolean where a value is expected",
+                  "workers takes an int, as --workers does"], id="config-bool-for-int"),
+    pytest.param("none", ("config.toml", "[embed]\ntags = 1\n"), ["embed"], 1,
+                 ["config.toml: [embed] tags = 1 is not true or false"], id="config-int-for-bool"),
+    pytest.param("none", ("config.toml", '[search]\ntop-k = "ten"\n'), ["search", "jazz"], 1,
+                 ['config.toml: [search] top-k = "ten": Input should be a valid integer', "fix top-k in"],
+                 id="config-text-for-int"),
+    pytest.param("synth", ("stages/unify_lib.json", _not_utf8), ["unify", "--name", "lib"], 1,
+                 ["unify_lib.json is damaged: not UTF-8 text", "rerun the same command with --force"],
+                 id="stage-record-not-utf8"),
+    pytest.param("index", ("runs/run1/run.json", _not_utf8), ["search", "jazz"], 1,
+                 ["run.json is damaged: not UTF-8 text", "--force"], id="run-json-not-utf8"),
+    pytest.param("index", ("index/run1--lib/meta.json", _not_utf8), ["search", "jazz"], 1,
+                 ["meta.json is damaged: not UTF-8 text"], id="index-meta-not-utf8"),
+    pytest.param("index", ("index/run1--lib/vectors.npy", _truncate), ["search", "jazz"], 1,
+                 ["vectors.npy is damaged: truncated", "rebuild the index with `mtx search --force`"],
+                 id="vectors-npy-truncated"),
+    pytest.param("index", ("runs/run1/best/model.safetensors", _truncate), ["search", "jazz", "--force"], 1,
+                 ["model.safetensors is damaged: not a complete safetensors file"], id="model-safetensors-truncated"),
+]
+
+
+@pytest.mark.parametrize(("needs", "damage", "args", "code", "needles"), BAD_INPUTS_22)
+def test_issue_22_bad_inputs(request: pytest.FixtureRequest, tmp_path: Path, needs: str, damage, args: list[str],
+                             code: int, needles: list[str]) -> None:
+    if needs == "synth":
+        state = request.getfixturevalue("synth_state")
+    elif needs == "index":
+        state = request.getfixturevalue("state_dir")
+        request.getfixturevalue("make_run")()
+        assert mtx(state, "search", "rock").exit_code == 0          # builds index/run1--lib
+    else:
+        state = tmp_path / "state"
+    if damage is not None:
+        target, how = state / damage[0], damage[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(how) if isinstance(how, str) else how(target)
+    one_clear_line(mtx(state, *args), code, *needles)
+
+
+def test_a_damaged_onnx_export_falls_back_to_pytorch_and_says_why(make_run, state_dir: Path) -> None:
+    from musiccli.families.towers.onnx import export_checkpoint_onnx
+    from musiccli.runs import export_dir
+    from musiccli.state import StateDir
+
+    run = make_run()
+    onnx_dir = export_checkpoint_onnx(state_dir / "runs" / "run1" / "best",
+                                      export_dir(StateDir.resolve(state_dir), "run1", "best"))[0].parent
+    query = run["records"][3].caption
+    for name, damage in (("model.onnx", _truncate), ("tokenizer.json", lambda p: p.write_bytes(b"\x00garbage"))):
+        good = (onnx_dir / name).read_bytes()
+        damage(onnx_dir / name)
+        r = mtx(state_dir, "search", query, "--json")
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["query_runtime"] == "torch" and out["hits"][0]["id"] == run["records"][3].id
+        assert f"{name} is damaged" in " ".join(out["notes"]) and "using PyTorch" in " ".join(out["notes"])
+        one_clear_line(mtx(state_dir, "search", query, "--query-runtime", "onnx"), 1, f"{name} is damaged")
+        (onnx_dir / name).write_bytes(good)
+    r = mtx(state_dir, "search", query, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["query_runtime"] == "onnx", r.output
+
+
+def test_damaged_caches_name_the_file_or_are_rebuilt(tmp_path: Path) -> None:
+    from musiccli.safe_read import DamagedFileError, onnx_file_loads, open_h5
+    from musiccli.families.student.melcache import MelCache
+
+    cache = tmp_path / "lib-abc.h5"
+    with h5py.File(cache, "w") as f:
+        f.create_dataset("db", data=np.zeros((5000, 16), np.float32))
+    _truncate(cache)
+    with pytest.raises(DamagedFileError) as e:
+        MelCache(cache)
+    assert str(cache) in e.value.message and "builds it again" in e.value.hint
+    with pytest.raises(MtxError, match="file not found"):
+        open_h5(tmp_path / "missing.h5")
+    # A cached student ONNX that is damaged reads as absent, so the encoder exports it again.
+    (tmp_path / "student_music_encoder.onnx").write_bytes(b"\x08\x07truncated")
+    assert onnx_file_loads(tmp_path / "student_music_encoder.onnx") is False
+
+
+def test_help_into_a_closed_pipe_is_a_quiet_exit(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import musiccli.cli.app as a, musiccli.unify as u\n"
+            "def broken(*args, **kw): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "u.run_unify = broken\n"
+            "a.main()\n")
+    for argv in (["-m", "musiccli", "search", "--help"], ["-m", "musiccli", "--help"],
+                 ["-c", code, "--state-dir", str(tmp_path), "unify", "--name", "x"]):
+        read, write = os.pipe()
+        os.close(read)                                   # `| head` that has already gone away
+        try:
+            p = subprocess.run([sys.executable, *argv], stdout=write, stderr=subprocess.PIPE, text=True,
+                               timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        finally:
+            os.close(write)
+        assert p.returncode == 0 and "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 # --------------------------------------------------------------------------- stores
 def _store(path: Path, ids: list[str], emb: np.ndarray) -> Path:
     with h5py.File(path, "w") as f:

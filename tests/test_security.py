@@ -3,6 +3,7 @@ remote code runs only when asked for; no loader unpickles user files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -120,3 +121,104 @@ def test_mert_runs_remote_code_only_with_the_flag(monkeypatch: pytest.MonkeyPatc
     assert "runs code from its own repository" in e.value.message and "--trust-remote-code" in e.value.hint
     enc = build_encoder("mert", EncoderOptions(model="m-a-p/MERT-v1-95M", trust_remote_code=True), cpu)
     assert enc.window_dim == 3 * 8 and asked == [False, True]
+
+
+# --------------------------------------------------------------------------- issue 22: no secret at rest or in --debug
+def _secrets_nowhere(state_dir: Path, texts: list[str], secrets: tuple[str, ...]) -> None:
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text, (secret, text[-3000:])
+    records = list((state_dir / "stages").glob("*.json"))
+    assert records, "the commands wrote no stage record"
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, (secret, path)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]                          # closed again: nothing listens there
+
+
+def test_a_mirror_token_and_password_reach_no_record_and_no_output(tmp_path: Path, state_dir: Path,
+                                                                   make_run) -> None:
+    www = tmp_path / "www"
+    www.mkdir()                                          # nothing there: every file is a 404
+    mtx = mtx_runner(state_dir)
+    texts = []
+    with serve(www) as srv:
+        mirror = f"http://{USER}:{PASSWORD}@{srv.url.removeprefix('http://')}/mirror?token={TOKEN}"
+        r = mtx("--verbose", "download", "musicbench", "--mirror", mirror)
+        texts.append(r.output)
+        assert r.exit_code == 1 and "is available at" in r.output and "token=REDACTED" in r.output, r.output
+    record = json.loads((state_dir / "stages" / "download_musicbench.json").read_text())
+    assert record["status"] == "failed" and "token=REDACTED" in record["error"]
+    # A Milvus server given with user:pass@ that cannot be reached: the error and the stage record hide them.
+    make_run()
+    r = mtx("search", "rock", "--backend", "milvus", "--uri", f"http://{USER}:{PASSWORD}@127.0.0.1:{_closed_port()}")
+    texts.append(r.output)
+    assert r.exit_code == 1 and "cannot connect to Milvus at http://127.0.0.1" in r.output, r.output
+    _secrets_nowhere(state_dir, texts, (PASSWORD, TOKEN, f"{USER}:"))
+
+
+@pytest.mark.slow
+def test_debug_tracebacks_hide_a_mirror_token_and_a_milvus_password(tmp_path: Path, state_dir: Path,
+                                                                     make_run) -> None:
+    import subprocess
+    import sys
+
+    www = tmp_path / "www"
+    www.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MTX_HOME": str(state_dir),
+           "COLUMNS": "200"}
+    texts = []
+    with serve(www) as srv:
+        mirror = f"http://{USER}:{PASSWORD}@{srv.url.removeprefix('http://')}/mirror?token={TOKEN}"
+        p = subprocess.run([sys.executable, "-m", "musiccli", "--debug", "download", "musicbench", "--mirror",
+                            mirror], capture_output=True, text=True, env=env, timeout=300)
+        texts += [p.stdout, p.stderr]
+        assert p.returncode == 1 and "Traceback" in p.stderr and "token=REDACTED" in p.stderr, p.stderr[-3000:]
+    make_run()
+    p = subprocess.run([sys.executable, "-m", "musiccli", "--debug", "search", "rock", "--backend", "milvus",
+                        "--uri", f"http://{USER}:{PASSWORD}@127.0.0.1:{_closed_port()}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    texts += [p.stdout, p.stderr]
+    assert p.returncode == 1 and "Traceback" in p.stderr and "http://127.0.0.1" in p.stderr, p.stderr[-3000:]
+    _secrets_nowhere(state_dir, texts, (PASSWORD, TOKEN, f"{USER}:"))
+
+
+def test_logged_tracebacks_are_redacted() -> None:
+    import logging
+
+    from musiccli.cli.app import _RedactFilter
+
+    try:
+        raise ValueError(f"cannot open http://{USER}:{PASSWORD}@h/x?token={TOKEN}")
+    except ValueError:
+        record = logging.LogRecord("musiccli", logging.ERROR, __file__, 1, "failed", None, __import__("sys").exc_info())
+    _RedactFilter().filter(record)
+    text = record.getMessage()
+    assert record.exc_info is None and "ValueError: cannot open http://h/x?token=REDACTED" in text
+    assert PASSWORD not in text and TOKEN not in text
+
+
+def test_an_export_is_readable_by_another_user_as_the_umask_allows(make_run, state) -> None:
+    import stat
+
+    from musiccli.families.towers.onnx import export_checkpoint_onnx
+    from musiccli.runs import export_dir
+
+    make_run()
+    old = os.umask(0o022)
+    try:
+        onnx_dir = export_checkpoint_onnx(state.run_dir("run1") / "best", export_dir(state, "run1", "best"))[0].parent
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [onnx_dir, *onnx_dir.rglob("*")]}
+    assert modes["audio_stats.safetensors"] == 0o644 and modes[onnx_dir.name] == 0o755, modes
+    assert all(m in (0o644, 0o755) for m in modes.values()), modes

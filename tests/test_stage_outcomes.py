@@ -333,3 +333,149 @@ def test_download_stops_when_the_first_items_fail_alike(state: StateDir, cli, mo
     assert "the first 5 items all failed with the same error" in res.output
     assert load_stage(state, "download:synth").status == "failed"
     assert Ledger(state.dataset_dir("synth")).counts()["failed"] < 40   # stopped early, not after every clip
+
+
+# --------------------------------------------------------------------------- a full disk is systemic
+def _disk_full_writer(path, *args, **kwargs):
+    # What libsndfile says when the disk fills under it: nothing about space.
+    raise sf.LibsndfileError(2, "Error writing: ")
+
+
+def _enospc_writer(path, *args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the patched writer only reaches forked children")
+@pytest.mark.parametrize("writer, free", [(_disk_full_writer, 0), (_enospc_writer, None)])
+def test_download_synth_on_a_full_disk_exits_1_with_the_no_space_line(state: StateDir, cli, writer, free,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from musiccli import audio
+    from musiccli import state as state_mod
+    from musiccli.sources.ledger import Ledger
+
+    monkeypatch.setattr(audio, "write_audio", writer)
+    if free is not None:   # the file system reports no space left for this user
+        monkeypatch.setattr(state_mod, "_free_bytes", lambda path: free)
+    args = ("download", "synth", "--n", "30", "--duration", "0.5", "--sample-rate", "8000", "--workers", "1")
+    res = cli(*args)
+    assert res.exit_code == 1, res.output
+    flat = " ".join(res.output.split())
+    assert f"no space left on device at {state.dataset_dir('synth')}" in flat and "--continue" in flat, flat
+    assert "complete" not in load_stage(state, "download:synth").status
+    assert Ledger(state.dataset_dir("synth")).counts()["ok"] == 0
+    # Space is back: --continue finishes the same download, failed clips included.
+    monkeypatch.undo()
+    res = cli(*args, "--continue")
+    assert res.exit_code == 0, res.output
+    assert load_stage(state, "download:synth").status == "complete"
+    assert Ledger(state.dataset_dir("synth")).counts()["ok"] == 30
+
+
+@pytest.mark.parametrize(("error", "no_space"), [
+    (OSError(28, "No space left on device", "/s/x.h5"), True),
+    (OSError(122, "Disk quota exceeded", "/s/x.h5"), True),
+    (RuntimeError("Can't write data (file write failed: time = x, errno = 28, error message = 'No space')"), True),
+    (Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'), True),
+    (OSError(13, "Permission denied", "/s/x.h5"), False),
+    (sf.LibsndfileError(2, "Error writing: "), False),          # only the free-space check can tell
+])
+def test_no_space_is_recognised_in_every_wording(error: BaseException, no_space: bool) -> None:
+    from musiccli.state import exception_is_no_space, is_no_space
+
+    assert exception_is_no_space(error) is no_space
+    assert is_systemic(f"{type(error).__name__}: {error}") is no_space
+    assert is_no_space(str(error)) is (no_space and not isinstance(error, OSError) or
+                                       "No space" in str(error) or "quota" in str(error))
+    wrapped = RuntimeError("flush failed")
+    wrapped.__cause__ = error
+    assert exception_is_no_space(wrapped) is no_space
+
+
+def test_a_stage_that_hits_a_full_disk_is_recorded_failed_with_the_no_space_line(state: StateDir) -> None:
+    import errno
+
+    out = state.root / "out.json"
+
+    @stage_function
+    def run_thing(state: StateDir) -> None:
+        begin_stage(state, "thing", "thing:x", {"a": 1}, Resume.FRESH, outputs={"out": out})
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    with pytest.raises(SystemicError) as e:
+        run_thing(state)
+    assert e.value.message == f"no space left on device at {out} (thing stopped)" and "--continue" in e.value.hint
+    record = load_stage(state, "thing:x")
+    assert record.status == "failed" and record.error.startswith("no space left on device")
+
+
+def test_a_failure_on_a_disk_without_free_space_is_systemic(state: StateDir, monkeypatch) -> None:
+    from musiccli import state as state_mod
+
+    tracker = FailureTracker("embed", where=state.root)
+    tracker.failure("a", "LibsndfileError: System error.")    # space left: an item's problem
+    monkeypatch.setattr(state_mod, "_free_bytes", lambda path: 4096)
+    with pytest.raises(SystemicError, match=f"no space left on device at {state.root}"):
+        tracker.failure("b", "LibsndfileError: System error.")
+
+
+# --------------------------------------------------------------------------- too many failures are listed
+def _every_other_fails(spec, root, duration, sample_rate, seed):
+    from musiccli.sources.synth import _Rendered, relative_path
+
+    if spec.index % 2:
+        raise RuntimeError(f"clip {spec.index} cannot be rendered")
+    path = Path(root) / relative_path(spec.index, spec.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, _tone(0.5, 8000), 8000)
+    return _Rendered(id=spec.id, path=relative_path(spec.index, spec.id), sha256="0", nbytes=path.stat().st_size)
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="the patched worker only reaches forked children")
+def test_a_download_over_the_failure_rate_lists_its_failures(state: StateDir, cli, monkeypatch) -> None:
+    from musiccli.sources import synth
+
+    monkeypatch.setattr(synth, "_render_one", _every_other_fails)
+    res = cli("download", "synth", "--n", "16", "--duration", "0.5", "--sample-rate", "8000", "--workers", "1",
+              "--max-failure-rate", "0.2")
+    assert res.exit_code == 1, res.output
+    flat = " ".join(res.output.split())
+    assert "8 of 16 items failed (50% > --max-failure-rate 20%)" in flat, flat
+    assert "clip 1 cannot be rendered" in flat and "and 3 more" in flat and "ledger.jsonl" in flat, flat
+    assert "fix the failures listed" in flat, flat
+
+
+# --------------------------------------------------------------------------- stale temps, through the contract
+def test_every_stage_cleans_the_temps_of_dead_writers_in_its_outputs(state: StateDir) -> None:
+    import os
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dataset = state.dataset_dir("audiomuse")
+    store_file = state.root / "embeddings" / "dsp" / "lib.h5"
+    (dataset / "teachers").mkdir(parents=True)
+    (store_file.parent / ".lib.parts").mkdir(parents=True)
+    stale = [dataset / "teachers" / f".tmp-musicnn.h5.{dead}.a1b2c3d4",        # a teacher store being assembled
+             store_file.parent / f".tmp-lib.h5.{dead}.zz__9988",
+             store_file.parent / ".lib.parts" / f".tmp-part-000003.h5.{dead}.q1w2e3r4",
+             state.stages_dir / f".tmp-thing_y.json.{dead}.abcdefgh"]
+    kept = [dataset / "teachers" / f".tmp-clap.h5.{os.getpid()}.live0000",    # a live writer's
+            dataset / ".tmp-audio.tar.part",                                  # a resumable download
+            dataset / "teachers" / "musicnn.h5"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+
+    @stage_function
+    def run_thing(state: StateDir, key: str, outputs: dict) -> None:
+        run = begin_stage(state, "thing", key, {}, Resume.FRESH, outputs=outputs)
+        run.complete()
+
+    run_thing(state, "thing:x", {"dataset": dataset})
+    run_thing(state, "thing:y", {"store": store_file})
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept)

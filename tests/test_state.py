@@ -7,8 +7,8 @@ import json
 import pytest
 
 from musiccli.errors import MtxError
-from musiccli.state import (Resume, StateDir, atomic_path, atomic_write_json, begin_stage, check_name,
-                            diff_configs, load_stage)
+from musiccli.state import (Resume, StageStatus, StateDir, atomic_path, atomic_write_json, begin_stage,
+                            check_name, diff_configs, load_stage)
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):
@@ -103,3 +103,95 @@ def test_state_dir_resolution(monkeypatch, tmp_path):
     assert StateDir.resolve(tmp_path / "x").root == (tmp_path / "x").resolve()
     with pytest.raises(MtxError, match="no manifest"):
         StateDir.resolve(tmp_path / "empty").newest_manifest()
+
+
+# --------------------------------------------------------------------------- issue 22
+@pytest.mark.parametrize(("data", "what"), [
+    (b'{"run": "caf\xe9"}', "not UTF-8 text (byte 0xe9 at offset 12)"),
+    (b'{"run": ', "not valid JSON"),
+])
+def test_a_damaged_json_file_is_one_line_naming_it(tmp_path, data: bytes, what: str) -> None:
+    from musiccli.state import DamagedFileError, read_json
+
+    path = tmp_path / "run.json"
+    path.write_bytes(data)
+    with pytest.raises(DamagedFileError) as e:
+        read_json(path)
+    assert e.value.message.startswith(f"{path} is damaged: {what}")
+    assert "--force" in e.value.hint
+    with pytest.raises(MtxError, match="is a folder"):
+        read_json(tmp_path)
+
+
+def test_a_damaged_stage_record_says_to_delete_it(tmp_path) -> None:
+    state = StateDir.resolve(tmp_path)
+    begin_stage(state, "unify", "unify:x", {}, Resume.FRESH).complete()
+    record = state.stages_dir / "unify_x.json"
+    for damage in (b"\xff\xfe{", b"[1, 2]"):
+        record.write_bytes(damage)
+        with pytest.raises(MtxError) as e:
+            load_stage(state, "unify:x")
+        assert str(record) in e.value.message and "--force" in e.value.hint
+    with pytest.raises(MtxError):
+        begin_stage(state, "unify", "unify:x", {}, Resume.CONTINUE)
+    run = begin_stage(state, "unify", "unify:x", {}, Resume.FORCE)          # --force starts over
+    assert not run.already_complete and load_stage(state, "unify:x").status == "running"
+    run.close()
+    pickled = __import__("pickle").loads(__import__("pickle").dumps(e.value))   # raised in a worker process
+    assert type(pickled) is type(e.value) and pickled.message == e.value.message
+
+
+def test_name_limits_leave_room_for_names_built_from_names(tmp_path) -> None:
+    from musiccli.state import MAX_NAME_LENGTH, stage_record_path
+
+    state = StateDir.resolve(tmp_path)
+    manifest, run = "m" * MAX_NAME_LENGTH, "dsp-" + "m" * MAX_NAME_LENGTH          # a default run name
+    assert check_name("manifest", manifest) and check_name("run", run)
+    assert check_name("index", f"{run}--{manifest}--milvus")
+    for kind, n in (("manifest", 260), ("run", 300), ("index", 300)):
+        with pytest.raises(MtxError, match=f"{kind} name is {n} characters long"):
+            check_name(kind, "a" * n)
+    # Every file named after them fits in 255 bytes, the atomic writer's temp name included.
+    key = f"index:{run}--{manifest}--milvus"
+    path = stage_record_path(state, key)
+    assert len(f".tmp-{path.name}.4194304.abcdefgh") <= 255 and path != stage_record_path(state, key + "x")
+    begin_stage(state, "search", key, {}, Resume.FRESH).complete()
+    assert load_stage(state, key).status == "complete"
+    assert state.manifest_path(manifest).parent == tmp_path / "manifests"
+
+
+def test_stage_records_never_hold_credentials(tmp_path) -> None:
+    state = StateDir.resolve(tmp_path)
+    url = "https://bob:hunter2@mirror.example/x?token=t0ps3cret&page=1"
+    run = begin_stage(state, "download", "download:x", {"mirror": url}, Resume.FRESH)
+    run.mark(StageStatus.FAILED, f"cannot list {url}")
+    text = (state.stages_dir / "download_x.json").read_text()
+    assert "hunter2" not in text and "t0ps3cret" not in text and "bob:" not in text
+    assert "https://mirror.example/x?token=REDACTED&page=1" in text
+    # The same mirror with other credentials is the same config: --continue is not refused.
+    again = begin_stage(state, "download", "download:x", {"mirror": url.replace("hunter2", "new")}, Resume.CONTINUE)
+    assert again.resumed
+    error = MtxError(f"failed: {url}", hint=f"check {url}")
+    assert str(error) == "failed: {0} (hint: check {0})".format("https://mirror.example/x?token=REDACTED&page=1")
+
+
+def test_exports_are_readable_as_the_umask_allows(tmp_path) -> None:
+    import os
+
+    from musiccli.state import honour_umask, make_temp_dir
+
+    old = os.umask(0o022)
+    try:
+        d = make_temp_dir(tmp_path, ".tmp-onnx.")
+        assert d.stat().st_mode & 0o777 == 0o755
+        (d / "sub").mkdir(mode=0o700)
+        (d / "sub" / "audio_stats.safetensors").write_bytes(b"x")
+        os.chmod(d / "sub" / "audio_stats.safetensors", 0o600)   # what safetensors leaves
+        honour_umask(d)
+        assert (d / "sub").stat().st_mode & 0o777 == 0o755
+        assert (d / "sub" / "audio_stats.safetensors").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        honour_umask(d)
+        assert (d / "sub" / "audio_stats.safetensors").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import Interrupted, MtxError
+from ..state import MAX_NAME_LENGTH, is_no_space, no_space_error
 from ._output import Output
 
 
@@ -62,6 +65,8 @@ class MtxGroup(TyperGroup):
         except KeyboardInterrupt:
             _out(ctx).error("aborted", "rerun the same command with --continue to resume")
             ctx.exit(130)
+        except BrokenPipeError:
+            quiet_broken_pipe()   # the reader of stdout went away (`mtx search --help | head`)
         except Exception as e:  # an unexpected bug: still one line unless --debug
             if _debug(ctx):
                 raise
@@ -72,6 +77,18 @@ class MtxGroup(TyperGroup):
             _out(ctx).error(f"internal error: {type(e).__name__}: {e}",
                             "rerun with --debug for the traceback, and please report it")
             ctx.exit(1)
+
+
+def quiet_broken_pipe(console=None) -> None:
+    """The reader of our stdout went away (`mtx --help | head -3`): stop writing and exit 0, silently."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
+    except (OSError, ValueError):
+        pass
+    if console is not None:
+        console.quiet = True
+    raise SystemExit(0)
 
 
 def _chain(e: BaseException):
@@ -90,9 +107,12 @@ def system_error(e: BaseException, state_root: Path | None) -> tuple[str, str] |
         text = str(err)
         code = getattr(err, "errno", None)
         where = getattr(err, "filename", None) or (str(state_root) if state_root else "the output folder")
-        if code == errno.ENOSPC or "No space left on device" in text or "errno = 28" in text:
-            return (f"no space left on device at {where}",
-                    "free some space, then rerun the same command with --continue: committed work is kept")
+        if code in (errno.ENOSPC, errno.EDQUOT) or is_no_space(text):
+            full = no_space_error(where)
+            return full.message, full.hint
+        if code == errno.ENAMETOOLONG:
+            return (f"a file name is too long: {where}",
+                    f"use shorter names (at most {MAX_NAME_LENGTH} characters for runs, manifests and indexes)")
         if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
             if state_root is not None and _inside(where, state_root):
                 return (f"state dir {state_root} is read-only (cannot write {where})",

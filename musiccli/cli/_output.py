@@ -38,7 +38,7 @@ class Output:
         if not self.human or message in self._warned:
             return
         self._warned.add(message)
-        self.err.print(f"[yellow]warning:[/] {escape(message)}")
+        self.err.print(f"[yellow]warning:[/] {escape(redact_text(message))}")
 
     def table(self, table: Table) -> None:
         if self.human:
@@ -81,4 +81,4 @@ def _fmt(v: Any) -> str:
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
-    return escape(str(v)) if v is not None else ""
+    return escape(redact_text(str(v))) if v is not None else ""

@@ -13,7 +13,7 @@ import typer
 from .. import __version__
 from ..errors import MtxError
 from ._context import AppContext
-from ._errors import MtxGroup
+from ._errors import MtxGroup, quiet_broken_pipe as _quiet_broken_pipe
 
 app = typer.Typer(
     cls=MtxGroup,
@@ -84,14 +84,50 @@ def _map_config(path: Path, data: dict, group) -> dict:
             for opt in param.opts:  # not secondary_opts: `no-baselines = true` would mean the opposite
                 by_flag[opt.lstrip("-")] = param.name
                 by_flag[opt.lstrip("-").replace("-", "_")] = param.name
+        params = {p.name: p for p in cmd.params}
         mapped: dict[str, object] = {}
         for key, value in opts.items():
             if key not in by_flag:
                 spelled = sorted(k for k in by_flag if "_" not in k)
                 raise MtxError(f"{path}: [{table}] has no key {key!r}", hint=_closest(key, spelled))
+            _check_value(path, table, key, value, params[by_flag[key]])
             mapped[by_flag[key]] = value
         out[table] = mapped
     return out
+
+
+def _check_value(path: Path, table: str, key: str, value: object, param) -> None:
+    """A config value of the wrong type is an error that names the file and the key (not the flag).
+
+    TOML has real booleans: ``workers = true`` is not 1, and ``tags = 1`` is not true.
+    """
+    import json
+
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:   # not a Typer parameter: the flag's own parsing checks it
+        return
+    shown = f"{path}: [{table}] {key} = {json.dumps(value, default=str)}"
+    items = value if isinstance(value, list) else [value]
+    if descriptor.annotation is bool:
+        if not isinstance(value, bool):
+            raise MtxError(f"{shown} is not true or false", hint=f"write {key} = true or {key} = false")
+        return
+    if any(isinstance(v, bool) for v in items):
+        kind = getattr(descriptor.annotation, "__name__", str(descriptor.annotation))
+        flag = next((o for o in param.opts if o.startswith("--")), param.name)
+        raise MtxError(f"{shown}: a boolean where a value is expected",
+                       hint=f"{key} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind}, as {flag} does")
+    try:
+        from typer._click.exceptions import BadParameter
+    except ImportError:  # older Typer without a vendored click
+        from click.exceptions import BadParameter  # type: ignore[no-redef]
+    check = [value] if param.multiple and not isinstance(value, list) else value
+    try:
+        param.get_runtime_param().coerce(check, param=param, ctx=None)
+    except BadParameter as e:
+        raise MtxError(f"{shown}: {e.message}", hint=f"fix {key} in {path}") from None
+    except Exception:  # noqa: BLE001 - a check that needs a context (paths, callbacks) runs with the flag
+        return
 
 
 class _RedactFilter(logging.Filter):
@@ -104,6 +140,15 @@ class _RedactFilter(logging.Filter):
         cleaned = redact_text(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # A logged traceback (--debug, log.exception) may quote a URL in an exception's message:
+            # then it is shown as redacted text instead of Rich's rendering of the live exception.
+            import traceback
+
+            text = "".join(traceback.format_exception(*record.exc_info))
+            if redact_text(text) != text:
+                record.msg, record.args = f"{cleaned}\n{redact_text(text).rstrip()}", None
+                record.exc_info, record.exc_text = None, None
         return True
 
 
@@ -177,20 +222,6 @@ def _register() -> None:
 _register()
 
 
-def _quiet_broken_pipe(console=None) -> None:
-    """The reader of our stdout went away (`mtx --help | head -3`): stop writing and exit 0, silently."""
-    import sys
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail either
-    except (OSError, ValueError):
-        pass
-    if console is not None:
-        console.quiet = True
-    raise SystemExit(0)
-
-
 def main() -> None:
     from rich.console import Console
 
@@ -201,3 +232,21 @@ def main() -> None:
         app(prog_name="mtx")
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except Exception as e:  # only --debug lets one get here: its traceback, without any URL's credentials
+        _print_traceback(e)
+        raise SystemExit(1) from None
+
+
+def _print_traceback(e: BaseException) -> None:
+    """Python's own traceback text, with every URL redacted (a mirror's ?token=, a user:pass@ server)."""
+    import sys
+    import traceback
+
+    from ..redact import redact_text
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        sys.stderr.write(redact_text(text))
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError):
+        pass

@@ -18,7 +18,6 @@ Saved layout (``save_pretrained``)::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import MtxError
-from ..state import atomic_path, atomic_write_json
+from ..state import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ class TextEmbedder(nn.Module):
         if not cfg_path.exists():
             raise MtxError(f"{path} is not a saved mtx text embedder (no {CONFIG_NAME})",
                            hint="point at a run's best/ or latest/ folder, or an export's hf/ folder")
-        raw = json.loads(cfg_path.read_text())
+        raw = read_json(cfg_path)
         if raw.get("model_type") != MODEL_TYPE:
             raise MtxError(f"{cfg_path} is not an mtx text-embedder config",
                            hint="for a plain transformers model use --text-backbone instead")
@@ -151,7 +150,7 @@ class TextEmbedder(nn.Module):
         config = TextEmbedderConfig(**{k: v for k, v in raw.items() if k in known})
         tok, model = _load_backbone(str(path / BACKBONE_DIR))
         emb = cls(config, model, tok)
-        from safetensors.torch import load_file
+        from ..safe_read import load_safetensors as load_file
 
         state = load_file(str(path / WEIGHTS_NAME))
         missing, unexpected = emb.load_state_dict(state, strict=False)

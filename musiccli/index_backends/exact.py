@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import MtxError
+from ..safe_read import load_npy
 from ..state import atomic_path
 from ._topk import BLOCK, RowReader, n_candidates, rerank, scan
 
 NAME = "exact"
 F16_FILE = "vectors.f16.npy"
 DTYPES = ("float16", "float32")
+REBUILD = "rebuild the index with `mtx search --force`"
 
 
 def build(d: Path, vectors: np.ndarray, options: dict[str, Any], progress, commit,
@@ -49,7 +51,7 @@ class ExactSearcher:
     def __init__(self, d: Path, meta: dict[str, Any], exact: np.ndarray) -> None:
         self.exact = exact
         self.dtype = meta.get("backend_meta", {}).get("dtype", "float32")
-        self.scan_vectors = np.load(d / F16_FILE, mmap_mode="r") if self.dtype == "float16" else exact
+        self.scan_vectors = load_npy(d / F16_FILE, "r", REBUILD) if self.dtype == "float16" else exact
         self.rows = RowReader(d / "vectors.npy") if self.dtype == "float16" else None
         if self.scan_vectors.shape != exact.shape:
             raise MtxError(f"index {meta.get('name')!r} is damaged (fp16 copy {self.scan_vectors.shape}, "

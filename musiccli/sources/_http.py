@@ -52,7 +52,7 @@ class DownloadError(MtxError):
 
     def __init__(self, message: str, reason: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.reason = reason or message[:120]
+        self.reason = reason or self.message[:120]   # the message as redacted by MtxError
 
 
 @dataclass

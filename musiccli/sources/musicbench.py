@@ -31,6 +31,7 @@ from ..manifest import Record, youtube_group
 from ..progress import Progress
 from ..state import file_sha256, iter_jsonl
 from ._archive import _relative, write_member
+from ..redact import redact_url
 from ._http import DownloadError, base_url, fetch, hf_headers, join_url
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
 from .ledger import Ledger
@@ -196,7 +197,7 @@ class MusicBenchSource(Source):
                 if e.reason != "HTTP 404":
                     raise
                 last = e
-        raise DownloadError(f"none of {', '.join(names)} is available at {base}", reason="HTTP 404",
+        raise DownloadError(f"none of {', '.join(names)} is available at {redact_url(base)}", reason="HTTP 404",
                             hint="check --mirror / $" + ENV_URL) from last
 
     def _stream_extract(self, archive: Path, root: Path, todo: dict[str, Clip], ledger: Ledger,

@@ -74,11 +74,12 @@ class StudentEncoder(AudioEncoder):
     def _open_onnx(self, required: bool) -> None:
         try:
             from .frontend import ClientLogMel
+            from ...safe_read import onnx_file_loads
             from .onnx import client_session, export_music_graph
 
             cache = (self.options.cache_dir or self.checkpoint) / "student-onnx" / self.weights_sha
             path = cache / "student_music_encoder.onnx"
-            if not path.exists():
+            if not path.exists() or not onnx_file_loads(path):   # a damaged cache is rebuilt, never used
                 cache.mkdir(parents=True, exist_ok=True)
                 tmp = cache / f".{path.name}.{os.getpid()}.tmp"   # shards may export at the same time
                 cfg = self.model.student_config

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from ... import store as store_mod
 from ...audio import decode
 from ...errors import MtxError
+from ...safe_read import open_h5
 from ...manifest import Record
 from ...progress import NullProgress, Progress
 from ...state import (FailureTracker, Resume, StateDir, StageStatus, atomic_path, begin_stage, clean_stale_temps,
@@ -307,7 +308,7 @@ class MelCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path, hint="delete that mel cache file; the next `mtx train` builds it again") as f:
             ids = store_mod.h5_strings(f["ids"][()])
             self.offsets = f["offsets"][()]
             self.failures = list(zip(store_mod.h5_strings(f["failed_ids"][()]),

@@ -354,17 +354,16 @@ class StudentModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "StudentModel":
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
+        from ...safe_read import load_safetensors as load_file, load_tokenizer, read_json
 
         path = Path(path)
         if not (path / CONFIG_FILE).exists():
             raise MtxError(f"{path} is not a student checkpoint (no {CONFIG_FILE})",
                            hint="train one with `mtx train --objective student`")
-        raw = json.loads((path / CONFIG_FILE).read_text())
+        raw = read_json(path / CONFIG_FILE)
         known = set(StudentConfig.__dataclass_fields__)
         cfg = StudentConfig(**{k: v for k, v in raw.items() if k in known})
-        tok = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        tok = load_tokenizer(path / TOKENIZER_FILE)
         model = cls(cfg, tok)
         model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
         return model.to(device).eval()

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import MtxError
+from ...safe_read import load_tokenizer, onnx_session
 from ...onnxio import ONNX_TOLERANCE, check_parity, export_graph
 from ...state import atomic_write_json, atomic_write_text, read_json
 
@@ -58,7 +59,7 @@ def client_session(path: Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(path, sess_options=opts, providers=["CPUExecutionProvider"])  # damaged: one line
 
 
 def test_signal(sr: int, seconds: float = 4.0, seed: int = 0) -> np.ndarray:
@@ -266,11 +267,9 @@ class OnnxStudentText:
     as ``StudentModel.audio_for_retrieval`` does."""
 
     def __init__(self, onnx_dir: Path) -> None:
-        from tokenizers import Tokenizer
-
         onnx_dir = Path(onnx_dir)
         self.session = client_session(onnx_dir / TEXT_ONNX)
-        self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(onnx_dir / "tokenizer.json")
         self.dim = int(read_json(onnx_dir / "meta.json")["dim"])
 
     def encode(self, texts: list[str], batch_size: int = 64, normalize: bool = True) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import MtxError, unknown_choice
 from ...runs import RunInfo, run_manifest_and_store, store_identity, weights_identity
+from ...safe_read import DamagedFileError
 from ...state import StateDir
 from ..base import BACKENDS, EvalPlan, EvalVectors, ExportJob, QueryParts
 
@@ -52,9 +53,11 @@ class TowersFamily:
             why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
             if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
                 why = "onnxruntime or tokenizers is not installed"
-            if why is None:
-                model = self.load(onnx_dir, "onnx")
-                return QueryParts(model, runtime="onnx")
+            try:
+                if why is None:
+                    return QueryParts(self.load(onnx_dir, "onnx"), runtime="onnx")
+            except DamagedFileError as e:   # a truncated model.onnx, a garbage tokenizer.json: say so, use PyTorch
+                why = f"{e.message} (export it again with --force)"
             note = _onnx_note(info, checkpoint, why, query_runtime)
         from ...runtime import select_runtime
 

@@ -17,7 +17,6 @@ Saved layout of ``audio_tower/``::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,11 +115,11 @@ class AudioTower(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "AudioTower":
-        from safetensors.torch import load_file
+        from ...safe_read import load_safetensors as load_file, read_json
 
         path = Path(path)
         cfg_path = path / CONFIG_NAME
-        raw = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        raw = read_json(cfg_path) if cfg_path.exists() else {}
         if raw.get("model_type") != AUDIO_MODEL_TYPE:
             raise MtxError(f"{path} is not a saved mtx audio tower", hint="point at a checkpoint's audio_tower/ folder")
         known = set(AudioTowerConfig.__dataclass_fields__)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import safe_read
 from ...errors import MtxError
 from ...onnxio import ONNX_TOLERANCE, check_parity, export_graph, replace_dir, tmp_dir
 from ...state import atomic_write_json, read_json
@@ -39,6 +40,7 @@ __all__ = ["ONNX_TOLERANCE", "OnnxTextModel", "export_checkpoint_onnx", "export_
 MODEL_FILE = "model.onnx"
 STATS_FILE = "audio_stats.safetensors"
 AUDIO_FILE = "audio_tower.onnx"
+REEXPORT_HINT = "export the run again (`mtx export --format onnx --force`), or search with --query-runtime torch"
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
 CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
                  "upbeat 80s synth pop with female vocals", "jazz"]
@@ -257,13 +259,11 @@ class OnnxTextModel:
 
     def __init__(self, onnx_dir: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
-        from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
         self.dir = Path(onnx_dir)
         self.meta = read_json(self.dir / "meta.json")
         self.max_length = int(self.meta["max_length"])
-        tok = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
+        tok = safe_read.load_tokenizer(self.dir / "tokenizer.json", hint=REEXPORT_HINT)
         tok.enable_truncation(max_length=self.max_length)
         pad = self.meta.get("pad_token")
         pad_id = int(self.meta.get("pad_id", 0))
@@ -273,9 +273,9 @@ class OnnxTextModel:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.dir / MODEL_FILE), sess_options=opts,
+        self.session = safe_read.onnx_session(self.dir / MODEL_FILE, hint=REEXPORT_HINT, sess_options=opts,
                                             providers=["CPUExecutionProvider"])
-        stats = load_file(str(self.dir / STATS_FILE))
+        stats = safe_read.load_safetensors(self.dir / STATS_FILE, "numpy", hint=REEXPORT_HINT)
         self.audio_mean = stats["audio_mean"].astype(np.float32)
         self.audio_std = stats["audio_std"].astype(np.float32)
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -286,7 +286,7 @@ class OnnxTextModel:
             if not (self.dir / AUDIO_FILE).exists():
                 raise MtxError(f"{self.dir} has no {AUDIO_FILE} for the run's trained audio head",
                                hint="re-export the run (`mtx export --format onnx`), or use --query-runtime torch")
-            self.audio_session = ort.InferenceSession(str(self.dir / AUDIO_FILE), sess_options=opts,
+            self.audio_session = safe_read.onnx_session(self.dir / AUDIO_FILE, hint=REEXPORT_HINT, sess_options=opts,
                                                       providers=["CPUExecutionProvider"])
 
     @property
