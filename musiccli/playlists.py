@@ -51,7 +51,9 @@ def save_playlist(state: StateDir, index: str, hits: list[dict[str, Any]], name:
                   server: str | None) -> PlaylistOutcome:
     if not name.strip():
         raise MtxError("empty playlist name", hint='pass --playlist "Rainy day"')
-    client = make_server(server)
+    client = make_server(server, state_root=state.root)
+    if client.kind == "local":
+        client.save_playlist(name, [])   # refuses: says how to configure a server (or use --m3u)
     ids, unmapped = server_ids_for(state, index, [h["id"] for h in hits])
     if not ids:
         raise MtxError(f"none of the {len(hits)} hit(s) has a {client.kind} track id",

@@ -140,7 +140,7 @@ def test_navidrome_wrong_password(no_server_env) -> None:
     ({"MEDIASERVER_TYPE": "navidrome", "NAVIDROME_URL": "http://x", "NAVIDROME_API_KEY": "k", "NAVIDROME_AUTH": "x"},
      None),
     ({"MEDIASERVER_TYPE": "navidrome", "NAVIDROME_URL": "http://x", "NAVIDROME_USER": "u",
-      "NAVIDROME_PASSWORD": "p", "NAVIDROME_AUTH": "plain"}, "unknown NAVIDROME_AUTH 'plain'"),
+      "NAVIDROME_PASSWORD": "p", "NAVIDROME_AUTH": "md5"}, "unknown NAVIDROME_AUTH 'md5'"),
 ])
 def test_server_config_refusals(env, error) -> None:
     if error is None:

@@ -279,7 +279,7 @@ class AudioMuseSource(Source):
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
         from ..mediaserver import make_server
 
-        server = make_server(cfg.server)
+        server = make_server(cfg.server, state_root=root.parent.parent)   # <state>/datasets/audiomuse
         root.mkdir(parents=True, exist_ok=True)
         if not (root / IMPORTED).exists():
             dsn = db.resolve_dsn(cfg.dsn)
@@ -354,7 +354,7 @@ class AudioMuseSource(Source):
         rel = audio_rel(item, track.suffix or (Path(track.path).suffix.lstrip(".") if track.path else None))
         url, headers = server.download(server_id)
         pacer.wait()
-        res = fetch(url, root / rel, headers=headers)
+        res = fetch(url, root / rel, headers=headers, accept=server.check_download)
         return rel, res.bytes, song.get("duration") or track.duration
 
     # ------------------------------------------------------------------ parsing
