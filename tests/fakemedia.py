@@ -23,6 +23,7 @@ import json
 import re
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,21 +149,23 @@ def jellyfin(tracks: list[FakeTrack], token: str, user_id: str, modern: bool = T
                     _json(self, 401, {"error": "Unauthorized"})
                     return
                 u = urllib.parse.urlsplit(self.path)
-                q = {k: v[-1] for k, v in urllib.parse.parse_qs(u.query).items()}
+                # ASP.NET binds query names and JSON properties case-insensitively.
+                q = {k.lower(): v[-1] for k, v in urllib.parse.parse_qs(u.query).items()}
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                raw = json.loads(self.rfile.read(length)) if length else None
+                body = {k.lower(): v for k, v in raw.items()} if isinstance(raw, dict) else raw
                 parts = u.path.strip("/").split("/")
                 if method == "GET" and u.path == f"/Users/{user_id}":
                     return _json(self, 200, {"Id": user_id, "Name": "me"})
                 if method == "GET" and u.path == "/Items":
-                    if q.get("userId") != user_id:
+                    if q.get("userid") != user_id:
                         return _json(self, 400, {"error": "userId"})
-                    if q.get("IncludeItemTypes") == "Playlist":
+                    if q.get("includeitemtypes") == "Playlist":
                         items = [{"Id": pid, "Name": p["name"], "Type": "Playlist"} for pid, p in state.playlists.items()
-                                 if q.get("searchTerm", "").lower() in p["name"].lower()]
+                                 if q.get("searchterm", "").lower() in p["name"].lower()]
                         return _json(self, 200, {"Items": items, "TotalRecordCount": len(items)})
-                    state.unknown_fields.update(f for f in q.get("Fields", "").split(",") if f and f not in ITEM_FIELDS)
-                    start, limit = int(q.get("StartIndex", 0)), int(q.get("Limit", 100))
+                    state.unknown_fields.update(f for f in q.get("fields", "").split(",") if f and f not in ITEM_FIELDS)
+                    start, limit = int(q.get("startindex", 0)), int(q.get("limit", 100))
                     all_items = [{"Id": t.id, "Name": t.title, "Album": "A", "AlbumArtist": t.artist,
                                   "Artists": [t.artist], "Path": f"/music/{t.id}.{t.suffix}", "Container": t.suffix,
                                   "RunTimeTicks": int(t.duration * 1e7), "Type": "Audio"}
@@ -175,24 +178,28 @@ def jellyfin(tracks: list[FakeTrack], token: str, user_id: str, modern: bool = T
                         return _json(self, 404, {"error": "not found"})
                     return _send_bytes(self, t.data, state, t.id)
                 if method == "POST" and u.path == "/Playlists":
-                    pid = f"pl{len(state.playlists) + 1}"
-                    state.playlists[pid] = {"name": body["Name"], "ids": list(body.get("Ids") or []),
-                                            "user": body.get("UserId")}
+                    pid = f"pl{len(state.requests)}"   # unique, also after a deletion
+                    ids = list(body.get("ids") or [])
+                    state.playlists[pid] = {"name": body["name"], "ids": ids, "user": body.get("userid"),
+                                            "entries": [uuid.uuid4().hex for _ in ids]}
                     return _json(self, 200, {"Id": pid})
                 if len(parts) == 3 and parts[0] == "Playlists" and parts[2] == "Items" and parts[1] in state.playlists:
                     pl = state.playlists[parts[1]]
                     if method == "GET":
-                        return _json(self, 200, {"Items": [{"Id": i, "PlaylistItemId": f"e{n}:{i}"}
-                                                           for n, i in enumerate(pl["ids"])]})
+                        return _json(self, 200, {"Items": [{"Id": i, "PlaylistItemId": e}
+                                                           for i, e in zip(pl["ids"], pl["entries"])]})
                     if method == "DELETE":
                         if api_key:   # 10.9-10.11: the user comes from the token; an API key has none
                             return _json(self, 400, {"type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
                                                      "title": "Guid can't be empty (Parameter 'id')", "status": 400})
-                        drop = set(q.get("entryIds", "").split(","))
-                        pl["ids"] = [i for n, i in enumerate(pl["ids"]) if f"e{n}:{i}" not in drop]
+                        drop = set(q.get("entryids", "").split(","))
+                        keep = [(i, e) for i, e in zip(pl["ids"], pl["entries"]) if e not in drop]
+                        pl["ids"], pl["entries"] = [i for i, _ in keep], [e for _, e in keep]
                         return self._empty(204)
                     if method == "POST":
-                        pl["ids"] += [i for i in q.get("ids", "").split(",") if i]
+                        new = [i for i in q.get("ids", "").split(",") if i]
+                        pl["ids"] += new
+                        pl["entries"] += [uuid.uuid4().hex for _ in new]
                         return self._empty(204)
                 if method == "DELETE" and len(parts) == 2 and parts[0] == "Items":
                     if state.playlists.pop(parts[1], None) is None:
