@@ -172,6 +172,48 @@ def manifest_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- audio identity
+# The field a source sets to its file's content hash (``file_content_hash``). Unify, embed and sync
+# agree through ``content_hash`` below: an embedding row is keyed by (record id, content hash).
+CONTENT_HASH = "content_hash"
+
+
+def file_content_hash(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The content hash of an audio file: the first 32 hex digits of the SHA-256 of its bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def content_hash(r: Record) -> str:
+    """The identity of the audio a record's embedding is computed from.
+
+    The source's ``content_hash`` field when it has one (the folder source hashes every new or
+    changed file). Otherwise the file's size and modification time, which is cheap and changes
+    whenever the file is rewritten (a conservative key: a touched file is embedded again), and
+    ``"missing"`` for a file that is not there. Captions, tags and splits are not part of it, so a
+    manifest that changes only those reuses every embedding.
+    """
+    value = r.extra.get(CONTENT_HASH)
+    if value:
+        return str(value)
+    try:
+        st = os.stat(r.audio_path)
+    except OSError:
+        return "missing"
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def library_digest(keys: Iterable[tuple[str, str]]) -> str:
+    """One hash of an ordered list of (record id, content hash): what an embedding store was built for."""
+    h = hashlib.sha256()
+    for id_, digest in keys:
+        h.update(f"{id_}\t{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def looks_like_path(value: str) -> bool:
     """A value the user meant as a path: it has a folder separator, a .json suffix, or starts with ~ or ."""
     return (os.sep in value or "/" in value or value.endswith(".json") or value.startswith(("~", "."))
