@@ -291,7 +291,8 @@ def _item(record) -> dict[str, Any]:
     if record is None:
         return {"title": None, "artist": None, "dataset": None, "tags": [], "audio_path": None, "duration": None}
     return {"title": record.title, "artist": record.artist, "dataset": record.dataset, "tags": list(record.tags),
-            "audio_path": record.audio_path, "duration": record.duration}
+            "audio_path": record.audio_path, "duration": record.duration,
+            **({"server_path": record.extra["server_path"]} if record.extra.get("server_path") else {})}
 
 
 def library_store(state: StateDir, encoder: str, manifest: str | None) -> tuple[str, Path, Path]:
@@ -628,7 +629,8 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         item = index.items.get(id_, {})
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
-                     "audio_path": item.get("audio_path"), "duration": item.get("duration")})
+                     "audio_path": item.get("audio_path"), "duration": item.get("duration"),
+                     **({"server_path": item["server_path"]} if item.get("server_path") else {})})
     playlist = None
     if cfg.playlist is not None:
         from dataclasses import asdict
