@@ -40,9 +40,11 @@ def install_hint(extra: str) -> str:
 class MissingExtra(MtxError):
     """An optional package is not installed (or cannot be imported); names the extra."""
 
-    def __init__(self, module: str, extra: str, feature: str, detail: str | None = None) -> None:
+    def __init__(self, module: str, extra: str, feature: str, detail: str | None = None,
+                 alternative: str | None = None) -> None:
         why = "which is not installed" if not detail else f"which cannot be imported ({detail})"
-        super().__init__(f"{feature} needs the {module!r} package, {why}", hint=install_hint(extra))
+        hint = install_hint(extra) + (f", or {alternative}" if alternative else "")
+        super().__init__(f"{feature} needs the {module!r} package, {why}", hint=hint)
         self.module, self.extra = module, extra
 
 
@@ -84,11 +86,13 @@ def has_extra(*modules: str) -> bool:
     return True
 
 
-def check_extra(modules: tuple[str, ...] | list[str], extra: str | None = None, feature: str | None = None) -> None:
+def check_extra(modules: tuple[str, ...] | list[str], extra: str | None = None, feature: str | None = None,
+                alternative: str | None = None) -> None:
     """Refuse early (before any work) when one of ``modules`` is missing."""
     for m in modules:
         if not has_extra(m):
-            raise MissingExtra(m.split(".")[0], _extra_of(m, extra), feature or f"this feature ({extra})")
+            raise MissingExtra(m.split(".")[0], _extra_of(m, extra), feature or f"this feature ({extra})",
+                               alternative=alternative)
 
 
 __all__ = ["EXTRAS", "MissingExtra", "check_extra", "has_extra", "install_hint", "require_extra"]
