@@ -65,8 +65,11 @@ def connect(uri: str):
         return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
     except Exception as e:  # noqa: BLE001 - pymilvus raises many kinds; one line for the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MtxError(f"cannot connect to Milvus at {redact_url(uri)}: {first}",
-                       hint="check --uri (and MILVUS_TOKEN for a secured cluster)") from None
+        hint = "check --uri (and MILVUS_TOKEN for a secured cluster)"
+        if not is_remote and "MilvusLite" in first:
+            hint = ("Milvus Lite serves one process at a time: close the other mtx using this file, "
+                    "or run a Milvus server for concurrent searches")
+        raise MtxError(f"cannot connect to Milvus at {redact_url(uri)}: {first}", hint=hint) from None
 
 
 def load(client, name: str) -> None:
