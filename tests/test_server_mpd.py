@@ -25,13 +25,18 @@ def library(tmp_path_factory):
         yield t, server
 
 
-@pytest.fixture()
-def hits(library, cli, state_dir):
+@pytest.fixture(scope="module")
+def hits(library, tmp_path_factory):
     """The library as `mtx download folder --path <symlink>` records it, as search hits."""
+    from typer.testing import CliRunner
+
+    from musiccli.cli.app import app
     from musiccli.sources.folder import FolderSource
 
     t, _ = library
-    r = cli("download", "folder", "--path", str(t / "music"), "--json")
+    state_dir = tmp_path_factory.mktemp("state")
+    r = CliRunner().invoke(app, ["--state-dir", str(state_dir), "download", "folder", "--path", str(t / "music"),
+                                 "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     records = FolderSource().records(Path(state_dir) / "datasets" / "folder")
     assert len(records) == len(TITLES)
