@@ -514,3 +514,36 @@ def split_counts(records: Iterable[Record]) -> dict[str, int]:
         if r.split in counts:
             counts[r.split] += 1
     return counts
+
+
+# One artist holding more than this share of a manifest goes whole into one split (its records form
+# one component), so train/val/test cannot come out near their ratios.
+ARTIST_SHARE_WARN = 0.25
+ARTIST_SHARE_MIN_RECORDS = 20   # below this a manifest is a smoke test; shares mean little
+
+
+def dominant_artists(records: Sequence[Record], max_share: float = ARTIST_SHARE_WARN,
+                     min_records: int = ARTIST_SHARE_MIN_RECORDS) -> list[tuple[str, int]]:
+    """(artist as written, records) for each split artist (``artist_of``) holding more than ``max_share``
+    of ``records``, largest first; empty for manifests under ``min_records``."""
+    if len(records) < min_records:
+        return []
+    counts: dict[str, int] = defaultdict(int)
+    names: dict[str, str] = {}
+    for r in records:
+        key = artist_of(r)
+        if key:
+            counts[key] += 1
+            names.setdefault(key, r.artist or key)
+    return sorted(((names[k], n) for k, n in counts.items() if n > max_share * len(records)),
+                  key=lambda x: (-x[1], x[0]))
+
+
+def split_counts_by(records: Iterable[Record], key) -> dict[str, dict[str, int]]:
+    """Split sizes per value of ``key(record)`` (records where it is None are left out)."""
+    by: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        k = key(r)
+        if k is not None:
+            by[k].append(r)
+    return {k: split_counts(v) for k, v in sorted(by.items())}
