@@ -159,7 +159,7 @@ def root(
 
 # ---------------------------------------------------------------- commands (pipeline order)
 def _register() -> None:
-    from . import demo, download, duplicates, embed, evaluate, export, search, train, unify, verify
+    from . import demo, download, duplicates, embed, evaluate, export, search, serve, train, unify, verify
 
     app.command("download")(download.command)
     app.command("verify")(verify.command)
@@ -171,6 +171,7 @@ def _register() -> None:
     app.command("search")(search.command)
     app.command("duplicates")(duplicates.command)
     app.command("demo")(demo.command)
+    app.command("serve")(serve.command)
 
 
 _register()
