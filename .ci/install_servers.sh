@@ -4,6 +4,7 @@
 #   - supysonic 0.7.9 (a Subsonic API server, PyPI) in its own venv: tests/test_server_subsonic.py
 #   - Milvus 2.3.5 standalone (the binary in the PyPI `milvus` wheel) in its own venv:
 #     tests/test_server_milvus.py
+#   - Chromium (Debian `chromium`), headless: the `mtx serve` page, tests/test_server_serve.py
 # The venvs live under $MTX_TEST_SERVERS (default ~/.cache/mtx-test-servers), outside the repo,
 # so their dependencies never touch mtx's; a second run finds them and returns at once.
 # Each install that fails prints a warning and the tests that need it skip, naming it.
@@ -24,6 +25,12 @@ if ! command -v mpd >/dev/null 2>&1 && [ ! -x /usr/bin/mpd ] || ! command -v mpc
   else
     warn "mpd and mpc are missing and apt-get is not available"
   fi
+fi
+
+# --- Chromium (Debian `chromium`): the `mtx serve` page test renders the page headless
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+    || warn "could not install chromium (apt-get)"
 fi
 
 # --- a venv per server (pinned), created next to a marker written last
