@@ -56,6 +56,12 @@ SCORE_OPTIONAL = ("energy", "other_features", "year", "rating", "file_path", "du
 
 
 # --------------------------------------------------------------------------- connection
+def _psycopg(module: str):
+    from .extras import require_extra
+
+    return require_extra(module, "audiomuse", "reading the AudioMuse-AI database (mtx download audiomuse)")
+
+
 def resolve_dsn(dsn: str | None = None, env: dict[str, str] | None = None) -> str:
     """``--dsn`` beats ``DATABASE_URL`` beats the ``POSTGRES_*`` variables (AudioMuse-AI defaults)."""
     env = os.environ if env is None else env
@@ -63,7 +69,7 @@ def resolve_dsn(dsn: str | None = None, env: dict[str, str] | None = None) -> st
         return dsn
     if env.get("DATABASE_URL"):
         return env["DATABASE_URL"]
-    from psycopg.conninfo import make_conninfo
+    make_conninfo = _psycopg("psycopg.conninfo").make_conninfo
 
     v = {k: env.get(k) or d for k, d in PG_DEFAULTS.items()}
     return make_conninfo(host=v["POSTGRES_HOST"], port=v["POSTGRES_PORT"], user=v["POSTGRES_USER"],
@@ -72,7 +78,7 @@ def resolve_dsn(dsn: str | None = None, env: dict[str, str] | None = None) -> st
 
 def describe(dsn: str) -> dict[str, str]:
     """The target without secrets: host, port, database and user (for logs, records and results)."""
-    from psycopg.conninfo import conninfo_to_dict
+    conninfo_to_dict = _psycopg("psycopg.conninfo").conninfo_to_dict
 
     try:
         parts = conninfo_to_dict(dsn)
@@ -84,7 +90,7 @@ def describe(dsn: str) -> dict[str, str]:
 
 def connect(dsn: str, timeout: float = 10.0):
     """A read-only psycopg connection; a refused or failed login becomes one clear MtxError."""
-    import psycopg
+    psycopg = _psycopg("psycopg")
 
     target = describe(dsn)
     where = f"{target['user'] or '?'}@{target['host'] or 'localhost'}:{target['port'] or '5432'}/{target['dbname']}"
@@ -102,7 +108,7 @@ def connect(dsn: str, timeout: float = 10.0):
 
 def _scrub(text: str, dsn: str) -> str:
     """Remove the password from a server message, should a driver ever echo it."""
-    from psycopg.conninfo import conninfo_to_dict
+    conninfo_to_dict = _psycopg("psycopg.conninfo").conninfo_to_dict
 
     try:
         pw = conninfo_to_dict(dsn).get("password")

@@ -57,9 +57,9 @@ class ExportResult:
 
 # --------------------------------------------------------------------------- the stage
 def onnx_available() -> bool:
-    from importlib.util import find_spec
+    from .extras import has_extra
 
-    return all(find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+    return has_extra("onnx", "onnxruntime")
 
 
 @stage_function
@@ -69,9 +69,9 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
         raise unknown_choice("export target", cfg.target, TARGETS)
     _check_out(cfg.out)
     if cfg.target == "audiomuse":
-        if not onnx_available():
-            raise MtxError("the AudioMuse-AI export is ONNX and needs the onnx and onnxruntime packages",
-                           hint="pip install 'musiccli[onnx]'")
+        from .extras import check_extra
+
+        check_extra(("onnx", "onnxruntime"), "onnx", "the AudioMuse-AI export (ONNX)")
         from .families.towers.audiomuse import export_for_audiomuse
 
         r = export_for_audiomuse(state, cfg, progress)
@@ -82,9 +82,10 @@ def run_export(state: StateDir, cfg: ExportConfig, progress: Progress | None = N
     formats = tuple(f for f in FORMATS if f in cfg.formats)
     if not formats:
         raise MtxError("no export format chosen", hint="use --format hf and/or --format onnx")
-    if "onnx" in formats and not onnx_available():
-        raise MtxError("ONNX export needs the onnx and onnxruntime packages",
-                       hint="pip install 'musiccli[onnx]', or export only --format hf")
+    if "onnx" in formats:
+        from .extras import check_extra
+
+        check_extra(("onnx", "onnxruntime"), "onnx", "ONNX export", alternative="export only --format hf")
     info = resolve_run(state, cfg.run)
     family = family_for(info)
     ckpt = info.checkpoint_dir(cfg.checkpoint)

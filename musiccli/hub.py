@@ -18,14 +18,10 @@ from .errors import MtxError
 
 
 def require(module: str, extra: str) -> Any:
-    """Import an optional dependency or explain how to install it."""
-    import importlib
+    """Import an optional dependency or explain how to install it (``extras.require_extra``)."""
+    from .extras import require_extra
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MtxError(f"the {extra!r} encoder needs the {module!r} package ({e})",
-                       hint=f"pip install 'musiccli[{extra}]'") from None
+    return require_extra(module, extra, f"the {extra!r} encoder")
 
 
 def load_error(what: str, model: str, e: Exception) -> MtxError:

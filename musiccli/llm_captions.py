@@ -171,9 +171,21 @@ class _CallFailed(Exception):
 class ChatClient:
     def __init__(self, cfg: LLMConfig) -> None:
         self.cfg = cfg
-        self.url = cfg.endpoint()
+        from .redact import split_credentials
+
+        # user:password@ in OPENAI_SERVER_URL (a proxy with basic auth) becomes an Authorization header:
+        # urllib cannot open such a URL ("Name or service not known").
+        self.url, creds = split_credentials(cfg.endpoint())
         self.model = cfg.model_name()
         self._key = os.environ.get("OPENAI_API_KEY") or ""
+        self._basic = None
+        if creds is not None:
+            if self._key:
+                raise MtxError("OPENAI_SERVER_URL carries user:password@ and OPENAI_API_KEY is set too",
+                               hint="use one: remove user:password@ from the URL, or unset OPENAI_API_KEY")
+            import base64
+
+            self._basic = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 
     def complete(self, prompt: str) -> tuple[str, dict[str, int]]:
         body = json.dumps({"model": self.model, "temperature": self.cfg.temperature,
@@ -181,6 +193,8 @@ class ChatClient:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
+        elif self._basic:
+            headers["Authorization"] = f"Basic {self._basic}"
         last = ""
         for attempt in range(self.cfg.retries + 1):
             if attempt:

@@ -113,12 +113,19 @@ def secret_values(env: dict[str, str] | None = None) -> list[str]:
 
 # --------------------------------------------------------------------------- HTTP (JSON)
 def request_json(method: str, url: str, headers: dict[str, str] | None = None, body: Any = None,
-                 retries: int = 3, backoff: float = 0.5, timeout: float = 30.0) -> Any:
-    """One JSON call with retries on transient errors; raises MtxError with a redacted URL."""
-    data = json.dumps(body).encode() if body is not None else None
+                 retries: int = 3, backoff: float = 0.5, timeout: float = 30.0,
+                 form: Sequence[tuple[str, Any]] | None = None) -> Any:
+    """One JSON call with retries on transient errors; raises MtxError with a redacted URL.
+
+    ``body`` is sent as JSON; ``form`` as ``application/x-www-form-urlencoded`` (a Subsonic POST).
+    """
+    if form is not None:
+        data: bytes | None = urllib.parse.urlencode(list(form)).encode()
+    else:
+        data = json.dumps(body).encode() if body is not None else None
     hdrs = {"Accept": "application/json", "User-Agent": f"{CLIENT}/0.1", **(headers or {})}
     if data is not None:
-        hdrs["Content-Type"] = "application/json"
+        hdrs["Content-Type"] = "application/x-www-form-urlencoded" if form is not None else "application/json"
     last = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -154,6 +161,45 @@ class HTTPStatusError(MtxError):
         self.status = status
 
 
+class NotAudio(MtxError):
+    """A download that is not audio (an error body sent with HTTP 200): one item fails, nothing is saved."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, hint="check the media server's transcoding settings for the mtx client")
+        self.reason = reason
+
+
+# Content types a media server sends for original files ("application/octet-stream" when it does not know).
+_AUDIO_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream", "application/x-flac",
+                "binary/octet-stream")
+
+
+def check_audio_response(content_type: str | None, head: bytes) -> None:
+    """Refuse a response that is not an audio file: a Subsonic error body (JSON or XML, HTTP 200),
+    or any text/JSON/XML/HTML content type. Called on the first bytes, before anything is written."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    text = head.lstrip()[:4096]
+    if b"subsonic-response" in text:
+        message = _subsonic_error_text(text)
+        raise NotAudio(f"the server sent an error instead of audio: {message}", reason=f"not audio: {message}"[:200])
+    if ctype and not ctype.startswith(_AUDIO_TYPES):
+        raise NotAudio(f"the server sent {ctype} instead of audio", reason=f"not audio: {ctype}")
+    if not ctype and text[:1] in (b"{", b"<"):
+        raise NotAudio("the server sent text instead of audio", reason="not audio: text body")
+
+
+def _subsonic_error_text(text: bytes) -> str:
+    try:
+        body = json.loads(text).get("subsonic-response", {})
+        err = body.get("error") or {}
+        return f"error {err.get('code')}: {err.get('message', '')}".strip()
+    except (ValueError, AttributeError):
+        import re
+
+        m = re.search(rb'code="(\d+)"\s+message="([^"]*)"', text)
+        return f"error {m.group(1).decode()}: {m.group(2).decode(errors='replace')}" if m else "a subsonic-response"
+
+
 # --------------------------------------------------------------------------- clients
 class MediaServer(abc.ABC):
     kind: str
@@ -173,6 +219,11 @@ class MediaServer(abc.ABC):
     def describe(self) -> dict[str, str]:
         return {"server": self.kind}
 
+    @staticmethod
+    def check_download(content_type: str | None, head: bytes) -> None:
+        """Raise :class:`NotAudio` when a download's first bytes are not audio (see ``fetch(accept=...)``)."""
+        check_audio_response(content_type, head)
+
 
 def _need(s: dict[str, str], *keys: str) -> None:
     missing = [k for k in keys if not s.get(k)]
@@ -181,14 +232,68 @@ def _need(s: dict[str, str], *keys: str) -> None:
                        hint="set them in the environment (as for AudioMuse-AI) or in MTX_MEDIASERVER_CONFIG")
 
 
+def server_url(value: str, variable: str) -> tuple[str, tuple[str, str] | None]:
+    """(base URL without userinfo, (user, password) or None) from a ``*_URL`` setting.
+
+    ``http://user:pass@host`` is not something urllib can open ("Name or service not known"):
+    the credentials are taken out here, and the caller uses them or refuses with a hint.
+    """
+    from .redact import split_credentials
+
+    value = value.strip()
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise MtxError(f"{variable} is not a valid URL", hint="e.g. http://192.168.1.10:8096") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MtxError(f"{variable} must be an http(s) URL, not {safe_url(value)!r}",
+                       hint="e.g. http://192.168.1.10:8096") from None
+    bare, creds = split_credentials(value)
+    return bare.rstrip("/"), creds
+
+
+def device_id(state_root: Path | None) -> str:
+    """This install's Jellyfin DeviceId: random once, then kept in ``<state>/mediaserver/device_id``.
+
+    Jellyfin keys sessions and access tokens by DeviceId, so every mtx install sharing one
+    id would see (and end) each other's sessions.
+    """
+    if state_root is None:
+        return f"{CLIENT}-{secrets.token_hex(8)}"
+    path = Path(state_root) / "mediaserver" / "device_id"
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+        if value:
+            return value
+    except (OSError, UnicodeDecodeError):
+        pass
+    from .state import atomic_write_text
+
+    value = f"{CLIENT}-{secrets.token_hex(8)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, value + "\n")
+    return value
+
+
+# Jellyfin's ItemFields: only these are item fields (Name, Container, RunTimeTicks, Album,
+# AlbumArtist and Artists come with every audio item anyway).
+JELLYFIN_FIELDS = ("Path", "MediaSources")
+
+
 class Jellyfin(MediaServer):
     kind = "jellyfin"
 
-    def __init__(self, s: dict[str, str]) -> None:
+    def __init__(self, s: dict[str, str], state_root: Path | None = None) -> None:
         _need(s, "JELLYFIN_URL", "JELLYFIN_USER_ID", "JELLYFIN_TOKEN")
-        self.url = s["JELLYFIN_URL"].rstrip("/")
+        self.url, creds = server_url(s["JELLYFIN_URL"], "JELLYFIN_URL")
+        if creds is not None:
+            raise MtxError("JELLYFIN_URL carries user:password@; Jellyfin authenticates with a token",
+                           hint="remove user:password@ from JELLYFIN_URL and set JELLYFIN_TOKEN (an API key "
+                                "from Dashboard > API Keys) and JELLYFIN_USER_ID")
         self.user_id = s["JELLYFIN_USER_ID"]
         self._token = s["JELLYFIN_TOKEN"]
+        self._device_id = device_id(state_root)
         self._legacy_header = False   # True once the server refused the MediaBrowser header but took X-Emby-Token
         self._probed = False
 
@@ -199,7 +304,7 @@ class Jellyfin(MediaServer):
         if self._legacy_header:
             return {"X-Emby-Token": self._token}
         return {"Authorization": f'MediaBrowser Client="{CLIENT}", Device="{CLIENT}", '
-                                 f'DeviceId="{CLIENT}-cli", Version="0.1", Token="{self._token}"'}
+                                 f'DeviceId="{self._device_id}", Version="0.1", Token="{self._token}"'}
 
     def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:
         url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(params, doseq=True)}" if params else "")
@@ -226,8 +331,7 @@ class Jellyfin(MediaServer):
         while True:
             page = self._call("GET", "/Items", {
                 "userId": self.user_id, "IncludeItemTypes": "Audio", "Recursive": "true", "StartIndex": start,
-                "Limit": PAGE, "Fields": "Path,ProductionYear,IndexNumber,ParentIndexNumber,AlbumArtist,Album,"
-                                         "ArtistItems,Artists,RunTimeTicks"}) or {}
+                "Limit": PAGE, "Fields": ",".join(JELLYFIN_FIELDS)}) or {}
             items = page.get("Items") or []
             for it in items:
                 path = it.get("Path")
@@ -258,44 +362,84 @@ class Jellyfin(MediaServer):
         found = self._call("GET", "/Items", {"userId": self.user_id, "IncludeItemTypes": "Playlist",
                                              "Recursive": "true", "searchTerm": name}) or {}
         existing = next((it for it in found.get("Items") or [] if it.get("Name") == name), None)
+        created = existing is None
+        if existing is not None and not self._clear_playlist(str(existing["Id"])):
+            existing = None   # deleted as a whole: made again below
         if existing is None:
             made = self._call("POST", "/Playlists", body={"Name": name, "Ids": ids[:PLAYLIST_BATCH],
                                                           "UserId": self.user_id, "MediaType": "Audio"}) or {}
             pid = str(made.get("Id") or "")
             if not pid:
                 raise MtxError("Jellyfin did not return the new playlist's id", hint="check the server's log")
-            rest, created = ids[PLAYLIST_BATCH:], True
+            rest = ids[PLAYLIST_BATCH:]
         else:
-            pid = str(existing["Id"])
-            entries = self._call("GET", f"/Playlists/{pid}/Items", {"userId": self.user_id}) or {}
-            entry_ids = [str(e["PlaylistItemId"]) for e in entries.get("Items") or [] if e.get("PlaylistItemId")]
-            for i in range(0, len(entry_ids), PLAYLIST_BATCH):
-                self._call("DELETE", f"/Playlists/{pid}/Items",
-                           {"entryIds": ",".join(entry_ids[i:i + PLAYLIST_BATCH])})
-            rest, created = ids, False
+            pid, rest = str(existing["Id"]), ids
         for i in range(0, len(rest), PLAYLIST_BATCH):
             self._call("POST", f"/Playlists/{pid}/Items", {"ids": ",".join(rest[i:i + PLAYLIST_BATCH]),
                                                            "userId": self.user_id})
         return PlaylistResult(self.kind, name, pid, len(ids), created)
 
+    def _clear_playlist(self, pid: str) -> bool:
+        """Empty playlist ``pid``; False when it had to be deleted instead (then the caller makes it again).
+
+        Jellyfin 10.9-10.11 take the user for ``DELETE /Playlists/{id}/Items`` from the token, and
+        an API key has none: the server answers 400 ("Guid can't be empty"; Jellyfin issues
+        #13476, #14910, #15600). ``userId`` in the query is honoured where the server knows it;
+        otherwise the playlist is deleted as an item (an API key may delete items) and recreated.
+        """
+        entries = self._call("GET", f"/Playlists/{pid}/Items", {"userId": self.user_id}) or {}
+        entry_ids = [str(e["PlaylistItemId"]) for e in entries.get("Items") or [] if e.get("PlaylistItemId")]
+        try:
+            for i in range(0, len(entry_ids), PLAYLIST_BATCH):
+                self._call("DELETE", f"/Playlists/{pid}/Items",
+                           {"entryIds": ",".join(entry_ids[i:i + PLAYLIST_BATCH]), "userId": self.user_id})
+            return True
+        except HTTPStatusError as e:
+            if e.status not in (400, 403, 404):
+                raise
+            log.info("jellyfin: the server refused to remove playlist entries with this token (HTTP %d); "
+                     "deleting playlist %s and creating it again", e.status, pid)
+        self._call("DELETE", f"/Items/{urllib.parse.quote(pid, safe='')}")
+        return False
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split(".")[:3])
+    except ValueError:
+        return (0,)
+
+
+TOKEN_AUTH_SINCE = (1, 13, 0)   # Subsonic API version that introduced t + s
+SUBSONIC_AUTH = ("token", "enc", "plain", "apikey")
+
 
 class Navidrome(MediaServer):
-    """OpenSubsonic: ``apiKey``, else the standard token+salt, or AudioMuse-AI's ``p=enc:`` (NAVIDROME_AUTH=enc)."""
+    """A Subsonic / OpenSubsonic server (Navidrome, supysonic, Gonic, Airsonic, ...).
+
+    Auth: ``apiKey`` (OpenSubsonic, checked against the server's extensions), else token+salt,
+    falling back to ``p=enc:<hex>`` when the server answers error 41 (token auth not supported)
+    or predates token auth (API < 1.13.0); ``NAVIDROME_AUTH=enc|plain`` chooses one up front.
+    """
 
     kind = "navidrome"
 
-    def __init__(self, s: dict[str, str]) -> None:
+    def __init__(self, s: dict[str, str], state_root: Path | None = None) -> None:
         _need(s, "NAVIDROME_URL")
-        self.url = s["NAVIDROME_URL"].rstrip("/")
+        self.url, creds = server_url(s["NAVIDROME_URL"], "NAVIDROME_URL")
         self._api_key = s.get("NAVIDROME_API_KEY") or None
-        self.user = s.get("NAVIDROME_USER") or None
-        self._password = s.get("NAVIDROME_PASSWORD") or None
+        self.user = s.get("NAVIDROME_USER") or (creds[0] if creds else None)
+        self._password = s.get("NAVIDROME_PASSWORD") or (creds[1] if creds else None)
         self.auth = "apikey" if self._api_key else (s.get("NAVIDROME_AUTH") or "token").lower()
-        if self.auth not in ("apikey", "token", "enc"):
-            raise unknown_choice("NAVIDROME_AUTH", self.auth, ("token", "enc"))
+        if self.auth not in SUBSONIC_AUTH:
+            raise unknown_choice("NAVIDROME_AUTH", self.auth, SUBSONIC_AUTH[:3])
         if not self._api_key and not (self.user and self._password):
             raise MtxError("the media server is not configured: set NAVIDROME_API_KEY, or NAVIDROME_USER and "
                            "NAVIDROME_PASSWORD", hint="as for AudioMuse-AI; see `mtx download --help`")
+        self._probed = False
+        self.version: tuple[int, ...] = (0,)
+        self.extensions: set[str] = set()
+        self._owner: str | None = None
 
     def describe(self) -> dict[str, str]:
         return {"server": self.kind, "url": safe_url(self.url), "auth": self.auth}
@@ -305,37 +449,97 @@ class Navidrome(MediaServer):
             return [("apiKey", self._api_key or "")]
         if self.auth == "enc":
             return [("u", self.user or ""), ("p", "enc:" + (self._password or "").encode().hex())]
+        if self.auth == "plain":
+            return [("u", self.user or ""), ("p", self._password or "")]
         salt = secrets.token_hex(6)
         token = hashlib.md5(((self._password or "") + salt).encode()).hexdigest()  # noqa: S324 - Subsonic's scheme
         return [("u", self.user or ""), ("t", token), ("s", salt)]
 
-    def _url(self, endpoint: str, params: Sequence[tuple[str, Any]] = ()) -> str:
-        query = [("v", SUBSONIC_VERSION), ("c", CLIENT), ("f", "json"), *self._auth(), *params]
-        return f"{self.url}/rest/{endpoint}.view?{urllib.parse.urlencode(query)}"
+    def _query(self, params: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return [("v", SUBSONIC_VERSION), ("c", CLIENT), ("f", "json"), *self._auth(), *params]
 
-    def _call(self, endpoint: str, params: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    def _url(self, endpoint: str, params: Sequence[tuple[str, Any]] = ()) -> str:
+        return f"{self.url}/rest/{endpoint}.view?{urllib.parse.urlencode(self._query(params))}"
+
+    # ------------------------------------------------------------------ calls
+    def _raw(self, endpoint: str, params: Sequence[tuple[str, Any]] = (), post: bool = False) -> dict[str, Any]:
+        """The ``subsonic-response`` object, ok or failed."""
         try:
-            data = request_json("GET", self._url(endpoint, params))
+            if post:   # OpenSubsonic formPost: the parameters go in the body, so no URL grows with them
+                data = request_json("POST", f"{self.url}/rest/{endpoint}.view", form=self._query(params))
+            else:
+                data = request_json("GET", self._url(endpoint, params))
         except HTTPStatusError as e:
             if e.status in (401, 403):
-                raise self._refused(str(e.status)) from None
+                raise self._refused(f"HTTP {e.status}") from None
+            if e.status == 414:
+                raise MtxError(f"{safe_url(self.url)} refused a request as too long (HTTP 414)",
+                               hint="a proxy in front of the server limits URL length") from None
             raise
         body = (data or {}).get("subsonic-response") if isinstance(data, dict) else None
         if not isinstance(body, dict):
             raise MtxError(f"{safe_url(self.url)}/rest/{endpoint}.view did not answer as a Subsonic server",
                            hint="check NAVIDROME_URL")
-        if body.get("status") != "ok":
-            err = body.get("error") or {}
-            if err.get("code") in (40, 41, 42, 43, 44):
-                raise self._refused(f"code {err.get('code')}: {err.get('message', '')}".strip())
-            raise MtxError(f"Navidrome {endpoint} failed: {err.get('message', 'unknown error')}",
-                           hint="check the server's log")
         return body
+
+    def _call(self, endpoint: str, params: Sequence[tuple[str, Any]] = (), post: bool = False) -> dict[str, Any]:
+        if not self._probed:
+            self._probe()
+        body = self._raw(endpoint, params, post)
+        self._raise_for(body, endpoint)
+        return body
+
+    def _raise_for(self, body: dict[str, Any], endpoint: str) -> None:
+        if body.get("status") == "ok":
+            return
+        err = body.get("error") or {}
+        if err.get("code") in (40, 41, 42, 43, 44):
+            raise self._refused(f"code {err.get('code')}: {err.get('message', '')}".strip())
+        raise MtxError(f"Subsonic {endpoint} failed: error {err.get('code')}: {err.get('message', 'unknown error')}",
+                       hint="check the server's log")
+
+    def _probe(self) -> None:
+        """Once per client: settle the auth mode and read what the server supports."""
+        if self.auth == "apikey":
+            self.extensions = self._read_extensions()
+            if "apiKeyAuthentication" not in self.extensions:
+                raise MtxError(f"{safe_url(self.url)} does not accept API keys (no OpenSubsonic "
+                               "apiKeyAuthentication extension)",
+                               hint="unset NAVIDROME_API_KEY and set NAVIDROME_USER and NAVIDROME_PASSWORD")
+            body = self._raw("ping")
+        else:
+            body = self._raw("ping")
+            err = body.get("error") or {}
+            no_token = err.get("code") == 41 or (err.get("code") == 10 and
+                                                 _version(body.get("version")) < TOKEN_AUTH_SINCE)
+            if self.auth == "token" and body.get("status") != "ok" and no_token:
+                log.warning("%s does not take token authentication (error %s: %s); sending the password as "
+                            "enc:<hex> instead (NAVIDROME_AUTH=enc skips this check)", safe_url(self.url),
+                            err.get("code"), err.get("message", ""))
+                self.auth = "enc"
+                body = self._raw("ping")
+            if body.get("openSubsonic"):
+                self.extensions = self._read_extensions()
+        self._raise_for(body, "ping")
+        self.version = _version(body.get("version"))
+        self._probed = True
+        log.info("subsonic server %s: API %s, auth %s%s", safe_url(self.url), body.get("version"), self.auth,
+                 f", extensions {sorted(self.extensions)}" if self.extensions else "")
+
+    def _read_extensions(self) -> set[str]:
+        try:
+            body = self._raw("getOpenSubsonicExtensions")
+        except (HTTPStatusError, MtxError):
+            return set()
+        if body.get("status") != "ok":
+            return set()
+        return {str(e.get("name")) for e in body.get("openSubsonicExtensions") or [] if isinstance(e, dict)}
 
     def _refused(self, why: str) -> MtxError:
         what = "NAVIDROME_API_KEY" if self.auth == "apikey" else "NAVIDROME_USER / NAVIDROME_PASSWORD"
         return MtxError(f"Navidrome at {safe_url(self.url)} refused the credentials ({why})", hint=f"check {what}")
 
+    # ------------------------------------------------------------------ library
     def tracks(self) -> Iterator[Track]:
         offset = 0
         while True:
@@ -351,24 +555,61 @@ class Navidrome(MediaServer):
                 return
 
     def download(self, track_id: str) -> tuple[str, dict[str, str]]:
-        # AudioMuse-AI streams the original (no transcoding parameters), so the bytes are the file's.
-        return self._url("stream", [("id", track_id)]), {}
+        # The original bytes: format=raw overrides a transcoding preference the server keeps for this
+        # client; check_download refuses an error body sent with HTTP 200 anyway.
+        if not self._probed:
+            self._probe()
+        return self._url("stream", [("id", track_id), ("format", "raw")]), {}
+
+    # ------------------------------------------------------------------ playlists
+    def owner(self) -> str | None:
+        """The user the credentials belong to (an API key: from OpenSubsonic ``tokenInfo``)."""
+        if self._owner is None:
+            if self.user:
+                self._owner = self.user
+            elif self.auth == "apikey":
+                info = self._call("tokenInfo").get("tokenInfo") or {}
+                self._owner = info.get("username") or info.get("userName")
+        return self._owner
+
+    def own_playlists(self, name: str) -> list[dict[str, Any]]:
+        """The user's own playlists called ``name`` (another user's public one is never touched)."""
+        lists = (self._call("getPlaylists").get("playlists") or {}).get("playlist") or []
+        me = self.owner()
+        if me is None:
+            raise MtxError("cannot tell which user this API key belongs to (no tokenInfo)",
+                           hint="set NAVIDROME_USER and NAVIDROME_PASSWORD to save playlists")
+        return [p for p in lists if p.get("name") == name and p.get("owner") == me]
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         ids = list(track_ids)
-        lists = (self._call("getPlaylists").get("playlists") or {}).get("playlist") or []
-        existing = next((p for p in lists if p.get("name") == name), None)
-        songs = [("songId", i) for i in ids]
-        if existing is None:
-            body = self._call("createPlaylist", [("name", name), *songs])
+        if not self._probed:
+            self._probe()
+        mine = self.own_playlists(name)
+        existing = mine[0] if mine else None
+        target = [("playlistId", existing["id"])] if existing is not None else [("name", name)]
+        if "formPost" in self.extensions:
+            body = self._call("createPlaylist", [*target, *[("songId", i) for i in ids]], post=True)
+            rest: list[str] = []
+        else:
+            # No POST: a URL with every songId overflows proxies (nginx: HTTP 414 near 180 ids),
+            # so the list goes in batches: create (or replace) with the first, then add the rest.
+            body = self._call("createPlaylist", [*target, *[("songId", i) for i in ids[:PLAYLIST_BATCH]]])
+            rest = ids[PLAYLIST_BATCH:]
+        if existing is not None:
+            pid = str(existing["id"])
+        else:
             pid = str((body.get("playlist") or {}).get("id") or "")
-            if not pid:  # servers on API < 1.14 answer without the playlist; look it up
-                lists = (self._call("getPlaylists").get("playlists") or {}).get("playlist") or []
-                pid = next((str(p["id"]) for p in lists if p.get("name") == name), "")
-            return PlaylistResult(self.kind, name, pid, len(ids), True)
-        # createPlaylist with playlistId replaces the song list (Subsonic API).
-        self._call("createPlaylist", [("playlistId", existing["id"]), *songs])
-        return PlaylistResult(self.kind, name, str(existing["id"]), len(ids), False)
+            if not pid:   # servers on API < 1.14 answer without the playlist: the new one of that name
+                before = {str(p["id"]) for p in mine}
+                pid = next((str(p["id"]) for p in self.own_playlists(name) if str(p["id"]) not in before), "")
+            if not pid:
+                raise MtxError(f"the server did not say which playlist it created for {name!r}",
+                               hint="check the server's log")
+        for i in range(0, len(rest), PLAYLIST_BATCH):
+            self._call("updatePlaylist", [("playlistId", pid),
+                                          *[("songIdToAdd", x) for x in rest[i:i + PLAYLIST_BATCH]]])
+        return PlaylistResult(self.kind, name, pid, len(ids), existing is None)
 
 
 class LocalFiles(MediaServer):
@@ -383,18 +624,23 @@ class LocalFiles(MediaServer):
         raise MtxError("local files are read in place, not downloaded")
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
-        raise MtxError("playlists need a media server", hint="use --server jellyfin or --server navidrome")
+        raise MtxError("--playlist saves the results on your media server, and none is configured",
+                       hint="pass --server jellyfin or --server navidrome (configured as for AudioMuse-AI: "
+                            "JELLYFIN_URL/USER_ID/TOKEN or NAVIDROME_URL/USER/PASSWORD), or write a file "
+                            "with --m3u")
 
 
-def make_server(kind: str | None, env: dict[str, str] | None = None) -> MediaServer:
+def make_server(kind: str | None, env: dict[str, str] | None = None,
+                state_root: Path | None = None) -> MediaServer:
+    """The configured client; ``state_root`` (the state dir) keeps this install's Jellyfin DeviceId."""
     kind = server_kind(kind, env)
     s = settings(env)
     if kind == "jellyfin":
-        return Jellyfin(s)
+        return Jellyfin(s, state_root)
     if kind == "navidrome":
-        return Navidrome(s)
+        return Navidrome(s, state_root)
     return LocalFiles()
 
 
-__all__ = ["SERVER_KINDS", "MediaServer", "PlaylistResult", "Track", "make_server", "safe_url", "secret_values",
+__all__ = ["SERVER_KINDS", "MediaServer", "NotAudio", "check_audio_response", "device_id", "server_url", "PlaylistResult", "Track", "make_server", "safe_url", "secret_values",
            "server_kind", "settings"]

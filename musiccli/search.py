@@ -311,7 +311,8 @@ def _item(record, root: Path | None = None) -> dict[str, Any]:
         return {"title": None, "artist": None, "dataset": None, "tags": [], "audio_path": None, "duration": None}
     path = state_relative(record.audio_path, root) if root is not None else record.audio_path
     return {"title": record.title, "artist": record.artist, "dataset": record.dataset, "tags": list(record.tags),
-            "audio_path": path, "duration": record.duration}
+            "audio_path": path, "duration": record.duration,
+            **({"server_path": record.extra["server_path"]} if record.extra.get("server_path") else {})}
 
 
 def _abs_audio(state: StateDir, path: str | None) -> str | None:
@@ -848,7 +849,8 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
         item = index.items.get(id_, {})
         hits.append({"rank": rank, "score": float(score), "id": id_, "title": item.get("title"),
                      "artist": item.get("artist"), "dataset": item.get("dataset"), "tags": item.get("tags") or [],
-                     "audio_path": _abs_audio(state, item.get("audio_path")), "duration": item.get("duration")})
+                     "audio_path": _abs_audio(state, item.get("audio_path")), "duration": item.get("duration"),
+                     **({"server_path": item["server_path"]} if item.get("server_path") else {})})
     playlist = None
     if cfg.playlist is not None:
         from dataclasses import asdict

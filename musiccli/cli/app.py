@@ -204,7 +204,7 @@ def root(
 
 # ---------------------------------------------------------------- commands (pipeline order)
 def _register() -> None:
-    from . import demo, download, duplicates, embed, evaluate, export, search, sync, train, unify, verify
+    from . import demo, download, duplicates, embed, evaluate, export, search, serve, sync, train, unify, verify
 
     app.command("download")(download.command)
     app.command("verify")(verify.command)
@@ -217,6 +217,7 @@ def _register() -> None:
     app.command("sync")(sync.command)
     app.command("duplicates")(duplicates.command)
     app.command("demo")(demo.command)
+    app.command("serve")(serve.command)
 
 
 _register()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -88,7 +89,8 @@ def command(
                          workers=workers, rate_limit=rate_limit,
                          keep_archives=keep_archives, seed=seed, n=n, duration=duration,
                          sample_rate=sample_rate, size=size, quality=quality, max_shards=max_shards,
-                         path=path.expanduser().resolve() if path else None, dsn=dsn, server=server)
+                         path=Path(os.path.abspath(path.expanduser())) if path else None,  # symlinks kept
+                         dsn=dsn, server=server)
     target = f"--phase {phase}" if phase is not None else source
     with app.progress(resume_hint=f"mtx download {target} --continue") as progress:
         results = run_downloads(app.state, names, cfg, Resume.from_flags(cont or retry_failed, force), progress,

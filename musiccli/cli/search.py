@@ -69,6 +69,12 @@ def command(
         autocompletion=completer(names.CHECKPOINTS))] = None,
     m3u: Annotated[Path | None, typer.Option("--m3u", help="Also write the results as an M3U playlist "
                                                            "(missing folders are created).")] = None,
+    m3u_paths: Annotated[str, typer.Option("--m3u-paths", help="absolute (as the library was given), relative "
+                                                               "(to --m3u-root, else the M3U's folder) or server "
+                                                               "(the media server's own paths).")] = "absolute",
+    m3u_root: Annotated[Path | None, typer.Option("--m3u-root", help="With --m3u-paths relative: the player's "
+                                                                     "music folder; with server: the prefix for "
+                                                                     "relative server paths.")] = None,
     playlist: Annotated[str | None, typer.Option("--playlist", help="Also create (or replace) this playlist on "
                                                                       "the media server with the hits.")] = None,
     server: Annotated[str | None, typer.Option("--server", help="With --playlist: jellyfin or navidrome "
@@ -83,11 +89,13 @@ def command(
 ) -> None:
     """Search the library with text, a track or file to sound like, or both. The index is built on first use and
     rebuilt when the run or store changes."""
-    from ..playlists import write_m3u
+    from ..playlists import M3U_PATHS, write_m3u
     from ..search import SearchConfig, search
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
+    if m3u_paths not in M3U_PATHS:
+        raise typer.BadParameter(f"{m3u_paths!r}: choose one of {', '.join(M3U_PATHS)}", param_hint="--m3u-paths")
     if m3u is not None and m3u.is_dir():
         raise typer.BadParameter(f"{m3u} is a directory; give the playlist's file name, e.g. {m3u / 'results.m3u'}",
                                  param_hint="--m3u")
@@ -117,7 +125,7 @@ def command(
         col.overflow = "fold"   # wrap long titles and paths instead of cutting them off with "..."
     app.out.table(table)
     if m3u is not None:
-        app.out.info(f"playlist: {escape(str(write_m3u(m3u, result.hits)))}")
+        app.out.info(f"playlist: {escape(str(write_m3u(m3u, result.hits, paths=m3u_paths, root=m3u_root)))}")
     if result.playlist is not None:
         p = result.playlist
         app.out.info(f"{p['server']} playlist {p['name']!r} {'created' if p['created'] else 'replaced'}: "

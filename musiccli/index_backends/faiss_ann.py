@@ -39,11 +39,9 @@ SPARSE_LIMIT = 0.5
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise MtxError("the ANN backend needs faiss", hint="pip install 'musiccli[ann]' (faiss-cpu)") from None
-    return faiss
+    from ..extras import require_extra
+
+    return require_extra("faiss", "ann", "the ANN backend (faiss-cpu)")
 
 
 def default_params(n: int) -> dict[str, int]:

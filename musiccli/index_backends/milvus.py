@@ -41,20 +41,48 @@ def collection_name(index_name: str) -> str:
 
 
 def connect(uri: str):
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
-        raise MtxError("the milvus backend needs pymilvus", hint="pip install 'musiccli[milvus]'") from None
+    """A ``MilvusClient`` for a Lite file or a server URL.
+
+    ``user:password@`` in a server URL becomes the client's token (Milvus takes ``user:password``
+    as a token), so it is never part of the URL that reaches a log line or an error.
+    """
+    from ..extras import require_extra
+    from ..redact import redact_url, split_credentials
+
+    MilvusClient = require_extra("pymilvus", "milvus", "the milvus backend").MilvusClient
     is_remote = uri.startswith(("http://", "https://", "tcp://", "grpc://"))
     if not is_remote and not uri.endswith(".db"):
         raise MtxError(f"--uri {uri!r} is neither a Milvus Lite file (*.db) nor a server URL",
                        hint="use e.g. ./library.db, or http://localhost:19530 for a server")
+    token = os.environ.get("MILVUS_TOKEN", "")
+    if is_remote:
+        uri, creds = split_credentials(uri)
+        if creds is not None and not token:
+            token = f"{creds[0]}:{creds[1]}"
+    else:
+        require_extra("milvus_lite", "milvus", "Milvus Lite (a local *.db --uri)")
     try:
-        token = os.environ.get("MILVUS_TOKEN", "")
         return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
     except Exception as e:  # noqa: BLE001 - pymilvus raises many kinds; one line for the user
-        raise MtxError(f"cannot connect to Milvus at {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                       hint="check --uri (and MILVUS_TOKEN for a secured cluster)") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = "check --uri (and MILVUS_TOKEN for a secured cluster)"
+        if not is_remote and "MilvusLite" in first:
+            hint = ("Milvus Lite serves one process at a time: close the other mtx using this file, "
+                    "or run a Milvus server for concurrent searches")
+        raise MtxError(f"cannot connect to Milvus at {redact_url(uri)}: {first}", hint=hint) from None
+
+
+def load(client, name: str) -> None:
+    """Load ``name`` into memory: a collection is searchable only while loaded.
+
+    Milvus Lite and a server both start every new connection with the collection released
+    (and a server may release it at any time), so every searcher loads it before its first search.
+    """
+    try:
+        client.load_collection(name)
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        raise MtxError(f"Milvus cannot load collection {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                       hint="check the Milvus server's memory and log, or rebuild with `mtx search --force`") from None
 
 
 def _create(client, name: str, dim: int) -> None:
@@ -116,13 +144,26 @@ class MilvusSearcher:
             raise MtxError(f"Milvus has no collection {self.name!r}", hint="rebuild it with `mtx search --force`")
         self.exact = exact
         self.rows = RowReader(d / "vectors.npy")   # scattered re-rank reads, no mapping
+        load(self.client, self.name)
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         c = min(n_candidates(k), len(self.exact))
-        res = self.client.search(self.name, data=[np.asarray(q, dtype=np.float32).tolist()], limit=c,
-                                 search_params={"metric_type": "IP"}, output_fields=["row"])
+        data = [np.asarray(q, dtype=np.float32).tolist()]
+        try:
+            res = self._search(data, c)
+        except Exception as e:  # noqa: BLE001 - pymilvus raises many kinds
+            if "load" not in str(e).lower() and "released" not in str(e).lower():
+                raise
+            # A server may release the collection between two searches (memory pressure, an admin).
+            log.info("milvus: collection %s was released; loading it again", self.name)
+            load(self.client, self.name)
+            res = self._search(data, c)
         rows = np.array([int(h["id"] if "id" in h else h["row"]) for h in res[0]], dtype=np.int64)
         return rerank(self.rows, q, rows, k)
+
+    def _search(self, data: list[list[float]], limit: int):
+        return self.client.search(self.name, data=data, limit=limit, search_params={"metric_type": "IP"},
+                                  output_fields=["row"])
 
 
 def open(d: Path, meta: dict[str, Any], exact: np.ndarray) -> MilvusSearcher:  # noqa: A001 - the backend API

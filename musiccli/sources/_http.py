@@ -34,6 +34,8 @@ from ..errors import MtxError
 from ..redact import redact_url, split_credentials
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..progress import Task
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ def fetch(
     backoff: float = 0.5,
     timeout: float = 60.0,
     task: "Task | None" = None,
+    accept: "Callable[[str | None, bytes], None] | None" = None,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` with resume, retries and checksum verification.
 
@@ -173,6 +176,8 @@ def fetch(
     checksum is given: it was renamed into place only after a complete transfer) is
     returned without touching the network. On a checksum mismatch the file is deleted
     and downloaded once more; a second mismatch raises ``DownloadError``.
+    ``accept(content_type, first_bytes)`` may raise to refuse a fresh response before
+    anything is written (a media server's error body sent with HTTP 200).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,8 @@ def fetch(
     part = dest.parent / f".tmp-{dest.name}.part"
     req_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     for round_ in range(2):
-        nbytes, digest, resumed = _transfer(url, part, req_headers, algorithm, retries, backoff, timeout, task)
+        nbytes, digest, resumed = _transfer(url, part, req_headers, algorithm, retries, backoff, timeout, task,
+                                            accept)
         if expected is None or digest == expected:
             os.replace(part, dest)
             return FetchResult(dest, nbytes, digest, resumed=resumed)
@@ -205,7 +211,7 @@ def fetch(
 
 
 def _transfer(url: str, part: Path, headers: dict[str, str], algorithm: str | None, retries: int,
-              backoff: float, timeout: float, task: "Task | None") -> tuple[int, str | None, bool]:
+              backoff: float, timeout: float, task: "Task | None", accept=None) -> tuple[int, str | None, bool]:
     """Complete ``part`` from ``url``; returns (size, digest, resumed)."""
     resumed = False
     last: str = ""
@@ -215,7 +221,7 @@ def _transfer(url: str, part: Path, headers: dict[str, str], algorithm: str | No
             log.info("retrying %s in %.1fs (%s)", _redact(url), delay, last)
             time.sleep(delay)
         try:
-            size, digest, from_partial = _attempt(url, part, headers, algorithm, timeout, task)
+            size, digest, from_partial = _attempt(url, part, headers, algorithm, timeout, task, accept)
             return size, digest, resumed or from_partial
         except _Restart as e:
             last = str(e)
@@ -229,7 +235,7 @@ def _transfer(url: str, part: Path, headers: dict[str, str], algorithm: str | No
 
 
 def _attempt(url: str, part: Path, headers: dict[str, str], algorithm: str | None, timeout: float,
-             task: "Task | None") -> tuple[int, str | None, bool]:
+             task: "Task | None", accept=None) -> tuple[int, str | None, bool]:
     have = part.stat().st_size if part.exists() else 0
     req_headers = dict(headers)
     if have:
@@ -278,14 +284,18 @@ def _attempt(url: str, part: Path, headers: dict[str, str], algorithm: str | Non
             task.update(total=total, completed=offset)
         written = offset
         try:
+            chunk = resp.read(CHUNK)
+            if accept is not None and offset == 0:
+                accept(resp.headers.get("Content-Type"), chunk)   # raises before a byte is written
             with open(part, mode) as f:
-                while chunk := resp.read(CHUNK):
+                while chunk:
                     f.write(chunk)
                     if hasher:
                         hasher.update(chunk)
                     written += len(chunk)
                     if task is not None:
                         task.advance(len(chunk))
+                    chunk = resp.read(CHUNK)
         except (OSError, http.client.HTTPException) as e:
             # The bytes received so far stay in ``part`` for the next attempt.
             raise _Retry(_describe(e)) from None

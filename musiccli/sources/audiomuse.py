@@ -279,7 +279,7 @@ class AudioMuseSource(Source):
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
         from ..mediaserver import make_server
 
-        server = make_server(cfg.server)
+        server = make_server(cfg.server, state_root=root.parent.parent)   # <state>/datasets/audiomuse
         root.mkdir(parents=True, exist_ok=True)
         if not (root / IMPORTED).exists():
             dsn = db.resolve_dsn(cfg.dsn)
@@ -319,12 +319,12 @@ class AudioMuseSource(Source):
             def done(song: dict[str, Any], fut) -> None:  # noqa: ANN001
                 item = song["item_id"]
                 try:
-                    rel, nbytes, duration = fut.result()
+                    rel, nbytes, duration, server_path = fut.result()
                 except MtxError as e:
                     ledger.failed(item, getattr(e, "reason", None) or e.message[:200])
                 else:
                     append_jsonl(root / AUDIO_INDEX, [{"item_id": item, "path": rel, "bytes": nbytes,
-                                                       "duration": duration}])
+                                                       "duration": duration, "server_path": server_path}])
                     ledger.ok(item, path=rel, nbytes=nbytes)
                 task.advance(1)
 
@@ -332,7 +332,9 @@ class AudioMuseSource(Source):
                         window=2 * cfg.n_workers, on_done=done, progress=progress)
 
     @staticmethod
-    def _fetch_one(song: dict[str, Any], root: Path, server, listing: dict, pacer) -> tuple[str, int, float | None]:
+    def _fetch_one(song: dict[str, Any], root: Path, server, listing: dict, pacer
+                   ) -> tuple[str, int, float | None, str | None]:
+        """(path under root or the file itself, bytes, duration, the media server's own path of the file)."""
         from ._http import fetch
 
         item = song["item_id"]
@@ -345,7 +347,7 @@ class AudioMuseSource(Source):
             if not path.is_file():
                 raise MtxError(f"file not found: {src}", hint="mount the music where AudioMuse-AI saw it")
             # In place: nothing is copied; the ledger points at the user's file.
-            return str(path), path.stat().st_size, song.get("duration")
+            return str(path), path.stat().st_size, song.get("duration"), src
         server_id = song.get("server_item_id") or item
         track = listing.get(server_id)
         if track is None:
@@ -354,11 +356,11 @@ class AudioMuseSource(Source):
         rel = audio_rel(item, track.suffix or (Path(track.path).suffix.lstrip(".") if track.path else None))
         url, headers = server.download(server_id)
         pacer.wait()
-        res = fetch(url, root / rel, headers=headers)
-        return rel, res.bytes, song.get("duration") or track.duration
+        res = fetch(url, root / rel, headers=headers, accept=server.check_download)
+        return rel, res.bytes, song.get("duration") or track.duration, track.path or song.get("file_path")
 
     # ------------------------------------------------------------------ parsing
-    def _present(self, root: Path) -> list[tuple[dict[str, Any], Path, float | None]]:
+    def _present(self, root: Path) -> list[tuple[dict[str, Any], Path, float | None, str | None]]:
         root = Path(root)
         ledger = Ledger(root)
         songs = read_songs(root)
@@ -370,14 +372,16 @@ class AudioMuseSource(Source):
                 continue
             path = Path(entry.path)
             path = path if path.is_absolute() else root / path
-            out.append((songs[item], path, songs[item].get("duration") or index.get(item, {}).get("duration")))
+            seen = index.get(item, {})
+            out.append((songs[item], path, songs[item].get("duration") or seen.get("duration"),
+                        seen.get("server_path") or songs[item].get("file_path")))
         return out
 
     def records(self, root: Path) -> list[Record]:
         from ..audio import AudioError, audio_info
 
         out = []
-        for song, path, duration in self._present(root):
+        for song, path, duration, server_path in self._present(root):
             if duration is None:
                 try:
                     duration = audio_info(path).duration
@@ -388,6 +392,8 @@ class AudioMuseSource(Source):
             tags, scores = song_tags(song)
             extra = {k: song[k] for k in ("album", "year", "tempo", "key", "scale", "energy", "server_item_id")
                      if k in song}
+            if server_path:   # where the media server (and a player beside it) has the file: M3U server mode
+                extra["server_path"] = server_path
             extra.update({"item_id": song["item_id"], "moods": song.get("moods", {}),
                           "features": song.get("features", {}), "tag_scores": scores, "caption_source": "tags"})
             out.append(Record(id=record_id(song["item_id"]), audio_path=str(path), caption=captions[0],
@@ -398,7 +404,7 @@ class AudioMuseSource(Source):
     def expected_files(self, root: Path) -> list[ExpectedFile]:
         return [ExpectedFile(id=song["item_id"], path=path, duration=duration,
                              duration_tolerance=max(1.0, 0.01 * float(duration or 0)))
-                for song, path, duration in self._present(root)]
+                for song, path, duration, _ in self._present(root)]
 
 __all__ = ["AudioMuseSource", "INFO", "describe_song", "imported_teachers", "read_songs", "record_id",
            "song_from_row", "teacher_store_path"]

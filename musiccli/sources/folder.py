@@ -430,14 +430,16 @@ class FolderSource(Source):
     rescans = True   # `mtx download folder` rescans a finished library and records what changed
 
     def download(self, cfg: DownloadConfig, root: Path, ledger: Ledger, progress: Progress) -> None:
-        music = Path(cfg.path).expanduser().resolve() if cfg.path else self.music_dir(root)
+        # As given (absolute, symlinks kept): paths in manifests and M3U files must match a player's
+        # music folder, which may be a symlink (MPD matches playlist entries by that path).
+        music = Path(os.path.abspath(Path(cfg.path).expanduser())) if cfg.path else self.music_dir(root)
         if music is None:
             raise MtxError("no music folder given", hint="run `mtx download folder --path ~/Music`")
         if not music.is_dir():
             raise MtxError(f"{music} is not a directory", hint="pass the folder that holds your music with --path")
         root.mkdir(parents=True, exist_ok=True)
         previous = self.music_dir(root)
-        if previous is not None and previous != music:
+        if previous is not None and previous != music and previous.resolve() != music.resolve():
             raise MtxError(f"this dataset already indexes {previous}",
                            hint="rerun with --force to index the new folder instead")
         atomic_write_json(root / CONFIG_NAME, {"path": str(music)})

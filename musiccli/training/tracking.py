@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import MtxError, unknown_choice
+from ..errors import unknown_choice
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,9 @@ class NoTracker:
 
 class TensorBoardTracker:
     def __init__(self, run_dir: Path, run: str, config: dict[str, Any], start_step: int) -> None:
+        from ..extras import require_extra
+
+        require_extra("tensorboard", "tensorboard", "--report-to tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         path = run_dir / TENSORBOARD_DIR
@@ -75,8 +77,9 @@ class TensorBoardTracker:
 
 class WandbTracker:
     def __init__(self, run_dir: Path, run: str, config: dict[str, Any], start_step: int) -> None:
-        import wandb
+        from ..extras import require_extra
 
+        wandb = require_extra("wandb", "wandb", "--report-to wandb")
         (run_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
         # One wandb run per mtx run: a resumed mtx run continues the same wandb run.
         self.run = wandb.init(project="mtx", name=run, id=f"mtx-{run}", resume="allow", config=config,
@@ -104,9 +107,10 @@ def check_tracker(name: str) -> None:
     if name not in TRACKERS:
         raise unknown_choice("tracker", name, TRACKERS)
     _, module, extra = TRACKERS[name]
-    if module is not None and find_spec(module) is None:
-        raise MtxError(f"--report-to {name} needs the {module} package, which is not installed",
-                       hint=f"pip install 'musiccli[{extra}]', or use --report-to none")
+    if module is not None:
+        from ..extras import check_extra
+
+        check_extra((module,), extra, f"--report-to {name}", alternative="use --report-to none")
 
 
 def build_tracker(name: str, run_dir: Path, run: str, config: dict[str, Any], start_step: int) -> Tracker:
