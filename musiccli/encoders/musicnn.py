@@ -60,7 +60,9 @@ SPEC = EncoderSpec(
     hop_s=mt.N_FRAMES * mt.FFT_HOP / mt.SAMPLE_RATE,           # 2.992 s: musicnn's patch hop
     default_aggregation="mean",
     default_model="MSD_musicnn",
-    version="2",                 # 2: musicnn's last-patch rule (no tail window)
+    version="3",                 # 3: librosa 0.8's front end (resampy kaiser_best, reflect padding)
+    resampler="kaiser_best",     # librosa.load (<= 0.9): resampy's kaiser_best filter
+    edge_pad="reflect",          # librosa < 0.10's centred STFT reflects the signal at both ends
     license="ISC (musicnn code and weights)",
     citation="Pons & Serra, musicnn: Pre-trained convolutional neural networks for music audio "
              "tagging, ISMIR 2019 late-breaking/demo (arXiv:1909.06654)",
