@@ -197,3 +197,15 @@ def test_collapsed_tower_is_refused_with_one_line_and_a_hint(collapsed_clap: Pat
     assert healthy.text_health < 0.9
     # The figure is a property of the embeddings: the same as measuring the tower's output directly.
     assert check_text_tower(healthy.encode, "tiny") == pytest.approx(mean_pairwise_cosine(healthy.encode(PROMPTS)))
+
+
+def test_search_refuses_a_collapsed_native_tower_unless_allowed(state, tmp_path: Path, collapsed_clap: Path,
+                                                                 cli) -> None:
+    from test_native_text_search import _embed_library
+
+    _embed_library(state, tmp_path, collapsed_clap, n=2)
+    bad = cli("search", "calm piano", "--text-model", "native", "--audio-encoder", "clap")
+    assert bad.exit_code == 1 and "degenerate" in bad.output and str(collapsed_clap.name) in bad.output
+    assert "--allow-degenerate-text" in bad.output
+    ok = cli("search", "calm piano", "--text-model", "native", "--audio-encoder", "clap", "--allow-degenerate-text")
+    assert ok.exit_code == 0, ok.output
