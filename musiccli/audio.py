@@ -14,7 +14,10 @@ touching the rest of the file, and :func:`decode_windows` uses it so that an emb
 ``--max-windows`` decodes only the windows it encodes (plus a small resampler margin), not a
 whole one-hour file. Resampling uses ``torchaudio.functional.resample`` (the polyphase sinc
 resampler the reference encoder implementations use); spans start on the resampler's period so
-their samples equal those of a whole-file resample away from the span edges.
+their samples equal those of a whole-file resample away from the span edges. An encoder whose
+reference loads audio with librosa <= 0.9 (musicnn) asks for ``resampler="kaiser_best"``
+(:mod:`musiccli.kaiser_resample`, resampy's filter) and ``edge_pad="reflect"`` (librosa's
+centred STFT then reflects the signal at both ends; see :func:`frame_with_context`).
 
 torch is imported only when resampling is needed, so listing extensions stays cheap.
 """
@@ -275,7 +278,7 @@ def _to_mono(data: np.ndarray, mono: bool) -> np.ndarray:
 
 
 def decode(path: Path | str, target_sr: int | None = None, mono: bool = True,
-           max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+           max_seconds: float | None = None, resampler: str = "sinc") -> tuple[np.ndarray, int]:
     """Decode to float32; mono [T] (or [C, T]) at ``target_sr`` (native rate if None)."""
     path = Path(path)
     _check_exists(path)
@@ -289,14 +292,30 @@ def decode(path: Path | str, target_sr: int | None = None, mono: bool = True,
     if not np.isfinite(wave).all():
         raise AudioError(f"non-finite samples in {path}", hint="the file is corrupt")
     if target_sr and target_sr != sr:
-        wave = resample(wave, sr, target_sr)
+        wave = resample(wave, sr, target_sr, resampler)
         sr = target_sr
     return np.ascontiguousarray(wave, dtype=np.float32), sr
 
 
-def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+RESAMPLERS = ("sinc", "kaiser_best")
+EDGE_PADS = ("zeros", "reflect")
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int, method: str = "sinc",
+             first_out: int = 0) -> np.ndarray:
+    """``sinc``: torchaudio's resampler; ``kaiser_best``: resampy's (librosa <= 0.9's ``load``).
+
+    ``first_out``: the output index of ``wave``'s first sample in the whole track (a span read);
+    only ``kaiser_best`` depends on it (it reproduces resampy's accumulated time register).
+    """
     if orig_sr == target_sr:
         return wave
+    if method == "kaiser_best":
+        from .kaiser_resample import resample_kaiser_best
+
+        return resample_kaiser_best(wave, orig_sr, target_sr, first_out)
+    if method != "sinc":
+        raise MtxError(f"unknown resampler {method!r}", hint=f"one of: {', '.join(RESAMPLERS)}")
     import torch
     import torchaudio.functional as AF
 
@@ -388,12 +407,16 @@ def wrap_windows(wave: np.ndarray, starts: list[int], window: int) -> np.ndarray
 
 
 def frame_with_context(wave: np.ndarray, window: int, hop: int, max_windows: int | None,
-                       context: int = 0, patch: int = 0, tail: str = "flush") -> np.ndarray:
+                       context: int = 0, patch: int = 0, tail: str = "flush",
+                       edge_pad: str = "zeros") -> np.ndarray:
     """``frame_windows``, each window preceded by its ``context`` samples (zeros before the start).
 
     With ``patch > 0`` the starts follow :func:`window_starts`' drop-the-tail grid and the
     signal is zero-padded (not repeat-padded) wherever a window runs past its end. With
     ``tail="wrap"`` the last window continues from the start of the signal (:func:`wrap_windows`).
+    ``edge_pad="reflect"`` instead pads ``context`` samples at *both* ends by reflection
+    (``np.pad(mode="reflect")``, what librosa < 0.10's centred STFT does to the whole signal),
+    then zeros; the encoder's frames that straddle an end then see what the reference sees.
     """
     if tail != "flush":
         _check_tail(tail, context, patch)
@@ -407,19 +430,26 @@ def frame_with_context(wave: np.ndarray, window: int, hop: int, max_windows: int
         wave = repeat_pad(wave, window)
         starts = window_starts(wave.shape[-1], window, hop, max_windows)
         right = np.zeros(0, dtype=np.float32)
-    padded = np.concatenate([np.zeros(context, dtype=np.float32), wave.astype(np.float32, copy=False), right])
+    wave = wave.astype(np.float32, copy=False)
+    if edge_pad == "reflect" and context:
+        left, end = _reflect_edges(wave, context)
+        padded = np.concatenate([left, wave, end, right[:max(0, len(right) - context)]])
+    else:
+        padded = np.concatenate([np.zeros(context, dtype=np.float32), wave, right])
     # Window s spans padded[s + context : s + context + window]; its context the `context` samples before.
     return np.stack([padded[s:s + context + window] for s in starts])
 
 
 def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_windows: int | None = None,
-                   context: int = 0, patch: int = 0, tail: str = "flush") -> np.ndarray:
+                   context: int = 0, patch: int = 0, tail: str = "flush", resampler: str = "sinc",
+                   edge_pad: str = "zeros") -> np.ndarray:
     """[W, context + window] mono float32 windows at ``target_sr``, as :func:`frame_with_context` would
     cut them from the whole decoded track.
 
     With ``max_windows`` and a long file, only the chosen windows are decoded (span reads), so
     memory is bounded by the windows, not the track: a 60-minute file with 8 windows never
-    exists in memory whole. Otherwise the whole file is decoded once.
+    exists in memory whole. Otherwise the whole file is decoded once. ``resampler`` and
+    ``edge_pad`` are the encoder's front-end choices (:func:`resample`, :func:`frame_with_context`).
     """
     _check_tail(tail, context, patch)
     path = Path(path)
@@ -431,13 +461,20 @@ def decode_windows(path: Path | str, target_sr: int, window: int, hop: int, max_
         if n >= (patch or window) and needed < n // 2:
             try:
                 return _windows_from_spans(path, info, target_sr, starts, window, context,
-                                           wrap_at=n if tail == "wrap" else None)
+                                           wrap_at=n if tail == "wrap" else None, resampler=resampler,
+                                           edge_pad=edge_pad, n_target=n)
             except _ShorterThanHeader:
                 # The header (or a container's duration estimate) promised more audio than there is:
                 # the window grid must come from the real length, so decode the whole file once.
                 log.debug("%s is shorter than its header says; decoding it whole", path)
-    wave, _ = decode(path, target_sr)
-    return frame_with_context(wave, window, hop, max_windows, context, patch, tail)
+    wave, _ = decode(path, target_sr, resampler=resampler)
+    return frame_with_context(wave, window, hop, max_windows, context, patch, tail, edge_pad)
+
+
+def _reflect_edges(wave: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` samples ``np.pad(wave, n, mode="reflect")`` puts before and after ``wave``."""
+    padded = np.pad(wave, n, mode="reflect") if len(wave) > 1 else np.zeros(len(wave) + 2 * n, np.float32)
+    return padded[:n].astype(np.float32), padded[-n:].astype(np.float32)
 
 
 class _ShorterThanHeader(Exception):
@@ -445,25 +482,50 @@ class _ShorterThanHeader(Exception):
 
 
 def _windows_from_spans(path: Path, info: AudioInfo, target_sr: int, starts: list[int], window: int,
-                        context: int, wrap_at: int | None = None) -> np.ndarray:
+                        context: int, wrap_at: int | None = None, resampler: str = "sinc",
+                        edge_pad: str = "zeros", n_target: int | None = None) -> np.ndarray:
     """Windows read as spans; with ``wrap_at`` (the track's length at ``target_sr``) a window that runs
-    past it continues from the start, as :func:`wrap_windows` cuts it."""
+    past it continues from the start, as :func:`wrap_windows` cuts it. ``edge_pad="reflect"`` fills the
+    ``context`` samples beyond either end of the track (``n_target`` samples) by reflection."""
     out = np.zeros((len(starts), context + window), dtype=np.float32)
     for i, s in enumerate(starts):
         lo_t, hi_t = s - context, s + window     # target samples wanted (lo_t < 0: zeros)
         if wrap_at is not None and hi_t > wrap_at:
-            head = _target_span(path, info, target_sr, s, wrap_at)   # wrap windows have no context
+            head = _target_span(path, info, target_sr, s, wrap_at, resampler)   # wrap windows have no context
             out[i, :head.shape[-1]] = head
-            rest = _target_span(path, info, target_sr, 0, hi_t - wrap_at)
+            rest = _target_span(path, info, target_sr, 0, hi_t - wrap_at, resampler)
             out[i, head.shape[-1]:head.shape[-1] + rest.shape[-1]] = rest
             continue
-        piece = _target_span(path, info, target_sr, max(lo_t, 0), hi_t)
+        if edge_pad == "reflect" and context and n_target is not None and (lo_t < 0 or hi_t > n_target):
+            out[i] = _reflected_window(path, info, target_sr, lo_t, hi_t, context, n_target, resampler)
+            continue
+        piece = _target_span(path, info, target_sr, max(lo_t, 0), hi_t, resampler)
         dst = max(lo_t, 0) - lo_t
         out[i, dst:dst + piece.shape[-1]] = piece
     return out
 
 
-def _target_span(path: Path, info: AudioInfo, target_sr: int, a: int, b: int) -> np.ndarray:
+def _reflected_window(path: Path, info: AudioInfo, target_sr: int, lo_t: int, hi_t: int, context: int,
+                      n: int, resampler: str) -> np.ndarray:
+    """Target samples ``lo_t:hi_t`` of the track reflected ``context`` samples past both ends, then zeros."""
+    ra, rb = max(lo_t, 0), min(hi_t, n)
+    if lo_t < 0:
+        rb = max(rb, min(n, context + 1))      # the start's reflection reads samples 1..context
+    if hi_t > n:
+        ra = min(ra, max(0, n - context - 1))  # the end's reflection reads the last context + 1 samples
+    piece = _target_span(path, info, target_sr, ra, rb, resampler)
+    left, right = _reflect_edges(piece, context)
+    ext = np.concatenate([left if ra == 0 else np.zeros(0, np.float32), piece,
+                          right if rb == n else np.zeros(0, np.float32)])
+    base = ra - (context if ra == 0 else 0)     # track index of ext[0]
+    out = np.zeros(hi_t - lo_t, dtype=np.float32)
+    seg = ext[max(0, lo_t - base):max(0, hi_t - base)]
+    dst = max(0, base - lo_t)
+    out[dst:dst + seg.shape[-1]] = seg[:len(out) - dst]
+    return out
+
+
+def _target_span(path: Path, info: AudioInfo, target_sr: int, a: int, b: int, resampler: str = "sinc") -> np.ndarray:
     """Mono samples ``a:b`` (``a >= 0``) of the track resampled to ``target_sr``, as a whole-file resample
     gives them, from a span read (shorter at the end of the file)."""
     sr = info.sample_rate
@@ -478,8 +540,9 @@ def _target_span(path: Path, info: AudioInfo, target_sr: int, a: int, b: int) ->
     wave = _to_mono(data, True)
     if not np.isfinite(wave).all():
         raise AudioError(f"non-finite samples in {path}", hint="the file is corrupt")
-    wave = resample(wave, sr, target_sr) if sr != target_sr else wave
     offset = lo_n // period_in * period_out          # target index of wave[0]
+    if sr != target_sr:
+        wave = resample(wave, sr, target_sr, resampler, first_out=offset)
     return wave[a - offset:b - offset]
 
 

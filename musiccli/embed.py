@@ -305,7 +305,8 @@ class _TrackDataset(torch.utils.data.Dataset):
     """Decode + resample + window one track; runs in DataLoader workers."""
 
     def __init__(self, items: list[tuple[int, str, str]], sample_rate: int, window: int, hop: int,
-                 max_windows: int | None, context: int = 0, patch: int = 0, tail: str = "flush") -> None:
+                 max_windows: int | None, context: int = 0, patch: int = 0, tail: str = "flush",
+                 resampler: str = "sinc", edge_pad: str = "zeros") -> None:
         self.items = items
         self.sample_rate = sample_rate
         self.window = window
@@ -314,6 +315,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         self.context = context
         self.patch = patch
         self.tail = tail
+        self.front = {"resampler": resampler, "edge_pad": edge_pad}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -323,7 +325,7 @@ class _TrackDataset(torch.utils.data.Dataset):
         try:
             # With --max-windows only the chosen windows are decoded (span reads), never the whole track.
             windows = decode_windows(path, self.sample_rate, self.window, self.hop, self.max_windows, self.context,
-                                     self.patch, self.tail)
+                                     self.patch, self.tail, **self.front)
             return chunk, id_, windows, None
         except MtxError as e:
             return chunk, id_, None, e.message
@@ -332,9 +334,9 @@ class _TrackDataset(torch.utils.data.Dataset):
 
 
 def _frame(wave: np.ndarray, window: int, hop: int, max_windows: int | None, context: int,
-           patch: int = 0, tail: str = "flush") -> np.ndarray:
+           patch: int = 0, tail: str = "flush", edge_pad: str = "zeros") -> np.ndarray:
     """``audio.frame_with_context``: windows on the stage's start grid, each preceded by ``context`` samples."""
-    return frame_with_context(wave, window, hop, max_windows, context, patch, tail)
+    return frame_with_context(wave, window, hop, max_windows, context, patch, tail, edge_pad)
 
 
 def _collate(items: list[tuple[int, str, np.ndarray | None, str | None]]) -> _Batch:
@@ -519,7 +521,7 @@ def _encode_chunks(plan: _Plan, cfg: EmbedConfig, todo: list[int], run: StageRun
     sr = spec.sample_rate
     dataset = _TrackDataset(items, sr, int(round(plan.window * sr)), int(round(plan.hop * sr)), cfg.max_windows,
                             context=plan.encoder.context_samples, patch=plan.encoder.patch_samples,
-                            tail=spec.tail)
+                            tail=spec.tail, resampler=spec.resampler, edge_pad=spec.edge_pad)
     per_batch = _tracks_per_batch(plan.records, plan.window, plan.hop, cfg.max_windows, cfg.batch_size)
     batches = _batches_by_chunk([c for c, _, _ in items], per_batch)
     cuda = plan.runtime.device.type == "cuda"

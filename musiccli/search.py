@@ -111,6 +111,7 @@ class SearchConfig:
     query_runtime: str = "auto"    # auto: the ONNX export when it matches, else PyTorch; onnx | torch: insist
     playlist: str | None = None    # also save the hits as this playlist on the media server
     server: str | None = None      # jellyfin | navidrome (default: MEDIASERVER_TYPE)
+    allow_degenerate_text: bool = False  # native: use a tower that fails the health check (text_health)
 
 
 @dataclass
@@ -225,7 +226,8 @@ def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None =
                       runtime=parts.runtime, note=parts.note)
 
 
-def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
+def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu",
+                       allow_degenerate: bool = False) -> QueryModel:
     """``encoder``'s own text tower; by default the checkpoint the store was embedded with."""
     from .encoders.native_text import load_native_text_model
     from .store import EmbeddingStore
@@ -234,7 +236,7 @@ def native_query_model(encoder: str, store_path: Path, model: str | None = None,
         # The tower must be the text half of the checkpoint that embedded the library.
         with EmbeddingStore(store_path) as store:
             model = store.attrs.get("model_id") or None
-    return QueryModel("native", encoder, load_native_text_model(encoder, model, device))
+    return QueryModel("native", encoder, load_native_text_model(encoder, model, device, allow_degenerate))
 
 
 def require_native_tower(encoder: str) -> None:
@@ -720,7 +722,8 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
 
         manifest = meta.get("manifest") if meta is not None else cfg.manifest
         device = select_runtime(cfg.device, "fp32").device
-        return native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device)
+        return native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device,
+                                  cfg.allow_degenerate_text)
     if cfg.model is not None:
         raise MtxError("--model chooses a native text tower's checkpoint",
                        hint="use it with --text-model native; a run's text model is its own checkpoint")

@@ -99,7 +99,13 @@ def tiny_clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           patch_embeds_hidden_size=8, window_size=4, spec_size=64, num_mel_bins=16,
                           projection_dim=8, patch_stride=(4, 4), patch_size=4, enable_fusion=False),
         projection_dim=8)
-    ClapModel(cfg).save_pretrained(out)
+    model = ClapModel(cfg)
+    with torch.no_grad():
+        # Random init leaves this tiny text tower collapsed (the pooled CLS barely moves, so the projection's
+        # biases dominate: mean pairwise prompt cosine 0.998), which mtx's text-tower health check refuses.
+        model.text_model.pooler.dense.weight.mul_(50)
+        model.text_projection.linear1.weight.mul_(10)
+    model.save_pretrained(out)
     extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
                                      fft_window_size=256, truncation="rand_trunc", padding="repeatpad")
     ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(out)

@@ -2,14 +2,15 @@
 
 Tests that need the trained weights skip when the ``musicnn`` wheel
 (``pip install --no-deps musicnn``) is not installed. The reference values in
-``fixtures/musicnn_reference.npz`` come from the original TensorFlow musicnn (see
-tests/test_musicnn.py).
+``fixtures/musicnn_tf_reference.npz`` come from musicnn 0.1.0's own TensorFlow extractor (see
+tests/test_musicnn_reference.py, which compares the whole stage with them).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +31,11 @@ from musiccli.state import Resume, StateDir
 from musiccli.tagging import check_tagger, tagging_encoders
 from progress_doubles import StopAfter
 
-FIXTURE = Path(__file__).parent / "fixtures" / "musicnn_reference.npz"
+sys.path.insert(0, str(Path(__file__).parent / "reference"))
+import musicnn_clips  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "fixtures" / "musicnn_tf_reference.npz"
+FIXTURE_CLIP = "drums_3s_16000"
 TOL = 1e-3
 SR = 16000
 WINDOW, HOP, CTX = 48000, 47872, 256
@@ -55,7 +60,8 @@ def _write_wav(path: Path, wave: np.ndarray) -> Path:
 
 
 def _fixture_wave() -> np.ndarray:
-    return np.load(FIXTURE)["wave_int16"].astype(np.float32) / 32768
+    """The 3 s, 16 kHz drums clip of the TF fixture (one musicnn patch)."""
+    return musicnn_clips.make_clip("drums", 3, SR).astype(np.float32) / 32768
 
 
 # ----------------------------------------------------------------------------- declaration
@@ -98,33 +104,6 @@ def test_batch_of_one_equals_batch_of_many(encoder) -> None:
     torch.testing.assert_close(encoder.embed_windows(x), emb)
 
 
-def test_stage_framed_windows_match_musicnn(encoder) -> None:
-    """Windows cut by the stage equal TF musicnn at the file start and musicnn's own
-    whole-file patches everywhere on the hop grid; bare windows (no context) do not."""
-    ref = np.load(FIXTURE)
-    fixture = _fixture_wave()
-    with torch.inference_mode():
-        # The fixture clip alone: one file-start window, compared with TensorFlow.
-        windows = torch.from_numpy(_frame(fixture, WINDOW, HOP, None, CTX))
-        assert windows.shape == (1, CTX + WINDOW)
-        emb, probs = encoder.embed_windows_with_tags(windows)
-        assert np.abs(emb.numpy() - ref["MSD_musicnn__penultimate"]).max() <= TOL
-        assert np.abs(probs.numpy() - ref["MSD_musicnn__tags"]).max() <= TOL
-
-        # A longer file: noise, then the fixture. musicnn's framing = one mel of the
-        # whole file, cut into 187-frame patches (the port's proven-parity path).
-        noise = np.random.default_rng(1).standard_normal(2 * HOP).astype(np.float32) * 0.05
-        long = np.concatenate([noise, fixture])
-        whole_probs, whole_emb = encoder.model(mt.musicnn_patches(encoder.model.logmel(torch.from_numpy(long))[0]))
-        framed = torch.from_numpy(_frame(long, WINDOW, HOP, None, CTX))
-        assert len(framed) == len(whole_emb) == 3
-        emb, probs = encoder.embed_windows_with_tags(framed)
-        assert (emb - whole_emb).abs().max() <= TOL and (probs - whole_probs).abs().max() <= TOL
-        # Without the context the first frame of non-initial windows sees zeros instead.
-        bare = encoder.model.embed_audio(framed[:, CTX:])[0]
-        assert (bare[1:] - whole_emb[1:]).abs().max() > 10 * TOL
-
-
 @pytest.fixture(scope="module")
 def tagged(musicnn_installed: None, tmp_path_factory: pytest.TempPathFactory):
     """run_embed --tags on 3 short WAVs (3, 3.5 and 5 s: one musicnn patch each)."""
@@ -160,12 +139,12 @@ def test_run_embed_with_tags(tagged) -> None:
     # Per-track tags = mean of the window probabilities; the first window of "fixture" is the TF clip.
     ref = np.load(FIXTURE)
     fixture_wave = sf.read(records[2].audio_path, dtype="float32")[0]
-    framed = torch.from_numpy(_frame(fixture_wave, WINDOW, HOP, None, CTX, PATCH))
+    framed = torch.from_numpy(_frame(fixture_wave, WINDOW, HOP, None, CTX, PATCH, "flush", "reflect"))
     assert len(framed) == 1  # 5 s: one full patch, the tail dropped as musicnn does
     with torch.inference_mode():
         model = mt.load_musicnn("MSD_musicnn", state.root / "models" / "musicnn")
         _, win_probs = model.embed_audio(framed[:, CTX:], framed[:, :CTX])
-    assert np.abs(win_probs[0].numpy() - ref["MSD_musicnn__tags"][0]).max() <= TOL
+    assert np.abs(win_probs[0].numpy() - ref[f"{FIXTURE_CLIP}/MSD_musicnn/taggram"][0]).max() <= TOL
     np.testing.assert_allclose(probs[2], win_probs.mean(0).numpy(), atol=1e-5)
     summary = result.tag_summary
     assert [t.id for t in summary.tracks] == ["tone", "noise", "fixture"] and summary.n_tracks == 3
@@ -321,11 +300,6 @@ def _musicnn_patch_count(n_samples: int) -> int:
     return len(range(0, last_frame, mt.N_FRAMES)) if last_frame > 0 else 1
 
 
-def _whole_file_reference(model: mt.MusiCNN, wave: np.ndarray) -> torch.Tensor:
-    """Per-patch penultimate features from ONE mel of the whole file, sliced musicnn's way."""
-    return model(mt.musicnn_patches(model.logmel(torch.from_numpy(wave))[0]))[1]
-
-
 def test_stage_tail_rule() -> None:
     patch = build_encoder("musicnn", EncoderOptions(), select_runtime("cpu", "auto")).patch_samples
     assert patch == (mt.N_FRAMES - 1) * mt.FFT_HOP == PATCH
@@ -340,48 +314,3 @@ def test_stage_tail_rule() -> None:
     wave = np.arange(12 * SR, dtype=np.float32)
     full = _frame(wave, WINDOW, HOP, None, CTX, patch)
     np.testing.assert_array_equal(_frame(wave, WINDOW, HOP, 2, CTX, patch), full[[0, -1]])
-
-
-@pytest.fixture(scope="module")
-def whole_file_clips() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(3)
-    t = np.arange(12 * SR) / SR
-    fixture = _fixture_wave()
-    twelve = np.concatenate([0.05 * rng.standard_normal(4 * SR), fixture,
-                             0.3 * np.sin(2 * np.pi * 330 * t[: 12 * SR - 4 * SR - len(fixture)])])
-    # Last patch's final frames lie past the end of the file (its centering pad): zero-padded window.
-    ragged = np.concatenate([fixture, 0.2 * np.sin(2 * np.pi * 523 * t[: 3 * HOP + 47616 + 100 - len(fixture)])])
-    return {"twelve": twelve.astype(np.float32), "ragged": ragged.astype(np.float32)}
-
-
-@pytest.mark.parametrize("max_windows", [None, 2])
-def test_embed_matches_whole_file_musicnn(musicnn_installed: None, whole_file_clips, tmp_path: Path,
-                                          max_windows: int | None) -> None:
-    """The embed stage's track vector = mean of musicnn's whole-file patches (same PyTorch model),
-    with musicnn's number of patches (12 s -> 4)."""
-    records = [Record(id=k, audio_path=str(tmp_path / f"{k}.wav"), caption=k, duration=len(w) / SR)
-               for k, w in whole_file_clips.items()]
-    for r in records:
-        sf.write(r.audio_path, whole_file_clips[r.id], SR, subtype="FLOAT")  # lossless: same samples back
-    state = StateDir.resolve(tmp_path / "state")
-    for name in ("windows", "mean"):
-        write_manifest(state.manifest_path(name), records)
-    base = EmbedConfig(audio_encoder="musicnn", num_workers=0, device="cpu", max_windows=max_windows)
-    windows = run_embed(state, replace(base, manifest="windows", aggregation="none"))
-    mean = run_embed(state, replace(base, manifest="mean"))
-    model = mt.load_musicnn("MSD_musicnn", state.root / "models" / "musicnn")
-    with h5py.File(windows.path) as fw, h5py.File(mean.path) as fm:
-        assert [s.decode() for s in fw["ids"][()]] == [r.id for r in records]
-        offsets, per_window, track = fw["window_offsets"][()], fw["windows"][()], fm["embeddings"][()]
-    assert whole_file_clips["twelve"].shape == (12 * SR,) and _musicnn_patch_count(12 * SR) == 4
-    for i, r in enumerate(records):
-        wave = whole_file_clips[r.id]
-        with torch.inference_mode():
-            ref = _whole_file_reference(model, wave).numpy()
-        assert len(ref) == _musicnn_patch_count(len(wave)) == 4
-        if max_windows:
-            ref = ref[np.linspace(0, len(ref) - 1, max_windows).round().astype(int)]
-        got = per_window[offsets[i]:offsets[i + 1]]
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() <= 1e-4
-        assert np.abs(track[i] - ref.mean(0)).max() <= 1e-4

@@ -303,3 +303,25 @@ def test_encoder_options_are_validated_and_part_of_the_identity():
 def test_cli_encoder_option_needs_key_value(cli):
     r = cli("embed", "--encoder-option", "novalue")
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_musicgen_equals_transformers_delay_pattern_and_decoder(tiny_musicgen: Path) -> None:
+    """Reference: transformers' own MusicGen path on the same checkpoint: EnCodec codes, the decoder's
+    ``build_delay_pattern_mask`` (what ``generate`` feeds the decoder), decoder states mean-pooled."""
+    from transformers import MusicgenForConditionalGeneration
+
+    enc = build_encoder("musicgen", EncoderOptions(model=str(tiny_musicgen), layers=[0, 2]), CPU)
+    x = _windows(32_000, seconds=0.25)
+    ours = enc.embed_windows(x)
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_musicgen).eval()
+    start, pad = model.config.decoder_start_token_id, model.config.decoder.pad_token_id
+    assert start == pad   # as in facebook/musicgen-*: the delay pattern's leading pads are the start token
+    with torch.no_grad():
+        codes = model.audio_encoder.encode(x.unsqueeze(1)).audio_codes[0]          # [B, K, T]
+        b, k, t = codes.shape
+        prompt = torch.cat([torch.full((b, k, 1), start), codes], dim=-1).reshape(b * k, t + 1)
+        _, ids = model.decoder.build_delay_pattern_mask(prompt, pad_token_id=pad, max_length=t + k)
+        assert (ids >= 0).all()   # every position is given (no -1 left to generate)
+        states = model.decoder(input_ids=ids, output_hidden_states=True).hidden_states
+    ref = torch.cat([states[0].mean(1), states[2].mean(1)], dim=1)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

@@ -85,6 +85,9 @@ def command(
                     ] = False,
     force: Annotated[bool, typer.Option("--force", "--rebuild", help="Rebuild the index before searching.")
                      ] = False,
+    allow_degenerate_text: Annotated[bool, typer.Option(
+        "--allow-degenerate-text", help="With --text-model native: use a text tower even when unrelated prompts "
+                                        "embed to nearly the same vector (mean pairwise cosine > 0.99).")] = False,
     as_json: JsonOut = False,
 ) -> None:
     """Search the library with text, a track or file to sound like, or both. The index is built on first use and
@@ -103,7 +106,8 @@ def command(
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
                        resume=resume, like=like, mix=mix, max_per_artist=max_per_artist, backend=backend, uri=uri,
-                       query_runtime=query_runtime, checkpoint=checkpoint, playlist=playlist, server=server)
+                       query_runtime=query_runtime, checkpoint=checkpoint, playlist=playlist, server=server,
+                       allow_degenerate_text=allow_degenerate_text)
     with app.progress(resume_hint="mtx search ... --continue (with the same options)") as progress:
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \

@@ -53,6 +53,10 @@ class EncoderSpec:
     # "wrap" (MuQ-MuLan) places windows on the hop grid while they fit, then one more at the next
     # hop start that continues from the track's start.
     tail: str = "flush"
+    # The reference's audio front end (``audio.RESAMPLERS`` / ``audio.EDGE_PADS``): "kaiser_best" and
+    # "reflect" for encoders whose reference loads audio with librosa <= 0.9 (musicnn).
+    resampler: str = "sinc"
+    edge_pad: str = "zeros"
 
 
 @dataclass

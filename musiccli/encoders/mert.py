@@ -30,6 +30,14 @@ the state before every layer, plus the final one). MERT's remote code calls
 ``self.encoder(..., output_hidden_states=True)``, and transformers 5 encoders no
 longer return per-layer states (nor accept MERT's custom layers' tuple outputs), so
 relying on ``model(...).hidden_states`` would break with the installed transformers.
+
+Reference compared against (tests/test_encoders_hf.py): the model card's recipe,
+``Wav2Vec2FeatureExtractor`` + ``AutoModel(..., output_hidden_states=True)`` with each state
+averaged over frames, on a tiny HuBERT built from a config (MERT-v1 is HuBERT-shaped),
+within 1e-4; and :func:`hidden_states` against transformers' ``HubertModel`` states, for
+both layer-norm variants. MERT's own remote code (``MERTModel`` in the m-a-p Hub repos)
+cannot be fetched here (no Hub access), so it is not compared, and nothing here claims
+to match it beyond those HuBERT-shaped modules.
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ longer returns per-layer states from that encoder and needs
 ``config._attn_implementation``; :func:`patch_conformers` restores the 4.x
 behaviour (states before every layer plus the final layer-normed state) on the
 loaded instance, leaving the package itself untouched.
+
+Reference compared against (tests/test_encoders_optional.py, the ``muq`` package 0.1.0
+installed as the optional extra): on tiny MuQ-MuLan models built from configs, the stage's
+windows equal the package's ``MuQMuLan._get_all_clips`` clips exactly, and ``run_embed``'s
+stored vector equals ``MuQMuLan(wavs=...)`` on the whole track within 1e-5; the native text
+tower is ``MuQMuLan(texts=...)`` itself.
 """
 
 from __future__ import annotations

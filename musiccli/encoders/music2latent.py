@@ -24,6 +24,12 @@ package's hyper-parameters (verified against a forward pass in the tests):
 Neither matches a 576-d recipe (192 x 3 would need 192 channels); no
 configuration of the released package yields 192 channels, so mtx does not
 claim one.
+
+Reference compared against (tests/test_encoders_optional.py, the ``music2latent`` package
+installed as the optional extra): on a randomly initialised ``music2latent.models.UNet``
+checkpoint loaded through this module, a window's vector equals the package's own
+``EncoderDecoder.encode(wave, extract_features=True)`` averaged over frames, within 1e-5.
+The released checkpoint itself cannot be downloaded here, so only the code path is compared.
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ memory modest):
 Dims: decoder width x number of layers used. musicgen-small: 1024 (last layer),
 ``--layers`` with n entries: n x 1024; -medium 1536, -large 2048. Default aggregation
 ``mean`` -> 1024 for small.
+
+Reference compared against (tests/test_encoders_hf.py): transformers' own MusicGen path on a
+tiny ``MusicgenForConditionalGeneration`` built from a config: ``audio_encoder.encode``'s
+codes, laid out by the decoder's ``build_delay_pattern_mask`` (what ``generate`` feeds the
+decoder), decoder hidden states averaged over time, within 1e-5. Step 2 writes the start
+token where that pattern writes its leading pads; the released checkpoints use one id
+(2048) for both, which the test asserts for its model.
 """
 
 from __future__ import annotations

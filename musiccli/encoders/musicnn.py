@@ -26,13 +26,26 @@ stage hands it those preceding samples (zeros at the file start) in front of eve
 window, [B, 256 + 48,000]. Frame 186, the last one used, reaches up to
 187 x 256 = 47,872 samples after the window start, inside the window.
 
+Front end (encoder version 3). musicnn runs on ``librosa.load(path, sr=16000)`` and
+``librosa.feature.melspectrogram`` of the librosa its ``numpy<1.17`` pin allows (<= 0.8.1):
+resampling with resampy's ``kaiser_best`` filter and a centred STFT that pads the file by
+*reflection*. The spec asks the stage for the same (``resampler="kaiser_best"``,
+:mod:`musiccli.kaiser_resample`; ``edge_pad="reflect"``: the 256 samples before the file start
+and after its end are the reflected signal, then zeros), so frames straddling either end see
+what musicnn sees. With torchaudio's resampler and zero edges (version 2) a 44.1 kHz noise
+clip's patches were off by up to 1.8 and 16 kHz files' first patches by up to 0.12.
+
+Reference and tolerance: ``tests/test_musicnn_reference.py`` runs ``run_embed`` on 18
+generated clips (16 / 44.1 kHz; 3, 12, 31 s; tones, drums, noise) and compares every patch
+with musicnn 0.1.0's own TensorFlow ``extractor`` output (committed fixture): <= 1e-3 per
+patch, track-mean cosine >= 0.9999, tags <= 1e-3. Measured: <= 3e-5 per patch, cosine 1.000000.
+
 Last patch. musicnn cuts patches ``for t in range(0, n_frames - 187 + 1, 187)``
 with ``n_frames = 1 + n // 256``: a patch exists where its last frame's center,
 start + 186 x 256 = start + 47,616 samples, is inside the file, and the incomplete
 tail is dropped. The encoder declares ``patch_samples = 47,616``, so the stage plans
 exactly those windows (a 12 s clip: 4, not 4 + a window flush with the end), and
-zero-pads a window that runs past the end of the file (what the whole-file STFT's
-centering pad sees there). Every window then equals musicnn's own whole-file patch,
+pads a window that runs past the end of the file (reflection, then zeros, as above). Every window then equals musicnn's own whole-file patch,
 STFT frame for STFT frame. A file shorter than one patch gets one zero-padded
 window; musicnn zero-pads the mel instead, which differs only in the one frame
 straddling the end of the audio. ``--max-windows`` picks evenly spaced windows of
@@ -60,7 +73,9 @@ SPEC = EncoderSpec(
     hop_s=mt.N_FRAMES * mt.FFT_HOP / mt.SAMPLE_RATE,           # 2.992 s: musicnn's patch hop
     default_aggregation="mean",
     default_model="MSD_musicnn",
-    version="2",                 # 2: musicnn's last-patch rule (no tail window)
+    version="3",                 # 3: librosa 0.8's front end (resampy kaiser_best, reflect padding)
+    resampler="kaiser_best",     # librosa.load (<= 0.9): resampy's kaiser_best filter
+    edge_pad="reflect",          # librosa < 0.10's centred STFT reflects the signal at both ends
     license="ISC (musicnn code and weights)",
     citation="Pons & Serra, musicnn: Pre-trained convolutional neural networks for music audio "
              "tagging, ISMIR 2019 late-breaking/demo (arXiv:1909.06654)",

@@ -14,8 +14,10 @@ weights straight out of the bundled checkpoint files:
 * :class:`LogMelFrontend` reproduces ``librosa.feature.melspectrogram`` with the
   defaults musicnn relies on, plus musicnn's float16 round trip and ``log10(1e4*x+1)``.
 
-Parity against the original TF implementation is measured by
-``benchmarks/musicnn_parity.py`` (max abs diff <= 1e-3 on embeddings and tags).
+Parity with musicnn 0.1.0's own TensorFlow extractor is tested end to end through the embed
+stage by ``tests/test_musicnn_reference.py`` against ``tests/fixtures/musicnn_tf_reference.npz``
+(each patch within 1e-3, track means at cosine >= 0.9999; measured: <= 3e-5 per patch);
+``benchmarks/musicnn_parity.py`` prints the figures.
 """
 
 from __future__ import annotations
@@ -721,10 +723,11 @@ class MusiCNN(nn.Module):
 
         * ``left_context`` [B, 256], the audio just before each window (zeros at the
           start of a file), makes the result identical to musicnn's patch.
-        * Without it frame 0 sees zero padding (librosa >= 0.10's centering), exact for
-          a window at the start of a file. Elsewhere that one frame differs, which
-          through the max-pooling moved the penultimate features by up to ~0.4 and tag
-          probabilities by up to ~0.02 (abs) on the parity clips.
+        * Without it frame 0 sees zero padding (librosa >= 0.10's centering). musicnn's
+          librosa (<= 0.8) reflects the file at its start instead, so every window,
+          the first included, needs its context (the stage passes the reflection there)
+          to match; without it that one frame moved the penultimate features by up to
+          ~0.4 through the max-pooling.
 
         Longer windows use their first 187 frames; shorter ones raise.
         """

@@ -12,7 +12,12 @@ queries need no trained mtx head:
   ``stats`` vector, i.e. its first 512 dims.
 
 Both spaces are cosine spaces, so ``space="retrieval"`` and ``space="audio"`` differ
-only in normalisation. Encoders without a text tower (mert, musicgen,
+only in normalisation.
+
+Every tower is health-checked when it loads (:mod:`musiccli.text_health`): a tower whose
+unrelated prompts embed to nearly one direction (mean pairwise cosine > 0.99, as
+``laion/larger_clap_music``'s does at 0.9993) is refused unless ``allow_degenerate``
+(``--allow-degenerate-text``); the figure is kept as ``text_health``. Encoders without a text tower (mert, musicgen,
 music2latent, dsp, musicnn) need a trained text embedder instead.
 """
 
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MtxError
+from ..text_health import check_text_tower
 from .base import AUDIO_ENCODERS
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class NativeTextModel(abc.ABC):
         self.model_id = model_id
         self.dim = dim
         self.device = device
+        self.text_health: float | None = None   # mean pairwise prompt cosine, set by load_native_text_model
 
     @abc.abstractmethod
     def _embed(self, texts: list[str]) -> torch.Tensor:
@@ -116,8 +123,12 @@ TEXT_TOWERS: dict[str, Callable[[str, torch.device], NativeTextModel]] = {"clap"
 
 
 def load_native_text_model(encoder_name: str, model: str | None = None,
-                           device: str | torch.device = "cpu") -> NativeTextModel:
-    """The text tower matching ``encoder_name``'s audio embeddings (``model`` overrides the checkpoint)."""
+                           device: str | torch.device = "cpu", allow_degenerate: bool = False) -> NativeTextModel:
+    """The text tower matching ``encoder_name``'s audio embeddings (``model`` overrides the checkpoint).
+
+    The tower is health-checked (:func:`musiccli.text_health.check_text_tower`): a collapsed one raises
+    ``MtxError`` unless ``allow_degenerate``; the figure is ``tower.text_health``.
+    """
     if encoder_name not in TEXT_TOWERS:
         kind = "has no native text tower" if encoder_name in AUDIO_ENCODERS else "is not a known audio encoder"
         raise MtxError(f"audio encoder {encoder_name!r} {kind}",
@@ -125,7 +136,9 @@ def load_native_text_model(encoder_name: str, model: str | None = None,
                             "for other encoders train a text embedder (mtx train)")
     model_id = model or AUDIO_ENCODERS[encoder_name][0].default_model
     log.info("loading the native %s text tower from %s", encoder_name, model_id)
-    return TEXT_TOWERS[encoder_name](str(model_id), torch.device(device))
+    tower = TEXT_TOWERS[encoder_name](str(model_id), torch.device(device))
+    tower.text_health = check_text_tower(tower.encode, f"{encoder_name} checkpoint {model_id}", allow_degenerate)
+    return tower
 
 
 __all__ = ["NativeTextModel", "TEXT_TOWERS", "load_native_text_model"]

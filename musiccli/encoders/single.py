@@ -34,10 +34,10 @@ def embed_file(path: Path, attrs: dict[str, Any], device: str = "cpu", batch_siz
     sr = int(attrs.get("sample_rate") or spec.sample_rate)
     window = int(round(float(attrs.get("window") or spec.window_s) * sr))
     hop = int(round(float(attrs.get("hop") or spec.hop_s) * sr))
-    wave, _ = decode(path, sr)
+    wave, _ = decode(path, sr, resampler=spec.resampler)
     # The stage's own framing: context, patch grid and tail policy as the encoder declares them.
     frames = frame_with_context(wave, window, hop, int(attrs.get("max_windows") or 0) or None,
-                                encoder.context_samples, encoder.patch_samples, spec.tail)
+                                encoder.context_samples, encoder.patch_samples, spec.tail, spec.edge_pad)
     x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(runtime.device)
     outs = []
     with torch.inference_mode():
