@@ -150,6 +150,40 @@ def train_and_eval(state, args, rep: str) -> dict[str, Any]:
             "results": ev.report["results"]}
 
 
+def _save(path: Path | None, cells: list[dict[str, Any]]) -> None:
+    if path:   # after every cell, so a long run that is stopped keeps what it measured
+        path.write_text(json.dumps(cells, indent=1))
+
+
+def _one_thread(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _cell(job: tuple[argparse.Namespace, str, list[str], list[tuple[str, ...]]]) -> dict[str, Any]:
+    """Train, evaluate and score one representation (picklable for the process pool)."""
+    from musiccli.demo import SENTENCE_QUERIES, style_precision
+    from musiccli.state import StateDir
+
+    args, rep, queries, labels = job
+    logging.basicConfig(level=logging.WARNING)
+    state = StateDir.resolve(args.state_dir)
+    cell = train_and_eval(state, args, rep)
+    sp = style_precision(state, cell["run"], queries, labels, k=args.k, device=args.device)
+    cell["p10"] = sp.per_query
+    cell["mean_p10"] = sp.mean
+    cell["chance_mean_p10"] = sp.chance
+    demo_q, demo_styles = zip(*SENTENCE_QUERIES)   # the demo's own check, for calibrating its target
+    cell["demo_check_p10"] = style_precision(state, cell["run"], demo_q, demo_styles, k=args.k,
+                                             device=args.device).mean
+    m = cell["results"]["model"]
+    print(f"{rep}: {cell['steps']} steps in {cell['train_seconds']:.0f} s; sentence P@10 {sp.mean:.3f}, "
+          f"tag ROC-AUC {m['tags']['roc_auc']:.3f}, t2m R@10 {m['text_to_music']['R@10']:.3f}",
+          file=sys.stderr, flush=True)
+    return cell
+
+
 def markdown(cells: list[dict[str, Any]], queries: list[str], labels: list[tuple[str, ...]], meta: str) -> str:
     reps = [c["text_rep"] for c in cells]
     lines = [meta, "", "| text rep | mean P@10 (held-out sentences) | queries at P@10 = 0 | tag ROC-AUC | t2m R@10 "
@@ -186,12 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=1, help="train the representations in N processes at once")
     ap.add_argument("--out", type=Path, default=None, help="also write the cells as JSON here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from musiccli.demo import SENTENCE_QUERIES, style_precision
     from musiccli.manifest import read_manifest
     from musiccli.state import StateDir
 
@@ -202,27 +236,28 @@ def main(argv: list[str] | None = None) -> int:
     train = [r for r in records if r.split == "train"]
     assert_held_out(queries, training_texts(train, reps, args.epochs, args.seed))
     t0 = time.time()
-    cells = []
-    for rep in reps:
-        cell = train_and_eval(state, args, rep)
-        sp = style_precision(state, cell["run"], queries, labels, k=args.k, device=args.device)
-        cell["p10"] = sp.per_query
-        cell["mean_p10"] = sp.mean
-        cell["chance_mean_p10"] = sp.chance
-        demo_q, demo_styles = zip(*SENTENCE_QUERIES)   # the demo's own check, for calibrating its target
-        cell["demo_check_p10"] = style_precision(state, cell["run"], demo_q, demo_styles, k=args.k,
-                                                 device=args.device).mean
-        cells.append(cell)
-        m = cell["results"]["model"]
-        print(f"{rep}: {cell['steps']} steps in {cell['train_seconds']:.0f} s; sentence P@10 {sp.mean:.3f}, "
-              f"tag ROC-AUC {m['tags']['roc_auc']:.3f}, t2m R@10 {m['text_to_music']['R@10']:.3f}",
-              file=sys.stderr, flush=True)
-        if args.out:
-            args.out.write_text(json.dumps(cells, indent=1))
+    if args.jobs > 1:   # one process per representation; each run is independent and seeded alike
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread,
+                                 initargs=(max(1, (os.cpu_count() or 1) // args.jobs),)) as pool:
+            futures = [pool.submit(_cell, (args, rep, queries, labels)) for rep in reps]
+            done: dict[str, dict[str, Any]] = {}
+            for rep, fut in zip(reps, futures):
+                done[rep] = fut.result()
+                _save(args.out, list(done.values()))
+            cells = [done[rep] for rep in reps]
+    else:
+        cells = []
+        for rep in reps:
+            cells.append(_cell((args, rep, queries, labels)))
+            _save(args.out, cells)
     n_test = sum(r.split == "test" for r in records)
     meta = (f"{len(queries)} held-out queries ({args.query_set}), {n_test} test clips; {args.epochs} epochs, batch "
             f"{args.batch_size}, lr {args.lr}, {args.backbone} (lowest {args.freeze_layers} layers frozen), "
-            f"{args.encoder}, seed {args.seed}, device {args.device}; {time.time() - t0:.0f} s in all.")
+            f"{args.encoder}, seed {args.seed}, device {args.device}; {time.time() - t0:.0f} s in all "
+            f"({args.jobs} process{'es' if args.jobs > 1 else ''}).")
     md = markdown(cells, queries, labels, meta)
     print(md)
     if args.markdown:
