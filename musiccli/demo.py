@@ -144,15 +144,16 @@ def style_precision(state: StateDir, run: str, queries: Sequence[str], styles: S
     import torch
 
     from .errors import MtxError
+    from .families import family_for
     from .manifest import read_manifest
-    from .runs import load_towers, resolve_run, run_manifest_and_store
+    from .runs import resolve_run, run_manifest_and_store
     from .runtime import select_runtime
     from .store import EmbeddingStore
 
     info = resolve_run(state, run, announce=False)
     _, mpath, emb_path = run_manifest_and_store(state, info, None)
     runtime = select_runtime(device, "fp32")
-    towers = load_towers(info.checkpoint_dir(checkpoint), device=runtime.device)
+    model = family_for(info).load(info.checkpoint_dir(checkpoint), device=runtime.device)
     with EmbeddingStore(emb_path) as store:
         records = [r for r in read_manifest(mpath) if r.split == split and store.has(r.id)]
         if not records:
@@ -163,9 +164,9 @@ def style_precision(state: StateDir, run: str, queries: Sequence[str], styles: S
         x = np.asarray(x, dtype=np.float32)
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-    audio = unit(towers.audio.audio_for_retrieval(raw))
+    audio = unit(model.audio_for_retrieval(raw))
     with torch.inference_mode():
-        text = unit(towers.text.encode(list(queries), batch_size=64))
+        text = unit(model.encode(list(queries), batch_size=64))
     per_query, chance = precision_at_k(text, audio, [_style_of(r) for r in records], styles, k)
     return StylePrecision(list(queries), per_query, chance, len(records))
 
