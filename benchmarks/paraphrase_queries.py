@@ -132,6 +132,20 @@ def training_texts(records, reps: Sequence[str], epochs: int, seed: int) -> list
     return out
 
 
+def _metrics(run_dir: Path) -> tuple[int, int | None, int]:
+    """(optimizer steps, best epoch, epochs completed) from a run's metrics.jsonl."""
+    steps, best, epochs = 0, None, 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "train_loss" in row:
+            steps = max(steps, int(row["step"]))
+        if "epoch_train_loss" in row:
+            epochs = max(epochs, int(row["epoch"]))
+            if row.get("best"):
+                best = int(row["epoch"])
+    return steps, best, epochs
+
+
 def train_and_eval(state, args, rep: str) -> dict[str, Any]:
     from musiccli.evaluate import EvalConfig, run_eval
     from musiccli.training import TrainConfig, run_train
@@ -142,12 +156,14 @@ def train_and_eval(state, args, rep: str) -> dict[str, Any]:
                       freeze_layers=args.freeze_layers, seed=args.seed, device=args.device,
                       precision="fp32" if args.device == "cpu" else "auto", export=False)
     t0 = time.time()
-    res = run_train(state, cfg)
+    if not args.score_only:
+        run_train(state, cfg)
     train_s = time.time() - t0
+    steps, best_epoch, epochs_done = _metrics(state.run_dir(run))
     ev = run_eval(state, EvalConfig(run=run, split="test", checkpoint="best", device=args.device, seed=args.seed,
                                     plots=False))
-    return {"run": run, "text_rep": rep, "train_seconds": train_s, "steps": res.steps, "best_epoch": res.best_epoch,
-            "results": ev.report["results"]}
+    return {"run": run, "text_rep": rep, "train_seconds": None if args.score_only else train_s, "steps": steps,
+            "best_epoch": best_epoch, "epochs_done": epochs_done, "results": ev.report["results"]}
 
 
 def _save(path: Path | None, cells: list[dict[str, Any]]) -> None:
@@ -178,7 +194,7 @@ def _cell(job: tuple[argparse.Namespace, str, list[str], list[tuple[str, ...]]])
     cell["demo_check_p10"] = style_precision(state, cell["run"], demo_q, demo_styles, k=args.k,
                                              device=args.device).mean
     m = cell["results"]["model"]
-    print(f"{rep}: {cell['steps']} steps in {cell['train_seconds']:.0f} s; sentence P@10 {sp.mean:.3f}, "
+    print(f"{rep}: {cell['steps']} steps, best epoch {cell['best_epoch']}; sentence P@10 {sp.mean:.3f}, "
           f"tag ROC-AUC {m['tags']['roc_auc']:.3f}, t2m R@10 {m['text_to_music']['R@10']:.3f}",
           file=sys.stderr, flush=True)
     return cell
@@ -221,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=1, help="train the representations in N processes at once")
+    ap.add_argument("--score-only", action="store_true",
+                    help="do not train: score the existing para-<rep> runs' best checkpoints (e.g. runs stopped "
+                         "early, all after the same number of epochs)")
     ap.add_argument("--out", type=Path, default=None, help="also write the cells as JSON here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     args = ap.parse_args(argv)
@@ -254,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(_cell((args, rep, queries, labels)))
             _save(args.out, cells)
     n_test = sum(r.split == "test" for r in records)
-    meta = (f"{len(queries)} held-out queries ({args.query_set}), {n_test} test clips; {args.epochs} epochs, batch "
+    done = sorted({c["epochs_done"] for c in cells})
+    best = ", ".join(f"{c['text_rep']} {c['best_epoch']}" for c in cells)
+    trained = (f"{args.epochs}-epoch schedule, stopped after epoch {'/'.join(map(str, done))} and scored "
+               f"at the best-by-validation epoch ({best})"
+               if args.score_only and done != [args.epochs] else f"{args.epochs} epochs")
+    meta = (f"{len(queries)} held-out queries ({args.query_set}), {n_test} test clips; {trained}, batch "
             f"{args.batch_size}, lr {args.lr}, {args.backbone} (lowest {args.freeze_layers} layers frozen), "
             f"{args.encoder}, seed {args.seed}, device {args.device}; {time.time() - t0:.0f} s in all "
             f"({args.jobs} process{'es' if args.jobs > 1 else ''}).")
