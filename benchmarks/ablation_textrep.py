@@ -1,4 +1,4 @@
-"""TTMR-style ablation: objective (align vs joint) x text representation (caption, stochastic, mixed).
+"""TTMR-style ablation: objective (align vs joint) x text representation (caption, stochastic, mixed, blend).
 
 Trains one run per cell on a prepared corpus, evaluates each on the test split with the shared
 protocol (`mtx eval`'s core), and prints one table: text->music R@1/5/10, mAP@10, MedR and tag
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="musicnn")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--objectives", default="align,joint")
-    ap.add_argument("--text-reps", default="caption,stochastic,mixed")
+    ap.add_argument("--text-reps", default="caption,stochastic,mixed,blend")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)

@@ -126,6 +126,43 @@ def classify_tags(tags: Iterable[str]) -> TagSet:
     return out
 
 
+# Words that end an instrument phrase: "distorted electric guitar", "double-kick drums", "synth pads".
+_INSTRUMENT_HEADS = frozenset(k.split()[-1] for k in INSTRUMENTS) | {
+    "guitars", "cymbal", "cymbals", "hats", "hi-hats", "chimes", "stabs", "claps", "clap", "ensemble", "shaker",
+    "claves", "congas", "cowbell", "pads", "basses", "pianos", "synths", "kicks", "snares", "chords", "arpeggios",
+    "crackle", "drone", "fingerpicking", "strumming"}
+# Descriptive adjectives that free-form tagging would take for genre names.
+_ADJECTIVES = frozenset({"sparse", "danceable", "distorted", "offbeat", "acoustic", "electric", "lo-fi"})
+# Descriptors that are neither genre nor mood: tempo, key, loudness, arrangement.
+_DESCRIPTOR = re.compile(r"^(mid-tempo|medium tempo|(major|minor) key|loud|quiet|moderate volume|no \w+|"
+                         r"solo \w+|\d+ bpm)$")
+
+
+def classify_attributes(tags: Iterable[str]) -> TagSet:
+    """Like :func:`classify_tags`, for a clip's descriptive attributes rather than free-form genre tags.
+
+    A multi-word tag whose last word names an instrument is an instrument line ("distorted
+    electric guitar", "boom-bap drums"), kept in its own words; tempo, key, loudness and
+    arrangement descriptors ("mid-tempo", "minor key", "no drums") go to ``other``. Used to
+    phrase sentences from a clip's own tags (the ``blend`` text representation); manifests keep
+    using :func:`classify_tags`, so their captions do not change.
+    """
+    out = TagSet()
+    for tag in tags:
+        if not tag or not str(tag).strip():
+            continue
+        bucket, value = classify_tag(str(tag))
+        low = value.lower()
+        if bucket in ("genres", "moods") and _DESCRIPTOR.match(low):
+            bucket = "other"
+        elif bucket == "genres" and low in _ADJECTIVES:
+            bucket = "moods"
+        elif bucket == "genres" and low.split()[-1] in _INSTRUMENT_HEADS:
+            bucket = "instruments"
+        _add(getattr(out, bucket), value)
+    return out
+
+
 def tagset_from_prefixed(tags: Iterable[str]) -> TagSet:
     """MTG-Jamendo style tags: ``genre---rock``, ``mood/theme---calm``, ``instrument---piano``.
 

@@ -49,6 +49,9 @@ def command(
         app.out.table(make_table(f'search: "{q}"', ["#", "score", "title", "artist", "tags"],
                                  [[h["rank"], h["score"], h.get("title") or h["id"], h.get("artist") or "",
                                    ", ".join((h.get("tags") or [])[:5])] for h in hits]))
+    if result.sentences is not None:
+        app.out.table(make_table("sentence queries (test split)", ["query", "P@10"],
+                                 [[q, p] for q, p in zip(result.sentences.queries, result.sentences.per_query)]))
     app.out.table(make_table("stages", ["stage", "seconds", "summary"],
                              [[s.stage, s.seconds, s.summary + (" (already done)" if s.skipped else "")]
                               for s in result.stages]))

@@ -18,7 +18,7 @@ from ._output import escape, make_table
 # importing them here would pull torch into `mtx --help`.
 LOSS_NAMES = ("combined", "infonce", "mse", "triplet", "listmle", "distillation")
 OBJECTIVE_NAMES = ("align", "joint", "student")
-TEXT_REP_NAMES = ("caption", "tag", "stochastic", "mixed")
+TEXT_REP_NAMES = ("caption", "tag", "stochastic", "mixed", "blend")
 POOLING_NAMES = ("mean", "cls", "layers")
 TRACKER_NAMES = ("none", "tensorboard", "wandb")
 RECIPE_NAMES = ("navidrome",)
@@ -71,7 +71,8 @@ def command(
                                              "hidden layer mean-pooled and concatenated) (default: recipe or mean).",
                                              autocompletion=_choices(POOLING_NAMES))] = None,
     text_rep: Annotated[str, _opt("--text-rep", help=f"Training text: {', '.join(TEXT_REP_NAMES)} (stochastic: "
-                                  "k ~ U{1..L} tags joined; mixed: caption, alt caption, tags or 'title by artist').",
+                                  "k ~ U{1..L} tags joined; mixed: caption, alt caption, tags or 'title by artist'; "
+                                  "blend: caption, tags or a sentence from a subset of the clip's own tags).",
                                   autocompletion=_choices(TEXT_REP_NAMES))] = "caption",
     epochs: Annotated[int, _opt("--epochs", min=1, help="Training epochs.")] = 10,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1, help="Batch size per process and "
