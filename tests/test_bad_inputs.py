@@ -1,4 +1,4 @@
-"""The issue-8 table of bad inputs: each gives one clear line (and a hint), exit 1 (2 for usage
+"""The table of bad inputs: each gives one clear line (and a hint), exit 1 (2 for usage
 errors), never an internal error, and loses nothing that was committed."""
 
 from __future__ import annotations

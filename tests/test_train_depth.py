@@ -1,4 +1,4 @@
-"""Training depth (issue 9): objectives, joint towers end to end, text representations, --init-from,
+"""Training depth: objectives, joint towers end to end, text representations, --init-from,
 GradCache, loss combinations, pooling/recipes, trackers, and every TrainConfig field on the CLI."""
 
 from __future__ import annotations
