@@ -16,7 +16,7 @@ from typing import Any
 from .errors import MtxError
 from .manifest import read_manifest
 from .mediaserver import make_server
-from .state import StateDir, read_json
+from .state import StateDir, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +63,24 @@ def save_playlist(state: StateDir, index: str, hits: list[dict[str, Any]], name:
 
 
 __all__ = ["PlaylistOutcome", "save_playlist", "server_ids_for"]
+
+
+def _m3u_text(text: str) -> str:
+    """``text`` on one line: control characters (newlines included) become spaces."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
+    """Extended M3U playlist of the hits (``#EXTINF:seconds,artist - title``), written atomically."""
+    lines = ["#EXTM3U"]
+    for h in hits:
+        if not h.get("audio_path"):
+            continue
+        dur = h.get("duration")
+        secs = int(round(float(dur))) if dur is not None else -1
+        label = " - ".join(x for x in (h.get("artist"), h.get("title")) if x) or h["id"]
+        # One entry is exactly two lines: a newline in a tag or path must not inject lines.
+        lines += [f"#EXTINF:{secs},{_m3u_text(label)}", _m3u_text(str(h["audio_path"]))]
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

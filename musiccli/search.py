@@ -682,24 +682,3 @@ def _provenance_warning(text: QueryModel, index: Index) -> str | None:
     if text.run is None:
         return None  # a native tower was not trained by us on anything
     return unseen_sources_warning(text.run.name, run_training_data(text.run.meta), source_counts(index.items.values()))
-
-
-def _m3u_text(text: str) -> str:
-    """``text`` on one line: control characters (newlines included) become spaces."""
-    return "".join(c if c.isprintable() else " " for c in text)
-
-
-def write_m3u(path: Path, hits: list[dict[str, Any]]) -> Path:
-    """Extended M3U playlist of the hits (``#EXTINF:seconds,artist - title``), written atomically."""
-    lines = ["#EXTM3U"]
-    for h in hits:
-        if not h.get("audio_path"):
-            continue
-        dur = h.get("duration")
-        secs = int(round(float(dur))) if dur is not None else -1
-        label = " - ".join(x for x in (h.get("artist"), h.get("title")) if x) or h["id"]
-        # One entry is exactly two lines: a newline in a tag or path must not inject lines.
-        lines += [f"#EXTINF:{secs},{_m3u_text(label)}", _m3u_text(str(h["audio_path"]))]
-    path = Path(path)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path

@@ -179,7 +179,7 @@ def test_manifest_name_is_looked_up_before_a_folder_of_that_name(synth_state: Pa
 
 # --------------------------------------------------------------------------- search output, flags
 def test_m3u_into_a_missing_folder_is_created_and_titles_are_sanitised(tmp_path: Path) -> None:
-    from musiccli.search import write_m3u
+    from musiccli.playlists import write_m3u
 
     hits = [{"id": "a", "audio_path": "/m/a.flac", "duration": 61.4, "artist": "X",
              "title": "evil\n/etc/passwd\r\n#EXTINF:1,x"}]

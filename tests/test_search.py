@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from musiccli.errors import MtxError
-from musiccli.search import SearchConfig, rank_top_k, search, write_m3u
+from musiccli.playlists import write_m3u
+from musiccli.search import SearchConfig, rank_top_k, search
 
 
 def test_rank_top_k_matches_full_sort() -> None:

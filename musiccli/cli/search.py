@@ -83,7 +83,8 @@ def command(
 ) -> None:
     """Search the library with text, a track or file to sound like, or both. The index is built on first use and
     rebuilt when the run or store changes."""
-    from ..search import SearchConfig, search, write_m3u
+    from ..playlists import write_m3u
+    from ..search import SearchConfig, search
     from ..state import Resume
 
     app = get_ctx(ctx, json_mode=as_json)
