@@ -121,9 +121,10 @@ def quality_checks(report: dict[str, Any], dark_metal_hits: list[dict[str, Any]]
 
 def _trained_on(state: StateDir) -> str:
     from .provenance import describe, run_training_data
-    from .training.checkpoint import read_run_json
+    from .runs import RunMeta
 
-    trained = run_training_data(read_run_json(state.run_dir(NAME))) or {}
+    meta = RunMeta.read(state.run_dir(NAME))
+    trained = (run_training_data(meta.to_dict()) if meta is not None else None) or {}
     return describe(trained.get("sources") or {}, trained.get("synthetic") or ())
 
 

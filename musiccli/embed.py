@@ -34,16 +34,23 @@ marked complete and the parts are removed. Because chunks are fixed by the
 manifest and ``chunk_tracks`` (checked against the parts' config), an interrupted and
 resumed run produces the same file as an uninterrupted one.
 
-Retrying failed tracks
-----------------------
-A store that is complete with failures is kept. ``--retry-failed`` (or ``--continue``, as for
-``download``) embeds only the manifest's tracks without a row, commits them in chunks into a
-workspace in the store's parts folder (an interrupted retry resumes like any run), and merges
-them into the store with ``store.merge``: one atomic rewrite with every row in manifest order,
-so the store then equals one embedded without failures. The record becomes complete when none
-fail now; tracks that fail again stay listed (they never make the stage "failed" by the
-same-error rule, since a file nobody fixed fails the same way). A store with ``tag_probs`` gets
-them for the retried tracks too; a tag side file of the previous store is removed.
+Rows keyed by content; updates and retries
+------------------------------------------
+A row is keyed by (track id, content hash) (``manifest.content_hash``: the source's hash of the
+file, else its size and mtime), and the stage config is the encoder's identity only, not the
+manifest's hash. A store complete for another library (``store.attrs["library"]``, the digest of
+the manifest's ordered (id, hash) pairs) is *updated*: only the manifest's tracks whose (id, hash)
+has no row are embedded, committed in chunks into a workspace in the store's parts folder (an
+interrupted update resumes with ``--continue`` like any run), and composed with the kept rows in
+manifest order by ``store.compose`` (one atomic rewrite): removed tracks' rows are dropped, kept
+rows are copied bit for bit, and the result equals a store embedded from scratch. Tracks that failed
+before with the same content are not retried by an update. A caption-only change embeds nothing.
+
+``--retry-failed`` (or ``--continue``, as for ``download``) over a store that is complete with
+failures is the same path with the failed tracks included. The record becomes complete when none
+fail now; tracks that fail again stay listed (they never make the stage "failed" by the same-error
+rule, since a file nobody fixed fails the same way). A store with ``tag_probs`` gets them for the
+new tracks too; a tag side file of the previous store is removed.
 
 Sharding
 --------
@@ -76,6 +83,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
@@ -83,12 +91,13 @@ from . import store
 from .audio import decode_windows, frame_with_context
 from .encoders import AGGREGATIONS, AudioEncoder, EncoderOptions, aggregate, build_encoder, get_spec
 from .errors import MtxError, unknown_choice
-from .manifest import Record, manifest_hash, read_manifest, resolve_manifest
+from .manifest import Record, content_hash, library_digest, manifest_hash, read_manifest, resolve_manifest
 from .progress import NullProgress, Progress
 from .tagging import TagSummary, check_tagger, summarize_tags
 from .runtime import DistInfo, Runtime, init_distributed, on_main, select_runtime
 from .state import (DEFAULT_MAX_FAILURE_RATE, FailurePolicy, FailureTracker, Resume, RetryTracker, StageRecord,
-                    StageRun, StageStatus, StateDir, atomic_write_json, begin_stage, clean_stale_temps, diff_configs,
+                    StageRun, StageStatus, StateDir, atomic_write_json, begin_stage, clean_stale_temps, config_hash,
+                    diff_configs,
                     is_done, load_stage, read_json, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
@@ -139,6 +148,9 @@ class EmbedResult:
     tags_path: Path | None = None          # the tag side file, when tags were added to a finished store
     tags_only: bool = False                # this run computed tags only (n_ok/failures count tagged tracks)
     retried: int = 0                       # --retry-failed: tracks embedded again (n_ok/failures: the whole store)
+    embedded: int = 0                      # tracks the encoder ran on in this run (0 when nothing changed)
+    updated: bool = False                  # an existing store was brought up to date with the manifest
+    library: str = ""                      # manifest.library_digest of the rows the store was built for
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))
@@ -154,7 +166,7 @@ class EmbedResult:
             out.tag_summary = TagSummary.from_dict(out.tag_summary)
         out.skipped = skipped
         if skipped:
-            out.seconds, out.clips_per_s = 0.0, 0.0
+            out.seconds, out.clips_per_s, out.embedded, out.retried, out.updated = 0.0, 0.0, 0, 0, False
         return out
 
 
@@ -178,6 +190,9 @@ class _Plan:
     shard: tuple[int, int] | None
     dist: DistInfo
     tags: bool = False
+    hashes: dict[str, str] = field(default_factory=dict)   # record id -> content hash (manifest.content_hash)
+    library: str = ""                                       # library_digest of (id, content hash), manifest order
+    manifest_hash: str = ""
 
     @property
     def worker(self) -> tuple[int, int]:
@@ -238,12 +253,14 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
                                                       trust_remote_code=cfg.trust_remote_code,
                                                       extra=dict(cfg.encoder_options)), runtime)
     aggregation = cfg.aggregation or spec.default_aggregation
+    # A row is keyed by (id, content hash), not by the manifest: the store is this encoder config's.
+    hashes = {r.id: content_hash(r) for r in records}
     window = cfg.window or encoder.default_window()[0]
     hop = cfg.hop or encoder.default_window()[1]
     config = {
         **encoder.identity(),
         "aggregation": aggregation, "window": window, "hop": hop, "max_windows": cfg.max_windows,
-        "dtype": cfg.dtype, "manifest_hash": manifest_hash(manifest_path),
+        "dtype": cfg.dtype,
         # Only when asked, so that records of runs without tags keep their config.
         **({"tags": True} if cfg.tags else {}),
     }
@@ -252,7 +269,8 @@ def _plan(state: StateDir, cfg: EmbedConfig) -> _Plan:
         encoder=encoder, runtime=runtime, aggregation=aggregation, window=window, hop=hop,
         dim=encoder.dim(aggregation), path=state.embeddings_path(spec.name, manifest_name), config=config,
         chunk_tracks=cfg.chunk_tracks, n_chunks=math.ceil(len(records) / cfg.chunk_tracks), shard=shard,
-        dist=dist, tags=cfg.tags,
+        dist=dist, tags=cfg.tags, hashes=hashes, library=library_digest((r.id, hashes[r.id]) for r in records),
+        manifest_hash=manifest_hash(manifest_path),
     )
 
 
@@ -368,9 +386,9 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     key = stage_key(plan.name, plan.manifest_name, plan.shard)
     run: StageRun | None = None
 
-    retrying = _retry_target(state, key, plan, cfg)
-    if retrying is not None:
-        return _retry_failed(state, retrying, cfg, progress, policy)
+    update = _update_kind(state, key, plan, cfg)
+    if update is not None:
+        return _update_store(state, update[1], cfg, progress, policy, update[0])
 
     finished = _finished_store_differing_in_tags(state, key, plan, cfg)
     if finished is not None:
@@ -386,6 +404,8 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
         if not run.already_complete:
             _check_existing(plan, cfg)
             _check_parts_config(plan)
+        elif plan.shard is None and not plan.dist.enabled:
+            _check_complete_store(plan, run.record)
         return run.already_complete
 
     if on_main(plan.dist, begin):
@@ -414,7 +434,7 @@ def run_embed(state: StateDir, cfg: EmbedConfig, progress: Progress | None = Non
     result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim,
                          n_ok=n_ok, n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT],
                          seconds=round(seconds, 3), clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0,
-                         assembled=False, shard=cfg.shard)
+                         assembled=False, shard=cfg.shard, embedded=n_processed, library=plan.library)
     if not plan.dist.is_main:
         return result
     parts = store.committed_parts(plan.path)
@@ -580,9 +600,11 @@ class _ChunkBuffer:
 def _commit(plan: _Plan, buf: _ChunkBuffer, failures: list[tuple[str, str]], n_ok: int, committed: int,
             run: StageRun | None, progress: Progress) -> tuple[int, int]:
     vectors = (np.stack(buf.vectors) if buf.vectors else np.zeros((0, plan.dim), np.float32))
+    _check_free_space(plan.path, vectors.nbytes + sum(w.nbytes for w in buf.windows))
     store.write_part(plan.path, buf.chunk, buf.ids, vectors.astype(store.DTYPES[plan.config["dtype"]]),
                      failed=buf.failed, windows=buf.windows if buf.keep_windows else None,
-                     tags=_stack_tags(plan, buf) if buf.keep_tags else None)
+                     tags=_stack_tags(plan, buf) if buf.keep_tags else None,
+                     hashes=[plan.hashes[i] for i in buf.ids], failed_hashes=[plan.hashes[i] for i, _ in buf.failed])
     for id_, why in buf.failed:
         log.warning("failed %s: %s", id_, why)
     n_ok += len(buf.ids)
@@ -601,21 +623,26 @@ def _stack_tags(plan: _Plan, buf: _ChunkBuffer) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- assembly
+def _store_attrs(plan: _Plan) -> dict[str, Any]:
+    return {
+        "encoder": plan.name, "encoder_version": plan.encoder.spec.version, "model_id": plan.encoder.model_id,
+        "layers": ",".join(str(v) for v in plan.config.get("layers") or []),
+        "sample_rate": plan.encoder.spec.sample_rate, "window": plan.window, "hop": plan.hop,
+        "max_windows": plan.config["max_windows"] or 0, "aggregation": plan.aggregation, "dim": plan.dim,
+        "window_dim": plan.encoder.window_dim, "manifest_hash": plan.manifest_hash, "library": plan.library,
+        "encoder_config": config_hash(_comparable(to_jsonable(plan.config))),
+        "manifest": plan.manifest_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # an encoder that can run in several runtimes (the student: onnx / torch) says which one did
+        **({"runtime": plan.config["runtime"]} if "runtime" in plan.config else {}),
+    }
+
+
 def _assemble(state: StateDir, plan: _Plan, cfg: EmbedConfig, parts: dict[int, Path],
               result: EmbedResult) -> EmbedResult:
     failures: list[tuple[str, str]] = []
     for c in range(plan.n_chunks):
         failures.extend(store.read_part_failures(parts[c]))
-    attrs = {
-        "encoder": plan.name, "encoder_version": plan.encoder.spec.version, "model_id": plan.encoder.model_id,
-        "layers": ",".join(str(v) for v in plan.config.get("layers") or []),
-        "sample_rate": plan.encoder.spec.sample_rate, "window": plan.window, "hop": plan.hop,
-        "max_windows": plan.config["max_windows"] or 0, "aggregation": plan.aggregation, "dim": plan.dim,
-        "window_dim": plan.encoder.window_dim, "manifest_hash": plan.config["manifest_hash"],
-        "manifest": plan.manifest_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # an encoder that can run in several runtimes (the student: onnx / torch) says which one did
-        **({"runtime": plan.config["runtime"]} if "runtime" in plan.config else {}),
-    }
+    attrs = _store_attrs(plan)
     n = store.assemble(plan.path, plan.dim, cfg.dtype, attrs, plan.n_chunks,
                        keep_windows=plan.aggregation == "none",
                        tag_names=plan.encoder.tag_names if plan.tags else None)
@@ -692,7 +719,7 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
     failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
     run.check_failures(ok=len(records) - len(failures), failed=len(failures))
     attrs = {"encoder": plan.name, "model_id": plan.encoder.model_id, "manifest": plan.manifest_name,
-             "manifest_hash": plan.config["manifest_hash"], "store": plan.path.name, "store_created": created,
+             "manifest_hash": plan.manifest_hash, "store": plan.path.name, "store_created": created,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     n = store.assemble_tags(side, plan.encoder.tag_names or (), attrs, tplan.n_chunks)
     log.info("stored tag probabilities of %d tracks in %s", n, side)
@@ -705,80 +732,176 @@ def _tag_finished_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress
     return result
 
 
-# --------------------------------------------------------------------------- --retry-failed
-def _retry_target(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> _Plan | None:
-    """The plan to retry the failed tracks of a finished store with, or None for a normal run.
+# --------------------------------------------------------------------------- updates and --retry-failed
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config as today's: stores made before rows were keyed by content named the whole
+    manifest's hash; that is the store's input now, not its config."""
+    return {k: v for k, v in config.items() if k not in ("manifest_hash", "tags")}
 
-    That is ``--retry-failed``/``--continue`` over a store that is complete with failures (as for
-    ``download``), or a retry that was interrupted. The retry keeps the store's own tags setting,
-    so that every row of the merged store has what the others have.
+
+def _update_kind(state: StateDir, key: str, plan: _Plan, cfg: EmbedConfig) -> tuple[str, _Plan] | None:
+    """How this run changes a finished store, or None for a normal run.
+
+    ``update``: the store is complete for another library (tracks added, changed, removed, reordered);
+    ``retry``: ``--retry-failed``/``--continue`` over a store complete with failures (as for ``download``);
+    ``resume``: an update or retry that was interrupted. Each keeps the store's own tags setting, so
+    every row of the result has what the others have.
     """
     if cfg.resume is Resume.FORCE or not plan.path.is_file():
         return None
-    previous = load_stage(state, key)
+    previous = load_stage(state, stage_key(plan.name, plan.manifest_name))   # the store's own record
     if previous is None:
         return None
     in_flight = (store.parts_dir(store.retry_path(plan.path)) / PARTS_CONFIG).is_file()
-    wanted = previous.status == StageStatus.COMPLETE_WITH_FAILURES.value and cfg.resume is Resume.CONTINUE
-    if not (wanted or (in_flight and not is_done(previous.status))):
+    if in_flight and not is_done(previous.status):
+        kind = "resume"
+    elif not is_done(previous.status) or diff_configs(_comparable(previous.config), _comparable(plan.config)):
+        return None
+    elif previous.status == StageStatus.COMPLETE_WITH_FAILURES.value and cfg.resume is Resume.CONTINUE:
+        kind = "retry"
+    elif (library := _store_attr(plan.path, "library")) is not _UNREADABLE and library != plan.library:
+        kind = "update"   # (an unreadable store is reported as damaged by the normal path)
+    else:
         return None
     if plan.shard is not None or plan.dist.enabled:
         # Every rank reads the same record, so each refuses alike (no rank waits on a barrier alone).
-        raise MtxError(f"{plan.path} is assembled; its failed tracks are retried by one process",
-                       hint=f"run `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name} "
-                            "--retry-failed` without --shard or torchrun")
+        what = "its failed tracks are retried" if kind == "retry" else "it is updated"
+        raise MtxError(f"{plan.path} is assembled; {what} by one process",
+                       hint=f"run `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name}"
+                            f"{' --retry-failed' if kind == 'retry' else ''}` without --shard or torchrun")
     tagged = bool(previous.config.get("tags"))
     if plan.tags and not tagged:
-        raise MtxError(f"{plan.path} has no tags: retry its failed tracks without --tags first",
+        what = "retry its failed tracks" if kind == "retry" else "update it"
+        raise MtxError(f"{plan.path} has no tags: {what} without --tags first",
                        hint="then `mtx embed --tags` adds the tags of every stored track beside it")
     if tagged and not plan.tags:
         check_tagger(plan.name)
         plan = replace(plan, tags=True, config={**plan.config, "tags": True})
-    return plan
+    return kind, plan
 
 
-def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress,
-                  policy: FailurePolicy) -> EmbedResult:
-    """Embed only the manifest's tracks that are missing from the finished store, and merge them in.
+_UNREADABLE = object()
 
-    The tracks to retry are the records without a row (the store was complete, so each of them
-    failed). They are committed in chunks into a workspace inside the store's parts folder (resumed
-    by ``--continue`` like any run), assembled there, and merged into the store in manifest order
-    (``store.merge``: one atomic rewrite), so the store then equals one embedded without failures.
-    The stage record becomes complete when none fail now, else complete with the remaining failures.
+
+def _store_attr(path: Path, name: str) -> Any:
+    try:
+        with h5py.File(path, "r") as f:
+            return store._attr(f.attrs.get(name))
+    except OSError:
+        return _UNREADABLE
+
+
+@dataclass
+class _Update:
+    tplan: _Plan                                  # the tracks to embed, committed into the workspace
+    token: str                                    # names this update; the composed store carries it
+    merged: bool                                  # the store was composed already: only the record is left
+    base_rows: dict[tuple[str, str], int]         # (id, content hash) -> row of the store
+    base_failed: dict[tuple[str, str], str]       # (id, content hash) -> why it failed
+    retry: bool
+
+
+def _update_plan(plan: _Plan, cfg: EmbedConfig, retry: bool | None) -> _Update:
+    """What an update (or retry) embeds: the manifest's tracks whose (id, content hash) has no row.
+
+    Tracks that failed before with the same content are not tried again by an update (the file is
+    the same; ``--retry-failed`` tries them). A workspace made for this store and library is resumed
+    with its own list of tracks; one whose token the store carries was composed already; any other
+    is discarded.
+    """
+    workspace = store.retry_path(plan.path)
+    with store.EmbeddingStore(plan.path) as existing:
+        ids = existing.ids
+        hashes = existing.hashes
+        if hashes is None and existing.attrs.get("manifest_hash") == plan.manifest_hash:
+            hashes = [plan.hashes.get(i, "") for i in ids]   # a store from before content hashes, same manifest
+        base_rows = {(i, h): k for k, (i, h) in enumerate(zip(ids, hashes or [""] * len(ids))) if h}
+        base_failed = {(i, h): why for i, h, why in existing.failures() if h}
+        identity = f"{existing.attrs.get('created', '')} ({len(ids)} rows, {existing.attrs.get('library', '')})"
+        token_now = str(existing.attrs.get("update_token", ""))
+    saved_path = store.parts_dir(workspace) / PARTS_CONFIG
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    merged = saved is not None and saved.get("token") == token_now
+    if saved is not None and not merged and (saved.get("update_of") != identity
+                                             or saved.get("library") != plan.library):
+        store.discard(workspace)
+        saved = None
+    if saved is not None:
+        todo, token, retry = saved["todo"], saved["token"], bool(saved.get("retry"))
+    else:
+        retry = bool(retry)
+        todo = [r.id for r in plan.records if (r.id, plan.hashes[r.id]) not in base_rows
+                and (retry or (r.id, plan.hashes[r.id]) not in base_failed)]
+        token = config_hash({"of": identity, "library": plan.library, "todo": todo})
+    by_id = {r.id: r for r in plan.records}
+    tplan = replace(plan, records=[by_id[i] for i in todo], path=workspace,
+                    config={**plan.config, "update_of": identity, "todo": todo, "token": token, "retry": retry},
+                    n_chunks=math.ceil(len(todo) / cfg.chunk_tracks))
+    if not merged:
+        _check_parts_config(tplan)
+    return _Update(tplan=tplan, token=token, merged=merged, base_rows=base_rows, base_failed=base_failed, retry=retry)
+
+
+def _update_store(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Progress, policy: FailurePolicy,
+                  kind: str) -> EmbedResult:
+    """Bring a finished store up to date with the manifest, embedding only what has no row.
+
+    The new tracks are committed in chunks into a workspace in the store's parts folder (resumed by
+    ``--continue`` like any run), assembled there, and composed with the store's kept rows in
+    manifest order (``store.compose``: one atomic rewrite), so the result equals a store embedded
+    from scratch on this manifest; rows of unchanged tracks are copied bit for bit. Rows of tracks
+    no longer in the manifest are dropped.
     """
     key = stage_key(plan.name, plan.manifest_name)
-    run = begin_stage(state, "embed", key, config=plan.config, mode=cfg.resume,
-                      discard=lambda: _discard(plan, cfg), outputs={"store": plan.path}, policy=policy)
+    workspace = store.retry_path(plan.path)
+    # An update starts a new record over the finished one; its discard only drops a stale workspace
+    # (the store is this run's input until the composed one replaces it).
+    mode = Resume.FORCE if kind == "update" else cfg.resume
+    discard = (lambda: store.discard(workspace)) if kind == "update" else (lambda: _discard(plan, cfg))
+    run = begin_stage(state, "embed", key, config=plan.config, mode=mode, discard=discard,
+                      outputs={"store": plan.path}, policy=policy)
     if run.already_complete:
         return EmbedResult.from_dict(run.record.result, skipped=True)
     _check_existing(plan, cfg)
-    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(store.retry_path(plan.path))):
+    for folder in (plan.path.parent, store.parts_dir(plan.path), store.parts_dir(workspace)):
         clean_stale_temps(folder)
-    tplan, n_stored, merged = _retry_plan(plan, cfg)
-    n_retry = len(tplan.records)
-    log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", n_retry, plan.path)
-    run.update(retrying=n_retry)
+    up = _update_plan(plan, cfg, retry=kind == "retry" if kind != "resume" else None)
+    tplan = up.tplan
+    n_todo = len(tplan.records)
+    if up.retry:
+        log.info("retrying the %d failed track(s) of %s; the stored tracks are kept", n_todo, plan.path)
+    else:
+        log.info("updating %s: %d new or changed track(s) to embed; the other rows are kept", plan.path, n_todo)
+    run.update(retrying=n_todo) if up.retry else run.update(embedding=n_todo)
     start = time.perf_counter()
-    done = store.committed_parts(tplan.path)
-    todo = [] if merged else [c for c in range(tplan.n_chunks) if c not in done]
-    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, RetryTracker(f"embed ({plan.name})", policy))
+    done = store.committed_parts(workspace)
+    todo = [] if up.merged else [c for c in range(tplan.n_chunks) if c not in done]
+    tracker = (RetryTracker if up.retry else FailureTracker)(f"embed ({plan.name})", policy)
+    _, _, n_processed = _encode_chunks(tplan, cfg, todo, run, progress, tracker)
     seconds = time.perf_counter() - start
-    parts = store.committed_parts(tplan.path)
-    failures = [f for c in range(tplan.n_chunks) for f in store.read_part_failures(parts[c])]
-    n_ok = n_stored if merged else n_stored + n_retry - len(failures)
-    run.check_failures(ok=n_ok, failed=len(failures))
-    if len(failures) < n_retry and not merged:
-        n_ok = _merge_retried(plan, tplan)
-    if len(failures) < n_retry:
-        side = store.tags_path(plan.path)
-        if side.exists():
-            store.discard(side)
-            log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again",
-                     side)
+    if up.merged:
+        with store.EmbeddingStore(plan.path) as st:
+            n_ok, failures = len(st), [(i, why) for i, _, why in st.failures()]
+    else:
+        parts = store.committed_parts(workspace)
+        new_failed = {(i, h): why for c in range(tplan.n_chunks) for i, h, why in store.part_failures(parts[c])}
+        kept_failed = {k: why for k, why in up.base_failed.items() if not up.retry}
+        failed_now = {**kept_failed, **new_failed}
+        failures = [(r.id, failed_now[(r.id, plan.hashes[r.id])]) for r in plan.records
+                    if (r.id, plan.hashes[r.id]) in failed_now]
+        run.check_failures(ok=len(plan.records) - len(failures), failed=len(failures))
+        n_ok, kept = _compose_update(plan, tplan, up, failed_now)
+        log.info("%s: %d row(s) kept, %d dropped, %d track(s) embedded", plan.path.name, kept,
+                 len(up.base_rows) - kept, n_processed)
+    side = store.tags_path(plan.path)
+    if side.exists():   # the store was rewritten: its tag side file describes the previous rows
+        store.discard(side)
+        log.info("removed %s: it holds the tags of the previous store; `mtx embed --tags` computes them again", side)
     result = EmbedResult(path=plan.path, encoder=plan.name, manifest=plan.manifest_name, dim=plan.dim, n_ok=n_ok,
                          n_failed=len(failures), failures=failures[:MAX_FAILURES_KEPT], seconds=round(seconds, 3),
-                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0, retried=n_retry)
+                         clips_per_s=round(n_processed / seconds, 2) if seconds else 0.0,
+                         retried=n_todo if up.retry else 0, embedded=n_processed, updated=not up.retry,
+                         library=plan.library)
     if plan.tags:
         result.tag_summary = summarize_tags(plan.path, plan.records)
     run.complete(result.to_dict(), failed=len(failures))
@@ -786,42 +909,34 @@ def _retry_failed(state: StateDir, plan: _Plan, cfg: EmbedConfig, progress: Prog
     return result
 
 
-def _retry_plan(plan: _Plan, cfg: EmbedConfig) -> tuple[_Plan, int, bool]:
-    """(the plan over the tracks to retry, rows of the store now, whether they were merged already).
-
-    A workspace made for this store is resumed with its own list of tracks. The store held none of
-    them; if it holds some now, a retry merged them and stopped before recording it, and only the
-    record is left to write. A workspace made for another store is discarded.
-    """
-    workspace = store.retry_path(plan.path)
-    with store.EmbeddingStore(plan.path) as existing:
-        stored = set(existing.ids)
-        identity = f"{existing.attrs.get('created', '')} ({len(stored)} rows)"
-    saved_path = store.parts_dir(workspace) / PARTS_CONFIG
-    saved = read_json(saved_path) if saved_path.is_file() else None
-    merged = saved is not None and any(i in stored for i in saved.get("retry_ids", ()))
-    if saved is not None and not merged and saved.get("retry_of") != identity:
-        store.discard(workspace)
-        saved = None
-    ids = saved["retry_ids"] if saved is not None else [r.id for r in plan.records if r.id not in stored]
-    by_id = {r.id: r for r in plan.records}
-    tplan = replace(plan, records=[by_id[i] for i in ids], path=workspace,
-                    config={**plan.config, "retry_of": saved["retry_of"] if merged else identity, "retry_ids": ids},
-                    n_chunks=math.ceil(len(ids) / cfg.chunk_tracks))
-    if not merged:
-        _check_parts_config(tplan)
-    return tplan, len(stored), merged
-
-
-def _merge_retried(plan: _Plan, tplan: _Plan) -> int:
-    """Assemble the retried tracks' parts and merge them into the store (manifest order); return its rows."""
-    added = store.assemble(tplan.path, plan.dim, plan.config["dtype"], {}, tplan.n_chunks,
-                           keep_windows=plan.aggregation == "none",
-                           tag_names=plan.encoder.tag_names if plan.tags else None)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    n = store.merge(plan.path, tplan.path, [r.id for r in plan.records], {"created": now})
-    log.info("merged %d re-embedded track(s) into %s (%d rows, manifest order)", added, plan.path, n)
-    return n
+def _compose_update(plan: _Plan, tplan: _Plan, up: _Update,
+                    failed_now: dict[tuple[str, str], str]) -> tuple[int, int]:
+    """Assemble the newly embedded tracks and compose them with the store's kept rows (manifest order);
+    return (rows, rows kept from the store)."""
+    sources = [plan.path]
+    new_rows: dict[str, int] = {}
+    if tplan.records:
+        store.assemble(tplan.path, plan.dim, plan.config["dtype"], {}, tplan.n_chunks,
+                       keep_windows=plan.aggregation == "none",
+                       tag_names=plan.encoder.tag_names if plan.tags else None)
+        with store.EmbeddingStore(tplan.path) as added:
+            new_rows = {i: k for k, i in enumerate(added.ids)}
+        sources.append(tplan.path)
+    picks, ids, hashes, failed = [], [], [], []
+    for r in plan.records:
+        h = plan.hashes[r.id]
+        if r.id in new_rows:
+            picks.append((1, new_rows[r.id]))
+        elif (r.id, h) in up.base_rows:
+            picks.append((0, up.base_rows[(r.id, h)]))
+        else:
+            failed.append((r.id, h, failed_now.get((r.id, h), "not embedded")))
+            continue
+        ids.append(r.id)
+        hashes.append(h)
+    attrs = {**_store_attrs(plan), "update_token": up.token}
+    n = store.compose(plan.path, sources, picks, ids, hashes, failed, attrs)
+    return n, sum(1 for s, _ in picks if s == 0)
 
 
 # --------------------------------------------------------------------------- safety checks
@@ -832,7 +947,8 @@ def _parts_config_path(plan: _Plan) -> Path:
 def _parts_config(plan: _Plan) -> dict[str, Any]:
     # The chunking decides which rows a part holds, so it must match too (it does not
     # change the final file, hence it is not part of the stage config).
-    return to_jsonable({**plan.config, "chunk_tracks": plan.chunk_tracks, "n_chunks": plan.n_chunks})
+    return to_jsonable({**plan.config, "chunk_tracks": plan.chunk_tracks, "n_chunks": plan.n_chunks,
+                        "library": plan.library})
 
 
 def _check_parts_config(plan: _Plan) -> None:
@@ -840,13 +956,62 @@ def _check_parts_config(plan: _Plan) -> None:
     path = _parts_config_path(plan)
     expected = _parts_config(plan)
     if path.exists():
-        differences = diff_configs(read_json(path), expected)
+        saved = read_json(path)
+        differences = diff_configs(saved, expected)
+        changed = {k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k)}
+        if differences and changed <= {"library", "n_chunks"} and "todo" not in plan.config:
+            # The manifest changed while a first embed was interrupted: chunks now hold other tracks.
+            log.warning("the manifest changed since these embedding parts were committed; embedding it from the "
+                        "start (a finished store is updated in place instead)")
+            for part in store.committed_parts(plan.path).values():
+                part.unlink(missing_ok=True)
+            atomic_write_json(path, expected)
+            return
         if differences:
             raise MtxError("the committed embedding parts were made with a different config: "
                            + "; ".join(differences),
                            hint="rerun with the original options, or use --force to start over")
         return
     atomic_write_json(path, expected)
+
+
+# Room kept free beyond a part's own size: HDF5 metadata, the stage record, the next temp file.
+FREE_MARGIN = 16 << 20
+
+
+def _check_free_space(path: Path, nbytes: int) -> None:
+    """Refuse to write ``nbytes`` (twice over, plus a margin) into ``path``'s folder without the room:
+    HDF5 crashes the process when a flush hits a full disk, so the check comes before the write."""
+    import shutil as _shutil
+
+    folder = store.parts_dir(path)
+    probe = folder if folder.exists() else path.parent
+    try:
+        free = _shutil.disk_usage(probe).free
+    except OSError:
+        return
+    need = 2 * int(nbytes) + FREE_MARGIN
+    if free < need:
+        raise MtxError(f"no space left on device at {probe} ({free >> 20} MiB free, about {need >> 20} MiB needed)",
+                       hint="free some space, then rerun the same command with --continue: committed work is kept")
+
+
+def _check_complete_store(plan: _Plan, record: StageRecord) -> None:
+    """A store read as complete must open and hold the rows its record says (a truncated copy, a
+    disk that filled during a copy); otherwise say so instead of reporting "already complete"."""
+    expected = (record.result or {}).get("n_ok")
+    try:
+        with store.EmbeddingStore(plan.path) as st:
+            rows = len(st)
+    except MtxError as e:
+        raise MtxError(f"the embeddings recorded as complete are damaged: {e.message}",
+                       hint=f"rerun `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name} "
+                            "--force` to rebuild them") from None
+    if isinstance(expected, int) and rows != expected:
+        raise MtxError(f"the embeddings recorded as complete are damaged: {plan.path} holds {rows} rows, "
+                       f"its record says {expected}",
+                       hint=f"rerun `mtx embed --audio-encoder {plan.name} --manifest {plan.manifest_name} "
+                            "--force` to rebuild them")
 
 
 def _check_existing(plan: _Plan, cfg: EmbedConfig) -> None:

@@ -13,11 +13,10 @@ of the run's train split) are dropped with a warning, and counted in the report;
 left the evaluation is refused. This matters when ``--manifest`` names another manifest than the
 run's own.
 
-Baselines are computed in the same run over the same tracks: random text
-vectors (seeded Gaussian, same dim), the untrained model (the run's backbone
-with a freshly initialised head, same audio statistics) and, when the run's
-audio encoder has one (clap, muq), the encoder's own zero-shot text tower
-("native", loaded from the checkpoint recorded in the store). A baseline that
+The run's model family (``musiccli.families``) supplies the audio vectors (a store's rows through the
+run's audio tower, or a student's music tower over the audio), its baselines beyond random text vectors
+(seeded Gaussian, same dim) and the report keys only it has; everything else here is the same for
+every family: leaks, the retrieval protocol, zero-shot tables, prompts and plots. A baseline that
 cannot be computed (e.g. weights not available offline) is skipped with a note.
 The report is written atomically to ``runs/<run>/eval-<split>-<checkpoint>.json``
 (``runs.eval_report_path``), so each checkpoint keeps its own numbers.
@@ -40,14 +39,13 @@ from .manifest import Record, group_of, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
 from .retrieval import (PROTOCOLS, Relevance, caption_relevance, describe_protocol, merge_tag_labels, music_to_text,
                         tag_metrics, tag_queries, text_to_music)
-from .runs import (RunInfo, eval_key, eval_report_path, resolve_run, run_manifest_and_store, store_identity,
-                   weights_identity)
+from .families import family_for
+from .runs import RunInfo, eval_key, eval_report_path, resolve_run
 from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
 
 log = logging.getLogger(__name__)
 
 MIN_TAG_POSITIVES = 5
-SYSTEMS = ("model", "untrained", "random", "native")
 
 
 # --------------------------------------------------------------------------- config / result
@@ -153,14 +151,14 @@ def drop_training_records(records: Sequence[Record], train_records: Sequence[Rec
 
 def _run_train_records(info: RunInfo, mpath: Path, records_all: list[Record]) -> list[Record] | None:
     """The records of the run's train split: from the manifest it was trained on, as recorded in run.json."""
-    train_path = Path(info.meta.get("manifest_path") or "")
+    train_path = Path(info.meta.manifest_path or "")
     if train_path.is_file() and train_path.resolve() == Path(mpath).resolve():
         return [r for r in records_all if r.split == "train"]
     if not train_path.is_file():
         log.warning("run %s: its training manifest %s is gone; cannot check the split for training records",
                     info.name, train_path or "(not recorded)")
         return None
-    if info.meta.get("manifest_hash") and manifest_hash(train_path) != info.meta["manifest_hash"]:
+    if info.meta.manifest_hash and manifest_hash(train_path) != info.meta.manifest_hash:
         log.warning("run %s: its training manifest %s changed since training; checking against its current "
                     "train split", info.name, train_path)
     return [r for r in read_manifest(train_path) if r.split == "train"]
@@ -190,75 +188,10 @@ def _encode(model, texts: list[str], runtime, batch_size: int) -> np.ndarray:
     import torch
 
     if not texts:
-        # A TextEmbedder declares its dim in its config; a NativeTextModel (no .config) carries .dim.
-        dim = model.config.out_dim if hasattr(model, "config") else model.dim
-        return np.zeros((0, dim), dtype=np.float32)
+        dim = model.dim if hasattr(model, "dim") else model.config.out_dim   # a bare TextEmbedder has no .dim
+        return np.zeros((0, int(dim)), dtype=np.float32)
     with torch.inference_mode(), runtime.autocast():
         return _unit(model.encode(texts, batch_size=batch_size))
-
-
-def _untrained_like(model, backbone: str, seed: int):
-    """The run's backbone with a freshly initialised head (seeded), carrying the same audio stats."""
-    import torch
-
-    from .encoders.text import TextEmbedder
-
-    c = model.config
-    torch.manual_seed(seed)
-    fresh = TextEmbedder.from_backbone(backbone, out_dim=c.out_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
-                                       pooling=c.pooling, max_length=c.max_length,
-                                       audio_encoder=c.audio_encoder, aggregation=c.aggregation, space=c.space)
-    fresh.audio_mean.copy_(model.audio_mean.cpu())
-    fresh.audio_std.copy_(model.audio_std.cpu())
-    return fresh.eval()
-
-
-def _untrained_audio(tower, seed: int):
-    """A joint run's audio tower with a freshly initialised head (seeded), same audio stats; an
-    align run's identity tower as is (it has nothing to train)."""
-    import torch
-
-    from .encoders.towers import AudioTower
-
-    if not tower.has_head:
-        return tower
-    torch.manual_seed(seed + 1)
-    fresh = AudioTower(tower.config)
-    fresh.audio_mean.copy_(tower.audio_mean.cpu())
-    fresh.audio_std.copy_(tower.audio_std.cpu())
-    return fresh.eval()
-
-
-# --------------------------------------------------------------------------- the stage
-def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
-    """The systems an evaluation scores: the model, plus baselines (native only for encoders with a text tower)."""
-    from .encoders.native_text import TEXT_TOWERS
-
-    if not baselines:
-        return ["model"]
-    return [s for s in SYSTEMS if s != "native" or audio_encoder in TEXT_TOWERS]
-
-
-def _system(name: str, model, audio: np.ndarray, data: EvalData, info: RunInfo, native_model: str | None,
-            runtime, cfg: EvalConfig, audio_tower=None):
-    """(audio vectors, text encoder) of one scored system; raises MtxError when it cannot be built."""
-    if name == "model":
-        return audio, lambda texts: _encode(model, list(texts), runtime, cfg.batch_size)
-    if name == "native":
-        from .encoders.native_text import load_native_text_model
-
-        native = load_native_text_model(info.audio_encoder, native_model, runtime.device)
-        return native.audio_for_retrieval(data.audio_raw), lambda texts: _encode(native, list(texts), runtime,
-                                                                                   cfg.batch_size)
-    if name == "random":
-        rng = np.random.default_rng(cfg.seed)
-        d = model.config.out_dim
-        return audio, lambda texts: _unit(rng.standard_normal((len(texts), d)))
-    backbone = str(info.meta.get("text_backbone") or model.config.backbone)
-    fresh = _untrained_like(model, backbone, cfg.seed).to(runtime.device)
-    if audio_tower is not None:   # a joint run's audio head is re-initialised too (align: identity, unchanged)
-        audio = _unit(_untrained_audio(audio_tower, cfg.seed).audio_for_retrieval(data.audio_raw))
-    return audio, lambda texts: _encode(fresh, list(texts), runtime, cfg.batch_size)
 
 
 def _zero_shot_sets(records: list[Record], fields: Sequence[str], notes: dict[str, str]) -> dict[str, Any]:
@@ -334,39 +267,34 @@ def _first_labels(data: EvalData, zs: dict[str, Any]) -> tuple[str, list[str | N
 
 @stage_function
 def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    from .runs import load_towers
+    """Evaluate one checkpoint of any family's run (the family supplies the vectors and its own baselines)."""
     from .runtime import select_runtime
-    from .store import EmbeddingStore
 
     progress = progress or NullProgress()
     if cfg.split not in ("train", "val", "test"):
         raise unknown_choice("split", cfg.split, ("train", "val", "test"))
     if cfg.query_protocol not in PROTOCOLS:
         raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
+    if cfg.zero_shot or cfg.prompt != "raw":
+        zeroshot.prompt_templates(cfg.prompt)   # an unknown --prompt fails before any work
     info = resolve_run(state, cfg.run)
-    if info.objective == "student":
-        return _run_student_eval(state, cfg, info, progress)
+    family = family_for(info)
     ckpt = info.checkpoint_dir(cfg.checkpoint)
-    mname, mpath, emb_path = run_manifest_and_store(state, info, cfg.manifest)
+    plan = family.eval_plan(state, info, ckpt, cfg.manifest, cfg.baselines)
+    mname, mpath = plan.manifest, plan.manifest_path
     records_all = read_manifest(mpath)
     warnings = _provenance_warnings(info, [r for r in records_all if r.split == cfg.split])
     out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
-    key = eval_key(info.name, cfg.split, cfg.checkpoint)
-    systems = eval_systems(info.audio_encoder, cfg.baselines)
-    stage_config = {
-        "manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
-        "weights": weights_identity(ckpt), "baselines": cfg.baselines, "systems": systems, "seed": cfg.seed,
-        "query_protocol": cfg.query_protocol,
-    }
+    systems = plan.systems
+    stage_config = {**plan.stage_config, "seed": cfg.seed, "query_protocol": cfg.query_protocol}
     if cfg.zero_shot:
-        zeroshot.prompt_templates(cfg.prompt)   # an unknown --prompt fails before any work
         stage_config.update(zero_shot=list(dict.fromkeys(cfg.zero_shot)), prompt=cfg.prompt)
     if not cfg.plots:
         stage_config["plots"] = False   # recorded only when off, so a later run with plots draws them
     # New weights (more training) or new data make the old report stale: evaluating again is
     # the expected behaviour, not a conflict the user must resolve with --force.
-    stage = begin_stage(state, "eval", key, config=stage_config, mode=cfg.resume,
-                        discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
+    stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
+                        mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
                         outputs={"report": out_path})
     if stage.already_complete and out_path.exists():
         html = out_path.with_suffix("") / "report.html"
@@ -376,32 +304,25 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     runtime = select_runtime(cfg.device, cfg.precision)
     log.info("evaluating run %s (%s checkpoint) on the %s split of %s; %s",
              info.name, cfg.checkpoint, cfg.split, mname, runtime.describe())
-    towers = load_towers(ckpt, device=runtime.device)
-    model = towers.text
-    with EmbeddingStore(emb_path) as store:
-        if store.dim != towers.audio.in_dim:
-            raise MtxError(f"store {emb_path.name} has dim {store.dim} but the run's audio tower reads "
-                           f"{towers.audio.in_dim}",
-                           hint="evaluate with the manifest/encoder the run was trained on")
-        leaks = held_out(info, mpath, mname, records_all, cfg.split)
-        records = [r for r in leaks.kept if store.has(r.id)]
-        if not records:
-            from .manifest import split_counts
+    model = family.load(ckpt, "torch", runtime.device)
+    leaks = held_out(info, mpath, mname, records_all, cfg.split)
+    vecs = family.eval_vectors(plan, model, leaks.kept, records_all, with_train=bool(cfg.zero_shot))
+    records = vecs.records
+    if not records:
+        from .manifest import split_counts
 
-            raise MtxError(f"no {cfg.split} records of {mname} have embeddings "
-                           f"(split sizes: {split_counts(records_all)})",
-                           hint="pick another --split, or run `mtx unify`/`mtx embed` so the split is populated")
-        audio_raw = store.get([r.id for r in records])
-        # The probe is fitted on the train split's frozen audio vectors.
-        train_records = [r for r in records_all if r.split == "train" and store.has(r.id)] if cfg.zero_shot else []
-        train_raw = store.get([r.id for r in train_records]) if train_records else np.zeros((0, store.dim))
-        # The native tower must be the text half of the checkpoint that embedded these tracks.
-        native_model = store.attrs.get("model_id") or None
-    data = build_eval_data(records, audio_raw, cfg.query_protocol)
-    audio = _unit(towers.audio.audio_for_retrieval(audio_raw))
+        raise MtxError(f"no {cfg.split} records of {mname} have audio vectors for this run "
+                       f"(split sizes: {split_counts(records_all)})",
+                       hint="pick another --split, or run `mtx unify`/`mtx embed` so the split is populated")
+    data = build_eval_data(records, vecs.raw, cfg.query_protocol)
+    audio = _unit(vecs.audio)
+
+    def encoder(m) -> Any:
+        return lambda texts: _encode(m, list(texts), runtime, cfg.batch_size)
 
     results: dict[str, Any] = dict(stage.record.counters.get("results", {})) if stage.resumed else {}
     notes: dict[str, str] = dict(stage.record.counters.get("notes", {})) if stage.resumed else {}
+    notes.update(plan.notes)
     zs = _zero_shot_sets(records, cfg.zero_shot, notes)
     with progress.task("Evaluating", total=len(systems), unit="systems", completed=len(results)) as task:
         for name in systems:
@@ -409,8 +330,12 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             if name in results or name in notes:
                 continue
             try:
-                audio_sys, encode = _system(name, model, audio, data, info, native_model, runtime, cfg,
-                                            towers.audio)
+                if name == "model":
+                    audio_sys, encode = audio, encoder(model)
+                elif name == "random":
+                    audio_sys, encode = audio, _random_encoder(int(model.dim), cfg.seed)
+                else:
+                    audio_sys, encode = family.eval_system(name, model, vecs, info, runtime, encoder, cfg.seed)
             except MtxError as e:
                 log.warning("%s baseline skipped: %s", name, e.message)
                 notes[name] = f"skipped: {e.message}"
@@ -424,13 +349,14 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
             stage.update(results=to_jsonable(results), notes=notes)   # one committed unit per system
             task.advance()
 
-    report = _make_report(info, cfg, mname, emb_path, data, results, notes, stage_config)
+    report = _make_report(info, cfg, mname, plan.store_path, data, results, notes, stage_config)
     report["leak_check"] = {"dropped_training_records": leaks.dropped, "examples": leaks.examples,
                             "note": leaks.note}
-    if "native" in systems:
-        report["native_model"] = native_model
+    report.update(family.eval_extras(state, plan, info, model, vecs, data.texts, cfg.split))
+    report["baseline_notes"] = notes
     if zs:
-        report["zero_shot"] = _zero_shot_report(zs, results, cfg, _probe(zs, audio_raw, train_records,
+        train_raw = vecs.train_raw if vecs.train_raw is not None else np.zeros((0, vecs.raw.shape[1]))
+        report["zero_shot"] = _zero_shot_report(zs, results, cfg, _probe(zs, vecs.raw, vecs.train_records,
                                                                          train_raw, cfg.seed, notes))
     report = to_jsonable(report)
     atomic_write_json(out_path, report)
@@ -441,11 +367,17 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, report, html=html, warnings=warnings)
 
 
+def _random_encoder(dim: int, seed: int):
+    """The random baseline: seeded Gaussian text vectors of the run's width (one stream per evaluation)."""
+    rng = np.random.default_rng(seed)
+    return lambda texts: _unit(rng.standard_normal((len(texts), dim)))
+
+
 def _provenance_warnings(info: RunInfo, records: Sequence[Record]) -> list[str]:
     """The run-met-other-music line for the tracks being evaluated (returned for the CLI, not logged)."""
     from .provenance import run_training_data, source_counts, unseen_sources_warning
 
-    line = unseen_sources_warning(info.name, run_training_data(info.meta), source_counts(records))
+    line = unseen_sources_warning(info.name, run_training_data(info.meta.to_dict()), source_counts(records))
     return [line] if line else []
 
 
@@ -453,11 +385,11 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 else None
 
 
-def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, data: EvalData,
+def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path | None, data: EvalData,
                  results: dict[str, Any], notes: dict[str, str], stage_config: dict[str, Any]) -> dict[str, Any]:
     model_tags = results["model"]["tags"]
     ratio = {}
-    if "random" in results:
+    if "random" in results and "model" in results:
         for d in ("text_to_music", "music_to_text"):
             ratio[d] = _ratio(results["model"][d]["R@10"], results["random"][d]["R@10"])
     return {
@@ -465,7 +397,8 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
         "checkpoint": cfg.checkpoint,
         "split": cfg.split,
         "manifest": mname,
-        "embeddings": str(emb_path),
+        "embeddings": str(emb_path) if emb_path is not None else None,
+        "objective": info.objective,
         "audio_encoder": info.audio_encoder,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "protocol": {
@@ -502,185 +435,3 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path, dat
         "ratio_r10_model_vs_random": ratio,
         "inputs": stage_config,
     }
-
-
-# --------------------------------------------------------------------------- student runs
-def student_track_vectors(model, records: Sequence[Record], batch_windows: int = 16) -> tuple[np.ndarray, list[str]]:
-    """Unit music vectors [N, dim] from audio (crop-length windows, mean, L2) as `mtx embed` stores them;
-    tracks that fail to decode get a zero row and are listed."""
-    import torch
-
-    from .audio import decode, frame_windows
-
-    c = model.student_config
-    out = np.zeros((len(records), c.dim), dtype=np.float32)
-    failed = []
-    with torch.inference_mode():
-        for j, r in enumerate(records):
-            try:
-                wave, _ = decode(r.audio_path, c.sample_rate)
-            except MtxError as e:
-                failed.append(f"{r.id}: {e.message}")
-                continue
-            windows = frame_windows(wave, c.crop_samples, c.crop_samples)
-            vecs = [model.embed_waves(torch.from_numpy(windows[s:s + batch_windows])).float().cpu().numpy()
-                    for s in range(0, len(windows), batch_windows)]
-            out[j] = np.concatenate(vecs).mean(0)
-    return _unit(out), failed
-
-
-def _teacher_cosines(model, state: StateDir, mname: str, records: Sequence[Record], music: np.ndarray
-                     ) -> tuple[dict[str, float], dict[str, str]]:
-    """Mean cosine between each teacher's projection of the student vector and its standardised vector."""
-    import torch
-
-    from .store import EmbeddingStore
-
-    cos, notes = {}, {}
-    for name in sorted(model.student_config.teachers):
-        path = state.embeddings_path(name, mname)
-        if not path.exists():
-            notes[f"teacher_{name}"] = f"skipped: no {name} store for {mname}"
-            continue
-        with EmbeddingStore(path) as store:
-            keep = [j for j, r in enumerate(records) if store.has(r.id)]
-            raw = store.get([records[j].id for j in keep])
-        with torch.inference_mode():
-            target = model.standardise_teacher(name, torch.from_numpy(raw))
-            pred = model.heads[name](torch.from_numpy(music[keep]))
-            cos[name] = float(torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean())
-    return cos, notes
-
-
-def _text_teacher_checkpoint(state: StateDir, info: RunInfo) -> tuple[Path | None, dict[str, str]]:
-    """The checkpoint of a student's ``--text-teacher`` run, if it had one and it is still there."""
-    tt = info.meta.get("text_teacher")
-    if not tt:
-        return None, {}
-    try:
-        return resolve_run(state, tt["run"], announce=False).checkpoint_dir(tt["checkpoint"]), {}
-    except MtxError as e:
-        return None, {"text_teacher": f"skipped: {e.message}"}
-
-
-def _text_teacher_cosine(model, info: RunInfo, ckpt: Path, texts: Sequence[str]) -> dict[str, float]:
-    """Mean cosine, over the split's captions, between the teacher projection of the student's text vector
-    and the text teacher's vector (native space, standardised as in training)."""
-    import torch
-
-    from .encoders.text import TextEmbedder
-
-    teacher = info.meta["text_teacher"]["audio_encoder"]
-    raw = TextEmbedder.from_pretrained(ckpt).encode(list(texts), batch_size=128, space="audio")
-    with torch.inference_mode():
-        target = model.standardise_teacher(teacher, torch.from_numpy(raw).to(model.device))
-        pred = model.heads[teacher](torch.from_numpy(model.encode(list(texts))).to(model.device))
-        return {teacher: float(torch.nn.functional.cosine_similarity(pred, target, dim=-1).mean())}
-
-
-def _teacher_space_embedders(state: StateDir, mname: str, split: str, teachers: Sequence[str]) -> dict[str, Any]:
-    """Trained align text embedders of the same manifest in a teacher's space, with their eval results."""
-    out: dict[str, Any] = {}
-    for run in state.list_runs(complete_only=True):
-        try:
-            other = resolve_run(state, run, announce=False)
-        except MtxError:
-            continue
-        # align runs only: a joint run's text vectors live in its own learned space, not the teacher's
-        if other.objective != "align" or other.audio_encoder not in teachers \
-                or other.meta.get("manifest") != mname:
-            continue
-        rep = next((p for p in (eval_report_path(state, run, split, c) for c in ("best", "latest")) if p.exists()),
-                   None)
-        if rep is not None:
-            r = read_json(rep)
-            out[run] = {"audio_encoder": other.audio_encoder, "tracks": r.get("counts", {}).get("tracks"),
-                        "results": r.get("results", {}).get("model")}
-        else:
-            out[run] = {"audio_encoder": other.audio_encoder, "note": f"not evaluated: run `mtx eval --run {run} "
-                                                                      f"--split {split}`"}
-    return out
-
-
-def _run_student_eval(state: StateDir, cfg: EvalConfig, info: RunInfo, progress: Progress) -> EvalReport:
-    from .encoders.student import StudentModel
-    from .manifest import resolve_manifest
-    from .runtime import select_runtime
-
-    ckpt = info.checkpoint_dir(cfg.checkpoint)
-    if cfg.manifest is None:
-        mname, mpath = resolve_manifest(state, str(info.meta.get("manifest")))
-    else:
-        mname, mpath = resolve_manifest(state, cfg.manifest)
-    out_path = eval_report_path(state, info.name, cfg.split, cfg.checkpoint)
-    teachers = sorted(info.meta.get("teachers") or {})
-    text_teacher, notes = _text_teacher_checkpoint(state, info)
-    stage_config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "weights": weights_identity(ckpt),
-                    "teachers": {t: store_identity(state.embeddings_path(t, mname))
-                                 for t in teachers if state.embeddings_path(t, mname).exists()},
-                    "baselines": cfg.baselines, "seed": cfg.seed, "query_protocol": cfg.query_protocol}
-    if text_teacher is not None:   # retrained teacher weights change its cosine
-        stage_config["text_teacher"] = weights_identity(text_teacher)
-    stage = begin_stage(state, "eval", eval_key(info.name, cfg.split, cfg.checkpoint), config=stage_config,
-                        mode=cfg.resume, discard=lambda: out_path.unlink(missing_ok=True), redo_changed=True,
-                        outputs={"report": out_path})
-    if stage.already_complete and out_path.exists():
-        return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, read_json(out_path), skipped=True)
-    runtime = select_runtime(cfg.device, "fp32")
-    model = StudentModel.from_pretrained(ckpt, device=runtime.device)
-    if cfg.query_protocol not in PROTOCOLS:
-        raise unknown_choice("query protocol", cfg.query_protocol, PROTOCOLS)
-    records_all = read_manifest(mpath)
-    leaks = held_out(info, mpath, mname, records_all, cfg.split)
-    records = leaks.kept
-    if not records:
-        raise MtxError(f"no {cfg.split} records of {mname} to evaluate on", hint="pick another --split")
-    log.info("evaluating student run %s (%s checkpoint) on %d %s tracks of %s", info.name, cfg.checkpoint,
-             len(records), cfg.split, mname)
-    systems = ["model", "random"] if cfg.baselines else ["model"]
-    with progress.task("Evaluating", total=len(systems) + 1, unit="steps") as task:
-        music, failed = student_track_vectors(model, records)
-        if failed:
-            log.warning("%d %s tracks failed to decode and are left out", len(failed), cfg.split)
-            keep = [j for j, r in enumerate(records) if not any(f.startswith(r.id + ":") for f in failed)]
-            records, music = [records[j] for j in keep], music[keep]
-        task.advance()
-        data = build_eval_data(records, music, cfg.query_protocol)
-        results: dict[str, Any] = {}
-        for name in systems:
-            progress.check_interrupt()
-            if name == "model":
-                results[name] = score_system(data, music, model.encode(data.texts), model.encode(data.tags))
-            else:
-                rng = np.random.default_rng(cfg.seed)
-                d = model.student_config.dim
-                results[name] = score_system(data, music, _unit(rng.standard_normal((len(data.texts), d))),
-                                             _unit(rng.standard_normal((len(data.tags), d))))
-            task.advance()
-    cosines, teacher_notes = _teacher_cosines(model, state, mname, records, music)
-    notes.update(teacher_notes)
-    text_cosine = _text_teacher_cosine(model, info, text_teacher, data.texts) if text_teacher is not None else {}
-    report = {
-        "run": info.name, "objective": "student", "checkpoint": cfg.checkpoint, "split": cfg.split,
-        "manifest": mname, "audio_encoder": "student", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "protocol": {"retrieval": f"musiccli.retrieval, query protocol {cfg.query_protocol!r} (as for every run)",
-                     "music_vectors": "student music tower from audio: crop-length windows, mean, L2",
-                     "teacher_cosine": "mean cosine between the teacher's learned projection of the student "
-                                       "vector and the teacher vector standardised with train-split statistics",
-                     "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed})"},
-        "counts": {"tracks": len(records), "text_queries": len(data.relevance.queries),
-                   "captions": data.relevance.n_captions, "left_out_training_records": leaks.dropped,
-                   "failed_decode": len(failed), "distinct_captions": len(data.texts),
-                   "tags_total": len(data.tags), "tags_used": int(results["model"]["tags"].get("n_tags", 0))},
-        "results": results,
-        "teacher_cosine": cosines,
-        "text_teacher_cosine": text_cosine,
-        "teacher_space_text_embedders": _teacher_space_embedders(state, mname, cfg.split, teachers),
-        "baseline_notes": notes,
-        "ratio_r10_model_vs_random": ({d: _ratio(results["model"][d]["R@10"], results["random"][d]["R@10"])
-                                       for d in ("text_to_music", "music_to_text")} if "random" in results else {}),
-        "inputs": stage_config,
-    }
-    atomic_write_json(out_path, report)
-    stage.complete(result={"path": str(out_path)})
-    return EvalReport(info.name, cfg.split, cfg.checkpoint, out_path, to_jsonable(report))

@@ -172,6 +172,48 @@ def manifest_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- audio identity
+# The field a source sets to its file's content hash (``file_content_hash``). Unify, embed and sync
+# agree through ``content_hash`` below: an embedding row is keyed by (record id, content hash).
+CONTENT_HASH = "content_hash"
+
+
+def file_content_hash(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The content hash of an audio file: the first 32 hex digits of the SHA-256 of its bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def content_hash(r: Record) -> str:
+    """The identity of the audio a record's embedding is computed from.
+
+    The source's ``content_hash`` field when it has one (the folder source hashes every new or
+    changed file). Otherwise the file's size and modification time, which is cheap and changes
+    whenever the file is rewritten (a conservative key: a touched file is embedded again), and
+    ``"missing"`` for a file that is not there. Captions, tags and splits are not part of it, so a
+    manifest that changes only those reuses every embedding.
+    """
+    value = r.extra.get(CONTENT_HASH)
+    if value:
+        return str(value)
+    try:
+        st = os.stat(r.audio_path)
+    except OSError:
+        return "missing"
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def library_digest(keys: Iterable[tuple[str, str]]) -> str:
+    """One hash of an ordered list of (record id, content hash): what an embedding store was built for."""
+    h = hashlib.sha256()
+    for id_, digest in keys:
+        h.update(f"{id_}\t{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def looks_like_path(value: str) -> bool:
     """A value the user meant as a path: it has a folder separator, a .json suffix, or starts with ~ or ."""
     return (os.sep in value or "/" in value or value.endswith(".json") or value.startswith(("~", "."))
@@ -472,3 +514,36 @@ def split_counts(records: Iterable[Record]) -> dict[str, int]:
         if r.split in counts:
             counts[r.split] += 1
     return counts
+
+
+# One artist holding more than this share of a manifest goes whole into one split (its records form
+# one component), so train/val/test cannot come out near their ratios.
+ARTIST_SHARE_WARN = 0.25
+ARTIST_SHARE_MIN_RECORDS = 20   # below this a manifest is a smoke test; shares mean little
+
+
+def dominant_artists(records: Sequence[Record], max_share: float = ARTIST_SHARE_WARN,
+                     min_records: int = ARTIST_SHARE_MIN_RECORDS) -> list[tuple[str, int]]:
+    """(artist as written, records) for each split artist (``artist_of``) holding more than ``max_share``
+    of ``records``, largest first; empty for manifests under ``min_records``."""
+    if len(records) < min_records:
+        return []
+    counts: dict[str, int] = defaultdict(int)
+    names: dict[str, str] = {}
+    for r in records:
+        key = artist_of(r)
+        if key:
+            counts[key] += 1
+            names.setdefault(key, r.artist or key)
+    return sorted(((names[k], n) for k, n in counts.items() if n > max_share * len(records)),
+                  key=lambda x: (-x[1], x[0]))
+
+
+def split_counts_by(records: Iterable[Record], key) -> dict[str, dict[str, int]]:
+    """Split sizes per value of ``key(record)`` (records where it is None are left out)."""
+    by: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        k = key(r)
+        if k is not None:
+            by[k].append(r)
+    return {k: split_counts(v) for k, v in sorted(by.items())}

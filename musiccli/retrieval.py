@@ -14,6 +14,10 @@ caption text, main and alternative (the Song Describer protocol). Queries are ke
 text, as TTMR does, so a repeated caption is one query, not many. Music -> text ranks every distinct
 caption text of the split whatever the protocol.
 
+The same relevance decides what is never a negative in training: :func:`pair_keys` gives every
+pair of a contrastive batch the keys of its caption text and of its recording, and the InfoNCE loss
+masks pairs that share either (every family's trainer builds its keys here).
+
 Ranking is block-wise: a block of queries is scored against all N items at once, so memory is
 O(block x N) with the block sized in bytes (``block_rows``), never N x N. Ties count against the
 target: an irrelevant item scoring the same as a relevant one ranks above it.
@@ -30,6 +34,7 @@ Metrics (``summarize``):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +53,23 @@ _BYTES_PER_CELL = 4 * 3
 
 
 # --------------------------------------------------------------------------- relevance
+def text_key(s: str) -> int:
+    """A signed 64-bit key of a string (a caption text or a recording group), equal on every rank."""
+    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def pair_keys(records: Sequence, texts: Sequence[str]) -> np.ndarray:
+    """[B, 2] int64: the key of each pair's caption text (as used in this batch) and of its recording.
+
+    Two pairs that share either are relevant to each other, so a contrastive loss must not treat them as
+    negatives ("A Rock track" is the caption of every tag-captioned rock track; a recording can appear
+    in several sources)."""
+    from .manifest import group_of
+
+    return np.array([[text_key(t), text_key(group_of(r))] for r, t in zip(records, texts)],
+                    dtype=np.int64).reshape(-1, 2)
+
+
 @dataclass
 class Relevance:
     """Caption <-> track relevance over one set of records."""

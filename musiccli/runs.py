@@ -9,25 +9,22 @@ checkpoint's numbers for the other::
     exports/<run>/<checkpoint>/{hf,onnx}/
 
 ``eval``, ``export`` and ``search`` import these helpers; none reads another's module.
-:func:`load_towers` is the one way any of them (and ``--init-from``) gets a checkpoint's two
-towers: the text embedder, and the audio tower its vectors are compared with (the identity
-after standardising for ``align`` runs, the trained head in ``audio_tower/`` for ``joint`` runs).
+:class:`RunMeta` is the one schema, reader and writer of ``run.json`` (every family's trainer writes
+it, every stage reads it). Loading a checkpoint is its model family's business
+(``musiccli.families``), never this module's: the run folder does not know any model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import MtxError, unknown_choice
 from .manifest import resolve_manifest
-from .state import StateDir, file_sha256, read_json
-
-if TYPE_CHECKING:
-    from .encoders.towers import Towers
+from .state import StateDir, atomic_write_json, file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +35,91 @@ AUDIO_TOWER_DIR = "audio_tower"   # beside the text tower in a joint run's check
 
 
 @dataclass
+class RunMeta:
+    """``run.json``: what a run was trained on, how, and how far it got.
+
+    Every key any ``mtx`` version wrote is a field; a run written before a key existed reads it as
+    None, and keys this version does not know are kept in ``extra`` and written back unchanged.
+    The keys in ``ALWAYS`` are written even when None; the others (each family's own) only when set.
+    """
+
+    run: str = ""
+    objective: str = "align"               # musiccli.families.OBJECTIVES
+    audio_encoder: str | None = None       # the store it trained on ("student" for student runs)
+    manifest: str | None = None
+    manifest_path: str | None = None
+    manifest_hash: str | None = None
+    embeddings: str | None = None          # the store path (towers); None for student runs
+    loss: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    created: float | None = None
+    status: str = "running"                # running | complete
+    best: dict[str, Any] | None = None
+    training_data: dict[str, Any] | None = None   # provenance.training_data
+    # towers (align, joint)
+    text_backbone: str | None = None
+    space_dim: int | None = None
+    text_rep: str | None = None
+    teacher: str | None = None
+    init_from: dict[str, Any] | None = None
+    # student
+    teachers: dict[str, Any] | None = None
+    mel_cache: str | None = None
+    text_teacher: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    ALWAYS = ("run", "objective", "audio_encoder", "manifest", "manifest_path", "manifest_hash", "embeddings",
+              "loss", "config", "created", "status", "best", "training_data")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunMeta":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        meta = cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
+        meta.objective = meta.objective or "align"   # runs from before objectives existed
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "extra" and (f.name in self.ALWAYS or getattr(self, f.name) is not None)}
+        return {**out, **self.extra}
+
+    # Read like the JSON mapping it is (``meta.get("manifest")``, ``meta["status"]``), for callers that
+    # take any mapping (``provenance.run_training_data``).
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunMeta | None":
+        path = Path(run_dir) / RUN_JSON
+        return cls.from_dict(read_json(path)) if path.exists() else None
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / RUN_JSON, self.to_dict())
+
+
+@dataclass
 class RunInfo:
     """A trained run as described by its ``run.json``."""
 
     name: str
     dir: Path
-    meta: dict[str, Any]
+    meta: RunMeta
 
     @property
     def audio_encoder(self) -> str:
-        return str(self.meta.get("audio_encoder", ""))
+        return str(self.meta.audio_encoder or "")
 
     @property
     def objective(self) -> str:
-        """What trained it (``training.objectives``): align and joint runs load through :func:`load_towers`;
-        a ``student`` run holds its own two towers (``encoders.student.StudentModel``)."""
-        return str(self.meta.get("objective") or "align")
+        """What trained it; ``musiccli.families.family_for(info)`` is the family that loads it."""
+        return self.meta.objective
 
     def has_checkpoint(self, checkpoint: str) -> bool:
         return (self.dir / checkpoint / WEIGHTS).exists()
@@ -90,7 +156,7 @@ def resolve_run(state: StateDir, run: str | None, announce: bool = True) -> RunI
     meta_path = path / RUN_JSON
     if not meta_path.exists():
         raise MtxError(f"run {name!r} has no run.json", hint=f"{path} is incomplete: retrain it with --force")
-    return RunInfo(name=name, dir=path, meta=read_json(meta_path))
+    return RunInfo(name=name, dir=path, meta=RunMeta.from_dict(read_json(meta_path)))
 
 
 # --------------------------------------------------------------------------- per-checkpoint outputs
@@ -157,11 +223,11 @@ def store_identity(path: Path) -> dict[str, Any]:
 def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None) -> tuple[str, Path, Path]:
     """(manifest name, manifest path, embeddings path): the run's own, or the given manifest's."""
     if manifest is None:
-        mpath = Path(info.meta.get("manifest_path") or "")
-        name = str(info.meta.get("manifest") or mpath.stem)
+        mpath = Path(info.meta.manifest_path or "")
+        name = str(info.meta.manifest or mpath.stem)
         if not mpath.is_file():
             name, mpath = resolve_manifest(state, name)
-        emb = Path(info.meta.get("embeddings") or state.embeddings_path(info.audio_encoder, name))
+        emb = Path(info.meta.embeddings or state.embeddings_path(info.audio_encoder, name))
     else:
         name, mpath = resolve_manifest(state, manifest)
         emb = state.embeddings_path(info.audio_encoder, name)
@@ -171,22 +237,10 @@ def run_manifest_and_store(state: StateDir, info: RunInfo, manifest: str | None)
     return name, mpath, emb
 
 
-# --------------------------------------------------------------------------- the run's towers
-def load_towers(ckpt_dir: str | Path, device: Any = "cpu") -> "Towers":
-    """The text embedder and audio tower saved in ``ckpt_dir`` (a run checkpoint or an export's hf/)."""
-    from .encoders.text import CONFIG_NAME, TextEmbedder
-    from .encoders.towers import AudioTower, Towers
-
-    ckpt_dir = Path(ckpt_dir)
-    text = TextEmbedder.from_pretrained(ckpt_dir, device=device)
-    if (ckpt_dir / AUDIO_TOWER_DIR / CONFIG_NAME).exists():
-        audio = AudioTower.from_pretrained(ckpt_dir / AUDIO_TOWER_DIR, device=device)
-    else:
-        if text.config.space == "joint":
-            raise MtxError(f"{ckpt_dir} holds a joint-space text tower but no {AUDIO_TOWER_DIR}/",
-                           hint="the checkpoint is incomplete: retrain or re-export it")
-        audio = AudioTower.identity(text.audio_mean, text.audio_std).to(device).eval()
-    if audio.dim != text.config.out_dim:
-        raise MtxError(f"{ckpt_dir}: the text tower outputs {text.config.out_dim} dims, the audio tower "
-                       f"{audio.dim}", hint="the checkpoint is inconsistent: retrain it")
-    return Towers(text, audio)
+def find_checkpoint(state: StateDir, name: str, checkpoint: str | None = None) -> Path | None:
+    """A run's saved checkpoint folder: the named one, or best then latest; None when it has neither."""
+    run_dir = state.run_dir(name)
+    for sub in ([check_checkpoint(checkpoint)] if checkpoint else list(CHECKPOINTS)):
+        if (run_dir / sub / WEIGHTS).exists():
+            return run_dir / sub
+    return None

@@ -204,50 +204,21 @@ class QueryModel:
 
 def run_query_model(info: RunInfo, device: Any = "cpu", checkpoint: str | None = None,
                     onnx_dir: Path | None = None, query_runtime: str = "torch") -> QueryModel:
-    """A run's two towers at ``checkpoint`` (best / latest; None = its default checkpoint): its ONNX
-    export (text tower + audio_tower.onnx) when that matches, else PyTorch (``runs.load_towers``)."""
+    """A run's model at ``checkpoint`` (best / latest; None = its default checkpoint), from its family: the
+    ONNX export (no torch) when that matches the checkpoint, else PyTorch."""
+    from .families import family_for
+
     if checkpoint is not None and checkpoint not in ("best", "latest"):
         raise unknown_choice("checkpoint", checkpoint, ("best", "latest"))
     if checkpoint is not None and not (info.checkpoint_dir(checkpoint) / "model.safetensors").exists():
         raise MtxError(f"run {info.name!r} has no {checkpoint} checkpoint",
                        hint="pass --checkpoint best or latest (whichever the run saved)")
     checkpoint = checkpoint or info.default_checkpoint()
-    if info.objective == "student":
-        from .runtime import select_runtime
-
-        # A student's text tower: queries land in the same 256-d space as `mtx embed --audio-encoder student`,
-        # whose stored rows are already unit vectors (the model's audio_for_retrieval only checks them).
-        from .encoders.student import StudentModel
-
-        model = StudentModel.from_pretrained(info.checkpoint_dir(checkpoint),
-                                             device=select_runtime(str(device), "fp32").device)
-        return QueryModel("run", info.audio_encoder, model, run=info, checkpoint=checkpoint)
-    ckpt = info.checkpoint_dir(checkpoint)
-    note = None
-    if query_runtime in ("auto", "onnx") and onnx_dir is not None:
-        from importlib.util import find_spec
-
-        from .onnx_text import OnnxTextModel, onnx_mismatch
-
-        why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
-        if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
-            why = "onnxruntime or tokenizers is not installed"
-        if why is None:
-            return QueryModel("run", info.audio_encoder, OnnxTextModel(onnx_dir), run=info, checkpoint=checkpoint,
-                              runtime="onnx")
-        if query_runtime == "onnx":
-            raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
-                           hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
-                                "or drop --query-runtime onnx")
-        note = (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); "
-                f"`mtx export --run {info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")
-        log.debug("%s", note)   # the result carries it; the CLI prints it once
-    from .runs import load_towers
-    from .runtime import select_runtime
-
-    towers = load_towers(ckpt, device=select_runtime(str(device), "fp32").device)
-    return QueryModel("run", info.audio_encoder, towers.text, run=info, checkpoint=checkpoint, audio=towers.audio,
-                      runtime="torch", note=note)
+    parts = family_for(info).query_parts(info, checkpoint, device, onnx_dir, query_runtime)
+    if parts.note:
+        log.debug("%s", parts.note)   # the result carries it; the CLI prints it once
+    return QueryModel("run", info.audio_encoder, parts.model, run=info, checkpoint=checkpoint, audio=parts.audio,
+                      runtime=parts.runtime, note=parts.note)
 
 
 def native_query_model(encoder: str, store_path: Path, model: str | None = None, device: Any = "cpu") -> QueryModel:
@@ -395,12 +366,10 @@ def _write_vectors(d: Path, text: QueryModel, store_path: Path, mpath: Path, pro
             raise MtxError(f"store {store_path.name} has dim {store.dim}, the run's audio tower reads "
                            f"{text.audio_dim}",
                            hint="index a library embedded with the run's audio encoder")
-        if text.run is not None and text.run.objective == "student" \
-                and store.attrs.get("model_id") != text.run.name:
-            raise MtxError(f"{store_path} was embedded with student {store.attrs.get('model_id')!r}, "
-                           f"not with run {text.run.name!r}",
-                           hint=f"run `mtx embed --audio-encoder student --model {text.run.name} --manifest {mpath.stem} "
-                                f"--force` first")
+        if text.run is not None:
+            from .families import family_for
+
+            family_for(text.run).check_library(text.run, dict(store.attrs), store_path, mpath.stem)
         n, dim = len(store), text.dim
         with atomic_path(d / "vectors.npy") as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))

@@ -2,12 +2,18 @@
 
 Layout of the final file:
 - dataset ``ids``: utf-8 strings [N];
+- dataset ``content_hashes``: utf-8 strings [N], the audio identity of each row
+  (``manifest.content_hash``): a row is keyed by (track id, content hash), so a changed
+  library re-embeds only new and changed tracks and keeps every other row as it is;
+- datasets ``failed_ids``, ``failed_hashes``, ``failed_reasons`` [F]: the tracks that failed, keyed
+  the same way, so an update does not retry a file nobody changed (``--retry-failed`` does);
 - dataset ``embeddings``: [N, D] float32/float16, chunked (about 1 MiB chunks) and resizable;
 - optional dataset ``windows`` [M, D_window] with ``window_offsets`` [N+1] when aggregation is ``none``;
 - optional dataset ``tag_probs`` [N, T] float32 (``embed --tags``) with attribute ``tag_names`` [T];
   tags computed later for a finished store live beside it instead, in ``<manifest>.tags.h5``
   (datasets ``ids`` and ``tag_probs``), so adding them never rewrites the embeddings;
-- attributes: encoder, encoder_version, model_id, sample_rate, window, hop, aggregation, dim, manifest_hash, ...
+- attributes: encoder, encoder_version, model_id, sample_rate, window, hop, aggregation, dim,
+  ``library`` (``manifest.library_digest`` of the rows it was built for), manifest_hash, ...
 
 Writing is crash-safe: while a stage runs, each committed unit is a small HDF5
 *part* file written under a temporary name and renamed into
@@ -18,6 +24,7 @@ N x D in memory) once every part is present, then renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -33,6 +40,7 @@ from .state import atomic_path
 log = logging.getLogger(__name__)
 
 STR_DTYPE = h5py.string_dtype("utf-8")
+HASHES = "content_hashes"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -54,19 +62,28 @@ def parts_dir(path: Path) -> Path:
     return path.parent / f".{path.stem}.parts"
 
 
+def _strings(f: h5py.File | h5py.Group, name: str, values: Sequence[str], **kw: Any) -> None:
+    f.create_dataset(name, data=np.array(list(values), dtype=object), dtype=STR_DTYPE, **kw)
+
+
 def write_part(path: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
                failed: Sequence[tuple[str, str]] = (), windows: list[np.ndarray] | None = None,
-               tags: np.ndarray | None = None) -> None:
-    """Commit one unit of work: rows for ``ids`` plus the ids that failed and why (and tag probabilities)."""
+               tags: np.ndarray | None = None, hashes: Sequence[str] | None = None,
+               failed_hashes: Sequence[str] | None = None) -> None:
+    """Commit one unit of work: rows for ``ids`` (with their content ``hashes``) plus the ids that
+    failed and why (and tag probabilities)."""
     pdir = parts_dir(path)
     pdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdir / f"part-{index:06d}.h5") as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR_DTYPE)
+            _strings(f, "ids", ids)
             f.create_dataset("embeddings", data=vectors)
-            f.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object), dtype=STR_DTYPE)
-            f.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object),
-                             dtype=STR_DTYPE)
+            if hashes is not None:
+                _strings(f, HASHES, hashes)
+            _strings(f, "failed_ids", [i for i, _ in failed])
+            _strings(f, "failed_reasons", [r for _, r in failed])
+            if failed_hashes is not None:
+                _strings(f, "failed_hashes", failed_hashes)
             if windows is not None:
                 f.create_dataset("window_counts", data=np.array([len(w) for w in windows], dtype=np.int64))
                 if windows:
@@ -91,6 +108,12 @@ def h5_strings(values: Any) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+def part_failures(part: Path) -> list[tuple[str, str, str]]:
+    """(id, content hash or "", reason) of the tracks that failed in a part."""
+    with h5py.File(part, "r") as f:
+        return _part_failures(f)
+
+
 def read_part_failures(part: Path) -> list[tuple[str, str]]:
     with h5py.File(part, "r") as f:
         return list(zip(h5_strings(f["failed_ids"][()]), h5_strings(f["failed_reasons"][()])))
@@ -101,6 +124,7 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
     """Stream all parts, in order, into the final file; return the number of rows.
 
     With ``tag_names`` every part must hold ``tags`` [rows, len(tag_names)]; they become ``tag_probs``.
+    Content hashes and failures of the parts are kept (``content_hashes``, ``failed_*``).
     """
     parts = committed_parts(path)
     missing = [i for i in range(n_parts) if i not in parts]
@@ -112,6 +136,7 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as out:
             ids_ds = out.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=STR_DTYPE, chunks=(4096,))
+            hash_ds = None
             emb = out.create_dataset("embeddings", shape=(0, dim), maxshape=(None, dim), dtype=np_dtype,
                                      chunks=(rows, dim))
             win = offs = None
@@ -123,10 +148,14 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
                                             dtype=np.float32, chunks=(chunk_rows(n_tags, 4), n_tags))
                 tag_ds.attrs.create("tag_names", data=list(tag_names), dtype=STR_DTYPE)
             n_windows = 0
+            failed: list[tuple[str, str, str]] = []
+            hashed = True
             for i in range(n_parts):
                 with h5py.File(parts[i], "r") as part:
+                    failed.extend(_part_failures(part))
                     ids = part["ids"][()]
                     vec = part["embeddings"][()]
+                    hashed = hashed and HASHES in part
                     if len(ids) == 0:
                         continue
                     if vec.shape[1] != dim:
@@ -134,6 +163,12 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
                                        hint="rerun with --force")
                     ids_ds.resize((n + len(ids),))
                     ids_ds[n:] = ids
+                    if hashed:
+                        if hash_ds is None:
+                            hash_ds = out.create_dataset(HASHES, shape=(n,), maxshape=(None,), dtype=STR_DTYPE,
+                                                         chunks=(4096,))
+                        hash_ds.resize((n + len(ids),))
+                        hash_ds[n:] = part[HASHES][()]
                     emb.resize((n + len(ids), dim))
                     emb[n:] = vec.astype(np_dtype, copy=False)
                     if tag_ds is not None:
@@ -155,12 +190,33 @@ def assemble(path: Path, dim: int, dtype: str, attrs: dict[str, Any], n_parts: i
                             offs.append(offs[-1] + int(c))
                         n_windows += len(w)
                     n += len(ids)
+            if hashed and hash_ds is None:
+                _strings(out, HASHES, [], maxshape=(None,), chunks=(4096,))
+            elif not hashed and hash_ds is not None:
+                del out[HASHES]  # some parts came without hashes: no row is keyed by content
             if offs is not None:
                 out.create_dataset("window_offsets", data=np.array(offs, dtype=np.int64))
+            write_failures(out, failed if hashed else [(i, "", r) for i, _, r in failed])
             for k, v in attrs.items():
                 out.attrs[k] = v if v is not None else ""
             out.attrs["count"] = n
     return n
+
+
+def _part_failures(f: h5py.File) -> list[tuple[str, str, str]]:
+    """(id, content hash or "", reason) of the failures a part or a store holds."""
+    if "failed_ids" not in f:
+        return []
+    ids = h5_strings(f["failed_ids"][()])
+    reasons = h5_strings(f["failed_reasons"][()])
+    hashes = h5_strings(f["failed_hashes"][()]) if "failed_hashes" in f else [""] * len(ids)
+    return list(zip(ids, hashes, reasons))
+
+
+def write_failures(out: h5py.File, failed: Sequence[tuple[str, str, str]]) -> None:
+    _strings(out, "failed_ids", [f[0] for f in failed])
+    _strings(out, "failed_hashes", [f[1] for f in failed])
+    _strings(out, "failed_reasons", [f[2] for f in failed])
 
 
 def tags_path(path: Path) -> Path:
@@ -202,8 +258,9 @@ def assemble_tags(path: Path, tag_names: Sequence[str], attrs: dict[str, Any], n
 
 
 def retry_path(path: Path) -> Path:
-    """Where ``embed --retry-failed`` assembles the re-embedded tracks of the store at ``path`` before
-    merging them in: inside the store's parts folder, so discarding the store discards it too."""
+    """Where ``embed`` commits the tracks an update or ``--retry-failed`` embeds before they are
+    composed into the store at ``path``: inside the store's parts folder, so discarding the store
+    discards it too."""
     return parts_dir(path) / "retry.h5"
 
 
@@ -211,46 +268,64 @@ def merge(path: Path, extra: Path, order: Sequence[str], attrs: dict[str, Any] |
     """Rewrite the store at ``path`` with the rows of the store ``extra`` added; return the rows.
 
     Rows of the result are in the order of ``order`` (the manifest's ids), which is the order a
-    clean run writes, so a store with re-embedded tracks merged in equals a store embedded at once.
-    Every dataset the stores hold (``embeddings``, ``tag_probs``, ``windows`` + ``window_offsets``) is
-    merged; both stores must hold the same ones. The result is streamed into a temporary file in
-    runs of consecutive rows (never all N x D in memory) and replaces ``path`` atomically. Its
-    attributes are those of ``path`` updated with ``attrs``.
+    clean run writes. See :func:`compose`, which this calls.
     """
     rank = {id_: k for k, id_ in enumerate(order)}
     with h5py.File(path, "r") as base, h5py.File(extra, "r") as more:
-        sources = (base, more)
-        ids = [h5_strings(f["ids"][()]) for f in sources]
-        unknown = [i for i in ids[0] + ids[1] if i not in rank]
-        if unknown:
-            raise MtxError(f"cannot merge into {path.name}: {len(unknown)} row(s) are not in the manifest, "
-                           f"e.g. {unknown[0]!r}", hint="rerun `mtx embed` with --force")
-        names = [n for n in ("embeddings", "tag_probs") if n in base or n in more]
-        windows = any("windows" in f for f in sources)
+        ids = [h5_strings(f["ids"][()]) for f in (base, more)]
+        hashed = all(HASHES in f for f, i in zip((base, more), ids))
+        hashes = [h5_strings(f[HASHES][()]) if hashed else [] for f in (base, more)]
+    unknown = [i for i in ids[0] + ids[1] if i not in rank]
+    if unknown:
+        raise MtxError(f"cannot merge into {path.name}: {len(unknown)} row(s) are not in the manifest, "
+                       f"e.g. {unknown[0]!r}", hint="rerun `mtx embed` with --force")
+    rows = sorted(((src, i) for src in (0, 1) for i in range(len(ids[src]))), key=lambda si: rank[ids[si[0]][si[1]]])
+    return compose(path, [path, extra], rows, [ids[s][i] for s, i in rows],
+                   [hashes[s][i] for s, i in rows] if hashed else None, None, attrs or {})
+
+
+def compose(path: Path, sources: Sequence[Path], picks: Sequence[tuple[int, int]], ids: Sequence[str],
+            hashes: Sequence[str] | None, failed: Sequence[tuple[str, str, str]] | None,
+            attrs: dict[str, Any], attrs_from: int = 0) -> int:
+    """Write the store at ``path`` from rows of other stores; return its rows.
+
+    ``picks[k] = (s, i)``: output row ``k`` (id ``ids[k]``, content hash ``hashes[k]``) is row ``i`` of
+    ``sources[s]``. Every per-row dataset the sources hold (``embeddings``, ``tag_probs``, ``windows``
+    + ``window_offsets``) is copied in runs of consecutive rows (never all N x D in memory); each
+    source that gives rows must hold the same ones. ``failed``: the failures the store lists (None:
+    none). The attributes are those of ``sources[attrs_from]`` updated with ``attrs``. The result is
+    written to a temporary file and replaces ``path`` atomically (a source may be ``path`` itself).
+    """
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(h5py.File(p, "r")) for p in sources]
+        used = sorted({s for s, _ in picks})
+        names = [n for n in ("embeddings", "tag_probs") if any(n in f for f in files)]
+        windows = any("windows" in files[s] for s in used)
         for name in names + (["windows", "window_offsets"] if windows else []):
-            if any(len(rows_ids) and name not in f for f, rows_ids in zip(sources, ids)):
+            if any(name not in files[s] for s in used):
                 raise MtxError(f"cannot merge into {path.name}: only one of the stores has `{name}`",
                                hint="rerun `mtx embed` with --force")
-        rows = sorted(((src, i) for src in (0, 1) for i in range(len(ids[src]))),
-                      key=lambda si: rank[ids[si[0]][si[1]]])
-        runs = _runs(rows)
-        offsets = ([f["window_offsets"][()] if "window_offsets" in f else np.zeros(1, np.int64) for f in sources]
-                   if windows else None)
-        n = len(rows)
+        runs = _runs(list(picks))
+        sizes = [f["embeddings"].shape[0] for f in files]
+        offsets = ([f["window_offsets"][()] if "window_offsets" in f else np.zeros(s + 1, np.int64)
+                    for f, s in zip(files, sizes)] if windows else None)
+        n = len(picks)
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as out:
-                out.create_dataset("ids", data=np.array([ids[s][i] for s, i in rows], dtype=object),
-                                   dtype=STR_DTYPE, maxshape=(None,), chunks=(4096,))
+                _strings(out, "ids", ids, maxshape=(None,), chunks=(4096,))
+                if hashes is not None:
+                    _strings(out, HASHES, hashes, maxshape=(None,), chunks=(4096,))
                 # A store without rows may lack a dataset (no windows at all); no run then reads it.
                 for name in names:
-                    _copy_runs(out, name, [f.get(name) for f in sources], runs, [np.arange(len(x) + 1) for x in ids],
-                               n)
+                    _copy_runs(out, name, [f.get(name) for f in files], runs, [np.arange(k + 1) for k in sizes], n)
                 if windows:
-                    _copy_runs(out, "windows", [f.get("windows") for f in sources], runs, offsets,
-                               int(offsets[0][-1] + offsets[1][-1]))
-                    counts = [np.diff(offsets[s])[i] for s, i in rows]
+                    counts = [int(np.diff(offsets[s])[i]) for s, i in picks]
+                    _copy_runs(out, "windows", [f.get("windows") for f in files], runs, offsets, int(sum(counts)))
                     out.create_dataset("window_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-                for k, v in {**{k: base.attrs[k] for k in base.attrs}, **(attrs or {})}.items():
+                if failed is not None:
+                    write_failures(out, failed)
+                base = files[attrs_from]
+                for k, v in {**{k: base.attrs[k] for k in base.attrs}, **attrs}.items():
                     out.attrs[k] = v if v is not None else ""
                 out.attrs["count"] = n
     return n
@@ -377,6 +452,21 @@ class EmbeddingStore:
 
     def has(self, id_: str) -> bool:
         return id_ in self._pos
+
+    @property
+    def hashes(self) -> list[str] | None:
+        """The content hash of each row (``manifest.content_hash``), or None for a store made before them."""
+        if HASHES not in self._f:
+            return None
+        values = h5_strings(self._f[HASHES][()])
+        if len(values) != len(self.ids):
+            raise MtxError(f"store {self.path} is malformed: {len(values)} content hashes for {len(self.ids)} rows",
+                           hint="rerun `mtx embed` with --force")
+        return values
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(id, content hash or "", reason) of the tracks that failed when the store was built."""
+        return _part_failures(self._f)
 
     def positions(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self._pos[i] for i in ids], dtype=np.int64)

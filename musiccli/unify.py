@@ -33,7 +33,7 @@ from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begi
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2   # 2: records carry their recording's group key
+CACHE_VERSION = 3   # 2: records carry their recording's group key; 3: folder artist_source
 MISSING_EXAMPLES = 5
 # Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
 # different sample rate still decodes, so those stay in).
@@ -56,6 +56,7 @@ class UnifyConfig:
     captions: str = "tags"                 # tags: synthesised where a source has no human caption; llm
     descriptions_per_song: int = 5         # --captions llm
     llm: LLMConfig | None = None           # --captions llm: endpoint, model, concurrency (None: defaults)
+    caption_file: str | None = None        # --captions FILE: your own captions and labels (caption_file.py)
     resume: Resume = Resume.FRESH
 
 
@@ -87,6 +88,10 @@ class UnifyResult:
     synthesised: int = 0                   # records whose caption was synthesised from tags/features
     llm: dict[str, Any] | None = None      # --captions llm: model, calls, cached, failed, tokens
     download_failures: dict[str, int] = field(default_factory=dict)   # source -> items its download failed
+    caption_file: dict[str, Any] | None = None      # --captions FILE: rows matched, unknown keys, fields set
+    artist_sources: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> artist rule -> records
+    dominant_artists: list[list[Any]] = field(default_factory=list)          # [artist, records] over the share
+    folders: list[CompositionRow] = field(default_factory=list)   # split sizes per top-level folder of a library
     # --keep-official-splits: records moved so that no recording/artist component crosses splits
     split_conflicts: int = 0
     split_overridden: int = 0
@@ -94,8 +99,9 @@ class UnifyResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any], skipped: bool = False) -> "UnifyResult":
         known = set(cls.__dataclass_fields__)
-        out = cls(**{k: v for k, v in d.items() if k in known and k != "composition"})
+        out = cls(**{k: v for k, v in d.items() if k in known and k not in ("composition", "folders")})
         out.composition = [CompositionRow(**c) for c in d.get("composition", [])]
+        out.folders = [CompositionRow(**c) for c in d.get("folders", [])]
         out.skipped = skipped
         return out
 
@@ -163,6 +169,38 @@ def composition(records: Sequence[Record]) -> list[CompositionRow]:
         rows.append(CompositionRow(dataset=ds, count=len(by_ds[ds]),
                                    hours=round(sum(r.duration for r in by_ds[ds]) / 3600, 4), **counts))
     return rows
+
+
+def _artists_and_folders(records: Sequence[Record]) -> dict[str, Any]:
+    """Which rule named each record's artist (per source), artists too big for balanced splits, and the
+    split sizes per top-level folder of a library (``relative_path``) with more than one."""
+    from .manifest import dominant_artists, split_counts_by
+
+    sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        if r.extra.get("artist_source"):   # set where a rule named the artist (folder, a caption file)
+            sources[r.dataset or "unknown"][r.extra["artist_source"]] += 1
+    dominant = dominant_artists(records)
+    for artist, n in dominant:
+        log.warning("artist %r holds %d of %d records (%.0f%%): they all go to one split, so the splits cannot "
+                    "be balanced", artist, n, len(records), 100 * n / len(records))
+
+    def top_folder(r: Record) -> str | None:
+        rel = r.extra.get("relative_path")
+        return f"{r.dataset}/{rel.split('/', 1)[0] if '/' in rel else '.'}" if isinstance(rel, str) else None
+
+    by_folder = split_counts_by(records, top_folder)
+    per_source = defaultdict(int)
+    for key in by_folder:
+        per_source[key.split("/", 1)[0]] += 1
+    hours: dict[str, float] = defaultdict(float)
+    for r in records:
+        if (k := top_folder(r)) is not None:
+            hours[k] += r.duration / 3600
+    folders = [CompositionRow(dataset=k, count=sum(c.values()), hours=round(hours[k], 4), **c)
+               for k, c in by_folder.items() if per_source[k.split("/", 1)[0]] > 1]
+    return {"artist_sources": {ds: dict(sorted(c.items())) for ds, c in sorted(sources.items())},
+            "dominant_artists": [[a, n] for a, n in dominant], "folders": folders}
 
 
 def _validate(cfg: UnifyConfig) -> None:
@@ -285,11 +323,17 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     identities = {n: dataset_identity(state.dataset_dir(n)) for n in names}
     out_path = state.manifest_path(cfg.name)
     config = {k: v for k, v in asdict(cfg).items()
-              if k not in ("resume", "dry_run", "name", "datasets", "llm", "descriptions_per_song")}
+              if k not in ("resume", "dry_run", "name", "datasets", "llm", "descriptions_per_song", "caption_file")}
     config["datasets"] = names
     if cfg.captions == "llm":
         config["llm"] = _llm_config(cfg).identity()
     config["inputs"] = identities
+    captions_file = None
+    if cfg.caption_file is not None:
+        from .caption_file import read_caption_file
+
+        captions_file = read_caption_file(cfg.caption_file)   # a bad file is refused before any work
+        config["caption_file"] = captions_file.digest          # its content, not its name, is the identity
     rejected = {p: why for n in names for p, why in verify_rejects(state, n, identities[n]).items()}
     if rejected:
         # Verifying again changes what goes into the manifest, so it is part of the stage's identity.
@@ -318,6 +362,11 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             progress.check_interrupt()
 
     _check_unique(parsed)
+    merged = None
+    if captions_file is not None:
+        from .caption_file import merge_caption_file
+
+        merged = asdict(merge_caption_file(parsed, captions_file))
     filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
     if filtered.failed_verify:
         log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
@@ -334,7 +383,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
     if cfg.captions == "llm" and not cfg.dry_run:
         llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
     synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
-    result = UnifyResult(name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
+    reports = {"caption_file": merged, **_artists_and_folders(chosen)}
+    result = UnifyResult(**reports,
+                         name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
                          missing_audio=filtered.missing_audio, missing_examples=filtered.missing_examples,
                          dropped_duration=filtered.dropped_duration, failed_verify=filtered.failed_verify,
                          failed_verify_examples=filtered.failed_verify_examples, parsed=len(parsed),

@@ -74,6 +74,6 @@ def test_export_refuses_runs_in_another_space(make_run, state) -> None:
 def test_roberta_tokenizer_detection(tiny_backbone) -> None:
     from transformers import AutoTokenizer
 
-    from musiccli.export_audiomuse import tokenizer_matches_roberta
+    from musiccli.families.towers.audiomuse import tokenizer_matches_roberta
 
     assert not tokenizer_matches_roberta(AutoTokenizer.from_pretrained(tiny_backbone))

@@ -70,7 +70,7 @@ def _read(path: Path) -> dict[str, np.ndarray | list[str] | dict]:
     with h5py.File(path) as f:
         out = {name: f[name][()] for name in f if name != "ids"}
         out["ids"] = [s.decode() for s in f["ids"][()]]
-        out["attrs"] = {k: v for k, v in f.attrs.items() if k != "created"}
+        out["attrs"] = {k: v for k, v in f.attrs.items() if k not in ("created", "update_token")}  # bookkeeping
         if "tag_probs" in f:
             out["tag_names"] = list(f["tag_probs"].attrs["tag_names"])
     return out
@@ -191,16 +191,16 @@ def test_retry_stopped_after_the_merge_only_records_it(tmp_path: Path, decoded: 
     state = _state(tmp_path / "state", records)
     run_embed(state, _cfg())
     _fix(records)
-    real_merge = store.merge
+    real_merge = store.compose
 
     def merge_then_stop(*args, **kwargs):
         real_merge(*args, **kwargs)
         raise Interrupted("stopped")
 
-    monkeypatch.setattr(store, "merge", merge_then_stop)
+    monkeypatch.setattr(store, "compose", merge_then_stop)
     with pytest.raises(Interrupted):
         run_embed(state, _cfg(resume=Resume.CONTINUE))
-    monkeypatch.setattr(store, "merge", real_merge)
+    monkeypatch.setattr(store, "compose", real_merge)
     decoded.clear()
     result = run_embed(state, _cfg(resume=Resume.CONTINUE))
     assert decoded == [] and result.retried == 2 and result.n_ok == N and result.n_failed == 0

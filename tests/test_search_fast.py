@@ -23,7 +23,7 @@ QUERIES = ["dark metal", "a calm piano piece for a rainy afternoon with soft str
 
 def _export(state, run: str = "run1") -> Path:
     from musiccli.runs import weights_identity
-    from musiccli.onnx_text import export_checkpoint_onnx
+    from musiccli.families.towers.onnx import export_checkpoint_onnx
     from musiccli.runs import export_dir
 
     ckpt = state.run_dir(run) / "best"
@@ -63,7 +63,7 @@ def test_row_reader_reads_the_same_rows_as_numpy(tmp_path) -> None:
 
 # --------------------------------------------------------------------------- ONNX query encoder
 def test_onnx_text_model_matches_pytorch(make_run, state) -> None:
-    from musiccli.onnx_text import OnnxTextModel
+    from musiccli.families.towers.onnx import OnnxTextModel
 
     run = make_run()
     model = OnnxTextModel(_export(state))

@@ -18,9 +18,9 @@ from musiccli.sources.ledger import Ledger
 from musiccli.verify import check_file
 
 
-def _tone(seconds: float) -> np.ndarray:
+def _tone(seconds: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(8000 * seconds)) / 8000
-    return (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 @pytest.fixture()
@@ -209,3 +209,98 @@ def test_stats_measure_the_music_not_the_index(music: Path, state_dir: Path) -> 
     assert row["hours"] > (2.0 + 2.5 + 1.5) / 3600 * 1.5  # the 6 s on disk, not the 1.5 s in the index
     table = mtx("download", "--stats")
     assert "audio files" in table.output and "folder" in table.output
+
+
+# --------------------------------------------------------------------------- artists (issue 24)
+def _corpus(root: Path, sources: tuple[str, ...] = ("mma", "field", "synth"), collections: int = 3,
+            pieces: int = 20) -> Path:
+    """corpus/<source>/<collection>/<piece>.wav, untagged: a sample library, not Artist/Album/track."""
+    for i, s in enumerate(sources):
+        for c in range(collections):
+            d = root / s / f"{s}-lib{c}"
+            d.mkdir(parents=True)
+            for p in range(pieces):   # every file its own audio (byte-identical copies are one recording)
+                sf.write(d / f"piece_{p:02d}.wav", _tone(0.2, 100 + 10 * p + 250 * c + 1000 * i), 8000)
+    return root
+
+
+def test_untagged_source_collection_layout_invents_no_artist_and_splits_every_folder(tmp_path: Path,
+                                                                                      state_dir: Path) -> None:
+    from httpserver import mtx_runner
+
+    from musiccli.manifest import read_manifest, recording_components
+    from musiccli.state import StateDir
+
+    corpus = _corpus(tmp_path / "corpus")
+    mtx = mtx_runner(state_dir)
+    assert mtx("download", "folder", "--path", str(corpus)).exit_code == 0
+    out = mtx("unify", "--datasets", "folder", "--name", "lib")
+    assert out.exit_code == 0, out.output
+    assert "folder artists: 180 without an artist" in out.output      # the rule each record used
+    assert "holds" not in out.output                                  # no artist dominates: nothing to warn
+    records = read_manifest(StateDir.resolve(state_dir).manifest_path("lib"))
+    assert len(records) == 180
+    assert len(recording_components(records)) == 180                  # no folder lumps records together
+    assert all(r.artist is None and r.extra["artist_source"] == "none" for r in records)
+    assert not any(" by " in c for r in records for c in r.captions)  # no "piece_01 by mma"
+    by_top: dict[str, set[str]] = {}
+    for r in records:
+        by_top.setdefault(r.extra["relative_path"].split("/")[0], set()).add(r.split)
+    assert by_top == {s: {"train", "val", "test"} for s in ("mma", "field", "synth")}
+    # Split sizes per top-level folder, in the output and in the JSON result.
+    assert "split by top-level folder" in out.output and "folder/mma" in out.output
+    import json
+
+    res = json.loads(mtx("unify", "--datasets", "folder", "--name", "lib2", "--json").stdout)
+    rows = {c["dataset"]: c for c in res["folders"]}
+    assert set(rows) == {"folder/mma", "folder/field", "folder/synth"}
+    assert all(c["test"] > 0 and c["count"] == 60 for c in rows.values())
+    assert res["artist_sources"] == {"folder": {"none": 180}}
+
+
+def _info(rel: str, tag: str | None = None, **kw) -> dict:
+    return {"rel": rel, "tag_artist": tag, **kw}
+
+
+def test_folder_artist_rule() -> None:
+    # Many small artist folders: read as Artist/Album/track even without tags.
+    lib = [_info(f"Artist {a}/Album/0{t} Song.mp3") for a in range(6) for t in range(2)]
+    assert {r for _, r in folder.folder_artists(lib)} == {"folder"}
+    assert folder.folder_artists(lib)[0] == ("Artist 0", "folder")
+    # A few big top-level folders: not artists.
+    corpus = [_info(f"{s}/lib{c}/p{p}.wav") for s in ("mma", "x", "y") for c in range(2) for p in range(5)]
+    assert set(folder.folder_artists(corpus)) == {(None, "none")}
+    # Five folders, but one holds most of the files: not an artist layout either.
+    lopsided = [_info(f"A{a}/B/t{t}.wav") for a in range(5) for t in range(1 if a else 20)]
+    assert set(folder.folder_artists(lopsided)) == {(None, "none")}
+    # Tags confirm the layout: a tagged file sits in a folder named after its artist.
+    confirmed = [_info("Miles Davis/Kind of Blue/01.flac", "miles  DAVIS"), _info("Demo Guy/Demos/01.wav")]
+    assert folder.folder_artists(confirmed) == [("miles  DAVIS", "tag"), ("Demo Guy", "folder")]
+    # Tags contradict it: the top folder is not the artist.
+    contradicted = [_info("mma/lib/01.wav", "Someone"), _info("mma/lib/02.wav")]
+    assert folder.folder_artists(contradicted) == [("Someone", "tag"), (None, "none")]
+    # Too shallow for a folder artist; an index line from before tag_artist: an untagged file's artist was
+    # its folder (not a tag), a tagged file's artist is kept.
+    assert folder.folder_artists([_info("Album/01.wav")]) == [(None, "none")]
+    legacy = [{"rel": "mma/lib/01.wav", "artist": "mma", "tagged": False},
+              {"rel": "mma/lib/02.wav", "artist": "Tagged One", "tagged": True}]
+    assert folder.folder_artists(legacy) == [(None, "none"), ("Tagged One", "tag")]
+
+
+def test_one_artist_holding_most_records_is_warned(tmp_path: Path, state_dir: Path) -> None:
+    from httpserver import mtx_runner
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(24):
+        path = lib / f"{i:02d}.mp3"
+        sf.write(path, _tone(0.3, 300 + 20 * i), 8000, format="MP3")
+        tags = EasyID3()
+        tags.update({"artist": "Big Band" if i < 12 else f"Solo {i}", "title": f"Song {i}"})
+        tags.save(path)
+    mtx = mtx_runner(state_dir)
+    assert mtx("download", "folder", "--path", str(lib)).exit_code == 0
+    out = mtx("unify", "--datasets", "folder")
+    assert out.exit_code == 0, out.output
+    assert "artist 'Big Band' holds 12 of 24 records" in out.output and "cannot be balanced" in out.output
+    assert "folder artists: 24 from tags" in out.output

@@ -54,7 +54,7 @@ def sstate(base_state: Path, state_dir: Path):
 
 
 def _cfg(**kw):
-    from musiccli.training.student import StudentTrainConfig
+    from musiccli.families.student.train import StudentTrainConfig
 
     base = dict(manifest="lib", run="s", teachers="dsp:0.4,tiny:0.3", epochs=2, batch_size=6, crop_s=1.0,
                 base_channels=4, dim=16, text_width=16, vocab_size=200, num_workers=0, device="cpu",
@@ -96,7 +96,7 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     import torch
     from tokenizers import Tokenizer
 
-    from musiccli.encoders.student import StudentModel
+    from musiccli.families.student.model import StudentModel
 
     model = StudentModel.from_pretrained(run_dir / "best")
     music = ort.InferenceSession(str(onnx_dir / "student_music_encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -145,7 +145,7 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
 
 def test_student_encoder_runs_onnx_on_cpu_and_agrees_with_torch(cli, sstate):
     from musiccli.store import EmbeddingStore
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     run_student_train(sstate, _cfg(epochs=1))
     vecs = {}
@@ -186,7 +186,7 @@ def test_resume_gives_the_same_losses(sstate, tmp_path: Path):
 
     from musiccli.errors import Interrupted
     from musiccli.state import Resume, StateDir
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     other = StateDir.resolve(tmp_path / "other")
     shutil.copytree(sstate.root, other.root)
@@ -203,8 +203,8 @@ def test_resume_gives_the_same_losses(sstate, tmp_path: Path):
 
 
 def test_crops_are_seeded_per_epoch_and_index():
-    from musiccli.encoders.student import take_crop
-    from musiccli.training.student import _key
+    from musiccli.families.student.frontend import take_crop
+    from musiccli.families.student.train import _key
 
     wave = np.arange(1000, dtype=np.float32)
     a = take_crop(wave, 100, _key("crop", 0, 1, 5))
@@ -219,8 +219,10 @@ def test_crops_are_seeded_per_epoch_and_index():
 def test_mel_front_end_matches_preprocessing_json_in_numpy():
     import torch
 
-    from musiccli.encoders.student import LogMel, StudentConfig
-    from musiccli.export_student import numpy_log_mel, test_signal
+    from musiccli.families.student.frontend import LogMel
+    from musiccli.families.student.model import StudentConfig
+    from musiccli.families.student.frontend import numpy_log_mel
+    from musiccli.families.student.onnx import test_signal
 
     cfg = StudentConfig()
     pre = json.loads(json.dumps(cfg.preprocessing()))   # exactly what a client reads
@@ -263,8 +265,9 @@ def _naive_log_mel(wave: np.ndarray, pre: dict) -> np.ndarray:
 def test_client_front_end_against_a_naive_reading_of_preprocessing_json(monkeypatch):
     import builtins
 
-    from musiccli.encoders.student import StudentConfig
-    from musiccli.export_student import ClientLogMel, test_signal
+    from musiccli.families.student.model import StudentConfig
+    from musiccli.families.student.frontend import ClientLogMel
+    from musiccli.families.student.onnx import test_signal
 
     pre = json.loads(json.dumps(StudentConfig(n_mels=24, n_fft=256, hop=128, sample_rate=8000,
                                               fmax=4000.0).preprocessing()))
@@ -287,11 +290,11 @@ def test_client_front_end_against_a_naive_reading_of_preprocessing_json(monkeypa
 
 # --------------------------------------------------------------------------- sizes / refusals
 def test_size_limit_is_enforced_unless_allow_large(sstate, monkeypatch):
-    from musiccli import export_student
+    from musiccli.families.student import onnx as export_student
     from musiccli.errors import MtxError
     from musiccli.export import ExportConfig, run_export
     from musiccli.state import Resume
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     run_student_train(sstate, _cfg(epochs=1))
     monkeypatch.setitem(export_student.LIMITS_MB, "text", 0.001)
@@ -305,8 +308,8 @@ def test_size_limit_is_enforced_unless_allow_large(sstate, monkeypatch):
 
 def test_default_student_fits_the_size_budget(tmp_path: Path):
     """The default architectures (both text towers) export under 5 MB / 8 MB."""
-    from musiccli.encoders.student import StudentConfig, StudentModel, train_tokenizer
-    from musiccli.export_student import LIMITS_MB, _export_graphs, sizes_mb
+    from musiccli.families.student.model import StudentConfig, StudentModel, train_tokenizer
+    from musiccli.families.student.onnx import LIMITS_MB, _export_graphs, sizes_mb
 
     captions = [f"word{i} piece{i * 7} track" for i in range(4000)]   # enough distinct words for 3072 pieces
     tok = train_tokenizer(captions, 3072, 64)
@@ -328,14 +331,14 @@ def test_default_student_fits_the_size_budget(tmp_path: Path):
 ])
 def test_bad_teacher_lists(text, message):
     from musiccli.errors import MtxError
-    from musiccli.training.student import parse_teachers
+    from musiccli.families.student.train import parse_teachers
 
     with pytest.raises(MtxError, match=message):
         parse_teachers(text)
 
 
 def test_teacher_parsing():
-    from musiccli.training.student import parse_teachers
+    from musiccli.families.student.train import parse_teachers
 
     assert parse_teachers("musicnn:0.3, clap:0.4") == {"musicnn": 0.3, "clap": 0.4}
     assert parse_teachers("dsp") == {"dsp": 1.0}
@@ -367,7 +370,7 @@ def test_flags_of_one_objective_are_refused_by_the_others(cli, sstate, args, mes
 
 def test_objective_names_match_the_registry():
     from musiccli.cli.train import OBJECTIVE_NAMES
-    from musiccli.training.objectives import OBJECTIVES
+    from musiccli.families import OBJECTIVES
 
     assert set(OBJECTIVE_NAMES) == set(OBJECTIVES)
 
@@ -387,7 +390,7 @@ def test_student_encoder_needs_a_student_run(sstate):
 def test_unreadable_training_audio_is_one_clear_error(sstate):
     from musiccli.errors import MtxError
     from musiccli.manifest import read_manifest
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     victim = next(r for r in read_manifest(sstate.manifest_path("lib")) if r.split == "train")
     Path(victim.audio_path).unlink()

@@ -27,9 +27,9 @@ def _records(state):
 
 
 def _build(state, **kw):
-    from musiccli.encoders.student import StudentConfig
+    from musiccli.families.student.model import StudentConfig
     from musiccli.manifest import manifest_hash
-    from musiccli.training.melcache import ensure_mel_cache
+    from musiccli.families.student.melcache import ensure_mel_cache
 
     return ensure_mel_cache(state, "lib", manifest_hash(state.manifest_path("lib")), _records(state),
                             StudentConfig(), chunk_tracks=CHUNK, **kw)
@@ -49,8 +49,9 @@ def test_cache_frames_equal_logmel_in_the_interior(sstate):
     import torch
 
     from musiccli.audio import decode
-    from musiccli.encoders.student import LogMel, StudentConfig
-    from musiccli.training.melcache import MelCache, track_db
+    from musiccli.families.student.frontend import LogMel
+    from musiccli.families.student.model import StudentConfig
+    from musiccli.families.student.melcache import MelCache, track_db
 
     res = _build(sstate)
     assert res.path == sstate.root / "cache" / "mel" / res.path.name and res.path.name.startswith("lib-")
@@ -83,8 +84,8 @@ def test_cache_frames_equal_logmel_in_the_interior(sstate):
 
 
 def test_short_tracks_are_tiled_in_frame_space(sstate):
-    from musiccli.encoders.student import StudentConfig
-    from musiccli.training.melcache import MelCache
+    from musiccli.families.student.model import StudentConfig
+    from musiccli.families.student.melcache import MelCache
 
     cache = MelCache(_build(sstate).path)
     rec = next(r for r in _records(sstate) if r.split == "train")
@@ -100,7 +101,7 @@ def test_interrupted_cache_build_resumes_to_the_same_file(sstate, tmp_path: Path
     from musiccli.errors import Interrupted, MtxError
     from musiccli.state import Resume, StateDir, load_stage
     from musiccli.store import committed_parts
-    from musiccli.training.melcache import stage_key
+    from musiccli.families.student.melcache import stage_key
 
     other = StateDir.resolve(tmp_path / "other")
     shutil.copytree(sstate.root, other.root)
@@ -124,15 +125,15 @@ def test_interrupted_cache_build_resumes_to_the_same_file(sstate, tmp_path: Path
 
 def test_a_complete_cache_is_reused_by_other_runs(sstate, caplog):
     from musiccli.state import Resume
-    from musiccli.training.melcache import MelCache
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.melcache import MelCache
+    from musiccli.families.student.train import run_student_train
 
     run_student_train(sstate, _cfg(epochs=1, mel_cache=True))
     (path,) = (sstate.root / "cache" / "mel").glob("lib-*.h5")
     before = path.stat().st_mtime_ns
     record = next(sstate.stages_dir.glob("melcache*.json"))
     record_before = record.read_text()
-    with caplog.at_level(logging.INFO, logger="musiccli.training.melcache"):
+    with caplog.at_level(logging.INFO, logger="musiccli.families.student.melcache"):
         # other teachers, another run, even --force on it: the same cache
         run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="s2", teachers="dsp:1"))
         run_student_train(sstate, _cfg(epochs=1, mel_cache=True, run="s2", teachers="dsp:1", resume=Resume.FORCE))
@@ -150,7 +151,7 @@ def test_cached_training_resumes_to_the_same_losses(sstate, tmp_path: Path):
 
     from musiccli.errors import Interrupted
     from musiccli.state import Resume, StateDir
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     other = StateDir.resolve(tmp_path / "other")
     shutil.copytree(sstate.root, other.root)
@@ -169,7 +170,7 @@ def test_cached_training_resumes_to_the_same_losses(sstate, tmp_path: Path):
 def test_cached_and_uncached_runs_differ_and_the_flag_is_result_affecting(sstate, tmp_path: Path):
     from musiccli.errors import MtxError
     from musiccli.state import Resume
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     run_student_train(sstate, _cfg(epochs=1))
     uncached = _losses(sstate)
@@ -185,7 +186,7 @@ def test_cached_and_uncached_runs_differ_and_the_flag_is_result_affecting(sstate
 def test_undecodable_audio_is_recorded_in_the_cache_and_stops_training(sstate):
     from musiccli.errors import MtxError
     from musiccli.state import load_stage
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     victim = next(r for r in _records(sstate) if r.split == "train")
     Path(victim.audio_path).unlink()
@@ -216,7 +217,7 @@ def tt_base(base_state: Path, tiny_backbone: Path, tmp_path_factory: pytest.Temp
     from musiccli.embed import EmbedConfig, run_embed
     from musiccli.state import StateDir
     from musiccli.training import TrainConfig, run_train
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
     from musiccli.unify import UnifyConfig, run_unify
 
     root = tmp_path_factory.mktemp("text-teacher")
@@ -248,9 +249,9 @@ def _steps(state, run: str) -> list[dict]:
 def test_text_teacher_term_is_trained_and_decreases(ttstate, cli):
     import torch
 
-    from musiccli.encoders.student import StudentModel
+    from musiccli.families.student.model import StudentModel
     from musiccli.encoders.text import TextEmbedder
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
     res = run_student_train(ttstate, _cfg(text_teacher="al:1", epochs=6, batch_size=4, lr=3e-3,
                                           contrastive_weight=0.0))
@@ -295,9 +296,9 @@ def test_text_teacher_term_is_trained_and_decreases(ttstate, cli):
 
 
 def test_text_teacher_from_another_manifest_is_a_warning(ttstate, caplog):
-    from musiccli.training.student import run_student_train
+    from musiccli.families.student.train import run_student_train
 
-    with caplog.at_level(logging.WARNING, logger="musiccli.training.student"):
+    with caplog.at_level(logging.WARNING, logger="musiccli.families.student.train"):
         res = run_student_train(ttstate, _cfg(text_teacher="al2", epochs=1))
     assert "was trained on manifest lib2" in caplog.text and res.steps > 0
     assert "text_distill_dsp" in _steps(ttstate, "s")[0]

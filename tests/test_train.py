@@ -139,7 +139,7 @@ def test_train_writes_run_and_learns(state, tiny_backbone):
 def test_train_exports_onnx_at_end(state, tiny_backbone):
     """Unless --no-export, a finished run leaves exports/<run>/best/onnx for the checkpoint search uses."""
     from musiccli.runs import weights_identity
-    from musiccli.onnx_text import OnnxTextModel, onnx_mismatch
+    from musiccli.families.towers.onnx import OnnxTextModel, onnx_mismatch
     from musiccli.runs import export_dir
     from musiccli.training import run_train
 
@@ -246,18 +246,18 @@ def test_early_stop_survives_a_crash_before_completion(state, tiny_backbone, mon
     """Killed after the stopping epoch's checkpoint but before the run was marked complete,
     --continue must finish as stopped early, not train the remaining epochs."""
     from musiccli.state import Resume
-    from musiccli.training import loop, run_train
+    from musiccli.training import run_train, trainer
 
     make_data(state)
-    real_finish = loop._Trainer._finish
+    real_finish = trainer.Trainer._finish
 
     def crash(self, *a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop._Trainer, "_finish", crash)
+    monkeypatch.setattr(trainer.Trainer, "_finish", crash)
     with pytest.raises(KeyboardInterrupt):
         run_train(state, tiny_cfg(tiny_backbone, epochs=5, lr=0.0, patience=1))
-    monkeypatch.setattr(loop._Trainer, "_finish", real_finish)
+    monkeypatch.setattr(trainer.Trainer, "_finish", real_finish)
     res = run_train(state, tiny_cfg(tiny_backbone, epochs=5, lr=0.0, patience=1, resume=Resume.CONTINUE))
     assert res.stopped_early and res.epochs_done == 2 and res.best_epoch == 1
 
@@ -302,7 +302,7 @@ def test_cli_train(state, cli, tiny_backbone, monkeypatch):
 
 def test_freeze_backbone_parts(tiny_backbone):
     from musiccli.encoders.text import TextEmbedder
-    from musiccli.training.loop import freeze_backbone_parts
+    from musiccli.families.towers.train import freeze_backbone_parts
 
     model = TextEmbedder.from_backbone(str(tiny_backbone), out_dim=8)
     freeze_backbone_parts(model, embeddings=True, lowest_layers=1)

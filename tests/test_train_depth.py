@@ -38,7 +38,8 @@ def no_dropout_backbone(tmp_path_factory) -> Path:
 def test_joint_train_eval_export_search(state, tiny_backbone, tmp_path):
     import onnxruntime as ort
 
-    from musiccli.runs import AUDIO_TOWER_DIR, load_towers
+    from musiccli.families.towers.model import load_towers
+    from musiccli.runs import AUDIO_TOWER_DIR
     from musiccli.evaluate import EvalConfig, run_eval
     from musiccli.export import ExportConfig, run_export
     from musiccli.search import SearchConfig, search
@@ -283,7 +284,7 @@ def test_gradcache_equals_the_large_batch(no_dropout_backbone, loss_name):
     """GradCache over 3 sub-batches gives the large batch's gradients, on both towers and the temperature."""
     import torch
 
-    from musiccli.encoders.towers import AudioTower, AudioTowerConfig, Towers
+    from musiccli.families.towers.model import AudioTower, AudioTowerConfig, Towers
     from musiccli.encoders.text import TextEmbedder
     from musiccli.training.gradcache import cached_backward, split_chunks
     from musiccli.training.losses import LossConfig, build_loss
@@ -443,7 +444,7 @@ def test_every_train_config_field_is_a_flag():
 def test_cli_names_match_registries():
     from musiccli.cli import train as cli_train
     from musiccli.encoders.text import POOLINGS
-    from musiccli.training.objectives import OBJECTIVES
+    from musiccli.families import OBJECTIVES
     from musiccli.training.recipes import RECIPES
     from musiccli.training.textrep import TEXT_REPS
     from musiccli.training.tracking import TRACKERS

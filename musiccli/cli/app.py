@@ -159,7 +159,7 @@ def root(
 
 # ---------------------------------------------------------------- commands (pipeline order)
 def _register() -> None:
-    from . import demo, download, embed, evaluate, export, search, train, unify, verify
+    from . import demo, download, duplicates, embed, evaluate, export, search, train, unify, verify
 
     app.command("download")(download.command)
     app.command("verify")(verify.command)
@@ -169,6 +169,7 @@ def _register() -> None:
     app.command("eval")(evaluate.command)
     app.command("export")(export.command)
     app.command("search")(search.command)
+    app.command("duplicates")(duplicates.command)
     app.command("demo")(demo.command)
 
 

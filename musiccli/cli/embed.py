@@ -106,7 +106,9 @@ def command(
 
     Writes <state>/embeddings/<encoder>/<manifest>.h5. Work is committed every --chunk-tracks tracks, so
     Ctrl-C or a crash loses at most one chunk: resume with --continue. A store that is complete with
-    failed tracks is kept: --retry-failed embeds only those tracks and merges them in.
+    failed tracks is kept: --retry-failed embeds only those tracks and merges them in. After the manifest
+    changes (`mtx unify` over a rescanned library), rerunning embeds only new and changed tracks
+    (rows are keyed by track id and content hash), drops removed ones and keeps every other row.
     """
     from ..embed import EmbedConfig, run_embed
     from ..encoders import get_spec
@@ -136,10 +138,14 @@ def command(
     elif result.skipped and retry_failed:
         app.out.info(f"nothing to retry: {escape(str(result.path))} is complete and no track failed")
     elif result.skipped:
-        app.out.info(f"already complete: {escape(str(result.path))} (use --force to redo it)")
+        app.out.info(f"already complete: {escape(str(result.path))}; nothing changed, no track was embedded "
+                     "(use --force to redo it)")
     elif result.retried:
         app.out.info(f"retried {result.retried} failed track(s): {result.retried - result.n_failed} embedded and "
                      f"merged into {escape(str(result.path))}, {result.n_failed} still fail")
+    elif result.updated:
+        app.out.info(f"updated {escape(str(result.path))} in place: {result.embedded} new or changed track(s) "
+                     "embedded, every other row kept")
     rows = [["store", str(result.path) if result.assembled else f"{result.path} (pending other shards)"],
             ["encoder", result.encoder], ["manifest", result.manifest], ["dim", result.dim],
             ["tagged" if result.tags_only else "embedded", result.n_ok], ["failed", result.n_failed]]

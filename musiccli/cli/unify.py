@@ -18,6 +18,10 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()] or None
 
 
+_RULES = {"tag": "from tags", "folder": "from the Artist/Album folder layout", "none": "without an artist",
+          "file": "from the caption file"}
+
+
 def command(
     ctx: typer.Context,
     datasets: Annotated[list[str] | None, typer.Option(
@@ -45,7 +49,9 @@ def command(
                                     ] = False,
     captions: Annotated[str, typer.Option("--captions", help="For records without a human caption: tags "
                                                              "(synthesised from moods/features/tempo/key) or llm "
-                                                             "(OPENAI_SERVER_URL / OPENAI_API_KEY / OPENAI_MODEL_NAME).",
+                                                             "(OPENAI_SERVER_URL / OPENAI_API_KEY / OPENAI_MODEL_NAME); "
+                                                             "or a .csv/.jsonl FILE of your own captions and labels, "
+                                                             "keyed by id or path (docs/reference/captions.md).",
                                           autocompletion=lambda incomplete: ["tags", "llm"])] = "tags",
     descriptions_per_song: Annotated[int, typer.Option("--descriptions-per-song", min=1,
                                                        help="--captions llm: descriptions per song (the first is "
@@ -62,15 +68,21 @@ def command(
     from ..unify import UnifyConfig, run_unify
 
     app = get_ctx(ctx, json_mode=as_json)
+    caption_file = None
     if captions not in ("tags", "llm"):
-        raise typer.BadParameter(f"{captions!r} is not one of tags, llm", param_hint="--captions")
+        from ..caption_file import FORMATS
+
+        if not captions.lower().endswith(tuple(FORMATS)):
+            raise typer.BadParameter(f"{captions!r} is not one of tags, llm, or a caption file "
+                                     f"({', '.join(FORMATS)})", param_hint="--captions")
+        caption_file, captions = captions, "tags"
     if stratify_by not in ("dataset", "duration", "none"):
         raise typer.BadParameter(f"{stratify_by!r} is not one of dataset, duration, none",
                                  param_hint="--stratify-by")
     cfg = UnifyConfig(datasets=_split_list(datasets), max_samples=max_samples, stratify_by=stratify_by,
                       samples_per_dataset=samples_per_dataset, min_duration=min_duration,
                       max_duration=max_duration, seed=seed, name=name, dry_run=dry_run,
-                      keep_official_splits=keep_official_splits, captions=captions,
+                      keep_official_splits=keep_official_splits, captions=captions, caption_file=caption_file,
                       descriptions_per_song=descriptions_per_song,
                       llm=LLMConfig(concurrency=llm_concurrency) if captions == "llm" else None,
                       resume=Resume.from_flags(cont, force))
@@ -100,6 +112,26 @@ def command(
     if result.split_overridden:
         app.out.info(f"[yellow]{result.split_overridden} record(s) in {result.split_conflicts} recording/artist "
                      f"group(s) with conflicting official splits were moved to the most held-out split[/]")
+    for source, rules in result.artist_sources.items():
+        app.out.info(f"{source} artists: " + ", ".join(f"{n} {_RULES.get(rule, rule)}" for rule, n in rules.items()))
+    for artist, n in result.dominant_artists:
+        app.out.info(f"[yellow]artist {escape(str(artist))!r} holds {n} of {result.records} records: they all go "
+                     f"to one split, so the splits cannot be balanced[/] (fix its artist tags, or give artists "
+                     f"in a caption file: `--captions FILE`)")
+    if result.folders:
+        app.out.table(make_table("split by top-level folder", ["folder", "records", "hours", "train", "val", "test"],
+                                 [[escape(c.dataset), c.count, round(c.hours, 3), c.train, c.val, c.test]
+                                  for c in result.folders]))
+    if result.caption_file is not None:
+        m = result.caption_file
+        labels = ", ".join(f"{f} ({n})" for f, n in sorted(m["labels"].items())) or "none"
+        app.out.info(f"caption file {escape(m['file'])}: {m['matched']} of {m['rows']} row(s) matched; "
+                     f"{m['captions']} record(s) took their captions from it; fields set: {escape(labels)}; "
+                     f"{m['without_row']} scanned record(s) not in the file")
+        if m["unknown"]:
+            app.out.info(f"[yellow]{m['unknown']} row(s) name no scanned record and were ignored[/], e.g.:")
+            for example in m["unknown_examples"]:
+                app.out.info(f"  {escape(example)}")
     if result.llm is not None:
         m = result.llm
         app.out.info(f"captions: llm ({m['model']}): {m['records']} song(s), {m['calls']} call(s), {m['cached']} "

@@ -12,7 +12,7 @@ from . import musicgen  # noqa: F401  (registers "musicgen")
 from . import muq  # noqa: F401  (registers "muq"; the package loads lazily)
 from . import music2latent  # noqa: F401  (registers "music2latent"; the package loads lazily)
 from . import musicnn  # noqa: F401  (registers "musicnn"; weights convert on first use)
-from . import student  # noqa: F401  (registers "student": a trained student run's music tower)
+from ..families.student import encoder as _student  # noqa: F401  (registers "student": a student run's music tower)
 from . import imported  # noqa: F401  (registers "audiomuse-clap", ...: imported vectors, no audio model)
 
 

@@ -9,7 +9,8 @@ scans it; the dataset root then holds only::
     ledger.jsonl      one entry per file: ok, or failed + why (not readable as audio)
 
 Tags are read with mutagen's "easy" interface (ID3, Vorbis comments, MP4 atoms alike);
-missing ones fall back to the file and folder names (``Artist/Album/01 Title.mp3``).
+a missing title falls back to the file name, a missing artist to the folder only where the library is
+laid out ``Artist/Album/01 Title.mp3`` (:func:`folder_artists`; ``artist_source`` says which rule).
 Captions are synthesised from genre and mood tags, or fall back to "<title> by <artist>".
 Rescan after changing the library with ``mtx download folder --path ... --force``.
 """
@@ -175,12 +176,79 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
     tagged = any(_first(tags, k) for k in ("artist", "title", "album", "genre"))
     return {
         "rel": rel, "id": file_id(rel), "duration": duration, "title": title,
-        # Artist/Album/track layout: the folders name the artist and album when the tags do not.
-        "artist": _first(tags, "artist") or _first(tags, "albumartist") or (parts[-3] if len(parts) >= 3 else None),
+        # Only the tags' artist: a folder name becomes one later, library-wide (see folder_artists).
+        "tag_artist": _first(tags, "artist") or _first(tags, "albumartist"),
         "album": _first(tags, "album") or (parts[-2] if len(parts) >= 2 else None),
         "genres": _all(tags, "genre"), "moods": _all(tags, "mood"),
         "year": int(year.group(0)) if year else None, "tagged": tagged,
     }
+
+
+# --------------------------------------------------------------------------- artists
+# ``artist_source`` of a folder record: which rule named its artist.
+ARTIST_TAG, ARTIST_FOLDER, ARTIST_NONE = "tag", "folder", "none"
+# Without tags to confirm it, folders are read as Artist/Album/track only when there are at least
+# this many artist folders and none holds more than this share of their files: a library laid out
+# <source>/<collection>/<piece> has a few big top-level folders, a music collection many small ones.
+LAYOUT_MIN_ARTISTS = 5
+LAYOUT_MAX_SHARE = 0.25
+
+
+def _norm_name(name: str | None) -> str:
+    return " ".join(str(name).lower().split()) if name else ""
+
+
+def _tag_artist(info: dict[str, Any]) -> str | None:
+    """The artist from the file's tags. Index lines written before ``tag_artist`` existed hold the folder
+    fallback in ``artist``: an untagged file's ``artist`` was its folder, never a tag."""
+    if "tag_artist" in info:
+        return info["tag_artist"] or None
+    return info.get("artist") if info.get("tagged") else None
+
+
+def folder_artists(infos: list[dict[str, Any]]) -> list[tuple[str | None, str]]:
+    """(artist, artist_source) per index entry: the tag, else the Artist/Album/track folder, else none.
+
+    A file without an artist tag at ``.../A/B/track`` takes ``A`` as its artist only when the folders
+    beside ``A`` (its "shelf": the other folders with the same parent) look like artist folders:
+    - tags confirm it: at least half of the tagged files on that shelf sit in a folder named like
+      their artist tag (case and spaces ignored); or
+    - with no tagged file on the shelf, the layout does: at least ``LAYOUT_MIN_ARTISTS`` folders, none
+      holding more than ``LAYOUT_MAX_SHARE`` of the shelf's files.
+    Otherwise the record has no artist (its split is then decided per recording, which never lumps
+    a whole folder into one split), and no caption says "by <folder>".
+    """
+    tagged: dict[str, list[bool]] = {}             # shelf -> does each tagged file's folder match its artist
+    untagged: dict[str, dict[str, int]] = {}       # shelf -> artist folder -> files without an artist tag
+    for info in infos:
+        parts = info["rel"].split("/")
+        if len(parts) < 3:
+            continue
+        shelf = "/".join(parts[:-3])
+        tag = _tag_artist(info)
+        if tag:
+            tagged.setdefault(shelf, []).append(_norm_name(tag) == _norm_name(parts[-3]))
+        else:
+            folders = untagged.setdefault(shelf, {})
+            folders[parts[-3]] = folders.get(parts[-3], 0) + 1
+    layout: dict[str, bool] = {}
+    for shelf, folders in untagged.items():
+        if shelf in tagged:
+            layout[shelf] = 2 * sum(tagged[shelf]) >= len(tagged[shelf])
+        else:
+            total = sum(folders.values())
+            layout[shelf] = len(folders) >= LAYOUT_MIN_ARTISTS and max(folders.values()) <= LAYOUT_MAX_SHARE * total
+    out: list[tuple[str | None, str]] = []
+    for info in infos:
+        tag = _tag_artist(info)
+        parts = info["rel"].split("/")
+        if tag:
+            out.append((tag, ARTIST_TAG))
+        elif len(parts) >= 3 and layout.get("/".join(parts[:-3])):
+            out.append((parts[-3], ARTIST_FOLDER))
+        else:
+            out.append((None, ARTIST_NONE))
+    return out
 
 
 def captions_for(info: dict[str, Any]) -> list[str]:
@@ -276,9 +344,10 @@ class FolderSource(Source):
 
     def records(self, root: Path) -> list[Record]:
         out = []
-        for info, path in self._present(Path(root)):
-            if not path.is_file():
-                continue
+        present = [(info, path) for info, path in self._present(Path(root)) if path.is_file()]
+        artists = folder_artists([info for info, _ in present])
+        for (info, path), (artist, artist_source) in zip(present, artists):
+            info = {**info, "artist": artist, "artist_source": artist_source}
             captions = captions_for(info)
             out.append(Record(
                 id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
@@ -287,6 +356,7 @@ class FolderSource(Source):
                 extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
                                          "relative_path": info["rel"]}.items() if v is not None},
             ))
+            out[-1].extra["artist_source"] = artist_source   # which rule named the artist (folder_artists)
         return out
 
     def expected_files(self, root: Path) -> list[ExpectedFile]:
@@ -295,4 +365,4 @@ class FolderSource(Source):
                 for info, path in self._present(Path(root))]
 
 
-__all__ = ["FolderSource", "INFO", "scan", "read_file_info", "captions_for", "file_id"]
+__all__ = ["FolderSource", "INFO", "scan", "read_file_info", "captions_for", "file_id", "folder_artists"]

@@ -1,4 +1,4 @@
-"""Run-folder I/O: atomic checkpoint directories, run.json and the metrics log.
+"""Run-folder I/O: atomic checkpoint directories and the metrics log (``run.json`` is ``runs.RunMeta``'s).
 
 A checkpoint directory (``latest/`` or ``best/``) is the ``TextEmbedder.save_pretrained``
 layout; ``latest/`` adds ``trainer_state.pt`` (everything needed to resume exactly)
@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runs import RUN_JSON
 from ..errors import MtxError
 from ..state import TMP_PREFIX, atomic_write_json, atomic_write_text, to_jsonable
 
@@ -132,15 +131,6 @@ def rng_from_plain(plain: dict[str, Any]) -> dict[str, Any]:
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     atomic_write_json(path, meta)
-
-
-def write_run_json(run_dir: Path, info: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / RUN_JSON, info)
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_JSON
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 class MetricsLog:

@@ -18,16 +18,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import MtxError, unknown_choice
-from ..manifest import Record, group_of
+from ..manifest import Record
+from ..retrieval import pair_keys
 from ..store import EmbeddingStore
 from .textrep import TEXT_REPS, draw_text
 
 log = logging.getLogger(__name__)
-
-
-def text_key(s: str) -> int:
-    """A signed 64-bit key of a string (a caption text or a recording group), equal on every rank."""
-    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _item_key(seed: int, epoch: int, index: int) -> int:
@@ -113,9 +109,7 @@ class PairDataset(Dataset):
         The contrastive loss must not treat two pairs that share either as negatives of each other
         ("A Rock track" is the caption of every tag-captioned rock track; a recording can appear
         in several sources)."""
-        recs = self.split.records
-        return np.array([[text_key(t), text_key(group_of(recs[int(i)]))] for i, t in zip(indices, texts)],
-                        dtype=np.int64).reshape(-1, 2)
+        return pair_keys([self.split.records[int(i)] for i in indices], texts)
 
 
 class EpochSampler:

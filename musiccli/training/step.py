@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..encoders.towers import Towers
 from ..errors import MtxError
 from ..runtime import Runtime
 from .distributed import Collective
@@ -21,7 +20,7 @@ from .losses import clamp_temperatures
 
 
 class Stepper:
-    def __init__(self, towers: Towers, text_model: torch.nn.Module, loss_fn: torch.nn.Module,
+    def __init__(self, towers: Any, text_model: torch.nn.Module, loss_fn: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
                  runtime: Runtime, collective: Collective, grad_clip: float | None = None,
                  accum_steps: int = 1, teacher: Any = None) -> None:

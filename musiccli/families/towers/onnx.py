@@ -1,7 +1,8 @@
 """The exported ONNX text tower: building it (needs torch) and running it (needs only onnxruntime).
 
 Both `mtx export` and the end of `mtx train` write the same folder through
-:func:`export_text_onnx`; `mtx search` reads it through :class:`OnnxTextModel`
+:func:`export_text_onnx` (graphs made and checked by ``musiccli.onnxio``); `mtx search` reads it
+through :class:`OnnxTextModel`
 without importing torch or transformers, which is what makes a cold search fast.
 
 Folder layout (``exports/<run>/<checkpoint>/onnx/``, ``runs.export_dir``)::
@@ -21,44 +22,26 @@ the export belongs to the checkpoint it is about to use.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import MtxError
-from .state import TMP_PREFIX, atomic_write_json, read_json
+from ...errors import MtxError
+from ...onnxio import ONNX_TOLERANCE, check_parity, export_graph, replace_dir, tmp_dir
+from ...state import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-ONNX_TOLERANCE = 1e-4
+__all__ = ["ONNX_TOLERANCE", "OnnxTextModel", "export_checkpoint_onnx", "export_text_onnx", "export_towers_onnx",
+           "onnx_mismatch", "replace_dir", "tmp_dir"]
 MODEL_FILE = "model.onnx"
 STATS_FILE = "audio_stats.safetensors"
 AUDIO_FILE = "audio_tower.onnx"
 # Queries of different lengths, so the check exercises padding and the dynamic axes.
 CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
                  "upbeat 80s synth pop with female vocals", "jazz"]
-
-
-# --------------------------------------------------------------------------- folders
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place (the old one, if any, is removed first)."""
-    if final.exists():
-        old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def tmp_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=parent))
 
 
 # --------------------------------------------------------------------------- export (torch)
@@ -152,11 +135,8 @@ def export_audio_onnx(tower, path: Path, opset: int) -> float:
 
     tower = tower.cpu().eval()
     example = (tower.audio_mean + tower.audio_std * torch.randn(2, tower.in_dim)).float()
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Wrapper.build_audio(tower), (example,), str(path), input_names=["audio"],
-                          output_names=["embedding"], dynamic_axes={"audio": {0: "batch"}, "embedding": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    export_graph(_Wrapper.build_audio(tower), (example,), path, ["audio"], ["embedding"],
+                 {"audio": {0: "batch"}, "embedding": {0: "batch"}}, opset)
     return verify_audio_onnx(tower, path)
 
 
@@ -179,7 +159,6 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
     ``weights`` is the checkpoint's identity (``weights_identity``), recorded so that search can
     tell whether the export matches the checkpoint an index was built for.
     """
-    import torch
     from safetensors.numpy import save_file
 
     tmp = tmp_dir(out, "onnx")
@@ -193,21 +172,14 @@ def export_text_onnx(model, out: Path, opset: int = 17, weights: dict[str, Any] 
         names = output_names(model)
         # The legacy exporter's deprecation and tracer notices are expected here: the trace is
         # checked numerically right below, on lengths and batch sizes other than the traced ones.
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Wrapper.build(model), (enc["input_ids"], enc["attention_mask"]), str(path),
-                input_names=["input_ids", "attention_mask"], output_names=names,
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                              **{n: {0: "batch"} for n in names}},
-                opset_version=opset, dynamo=False, do_constant_folding=True,
-            )
+        export_graph(_Wrapper.build(model), (enc["input_ids"], enc["attention_mask"]), path,
+                     ["input_ids", "attention_mask"], names,
+                     {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                      **{n: {0: "batch"} for n in names}}, opset)
         diff = verify_onnx(model, path)
         if audio_tower is not None:
             diff = max(diff, export_audio_onnx(audio_tower, tmp / AUDIO_FILE, opset))
-        if diff > ONNX_TOLERANCE:
-            raise MtxError(f"ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE:g})",
-                           hint="try another --opset; the hf/ export is unaffected")
+        check_parity(diff, "ONNX output", hint="try another --opset; the hf/ export is unaffected")
         tok = model.tokenizer
         tok.save_pretrained(tmp)
         if not (tmp / "tokenizer.json").exists():
@@ -253,7 +225,8 @@ def export_towers_onnx(towers, out: Path, opset: int = 17, weights: dict[str, An
 def export_checkpoint_onnx(ckpt_dir: Path, out: Path, opset: int = 17,
                            training: dict[str, Any] | None = None) -> tuple[Path, float]:
     """Load a saved checkpoint's towers and export both (what `mtx train` does at the end)."""
-    from .runs import load_towers, weights_identity
+    from ...runs import weights_identity
+    from .model import load_towers
 
     return export_towers_onnx(load_towers(ckpt_dir), out, opset, weights=weights_identity(ckpt_dir),
                               training=training)

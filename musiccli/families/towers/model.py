@@ -6,9 +6,8 @@
   meet in a shared ``joint_dim`` space. The head, with the audio statistics it was trained
   on, is saved in ``<checkpoint>/audio_tower/``.
 
-``musiccli.runs.load_towers`` (the run contract) is the one way every consumer (eval, search,
-export, ``--init-from``) gets both halves of a checkpoint; it needs no knowledge of which
-objective trained it.
+:func:`load_towers` is the one way every consumer (eval, search, export, ``--init-from``) gets
+both halves of a checkpoint; it needs no knowledge of which objective trained it.
 
 Saved layout of ``audio_tower/``::
 
@@ -26,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MtxError
-from ..state import atomic_path, atomic_write_json
-from ..runs import AUDIO_TOWER_DIR
-from .text import CONFIG_NAME, WEIGHTS_NAME, Head, TextEmbedder
+from ...encoders.text import CONFIG_NAME, WEIGHTS_NAME, Head, TextEmbedder
+from ...errors import MtxError
+from ...runs import AUDIO_TOWER_DIR
+from ...state import atomic_path, atomic_write_json
+
 AUDIO_MODEL_TYPE = "mtx-audio-tower"
 RETRIEVAL_CHUNK = 4096
 
@@ -143,6 +143,19 @@ class Towers:
         """The retrieval space's width (what an index stores)."""
         return int(self.text.config.out_dim)
 
+    @property
+    def audio_in_dim(self) -> int:
+        """The stored width the audio tower reads."""
+        return int(self.audio.in_dim)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Unit text vectors in the retrieval space."""
+        return self.text.encode(list(texts), batch_size=batch_size)
+
+    def audio_for_retrieval(self, rows: np.ndarray) -> np.ndarray:
+        """Raw stored audio vectors -> unit vectors in the retrieval space."""
+        return self.audio.audio_for_retrieval(rows)
+
     def save_pretrained(self, path: str | Path) -> None:
         self.text.save_pretrained(path)
         if self.audio.has_head:
@@ -161,3 +174,20 @@ class Towers:
         self.train(False)
         return self
 
+
+
+def load_towers(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Towers:
+    """The text embedder and audio tower saved in ``ckpt_dir`` (a run checkpoint or an export's hf/)."""
+    ckpt_dir = Path(ckpt_dir)
+    text = TextEmbedder.from_pretrained(ckpt_dir, device=device)
+    if (ckpt_dir / AUDIO_TOWER_DIR / CONFIG_NAME).exists():
+        audio = AudioTower.from_pretrained(ckpt_dir / AUDIO_TOWER_DIR, device=device)
+    else:
+        if text.config.space == "joint":
+            raise MtxError(f"{ckpt_dir} holds a joint-space text tower but no {AUDIO_TOWER_DIR}/",
+                           hint="the checkpoint is incomplete: retrain or re-export it")
+        audio = AudioTower.identity(text.audio_mean, text.audio_std).to(device).eval()
+    if audio.dim != text.config.out_dim:
+        raise MtxError(f"{ckpt_dir}: the text tower outputs {text.config.out_dim} dims, the audio tower "
+                       f"{audio.dim}", hint="the checkpoint is inconsistent: retrain it")
+    return Towers(text, audio)

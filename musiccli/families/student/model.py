@@ -18,19 +18,15 @@ tokens that matrix alone is 31 MB of float32, four times the 8 MB budget, and mu
 thousand pieces. Padding and truncation are set inside ``tokenizer.json`` so any
 client that loads that one file tokenizes exactly as training did.
 
-Front end (what ``preprocessing.json`` describes and a client must reproduce): mono audio at
-``sample_rate``; STFT with a periodic Hann window of ``n_fft``, hop ``hop``, centred (reflect padding);
-power spectrum; HTK-mel triangles (peak 1, no area normalisation) from ``fmin`` to ``fmax``;
-``10 log10(max(mel, amin))``; minus the clip's maximum (ref = max); floored at ``-top_db``; then per-clip
-min-max to [0, 1] (a constant clip gives zeros). The features are computed in the data loaders and in
-``mtx embed``; they are not part of the ONNX graph.
+Front end: :mod:`.frontend` (what ``preprocessing.json`` describes and a client must reproduce). The
+features are computed in the data loaders and in ``mtx embed``; they are not part of the ONNX graph.
 
 Checkpoint layout (``save_pretrained``): ``student.json`` (config), ``model.safetensors`` (both towers,
 the teacher projections and the teachers' standardisation statistics), ``tokenizer.json``.
 
-The ``student`` audio encoder (``mtx embed --audio-encoder student --model RUN``) runs the music tower
-over 30 s windows and stores the mean of the window vectors: the 256-d shared space, searched with the
-run's text tower.
+The ``student`` audio encoder (``mtx embed --audio-encoder student --model RUN``, :mod:`.encoder`) runs
+the music tower over 30 s windows and stores the mean of the window vectors: the 256-d shared space,
+searched with the run's text tower.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,10 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import repeat_pad
-from ..errors import MtxError, unknown_choice
-from ..runtime import Runtime
-from .base import AudioEncoder, EncoderOptions, EncoderSpec, register
+from ...errors import MtxError, unknown_choice
+from .frontend import LogMel
 
 CONFIG_FILE = "student.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -128,84 +121,6 @@ class StudentConfig:
             "short_audio": "repeated to crop_samples",
             "input": {"name": "mel_spectrogram", "shape": ["N", 1, self.n_mels, "T"], "dtype": "float32"},
         }
-
-
-# --------------------------------------------------------------------------- front end
-def mel_filters(cfg: StudentConfig) -> torch.Tensor:
-    """HTK-mel triangles [n_fft // 2 + 1, n_mels], peak 1 (float64)."""
-    def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-    freqs = np.linspace(0.0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
-    mels = np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.fmax), cfg.n_mels + 2)
-    pts = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
-    lo, mid, hi = pts[:-2], pts[1:-1], pts[2:]
-    up = (freqs[:, None] - lo) / (mid - lo)
-    down = (hi - freqs[:, None]) / (hi - mid)
-    return torch.from_numpy(np.clip(np.minimum(up, down), 0.0, None))
-
-
-class LogMel:
-    """Waveforms [B, S] -> normalised log-mel [B, 1, n_mels, T] (float32), per the module docstring."""
-
-    def __init__(self, cfg: StudentConfig) -> None:
-        self.cfg = cfg
-        self.fb = mel_filters(cfg).float()
-        self.window = torch.hann_window(cfg.n_fft, periodic=True)
-
-    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        return scale_db(self.db(wave), self.cfg.top_db).unsqueeze(1)
-
-    def db(self, wave: torch.Tensor, center: bool = True) -> torch.Tensor:
-        """Waveforms [B, S] -> ``10 log10(max(mel, amin))`` [B, n_mels, T], before the per-clip scaling.
-
-        ``center=False`` frames without padding (frame t starts at sample t * hop): the mel cache
-        computes a long track block by block on the reflect-padded track this way.
-        """
-        c = self.cfg
-        wave = wave.float()
-        if center and wave.shape[-1] <= c.n_fft // 2:   # reflect padding needs more samples than the pad
-            wave = F.pad(wave, (0, c.n_fft // 2 + 1 - wave.shape[-1]))
-        spec = torch.stft(wave, c.n_fft, hop_length=c.hop, win_length=c.n_fft,
-                          window=self.window.to(wave.device), center=center, pad_mode="reflect",
-                          return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2                          # [B, F, T]
-        mel = torch.einsum("bft,fm->bmt", power, self.fb.to(wave.device))
-        return power_to_db(mel, c.amin)
-
-
-def power_to_db(mel: torch.Tensor, amin: float) -> torch.Tensor:
-    return 10.0 * torch.log10(mel.clamp_min(amin))
-
-
-def normalise_db(mel: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
-    """[B, M, T] power mel -> dB re the clip max, floored at -top_db, min-max scaled to [0, 1] per clip."""
-    return scale_db(power_to_db(mel, amin), top_db)
-
-
-def scale_db(db: torch.Tensor, top_db: float) -> torch.Tensor:
-    """[B, M, T] dB -> re the clip max (ref = max), floored at -top_db, min-max scaled to [0, 1] per clip."""
-    db = db - db.amax(dim=(1, 2), keepdim=True)
-    db = db.clamp_min(-top_db)
-    lo = db.amin(dim=(1, 2), keepdim=True)
-    span = -lo   # the max is 0 after ref = max
-    return torch.where(span > 0, (db - lo) / span.clamp_min(1e-12), torch.zeros_like(db))
-
-
-def crop_offset(n_samples: int, crop: int, key: int | None) -> int:
-    """Start of a crop: uniform over the valid range from ``key`` (a hash), the centre when ``key`` is None."""
-    room = n_samples - crop
-    if room <= 0:
-        return 0
-    return room // 2 if key is None else int(key % (room + 1))
-
-
-def take_crop(wave: np.ndarray, crop: int, key: int | None) -> np.ndarray:
-    """A ``crop``-sample window of ``wave`` (repeated when the clip is shorter)."""
-    if wave.shape[-1] < crop:
-        return repeat_pad(wave, crop)
-    s = crop_offset(wave.shape[-1], crop, key)
-    return wave[s:s + crop]
 
 
 # --------------------------------------------------------------------------- towers
@@ -370,6 +285,11 @@ class StudentModel(nn.Module):
         return _OutDim(self.student_config.dim)
 
     @property
+    def dim(self) -> int:
+        """The shared space's width (what an index stores)."""
+        return int(self.student_config.dim)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -439,112 +359,3 @@ class StudentModel(nn.Module):
 
 def is_student_checkpoint(path: Path) -> bool:
     return (Path(path) / CONFIG_FILE).exists()
-
-
-# --------------------------------------------------------------------------- the audio encoder
-def resolve_student_checkpoint(model: str | None, state_root: Path | None) -> Path:
-    """``--model``: a run name in the state dir, a run folder or a checkpoint folder -> checkpoint folder."""
-    if not model:
-        raise MtxError("the student encoder needs a trained student run",
-                       hint="pass --model RUN (a run trained with `mtx train --objective student`)")
-    candidates = []
-    p = Path(model).expanduser()
-    if p.exists():
-        candidates.append(p)
-    if state_root is not None:
-        candidates.append(state_root / "runs" / model)
-    for c in candidates:
-        for sub in (c, c / "best", c / "latest"):
-            if is_student_checkpoint(sub) and (sub / WEIGHTS_FILE).exists():
-                return sub.resolve()
-    raise MtxError(f"no student checkpoint found for --model {model!r}",
-                   hint="train one with `mtx train --objective student --run NAME`, then pass --model NAME")
-
-
-RUNTIMES = ("auto", "onnx", "torch")
-ONNX_TOLERANCE = 1e-4
-
-
-@register(EncoderSpec(
-    name="student",
-    description="the music tower of a trained student run (--model RUN): 256-d shared music-text space",
-    sample_rate=SAMPLE_RATE, window_s=30.0, hop_s=30.0, default_aggregation="mean", version="1",
-    options=("runtime",),
-))
-class StudentEncoder(AudioEncoder):
-    """``-O runtime=auto|onnx|torch``: on the CPU, ``auto`` runs the music tower through onnxruntime (the
-    tower exported once into the models cache and checked against PyTorch) with the NumPy client front
-    end, about 1.3-2x the PyTorch path's speed per clip; on a GPU, or when onnxruntime or onnx is missing,
-    PyTorch. The two agree to 1e-4 (checked at load), and the runtime used is part of the store's identity."""
-
-    def __init__(self, options: EncoderOptions, runtime: Runtime) -> None:
-        super().__init__(options, runtime)
-        state_root = options.cache_dir.parent if options.cache_dir is not None else None
-        self.checkpoint = resolve_student_checkpoint(options.model, state_root)
-        self.model = StudentModel.from_pretrained(self.checkpoint, device=runtime.device).eval()
-        from ..state import file_sha256
-
-        # Retrained weights change every vector: their hash keys the stage config and the ONNX cache.
-        self.weights_sha = file_sha256(self.checkpoint / WEIGHTS_FILE)[:16]
-        want = str(options.extra.get("runtime", "auto"))
-        if want not in RUNTIMES:
-            raise unknown_choice("student runtime", want, RUNTIMES)
-        self._session = self._front = None
-        if want == "onnx" or (want == "auto" and runtime.device.type == "cpu"):
-            self._open_onnx(required=want == "onnx")
-        self.runtime_name = "onnx" if self._session is not None else "torch"
-
-    def _open_onnx(self, required: bool) -> None:
-        try:
-            from ..export_student import ClientLogMel, client_session, export_music_graph
-
-            cache = (self.options.cache_dir or self.checkpoint) / "student-onnx" / self.weights_sha
-            path = cache / "student_music_encoder.onnx"
-            if not path.exists():
-                cache.mkdir(parents=True, exist_ok=True)
-                tmp = cache / f".{path.name}.{os.getpid()}.tmp"   # shards may export at the same time
-                cfg = self.model.student_config
-                export_music_graph(self.model.music.cpu(), tmp, 17, cfg.n_mels, cfg.blocks)
-                self.model.music.to(self.runtime.device)
-                tmp.replace(path)
-            session = client_session(path)
-            probe = np.random.default_rng(0).random((2, 1, self.model.student_config.n_mels, 101), np.float32)
-            got = session.run(["music_embedding"], {"mel_spectrogram": probe})[0]
-            with torch.inference_mode():
-                ref = self.model.music(torch.from_numpy(probe).to(self.runtime.device)).float().cpu().numpy()
-            diff = float(np.abs(got - ref).max())
-            if diff > ONNX_TOLERANCE:
-                raise MtxError(f"the ONNX music tower differs from PyTorch by {diff:.2g}")
-        except (ImportError, MtxError, RuntimeError, OSError) as e:
-            if required:
-                raise MtxError(f"cannot run the student music tower in onnxruntime: {e}",
-                               hint="pip install 'musiccli[onnx]', or use -O runtime=torch") from None
-            log.info("student encoder: PyTorch runtime (onnxruntime path unavailable: %s)", e)
-            return
-        self._session = session
-        self._front = ClientLogMel(self.model.student_config.preprocessing())
-        log.info("student encoder: onnxruntime music tower (%s), max abs diff to PyTorch %.1g", path, diff)
-
-    @property
-    def model_id(self) -> str:
-        return str(self.options.model)
-
-    @property
-    def window_dim(self) -> int:
-        return self.model.student_config.dim
-
-    def default_window(self) -> tuple[float, float]:
-        crop = self.model.student_config.crop_s
-        return crop, crop
-
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "weights_sha256": self.weights_sha, "runtime": self.runtime_name}
-
-    @torch.inference_mode()
-    def embed_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        if self._session is None:
-            return self.model.embed_waves(windows).float()
-        waves = windows.detach().cpu().float().numpy()
-        mel = np.concatenate([self._front(w) for w in waves])
-        out = self._session.run(["music_embedding"], {"mel_spectrogram": mel})[0]
-        return torch.from_numpy(out).to(windows.device)

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import MtxError
-from .onnx_text import ONNX_TOLERANCE, replace_dir, set_eager_attention, tmp_dir
-from .runs import RunInfo, export_dir, export_key, resolve_run, weights_identity
-from .progress import NullProgress, Progress
-from .state import StateDir, atomic_write_json, atomic_write_text, begin_stage
+from ...errors import MtxError
+from ...onnxio import ONNX_TOLERANCE, export_graph, replace_dir, tmp_dir
+from ...progress import NullProgress, Progress
+from ...runs import RunInfo, export_dir, export_key, resolve_run, weights_identity
+from ...state import StateDir, atomic_write_json, atomic_write_text, begin_stage
+from .onnx import set_eager_attention
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,10 @@ def _write_onnx(model, tmp: Path, opset: int) -> Path:
 
     path = tmp / ONNX_NAME
     feeds = _encode(model, CHECK[:2])
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Tower.build(model), (torch.as_tensor(feeds["input_ids"]),
-                                                torch.as_tensor(feeds["attention_mask"])), str(path),
-                          input_names=["input_ids", "attention_mask"], output_names=[OUTPUT],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                        "attention_mask": {0: "batch", 1: "sequence"}, OUTPUT: {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    export_graph(_Tower.build(model), (torch.as_tensor(feeds["input_ids"]), torch.as_tensor(feeds["attention_mask"])),
+                 path, ["input_ids", "attention_mask"], [OUTPUT],
+                 {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                  OUTPUT: {0: "batch"}}, opset)
     return path
 
 
@@ -124,7 +120,7 @@ def readme(info: RunInfo, checkpoint: str, check: dict[str, Any], roberta: bool,
             "tokenization (roberta-base, padded to 77) feeds this model the ids it was trained on. Nothing else "
             "to change."] if roberta else
            ["**The tokenizer differs.** AudioMuse-AI tokenizes CLAP queries with `roberta-base` (padded to 77 "
-            f"tokens); this model was trained with the tokenizer of `{info.meta.get('text_backbone')}`, which is "
+            f"tokens); this model was trained with the tokenizer of `{info.meta.text_backbone}`, which is "
             "shipped in this folder. Fed roberta-base ids, the model returns meaningless vectors. Change the "
             "tokenizer AudioMuse-AI loads for the CLAP text model (`AutoTokenizer.from_pretrained(\"roberta-base\")`"
             " in its CLAP text code) to load this folder instead:",
@@ -183,7 +179,7 @@ class AudiomuseExport:
 def export_for_audiomuse(state: StateDir, cfg: Any, progress: Progress | None = None) -> AudiomuseExport:
     """The audiomuse target of `mtx export`; ``cfg`` is the export stage's config (run, checkpoint, out,
     opset, resume), passed in so this building block never imports the stage."""
-    from .encoders.text import TextEmbedder
+    from ...encoders.text import TextEmbedder
 
     progress = progress or NullProgress()
     info = resolve_run(state, cfg.run)

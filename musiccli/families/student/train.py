@@ -1,7 +1,9 @@
-"""The ``student`` objective: train both student towers from audio, distilled from teacher stores.
+"""The student family's training parts: both student towers trained from audio, distilled from teacher stores.
 
-``run_student_train(state, StudentTrainConfig, progress) -> TrainResult`` (the same result type as
-``run_train``). Loss per step::
+The one trainer (``training.trainer``) drives :class:`StudentParts`; ``mtx train --objective student``
+maps its :class:`~musiccli.training.config.TrainConfig` onto :class:`StudentTrainConfig`
+(:func:`student_train_config`), and :func:`run_student_train` trains from a ``StudentTrainConfig``
+directly. Loss per step::
 
     contrastive_weight * InfoNCE(text tower, music tower)
       + sum_t weight_t * D(P_t(music), standardise_t(teacher_t))
@@ -30,15 +32,15 @@ PyTorch runs only on GPUs.
 crops are taken from it in frame space with the same (seed, epoch, index) keys, then scaled per crop as
 ``LogMel`` does. Cached crops start on a hop boundary and their edge frames see the real neighbouring
 audio instead of reflect padding, so a cached run is not bit-identical to an uncached one; the flag is
-part of the result-affecting config (recorded only when on, so earlier runs' records keep theirs).
+part of the result-affecting config (recorded only when on, so earlier runs' records keep theirs). The
+cache is built before the seed is set, so a run computes the same whether it built the cache or found it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import time
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -47,23 +49,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio import decode
-from ..encoders.student import LogMel, StudentConfig, StudentModel, take_crop, train_tokenizer
-from ..errors import MtxError, unknown_choice
-from ..manifest import Record, group_of, manifest_hash, read_manifest, resolve_manifest
-from ..retrieval import caption_relevance, text_to_music
-from ..progress import NullProgress, Progress
-from ..provenance import training_data
-from ..runtime import capture_rng_state, restore_rng_state, seed_everything, select_runtime
-from ..state import Resume, StateDir, begin_stage, check_name, stage_function, to_jsonable
-from ..store import EmbeddingStore
-from . import checkpoint as ckpt
-from .data import EpochSampler, text_key
-from .losses import InfoNCELoss, LossConfig
-from .fit import FitHooks, fit, run_trainer
-from .loop import EpochCallback, TrainResult, lr_lambda
-from .train_state import TrainState
+from ...audio import decode
+from ...errors import MtxError, unknown_choice
+from ...manifest import Record, manifest_hash, read_manifest, resolve_manifest
+from ...progress import NullProgress, Progress
+from ...provenance import training_data
+from ...retrieval import pair_keys
+from ...runs import RunMeta
+from ...runtime import DistInfo, select_runtime
+from ...state import Resume, StateDir, check_name, stage_function, to_jsonable
+from ...store import EmbeddingStore
+from ...training.config import EpochCallback, TrainConfig, TrainResult
+from ...training.data import EpochSampler
+from ...training.distributed import Collective
+from ...training.fit import run_trainer
+from ...training.losses import InfoNCELoss, LossConfig
+from ...training.train_state import TrainState
+from ...training.trainer import TrainContext, Trainer, ValVectors, lr_lambda
+from .frontend import LogMel, take_crop
 from .melcache import MelCache, crop_frames, ensure_mel_cache
+from .model import StudentConfig, StudentModel, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +116,12 @@ class StudentTrainConfig:
     mel_cache: bool = False                # crops from <state>/cache/mel (see training/melcache.py)
     text_teacher: str | None = None        # "RUN" or "RUN:WEIGHT": an align run whose text embedder teaches
     checkpoint_every: int | None = None
+    eval_every: int | None = None          # steps; validate mid-epoch too (logged, never changes best)
+    report_to: str = "none"                # none | tensorboard | wandb
     resume: Resume = Resume.FRESH
 
-    NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "num_workers")
+    NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "num_workers", "eval_every",
+                            "report_to")
 
     def student_config(self, vocab_size: int, teacher_dims: dict[str, int]) -> StudentConfig:
         """The architecture fields (same names here and in StudentConfig; the front end keeps its defaults)."""
@@ -246,25 +254,32 @@ class _Teacher:
     val_pos: np.ndarray
 
 
-class _StudentTrainer:
-    def __init__(self, state: StateDir, cfg: StudentTrainConfig, progress: Progress, on_epoch: EpochCallback | None):
-        self.state, self.cfg, self.progress, self.on_epoch = state, cfg, progress, on_epoch
+class StudentParts:
+    """The student family's :class:`~musiccli.training.trainer.TrainParts` (single process: DDP would need
+    SyncBatchNorm, which PyTorch runs only on GPUs)."""
+
+    def __init__(self, state: StateDir, cfg: StudentTrainConfig) -> None:
+        self.state, self.cfg = state, cfg
         self.text_teacher: _TextTeacher | None = None
         self.teachers: list[_Teacher] = []
         self.mel_cache_path: Path | None = None
+        self.progress: Progress = NullProgress()
+        self._train_batches = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> TrainResult | None:
+    def setup(self) -> None:
         cfg = self.cfg
-        if cfg.epochs < 1:
-            raise MtxError(f"--epochs must be at least 1, got {cfg.epochs}")
         if cfg.distill_loss not in DISTILL_LOSSES:
             raise unknown_choice("distillation loss", cfg.distill_loss, DISTILL_LOSSES)
-        if cfg.contrastive_weight < 0:
-            raise MtxError(f"--contrastive-weight must be >= 0, got {cfg.contrastive_weight}")
+        if not cfg.contrastive_weight >= 0 or math.isinf(cfg.contrastive_weight):
+            raise MtxError(f"--contrastive-weight must be a finite number >= 0, got {cfg.contrastive_weight}")
         cfg.student_config(cfg.vocab_size, {}).validate()
         self.weights = parse_teachers(cfg.teachers)
+        if cfg.contrastive_weight == 0 and not any(self.weights.values()) and not cfg.text_teacher:
+            raise MtxError("every loss weight is zero: the student would not learn anything",
+                           hint="give --contrastive-weight or a teacher a positive weight")
         self.runtime = select_runtime(cfg.device, cfg.precision)
+        self.collective = Collective(DistInfo(), self.runtime.device)
         self.manifest_name, self.manifest_path = resolve_manifest(self.state, cfg.manifest)
         stores = {}
         for name in self.weights:
@@ -283,29 +298,21 @@ class _StudentTrainer:
                                           and not _off(f.name, getattr(cfg, f.name))})
         self.result_config["objective"] = "student"
         self.result_config["precision"] = self.runtime.precision
-        stage_config = {**self.result_config, "manifest_name": self.manifest_name,
-                        "manifest_hash": self.manifest_hash,
-                        "teacher_stores": {n: _file_identity(p) for n, p in stores.items()}}
+        self.stage_config = {**self.result_config, "manifest_name": self.manifest_name,
+                             "manifest_hash": self.manifest_hash,
+                             "teacher_stores": {n: _file_identity(p) for n, p in stores.items()}}
         if self.text_teacher is not None:   # retrained teacher weights change the targets
-            stage_config["text_teacher_weights"] = self.text_teacher.info["weights"]
-        self.stage = begin_stage(self.state, "train", f"train:{self.run_name}", stage_config, cfg.resume,
-                                 discard=self._discard)
-        if self.stage.already_complete:
-            return TrainResult.skipped_from(self.stage.record.result)
-        if not self.stage.resumed:
-            self._discard()
-        ckpt.recover(self.run_dir)
+            self.stage_config["text_teacher_weights"] = self.text_teacher.info["weights"]
         for name in self.weights:
             self.teachers.append(_Teacher(name, self.weights[name], EmbeddingStore(stores[name]),
                                           np.zeros(0, np.int64), np.zeros(0, np.int64)))
         log.info("using manifest %s; teachers %s; %s", self.manifest_name,
                  ", ".join(f"{t.name} (dim {t.store.dim}, weight {t.weight:g})" for t in self.teachers),
                  self.runtime.describe())
-        return None
 
     def _text_teacher(self, stores: dict[str, Path]) -> _TextTeacher:
         """Check ``--text-teacher``: an existing align run (with weights) aligned to one of ``--teachers``."""
-        from ..runs import RUN_JSON, resolve_run, weights_identity
+        from ...runs import RUN_JSON, resolve_run, weights_identity
 
         name, weight = parse_text_teacher(str(self.cfg.text_teacher))
         if not (self.state.run_dir(name) / RUN_JSON).exists():
@@ -333,7 +340,7 @@ class _StudentTrainer:
         """The text teacher's vectors for every training/validation caption, once (batched, no grad), mapped
         from its run's standardised space to the native teacher space and standardised as the student's
         teacher targets are, so ``P_t`` serves the music and the text side alike."""
-        from ..encoders.text import TextEmbedder
+        from ...encoders.text import TextEmbedder
 
         tt = self.text_teacher
         teacher = next(t for t in self.teachers if t.name == tt.teacher)
@@ -351,9 +358,6 @@ class _StudentTrainer:
         log.info("text teacher %s (%s space): %d caption vectors, weight %g", tt.run, tt.teacher, len(unique),
                  tt.weight)
 
-    def _discard(self) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
     def _split(self, records: list[Record], split: str) -> list[Record]:
         wanted = [r for r in records if r.split == split]
         kept = [r for r in wanted if all(t.store.has(r.id) for t in self.teachers)]
@@ -362,11 +366,11 @@ class _StudentTrainer:
                      len(wanted) - len(kept), len(wanted))
         return kept
 
-    def build(self) -> None:
+    def build_data(self) -> int:
         cfg = self.cfg
-        records = read_manifest(self.manifest_path)
-        self.train_records = self._split(records, "train")
-        self.val_records = self._split(records, "val")
+        self.records = read_manifest(self.manifest_path)
+        self.train_records = self._split(self.records, "train")
+        self.val_records = self._split(self.records, "val")
         if len(self.train_records) < 2:
             raise MtxError(f"only {len(self.train_records)} training records with every teacher's embedding",
                            hint="check the manifest splits and that `mtx embed` covered them")
@@ -374,15 +378,18 @@ class _StudentTrainer:
             t.train_pos = t.store.positions([r.id for r in self.train_records])
             t.val_pos = t.store.positions([r.id for r in self.val_records])
         self.sampler = EpochSampler(len(self.train_records), cfg.batch_size, cfg.seed)
-        self.steps_per_epoch = len(self.sampler)
-        if self.steps_per_epoch == 0:
+        if len(self.sampler) == 0:
             raise MtxError(f"{len(self.train_records)} training records make no batch", hint="lower --batch-size")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        latest = self.run_dir / "latest"
-        self.resume_state = ckpt.load_trainer_state(latest) if self.stage.resumed else None
-        seed_everything(cfg.seed)
-        if self.resume_state is not None:
-            self.model = StudentModel.from_pretrained(latest, device=self.runtime.device)
+        return len(self.sampler)
+
+    def prepare(self, resumed: bool) -> None:
+        """The mel cache, before the seed is set: building it must not move the training RNG streams."""
+        self.cache = self._mel_cache(self.records) if self.cfg.mel_cache else None
+
+    def build_model(self, resume_state: dict[str, Any] | None, total_steps: int) -> None:
+        cfg = self.cfg
+        if resume_state is not None:
+            self.model = StudentModel.from_pretrained(self.run_dir / "latest", device=self.runtime.device)
         else:
             tok = train_tokenizer([c for r in self.train_records for c in r.captions], cfg.vocab_size,
                                   cfg.max_length)
@@ -398,78 +405,61 @@ class _StudentTrainer:
                                + [r.caption for r in self.val_records])
         self.model.train()
         self.scfg = self.model.student_config
-        if cfg.mel_cache:
-            cache = self._mel_cache(records)
-            self.train_ds = CachedCrops(self.train_records, self.scfg, cfg.seed, True, cache)
-            self.val_ds = CachedCrops(self.val_records, self.scfg, cfg.seed, False, cache)
+        if self.cache is not None:
+            self.train_ds = CachedCrops(self.train_records, self.scfg, cfg.seed, True, self.cache)
+            self.val_ds = CachedCrops(self.val_records, self.scfg, cfg.seed, False, self.cache)
         else:
             self.train_ds = AudioCrops(self.train_records, self.scfg, cfg.seed, random=True)
             self.val_ds = AudioCrops(self.val_records, self.scfg, cfg.seed, random=False)
         self.nce = InfoNCELoss(LossConfig(temperature=cfg.temperature)).to(self.runtime.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, int(cfg.warmup_ratio * self.total_steps)))
-        self.metrics = ckpt.MetricsLog(self.run_dir / ckpt.METRICS)
-        self.ts = TrainState()
-        if self.resume_state is not None:
-            self._restore(self.resume_state)
-        else:
-            self._write_run_json("running")
+            self.optimizer, lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps)))
 
     def _mel_cache(self, records: list[Record]) -> MelCache:
         """The manifest's mel cache (built, resumed or reused); a track it could not decode stops training."""
-        res = ensure_mel_cache(self.state, self.manifest_name, self.manifest_hash, records, self.scfg,
+        front = self.cfg.student_config(self.cfg.vocab_size, {})   # the front end: the run's own, whatever its vocabulary
+        res = ensure_mel_cache(self.state, self.manifest_name, self.manifest_hash, records, front,
                                self.cfg.resume, self.progress, num_workers=self.cfg.num_workers)
         self.mel_cache_path = res.path
         cache = MelCache(res.path)
         why = dict(cache.failures)
         bad = next((r for r in (*self.train_records, *self.val_records) if not cache.has(r.id)), None)
         if bad is not None:
+            cache.close()
             raise MtxError(f"cannot read training audio: {why.get(bad.id, f'{bad.id} is not in the mel cache')}",
                            hint="run `mtx verify` on the source, fix or drop the file, then `mtx unify --force`")
         return cache
 
-    def _restore(self, s: dict[str, Any]) -> None:
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
-        self.ts = TrainState.from_dict(s)
-        self.metrics.truncate_to(self.ts.step, epochs_done=self.ts.epoch)
-        restore_rng_state(s["rng"])
-        log.info("resuming %s at step %d (epoch %d, batch %d)", self.run_name, self.ts.step, self.ts.epoch + 1,
-                 self.ts.batch)
 
-    # ------------------------------------------------------------------ persistence
-    def _run_info(self, status: str) -> dict[str, Any]:
-        return {"run": self.run_name, "objective": "student", "audio_encoder": "student",
-                "manifest": self.manifest_name, "manifest_path": str(self.manifest_path),
-                "manifest_hash": self.manifest_hash, "embeddings": None,
-                "teachers": {t.name: {"weight": t.weight, "dim": t.store.dim, "store": str(t.store.path)}
-                             for t in self.teachers},
-                "loss": f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
-                "config": to_jsonable(asdict(self.cfg)), "created": self.ts.created, "status": status,
-                "mel_cache": str(self.mel_cache_path) if self.mel_cache_path else None,
-                "text_teacher": {k: v for k, v in self.text_teacher.info.items() if k != "weights"}
-                if self.text_teacher is not None else None,
-                "best": self.ts.best,
-                # What the run learned from (search and eval warn when it meets other sources).
-                "training_data": training_data(self.manifest_name, self.manifest_hash, self.train_records)}
+    def save_models(self, path: Path) -> None:
+        self.model.save_pretrained(path)
 
-    def _write_run_json(self, status: str) -> None:
-        ckpt.write_run_json(self.run_dir, self._run_info(status))
+    def run_meta(self, status: str, ts: TrainState) -> RunMeta:
+        return RunMeta(
+            run=self.run_name, objective="student", audio_encoder="student", manifest=self.manifest_name,
+            manifest_path=str(self.manifest_path), manifest_hash=self.manifest_hash, embeddings=None,
+            teachers={t.name: {"weight": t.weight, "dim": t.store.dim, "store": str(t.store.path)}
+                      for t in self.teachers},
+            loss=f"student ({self.cfg.distill_loss} distillation + InfoNCE)",
+            config=to_jsonable(asdict(self.cfg)), created=ts.created, status=status,
+            mel_cache=str(self.mel_cache_path) if self.mel_cache_path else None,
+            text_teacher={k: v for k, v in self.text_teacher.info.items() if k != "weights"}
+            if self.text_teacher is not None else None,
+            best=ts.best,
+            # What the run learned from (search and eval warn when it meets other sources).
+            training_data=training_data(self.manifest_name, self.manifest_hash, self.train_records))
 
-    def save_latest(self) -> None:
-        ts = self.ts
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 **ts.to_dict(), "rng": capture_rng_state(), "config": self.result_config}
-        meta = ts.meta(self.run_name, self.total_steps, self.result_config)
-
-        def fill(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
-            ckpt.save_trainer_state(tmp / ckpt.TRAINER_STATE, state)
-            ckpt.write_meta(tmp / ckpt.META, meta)
-
-        ckpt.write_checkpoint_dir(self.run_dir, "latest", fill)
-        self.stage.update(step=ts.step, epoch=ts.epoch, batch=ts.batch)
+    def result_fields(self) -> dict[str, Any]:
+        return {"manifest": self.manifest_name, "embeddings": ", ".join(str(t.store.path) for t in self.teachers),
+                "loss": "student", "objective": "student"}
 
     # ------------------------------------------------------------------ steps
     def _loader(self, ds: AudioCrops, batches: list[np.ndarray], epoch: int):
@@ -492,8 +482,7 @@ class _StudentTrainer:
         dev = self.runtime.device
         records = self.val_records if val else self.train_records
         # Same caption or same recording: never each other's negatives (the shared InfoNCE rule).
-        keys = torch.tensor([[text_key(t), text_key(group_of(records[int(i)]))] for i, t in zip(idx, texts)],
-                            dtype=torch.int64, device=dev).reshape(-1, 2)
+        keys = torch.from_numpy(pair_keys([records[int(i)] for i in idx], texts)).to(dev)
         with self.runtime.autocast():
             music = self.model.music(mel.to(dev)).float()
             text = self.model.embed_text(texts).float()
@@ -522,10 +511,10 @@ class _StudentTrainer:
             parts[f"text_cosine_{tt.teacher}"] = float(cos.detach())
         return loss, parts, music, text
 
-    def train_step(self, idx: np.ndarray, mel: torch.Tensor) -> tuple[float, dict[str, float]]:
-        loss, parts, _, _ = self._losses(mel, self._captions(self.train_records, idx, self.ts.epoch), idx, val=False)
+    def train_step(self, idx: np.ndarray, mel: torch.Tensor, step: int, epoch: int) -> tuple[float, dict[str, float]]:
+        loss, parts, _, _ = self._losses(mel, self._captions(self.train_records, idx, epoch), idx, val=False)
         if not bool(torch.isfinite(loss)):
-            raise MtxError(f"training diverged at step {self.ts.step + 1} (loss {float(loss)})", hint="lower --lr")
+            raise MtxError(f"training diverged at step {step + 1} (loss {float(loss)})", hint="lower --lr")
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -534,14 +523,11 @@ class _StudentTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), parts
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
+    def validate(self, batch_size: int) -> ValVectors | None:
         n = len(self.val_records)
         if n == 0:
-            return {"val_loss": None, "val_R@10": None}
-        self.model.eval()
-        bs = self.cfg.batch_size
-        batches = [np.arange(s, min(n, s + bs)) for s in range(0, n, bs)]
+            return None
+        batches = [np.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
         music, text, total, sums = [], [], 0.0, {}
         for idx, mel in _checked(self._loader(self.val_ds, batches, 0)):
             loss, parts, m, t = self._losses(mel, self._captions(self.val_records, idx, None), idx, val=True)
@@ -551,73 +537,35 @@ class _StudentTrainer:
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
             music.append(m.cpu().numpy())
             text.append(t.cpu().numpy())
-        self.model.train()
-        # The shared protocol (musiccli.retrieval), text -> music on the main captions, as `mtx train` validates.
-        rel = caption_relevance(self.val_records, "main")
-        m = text_to_music(np.concatenate(text)[rel.main_item[rel.queries]], np.concatenate(music), rel)
-        out: dict[str, Any] = {"val_loss": total / n, **{f"val_{k}": v for k, v in m.items()}}
-        out.update({f"val_{k}": v / n for k, v in sums.items()})
-        return out
+        return ValVectors(self.val_records, np.concatenate(text), np.concatenate(music), total / n,
+                          {f"val_{k}": v / n for k, v in sums.items()})
 
-    # ------------------------------------------------------------------ the loop
-    def _batches(self, epoch: int) -> list[np.ndarray]:
+    def train_mode(self, on: bool) -> None:
+        self.model.train(on)
+
+    def batches(self, epoch: int, start: int) -> list[np.ndarray]:
         """This epoch's batches; the loader over the ones still to do starts here (workers prefetch in order)."""
         batches = self.sampler.batches(epoch)
-        self._train_batches = _checked(self._loader(self.train_ds, batches[self.ts.batch:], epoch))
+        self._train_batches = _checked(self._loader(self.train_ds, batches[start:], epoch))
         return batches
 
-    def _step(self, indices: np.ndarray) -> dict[str, Any]:
+    def step(self, indices: np.ndarray, step: int, epoch: int) -> dict[str, Any]:
         idx, mel = next(self._train_batches)
         if not np.array_equal(idx, indices):   # the loader deals fit()'s batches in fit()'s order
-            raise RuntimeError(f"student loader out of step at {self.ts.step}")
-        loss, parts = self.train_step(idx, mel)
+            raise RuntimeError(f"student loader out of step at {step}")
+        loss, parts = self.train_step(idx, mel, step, epoch)
         return {"train_loss": loss, "lr": self.scheduler.get_last_lr()[0], **parts}
 
-    def fit(self) -> TrainResult:
-        start_time, start_step = time.time(), self.ts.step
-        hooks = FitHooks(batches=self._batches, step=self._step, log_step=self.metrics.append,
-                         end_epoch=self._end_epoch, save=self.save_latest, any_rank=lambda flag: flag)
-        fit(self.ts, self.cfg.epochs, hooks, self.progress, self.total_steps,
-            checkpoint_every=self.cfg.checkpoint_every, patience=self.cfg.patience)
-        return self._finish(time.time() - start_time, self.ts.step - start_step)
+    def epoch_done(self) -> None:
+        if self._train_batches is not None:
+            self._train_batches.close()   # the epoch's loader workers stop before validation starts its own
 
-    def _end_epoch(self) -> None:
-        self._train_batches.close()   # the epoch's loader workers stop before validation starts its own
-        ts = self.ts
-        val = self.validate()
-        improved = ts.record_val(val["val_R@10"])
-        if improved:
-            ckpt.write_checkpoint_dir(self.run_dir, "best", self.model.save_pretrained)
-        summary = {"epoch": ts.epoch + 1, "step": ts.step, "epoch_train_loss": ts.epoch_train_loss(), **val,
-                   "best": improved}
-        ts.epoch_summaries.append(summary)
-        self.metrics.append(summary)
-        if self.on_epoch is not None:
-            self.on_epoch(summary)
-        if ts.out_of_patience(self.cfg.patience):
-            log.info("stopping early: val R@10 did not improve for %d epochs", ts.bad_epochs)
-        ts.next_epoch()
-        self.save_latest()
-        self._write_run_json("running")
-
-    def _finish(self, seconds: float, steps_now: int) -> TrainResult:
-        result = TrainResult.from_state(
-            self.ts, seconds, steps_now, self.cfg.patience, run=self.run_name, run_dir=str(self.run_dir),
-            manifest=self.manifest_name, embeddings=", ".join(str(t.store.path) for t in self.teachers),
-            loss="student", objective="student")
-        self._write_run_json("complete")
-        self.stage.complete(result=asdict(result))
-        return result
-
-    def abandon(self) -> None:
-        if not self.stage.resumed:
-            self.stage.path.unlink(missing_ok=True)
-            self._discard()
+    def describe_epoch(self, summary: dict[str, Any]) -> str:
+        return f"train loss {summary['epoch_train_loss']:.4f}, val R@10 {summary['val_R@10']}"
 
     def close(self) -> None:
-        for ds in (getattr(self, "train_ds", None), getattr(self, "val_ds", None)):
-            if isinstance(ds, CachedCrops):
-                ds.cache.close()
+        if getattr(self, "cache", None) is not None:
+            self.cache.close()
         for t in self.teachers:
             t.store.close()
 
@@ -633,8 +581,37 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def student_train_config(cfg: TrainConfig) -> StudentTrainConfig:
+    """``mtx train --objective student``'s :class:`TrainConfig` (resolved) as the student reads it: the one
+    place the shared flags map onto the student's fields."""
+    for name in _NOT_FOR_STUDENT:
+        if getattr(cfg, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise MtxError(f"{flag} does not apply to --objective student",
+                           hint="the student reads audio and its teachers' stores (--teachers); drop " + flag)
+    return StudentTrainConfig(
+        manifest=cfg.manifest, run=cfg.run, teachers=str(cfg.teachers), contrastive_weight=cfg.contrastive_weight,
+        distill_loss=cfg.distill_loss, temperature=cfg.temperature, epochs=cfg.epochs,
+        batch_size=int(cfg.batch_size), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay),
+        warmup_ratio=float(cfg.warmup_ratio), grad_clip=cfg.grad_clip, patience=cfg.patience,
+        blocks=cfg.student_blocks, base_channels=cfg.student_channels, residual=cfg.student_residual,
+        dropout=cfg.dropout, crop_s=cfg.crop, text_encoder=cfg.text_tower, vocab_size=cfg.vocab_size,
+        max_length=cfg.max_length, use_alt_captions=cfg.use_alt_captions, seed=cfg.seed, device=cfg.device,
+        precision=cfg.precision, num_workers=cfg.num_workers, mel_cache=cfg.mel_cache,
+        text_teacher=cfg.text_teacher, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+        report_to=cfg.report_to, resume=cfg.resume)
+
+
+# TrainConfig fields of the towers family that a student run would silently ignore: refused when set.
+_NOT_FOR_STUDENT = ("audio_encoder", "joint_dim", "recipe", "text_backbone", "text_pooling", "loss", "teacher",
+                    "init_from")
+
+
 @stage_function
 def run_student_train(state: StateDir, cfg: StudentTrainConfig, progress: Progress | None = None,
                       on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train (or resume, or skip when complete) one student run; see the module docstring."""
-    return run_trainer(_StudentTrainer(state, cfg, progress or NullProgress(), on_epoch))
+    """Train (or resume, or skip when complete) one student run through the one trainer."""
+    progress = progress or NullProgress()
+    parts = StudentParts(state, cfg)
+    parts.progress = progress
+    return run_trainer(Trainer(parts, TrainContext(state, cfg, progress), on_epoch))

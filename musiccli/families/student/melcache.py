@@ -48,14 +48,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import store as store_mod
-from ..audio import decode
-from ..encoders.student import LogMel, StudentConfig, crop_offset, scale_db
-from ..errors import MtxError
-from ..manifest import Record
-from ..progress import NullProgress, Progress
-from ..state import (FailureTracker, Resume, StateDir, StageStatus, atomic_path, begin_stage, clean_stale_temps,
+from ... import store as store_mod
+from ...audio import decode
+from ...errors import MtxError
+from ...manifest import Record
+from ...progress import NullProgress, Progress
+from ...state import (FailureTracker, Resume, StateDir, StageStatus, atomic_path, begin_stage, clean_stale_temps,
                      config_hash, load_stage, stage_function, to_jsonable)
+
+from .frontend import LogMel, crop_offset, scale_db
+from .model import StudentConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The export stage's part for student runs (``mtx export`` on a run trained with ``--objective student``).
+"""The student family's ONNX: the exported ``onnx/`` folder (``mtx export``, and ``mtx train`` at the end), and
+:class:`OnnxStudentText`, its text tower in onnxruntime without torch (a cold ``mtx search``).
 
 ``onnx/`` holds::
 
@@ -6,7 +7,7 @@
     student_text_encoder.onnx    input_ids, attention_mask [N, L] int64       -> text_embedding [N, dim]
     tokenizer.json               the run's WordPiece tokenizer (padding and truncation built in)
     preprocessing.json           sample rate, STFT, mel, log / scale rule and crop: all a client needs
-    meta.json                    sizes and the verified differences
+    meta.json                    sizes, the verified differences, dim and the checkpoint's weights identity
     README.md                    the model card
 
 Each graph is verified twice before anything is moved into place:
@@ -14,7 +15,7 @@ Each graph is verified twice before anything is moved into place:
 - parity: onnxruntime against PyTorch on the same inputs (several batch sizes, frame counts and query
   lengths), max abs diff <= 1e-4;
 - a plain client check: features computed by :func:`numpy_log_mel` from ``preprocessing.json`` alone
-  (NumPy, no torch, written independently of the training front end) and tokens from ``tokenizer.json``
+  (the NumPy twin of the training front end, ``.frontend``) and tokens from ``tokenizer.json``
   with the bare ``tokenizers`` library, run through onnxruntime and compared with the PyTorch path
   (torch front end + towers) on a seeded test signal.
 
@@ -26,16 +27,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import MtxError
-from .state import atomic_write_json, atomic_write_text
+from ...errors import MtxError
+from ...onnxio import ONNX_TOLERANCE, check_parity, export_graph
+from ...state import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -43,74 +43,8 @@ MUSIC_ONNX = "student_music_encoder.onnx"
 TEXT_ONNX = "student_text_encoder.onnx"
 PREPROCESSING = "preprocessing.json"
 LIMITS_MB = {"music": 5.0, "text": 8.0}
-TOLERANCE = 1e-4
 CHECK_QUERIES = ["dark metal", "a calm piano piece for a rainy sunday afternoon with soft strings",
                  "upbeat synth pop with female vocals", "jazz"]
-
-
-# --------------------------------------------------------------------------- the client's front end
-def _htk_mel(hz: np.ndarray) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class ClientLogMel:
-    """Mono audio at ``pre['sample_rate']`` -> [1, 1, n_mels, T] float32, from preprocessing.json alone.
-
-    What a client without PyTorch does, written independently of the training front end (the export checks
-    the two against each other). The filterbank is built once; only the bins some band touches are squared
-    and multiplied. The FFT is SciPy's multi-threaded pocketfft when SciPy is installed, NumPy's otherwise
-    (about 2x slower per 30 s clip on 2 cores; same numbers to float32 precision).
-    """
-
-    def __init__(self, pre: dict[str, Any], fft_workers: int | None = None) -> None:
-        self.n_fft, self.hop, self.n_mels = int(pre["n_fft"]), int(pre["hop_length"]), int(pre["n_mels"])
-        sr, n = int(pre["sample_rate"]), self.n_fft
-        self.window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic Hann
-        bin_hz = np.arange(n // 2 + 1) * sr / n
-        edges_mel = np.linspace(_htk_mel(np.float64(pre["fmin"])), _htk_mel(np.float64(pre["fmax"])),
-                                self.n_mels + 2)
-        edges = 700.0 * (10.0 ** (edges_mel / 2595.0) - 1.0)
-        left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-        fb = np.maximum(0.0, np.minimum((bin_hz - left) / (centre - left), (right - bin_hz) / (right - centre)))
-        used = np.flatnonzero(fb.any(axis=0))
-        self.lo, self.hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
-        self.fb_t = np.ascontiguousarray(fb[:, self.lo:self.hi].T, dtype=np.float32)   # [bins used, n_mels]
-        self.amin, self.top_db = float(pre["log"]["amin"]), float(pre["log"]["top_db"])
-        self.fft_workers = fft_workers or _usable_cpus()
-        try:
-            import scipy.fft as sfft
-            self._rfft = lambda a: sfft.rfft(a, axis=1, workers=self.fft_workers, overwrite_x=True)
-        except ImportError:   # pragma: no cover - scipy comes with scikit-learn
-            self._rfft = lambda a: np.fft.rfft(a, axis=1)
-
-    def __call__(self, wave: np.ndarray) -> np.ndarray:
-        n = self.n_fft
-        x = np.asarray(wave, dtype=np.float32)
-        if len(x) <= n // 2:   # reflect padding needs more samples than the pad
-            x = np.concatenate([x, np.zeros(n // 2 + 1 - len(x), np.float32)])
-        x = np.pad(x, n // 2, mode="reflect")
-        frames = np.lib.stride_tricks.sliding_window_view(x, n)[::self.hop] * self.window   # [T, n_fft]
-        mag = np.abs(self._rfft(frames)[:, self.lo:self.hi])
-        mel = np.square(mag, out=mag) @ self.fb_t                                         # [T, M] power mel
-        db = np.log10(np.maximum(mel, self.amin, out=mel), out=mel)
-        db *= 10.0
-        top = db.max()
-        np.maximum(db, top - self.top_db, out=db)                # ref = max, floored at -top_db
-        lo = db.min()
-        if top <= lo:
-            return np.zeros((1, 1, self.n_mels, len(db)), np.float32)
-        db -= lo
-        db *= 1.0 / (top - lo)                                   # per-clip min-max to [0, 1]
-        return np.ascontiguousarray(db.T)[None, None]
-
-
-def numpy_log_mel(wave: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
-    """One-off :class:`ClientLogMel` (build the class once when computing many clips)."""
-    return ClientLogMel(pre)(wave)
 
 
 def client_session(path: Path, threads: int | None = None):
@@ -142,12 +76,8 @@ def export_music_graph(tower, path: Path, opset: int = 17, n_mels: int = 128, bl
     import torch
 
     mel = torch.rand(2, 1, n_mels, 4 * 2 ** blocks + 3)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # tracer notices: the graphs are checked numerically
-        torch.onnx.export(tower, (mel,), str(path), input_names=["mel_spectrogram"],
-                          output_names=["music_embedding"],
-                          dynamic_axes={"mel_spectrogram": {0: "batch", 3: "frames"}, "music_embedding": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    export_graph(tower, (mel,), path, ["mel_spectrogram"], ["music_embedding"],
+                 {"mel_spectrogram": {0: "batch", 3: "frames"}, "music_embedding": {0: "batch"}}, opset)
 
 
 def _export_graphs(model, tmp: Path, opset: int) -> None:
@@ -165,14 +95,10 @@ def _export_graphs(model, tmp: Path, opset: int) -> None:
         def forward(self, input_ids, attention_mask):
             return self.tower(input_ids, attention_mask)
 
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Text(model.text).eval(), (tok["input_ids"], tok["attention_mask"]), str(tmp / TEXT_ONNX),
-                          input_names=["input_ids", "attention_mask"], output_names=["text_embedding"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                        "attention_mask": {0: "batch", 1: "sequence"},
-                                        "text_embedding": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    export_graph(Text(model.text), (tok["input_ids"], tok["attention_mask"]), tmp / TEXT_ONNX,
+                 ["input_ids", "attention_mask"], ["text_embedding"],
+                 {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                  "text_embedding": {0: "batch"}}, opset)
 
 
 def _sessions(tmp: Path):
@@ -207,6 +133,8 @@ def client_check(model, tmp: Path) -> dict[str, float]:
     import torch
     from tokenizers import Tokenizer
 
+    from .frontend import numpy_log_mel
+
     music_s, text_s = _sessions(tmp)
     pre = json.loads((tmp / PREPROCESSING).read_text())
     wave = test_signal(int(pre["sample_rate"]))
@@ -234,10 +162,10 @@ def check_sizes(sizes: dict[str, float], allow_large: bool) -> None:
                             "--text-tower mean) or pass --allow-large")
 
 
-def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], checks: dict[str, Any],
+def model_card(run: str, checkpoint: str, model, info_meta: Any, checks: dict[str, Any],
                eval_report: dict[str, Any] | None) -> str:
     c = model.student_config
-    teachers = info_meta.get("teachers") or {}
+    teachers = info_meta.teachers or {}
     lines = [
         f"# mtx student: {run}", "",
         "A small two-tower music-text model (the AudioMuse-AI student design), trained by `mtx` from audio, "
@@ -250,7 +178,7 @@ def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], chec
         f"Dense {c.dim}, L2 (max {c.max_length} tokens)",
         "- teachers: " + (", ".join(f"`{t}` (dim {v.get('dim')}, weight {v.get('weight')})" for t, v in teachers.items())
                           or "none"),
-        f"- checkpoint: `{checkpoint}`; manifest `{info_meta.get('manifest')}`", "",
+        f"- checkpoint: `{checkpoint}`; manifest `{info_meta.manifest}`", "",
         "## Files", "",
         f"- `{MUSIC_ONNX}` ({checks['sizes_mb']['music']:.2f} MB): `mel_spectrogram` [N, 1, {c.n_mels}, T] -> "
         f"`music_embedding` [N, {c.dim}]",
@@ -264,7 +192,7 @@ def model_card(run: str, checkpoint: str, model, info_meta: dict[str, Any], chec
         "a long track is cut into crops and the L2-normalised mean of their vectors is its vector.", "",
         "## Verification", "",
         f"- onnxruntime vs PyTorch: music {checks['parity']['music']:.2g}, text {checks['parity']['text']:.2g} "
-        f"(limit {TOLERANCE:g})",
+        f"(limit {ONNX_TOLERANCE:g})",
         f"- NumPy features from preprocessing.json + tokenizer.json, onnxruntime vs PyTorch: music "
         f"{checks['client']['music']:.2g}, text {checks['client']['text']:.2g}",
     ]
@@ -304,13 +232,10 @@ def build_onnx_dir(model, tmp: Path, opset: int, allow_large: bool) -> dict[str,
     model.tokenizer.save(str(tmp / "tokenizer.json"))
     atomic_write_json(tmp / PREPROCESSING, model.student_config.preprocessing())
     par = parity(model, tmp)
-    if max(par.values()) > TOLERANCE:
-        raise MtxError(f"student ONNX differs from PyTorch by {max(par.values()):.3g} (> {TOLERANCE:g})",
-                       hint="try another --opset")
+    check_parity(max(par.values()), "the student ONNX")
     client = client_check(model, tmp)
-    if max(client.values()) > TOLERANCE:
-        raise MtxError(f"a client following preprocessing.json gets vectors {max(client.values()):.3g} away "
-                       f"from PyTorch (> {TOLERANCE:g})", hint="the front end and preprocessing.json disagree")
+    check_parity(max(client.values()), "a client following preprocessing.json",
+                 hint="the front end and preprocessing.json disagree")
     return {"sizes_mb": sizes, "parity": par, "client": client}
 
 
@@ -320,3 +245,50 @@ def write_card(tmp: Path, text: str) -> None:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def onnx_mismatch(onnx_dir: Path, weights: dict[str, Any]) -> str | None:
+    """Why ``onnx_dir`` cannot serve the checkpoint with identity ``weights`` (None: it can)."""
+    onnx_dir = Path(onnx_dir)
+    if not all((onnx_dir / f).exists() for f in (TEXT_ONNX, "tokenizer.json", "meta.json")):
+        return "no ONNX export"
+    meta = read_json(onnx_dir / "meta.json")
+    if "weights" not in meta:
+        return "the ONNX export predates the torch-free format"
+    if meta.get("weights") != weights:
+        return "the ONNX export is of other weights"
+    return None
+
+
+class OnnxStudentText:
+    """The student's text tower through onnxruntime and ``tokenizer.json`` alone (no torch): the cold search
+    path. Stored student rows are window means of unit vectors; ``audio_for_retrieval`` normalises them,
+    as ``StudentModel.audio_for_retrieval`` does."""
+
+    def __init__(self, onnx_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        onnx_dir = Path(onnx_dir)
+        self.session = client_session(onnx_dir / TEXT_ONNX)
+        self.tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+        self.dim = int(read_json(onnx_dir / "meta.json")["dim"])
+
+    def encode(self, texts: list[str], batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+        out = []
+        for s in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(list(texts[s:s + batch_size]))
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            if ids.shape[1] == 0:   # only empty texts: one pad column keeps shapes valid (as the torch path)
+                ids, mask = np.zeros((len(enc), 1), np.int64), np.zeros((len(enc), 1), np.int64)
+            out.append(self.session.run(["text_embedding"], {"input_ids": ids, "attention_mask": mask})[0])
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @property
+    def audio_in_dim(self) -> int:
+        """Stored student rows live in the shared space itself."""
+        return self.dim
+
+    def audio_for_retrieval(self, audio: np.ndarray) -> np.ndarray:
+        a = np.asarray(audio, dtype=np.float32)
+        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
