@@ -102,6 +102,7 @@ def test_import_current_layout_local_audio(pg, current_db, state, wavs) -> None:
     assert again.skipped
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted(pg, current_db, tmp_path, monkeypatch) -> None:
     dsn, songs = current_db
     monkeypatch.setattr(audiomuse, "PAGE_SIZE", 50)
@@ -214,6 +215,7 @@ def test_resolve_dsn_precedence() -> None:
     assert d == {"host": "pg.local", "port": "5432", "dbname": "audiomusedb", "user": "audiomuse"}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_import_then_continue(pg, current_db, tmp_path) -> None:
     """A real `kill -9` of the CLI between pages: --continue finishes to the uninterrupted result."""
     import os

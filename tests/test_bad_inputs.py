@@ -42,6 +42,7 @@ def synth_state(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- disk, state dir
+@pytest.mark.slow
 def test_embed_with_a_full_disk_keeps_committed_parts(synth_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from musiccli import store
 
