@@ -133,6 +133,7 @@ def test_resume_after_interrupt_equals_uninterrupted(pg, current_db, tmp_path, m
     assert ra == rb
 
 
+@pytest.mark.slow
 def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path, wavs) -> None:
     build_db(pg, "am_bad", "current", 20, bad={3: "short", 7: "nan"}, file_paths={i: wavs[0] for i in range(20)})
     res = run_download(state, DownloadRequest(config(pg.dsn("am_bad"), server="local")))
@@ -158,6 +159,7 @@ def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path, wavs
         run_download(third, DownloadRequest(config(pg.dsn("am_nopath"))))
 
 
+@pytest.mark.slow
 def test_read_only_role_and_connection_errors(pg, cli, state_dir, current_db, monkeypatch) -> None:
     with pg.connect("am_current") as conn:
         conn.execute("DROP ROLE IF EXISTS am_reader")

@@ -174,6 +174,7 @@ def test_shards_then_continue_assembles(tmp_path, audio_records, reference):
     np.testing.assert_array_equal(_read(result.path)[1], reference[1][1])
 
 
+@pytest.mark.slow
 def test_aggregation_none_keeps_windows(tmp_path, audio_records):
     state = _state(tmp_path, audio_records)
     result = run_embed(state, _cfg(aggregation="none", max_windows=2, window=1.0, hop=0.5))

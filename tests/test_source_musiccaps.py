@@ -98,6 +98,7 @@ def test_download_with_unavailable_video(www: Path, tmp_path: Path, monkeypatch:
     assert recs["musiccaps--0vPFx-wRRI"].tags == ["amateur recording", "malformed"]  # malformed literal tolerated
 
 
+@pytest.mark.slow
 def test_continue_retries_only_failed(www: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mc.shutil, "which", lambda name: None)
     root = tmp_path / "musiccaps"
