@@ -25,7 +25,8 @@ PAGES = sorted(p for p in DOCS.rglob("*.md") if p not in GENERATED)
 TEXTS = [ROOT / "README.md", *PAGES]
 
 # Flags of other tools (pip, torchrun, pytest, mkdocs, benchmarks/*.py) that the docs mention on their own.
-FOREIGN_FLAGS = {"--no-deps", "--nproc-per-node", "--exclude-editable", "--durations", "--strict", "--ann-size"}
+FOREIGN_FLAGS = {"--no-deps", "--nproc-per-node", "--exclude-editable", "--durations", "--strict", "--ann-size",
+                 "--headless", "--dump-dom", "--screenshot"}
 
 
 def _rel(path: Path) -> str:
@@ -142,8 +143,18 @@ def _snippets(text: str) -> list[str]:
     return lines + re.findall(r"``?([^`\n]+)``?", prose)
 
 
+_WRAPPERS = {"sudo", "time", "nice", "exec", "env", "nohup", "watch"}
+
+
+def _is_mtx(token: str) -> bool:
+    return token == "mtx" or token.endswith(("/mtx", "=mtx"))  # .venv/bin/mtx, ExecStart=%h/.local/bin/mtx
+
+
 def _mtx_calls(snippet: str) -> list[list[str]]:
-    """The argument lists of `mtx ...` (or `python -m musiccli ...`) calls in one snippet."""
+    """The argument lists of `mtx ...` (or `python -m musiccli ...`) calls in one snippet.
+
+    `mtx` counts only where a command starts (after environment assignments, cron fields or a wrapper such
+    as `nice`), so prose inside a code block ("Description=Keep the mtx library in sync") is not a call."""
     calls = []
     for part in re.split(r"&&|\|\||;|\|", snippet):
         try:
@@ -151,12 +162,17 @@ def _mtx_calls(snippet: str) -> list[list[str]]:
         except ValueError:
             tokens = part.split()
         for i, tok in enumerate(tokens):
-            if tok == "mtx" or tok.endswith("/mtx"):
-                calls.append(tokens[i + 1:])
-                break
             if tok == "-m" and i + 1 < len(tokens) and tokens[i + 1] == "musiccli":
                 calls.append(tokens[i + 2:])
                 break
+        else:
+            i = 0
+            while i < len(tokens) and not _is_mtx(tokens[i]) and (
+                    re.match(r"^[A-Za-z_]\w*=", tokens[i]) or re.fullmatch(r"[\d*/,-]+", tokens[i])
+                    or tokens[i] in _WRAPPERS):
+                i += 1
+            if i < len(tokens) and _is_mtx(tokens[i]):
+                calls.append(tokens[i + 1:])
     return calls
 
 
