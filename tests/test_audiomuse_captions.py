@@ -95,6 +95,7 @@ def test_default_captions_are_synthesised(imported, cli, state) -> None:
     assert rec.caption[0].isupper() and rec.alt_captions
 
 
+@pytest.mark.slow
 def test_llm_captions_cache_ledger_and_secrets(imported, cli, state, state_dir, monkeypatch) -> None:
     fail = imported[5].title
     with chat_server(fail_title=fail) as (url, seen):

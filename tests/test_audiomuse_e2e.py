@@ -12,6 +12,7 @@ from pgserver import build_db
 from musiccli.errors import MtxError
 
 
+@pytest.mark.slow
 def test_audiomuse_pipeline_to_an_audiomuse_text_model(pg, cli, state, state_dir, tiny_backbone, tmp_path,
                                                        monkeypatch) -> None:
     import onnxruntime as ort

@@ -102,6 +102,7 @@ def test_import_current_layout_local_audio(pg, current_db, state, wavs) -> None:
     assert again.skipped
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted(pg, current_db, tmp_path, monkeypatch) -> None:
     dsn, songs = current_db
     monkeypatch.setattr(audiomuse, "PAGE_SIZE", 50)
@@ -132,6 +133,7 @@ def test_resume_after_interrupt_equals_uninterrupted(pg, current_db, tmp_path, m
     assert ra == rb
 
 
+@pytest.mark.slow
 def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path, wavs) -> None:
     build_db(pg, "am_bad", "current", 20, bad={3: "short", 7: "nan"}, file_paths={i: wavs[0] for i in range(20)})
     res = run_download(state, DownloadRequest(config(pg.dsn("am_bad"), server="local")))
@@ -157,6 +159,7 @@ def test_bad_vectors_refused_per_item_and_systemically(pg, state, tmp_path, wavs
         run_download(third, DownloadRequest(config(pg.dsn("am_nopath"))))
 
 
+@pytest.mark.slow
 def test_read_only_role_and_connection_errors(pg, cli, state_dir, current_db, monkeypatch) -> None:
     with pg.connect("am_current") as conn:
         conn.execute("DROP ROLE IF EXISTS am_reader")
@@ -214,6 +217,7 @@ def test_resolve_dsn_precedence() -> None:
     assert d == {"host": "pg.local", "port": "5432", "dbname": "audiomusedb", "user": "audiomuse"}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_import_then_continue(pg, current_db, tmp_path) -> None:
     """A real `kill -9` of the CLI between pages: --continue finishes to the uninterrupted result."""
     import os

@@ -1,4 +1,4 @@
-"""Bad inputs: each gives one clear line (and a hint), exit 1 (2 for usage
+"""The table of bad inputs: each gives one clear line (and a hint), exit 1 (2 for usage
 errors), never an internal error, and loses nothing that was committed."""
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def synth_state(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- disk, state dir
+@pytest.mark.slow
 def test_embed_with_a_full_disk_keeps_committed_parts(synth_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from musiccli import store
 

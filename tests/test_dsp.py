@@ -50,6 +50,7 @@ def test_registered_and_dimension_arithmetic(enc):
     assert aggregate(out.numpy(), "mean").shape == (194,)
 
 
+@pytest.mark.slow
 def test_deterministic_and_batch_independent(enc):
     rng = np.random.default_rng(1)
     x = torch.tensor(rng.standard_normal((7, N)) * 0.1, dtype=torch.float32)

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _json(result):
     return json.loads(result.stdout)  # --json keeps stdout pure JSON; status lines go to stderr
 
 
+@pytest.mark.slow
 def test_pipeline_stage_by_stage(cli, state_dir: Path, tiny_backbone: Path, tmp_path: Path):
     assert cli("download", "synth", "--n", "40", "--duration", "3", "--sample-rate", "16000",
                "--workers", "2").exit_code == 0
@@ -52,6 +54,7 @@ def test_pipeline_stage_by_stage(cli, state_dir: Path, tiny_backbone: Path, tmp_
         assert r.exit_code == 0 and ("already" in r.output.lower() or "up to date" in r.output.lower()), r.output
 
 
+@pytest.mark.slow
 def test_demo_runs_and_reruns_as_no_ops(cli, state_dir: Path, tiny_backbone: Path):
     args = ["demo", "--n", "40", "--duration", "3", "--epochs", "1", "--text-backbone", str(tiny_backbone)]
     r = cli(*args)

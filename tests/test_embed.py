@@ -96,6 +96,7 @@ def test_end_to_end_with_failures(reference, audio_records):
     assert d("clip00", "clip03") < d("clip00", "clip01")
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, audio_records, reference):
     state = _state(tmp_path, audio_records)
     with pytest.raises(Interrupted):
@@ -121,6 +122,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, audio_records, re
     assert not forced.skipped and _read(forced.path)[1].dtype == np.float16
 
 
+@pytest.mark.slow
 def test_kill_9_then_continue(tmp_path, audio_records, reference):
     state = _state(tmp_path, audio_records)
     script = ("from musiccli.embed import EmbedConfig, run_embed\n"
@@ -149,6 +151,7 @@ def test_kill_9_then_continue(tmp_path, audio_records, reference):
     np.testing.assert_allclose(emb, reference[1][1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(tmp_path, audio_records, reference):
     state = _state(tmp_path, audio_records)
     first = run_embed(state, _cfg(shard="0/2"))
@@ -162,6 +165,7 @@ def test_sharded_equals_unsharded(tmp_path, audio_records, reference):
     assert run_embed(state, _cfg(shard="0/2")).skipped
 
 
+@pytest.mark.slow
 def test_shards_then_continue_assembles(tmp_path, audio_records, reference):
     state = _state(tmp_path, audio_records)
     assert not run_embed(state, _cfg(shard="1/3")).assembled
@@ -170,6 +174,7 @@ def test_shards_then_continue_assembles(tmp_path, audio_records, reference):
     np.testing.assert_array_equal(_read(result.path)[1], reference[1][1])
 
 
+@pytest.mark.slow
 def test_aggregation_none_keeps_windows(tmp_path, audio_records):
     state = _state(tmp_path, audio_records)
     result = run_embed(state, _cfg(aggregation="none", max_windows=2, window=1.0, hop=0.5))
@@ -216,6 +221,7 @@ except MtxError as e:
 """
 
 
+@pytest.mark.slow
 def test_torchrun_refusal_on_rank0_reaches_every_rank(tmp_path, audio_records):
     """Under torchrun only rank 0 applies the stage contract; when it refuses, every rank must raise
     the same MtxError instead of waiting forever in a collective rank 0 never reaches."""
@@ -253,6 +259,7 @@ def embed_cli(cli):
     return lambda *args: cli("embed", *args)
 
 
+@pytest.mark.slow
 def test_cli_embed(embed_cli, state_dir, audio_records):
     _state(state_dir, audio_records)
     res = embed_cli("--chunk-tracks", "8", "--num-workers", "0", "--json")
@@ -288,6 +295,7 @@ def _options_of(command: str) -> set[str]:
     return {opt for p in group.commands[command].params for opt in getattr(p, "opts", [])}
 
 
+@pytest.mark.slow
 def test_cli_refusal_hint_names_only_real_options(embed_cli, state_dir, audio_records):
     """A complete store with another config is refused; the hint offers only flags `mtx embed` has."""
     import re

@@ -105,6 +105,7 @@ def _changed(audio: Path, records: list[Record]) -> list[Record]:
 
 
 @pytest.mark.parametrize("aggregation", ["stats", "none"])
+@pytest.mark.slow
 def test_update_embeds_only_new_and_changed_tracks(tmp_path: Path, decoded: list[str], aggregation: str) -> None:
     audio = tmp_path / "audio"
     records = _library(audio)

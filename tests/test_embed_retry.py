@@ -118,6 +118,7 @@ def _fix(records: list[Record], which: tuple[int, ...] = BROKEN) -> None:
 
 # --------------------------------------------------------------------------- the core function
 @pytest.mark.parametrize("aggregation", ["stats", "none"])
+@pytest.mark.slow
 def test_retry_embeds_only_the_failed_tracks_and_equals_a_clean_run(tmp_path: Path, decoded: list[str],
                                                                     aggregation: str) -> None:
     records = _library(tmp_path / "audio")
@@ -165,6 +166,7 @@ def test_tracks_that_still_fail_stay_listed(tmp_path: Path, decoded: list[str]) 
     assert fresh.skipped and fresh.n_failed == 1 and decoded == []
 
 
+@pytest.mark.slow
 def test_interrupted_retry_resumes_to_the_same_store(tmp_path: Path, decoded: list[str]) -> None:
     records = _library(tmp_path / "audio")
     state = _state(tmp_path / "state", records)
@@ -185,6 +187,7 @@ def test_interrupted_retry_resumes_to_the_same_store(tmp_path: Path, decoded: li
     _assert_same_store(_read(result.path), _clean_store(tmp_path, records, chunk_tracks=1))
 
 
+@pytest.mark.slow
 def test_retry_stopped_after_the_merge_only_records_it(tmp_path: Path, decoded: list[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     records = _library(tmp_path / "audio")
@@ -208,6 +211,7 @@ def test_retry_stopped_after_the_merge_only_records_it(tmp_path: Path, decoded: 
     _assert_same_store(_read(result.path), _clean_store(tmp_path, records))
 
 
+@pytest.mark.slow
 def test_sharded_store_is_retried_by_one_process(tmp_path: Path, decoded: list[str]) -> None:
     records = _library(tmp_path / "audio")
     state = _state(tmp_path / "state", records)
@@ -243,6 +247,7 @@ def test_force_discards_a_retry_in_flight(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_retry_failed(cli, state_dir: Path, tmp_path: Path, decoded: list[str]) -> None:
     records = _library(tmp_path / "audio")
     _state(state_dir, records)
@@ -284,6 +289,7 @@ def musicnn_installed() -> None:
         pytest.skip("musicnn wheel not installed (pip install --no-deps musicnn)")
 
 
+@pytest.mark.slow
 def test_retry_on_a_store_with_tags_merges_them(musicnn_installed: None, tmp_path: Path,
                                                 decoded: list[str]) -> None:
     records = _library(tmp_path / "audio", broken=(1,))[:3]
@@ -307,6 +313,7 @@ def test_retry_on_a_store_with_tags_merges_them(musicnn_installed: None, tmp_pat
     _assert_same_store(_read(result.path), _read(clean.path))
 
 
+@pytest.mark.slow
 def test_retry_removes_the_tag_side_file_of_the_previous_store(musicnn_installed: None, tmp_path: Path) -> None:
     records = _library(tmp_path / "audio", broken=(1,))[:3]
     state = _state(tmp_path / "state", records)
@@ -323,6 +330,7 @@ def test_retry_removes_the_tag_side_file_of_the_previous_store(musicnn_installed
         assert [i.decode() for i in f["ids"][()]] == [r.id for r in records]
 
 
+@pytest.mark.slow
 def test_tags_asked_on_an_untagged_store_with_failures(musicnn_installed: None, tmp_path: Path) -> None:
     records = _library(tmp_path / "audio")
     state = _state(tmp_path / "state", records)

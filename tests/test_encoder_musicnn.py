@@ -93,6 +93,7 @@ def test_stage_framing_prepends_left_context() -> None:
 # ----------------------------------------------------------------------------- with the weights
 
 
+@pytest.mark.slow
 def test_batch_of_one_equals_batch_of_many(encoder) -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, CTX + WINDOW)).astype(np.float32) * 0.1)
     with torch.inference_mode():
@@ -153,6 +154,7 @@ def test_run_embed_with_tags(tagged) -> None:
     assert summary.tracks[2].top[0][0] == mt.MSD_LABELS[int(probs[2].argmax())]
 
 
+@pytest.mark.slow
 def test_like_file_embeds_as_the_stage_did(tagged) -> None:
     """`search --like FILE` frames a file on musicnn's patch grid, as the stage framed the store."""
     from musiccli.encoders.single import embed_file
@@ -186,6 +188,7 @@ def test_tags_refused_without_a_tagger(tmp_path: Path) -> None:
     assert not list(state.root.rglob("*.json"))[1:]  # only the manifest: refused before any stage record
 
 
+@pytest.mark.slow
 def test_cli_tags_table_and_refusal(musicnn_installed: None, cli, state_dir: Path, tmp_path: Path) -> None:
     state = StateDir.resolve(state_dir)
     t = np.arange(int(3.2 * SR)) / SR
@@ -218,6 +221,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_tags_for_a_finished_store_keep_its_embeddings(tagged, tmp_path: Path) -> None:
     _, records, one_pass = tagged
     state, cfg = _untagged_copy(tagged, tmp_path)
@@ -248,6 +252,7 @@ def test_tags_for_a_finished_store_keep_its_embeddings(tagged, tmp_path: Path) -
         assert f["tag_probs"].shape == (3, 50)
 
 
+@pytest.mark.slow
 def test_tags_for_a_finished_store_resume(tagged, tmp_path: Path) -> None:
     state, cfg = _untagged_copy(tagged, tmp_path)
     tag_cfg = replace(cfg, tags=True)
@@ -269,6 +274,7 @@ def test_tags_for_a_finished_store_resume(tagged, tmp_path: Path) -> None:
     assert resumed.tag_summary == whole.tag_summary
 
 
+@pytest.mark.slow
 def test_cli_tags_for_a_finished_store_names_tracks(musicnn_installed: None, cli, state_dir: Path,
                                                     tmp_path: Path) -> None:
     state = StateDir.resolve(state_dir)

@@ -109,6 +109,7 @@ def test_mert_dims_layers_and_identity(tiny_mert: Path) -> None:
     assert "0..2" in e.value.message
 
 
+@pytest.mark.slow
 def test_mert_embeds_layer_major_and_batch_invariant(tiny_mert: Path) -> None:
     from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
@@ -207,6 +208,7 @@ def test_native_text_refuses_encoders_without_a_tower() -> None:
 
 
 # --------------------------------------------------------------------------- MusicGen
+@pytest.mark.slow
 def test_musicgen_decoder_states(tiny_musicgen: Path) -> None:
     from musiccli.encoders.musicgen import delay_pattern
 
@@ -226,6 +228,7 @@ def test_musicgen_decoder_states(tiny_musicgen: Path) -> None:
 
 # --------------------------------------------------------------------------- reduced precision
 @pytest.mark.parametrize("name, sr", [("mert", 24_000), ("musicgen", 32_000), ("clap", 48_000)])
+@pytest.mark.slow
 def test_autocast_bf16_returns_float32_close_to_fp32(name: str, sr: int, request: pytest.FixtureRequest) -> None:
     """As the embed stage calls encoders on a GPU: inference_mode + the runtime's autocast (bf16 here, on CPU)."""
     model = request.getfixturevalue(f"tiny_{name}")

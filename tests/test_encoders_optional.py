@@ -95,6 +95,7 @@ def tiny_mulan_10s(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build_tiny_mulan(tmp_path_factory.mktemp("tiny-mulan-10s"), clip_secs=10)
 
 
+@pytest.mark.slow
 def test_muq_dims_batches_and_other_window_lengths(tiny_mulan: Path) -> None:
     enc = build_encoder("muq", EncoderOptions(model=str(tiny_mulan)), CPU)
     assert enc.window_dim == 8 and enc.dim("stats") == 24 and enc.spec.default_aggregation == "stats"
@@ -168,6 +169,7 @@ def test_wrap_windows_from_spans_equal_the_whole_decode(tmp_path: Path, sr: int)
     np.testing.assert_allclose(spans, whole, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_muq_run_embed_equals_the_package(tiny_mulan_10s: Path, tmp_path: Path) -> None:
     """run_embed with the muq encoder stores what MuQMuLan(wavs=...) returns for the whole track."""
     import soundfile as sf
@@ -232,6 +234,7 @@ def m2l_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_music2latent_dims_and_batches(m2l_checkpoint: Path) -> None:
     from musiccli.encoders.music2latent import feature_dims
 

@@ -13,6 +13,7 @@ from musiccli.state import Resume, read_json
 METRICS = {"R@1", "R@5", "R@10", "mAP@10", "MRR", "MedR", "MedR0", "queries"}
 
 
+@pytest.mark.slow
 def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     run = make_run()
     res = run_eval(state, EvalConfig())
@@ -50,6 +51,7 @@ def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     assert again.skipped and again.report["results"] == rep["results"]
 
 
+@pytest.mark.slow
 def test_new_weights_are_evaluated_afresh_and_interrupt_resumes(make_run, state) -> None:
     run = make_run(perfect=False)
     first = run_eval(state, EvalConfig(baselines=False))
@@ -102,6 +104,7 @@ def test_new_weights_are_evaluated_afresh_and_interrupt_resumes(make_run, state)
     assert resumed.report["inputs"]["weights"] != first.report["inputs"]["weights"]
 
 
+@pytest.mark.slow
 def test_cli_table_json_and_unknown_run(make_run, cli) -> None:
     make_run()
     human = cli("eval", "--no-baselines")
@@ -119,6 +122,7 @@ def test_cli_table_json_and_unknown_run(make_run, cli) -> None:
     assert bad_split.exit_code == 1 and "test, train, val" in bad_split.output
 
 
+@pytest.mark.slow
 def test_training_records_are_dropped_from_another_manifests_test_split(make_run, state, caplog) -> None:
     from musiccli.manifest import Record, read_manifest, write_manifest
 
@@ -152,6 +156,7 @@ def test_training_records_are_dropped_from_another_manifests_test_split(make_run
         run_eval(state, EvalConfig(manifest="other", baselines=False, resume=Resume.FORCE))
 
 
+@pytest.mark.slow
 def test_every_caption_query_protocol(make_run, state) -> None:
     make_run()
     rep = run_eval(state, EvalConfig(query_protocol="all", baselines=False)).report

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from musiccli.export import ExportConfig, run_export
 
 QUERIES = ["dark metal", "a calm piano piece for a rainy afternoon with soft strings and rain", "jazz"]
 
 
+@pytest.mark.slow
 def test_export_hf_and_onnx(make_run, state) -> None:
     import onnxruntime as ort
     from transformers import AutoModel, AutoTokenizer
@@ -57,6 +59,7 @@ def test_export_hf_and_onnx(make_run, state) -> None:
     assert again.skipped and again.paths == res.paths
 
 
+@pytest.mark.slow
 def test_cli_export_hf_only_and_errors(make_run, cli, state, tmp_path) -> None:
     run = make_run()
     # A model card quotes the latest eval report of the exported weights when there is one.

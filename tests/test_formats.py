@@ -134,6 +134,7 @@ def test_broken_m4a_is_an_audio_error(tmp_path: Path) -> None:
     assert check_file(ExpectedFile(id="x", path=bad))[0] == "corrupt"
 
 
+@pytest.mark.slow
 def test_every_format_through_download_verify_unify_embed(library: Path, state_dir: Path) -> None:
     from httpserver import mtx_runner
 
@@ -161,6 +162,7 @@ def test_every_format_through_download_verify_unify_embed(library: Path, state_d
         assert np.isfinite(s.rows(range(len(s)))).all()
 
 
+@pytest.mark.slow
 def test_windows_when_the_container_overstates_the_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A container duration is an estimate: when it promises more than the stream holds, the windows
     # still come from the real audio (the whole file is decoded instead of spans).

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ARGS = ["download", "synth", "--n", "60", "--duration", "2", "--sample-rate", "16000", "--workers", "1"]
 
 
@@ -22,6 +24,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "audio").rglob("*.flac"))}
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_and_continue_matches_an_uninterrupted_run(tmp_path: Path):
     state = tmp_path / "interrupted"
     ledger = state / "datasets" / "synth" / "ledger.jsonl"

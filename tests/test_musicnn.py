@@ -307,6 +307,7 @@ def _randomise_bn(model: mt.MusiCNN, seed: int) -> None:
             module.running_var.data = torch.rand(n, generator=g) + 0.5
 
 
+@pytest.mark.slow
 def test_fast_front_end_equals_literal_graph() -> None:
     """Eval mode pools over frequency before bias/ReLU/BN (sign-folded filters); same result."""
     torch.manual_seed(0)
@@ -323,6 +324,7 @@ def test_fast_front_end_equals_literal_graph() -> None:
 
 
 @pytest.mark.parametrize("model_name", mt.MODELS)
+@pytest.mark.slow
 def test_fast_forward_equals_literal_graph_with_weights(converted_dir: Path, model_name: str) -> None:
     model = mt.load_musicnn(model_name, converted_dir)
     wave = torch.from_numpy(np.random.default_rng(3).standard_normal((5, mt.WINDOW_SAMPLES)).astype(np.float32) * 0.1)

@@ -56,6 +56,7 @@ def _manual_ranking(state, model: Path, query: str) -> tuple[list[str], np.ndarr
     return [ids[i] for i in order], scores[order]
 
 
+@pytest.mark.slow
 def test_native_search_matches_manual_scores_and_reuses_its_index(state, tmp_path, tiny_clap, cli,
                                                                    monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "250")
@@ -115,6 +116,7 @@ def test_native_search_errors(state, tmp_path, tiny_clap, cli) -> None:
     assert "native clap text tower" in e.value.message and "--text-model native" in e.value.hint
 
 
+@pytest.mark.slow
 def test_eval_scores_the_native_tower_next_to_the_baselines(make_run, state, tiny_clap, cli, tmp_path) -> None:
     run = make_run(encoder="clap", dim=8, model_id=str(tiny_clap))
     rep = run_eval(state, EvalConfig(device="cpu", precision="fp32")).report
@@ -145,6 +147,7 @@ def test_eval_scores_the_native_tower_next_to_the_baselines(make_run, state, tin
     assert set(run_eval(state, EvalConfig(baselines=False)).report["results"]) == {"model"}
 
 
+@pytest.mark.slow
 def test_eval_skips_an_unloadable_native_tower_with_a_note(make_run, state, tmp_path) -> None:
     make_run(encoder="clap", dim=8, model_id=str(tmp_path / "no-weights-here"))
     rep = run_eval(state, EvalConfig()).report

@@ -60,6 +60,7 @@ def test_run_training_data_recorded_rebuilt_or_unknown(tmp_path: Path) -> None:
     assert run_training_data({}) is None
 
 
+@pytest.mark.slow
 def test_train_records_its_training_data(state, tiny_backbone) -> None:
     from test_train import make_data, tiny_cfg
 
@@ -134,6 +135,7 @@ def test_embed_then_search_a_new_library_warns(make_run, cli, state) -> None:
     assert "it has not seen folder (6 tracks)" in line and "--datasets folder,other,synth" in line
 
 
+@pytest.mark.slow
 def test_eval_warns_once_and_reports_it_in_json(make_run, cli, state) -> None:
     make_run()
     assert not _warning_lines(cli("eval", "--no-baselines").output)   # trained on these sources: silent

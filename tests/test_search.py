@@ -23,6 +23,7 @@ def test_rank_top_k_matches_full_sort() -> None:
     assert rank_top_k(m, q, 1000)[0].tolist() == np.argsort(-(m @ q)).tolist()
 
 
+@pytest.mark.slow
 def test_top_hit_index_reuse_and_rebuild(make_run, state) -> None:
     run = make_run()
     recs = run["records"]

@@ -62,6 +62,7 @@ def test_row_reader_reads_the_same_rows_as_numpy(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- ONNX query encoder
+@pytest.mark.slow
 def test_onnx_text_model_matches_pytorch(make_run, state) -> None:
     from musiccli.families.towers.onnx import OnnxTextModel
 
@@ -75,6 +76,7 @@ def test_onnx_text_model_matches_pytorch(make_run, state) -> None:
     np.testing.assert_allclose(model.audio_for_retrieval(raw), run["model"].audio_for_retrieval(raw), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_search_uses_onnx_when_it_matches_and_falls_back_otherwise(make_run, state) -> None:
     run = make_run()
     recs = run["records"]
@@ -111,6 +113,7 @@ def test_index_is_memory_mapped_fp16_with_exact_scores(make_run, state) -> None:
     assert meta["backend"] == "exact" and meta["backend_meta"] == {"dtype": "float16"} and meta["format"] == 2
 
 
+@pytest.mark.slow
 def test_cold_search_imports_neither_torch_nor_transformers(make_run, state, state_dir) -> None:
     run = make_run()
     _export(state)
@@ -248,6 +251,7 @@ def test_ann_backend_search_and_resumed_build(make_run, state) -> None:
 
 
 # --------------------------------------------------------------------------- Milvus Lite
+@pytest.mark.slow
 def test_milvus_lite_gives_the_same_top10_as_the_local_index(make_run, state, tmp_path) -> None:
     pytest.importorskip("milvus_lite")
     run = make_run(n=40)

@@ -224,6 +224,7 @@ def _corpus(root: Path, sources: tuple[str, ...] = ("mma", "field", "synth"), co
     return root
 
 
+@pytest.mark.slow
 def test_untagged_source_collection_layout_invents_no_artist_and_splits_every_folder(tmp_path: Path,
                                                                                       state_dir: Path) -> None:
     from httpserver import mtx_runner

@@ -66,6 +66,7 @@ def _download(www: Path, root: Path, monkeypatch: pytest.MonkeyPatch, **kw):
         return Ledger(root), list(srv.requests)
 
 
+@pytest.mark.slow
 def test_download_with_unavailable_video(www: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mc.shutil, "which", lambda name: None)  # the no-ffmpeg path, wherever the test runs
     root = tmp_path / "musiccaps"
@@ -97,6 +98,7 @@ def test_download_with_unavailable_video(www: Path, tmp_path: Path, monkeypatch:
     assert recs["musiccaps--0vPFx-wRRI"].tags == ["amateur recording", "malformed"]  # malformed literal tolerated
 
 
+@pytest.mark.slow
 def test_continue_retries_only_failed(www: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mc.shutil, "which", lambda name: None)
     root = tmp_path / "musiccaps"
@@ -133,6 +135,7 @@ def test_csv_url_from_env_and_hf_token(www: Path, tmp_path: Path, monkeypatch: p
     assert Ledger(root).counts()["ok"] == 1
 
 
+@pytest.mark.slow
 def test_cli_download_musiccaps(www: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from httpserver import mtx_runner
 

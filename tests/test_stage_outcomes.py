@@ -278,6 +278,7 @@ def _latest_from(run: dict, state: StateDir) -> None:
     model.save_pretrained(state.run_dir(run["run"]) / "latest")
 
 
+@pytest.mark.slow
 def test_eval_best_latest_best_returns_each_checkpoints_numbers(make_run, state: StateDir) -> None:
     from musiccli.evaluate import EvalConfig, run_eval
 
@@ -296,6 +297,7 @@ def test_eval_best_latest_best_returns_each_checkpoints_numbers(make_run, state:
     assert again.report["inputs"]["weights"] == best.report["inputs"]["weights"]
 
 
+@pytest.mark.slow
 def test_export_best_latest_best_exports_each_checkpoint(make_run, state: StateDir) -> None:
     from musiccli.encoders.text import TextEmbedder
     from musiccli.export import ExportConfig, run_export

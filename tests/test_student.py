@@ -64,6 +64,7 @@ def _cfg(**kw):
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     r = cli("train", "--objective", "student", "--teachers", "dsp:0.4,tiny:0.3", "--epochs", "1", "--run", "s1",
             *TINY)
@@ -143,6 +144,7 @@ def test_train_export_parity_embed_folder_search(cli, sstate, tmp_path: Path):
     assert set(rep["teacher_cosine"]) == {"dsp", "tiny"} and {"model", "random"} <= set(rep["results"])
 
 
+@pytest.mark.slow
 def test_student_encoder_runs_onnx_on_cpu_and_agrees_with_torch(cli, sstate):
     from musiccli.store import EmbeddingStore
     from musiccli.families.student.train import run_student_train
@@ -181,6 +183,7 @@ def test_align_still_needs_an_audio_encoder(cli, sstate):
 
 
 # --------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_gives_the_same_losses(sstate, tmp_path: Path):
     from progress_doubles import StopAfter
 

@@ -246,6 +246,7 @@ def _steps(state, run: str) -> list[dict]:
     return [r for r in rows if "train_loss" in r]
 
 
+@pytest.mark.slow
 def test_text_teacher_term_is_trained_and_decreases(ttstate, cli):
     import torch
 

@@ -149,7 +149,7 @@ def test_spec_attributes(plan: list[ClipSpec]) -> None:
         assert s.style in s.caption and str(s.bpm) in s.caption and f"{s.key} {s.mode}" in s.caption
         for c in captions:
             assert (c[0].isupper() or c[0].isdigit()) and c.endswith(".") and "  " not in c
-    # style-typical tempo ranges from the issue
+    # style-typical tempo ranges (the synth generator's spec)
     ranges = {"techno": (120, 135), "ambient": (60, 80), "hip hop": (80, 95), "metal": (150, 220)}
     for s in plan:
         if s.style in ranges:

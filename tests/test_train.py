@@ -136,6 +136,7 @@ def test_train_writes_run_and_learns(state, tiny_backbone):
     assert state.newest_run() == "fake-lib"
 
 
+@pytest.mark.slow
 def test_train_exports_onnx_at_end(state, tiny_backbone):
     """Unless --no-export, a finished run leaves exports/<run>/best/onnx for the checkpoint search uses."""
     from musiccli.runs import weights_identity
@@ -155,6 +156,7 @@ def test_train_exports_onnx_at_end(state, tiny_backbone):
     np.testing.assert_allclose(OnnxTextModel(onnx_dir).encode(queries), ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(state, tiny_backbone):
     """torchtune-style: interrupt, resume (twice, once from an older checkpoint), compare losses and weights."""
     import shutil
@@ -346,6 +348,7 @@ except Interrupted:
 """
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_resumes_exactly(state, tiny_backbone):
     """torchrun-style, 2 CPU ranks (gloo on loopback): only rank 0 writes; an interrupted run resumed with
     --continue logs the same per-step losses and ends with the same weights as an uninterrupted one."""

@@ -35,6 +35,7 @@ def no_dropout_backbone(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- joint end to end
+@pytest.mark.slow
 def test_joint_train_eval_export_search(state, tiny_backbone, tmp_path):
     import onnxruntime as ort
 
@@ -196,6 +197,7 @@ def test_text_rep_draws_are_seeded_and_cover_their_sources():
     assert "Nocturne by Chopin" not in {draw_text(bare, "mixed", k) for k in range(100)}
 
 
+@pytest.mark.slow
 def test_text_rep_mixed_resumes_exactly(state, tiny_backbone):
     from musiccli.errors import Interrupted
     from musiccli.state import Resume
@@ -220,6 +222,7 @@ def test_text_rep_mixed_resumes_exactly(state, tiny_backbone):
 
 
 # --------------------------------------------------------------------------- two-stage training
+@pytest.mark.slow
 def test_init_from_lineage_and_refusals(state, tiny_backbone):
     from safetensors.torch import load_file
 
@@ -472,6 +475,7 @@ def test_cli_names_match_registries():
     assert set(cli_train.POOLING_NAMES) == set(POOLINGS)
 
 
+@pytest.mark.slow
 def test_cli_joint_with_new_flags_and_config_file(state, cli, tiny_backbone, monkeypatch):
     make_data(state)
     monkeypatch.setenv("COLUMNS", "200")
@@ -501,6 +505,7 @@ print("steps", r.steps)
 """
 
 
+@pytest.mark.slow
 def test_gradcache_composes_with_gathered_negatives_under_ddp(state, no_dropout_backbone):
     """2 CPU ranks x batch 2 x --accum-steps 2 (negatives gathered across ranks, sub-batches cached) end with
     the weights of one process training on batch 8: text tower, audio tower and temperature."""

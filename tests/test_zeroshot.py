@@ -115,6 +115,7 @@ def make_synth(state, n: int = 128, dim: int = 24, seed: int = 0) -> list[Record
     return records
 
 
+@pytest.mark.slow
 def test_eval_zero_shot_with_baselines_probe_and_pictures(state, tiny_backbone, cli) -> None:
     import torch
 
