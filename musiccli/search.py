@@ -105,6 +105,10 @@ class SearchConfig:
     like: str | None = None        # a track id of the index, or an audio file, to sound like
     mix: float = 0.5               # with --like and a query: the text's weight (0 = only --like, 1 = only text)
     max_per_artist: int | None = None
+    where: str | None = None       # metadata filter (musiccli.filters), e.g. "duration < 600 and genre != 'x'"
+    exclude_artists: list[str] = field(default_factory=list)
+    negative: str | None = None    # --not: a described sound to move the query away from
+    not_weight: float = 0.5
     backend: str = "auto"          # auto | exact | ann | milvus (index_backends)
     uri: str | None = None         # milvus: a Milvus Lite file or a server URL; default <index>/milvus.db
     index_dtype: str = "float16"   # exact backend: the scanned copy (re-ranked against float32)
@@ -314,7 +318,7 @@ def _item(record, root: Path | None = None) -> dict[str, Any]:
     path = state_relative(record.audio_path, root) if root is not None else record.audio_path
     return {"title": record.title, "artist": record.artist, "dataset": record.dataset, "tags": list(record.tags),
             "audio_path": path, "duration": record.duration,
-            **({"server_path": record.extra["server_path"]} if record.extra.get("server_path") else {})}
+            **{k: record.extra[k] for k in ("server_path", "album", "year") if record.extra.get(k) not in (None, "")}}
 
 
 def _abs_audio(state: StateDir, path: str | None) -> str | None:
@@ -801,17 +805,45 @@ def _artist_key(item: dict[str, Any]) -> str | None:
     return " ".join(str(a).lower().split()) or None if a else None
 
 
-def rank_capped(index: Index, q: np.ndarray, k: int, max_per_artist: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The backend's top ``k``, with at most ``max_per_artist`` tracks of one artist (no artist: no cap).
+def allowed_rows(index: Index, where: str | None, exclude_artists: list[str]) -> np.ndarray | None:
+    """Rows of the index that pass ``--where`` and ``--exclude-artist`` (None: no filter)."""
+    if not where and not exclude_artists:
+        return None
+    from .filters import ItemTable, exclude_artists_mask, where_mask
+
+    table = ItemTable.build(index.ids, index.items)
+    mask = np.ones(len(index), dtype=bool)
+    if where:
+        mask &= where_mask(where, table)
+    if exclude_artists:
+        mask &= exclude_artists_mask(exclude_artists, table)
+    return np.flatnonzero(mask)
+
+
+def _filtered_search(index: Index, allowed: np.ndarray):
+    """A searcher over the allowed rows only: exact float32 scores of those rows (O(allowed x D)), so a
+    narrow filter never depends on how deep an approximate backend would have to dig."""
+    def search_rows(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.asarray(index.vectors[allowed], dtype=np.float32) @ q
+        local = top_k(scores, k)
+        return allowed[local], scores[local]
+    return search_rows
+
+
+def rank_capped(index: Index, q: np.ndarray, k: int, max_per_artist: int | None,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The backend's top ``k`` (among ``allowed`` rows when given), with at most ``max_per_artist``
+    tracks of one artist (no artist: no cap).
 
     Asks the backend for a widening pool until ``k`` survive the cap or the library is exhausted.
     """
+    search_fn = index.searcher.search if allowed is None else _filtered_search(index, allowed)
     if max_per_artist is None:
-        return index.searcher.search(q, k)
-    n = len(index)
+        return search_fn(q, k)
+    n = len(index) if allowed is None else len(allowed)
     pool = min(n, max(5 * k, 50))
     while True:
-        rows, scores = index.searcher.search(q, pool)
+        rows, scores = search_fn(q, pool)
         keep, counts = [], {}
         for i, row in enumerate(rows.tolist()):
             a = _artist_key(index.items.get(index.ids[row], {}))
@@ -843,8 +875,16 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
     if cfg.like is not None:
         parts.append((1.0 - cfg.mix if has_text else 1.0, like_vector(index, text, cfg.like, cfg.device)))
     q = _unit_vec(sum(w * v for w, v in parts))
+    if cfg.negative:
+        from .filters import negative_query
+
+        q = negative_query(q, np.asarray(text.model.encode([cfg.negative])[0], dtype=np.float32), cfg.not_weight)
+    allowed = allowed_rows(index, cfg.where, cfg.exclude_artists)
+    if allowed is not None and len(allowed) == 0:
+        raise MtxError("no track of the library passes the filters",
+                       hint="loosen --where / --exclude-artist (fields: artist, album, title, genre, year, duration)")
     t0 = time.perf_counter()   # the ranking alone; encoding cost depends on the text model
-    rows, scores = rank_capped(index, q, cfg.k, cfg.max_per_artist)
+    rows, scores = rank_capped(index, q, cfg.k, cfg.max_per_artist, allowed)
     ms = (time.perf_counter() - t0) * 1000.0
     hits = []
     for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):

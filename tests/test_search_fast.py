@@ -169,12 +169,37 @@ def test_max_per_artist_caps_each_artist(make_run, state) -> None:
     assert res.hits[0]["id"] == uncapped.hits[0]["id"]
 
 
+def test_where_exclude_artist_and_not_equal_a_brute_force_ranking(make_run, state) -> None:
+    run = make_run()   # artists: "Artist i//2", two tracks each
+    recs = run["records"]
+    query = recs[4].caption
+    res = search(state, SearchConfig(query=query, k=5, where="duration >= 0", exclude_artists=["artist 2"]))
+    f32 = np.load(state.index_dir("run1--lib") / "vectors.npy")
+    qt = run["model"].encode([query])[0]
+    q = qt / np.linalg.norm(qt)
+    keep = [i for i, r in enumerate(recs) if r.artist != "Artist 2"]
+    want = sorted(keep, key=lambda i: -float(f32[i] @ q))[:5]
+    assert [h["id"] for h in res.hits] == [recs[i].id for i in want]
+    assert all(h["artist"] != "Artist 2" for h in res.hits)
+    only = search(state, SearchConfig(query=query, k=3, where="artist == 'Artist 3'"))
+    assert {h["artist"] for h in only.hits} == {"Artist 3"} and len(only.hits) == 2
+    # --not: the query moved away from the negative text, ranked exactly.
+    neg = run["model"].encode([recs[7].caption])[0]
+    qn = q - 0.5 * neg / np.linalg.norm(neg)
+    qn /= np.linalg.norm(qn)
+    moved = search(state, SearchConfig(query=query, k=5, negative=recs[7].caption))
+    assert [h["id"] for h in moved.hits] == [recs[i].id for i in np.argsort(-(f32 @ qn), kind="stable")[:5]]
+
+
 @pytest.mark.parametrize("cfg,message", [
     (dict(query="  "), "empty query"),
     (dict(like="no-such-track"), "neither a track id"),
     (dict(query="rock", mix=1.5), "--mix must be between 0 and 1"),
     (dict(query="rock", max_per_artist=0), "--max-per-artist must be at least 1"),
     (dict(query="rock", backend="annoy"), "unknown search backend"),
+    (dict(query="rock", where="bpm > 120"), "unknown field 'bpm'"),
+    (dict(query="rock", where="artist == 'nobody'"), "no track of the library passes the filters"),
+    (dict(query="rock", negative="drums", not_weight=2.0), "--not-weight must be between 0 and 1"),
     (dict(query="rock", query_runtime="tflite"), "unknown query runtime"),
     (dict(query="rock", backend="milvus", uri="/tmp/x.sqlite"), "neither a Milvus Lite file"),
 ])

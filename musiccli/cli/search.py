@@ -52,6 +52,16 @@ def command(
                    ] = 0.5,
     max_per_artist: Annotated[int | None, typer.Option("--max-per-artist", min=1,
                                                        help="At most N results by one artist.")] = None,
+    where: Annotated[str | None, typer.Option("--where", help="Only tracks whose metadata pass this filter, e.g. "
+                                                              "\"duration < 600 and genre != 'Christmas'\" (fields: "
+                                                              "artist, album, title, genre, year, duration, "
+                                                              "dataset, path).")] = None,
+    exclude_artist: Annotated[list[str] | None, typer.Option("--exclude-artist",
+                                                             help="Leave out this artist (repeatable).")] = None,
+    negative: Annotated[str | None, typer.Option("--not", help="Move the query away from this described sound, "
+                                                               "e.g. --not \"drums\".")] = None,
+    not_weight: Annotated[float, typer.Option("--not-weight", min=0.0, max=1.0,
+                                              help="How far --not moves the query.")] = 0.5,
     backend: Annotated[str, typer.Option("--backend", "-b", help="auto (exact below 200k tracks, else ann), "
                                                                  "exact, ann (FAISS) or milvus.",
                                          autocompletion=completer(names.INDEX_BACKENDS))
@@ -105,7 +115,9 @@ def command(
     resume = Resume.from_flags(cont, force)
     cfg = SearchConfig(query=query, run=run, index=index, k=k, device=device, rebuild=resume is Resume.FORCE,
                        text_model=text_model, audio_encoder=audio_encoder, manifest=manifest, model=model,
-                       resume=resume, like=like, mix=mix, max_per_artist=max_per_artist, backend=backend, uri=uri,
+                       resume=resume, like=like, mix=mix, max_per_artist=max_per_artist,
+                       where=where, exclude_artists=list(exclude_artist or []), negative=negative,
+                       not_weight=not_weight, backend=backend, uri=uri,
                        query_runtime=query_runtime, checkpoint=checkpoint, playlist=playlist, server=server,
                        allow_degenerate_text=allow_degenerate_text)
     with app.progress(resume_hint="mtx search ... --continue (with the same options)") as progress:
