@@ -49,6 +49,17 @@ MIN_TAG_POSITIVES = 5
 
 
 # --------------------------------------------------------------------------- config / result
+def _text_health(encode, run: str) -> dict[str, Any]:
+    """The run's text-tower health figure (musiccli.text_health), reported, and warned about when collapsed."""
+    from .text_health import THRESHOLD, text_tower_health
+
+    figure = text_tower_health(encode)
+    if figure > THRESHOLD:
+        log.warning("run %s: its text tower looks collapsed (mean pairwise cosine %.4f > %.2f): every query "
+                    "ranks the library alike", run, figure, THRESHOLD)
+    return {"mean_pairwise_cosine": round(figure, 6), "threshold": THRESHOLD, "collapsed": figure > THRESHOLD}
+
+
 @dataclass
 class EvalConfig:
     run: str | None = None
@@ -353,6 +364,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     report["leak_check"] = {"dropped_training_records": leaks.dropped, "examples": leaks.examples,
                             "note": leaks.note}
     report.update(family.eval_extras(state, plan, info, model, vecs, data.texts, cfg.split))
+    report["text_health"] = _text_health(encoder(model), info.name)
     report["baseline_notes"] = notes
     if zs:
         train_raw = vecs.train_raw if vecs.train_raw is not None else np.zeros((0, vecs.raw.shape[1]))

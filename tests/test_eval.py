@@ -25,6 +25,10 @@ def test_report_fields_baselines_and_perfect_model(make_run, state) -> None:
     assert rep["protocol"]["query_protocol"] == "main" and "main caption" in rep["protocol"]["text_to_music"]
     assert rep["tag_queries"]["rock"] == "rock"
     assert rep["leak_check"]["dropped_training_records"] == 0
+    from musiccli.text_health import PROMPTS, mean_pairwise_cosine
+    want = mean_pairwise_cosine(run["model"].encode(list(PROMPTS)))   # naive: the figure by hand
+    assert rep["text_health"]["mean_pairwise_cosine"] == pytest.approx(want, abs=1e-5)
+    assert rep["text_health"]["threshold"] == 0.99
     test_tracks = [r for r in run["records"] if r.split == "test"]
     c = rep["counts"]
     assert c["tracks"] == c["text_queries"] == len(test_tracks) == 20

@@ -39,6 +39,9 @@ def test_export_hf_and_onnx(make_run, state) -> None:
                    "sources: other (7 tracks), synth (13 synthetic clips)",
                    "onnxruntime", "from_pretrained", "Licence", "mtx eval --run run1"):
         assert needle in card, needle
+    from musiccli.text_health import PROMPTS, mean_pairwise_cosine
+    health = mean_pairwise_cosine(src.encode(list(PROMPTS)))
+    assert f"mean pairwise cosine of 12 unrelated prompts = {health:.4f}" in card
 
     # onnx/: standalone (tokenizer next to the model), dynamic batch and length.
     onnx_dir = out / "onnx"

@@ -33,6 +33,16 @@ def training_data_summary(info: RunInfo) -> dict[str, Any]:
             "manifest_hash": trained.get("manifest_hash", info.meta.manifest_hash), **trained}
 
 
+def _health_line(model) -> str:
+    """The text-tower health figure (musiccli.text_health): a collapsed tower scores near 1."""
+    from ...text_health import THRESHOLD, text_tower_health
+
+    figure = text_tower_health(model.encode)
+    verdict = "collapsed" if figure > THRESHOLD else "healthy"
+    return (f"- text-tower health: mean pairwise cosine of 12 unrelated prompts = {figure:.4f} "
+            f"({verdict}; threshold {THRESHOLD})")
+
+
 def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -> str:
     c = model.config
     data = training_data_summary(info)
@@ -51,6 +61,7 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         f"max length {c.max_length} tokens)",
         f"- head: Linear -> GELU -> Dropout({c.dropout}) -> Linear, hidden {c.hidden_dim}",
         f"- checkpoint: `{checkpoint}` of run `{info.name}`",
+        _health_line(model),
         "",
         "## Training data",
         "",
