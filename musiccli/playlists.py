@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtxError, unknown_choice
-from .manifest import read_manifest
+from .manifest import from_state_dir, read_manifest
 from .mediaserver import make_server
 from .state import StateDir, atomic_write_text, read_json
 
@@ -37,8 +37,9 @@ class PlaylistOutcome:
 def server_ids_for(state: StateDir, index: str, hit_ids: list[str]) -> tuple[list[str], list[str]]:
     """(server ids in hit order, hit ids that have none) from the index's library manifest."""
     meta = read_json(state.index_dir(index) / "meta.json")
-    mpath = Path(meta.get("manifest_path") or "")
-    if not mpath.is_file():
+    # Index metadata stores paths inside the state dir relative to it (a moved state dir keeps working).
+    mpath = Path(from_state_dir(str(meta.get("manifest_path") or ""), state.root))
+    if not meta.get("manifest_path") or not mpath.is_file():
         raise MtxError(f"the library manifest of index {index!r} is gone ({mpath})",
                        hint="rebuild the index with `mtx search --force`")
     by_id = {r.id: r for r in read_manifest(mpath)}

@@ -494,8 +494,9 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
             raise MtxError(f"index {index!r} was built for {_owner(meta)}, not {_owner_of(text)}",
                            hint=f"search it with {_owner_flags(meta)}, or pick another index")
         name = index
-        manifest = meta["manifest_path"] if meta.get("manifest_path") and Path(meta["manifest_path"]).is_file() \
-            and Path(meta["manifest_path"]).resolve() != state.manifest_path(str(meta.get("manifest"))).resolve() \
+        recorded = Path(from_state_dir(str(meta["manifest_path"]), state.root)) if meta.get("manifest_path") else None
+        manifest = str(recorded) if recorded is not None and recorded.is_file() \
+            and recorded.resolve() != state.manifest_path(str(meta.get("manifest"))).resolve() \
             else meta.get("manifest")
         if backend == "auto":
             backend = str(meta.get("backend", "exact"))
