@@ -458,7 +458,9 @@ def backend_options(backend: str, dtype: str = "float16", uri: str | None = None
     if backend == "exact":
         return {"dtype": dtype}
     if backend == "milvus":
-        return {"uri": uri} if uri else {}
+        from .index_backends.milvus import without_credentials
+
+        return {"uri": without_credentials(uri)} if uri else {}
     return {}
 
 

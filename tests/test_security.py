@@ -222,3 +222,24 @@ def test_an_export_is_readable_by_another_user_as_the_umask_allows(make_run, sta
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [onnx_dir, *onnx_dir.rglob("*")]}
     assert modes["audio_stats.safetensors"] == 0o644 and modes[onnx_dir.name] == 0o755, modes
     assert all(m in (0o644, 0o755) for m in modes.values()), modes
+
+
+def test_milvus_uri_credentials_never_reach_the_index_metadata(monkeypatch) -> None:
+    """`--uri http://user:pass@host` is recorded without the password; this process still connects with it."""
+    import pymilvus
+
+    from musiccli.index_backends import milvus
+    from musiccli.search import backend_options
+
+    seen = {}
+
+    class Client:
+        def __init__(self, uri, token=""):
+            seen.update(uri=uri, token=token)
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", Client)
+    monkeypatch.delenv("MILVUS_TOKEN", raising=False)
+    options = backend_options("milvus", uri="http://alice:s3cr3t@127.0.0.1:19530")
+    assert options == {"uri": "http://127.0.0.1:19530"} and "s3cr3t" not in repr(options)
+    milvus.connect(options["uri"])
+    assert seen == {"uri": "http://127.0.0.1:19530", "token": "alice:s3cr3t"}

@@ -40,6 +40,23 @@ def collection_name(index_name: str) -> str:
     return "mtx_" + re.sub(r"[^A-Za-z0-9_]", "_", index_name)
 
 
+# Credentials given in a --uri, by the URL without them, for this process only: the URL that is recorded
+# in the index metadata and stage records never holds them (MILVUS_TOKEN, or the same --uri, brings them back).
+_CREDENTIALS: dict[str, str] = {}
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed and remembered for :func:`connect` in this process."""
+    from ..redact import split_credentials
+
+    if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+        return uri
+    bare, creds = split_credentials(uri)
+    if creds is not None:
+        _CREDENTIALS[bare] = f"{creds[0]}:{creds[1]}"
+    return bare
+
+
 def connect(uri: str):
     """A ``MilvusClient`` for a Lite file or a server URL.
 
@@ -59,6 +76,7 @@ def connect(uri: str):
         uri, creds = split_credentials(uri)
         if creds is not None and not token:
             token = f"{creds[0]}:{creds[1]}"
+        token = token or _CREDENTIALS.get(uri, "")
     else:
         require_extra("milvus_lite", "milvus", "Milvus Lite (a local *.db --uri)")
     try:
