@@ -30,6 +30,7 @@ EXTRAS: dict[str, str] = {
     "music2latent": "music2latent",
     "onnx": "onnx",
     "onnxruntime": "onnx",
+    "mkdocs": "docs",          # the documentation site (mkdocs build --strict in tests/test_docs.py)
 }
 
 
