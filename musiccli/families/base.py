@@ -148,3 +148,33 @@ class Family(Protocol):
     def eval_extras(self, state: StateDir, plan: EvalPlan, info: RunInfo, model: Any, vecs: EvalVectors,
                     texts: list[str], split: str) -> dict[str, Any]:
         """Report keys only this family has (teacher cosines, ...); notes go into ``plan.notes``."""
+
+
+def onnx_query_model(family: Any, info: RunInfo, checkpoint: str, onnx_dir: Path | None, query_runtime: str,
+                     mismatch: Callable[[Path, str], str | None]) -> tuple[Any, str | None]:
+    """(the family's ONNX query model, None) when the export at ``onnx_dir`` matches the checkpoint and
+    onnxruntime is installed, else (None, why PyTorch is used). ``--query-runtime onnx`` turns the
+    reason into an error; a damaged export (truncated model.onnx, garbage tokenizer.json) is a reason."""
+    if query_runtime not in ("auto", "onnx") or onnx_dir is None:
+        return None, None
+    from importlib.util import find_spec
+
+    from ..runs import weights_identity
+    from ..safe_read import DamagedFileError
+
+    why = mismatch(onnx_dir, weights_identity(info.checkpoint_dir(checkpoint)))
+    if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
+        why = "onnxruntime or tokenizers is not installed"
+    try:
+        if why is None:
+            return family.load(onnx_dir, "onnx"), None
+    except DamagedFileError as e:
+        why = f"{e.message} (export it again with --force)"
+    if query_runtime == "onnx":
+        from ..errors import MtxError
+
+        raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
+                       hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
+                            "or drop --query-runtime onnx")
+    return None, (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); "
+                  f"`mtx export --run {info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")

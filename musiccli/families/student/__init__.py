@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import MtxError, unknown_choice
 from ...runs import RunInfo, latest_eval_report, store_identity, weights_identity
 from ...state import StateDir, atomic_write_json
-from ..base import BACKENDS, EvalPlan, EvalVectors, ExportJob, QueryParts
+from ..base import BACKENDS, EvalPlan, EvalVectors, ExportJob, QueryParts, onnx_query_model
 
 STUDENT_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "batch_size": 32, "weight_decay": 1e-4, "warmup_ratio": 0.05,
                                     "teachers": "musicnn:0.3,dsp:0.4"}
@@ -47,27 +47,15 @@ class StudentFamily:
                     query_runtime: str) -> QueryParts:
         # Queries land in the same shared space as `mtx embed --audio-encoder student`, whose stored rows are
         # already unit vectors (audio_for_retrieval only normalises them).
-        ckpt = info.checkpoint_dir(checkpoint)
-        note = None
-        if query_runtime in ("auto", "onnx") and onnx_dir is not None:
-            from importlib.util import find_spec
+        from .onnx import onnx_mismatch
 
-            from .onnx import onnx_mismatch
-
-            why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
-            if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
-                why = "onnxruntime or tokenizers is not installed"
-            if why is None:
-                return QueryParts(self.load(onnx_dir, "onnx"), runtime="onnx")
-            if query_runtime == "onnx":
-                raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
-                               hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
-                                    "or drop --query-runtime onnx")
-            note = (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); `mtx export --run "
-                    f"{info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")
+        onnx_model, note = onnx_query_model(self, info, checkpoint, onnx_dir, query_runtime, onnx_mismatch)
+        if onnx_model is not None:
+            return QueryParts(onnx_model, runtime="onnx")
         from ...runtime import select_runtime
 
-        return QueryParts(self.load(ckpt, "torch", select_runtime(str(device), "fp32").device), note=note)
+        device = select_runtime(str(device), "fp32").device
+        return QueryParts(self.load(info.checkpoint_dir(checkpoint), "torch", device), note=note)
 
     def check_library(self, info: RunInfo, store_attrs: dict[str, Any], store_path: Path, manifest: str) -> None:
         """A student searches only a store its own music tower embedded."""

@@ -16,9 +16,8 @@ import numpy as np
 
 from ...errors import MtxError, unknown_choice
 from ...runs import RunInfo, run_manifest_and_store, store_identity, weights_identity
-from ...safe_read import DamagedFileError
 from ...state import StateDir
-from ..base import BACKENDS, EvalPlan, EvalVectors, ExportJob, QueryParts
+from ..base import BACKENDS, EvalPlan, EvalVectors, ExportJob, QueryParts, onnx_query_model
 
 SHARED_DEFAULTS: dict[str, Any] = {"lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1}
 
@@ -43,25 +42,14 @@ class TowersFamily:
 
     def query_parts(self, info: RunInfo, checkpoint: str, device: Any, onnx_dir: Path | None,
                     query_runtime: str) -> QueryParts:
-        ckpt = info.checkpoint_dir(checkpoint)
-        note = None
-        if query_runtime in ("auto", "onnx") and onnx_dir is not None:
-            from importlib.util import find_spec
+        from .onnx import onnx_mismatch
 
-            from .onnx import onnx_mismatch
-
-            why = onnx_mismatch(onnx_dir, weights_identity(ckpt))
-            if why is None and not all(find_spec(m) is not None for m in ("onnxruntime", "tokenizers")):
-                why = "onnxruntime or tokenizers is not installed"
-            try:
-                if why is None:
-                    return QueryParts(self.load(onnx_dir, "onnx"), runtime="onnx")
-            except DamagedFileError as e:   # a truncated model.onnx, a garbage tokenizer.json: say so, use PyTorch
-                why = f"{e.message} (export it again with --force)"
-            note = _onnx_note(info, checkpoint, why, query_runtime)
+        onnx_model, note = onnx_query_model(self, info, checkpoint, onnx_dir, query_runtime, onnx_mismatch)
+        if onnx_model is not None:
+            return QueryParts(onnx_model, runtime="onnx")
         from ...runtime import select_runtime
 
-        towers = self.load(ckpt, "torch", select_runtime(str(device), "fp32").device)
+        towers = self.load(info.checkpoint_dir(checkpoint), "torch", select_runtime(str(device), "fp32").device)
         return QueryParts(towers.text, audio=towers.audio, note=note)
 
     def check_library(self, info: RunInfo, store_attrs: dict[str, Any], store_path: Path, manifest: str) -> None:
@@ -142,13 +130,3 @@ class TowersFamily:
     def eval_extras(self, state: StateDir, plan: EvalPlan, info: RunInfo, model: Any, vecs: EvalVectors,
                     texts: list[str], split: str) -> dict[str, Any]:
         return {"native_model": vecs.native_model} if "native" in plan.systems else {}
-
-
-def _onnx_note(info: RunInfo, checkpoint: str, why: str, query_runtime: str) -> str:
-    """Why a search runs PyTorch (``--query-runtime onnx`` makes it an error)."""
-    if query_runtime == "onnx":
-        raise MtxError(f"cannot encode queries with ONNX for run {info.name!r}: {why}",
-                       hint=f"run `mtx export --run {info.name} --checkpoint {checkpoint} --format onnx`, "
-                            "or drop --query-runtime onnx")
-    return (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); "
-            f"`mtx export --run {info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")
