@@ -57,13 +57,23 @@ def stop(proc: subprocess.Popen) -> None:
     """Stop a server started with start_new_session=True (its whole process group)."""
     import signal
 
-    if proc.poll() is not None:
-        return
+    # The group, even when its leader has exited: a launcher (milvus-server) can leave its server child
+    # running in the group, which then holds the ports of the next start.
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.poll()
