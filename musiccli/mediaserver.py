@@ -50,6 +50,7 @@ class Track:
     path: str | None = None
     suffix: str | None = None        # file extension without the dot ("flac")
     duration: float | None = None    # seconds
+    size: int | None = None          # bytes of the file, where the server says (Subsonic ``size``)
 
 
 @dataclass(frozen=True)
@@ -549,7 +550,8 @@ class Navidrome(MediaServer):
             for s in songs:
                 yield Track(id=str(s["id"]), title=s.get("title"), artist=s.get("artist"), album=s.get("album"),
                             path=s.get("path"), suffix=s.get("suffix"),
-                            duration=float(s["duration"]) if isinstance(s.get("duration"), (int, float)) else None)
+                            duration=float(s["duration"]) if isinstance(s.get("duration"), (int, float)) else None,
+                            size=int(s["size"]) if isinstance(s.get("size"), int) else None)
             offset += len(songs)
             if len(songs) < PAGE:
                 return
