@@ -213,6 +213,11 @@ class MediaServer(abc.ABC):
     def download(self, track_id: str) -> tuple[str, dict[str, str]]:
         """(url, headers) for the original file of ``track_id``."""
 
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """(name, track ids) of the playlists the user sees on the server. Read from Subsonic servers
+        (Navidrome); a server kind that does not implement it has none to offer here."""
+        return iter(())
+
     @abc.abstractmethod
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         """Create playlist ``name`` with ``track_ids`` in order, or replace the contents of one that exists."""
@@ -582,6 +587,15 @@ class Navidrome(MediaServer):
             raise MtxError("cannot tell which user this API key belongs to (no tokenInfo)",
                            hint="set NAVIDROME_USER and NAVIDROME_PASSWORD to save playlists")
         return [p for p in lists if p.get("name") == name and p.get("owner") == me]
+
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """Every playlist the user sees (``getPlaylists``: their own and public ones), with its songs
+        (``getPlaylist``)."""
+        if not self._probed:
+            self._probe()
+        for p in (self._call("getPlaylists").get("playlists") or {}).get("playlist") or []:
+            entries = (self._call("getPlaylist", [("id", p["id"])]).get("playlist") or {}).get("entry") or []
+            yield str(p.get("name") or p["id"]), [str(e["id"]) for e in entries if "id" in e]
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         ids = list(track_ids)

@@ -198,3 +198,48 @@ def test_rescan_against_supysonic_fetches_only_new_and_reencoded_songs(pg, state
         assert recs[audiomuse.record_id(tracks[2].id)].extra["content_hash"] != \
             json.loads([line for line in (root / "audio.jsonl").read_text().splitlines()
                         if tracks[2].id in line][0])["content_hash"]   # the re-encoded file has a new hash
+
+
+@pytest.mark.slow
+def test_playlists_from_the_database_and_supysonic_are_captions(pg, state, tmp_path, monkeypatch) -> None:
+    """AudioMuse-AI's ``playlist`` table and the Subsonic server's playlists name their songs; a changed
+    server playlist is noticed by the next run as metadata only (nothing fetched, no ledger line)."""
+    from servers.supysonic import supysonic
+
+    from musiccli import mediaserver
+
+    for k in ("JELLYFIN_URL", "NAVIDROME_API_KEY", "DATABASE_URL", "MTX_MEDIASERVER_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    with supysonic(tmp_path / "supy", {"alice": "alice-pw"}) as supy:
+        for k, v in {"MEDIASERVER_TYPE": "navidrome", "NAVIDROME_URL": supy.url, "NAVIDROME_USER": "alice",
+                     "NAVIDROME_PASSWORD": "alice-pw", "NAVIDROME_AUTH": "enc"}.items():
+            monkeypatch.setenv(k, v)
+        client = mediaserver.make_server(None)
+        tracks = sorted(client.tracks(), key=lambda t: t.path)[:6]
+        build_db(pg, "am_lists", "legacy", 0)
+        rng = np.random.default_rng(6)
+        with pg.connect("am_lists") as conn:
+            for t in tracks:
+                add_song(conn, t.id, t.title, rng)
+            for t in tracks[4:6]:   # AudioMuse-AI's own clustering output
+                conn.execute("INSERT INTO playlist (playlist_name, item_id, title, author) VALUES "
+                             "('Rock_Fast_automatic', %s, %s, %s)", (t.id, t.title, t.artist))
+            conn.execute("INSERT INTO playlist (playlist_name, item_id, title, author) VALUES "
+                         "('Rock_Fast_automatic', 'not-a-song', 'x', 'y')")
+        client.save_playlist("Rainy  Sunday", [t.id for t in tracks[:3]])
+        cfg = DownloadConfig(source="audiomuse", dsn=pg.dsn("am_lists"), server="navidrome", workers=2)
+        assert run_download(state, DownloadRequest(cfg)).ok == 6
+        root = state.dataset_dir("audiomuse")
+        recs = {r.extra["server_item_id"]: r for r in audiomuse.AudioMuseSource().records(root)}
+        assert [recs[t.id].extra.get("playlists") for t in tracks] == \
+            [["Rainy Sunday"]] * 3 + [None] + [["Rock Fast automatic"]] * 2
+        assert "Rainy Sunday" in recs[tracks[0].id].alt_captions
+
+        lines_before = ledger_lines(root)
+        client.save_playlist("Rainy  Sunday", [tracks[0].id, tracks[3].id])   # the user edits it
+        second = run_download(state, DownloadRequest(cfg))
+        assert second.changes == {"added": 0, "changed": 0, "removed": 0, "unchanged": 6, "failed": 0, "fetched": 0,
+                                  "playlists": 2, "playlist_changes": 3}   # tracks 1, 2 left it, 3 joined
+        assert ledger_lines(root) == lines_before
+        recs = {r.extra["server_item_id"]: r for r in audiomuse.AudioMuseSource().records(root)}
+        assert recs[tracks[3].id].extra["playlists"] == ["Rainy Sunday"] and "playlists" not in recs[tracks[1].id].extra

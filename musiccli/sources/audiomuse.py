@@ -30,6 +30,9 @@ Layout under ``datasets/audiomuse/``::
     audio.jsonl            per fetched file: path, duration, size, content hash, and the server's
                            fingerprint of it (path, size, format, duration) to notice a changed file
     scan.json              what the last rescan found: added, changed, removed, unchanged, failed, fetched
+                           (+ playlists, playlist_changes where there are playlists)
+    playlists.json         playlists as captions: the database's ``playlist`` table and the media
+                           server's own (Subsonic getPlaylists/getPlaylist), by item id
     audio/<xx>/<id>.<ext>  the audio files
     ledger.jsonl
 """
@@ -66,6 +69,7 @@ ID_PREFIX = f"{NAME}:"
 SONGS, CURSOR, IMPORTED, AUDIO_INDEX, CONNECTION = "songs.jsonl", "cursor.json", "import.json", "audio.jsonl", \
     "connection.json"
 SCAN_NAME = "scan.json"
+PLAYLISTS_NAME = "playlists.json"
 # A rescan's import, beside the current one until it is applied (see AudioMuseSource._apply_rescan).
 RESCAN_SONGS, RESCAN_CURSOR, RESCAN_IMPORTED, RESCAN_FAILED = "songs.rescan.jsonl", "cursor.rescan.json", \
     "import.rescan.json", "failed.rescan.jsonl"
@@ -328,6 +332,20 @@ def same_audio(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     return all(old[k] == new[k] for k in set(old) & set(new))
 
 
+def clean_playlist_name(name: str) -> str:
+    """"Late_Night  Drive" -> "Late Night Drive": the caption a playlist gives its songs."""
+    return " ".join(str(name).replace("_", " ").split()) or str(name)
+
+
+def playlist_members(data: dict[str, Any]) -> dict[str, list[str]]:
+    """item id -> the names of its playlists (sorted), from a ``playlists.json``."""
+    out: dict[str, set[str]] = {}
+    for name, ids in (data.get("playlists") or {}).items():
+        for i in ids:
+            out.setdefault(i, set()).add(name)
+    return {i: sorted(v) for i, v in out.items()}
+
+
 def diff_songs(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]
                ) -> tuple[list[str], list[str], list[str], list[str]]:
     """(added, changed, removed, unchanged) item ids between two imports (by database row)."""
@@ -360,10 +378,47 @@ class AudioMuseSource(Source):
             self._import(cfg, root, ledger, server, progress, rescan)
         report = self._apply_rescan(root, ledger, server, progress) if rescan else None
         fetched = self._fetch_audio(cfg, root, ledger, server, progress)
+        playlists = self._record_playlists(cfg, root, server)
         if report is not None:
             report["fetched"] = fetched
+            report.update(playlists)
             atomic_write_json(root / SCAN_NAME, report)
             log.info("audiomuse: %s", ", ".join(f"{v} {k}" for k, v in report.items()))
+
+    # ------------------------------------------------------------------ playlists
+    @staticmethod
+    def _record_playlists(cfg: DownloadConfig, root: Path, server) -> dict[str, int]:
+        """Read the database's and the media server's playlists into ``playlists.json`` (by item id;
+        rewritten only when they changed, so an unchanged library keeps its identity). Returns
+        ``playlists`` and ``playlist_changes`` (songs whose playlists changed), or {} when none exist."""
+        path = root / PLAYLISTS_NAME
+        old = read_json(path) if path.is_file() else None
+        songs = read_songs(root)
+        conn = db.connect(db.resolve_dsn(cfg.dsn))
+        try:
+            from_db = {n: [i for i in ids if i in songs] for n, ids in db.read_playlists(conn).items()}
+        finally:
+            conn.close()
+        by_server = {s.get("server_item_id") or item: item for item, s in songs.items()}
+        try:
+            from_server = {n: [by_server[t] for t in ids if t in by_server] for n, ids in server.playlists()}
+        except MtxError as e:   # keep what the server said last time rather than drop its playlists
+            log.warning("audiomuse: cannot read the %s server's playlists (%s); keeping the last ones",
+                        server.kind, e.message)
+            from_server = (old or {}).get("server", {})
+        merged: dict[str, list[str]] = {}
+        for name, ids in [*from_db.items(), *from_server.items()]:
+            members = merged.setdefault(clean_playlist_name(name), [])
+            members += [i for i in ids if i not in members]
+        merged = {n: ids for n, ids in merged.items() if ids}
+        if not merged and old is None:
+            return {}
+        new = {"playlists": merged, "database": from_db, "server": from_server}
+        before, after = playlist_members(old or {}), playlist_members(new)
+        if new != old:
+            atomic_write_json(path, new)
+        return {"playlists": len(merged),
+                "playlist_changes": sum(1 for i in set(before) | set(after) if before.get(i) != after.get(i))}
 
     def _import(self, cfg: DownloadConfig, root: Path, ledger: Ledger, server, progress: Progress,
                 rescan: bool) -> None:
@@ -560,6 +615,8 @@ class AudioMuseSource(Source):
         from ..audio import AudioError, audio_info
 
         out = []
+        path_ = Path(root) / PLAYLISTS_NAME
+        playlists = playlist_members(read_json(path_)) if path_.is_file() else {}
         for song, path, duration, server_path, digest in self._present(root):
             if duration is None:
                 try:
@@ -567,7 +624,8 @@ class AudioMuseSource(Source):
                 except AudioError as e:
                     log.warning("audiomuse: %s: %s; left out", song["item_id"], e.message)
                     continue
-            captions = describe_song(song)
+            # A playlist is a caption its songs share, named as the user (or AudioMuse-AI) named it.
+            captions = list(dict.fromkeys([*describe_song(song), *playlists.get(song["item_id"], [])]))
             tags, scores = song_tags(song)
             extra = {k: song[k] for k in ("album", "year", "tempo", "key", "scale", "energy", "server_item_id")
                      if k in song}
@@ -575,6 +633,8 @@ class AudioMuseSource(Source):
                 extra["server_path"] = server_path
             if digest:        # a fetched file's bytes (embed keys rows by it); a local file: its size and mtime
                 extra[CONTENT_HASH] = digest
+            if song["item_id"] in playlists:
+                extra["playlists"] = playlists[song["item_id"]]
             extra.update({"item_id": song["item_id"], "moods": song.get("moods", {}),
                           "features": song.get("features", {}), "tag_scores": scores, "caption_source": "tags"})
             out.append(Record(id=record_id(song["item_id"]), audio_path=str(path), caption=captions[0],
