@@ -243,3 +243,35 @@ def test_playlists_from_the_database_and_supysonic_are_captions(pg, state, tmp_p
         assert ledger_lines(root) == lines_before
         recs = {r.extra["server_item_id"]: r for r in audiomuse.AudioMuseSource().records(root)}
         assert recs[tracks[3].id].extra["playlists"] == ["Rainy Sunday"] and "playlists" not in recs[tracks[1].id].extra
+
+
+def test_interrupted_rescan_continues_to_the_same_result(pg, state, tmp_path, monkeypatch) -> None:
+    from progress_doubles import StopAfter
+
+    from musiccli.state import Resume
+
+    monkeypatch.setattr(audiomuse, "PAGE_SIZE", 3)
+    music = tmp_path / "music"
+    music.mkdir()
+    files = {i: str(tone(music / f"song{i}.wav", 200 + 30 * i)) for i in range(N)}
+    songs = build_db(pg, "am_rescan_cut", "current", N, seed=7, file_paths=files)
+    cfg = DownloadConfig(source="audiomuse", dsn=pg.dsn("am_rescan_cut"), server="local", workers=2)
+    run_download(state, DownloadRequest(cfg))
+    root = state.dataset_dir("audiomuse")
+    songs_before = (root / "songs.jsonl").read_text()
+    with pg.connect("am_rescan_cut") as conn:
+        add_song(conn, "fp_zz_new", "Late Addition", np.random.default_rng(1), file_path=str(tone(music / "z.wav", 900)))
+        delete_song(conn, songs[0].item_id)
+    with pytest.raises(KeyboardInterrupt):   # two of five pages read again
+        run_download(state, DownloadRequest(cfg), StopAfter(6, mode="kbd"))
+    assert (root / "songs.jsonl").read_text() == songs_before   # the current import is untouched meanwhile
+    assert (root / audiomuse.RESCAN_CURSOR).exists()
+    res = run_download(state, DownloadRequest(cfg, resume=Resume.CONTINUE))
+    assert res.changes == {"added": 1, "changed": 0, "removed": 1, "unchanged": N - 1, "failed": 0, "fetched": 1}
+    assert not any((root / n).exists() for n in (audiomuse.RESCAN_SONGS, audiomuse.RESCAN_CURSOR,
+                                                  audiomuse.RESCAN_IMPORTED))
+    assert set(audiomuse.read_songs(root)) == {s.item_id for s in songs[1:]} | {"fp_zz_new"}
+    from musiccli.store import EmbeddingStore
+
+    with EmbeddingStore(audiomuse.teacher_store_path(root, "clap")) as st:   # the teachers follow the database
+        assert sorted(st.ids) == sorted(audiomuse.record_id(i) for i in audiomuse.read_songs(root))

@@ -223,3 +223,49 @@ def test_milvus_index_built_by_row_is_rebuilt_once(make_run, state, tmp_path, mo
     assert meta["backend_meta"]["key"] == milvus.KEY and meta["backend_meta"]["upserted_rows"] == len(new_records)
     exact = search(state, SearchConfig(query="rock", k=5, backend="exact", query_runtime="torch"))
     assert [h["id"] for h in second.hits] == [h["id"] for h in exact.hits]
+
+
+def test_interrupted_milvus_update_is_finished_by_the_next_one(make_run, state, tmp_path, monkeypatch, writes) -> None:
+    """Stopped after three upserts, the shared collection holds n900, a track the working index does not
+    know; the library then loses n900 again. The next update deletes it all the same (the interrupted
+    update's pending ids), and the collection equals one built from scratch."""
+    pytest.importorskip("milvus_lite")
+    from progress_doubles import StopAfter
+
+    from musiccli.index_backends import milvus
+
+    monkeypatch.setattr(milvus, "BATCH", 1)
+    run = make_run(n=40)
+    records, vectors = _library(run)
+    _write_library(state, run, records, vectors)
+    uri = str(tmp_path / "shared.db")
+    first = search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
+    d, name = state.index_dir(first.index), milvus.collection_name(first.index)
+    new_records, new_vectors = _one_percent_changed(records, vectors)
+    new_records.append(Record(id="n901", audio_path="/music/new/n901.wav", caption="newer song", duration=30.0,
+                              artist="New Artist", title="Newer", extra={CONTENT_HASH: "h-n901"}))
+    new_vectors = np.concatenate([new_vectors, np.random.default_rng(5).standard_normal((1, run["dim"]),
+                                                                                      ).astype(np.float32)])
+    _write_library(state, run, new_records, new_vectors)
+    writes["upsert"].clear()
+    with pytest.raises(KeyboardInterrupt):   # 3 rows mapped, then 3 of 4 upserts sent
+        search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"),
+               StopAfter(6, mode="kbd"))
+    assert writes["upsert"] == ["t020", "t025", "n900"] and writes["delete"] == []
+    assert json.loads((d / "ids.json").read_text()) == [r.id for r in records]   # the old index still works
+    assert json.loads((d / milvus.PENDING_FILE).read_text()) == sorted(["t020", "t025", "n900", "n901"])
+
+    keep = [k for k, r in enumerate(new_records) if r.id != "n900"]
+    final_records, final_vectors = [new_records[k] for k in keep], new_vectors[keep]
+    _write_library(state, run, final_records, final_vectors)
+    writes["upsert"].clear()
+    res = search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
+    assert sorted(writes["delete"]) == ["n900", "t007"] and sorted(writes["upsert"]) == ["n901", "t020", "t025"]
+    assert not (d / milvus.PENDING_FILE).exists()
+    client = milvus.connect(uri)
+    got = _entities(client, name)
+    assert set(got) == {r.id for r in final_records}
+    search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, rebuild=True, query_runtime="torch"))
+    assert _entities(milvus.connect(uri), name) == got
+    exact = search(state, SearchConfig(query="rock", k=10, backend="exact", query_runtime="torch"))
+    assert [h["id"] for h in res.hits] == [h["id"] for h in exact.hits]
