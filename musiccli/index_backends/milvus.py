@@ -178,10 +178,6 @@ def _read_json(path: Path, default: Any) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
 
 
-def _is_default_lite(uri: str, d: Path) -> bool:
-    return Path(uri).name == LITE_FILE and Path(uri).parent.resolve() == d.resolve()
-
-
 def _release_lite(uri: str) -> None:
     """Close this process's embedded server of a Lite file (it holds the file open)."""
     try:
@@ -206,9 +202,10 @@ def update(d: Path, old: Path, vectors: np.ndarray, source: np.ndarray, meta: di
     name = bm.get("collection") or collection_name(options["index_name"])
     ids: list[str] = _read_json(d / "ids.json", [])
     items: dict[str, dict[str, Any]] = _read_json(d / "items.json", {})
-    uri = options.get("uri") or bm.get("uri") or default_uri(old)
+    # No --uri: the Lite file in the index folder (where it is now, should the state dir have moved).
+    uri = options.get("uri") or default_uri(old)
     final_uri = uri
-    lite_copy = not uri.startswith(("http://", "https://", "tcp://", "grpc://")) and _is_default_lite(uri, old)
+    lite_copy = not options.get("uri")
     if lite_copy:
         # The default Lite file lives in the index folder: update a copy beside it, swapped in with it.
         _release_lite(uri)
@@ -259,7 +256,8 @@ def update(d: Path, old: Path, vectors: np.ndarray, source: np.ndarray, meta: di
 class MilvusSearcher:
     def __init__(self, d: Path, meta: dict[str, Any], exact: np.ndarray) -> None:
         bm = meta.get("backend_meta", {})
-        self.client = connect(bm.get("uri") or default_uri(d))
+        # No --uri: the Lite file in this folder (recorded absolute, but the state dir may have moved).
+        self.client = connect(meta.get("backend_options", {}).get("uri") or default_uri(d))
         self.name = bm.get("collection") or collection_name(meta["name"])
         if not self.client.has_collection(self.name):
             raise MtxError(f"Milvus has no collection {self.name!r}", hint="rebuild it with `mtx search --force`")
