@@ -214,8 +214,8 @@ class MediaServer(abc.ABC):
         """(url, headers) for the original file of ``track_id``."""
 
     def playlists(self) -> Iterator[tuple[str, list[str]]]:
-        """(name, track ids) of the playlists the user sees on the server. Read from Subsonic servers
-        (Navidrome); a server kind that does not implement it has none to offer here."""
+        """(name, track ids) of the playlists the user sees on the server (Jellyfin, Navidrome); the
+        local files have none."""
         return iter(())
 
     @abc.abstractmethod
@@ -362,6 +362,15 @@ class Jellyfin(MediaServer):
         """Settle which auth header works before handing headers to the file downloader."""
         self._call("GET", f"/Users/{urllib.parse.quote(self.user_id, safe='')}")
         self._probed = True
+
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """The user's playlists (``/Items`` of type Playlist) with their tracks (``/Playlists/{id}/Items``)."""
+        found = self._call("GET", "/Items", {"userId": self.user_id, "IncludeItemTypes": "Playlist",
+                                             "Recursive": "true"}) or {}
+        for it in found.get("Items") or []:
+            entries = self._call("GET", f"/Playlists/{urllib.parse.quote(str(it['Id']), safe='')}/Items",
+                                 {"userId": self.user_id}) or {}
+            yield str(it.get("Name") or it["Id"]), [str(e["Id"]) for e in entries.get("Items") or [] if e.get("Id")]
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         ids = list(track_ids)

@@ -275,3 +275,26 @@ def test_interrupted_rescan_continues_to_the_same_result(pg, state, tmp_path, mo
 
     with EmbeddingStore(audiomuse.teacher_store_path(root, "clap")) as st:   # the teachers follow the database
         assert sorted(st.ids) == sorted(audiomuse.record_id(i) for i in audiomuse.read_songs(root))
+
+
+def test_jellyfin_playlists_are_captions(pg, state, monkeypatch) -> None:
+    """Jellyfin's playlists (the fixture answers what Jellyfin 10.11 answers) name their songs too."""
+    import fakemedia
+    from test_audiomuse_mediaserver import TOKEN, USER_ID, tracks_for
+
+    from musiccli import mediaserver
+
+    for k in ("NAVIDROME_URL", "DATABASE_URL", "MTX_MEDIASERVER_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    songs = build_db(pg, "am_jf_lists", "current", 5, seed=2)
+    with fakemedia.jellyfin(tracks_for(songs), TOKEN, USER_ID) as jf:
+        for k, v in {"MEDIASERVER_TYPE": "jellyfin", "JELLYFIN_URL": jf.url, "JELLYFIN_USER_ID": USER_ID,
+                     "JELLYFIN_TOKEN": TOKEN}.items():
+            monkeypatch.setenv(k, v)
+        mediaserver.make_server(None).save_playlist("Workout_Mix", [songs[0].server_item_id, songs[2].server_item_id])
+        cfg = DownloadConfig(source="audiomuse", dsn=pg.dsn("am_jf_lists"), server="jellyfin", workers=2)
+        assert run_download(state, DownloadRequest(cfg)).ok == 5
+    recs = {r.extra["server_item_id"]: r for r in audiomuse.AudioMuseSource().records(state.dataset_dir("audiomuse"))}
+    assert [recs[s.server_item_id].extra.get("playlists") for s in songs] == \
+        [["Workout Mix"], None, ["Workout Mix"], None, None]
+    assert "Workout Mix" in recs[songs[2].server_item_id].alt_captions
