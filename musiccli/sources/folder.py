@@ -492,7 +492,7 @@ class PlaylistScan:
         return {i: sorted(v) for i, v in out.items()}
 
 
-def read_playlists(music: Path, by_rel: dict[str, str]) -> PlaylistScan:
+def read_playlists(music: Path, by_rel: dict[str, str], paths: list[Path] | None = None) -> PlaylistScan:
     """Read every playlist under ``music``; ``by_rel`` maps a library-relative path to its track id.
 
     Entries are relative (to the playlist's folder) or absolute paths, or ``file://`` URLs;
@@ -501,7 +501,7 @@ def read_playlists(music: Path, by_rel: dict[str, str]) -> PlaylistScan:
     Two playlist files with the same cleaned name are one playlist.
     """
     scan_ = PlaylistScan(playlists={})
-    for path in find_playlists(music):
+    for path in find_playlists(music) if paths is None else paths:
         try:
             lines = _playlist_lines(path)
         except OSError as e:
@@ -533,10 +533,11 @@ def record_playlists(music: Path, root: Path) -> dict[str, int]:
     library has no playlist): ``playlists`` and ``playlist_changes`` (tracks whose playlists changed)."""
     path = Path(root) / PLAYLISTS_NAME
     old = read_json(path) if path.is_file() else None
-    by_rel = {d["rel"]: i for i, d in live_index(root).items()}
-    found = read_playlists(music, by_rel)
-    if not found.playlists and old is None:
+    paths = find_playlists(music)
+    if not paths and old is None:   # the common case costs one walk of the folder, nothing more
         return {}
+    by_rel = {d["rel"]: i for i, d in live_index(root).items()}
+    found = read_playlists(music, by_rel, paths)
     before = PlaylistScan(playlists=(old or {}).get("playlists", {})).members()
     after = found.members()
     changed = sum(1 for i in set(before) | set(after) if before.get(i) != after.get(i))
