@@ -189,3 +189,15 @@ def test_library_train_eval_search_export_end_to_end(tmp_path: Path, tiny_clap: 
     assert exp.exit_code == 0, exp.output
     card = next(out.rglob("README.md")).read_text()
     assert "## Lift over zero-shot" in card and "tag ROC-AUC" in card
+
+
+def test_native_start_refusals_are_one_line_with_a_hint(tmp_path: Path, cli) -> None:
+    music = make_library(tmp_path / "Music", artists=8, tracks=1)
+    assert cli("sync", str(music), "--audio-encoder", "dsp", "--workers", "0").exit_code == 0
+    cases = [(("train", "--audio-encoder", "dsp", "--manifest", "library", "--init-from", "native"),
+              "has no native text tower"),
+             (("train", "--library", "--objective", "joint"), "--library trains an align run"),
+             (("train", "--library"), "training track(s) carry a tag")]
+    for args, fragment in cases:
+        res = cli(*args, "--epochs", "1")
+        assert res.exit_code == 1 and fragment in res.output and "Traceback" not in res.output, res.output
