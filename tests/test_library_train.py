@@ -201,3 +201,32 @@ def test_native_start_refusals_are_one_line_with_a_hint(tmp_path: Path, cli) -> 
     for args, fragment in cases:
         res = cli(*args, "--epochs", "1")
         assert res.exit_code == 1 and fragment in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.slow
+def test_library_of_audiomuse_mood_rows_trains_evaluates_and_searches(pg, cli, state_dir: Path, tiny_backbone: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    """AudioMuse-AI's own rows (mood_vector, other_features in a real PostgreSQL) as the supervision:
+    import -> unify -> embed (copied space) -> train --library -> eval lift (untrained baseline) -> search."""
+    import soundfile as sf
+
+    from pgserver import build_db
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("MEDIASERVER_TYPE", raising=False)
+    wav = tmp_path / "song.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 8000)
+    build_db(pg, "am_lib", "current", 120, seed=5, file_paths={i: str(wav) for i in range(120)})
+    assert cli("download", "audiomuse", "--dsn", pg.dsn("am_lib"), "--server", "local").exit_code == 0
+    assert cli("unify", "--name", "library").exit_code == 0
+    assert cli("embed", "--audio-encoder", "audiomuse-clap").exit_code == 0
+    train = cli("train", "--library", "--text-backbone", str(tiny_backbone), "--epochs", "2", "--batch-size", "16",
+                "--head-hidden", "32", "--json")
+    assert train.exit_code == 0, train.output
+    run = json.loads(train.stdout)["run"]
+    meta = json.loads((state_dir / "runs" / run / "run.json").read_text())
+    assert meta["config"]["text_rep"] == "blend" and meta["audio_encoder"] == "audiomuse-clap"
+    rep = json.loads(cli("eval", "--run", run, "--no-plots", "--json").stdout)
+    assert rep["lift"]["baseline"] == "untrained" and rep["lift"]["metrics"]["tag_roc_auc"]["lift"] is not None
+    found = json.loads(cli("search", "happy music", "-k", "5", "--json").stdout)
+    assert found["text_model"] == "run" and found["run"] == run and len(found["hits"]) == 5
