@@ -230,3 +230,32 @@ def test_library_of_audiomuse_mood_rows_trains_evaluates_and_searches(pg, cli, s
     assert rep["lift"]["baseline"] == "untrained" and rep["lift"]["metrics"]["tag_roc_auc"]["lift"] is not None
     found = json.loads(cli("search", "happy music", "-k", "5", "--json").stdout)
     assert found["text_model"] == "run" and found["run"] == run and len(found["hits"]) == 5
+
+
+@pytest.mark.slow
+def test_native_start_resumes_to_the_uninterrupted_run(tmp_path: Path, tiny_clap: Path, cli, state) -> None:
+    """kill-free interruption after two steps, then --continue: the step losses equal an uninterrupted run's."""
+    from progress_doubles import StopAfter
+
+    from musiccli.errors import Interrupted
+    from musiccli.state import Resume
+    from musiccli.training import TrainConfig, run_train
+
+    assert cli("sync", str(make_library(tmp_path / "Music")), "--model", str(tiny_clap), "--workers", "0").exit_code == 0
+
+    def cfg(run: str, resume: Resume = Resume.FRESH) -> TrainConfig:
+        return TrainConfig(library=True, run=run, epochs=2, batch_size=16, export=False, resume=resume)
+
+    full = run_train(state, cfg("full"))
+    with pytest.raises(Interrupted):
+        run_train(state, cfg("part"), StopAfter(2))
+    resumed = run_train(state, cfg("part", Resume.CONTINUE))
+    assert resumed.steps == full.steps
+
+    def losses(run: str) -> list[float]:
+        events = [json.loads(line) for line in (state.run_dir(run) / "metrics.jsonl").read_text().splitlines()]
+        return [e["train_loss"] for e in events if "train_loss" in e]
+
+    assert len(losses("full")) == full.steps
+    np.testing.assert_allclose(losses("part"), losses("full"), atol=1e-6, rtol=0)
+    assert not list(state.run_dir("part").rglob("*.tmp*"))
