@@ -30,14 +30,21 @@ def write_audio(path: Path, freq: float, tags: dict[str, str], seconds: float = 
 
 def write_signal(path: Path, mono: np.ndarray, tags: dict[str, str]) -> None:
     """A tagged mono signal at ``SR`` in the container the suffix names, encoded by FFmpeg (PyAV)."""
+    container, codec, fmt = FORMATS[path.suffix]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # stereo: FFmpeg's own Vorbis encoder takes nothing else
+    encode_pyav(path, np.stack([mono, 0.5 * mono]), SR, container, codec, fmt, tags)
+
+
+def encode_pyav(path: Path, data: np.ndarray, sr: int, container: str, codec: str, fmt: str,
+                tags: dict[str, str]) -> None:
+    """Stereo float ``data`` [2, T] encoded by FFmpeg (PyAV) into ``container`` with ``codec`` and real tags."""
     import av
 
-    container, codec, fmt = FORMATS[path.suffix]
-    data = np.stack([mono, 0.5 * mono])   # stereo: FFmpeg's own Vorbis encoder takes nothing else
-    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format=container) as out:
         out.metadata.update(tags)
-        stream = out.add_stream(codec, rate=SR, options={"strict": "experimental"})
+        # FFmpeg's native Vorbis encoder (the wheel has no libvorbis) is marked experimental.
+        stream = out.add_stream(codec, rate=sr, options={"strict": "experimental"})
         stream.layout = "stereo"
         stream.format = fmt
         size = stream.codec_context.frame_size or 1024
@@ -46,7 +53,7 @@ def write_signal(path: Path, mono: np.ndarray, tags: dict[str, str]) -> None:
             block = pcm[:, i:i + size]
             arr = block if fmt.endswith("p") else block.T.reshape(1, -1)
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt, layout="stereo")
-            frame.sample_rate, frame.pts = SR, i
+            frame.sample_rate, frame.pts = sr, i
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):

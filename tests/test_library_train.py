@@ -189,3 +189,73 @@ def test_library_train_eval_search_export_end_to_end(tmp_path: Path, tiny_clap: 
     assert exp.exit_code == 0, exp.output
     card = next(out.rglob("README.md")).read_text()
     assert "## Lift over zero-shot" in card and "tag ROC-AUC" in card
+
+
+def test_native_start_refusals_are_one_line_with_a_hint(tmp_path: Path, cli) -> None:
+    music = make_library(tmp_path / "Music", artists=8, tracks=1)
+    assert cli("sync", str(music), "--audio-encoder", "dsp", "--workers", "0").exit_code == 0
+    cases = [(("train", "--audio-encoder", "dsp", "--manifest", "library", "--init-from", "native"),
+              "has no native text tower"),
+             (("train", "--library", "--objective", "joint"), "--library trains an align run"),
+             (("train", "--library"), "training track(s) carry a tag")]
+    for args, fragment in cases:
+        res = cli(*args, "--epochs", "1")
+        assert res.exit_code == 1 and fragment in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.slow
+def test_library_of_audiomuse_mood_rows_trains_evaluates_and_searches(pg, cli, state_dir: Path, tiny_backbone: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    """AudioMuse-AI's own rows (mood_vector, other_features in a real PostgreSQL) as the supervision:
+    import -> unify -> embed (copied space) -> train --library -> eval lift (untrained baseline) -> search."""
+    import soundfile as sf
+
+    from pgserver import build_db
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("MEDIASERVER_TYPE", raising=False)
+    wav = tmp_path / "song.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 8000)
+    build_db(pg, "am_lib", "current", 120, seed=5, file_paths={i: str(wav) for i in range(120)})
+    assert cli("download", "audiomuse", "--dsn", pg.dsn("am_lib"), "--server", "local").exit_code == 0
+    assert cli("unify", "--name", "library").exit_code == 0
+    assert cli("embed", "--audio-encoder", "audiomuse-clap").exit_code == 0
+    train = cli("train", "--library", "--text-backbone", str(tiny_backbone), "--epochs", "2", "--batch-size", "16",
+                "--head-hidden", "32", "--json")
+    assert train.exit_code == 0, train.output
+    run = json.loads(train.stdout)["run"]
+    meta = json.loads((state_dir / "runs" / run / "run.json").read_text())
+    assert meta["config"]["text_rep"] == "blend" and meta["audio_encoder"] == "audiomuse-clap"
+    rep = json.loads(cli("eval", "--run", run, "--no-plots", "--json").stdout)
+    assert rep["lift"]["baseline"] == "untrained" and rep["lift"]["metrics"]["tag_roc_auc"]["lift"] is not None
+    found = json.loads(cli("search", "happy music", "-k", "5", "--json").stdout)
+    assert found["text_model"] == "run" and found["run"] == run and len(found["hits"]) == 5
+
+
+@pytest.mark.slow
+def test_native_start_resumes_to_the_uninterrupted_run(tmp_path: Path, tiny_clap: Path, cli, state) -> None:
+    """kill-free interruption after two steps, then --continue: the step losses equal an uninterrupted run's."""
+    from progress_doubles import StopAfter
+
+    from musiccli.errors import Interrupted
+    from musiccli.state import Resume
+    from musiccli.training import TrainConfig, run_train
+
+    assert cli("sync", str(make_library(tmp_path / "Music")), "--model", str(tiny_clap), "--workers", "0").exit_code == 0
+
+    def cfg(run: str, resume: Resume = Resume.FRESH) -> TrainConfig:
+        return TrainConfig(library=True, run=run, epochs=2, batch_size=16, export=False, resume=resume)
+
+    full = run_train(state, cfg("full"))
+    with pytest.raises(Interrupted):
+        run_train(state, cfg("part"), StopAfter(2))
+    resumed = run_train(state, cfg("part", Resume.CONTINUE))
+    assert resumed.steps == full.steps
+
+    def losses(run: str) -> list[float]:
+        events = [json.loads(line) for line in (state.run_dir(run) / "metrics.jsonl").read_text().splitlines()]
+        return [e["train_loss"] for e in events if "train_loss" in e]
+
+    assert len(losses("full")) == full.steps
+    np.testing.assert_allclose(losses("part"), losses("full"), atol=1e-6, rtol=0)
+    assert not list(state.run_dir("part").rglob("*.tmp*"))
