@@ -298,3 +298,17 @@ def test_jellyfin_playlists_are_captions(pg, state, monkeypatch) -> None:
     assert [recs[s.server_item_id].extra.get("playlists") for s in songs] == \
         [["Workout Mix"], None, ["Workout Mix"], None, None]
     assert "Workout Mix" in recs[songs[2].server_item_id].alt_captions
+
+
+def test_cli_second_download_prints_what_changed(pg, cli, tmp_path) -> None:
+    music = tmp_path / "music"
+    music.mkdir()
+    files = {i: str(tone(music / f"s{i}.wav", 300 + 40 * i)) for i in range(4)}
+    songs = build_db(pg, "am_cli_rescan", "current", 4, seed=8, file_paths=files)
+    args = ("download", "audiomuse", "--dsn", pg.dsn("am_cli_rescan"), "--server", "local")
+    assert cli(*args).exit_code == 0
+    with pg.connect("am_cli_rescan") as conn:
+        delete_song(conn, songs[1].item_id)
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "audiomuse: 0 added, 0 changed, 1 removed, 3 unchanged, 0 failed, 0 fetched" in " ".join(r.output.split())
