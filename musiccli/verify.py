@@ -28,7 +28,7 @@ import numpy as np
 from .audio import AudioError, stream_blocks
 from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
-from .manifest import from_state_dir, state_relative
+from .manifest import RealPaths, from_state_dir, state_relative
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
 from .state import (Resume, StateDir, SystemicError, append_jsonl, begin_stage, config_hash, is_systemic,
@@ -235,6 +235,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
             log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", carried)
     done = _load_results(out_path)
     todo = [ef for ef in expected if ef.id not in done]
+    real = RealPaths()
     log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
     with progress.task(f"Verifying {source.info.name}", total=len(expected), unit="files",
                        completed=len(expected) - len(todo)) as task, \
@@ -242,8 +243,8 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
         for i in range(0, len(todo), BATCH):
             batch = todo[i:i + BATCH]
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
-            rows = [{"id": ef.id, "path": state_relative(ef.path, state.root), "problem": p, "detail": d,
-                     "stat": _stamp(Path(ef.path))} for ef, (p, d) in zip(batch, outcomes)]
+            rows = [{"id": ef.id, "path": state_relative(ef.path, state.root, real), "problem": p, "detail": d,
+                     "stat": _stamp(ef.path)} for ef, (p, d) in zip(batch, outcomes)]
             _check_systemic(rows)
             append_jsonl(out_path, rows)  # the batch is committed before progress moves
             done.update({r["id"]: r for r in rows})
@@ -257,9 +258,9 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     return report
 
 
-def _stamp(path: Path) -> list[int] | None:
+def _stamp(path: Path | str) -> list[int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
@@ -277,8 +278,8 @@ def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile], state_
         row = old.get(ef.id)
         if row is None or row.get("stat") is None:
             continue
-        if from_state_dir(str(row.get("path", "")), state_root) == os.path.normpath(str(ef.path)) \
-                and row["stat"] == _stamp(Path(ef.path)):
+        if from_state_dir(str(row.get("path", "")), state_root) == os.path.normpath(ef.path) \
+                and row["stat"] == _stamp(ef.path):
             rows.append(row)
     for i in range(0, len(rows), 4096):
         append_jsonl(out_path, rows[i:i + 4096])

@@ -31,9 +31,9 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
 from ..manifest import CONTENT_HASH, Record, file_content_hash
 from ..progress import Progress
-from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, iter_jsonl, read_json
+from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
-from .ledger import Ledger, end_torn_line
+from .ledger import REMOVED, Ledger, LedgerEntry, end_torn_line, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class ScanReport:
 def live_index(root: Path) -> dict[str, dict[str, Any]]:
     """The index's current entry per id (the last line wins; a removed file's tombstone drops it)."""
     out: dict[str, dict[str, Any]] = {}
-    for d in iter_jsonl(Path(root) / INDEX_NAME):
+    for d in read_jsonl(Path(root) / INDEX_NAME):   # decoded in one call (see ledger.read_jsonl)
         if "id" not in d:
             continue
         if d.get("removed"):
@@ -297,9 +297,9 @@ def live_index(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -323,7 +323,7 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
     fresh: list[tuple[str, tuple[int, int] | None]] = []
     with progress.task("Scanning", total=len(files), unit="files") as task:
         for rel in files:
-            st = _stat(music / rel)
+            st = _stat(os.path.join(music, rel))   # no Path per file: most files are unchanged
             info = by_rel.get(rel)
             if info is not None and st is not None and [info.get("size"), info.get("mtime_ns")] == list(st):
                 report.unchanged += 1
@@ -364,15 +364,17 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
             task.advance(1)
             progress.check_interrupt()
     kept = {d["id"] for d in live_index(root).values() if d["rel"] in present}
-    for rel, d in sorted(by_rel.items()):
-        if rel not in present and d["id"] not in kept:
-            append_jsonl(index, [{"id": d["id"], "rel": rel, "removed": True}])
-            ledger.removed(d["id"])
-            report.removed += 1
+    gone_ids = [(rel, d["id"]) for rel, d in sorted(by_rel.items()) if rel not in present and d["id"] not in kept]
+    if gone_ids:
+        # All tombstones in one append each (index first, then the ledger, as for one file): a file
+        # at a time cost two fsyncs per removed file.
+        append_jsonl(index, [{"id": fid, "rel": rel, "removed": True} for rel, fid in gone_ids])
+        ledger.record_many([LedgerEntry(id=fid, status=REMOVED) for _, fid in gone_ids])
+        report.removed += len(gone_ids)
     wanted = {file_id(rel) for rel in present}
-    for e in ledger.failures():   # a broken file that is gone is no longer a failure of this library
-        if e.id not in wanted and e.id not in kept:
-            ledger.removed(e.id)
+    stale = [e.id for e in ledger.failures() if e.id not in wanted and e.id not in kept]
+    if stale:   # a broken file that is gone is no longer a failure of this library
+        ledger.record_many([LedgerEntry(id=fid, status=REMOVED) for fid in stale])
     return report
 
 
