@@ -76,7 +76,7 @@ class Record:
             ident = d.get("id", "?")
             raise MtxError(f"{where}: record {ident!r} lacks required field(s): {', '.join(missing)}",
                            hint="every record needs id, audio_path, caption and duration")
-        known = set(cls.__dataclass_fields__) - {"extra"}
+        known = _KNOWN_FIELDS
         ident = d["id"]
         if not isinstance(ident, (str, int)) or isinstance(ident, bool):
             raise MtxError(f"{where}: record id {ident!r} is not a string", hint="ids are strings")
@@ -114,6 +114,9 @@ class Record:
     @property
     def captions(self) -> list[str]:
         return [self.caption, *self.alt_captions]
+
+
+_KNOWN_FIELDS = frozenset(Record.__dataclass_fields__) - {"extra"}   # the rest of a record's dict is extra
 
 
 def write_manifest(path: Path, records: Sequence[Record]) -> None:
@@ -264,10 +267,24 @@ class RealPaths:
                 return os.path.realpath(p)
         except OSError:
             pass   # not there: realpath keeps the name as written too
+        return os.path.join(self._folder(folder), name)
+
+    def _folder(self, folder: str) -> str:
         real = self._folders.get(folder)
         if real is None:
-            real = self._folders[folder] = os.path.realpath(folder or os.curdir)
-        return os.path.join(real, name)
+            # The same rule one level up, so a library of many small album folders resolves each
+            # artist folder once too.
+            parent, name = os.path.split(folder)
+            if name in ("", ".", "..") or not parent:
+                real = os.path.realpath(folder or os.curdir)
+            else:
+                try:
+                    link = stat.S_ISLNK(os.lstat(folder).st_mode)
+                except OSError:
+                    link = False
+                real = os.path.realpath(folder) if link else os.path.join(self._folder(parent), name)
+            self._folders[folder] = real
+        return real
 
 
 def state_relative(path: Path | str, root: Path, real: RealPaths | None = None) -> str:

@@ -31,8 +31,9 @@ from .errors import MtxError
 from .manifest import RealPaths, from_state_dir, state_relative
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
+from .sources.ledger import read_jsonl
 from .state import (Resume, StateDir, SystemicError, append_jsonl, begin_stage, config_hash, is_systemic,
-                    iter_jsonl, stage_function)
+                    stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def results_path(root: Path, identity_key: str) -> Path:
 
 
 def _load_results(path: Path) -> dict[str, dict[str, Any]]:
-    return {d["id"]: d for d in iter_jsonl(path) if "id" in d}
+    return {d["id"]: d for d in read_jsonl(path) if "id" in d}   # one JSON call per file (ledger.read_jsonl)
 
 
 @stage_function
