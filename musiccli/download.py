@@ -109,11 +109,10 @@ def measure_on_disk(source: Source, root: Path, hours: bool = True, workers: int
     inside = inside if inside.endswith(os.sep) else inside + os.sep
     present: dict[str, float | None] = {}
     for ef in expected:
-        try:
-            resolved = real(ef.path)
-            size = os.stat(resolved).st_size
-        except OSError:
+        resolved, st = real.with_stat(ef.path)
+        if st is None:
             continue  # missing: verify reports it
+        size = st.st_size
         if resolved in present:
             continue
         present[resolved] = ef.duration

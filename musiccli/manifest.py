@@ -258,16 +258,23 @@ class RealPaths:
         self._folders: dict[str, str] = {}
 
     def __call__(self, path: Path | str) -> str:
+        return self.with_stat(path)[0]
+
+    def with_stat(self, path: Path | str) -> tuple[str, os.stat_result | None]:
+        """The resolved path and ``os.stat`` of it (None: not there), from the one ``lstat`` of a plain file."""
         p = os.fspath(path)
         folder, name = os.path.split(p)
-        if name in ("", ".", ".."):
-            return os.path.realpath(p)
         try:
-            if stat.S_ISLNK(os.lstat(p).st_mode):
-                return os.path.realpath(p)
+            st = None if name in ("", ".", "..") else os.lstat(p)
         except OSError:
-            pass   # not there: realpath keeps the name as written too
-        return os.path.join(self._folder(folder), name)
+            return os.path.join(self._folder(folder), name), None   # not there: realpath keeps the name too
+        if st is None or stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(p)
+            try:
+                return real, os.stat(real)
+            except OSError:
+                return real, None
+        return os.path.join(self._folder(folder), name), st
 
     def _folder(self, folder: str) -> str:
         real = self._folders.get(folder)
