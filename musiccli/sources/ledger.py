@@ -38,13 +38,55 @@ def end_torn_line(path: Path) -> None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON Lines file, as ``state.iter_jsonl`` reads it (blank, torn and non-object lines
-    skipped), decoded in one call: a ledger or index of 20,000 lines is read by every stage of a sync,
-    and a ``json.loads`` per line dominated a sync that had nothing to do.
+    skipped), decoded in one call and kept while the file is unchanged: a ledger or index of 20,000
+    lines is read by every stage of a sync, and a ``json.loads`` per line dominated a sync that had
+    nothing to do.
 
     The lines are decoded as one JSON array; when that fails or yields another number of values than
     there are lines (a torn or hand-edited line), the file is read line by line instead. A torn line is
     a prefix of an object, whose ``{`` no later complete line can close, so it always fails the array.
     """
+    try:
+        key = _file_key(path)
+    except FileNotFoundError:
+        return []
+    with _CACHE_LOCK:
+        cached = _READ_CACHE.get(key)
+    if cached is None:
+        cached = _decode_jsonl(path)
+        if key[3] <= _CACHE_MAX_BYTES:
+            with _CACHE_LOCK:
+                while len(_READ_CACHE) >= _CACHE_FILES:
+                    _READ_CACHE.pop(next(iter(_READ_CACHE)))
+                _READ_CACHE[key] = cached
+    # Copies, so a caller that edits an object never changes what the next reader gets.
+    return [d.copy() for d in cached]
+
+
+# The last few files read, by identity (see _file_key): the stages of one sync read the same ledger and
+# index several times; an append-only file that grew, or was replaced, has another key.
+_READ_CACHE: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_FILES = 6
+_CACHE_MAX_BYTES = 64 << 20
+_EDGE = 512
+
+
+def _file_key(path: Path) -> tuple[Any, ...]:
+    """Path, device, inode, size, mtime, and the first and last bytes: a file rewritten within one tick of
+    the clock that stamps mtimes, with the same size and a reused inode, still differs at its edges
+    (each ledger line ends with its time)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        head = f.read(_EDGE)
+        tail = b""
+        if st.st_size > _EDGE:
+            f.seek(st.st_size - _EDGE)
+            tail = f.read(_EDGE)
+    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, head, tail)
+
+
+def _decode_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             # "\n" only, as reading a file line by line splits (str.splitlines would also cut at the
