@@ -71,7 +71,8 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Record":
-        missing = [k for k in REQUIRED if k not in d or d[k] in (None, "")]
+        get = d.get
+        missing = [k for k in REQUIRED if get(k) in (None, "")]
         if missing:
             ident = d.get("id", "?")
             raise MtxError(f"{where}: record {ident!r} lacks required field(s): {', '.join(missing)}",
@@ -94,20 +95,22 @@ class Record:
             if not isinstance(d[name], str):
                 raise MtxError(f"{where}: record {ident!r} has a non-string {name} ({type(d[name]).__name__})",
                                hint=f"{name} is a string")
+        lists = []
         for name in ("alt_captions", "tags"):
-            value = d.get(name)
+            value = get(name)
             if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
                 raise MtxError(f"{where}: record {ident!r} has {name} that is not a list of strings",
                                hint=f"{name} is a list of strings")
-        split = d.get("split")
+            lists.append([str(v) for v in value] if value else [])
+        split = get("split")
         if split is not None and split not in SPLITS:
             raise MtxError(f"{where}: record {d['id']!r} has split {split!r}", hint="use train, val or test")
+        group = get("group")
         return cls(
-            id=str(d["id"]), audio_path=str(d["audio_path"]), caption=str(d["caption"]), duration=duration,
-            alt_captions=[str(c) for c in d.get("alt_captions") or []],
-            dataset=d.get("dataset"), artist=d.get("artist"), title=d.get("title"),
-            tags=[str(t) for t in d.get("tags") or []], license=d.get("license"), split=split,
-            group=str(d["group"]) if d.get("group") not in (None, "") else None,
+            id=str(ident), audio_path=str(d["audio_path"]), caption=str(d["caption"]), duration=duration,
+            alt_captions=lists[0], dataset=get("dataset"), artist=get("artist"), title=get("title"),
+            tags=lists[1], license=get("license"), split=split,
+            group=str(group) if group not in (None, "") else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 

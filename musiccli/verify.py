@@ -225,6 +225,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     if run.already_complete:
         return _report_from_result(run.record.result, cfg.min_success)
     start = time.monotonic()
+    carried = None
     if not run.resumed:
         # A fresh run never mixes in verdicts from an older dataset, except for files it can tell are
         # the very same (path, size and mtime): a rescanned library checks only what changed.
@@ -233,8 +234,9 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
             if old != out_path:
                 old.unlink(missing_ok=True)
         if carried:
-            log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", carried)
-    done = _load_results(out_path)
+            log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", len(carried))
+    # The verdicts just carried over are what the new file holds: not read back from it.
+    done = {r["id"]: r for r in carried} if carried is not None else _load_results(out_path)
     todo = [ef for ef in expected if ef.id not in done]
     real = RealPaths()
     log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
@@ -267,12 +269,16 @@ def _stamp(path: Path | str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile], state_root: Path) -> int:
+def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile],
+                state_root: Path) -> list[dict[str, Any]] | None:
     """Copy into ``out_path`` the newest earlier verdicts of files unchanged since (same id, path, size,
-    mtime); return how many. A verdict without a stamp (an older verify) is not carried."""
+    mtime); return them (None: ``out_path`` was there already, and was left alone). A verdict without a
+    stamp (an older verify) is not carried."""
+    if out_path.exists():
+        return None
     earlier = sorted((p for p in root.glob("verify-*.jsonl") if p != out_path), key=lambda p: p.stat().st_mtime)
-    if not earlier or out_path.exists():
-        return 0
+    if not earlier:
+        return []
     old = _load_results(earlier[-1])
     rows = []
     for ef in expected:
@@ -284,7 +290,7 @@ def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile], state_
             rows.append(row)
     for i in range(0, len(rows), 4096):
         append_jsonl(out_path, rows[i:i + 4096])
-    return len(rows)
+    return rows
 
 
 def _check_systemic(rows: list[dict[str, Any]]) -> None:
