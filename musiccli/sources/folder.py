@@ -333,6 +333,15 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
     present = set(files)
     report = ScanReport()
     fresh: list[tuple[str, tuple[int, int] | None]] = []
+    # The index as this scan leaves it (id -> path), kept up to date here instead of read back at the end.
+    now_rel = {fid: d["rel"] for fid, d in live.items()}
+
+    def scan_one(rel: str, fid: str, digest: str | None) -> bool:
+        ok = _scan_one(music, rel, fid, index, ledger, digest)
+        if ok:   # its index line now names the file under ``fid`` (a failure writes no index line)
+            now_rel[fid] = rel
+        return ok
+
     with progress.task("Scanning", total=len(files), unit="files") as task:
         for rel in files:
             st = _stat(os.path.join(music, rel))   # no Path per file: most files are unchanged
@@ -348,7 +357,7 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
                     # indexed before content hashes: record it, nothing known changed
                     append_jsonl(index, [{**info, "size": st[0], "mtime_ns": st[1], CONTENT_HASH: digest}])
                     report.unchanged += 1
-                elif _scan_one(music, rel, info["id"], index, ledger, digest):
+                elif scan_one(rel, info["id"], digest):
                     report.changed += 1
                 else:
                     report.failed += 1
@@ -363,19 +372,19 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
             digest = _hash(music / rel)
             moved = gone.pop(digest, None) if digest is not None else None
             if moved is not None:
-                ok = _scan_one(music, rel, moved["id"], index, ledger, digest)
+                ok = scan_one(rel, moved["id"], digest)
                 report.moved += ok
             else:
                 fid = file_id(rel)
                 if fid in taken and live.get(fid, {}).get("rel") != rel:
                     fid = file_id(f"{rel}#{digest}")   # its path's id is held by a file moved away from it
-                ok = _scan_one(music, rel, fid, index, ledger, digest)
+                ok = scan_one(rel, fid, digest)
                 report.added += ok
                 taken.add(fid)
             report.failed += not ok
             task.advance(1)
             progress.check_interrupt()
-    kept = {d["id"] for d in live_index(root).values() if d["rel"] in present}
+    kept = {fid for fid, rel in now_rel.items() if rel in present}
     gone_ids = [(rel, d["id"]) for rel, d in sorted(by_rel.items()) if rel not in present and d["id"] not in kept]
     if gone_ids:
         # All tombstones in one append each (index first, then the ledger, as for one file): a file
