@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musiccli.manifest import write_manifest  # noqa: E402
+from musiccli.manifest import paused_gc, write_manifest  # noqa: E402
 from musiccli.sources.synth import COLUMNS, SynthSource  # noqa: E402
 from musiccli.unify import UnifyConfig, build_manifest  # noqa: E402
 
@@ -59,11 +59,12 @@ def ours(roots: dict[str, Path], out: Path, cfg: UnifyConfig) -> tuple[float, in
     t0 = time.perf_counter()
     src = SynthSource()
     by_source = {}
-    for ds, root in roots.items():
-        records = src.records(root)
-        for r in records:
-            r.dataset = ds
-        by_source[ds] = records
+    with paused_gc():   # as run_unify parses its sources
+        for ds, root in roots.items():
+            records = src.records(root)
+            for r in records:
+                r.dataset = ds
+            by_source[ds] = records
     t1 = time.perf_counter()
     chosen, _ = build_manifest(by_source, cfg, check_audio=False)
     t2 = time.perf_counter()
