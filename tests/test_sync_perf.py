@@ -52,7 +52,7 @@ def tree(tmp_path: Path) -> tuple[Path, list]:
 
 
 def test_real_paths_equal_pathlib_resolve(tree):
-    t, cases = tree
+    _, cases = tree
     real = RealPaths()
     for c in cases + cases:   # twice: the second pass comes from the folder cache
         assert real(c) == str(Path(c).resolve()), c

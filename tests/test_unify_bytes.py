@@ -19,7 +19,7 @@ from musiccli.sources.synth import SynthSource
 FIXTURE = Path(__file__).parent / "fixtures" / "unify_bytes"
 sys.path.insert(0, str(FIXTURE))
 
-import make_fixture  # noqa: E402
+import make_fixture
 
 
 def _roots(tmp_path: Path) -> dict[str, Path]:
