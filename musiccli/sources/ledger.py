@@ -67,8 +67,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # index several times; an append-only file that grew, or was replaced, has another key.
 _READ_CACHE: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 _CACHE_LOCK = threading.Lock()
-_CACHE_FILES = 6
-_CACHE_MAX_BYTES = 64 << 20
+_CACHE_FILES = 4
+_CACHE_MAX_BYTES = 16 << 20   # a 50,000-track library index is about 15 MB; larger files are not kept
 _EDGE = 512
 
 
