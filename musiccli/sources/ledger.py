@@ -68,7 +68,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 _READ_CACHE: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 _CACHE_LOCK = threading.Lock()
 _CACHE_FILES = 4
-_CACHE_MAX_BYTES = 16 << 20   # a 50,000-track library index is about 15 MB; larger files are not kept
+_CACHE_MAX_BYTES = 16 << 20   # a 20,000-track library index is about 7 MB; larger files are not kept
 _EDGE = 512
 
 
