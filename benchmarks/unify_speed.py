@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musiccli.manifest import write_manifest  # noqa: E402
+from musiccli.manifest import paused_gc, write_manifest  # noqa: E402
 from musiccli.sources.synth import COLUMNS, SynthSource  # noqa: E402
 from musiccli.unify import UnifyConfig, build_manifest  # noqa: E402
 
@@ -55,18 +55,22 @@ def write_metadata(base: Path, n: int) -> dict[str, Path]:
     return roots
 
 
-def ours(roots: dict[str, Path], out: Path, cfg: UnifyConfig) -> tuple[float, int]:
+def ours(roots: dict[str, Path], out: Path, cfg: UnifyConfig) -> tuple[float, int, dict[str, float]]:
     t0 = time.perf_counter()
     src = SynthSource()
     by_source = {}
-    for ds, root in roots.items():
-        records = src.records(root)
-        for r in records:
-            r.dataset = ds
-        by_source[ds] = records
+    with paused_gc():   # as run_unify parses its sources
+        for ds, root in roots.items():
+            records = src.records(root)
+            for r in records:
+                r.dataset = ds
+            by_source[ds] = records
+    t1 = time.perf_counter()
     chosen, _ = build_manifest(by_source, cfg, check_audio=False)
+    t2 = time.perf_counter()
     write_manifest(out, chosen)
-    return time.perf_counter() - t0, len(chosen)
+    t3 = time.perf_counter()
+    return t3 - t0, len(chosen), {"parse": t1 - t0, "sample+split": t2 - t1, "write": t3 - t2}
 
 
 def baseline(roots: dict[str, Path], out: Path, cfg: UnifyConfig) -> tuple[float, int]:
@@ -107,11 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         roots = write_metadata(base / "data", args.n)
-        ours_s = min(ours(roots, base / "ours.json", cfg)[0] for _ in range(args.repeats))
+        ours_s, _, phases = min((ours(roots, base / "ours.json", cfg) for _ in range(args.repeats)),
+                                key=lambda x: x[0])
         base_s = min(baseline(roots, base / "base.json", cfg)[0] for _ in range(args.repeats))
         kept = len(json.loads((base / "ours.json").read_text()))
     print(f"records: {args.n:,} parsed, {kept:,} sampled (stratified by dataset over {len(DATASETS)} datasets)")
-    print(f"mtx unify path   : {ours_s:7.3f} s  {args.n / ours_s:12,.0f} records/s")
+    print(f"mtx unify path   : {ours_s:7.3f} s  {args.n / ours_s:12,.0f} records/s  "
+          f"({', '.join(f'{k} {v:.3f} s' for k, v in phases.items())})")
     print(f"pandas baseline  : {base_s:7.3f} s  {args.n / base_s:12,.0f} records/s")
     print(f"ratio (baseline / mtx): {base_s / ours_s:.2f}x  (>1 means mtx is faster)")
 

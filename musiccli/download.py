@@ -19,6 +19,7 @@ from typing import Any
 
 from .datasets import disk_bytes, download_key, resolve_source
 from .errors import Interrupted, MtxError
+from .manifest import RealPaths
 from .progress import NullProgress, Progress
 from .sources import get_source, source_names
 from .sources.base import DownloadConfig, Source
@@ -103,19 +104,19 @@ def measure_on_disk(source: Source, root: Path, hours: bool = True, workers: int
         # its size must never fail the download that asked for it.
         log.debug("%s: no expected files (%s); size from the dataset dir only", source.info.name, e)
         return OnDisk(bytes=total, hours=None, audio_files=0)
-    inside = root.resolve()
-    present: dict[Path, float | None] = {}
+    real = RealPaths()   # each folder resolved once: a resolve() per file dominated rescanning a library
+    inside = real(root)
+    inside = inside if inside.endswith(os.sep) else inside + os.sep
+    present: dict[str, float | None] = {}
     for ef in expected:
-        path = Path(ef.path)
-        try:
-            resolved = path.resolve()
-            size = os.stat(resolved).st_size
-        except OSError:
+        resolved, st = real.with_stat(ef.path)
+        if st is None:
             continue  # missing: verify reports it
+        size = st.st_size
         if resolved in present:
             continue
         present[resolved] = ef.duration
-        if not resolved.is_relative_to(inside):
+        if not resolved.startswith(inside):
             total += size
     if not present or not hours:
         return OnDisk(bytes=total, hours=None, audio_files=len(present))

@@ -6,14 +6,17 @@ array of records (see ARCHITECTURE.md); extra fields are preserved.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import stat
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,12 +71,13 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Record":
-        missing = [k for k in REQUIRED if k not in d or d[k] in (None, "")]
+        get = d.get
+        missing = [k for k in REQUIRED if get(k) in (None, "")]
         if missing:
             ident = d.get("id", "?")
             raise MtxError(f"{where}: record {ident!r} lacks required field(s): {', '.join(missing)}",
                            hint="every record needs id, audio_path, caption and duration")
-        known = set(cls.__dataclass_fields__) - {"extra"}
+        known = _KNOWN_FIELDS
         ident = d["id"]
         if not isinstance(ident, (str, int)) or isinstance(ident, bool):
             raise MtxError(f"{where}: record id {ident!r} is not a string", hint="ids are strings")
@@ -91,26 +95,31 @@ class Record:
             if not isinstance(d[name], str):
                 raise MtxError(f"{where}: record {ident!r} has a non-string {name} ({type(d[name]).__name__})",
                                hint=f"{name} is a string")
+        lists = []
         for name in ("alt_captions", "tags"):
-            value = d.get(name)
+            value = get(name)
             if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
                 raise MtxError(f"{where}: record {ident!r} has {name} that is not a list of strings",
                                hint=f"{name} is a list of strings")
-        split = d.get("split")
+            lists.append([str(v) for v in value] if value else [])
+        split = get("split")
         if split is not None and split not in SPLITS:
             raise MtxError(f"{where}: record {d['id']!r} has split {split!r}", hint="use train, val or test")
+        group = get("group")
         return cls(
-            id=str(d["id"]), audio_path=str(d["audio_path"]), caption=str(d["caption"]), duration=duration,
-            alt_captions=[str(c) for c in d.get("alt_captions") or []],
-            dataset=d.get("dataset"), artist=d.get("artist"), title=d.get("title"),
-            tags=[str(t) for t in d.get("tags") or []], license=d.get("license"), split=split,
-            group=str(d["group"]) if d.get("group") not in (None, "") else None,
+            id=str(ident), audio_path=str(d["audio_path"]), caption=str(d["caption"]), duration=duration,
+            alt_captions=lists[0], dataset=get("dataset"), artist=get("artist"), title=get("title"),
+            tags=lists[1], license=get("license"), split=split,
+            group=str(group) if group not in (None, "") else None,
             extra={k: v for k, v in d.items() if k not in known},
         )
 
     @property
     def captions(self) -> list[str]:
         return [self.caption, *self.alt_captions]
+
+
+_KNOWN_FIELDS = frozenset(Record.__dataclass_fields__) - {"extra"}   # the rest of a record's dict is extra
 
 
 def write_manifest(path: Path, records: Sequence[Record]) -> None:
@@ -121,16 +130,75 @@ def write_manifest(path: Path, records: Sequence[Record]) -> None:
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
     # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
     # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    encode = _line_encoder()
     path = Path(path)
     stored = _path_writer(path)
-    lines = []
-    for r in records:
-        d = r.to_dict()
-        d["audio_path"] = stored(r.audio_path)
-        lines.append(encode(d))
+    with paused_gc():
+        lines = [encode(_row(r, stored)) for r in records]
     body = ",\n".join(lines)
+    del lines
     atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building or writing many records. Records are trees of
+    plain values (no cycles: reference counting frees them); with the collector on, its passes over the
+    growing heap cost as much as parsing 100k rows. Nests; restores the state it found."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _row(r: Record, stored) -> dict[str, Any]:
+    """``r.to_dict()`` with ``audio_path`` as ``stored`` writes it, built without the copies and loops of
+    ``to_dict`` (only encoded, never kept): the same keys in the same order."""
+    out: dict[str, Any] = {"id": r.id, "audio_path": r.audio_path, "caption": r.caption, "duration": r.duration}
+    if r.alt_captions:
+        out["alt_captions"] = r.alt_captions
+    if r.dataset is not None:
+        out["dataset"] = r.dataset
+    if r.artist is not None:
+        out["artist"] = r.artist
+    if r.title is not None:
+        out["title"] = r.title
+    if r.tags:
+        out["tags"] = r.tags
+    if r.license is not None:
+        out["license"] = r.license
+    if r.split is not None:
+        out["split"] = r.split
+    if r.group is not None:
+        out["group"] = r.group
+    if r.extra:
+        out.update(r.extra)
+    out["audio_path"] = stored(r.audio_path)
+    return out
+
+
+def _line_encoder():
+    """One record -> one line of JSON, as ``json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+    .encode`` writes it. ``encode`` builds a new C encoder for every call; on a manifest of 100k records
+    that setup cost more than the encoding, so the C encoder is built once here (without circular
+    checks: a record is a tree of plain values)."""
+    from json import encoder as _json
+
+    plain = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+    if _json.c_make_encoder is None or _json.c_encode_basestring is None:   # no C accelerator (PyPy)
+        return plain.encode
+    chunks = _json.c_make_encoder(None, plain.default, _json.c_encode_basestring, None, ": ", ", ", False, False,
+                                  True)
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):     # the encoder's own shortcut for a top-level string
+            return plain.encode(value)
+        return "".join(chunks(value, 0))
+
+    return encode
 
 
 def _path_writer(manifest: Path):
@@ -160,17 +228,88 @@ def _stored_path(audio_path: str, manifest: Path) -> str:
 
 def _resolved_path(audio_path: str, manifest: Path) -> str:
     """A relative ``audio_path`` is relative to the manifest's folder (written so, or by hand)."""
-    p = Path(audio_path).expanduser()
-    return str(p) if p.is_absolute() else os.path.normpath(manifest.parent.resolve() / p)
+    return _path_reader(manifest)(audio_path)
 
 
-def state_relative(path: Path | str, root: Path) -> str:
+def _path_reader(manifest: Path):
+    """``audio_path`` as written in ``manifest`` -> the path it names: ``~`` expanded, a relative path
+    joined to the manifest's folder and normalised, an absolute one as ``str(Path(...))`` spells it.
+    The folder is resolved once, not per record (a ``resolve()`` per record dominated reading
+    large manifests), and a path already in its normal spelling is returned as is."""
+    folder = str(manifest.parent.resolve())
+
+    def resolved(audio_path: str) -> str:
+        if audio_path.startswith("~"):
+            p = Path(audio_path).expanduser()
+            return str(p) if p.is_absolute() else os.path.normpath(os.path.join(folder, p))
+        if not audio_path.startswith("/"):
+            return os.path.normpath(os.path.join(folder, audio_path))
+        if "//" in audio_path or "/./" in audio_path or audio_path.endswith(("/", "/.")):
+            return str(Path(audio_path))     # pathlib's own spelling of an unusual absolute path
+        return audio_path
+
+    return resolved
+
+
+class RealPaths:
+    """``str(Path(p).resolve())`` for many paths of one batch of work: each folder is resolved once, and a
+    file costs one ``lstat`` (a symlinked file, or an odd last part, is resolved in full). A resolve per
+    file of a 20,000-track library (an ``lstat`` per path component each) dominated a sync that had
+    nothing to do. Make a new one per batch: links changed after a folder was resolved are not seen."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path | str) -> str:
+        return self.with_stat(path)[0]
+
+    def with_stat(self, path: Path | str) -> tuple[str, os.stat_result | None]:
+        """The resolved path and ``os.stat`` of it (None: not there), from the one ``lstat`` of a plain file."""
+        p = os.fspath(path)
+        folder, name = os.path.split(p)
+        try:
+            st = None if name in ("", ".", "..") else os.lstat(p)
+        except OSError:
+            return os.path.join(self._folder(folder), name), None   # not there: realpath keeps the name too
+        if st is None or stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(p)
+            try:
+                return real, os.stat(real)
+            except OSError:
+                return real, None
+        return os.path.join(self._folder(folder), name), st
+
+    def _folder(self, folder: str) -> str:
+        real = self._folders.get(folder)
+        if real is None:
+            # The same rule one level up, so a library of many small album folders resolves each
+            # artist folder once too.
+            parent, name = os.path.split(folder)
+            if name in ("", ".", "..") or not parent:
+                real = os.path.realpath(folder or os.curdir)
+            else:
+                try:
+                    link = stat.S_ISLNK(os.lstat(folder).st_mode)
+                except OSError:
+                    link = False
+                real = os.path.realpath(folder) if link else os.path.join(self._folder(parent), name)
+            self._folders[folder] = real
+        return real
+
+
+def state_relative(path: Path | str, root: Path, real: RealPaths | None = None) -> str:
     """A path as a record inside the state dir stores it: relative to the state dir when inside it
-    (a moved state dir keeps working), absolute otherwise (your own music stays where it is)."""
+    (a moved state dir keeps working), absolute otherwise (your own music stays where it is).
+    ``real``: a :class:`RealPaths` shared by the calls of one loop (each folder resolved once)."""
+    real = real or RealPaths()
     try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        resolved, base = real(path), real(root)
     except (ValueError, OSError):
         return str(path)
+    if resolved == base:
+        return "."
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    return resolved[len(prefix):].replace(os.sep, "/") if resolved.startswith(prefix) else str(path)
 
 
 def from_state_dir(path: str, root: Path) -> str:
@@ -192,9 +331,11 @@ def read_manifest(path: Path) -> list[Record]:
                        hint="regenerate it with `mtx unify --force`")
     if not data:
         raise MtxError(f"manifest {path} is empty", hint="regenerate it with `mtx unify --force`")
-    records = [Record.from_dict(d, where=path.name) for d in data]
-    for r in records:
-        r.audio_path = _resolved_path(r.audio_path, path)
+    with paused_gc():
+        records = [Record.from_dict(d, where=path.name) for d in data]
+        resolved = _path_reader(path)
+        for r in records:
+            r.audio_path = resolved(r.audio_path)
     ids = set()
     for r in records:
         if r.id in ids:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MtxError
-from .manifest import (CONTENT_HASH, Record, content_hash, diff_manifests, from_state_dir, read_manifest,
+from .manifest import (CONTENT_HASH, RealPaths, Record, content_hash, diff_manifests, from_state_dir, read_manifest,
                        state_relative)
 from .names import LIBRARY_MANIFEST
 from .progress import NullProgress, Progress
@@ -151,9 +151,10 @@ def _last_synced(state: StateDir, manifest: str) -> list[Record] | None:
 
 
 def _remember(state: StateDir, manifest: str, records: list[Record]) -> None:
+    real = RealPaths()   # each folder resolved once, not every file
     atomic_write_json(_snapshot_path(state, manifest),
-                      {"tracks": {r.id: [content_hash(r), state_relative(r.audio_path, state.root)] for r in records}},
-                      indent=None)
+                      {"tracks": {r.id: [content_hash(r), state_relative(r.audio_path, state.root, real)]
+                                  for r in records}}, indent=None)
 
 
 def _scan(state: StateDir, path: Path, cfg: SyncConfig, progress: Progress):

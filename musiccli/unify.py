@@ -25,8 +25,8 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import (Record, from_state_dir, state_relative, SplitSummary, assign_splits, diff_manifests, read_manifest, sample_records, split_counts,
-                       write_manifest)
+from .manifest import (Record, from_state_dir, state_relative, SplitSummary, assign_splits, diff_manifests, paused_gc,
+                       read_manifest, sample_records, split_counts, write_manifest)
 from .progress import NullProgress, Progress
 from .sources import source_names
 from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
@@ -138,7 +138,7 @@ def filter_records(records: Sequence[Record], min_duration: float | None, max_du
     out = Filtered(records=[])
     rejected = rejected or {}
     for r in records:
-        why = rejected.get(os.path.normpath(r.audio_path))
+        why = rejected.get(os.path.normpath(r.audio_path)) if rejected else None
         if why is not None:
             out.failed_verify += 1
             if len(out.failed_verify_examples) < MISSING_EXAMPLES:
@@ -254,6 +254,8 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
 
 def _under_root(audio_path: str, root: Path) -> str:
     """``audio_path`` relative to the state dir when it lies inside it, else unchanged."""
+    if not audio_path.startswith(str(root)):
+        return audio_path   # cheap: a library outside the state dir is most records of a sync
     try:
         return Path(audio_path).relative_to(root).as_posix()
     except ValueError:
@@ -371,7 +373,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
 
     log.info("unifying %s into manifest %r", ", ".join(names), cfg.name)
     parsed: list[Record] = []
-    with progress.task("Parsing sources", total=len(names), unit="sources") as task:
+    # Parsing and sampling build hundreds of thousands of small acyclic objects: the cyclic collector's
+    # passes over them are pure overhead (see manifest.paused_gc).
+    with progress.task("Parsing sources", total=len(names), unit="sources") as task, paused_gc():
         for i, name in enumerate(names):
             parsed.extend(_parse_source(state, name, identities[name], use_cache=True, write_cache=not cfg.dry_run))
             if run is not None:
@@ -385,7 +389,8 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         from .caption_file import merge_caption_file
 
         merged = asdict(merge_caption_file(parsed, captions_file))
-    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
+    with paused_gc():
+        filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
     if filtered.failed_verify:
         log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
                     "are left out, e.g. %s", filtered.failed_verify, filtered.failed_verify_examples[0])
@@ -396,8 +401,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
-    chosen, splits = select_and_split(filtered.records, cfg,
-                                      {r.id: r.split for r in previous if r.split} if previous else None)
+    with paused_gc():
+        chosen, splits = select_and_split(filtered.records, cfg,
+                                          {r.id: r.split for r in previous if r.split} if previous else None)
     llm = None
     if cfg.captions == "llm" and not cfg.dry_run:
         llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
@@ -483,10 +489,11 @@ def _check_unique(records: Sequence[Record]) -> None:
 def build_manifest(records_by_source: dict[str, list[Record]], cfg: UnifyConfig,
                    check_audio: bool = True) -> tuple[list[Record], Filtered]:
     """The in-memory part of unify (prefix -> filter -> sample -> split), for library use and benchmarks."""
-    parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
-    _check_unique(parsed)
-    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
-    return select_and_split(filtered.records, cfg)[0], filtered
+    with paused_gc():
+        parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
+        _check_unique(parsed)
+        filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
+        return select_and_split(filtered.records, cfg)[0], filtered
 
 
 __all__ = ["UnifyConfig", "UnifyResult", "CompositionRow", "run_unify", "build_manifest"]

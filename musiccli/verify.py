@@ -28,11 +28,12 @@ import numpy as np
 from .audio import AudioError, stream_blocks
 from .datasets import dataset_identity, resolve_source
 from .errors import MtxError
-from .manifest import from_state_dir, state_relative
+from .manifest import RealPaths, from_state_dir, state_relative
 from .progress import NullProgress, Progress
 from .sources.base import ExpectedFile
+from .sources.ledger import read_jsonl
 from .state import (Resume, StateDir, SystemicError, append_jsonl, begin_stage, config_hash, is_systemic,
-                    iter_jsonl, stage_function)
+                    stage_function)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def results_path(root: Path, identity_key: str) -> Path:
 
 
 def _load_results(path: Path) -> dict[str, dict[str, Any]]:
-    return {d["id"]: d for d in iter_jsonl(path) if "id" in d}
+    return {d["id"]: d for d in read_jsonl(path) if "id" in d}   # one JSON call per file (ledger.read_jsonl)
 
 
 @stage_function
@@ -224,6 +225,7 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     if run.already_complete:
         return _report_from_result(run.record.result, cfg.min_success)
     start = time.monotonic()
+    carried = None
     if not run.resumed:
         # A fresh run never mixes in verdicts from an older dataset, except for files it can tell are
         # the very same (path, size and mtime): a rescanned library checks only what changed.
@@ -232,9 +234,11 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
             if old != out_path:
                 old.unlink(missing_ok=True)
         if carried:
-            log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", carried)
-    done = _load_results(out_path)
+            log.info("%d file(s) are unchanged since the last verify; their verdicts are kept", len(carried))
+    # The verdicts just carried over are what the new file holds: not read back from it.
+    done = {r["id"]: r for r in carried} if carried is not None else _load_results(out_path)
     todo = [ef for ef in expected if ef.id not in done]
+    real = RealPaths()
     log.info("verifying %d %s files (%d already checked)", len(expected), source.info.name, len(done))
     with progress.task(f"Verifying {source.info.name}", total=len(expected), unit="files",
                        completed=len(expected) - len(todo)) as task, \
@@ -242,8 +246,8 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
         for i in range(0, len(todo), BATCH):
             batch = todo[i:i + BATCH]
             outcomes = list(pool.map(lambda ef: check_file(ef, cfg.duration_tolerance), batch))
-            rows = [{"id": ef.id, "path": state_relative(ef.path, state.root), "problem": p, "detail": d,
-                     "stat": _stamp(Path(ef.path))} for ef, (p, d) in zip(batch, outcomes)]
+            rows = [{"id": ef.id, "path": state_relative(ef.path, state.root, real), "problem": p, "detail": d,
+                     "stat": _stamp(ef.path)} for ef, (p, d) in zip(batch, outcomes)]
             _check_systemic(rows)
             append_jsonl(out_path, rows)  # the batch is committed before progress moves
             done.update({r["id"]: r for r in rows})
@@ -257,32 +261,36 @@ def run_verify(state: StateDir, cfg: VerifyConfig, progress: Progress | None = N
     return report
 
 
-def _stamp(path: Path) -> list[int] | None:
+def _stamp(path: Path | str) -> list[int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
 
 
-def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile], state_root: Path) -> int:
+def _carry_over(root: Path, out_path: Path, expected: list[ExpectedFile],
+                state_root: Path) -> list[dict[str, Any]] | None:
     """Copy into ``out_path`` the newest earlier verdicts of files unchanged since (same id, path, size,
-    mtime); return how many. A verdict without a stamp (an older verify) is not carried."""
+    mtime); return them (None: ``out_path`` was there already, and was left alone). A verdict without a
+    stamp (an older verify) is not carried."""
+    if out_path.exists():
+        return None
     earlier = sorted((p for p in root.glob("verify-*.jsonl") if p != out_path), key=lambda p: p.stat().st_mtime)
-    if not earlier or out_path.exists():
-        return 0
+    if not earlier:
+        return []
     old = _load_results(earlier[-1])
     rows = []
     for ef in expected:
         row = old.get(ef.id)
         if row is None or row.get("stat") is None:
             continue
-        if from_state_dir(str(row.get("path", "")), state_root) == os.path.normpath(str(ef.path)) \
-                and row["stat"] == _stamp(Path(ef.path)):
+        if from_state_dir(str(row.get("path", "")), state_root) == os.path.normpath(ef.path) \
+                and row["stat"] == _stamp(ef.path):
             rows.append(row)
     for i in range(0, len(rows), 4096):
         append_jsonl(out_path, rows[i:i + 4096])
-    return len(rows)
+    return rows
 
 
 def _check_systemic(rows: list[dict[str, Any]]) -> None:

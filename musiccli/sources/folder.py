@@ -36,9 +36,9 @@ from ..audio import AUDIO_EXTENSIONS
 from ..errors import MtxError
 from ..manifest import CONTENT_HASH, Record, file_content_hash
 from ..progress import Progress
-from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, iter_jsonl, read_json
+from ..state import TMP_PREFIX, append_jsonl, atomic_write_json, read_json
 from .base import DownloadConfig, ExpectedFile, Source, SourceInfo, register
-from .ledger import Ledger, end_torn_line
+from .ledger import REMOVED, Ledger, LedgerEntry, end_torn_line, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class ScanReport:
 def live_index(root: Path) -> dict[str, dict[str, Any]]:
     """The index's current entry per id (the last line wins; a removed file's tombstone drops it)."""
     out: dict[str, dict[str, Any]] = {}
-    for d in iter_jsonl(Path(root) / INDEX_NAME):
+    for d in read_jsonl(Path(root) / INDEX_NAME):   # decoded in one call (see ledger.read_jsonl)
         if "id" not in d:
             continue
         if d.get("removed"):
@@ -316,9 +316,9 @@ def live_index(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path | str) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
@@ -340,9 +340,18 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
     present = set(files)
     report = ScanReport()
     fresh: list[tuple[str, tuple[int, int] | None]] = []
+    # The index as this scan leaves it (id -> path), kept up to date here instead of read back at the end.
+    now_rel = {fid: d["rel"] for fid, d in live.items()}
+
+    def scan_one(rel: str, fid: str, digest: str | None) -> bool:
+        ok = _scan_one(music, rel, fid, index, ledger, digest)
+        if ok:   # its index line now names the file under ``fid`` (a failure writes no index line)
+            now_rel[fid] = rel
+        return ok
+
     with progress.task("Scanning", total=len(files), unit="files") as task:
         for rel in files:
-            st = _stat(music / rel)
+            st = _stat(os.path.join(music, rel))   # no Path per file: most files are unchanged
             info = by_rel.get(rel)
             if info is not None and st is not None and [info.get("size"), info.get("mtime_ns")] == list(st):
                 report.unchanged += 1
@@ -355,7 +364,7 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
                     # indexed before content hashes: record it, nothing known changed
                     append_jsonl(index, [{**info, "size": st[0], "mtime_ns": st[1], CONTENT_HASH: digest}])
                     report.unchanged += 1
-                elif _scan_one(music, rel, info["id"], index, ledger, digest):
+                elif scan_one(rel, info["id"], digest):
                     report.changed += 1
                 else:
                     report.failed += 1
@@ -370,28 +379,30 @@ def rescan(music: Path, root: Path, files: list[str], ledger: Ledger, progress: 
             digest = _hash(music / rel)
             moved = gone.pop(digest, None) if digest is not None else None
             if moved is not None:
-                ok = _scan_one(music, rel, moved["id"], index, ledger, digest)
+                ok = scan_one(rel, moved["id"], digest)
                 report.moved += ok
             else:
                 fid = file_id(rel)
                 if fid in taken and live.get(fid, {}).get("rel") != rel:
                     fid = file_id(f"{rel}#{digest}")   # its path's id is held by a file moved away from it
-                ok = _scan_one(music, rel, fid, index, ledger, digest)
+                ok = scan_one(rel, fid, digest)
                 report.added += ok
                 taken.add(fid)
             report.failed += not ok
             task.advance(1)
             progress.check_interrupt()
-    kept = {d["id"] for d in live_index(root).values() if d["rel"] in present}
-    for rel, d in sorted(by_rel.items()):
-        if rel not in present and d["id"] not in kept:
-            append_jsonl(index, [{"id": d["id"], "rel": rel, "removed": True}])
-            ledger.removed(d["id"])
-            report.removed += 1
+    kept = {fid for fid, rel in now_rel.items() if rel in present}
+    gone_ids = [(rel, d["id"]) for rel, d in sorted(by_rel.items()) if rel not in present and d["id"] not in kept]
+    if gone_ids:
+        # All tombstones in one append each (index first, then the ledger, as for one file): a file
+        # at a time cost two fsyncs per removed file.
+        append_jsonl(index, [{"id": fid, "rel": rel, "removed": True} for rel, fid in gone_ids])
+        ledger.record_many([LedgerEntry(id=fid, status=REMOVED) for _, fid in gone_ids])
+        report.removed += len(gone_ids)
     wanted = {file_id(rel) for rel in present}
-    for e in ledger.failures():   # a broken file that is gone is no longer a failure of this library
-        if e.id not in wanted and e.id not in kept:
-            ledger.removed(e.id)
+    stale = [e.id for e in ledger.failures() if e.id not in wanted and e.id not in kept]
+    if stale:   # a broken file that is gone is no longer a failure of this library
+        ledger.record_many([LedgerEntry(id=fid, status=REMOVED) for fid in stale])
     return report
 
 
