@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -144,42 +145,42 @@ DANCE_FORMS = frozenset({"reel", "jig", "hornpipe", "strathspey", "waltz", "polk
 SACRED_FORMS = frozenset({"chorale", "mass", "motet", "hymn"})
 
 COLLECTIONS: tuple[Collection, ...] = (
-    Collection("bach", "Johann Sebastian Bach", "baroque", "chorale", ("organ", "choir"), ("bach/bwv*.mxl",), 26,
+    Collection("bach", "Johann Sebastian Bach", "baroque", "chorale", ("organ", "choir"), ("bach/bwv*.mxl",), 16,
                album="Four-part Chorales", qpm=66.0),
     Collection("palestrina", "Giovanni Pierluigi da Palestrina", "renaissance", "mass", "choir",
-               ("palestrina/*.krn",), 18, album="Masses", qpm=132.0),
+               ("palestrina/*.krn",), 12, album="Masses", qpm=132.0),
     Collection("monteverdi", "Claudio Monteverdi", "renaissance", "madrigal", "choir",
-               ("monteverdi/madrigal.*.mxl",), 16, qpm=120.0),
-    Collection("josquin", "Josquin des Prez", "renaissance", "chanson", "choir", ("josquin/*.abc",), 8,
+               ("monteverdi/madrigal.*.mxl",), 10, qpm=120.0),
+    Collection("josquin", "Josquin des Prez", "renaissance", "chanson", "choir", ("josquin/*.abc",), 6,
                album="Chansons and Motets", qpm=120.0),
     Collection("lusitano", "Vicente Lusitano", "renaissance", "madrigal", "choir", ("lusitano/*.mxl",), 1,
                album="Madrigals", excerpts_per_piece=2, qpm=120.0),
     Collection("ciconia", "Johannes Ciconia", "medieval", "ballata", "medieval", ("trecento/*.xml", "ciconia/*.xml"),
-               10, album="Trecento", composer_filter="Johannes Ciconia", qpm=120.0),
-    Collection("jacopo", "Jacopo da Bologna", "medieval", "madrigal", "medieval", ("trecento/*.xml",), 6,
+               8, album="Trecento", composer_filter="Johannes Ciconia", qpm=120.0),
+    Collection("jacopo", "Jacopo da Bologna", "medieval", "madrigal", "medieval", ("trecento/*.xml",), 5,
                album="Trecento", composer_filter="Jacopo da Bologna", qpm=120.0),
     Collection("landini", "Francesco Landini", "medieval", "ballata", "medieval", ("trecento/*.xml",), 4,
                album="Trecento", composer_filter="Francesco Landini", qpm=120.0),
-    Collection("vitry", "Philippe de Vitry", "medieval", "motet", "medieval", ("trecento/*.xml",), 4,
+    Collection("vitry", "Philippe de Vitry", "medieval", "motet", "medieval", ("trecento/*.xml",), 3,
                album="Ars Nova Motets", composer_filter="Philippe de Vitry", qpm=120.0),
     Collection("corelli", "Arcangelo Corelli", "baroque", "sonata", "baroque trio", ("corelli/opus3no1/*.xml",), 1,
                album="Op. 3", excerpts_per_piece=2, qpm=60.0),
     Collection("handel", "George Frideric Handel", "baroque", "aria", "aria", ("handel/rinaldo/*.mxl",), 1,
                album="Rinaldo", excerpts_per_piece=3, qpm=60.0, extra_genres=("opera",)),
-    Collection("haydn", "Joseph Haydn", "classical", "quartet", "string quartet", ("haydn/*/movement*.mxl",), 9,
+    Collection("haydn", "Joseph Haydn", "classical", "quartet", "string quartet", ("haydn/*/movement*.mxl",), 6,
                excerpts_per_piece=2, qpm=120.0),
     Collection("mozart", "Wolfgang Amadeus Mozart", "classical", "quartet", "string quartet",
-               ("mozart/k*/movement*.mxl",), 15, excerpts_per_piece=1, qpm=120.0),
+               ("mozart/k*/movement*.mxl",), 10, excerpts_per_piece=1, qpm=120.0),
     Collection("mozart-piano", "Wolfgang Amadeus Mozart", "classical", "sonata", "piano",
                ("mozart/k545/*.mxl",), 1, album="Piano Sonata K. 545", excerpts_per_piece=2, qpm=130.0),
     Collection("beethoven", "Ludwig van Beethoven", "classical", "quartet", "string quartet",
-               ("beethoven/opus*.mxl", "beethoven/opus*/movement*.mxl"), 14, excerpts_per_piece=1, qpm=120.0),
+               ("beethoven/opus*.mxl", "beethoven/opus*/movement*.mxl"), 10, excerpts_per_piece=1, qpm=120.0),
     Collection("weber", "Carl Maria von Weber", "romantic", "concertino", "clarinet and piano", ("weber/*.mxl",), 1,
                album="Clarinet Concertino", excerpts_per_piece=3, qpm=100.0),
     Collection("schubert", "Franz Schubert", "romantic", "lied", "voice and piano", ("schubert/*.xml",), 1,
                album="Winterreise", excerpts_per_piece=3, qpm=90.0),
     Collection("schumann", "Robert Schumann", "romantic", "quartet", "string quartet",
-               ("schumann_robert/opus41no1/*.mxl",), 5, album="String Quartet Op. 41 No. 1", qpm=120.0),
+               ("schumann_robert/opus41no1/*.mxl",), 4, album="String Quartet Op. 41 No. 1", qpm=120.0),
     Collection("schumann-lied", "Robert Schumann", "romantic", "lied", "voice and piano",
                ("schumann_robert/opus48no2.mxl",), 1, album="Dichterliebe", excerpts_per_piece=1, qpm=70.0),
     Collection("clara", "Clara Schumann", "romantic", "polonaise", "piano", ("schumann_clara/polonaise_*.mxl",), 4,
@@ -200,23 +201,34 @@ COLLECTIONS: tuple[Collection, ...] = (
                album="Maple Leaf Rag", excerpts_per_piece=3, qpm=100.0),
     Collection("schoenberg", "Arnold Schoenberg", "modern", "piano piece", "piano", ("schoenberg/opus19/*.mxl",), 2,
                album="Sechs kleine Klavierstücke Op. 19", qpm=60.0),
-    Collection("ryan", "Ryan's Mammoth Collection", "folk", "abc", "fiddle", ("ryansMammoth/*.abc",), 26,
+    Collection("ryan", "Ryan's Mammoth Collection", "folk", "abc", "fiddle", ("ryansMammoth/*.abc",), 16,
                album="Ryan's Mammoth Collection", extra_genres=("american",)),
-    Collection("oneill", "O'Neill's Music of Ireland", "folk", "abc", "flute", ("oneills1850/*.abc",), 20,
+    Collection("oneill", "O'Neill's Music of Ireland", "folk", "abc", "flute", ("oneills1850/*.abc",), 12,
                album="The Dance Music of Ireland (1850)", extra_genres=("irish",), abc_tunes=1),
     Collection("nottingham", "Nottingham Music Database", "folk", "reel", "accordion",
-               ("nottingham-dataset/*.abc",), 14, album="Reels", extra_genres=("english",), abc_tunes=14),
-    Collection("aird", "Aird's Airs", "folk", "air", "harp", ("airdsAirs/*.abc",), 12,
+               ("nottingham-dataset/*.abc",), 10, album="Reels", extra_genres=("english",), abc_tunes=10),
+    Collection("aird", "Aird's Airs", "folk", "air", "harp", ("airdsAirs/*.abc",), 8,
                album="Aird's Selection of Scotch, English, Irish and Foreign Airs", extra_genres=("scottish",),
                abc_tunes=2),
-    Collection("essen", "Essen Folksong Collection", "folk", "folk song", "recorder", ("essenFolksong/*.abc",), 16,
-               extra_genres=("german",)),
     Collection("northumbrian", "Northumbrian Minstrelsy", "folk", "abc", "bagpipe",
-               ("miscFolk/northumbrian*.abc",), 8, album="Northumbrian Minstrelsy", extra_genres=("english",),
-               abc_tunes=8),
-    Collection("fife", "The American Fifer", "folk", "abc", "piccolo", ("miscFolk/americanfife*.abc",), 8,
-               album="American Fife Tunes", extra_genres=("american",), abc_tunes=8),
+               ("miscFolk/northumbrian*.abc",), 6, album="Northumbrian Minstrelsy", extra_genres=("english",),
+               abc_tunes=6),
+    Collection("fife", "The American Fifer", "folk", "abc", "piccolo", ("miscFolk/americanfife*.abc",), 6,
+               album="American Fife Tunes", extra_genres=("american",), abc_tunes=6),
 )
+
+
+# The Essen Folksong Collection gathers songbooks of different collectors and regions; each is its own
+# "artist" (its file prefix in the music21 corpus), as the songs of one songbook share their source.
+ESSEN_SOURCES = {"altdeu": "Altdeutsche Volkslieder", "ballad": "Deutsche Balladen", "boehme": "Franz Magnus Boehme",
+                 "erk": "Ludwig Erk", "fink": "Gottfried Wilhelm Fink", "han": "Hannover", "kinder": "Kinderlieder",
+                 "zuccal": "Anton Wilhelm von Zuccalmaglio", "dva": "Deutsches Volksliedarchiv", "lot": "Lothringen",
+                 "lux": "Luxemburg"}
+COLLECTIONS = COLLECTIONS + tuple(
+    Collection(f"essen-{prefix}", f"Essen Folksong Collection: {name}", "folk", "folk song", "recorder",
+               (f"essenFolksong/{prefix}*.abc",), 4, album="Essen Folksong Collection",
+               extra_genres=("german",), abc_tunes=4)
+    for prefix, name in ESSEN_SOURCES.items())
 
 
 # --------------------------------------------------------------------------- tags
@@ -439,8 +451,6 @@ def _album_of(c: Collection, rel: str) -> str:
     if c.key == "monteverdi":
         m = re.match(r"madrigal\.(\d+)\.", parts[-1])
         return f"Madrigals, Book {m.group(1)}" if m else "Madrigals"
-    if c.key == "essen":
-        return "Essen: " + re.sub(r"\d+$", "", Path(parts[-1]).stem)
     opus = parts[1] if len(parts) > 2 else Path(parts[-1]).stem
     m = re.match(r"(opus|k)(\d+)(?:no(\d+))?", opus)
     if m:
@@ -476,8 +486,29 @@ def _composer_of(path: Path) -> str:
     return " ".join(m.group(1).split()) if m else ""
 
 
-def iter_pieces(c: Collection) -> Iterator[Piece]:
+def _abc_tunes(path: Path, key: str, n: int) -> Iterator[tuple[int, Any, str | None]]:
+    """Up to ``n`` seeded tunes of an ABC file as (number, score, R: field): each tune is parsed on its
+    own (a songbook of 500 tunes parses in a second, not minutes), a tune music21 cannot read is passed."""
     from music21 import converter, stream
+
+    blocks = re.split(r"(?m)^(?=X:)", path.read_text(errors="replace"))[1:]
+    made = 0
+    for i in sorted(range(len(blocks)), key=lambda i: stable_int(key, path.name, i)):
+        if made >= n:
+            return
+        try:
+            parsed = converter.parse(blocks[i], format="abc")
+        except Exception as e:  # music21 raises many kinds on a tune it cannot read
+            log.warning("skip %s tune %d: %s", path.name, i, e)
+            continue
+        score = parsed.scores[0] if isinstance(parsed, stream.Opus) else parsed
+        rhythm = re.search(r"(?m)^R:(.*)$", blocks[i])
+        made += 1
+        yield i, score, rhythm.group(1).strip() if rhythm else None
+
+
+def iter_pieces(c: Collection) -> Iterator[Piece]:
+    from music21 import converter
 
     root = _corpus_root()
     paths = sorted({p for g in c.paths for p in root.glob(g)})
@@ -485,43 +516,30 @@ def iter_pieces(c: Collection) -> Iterator[Piece]:
         paths = [p for p in paths if _composer_of(p).startswith(c.composer_filter)]
     ensembles = c.ensemble if isinstance(c.ensemble, tuple) else (c.ensemble,)
     made = 0
-    picked = _pick(paths, len(paths), c.key)
-    for path in picked:
+    for path in _pick(paths, len(paths), c.key):
         if made >= c.max_pieces:
             return
         rel = path.relative_to(root).as_posix()
-        try:
-            parsed = converter.parse(str(path))
-        except Exception as e:  # music21 raises many kinds on a score it cannot read
-            log.warning("skip %s: %s", rel, e)
-            continue
-        scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
-        if len(scores) > 1:
-            scores = [scores[i] for i in sorted(range(len(scores)), key=lambda i: stable_int(c.key, rel, i))]
-        for number, score in enumerate(scores[:c.abc_tunes]):
+        if path.suffix == ".abc":
+            tunes = _abc_tunes(path, c.key, c.abc_tunes)
+        else:
+            try:
+                tunes = iter([(0, converter.parse(str(path)), None)])
+            except Exception as e:  # music21 raises many kinds on a score it cannot read
+                log.warning("skip %s: %s", rel, e)
+                continue
+        for number, score, rhythm in tunes:
             if made >= c.max_pieces:
                 return
             album = _album_of(c, rel)
             title = _title_of(score, rel, album)
             form = c.form
             if form == "abc":
-                form = abc_form(_abc_rhythm(path, score), title) or "folk tune"
+                form = abc_form(rhythm, title) or "folk tune"
             ensemble = ensembles[made % len(ensembles)]
-            source = rel if len(scores) == 1 else f"{rel}#{number}"
+            source = f"{rel}#{number}" if path.suffix == ".abc" else rel
             made += 1
             yield Piece(c.key, source, title, album, form, ensemble, score)
-
-
-def _abc_rhythm(path: Path, score: Any) -> str | None:
-    """The R: field of the tune whose T: is the score's title (music21 keeps no R: in metadata)."""
-    title = score.metadata.title if score.metadata is not None else None
-    text = path.read_text(errors="replace")
-    for block in re.split(r"\n(?=X:)", text):
-        t = re.search(r"^T:(.*)$", block, flags=re.M)
-        r = re.search(r"^R:(.*)$", block, flags=re.M)
-        if t and r and (title is None or t.group(1).strip() == str(title).strip()):
-            return r.group(1).strip()
-    return None
 
 
 def score_tempo(score: Any, default: float) -> float:
@@ -613,52 +631,67 @@ class Excerpt:
     tags: dict[str, Any]
 
 
-def build(out: Path, soundfont: str, only: Sequence[str] = (), limit: int | None = None) -> list[Excerpt]:
-    out.mkdir(parents=True, exist_ok=True)
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def build_collection(c: Collection, out: Path, soundfont: str) -> list[Excerpt]:
+    """Render, cut, encode and tag one collection's excerpts under ``out``."""
     import soundfile as sf
 
     built: list[Excerpt] = []
+    for piece in iter_pieces(c):
+        with tempfile.TemporaryDirectory() as tmp:
+            midi, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
+            # Folk tunes are played at their dance's tempo; art music at its own mark, else the default.
+            qpm = ABC_FORMS.get(piece.form, c.qpm) if c.era == "folk" else score_tempo(piece.score, c.qpm)
+            try:
+                programs, onsets = prepare_midi(piece, qpm, midi, 31.0 * c.excerpts_per_piece + 15.0)
+                render_midi(midi, wav, soundfont)
+            except Exception as e:  # one bad score must not stop the library
+                log.warning("skip %s: %s", piece.source, e)
+                continue
+            audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+        # MIDI time 0 is score offset 0, so audio seconds and onset seconds agree; skip a silent start.
+        windows = excerpt_windows(len(audio) / sr, piece.source, c.excerpts_per_piece,
+                                  lead_in=max(0.5, leading_silence(audio, sr)))
+        for i, (s, e) in enumerate(windows):
+            key = f"{piece.source}@{i}"
+            tempo = tempo_words(onsets, s, e)
+            title = piece.title if len(windows) == 1 else f"{piece.title} ({i + 1})"
+            tags = excerpt_tags(c, form=piece.form, ensemble=piece.ensemble, tempo=tempo, title=title,
+                                album=piece.album)
+            folder = out / safe_name(c.artist) / safe_name(piece.album)
+            folder.mkdir(parents=True, exist_ok=True)
+            number = sum(1 for x in built if Path(x.path).parent == folder.relative_to(out)) + 1
+            path = folder / f"{number:02d} {safe_name(title)}.{file_format(key)}"
+            write_audio(path, cut_excerpt(audio, sr, s, e), sr)
+            write_tags(path, tags)
+            built.append(Excerpt(path.relative_to(out).as_posix(), key, round(s, 2), round(e, 2), qpm,
+                                 programs, asdict(tags)))
+            log.info("%s: %s %s", c.key, path.relative_to(out), tags.genres + tags.moods)
+    return built
+
+
+def build(out: Path, soundfont: str, only: Sequence[str] = ()) -> list[Excerpt]:
+    """Build every collection (or ``only`` these) that ``out/.build/<key>.json`` does not mark done,
+    then write ``out/library.json`` over all finished ones. Collections are independent, so several
+    processes with different ``--only`` lists build one library in parallel."""
+    done_dir = out / ".build"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    unknown = set(only) - {c.key for c in COLLECTIONS}
+    if unknown:
+        raise SystemExit(f"unknown collections: {sorted(unknown)}")
     for c in COLLECTIONS:
-        if only and c.key not in only:
+        marker = done_dir / f"{c.key}.json"
+        if (only and c.key not in only) or marker.exists():
             continue
-        n_before = len(built)
-        for piece in iter_pieces(c):
-            with tempfile.TemporaryDirectory() as tmp:
-                midi, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
-                # Folk tunes are played at their dance's tempo; art music at its own mark, else the default.
-                qpm = ABC_FORMS.get(piece.form, c.qpm) if c.era == "folk" else score_tempo(piece.score, c.qpm)
-                try:
-                    programs, onsets = prepare_midi(piece, qpm, midi, 31.0 * c.excerpts_per_piece + 15.0)
-                    render_midi(midi, wav, soundfont)
-                except Exception as e:  # one bad score must not stop the library
-                    log.warning("skip %s: %s", piece.source, e)
-                    continue
-                audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
-            # MIDI time 0 is score offset 0, so audio seconds and onset seconds agree; skip a silent start.
-            windows = excerpt_windows(len(audio) / sr, piece.source, c.excerpts_per_piece,
-                                      lead_in=max(0.5, leading_silence(audio, sr)))
-            for i, (s, e) in enumerate(windows):
-                key = f"{piece.source}@{i}"
-                tempo = tempo_words(onsets, s, e)
-                title = piece.title if len(windows) == 1 else f"{piece.title} ({i + 1})"
-                tags = excerpt_tags(c, form=piece.form, ensemble=piece.ensemble, tempo=tempo, title=title,
-                                    album=piece.album)
-                ext = file_format(key)
-                folder = out / safe_name(c.artist) / safe_name(piece.album)
-                folder.mkdir(parents=True, exist_ok=True)
-                number = sum(1 for x in built if Path(x.path).parent == folder.relative_to(out)) + 1
-                path = folder / f"{number:02d} {safe_name(title)}.{ext}"
-                write_audio(path, cut_excerpt(audio, sr, s, e), sr)
-                write_tags(path, tags)
-                built.append(Excerpt(path.relative_to(out).as_posix(), key, round(s, 2), round(e, 2), qpm,
-                                     programs, asdict(tags)))
-                log.info("%s: %s %s", c.key, path.relative_to(out), tags.genres + tags.moods)
-            if limit and len(built) - n_before >= limit:
-                break
-    manifest = out / "library.json"
-    tmp = manifest.with_name(".library.json.tmp")
-    tmp.write_text(json.dumps([asdict(x) for x in built], indent=1))
-    os.replace(tmp, manifest)
+        _write_json(marker, [asdict(x) for x in build_collection(c, out, soundfont)])   # written last
+    built = [Excerpt(**x) for c in COLLECTIONS if (done_dir / f"{c.key}.json").exists()
+             for x in json.loads((done_dir / f"{c.key}.json").read_text())]
+    _write_json(out / "library.json", [asdict(x) for x in built])
     return built
 
 
@@ -673,22 +706,19 @@ def setup_side_venv(venv: Path = SIDE_VENV) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/work/realaudio/library"))
+    parser.add_argument("--out", type=Path, required=True, help="the library folder to write")
     parser.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: FluidR3_GM)")
-    parser.add_argument("--only", nargs="*", default=(), help="collection keys to build (default: all)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N excerpts per collection")
+    parser.add_argument("--only", nargs="*", default=(), help="collection keys to build (default: all not yet built)")
     parser.add_argument("--setup", action="store_true", help=f"create the side venv {SIDE_VENV} and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.setup:
         print(setup_side_venv())
         return 0
-    try:
-        import music21  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("music21") is None:
         print(f"music21 is missing: run this with {SIDE_VENV}/bin/python (create it with --setup)", file=sys.stderr)
         return 2
-    built = build(args.out, find_soundfont(args.soundfont), args.only, args.limit)
+    built = build(args.out, find_soundfont(args.soundfont), args.only)
     artists = {x.tags["artist"] for x in built}
     print(f"{len(built)} excerpts by {len(artists)} artists in {args.out}")
     return 0
