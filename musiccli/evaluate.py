@@ -38,7 +38,7 @@ from .errors import MtxError, unknown_choice
 from .manifest import Record, group_of, manifest_hash, read_manifest
 from .progress import NullProgress, Progress
 from .retrieval import (PROTOCOLS, Relevance, caption_relevance, describe_protocol, merge_tag_labels, music_to_text,
-                        tag_metrics, tag_queries, text_to_music)
+                        tag_metrics, tag_precision_at_k, tag_queries, text_to_music)
 from .families import family_for
 from .runs import RunInfo, eval_key, eval_report_path, resolve_run
 from .state import Resume, StateDir, atomic_write_json, begin_stage, read_json, stage_function, to_jsonable
@@ -119,18 +119,57 @@ def build_eval_data(records: Sequence[Record], audio_raw: np.ndarray, protocol: 
                     tags=texts, tag_map=tag_map, labels=merge_tag_labels(raw_labels, columns))
 
 
-def score_system(data: EvalData, audio: np.ndarray, text: np.ndarray, tag_vecs: np.ndarray) -> dict[str, Any]:
-    """Metrics for one system: ``audio`` [N, D], ``text`` [len(texts), D], ``tag_vecs`` [T, D], unit rows."""
+def tag_music_queries(tags: Sequence[str]) -> list[str]:
+    """The queries people type for a tag: "<tag> music" (P@10 of these is the lift's third number)."""
+    return [f"{t} music" for t in tags]
+
+
+def score_system(data: EvalData, audio: np.ndarray, text: np.ndarray, tag_vecs: np.ndarray,
+                 tag_music_vecs: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics for one system: ``audio`` [N, D], ``text`` [len(texts), D], ``tag_vecs`` [T, D] and
+    ``tag_music_vecs`` (the "<tag> music" queries, [T, D]), unit rows."""
     rel = data.relevance
     out: dict[str, Any] = {"text_to_music": text_to_music(text[rel.queries], audio, rel),
                            "music_to_text": music_to_text(text, audio, rel)}
     if data.tags:
-        tags = tag_metrics(audio @ tag_vecs.T, data.labels, data.tags, min_positives=MIN_TAG_POSITIVES)
-        out["tags"] = {k: v for k, v in tags.items() if k != "per_tag_roc_auc"}
-        out["tags"]["per_tag_roc_auc"] = tags.get("per_tag_roc_auc", {})
+        out["tags"] = tag_metrics(audio @ tag_vecs.T, data.labels, data.tags, min_positives=MIN_TAG_POSITIVES)
+        out["tags"].setdefault("per_tag_roc_auc", {})
+        out["tags"].setdefault("per_tag_ap", {})
+        if tag_music_vecs is not None:
+            out["tag_music_p@10"] = tag_precision_at_k(audio @ tag_music_vecs.T, data.labels, data.tags, k=10,
+                                                       min_positives=MIN_TAG_POSITIVES)
     else:
         out["tags"] = {"roc_auc": float("nan"), "pr_auc": float("nan"), "n_tags": 0, "skipped": 0}
     return out
+
+
+LIFT_BASELINES = ("native", "untrained")   # zero-shot tower first; else the run's backbone with a fresh head
+
+
+def lift(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The model against the zero-shot native tower (else the untrained baseline) on the same tracks:
+    tag ROC-AUC, mean per-tag AP and P@10 of "<tag> music" queries, each model, baseline and difference;
+    per tag AP; and the verdict search follows (``beats_baseline``: ROC-AUC and AP both higher)."""
+    baseline = next((b for b in LIFT_BASELINES if b in results), None)
+    if baseline is None or "model" not in results:
+        return None
+    model, base = results["model"], results[baseline]
+
+    def entry(m: float | None, b: float | None) -> dict[str, float | None]:
+        ok = m is not None and b is not None and not (np.isnan(m) or np.isnan(b))
+        return {"model": m, "baseline": b, "lift": float(m - b) if ok else None}
+
+    metrics = {"tag_roc_auc": entry(model["tags"].get("roc_auc"), base["tags"].get("roc_auc")),
+               "tag_ap": entry(model["tags"].get("pr_auc"), base["tags"].get("pr_auc")),
+               "tag_music_p@10": entry((model.get("tag_music_p@10") or {}).get("mean"),
+                                       (base.get("tag_music_p@10") or {}).get("mean"))}
+    m_ap, b_ap = model["tags"].get("per_tag_ap", {}), base["tags"].get("per_tag_ap", {})
+    per_tag = {t: entry(m_ap[t], b_ap.get(t)) for t in sorted(m_ap)}
+    lifts = [metrics[k]["lift"] for k in ("tag_roc_auc", "tag_ap")]
+    return {"baseline": baseline, "metrics": metrics, "per_tag_ap": per_tag,
+            "beats_baseline": all(x is not None and x > 0 for x in lifts),
+            "rule": "beats the baseline when tag ROC-AUC and mean per-tag AP are both higher on the held-out "
+                    "tracks; `mtx search` keeps the native tower for a run that does not"}
 
 
 # --------------------------------------------------------------------------- train/test leaks
@@ -351,7 +390,8 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
                 log.warning("%s baseline skipped: %s", name, e.message)
                 notes[name] = f"skipped: {e.message}"
             else:
-                results[name] = score_system(data, audio_sys, encode(data.texts), encode(data.tags))
+                results[name] = score_system(data, audio_sys, encode(data.texts), encode(data.tags),
+                                             encode(tag_music_queries(data.tags)) if data.tags else None)
                 if zs:
                     results[name]["zero_shot"] = {
                         f: zeroshot.zero_shot(audio_sys, zeroshot.class_vectors(encode, ls.classes, cfg.prompt), ls)
@@ -366,6 +406,7 @@ def run_eval(state: StateDir, cfg: EvalConfig, progress: Progress | None = None)
     report.update(family.eval_extras(state, plan, info, model, vecs, data.texts, cfg.split))
     report["text_health"] = _text_health(encoder(model), info.name)
     report["baseline_notes"] = notes
+    report["lift"] = lift(results)
     if zs:
         train_raw = vecs.train_raw if vecs.train_raw is not None else np.zeros((0, vecs.raw.shape[1]))
         report["zero_shot"] = _zero_shot_report(zs, results, cfg, _probe(zs, vecs.raw, vecs.train_records,
@@ -425,7 +466,10 @@ def _make_report(info: RunInfo, cfg: EvalConfig, mname: str, emb_path: Path | No
                        "first relevant item; ties count against the target",
             "tags": f"each tag's cleaned value (e.g. genre---rock -> rock, see tag_queries) embedded as a query, "
                     f"cosine against every track; macro ROC-AUC / PR-AUC over tags with >= {MIN_TAG_POSITIVES} "
-                    f"positives",
+                    f"positives; per-tag AP likewise; tag_music_p@10 = P@10 of each \"<tag> music\" query, "
+                    f"macro-averaged",
+            "lift": "the model minus the native tower (else the untrained baseline) on the same held-out "
+                    "tracks: tag ROC-AUC, mean per-tag AP, \"<tag> music\" P@10",
             "baselines": f"random = seeded Gaussian text vectors (seed {cfg.seed}); untrained = the run's "
                          f"backbone with a freshly initialised head (torch seed {cfg.seed}; joint runs also a fresh "
                          f"audio head), same audio stats; "

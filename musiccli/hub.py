@@ -49,6 +49,20 @@ def stdout_to_log(logger: logging.Logger) -> Iterator[None]:
                 logger.debug("%s", line.strip())
 
 
+@contextlib.contextmanager
+def half_checkpoint() -> Iterator[None]:
+    """Loading one tower of a two-tower checkpoint (CLAP's text half): transformers warns about every
+    key of the other tower as "UNEXPECTED" (a LOAD REPORT table). That is the expected case here, so
+    its warnings are silenced for the load; real failures still raise."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def resolve_layers(layers: list[int] | None, n_states: int) -> list[int]:
     """Validate ``--layers`` against the model's number of hidden states (negative = from the end)."""
     if not layers:

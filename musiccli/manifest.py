@@ -435,6 +435,13 @@ def artist_of(r: Record) -> str | None:
     return str(key) if key else normalised_artist(r.artist)
 
 
+def album_of(r: Record) -> str | None:
+    """The album identity used for splits: a source's ``extra["album_key"]`` (the folder source: the album
+    tag within its folder), or None. An album is never split, even when several artists share it."""
+    key = r.extra.get("album_key")
+    return str(key) if key else None
+
+
 # --------------------------------------------------------------------------- splits
 @dataclass
 class SplitSummary:
@@ -451,7 +458,7 @@ _HELD_OUT_ORDER = {"test": 0, "val": 1, "train": 2}
 
 def recording_components(records: Sequence[Record]) -> list[list[int]]:
     """Connected components (lists of record indices) of the graph linking records that share a
-    group key or a normalised artist."""
+    group key, a normalised artist or an album (``album_of``)."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -473,6 +480,9 @@ def recording_components(records: Sequence[Record]) -> list[list[int]]:
         artist = artist_of(r)
         if artist:
             union(g, "a:" + artist)
+        album = album_of(r)
+        if album:
+            union(g, "l:" + album)
     members: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         members[find("g:" + group_of(r))].append(i)
@@ -543,12 +553,12 @@ def assign_splits(
 ) -> SplitSummary:
     """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
-    Records that share a recording (``group``) or an artist (``artist_of``) form connected components;
-    each component goes whole into the split its seeded hash falls in (``component_key``), so the
-    split sizes follow ``ratios`` in expectation (not exactly: the components are indivisible) and a
-    record's split does not depend on what else was sampled, except in a manifest so small that a
-    split would be empty (``_fill_empty_splits``). With ``keep_official`` a component
-    with official splits keeps them; when its members disagree it goes to the most held-out one
+    Records that share a recording (``group``), an artist (``artist_of``) or an album (``album_of``)
+    form connected components; each component goes whole into the split its seeded hash falls in
+    (``component_key``), so the split sizes follow ``ratios`` in expectation (not exactly: the
+    components are indivisible) and a record's split does not depend on what else was sampled, except
+    in a manifest so small that a split would be empty (``_fill_empty_splits``). With
+    ``keep_official`` a component with official splits keeps them; when its members disagree it goes to the most held-out one
     (test, then val), and the records moved are counted.
 
     ``previous`` (record id -> split, from the manifest this one replaces) keeps a changed library's

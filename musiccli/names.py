@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = ("float32", "float16")
 CHECKPOINTS = ("best", "latest")
 SPLITS = ("train", "val", "test")
+LIBRARY_MANIFEST = "library"                         # the manifest `mtx sync` keeps, `train --library` reads
 INDEX_BACKENDS = ("auto", "exact", "ann", "milvus")  # index_backends.CHOICES
 QUERY_RUNTIMES = ("auto", "onnx", "torch")           # search.QUERY_RUNTIMES
 PROMPTS = ("raw", "clap", "ensemble")                # zeroshot.PROMPTS

@@ -271,4 +271,21 @@ def tag_metrics(scores: np.ndarray, labels: np.ndarray, tags: list[str], min_pos
         "n_tags": len(keep),
         "skipped": len(tags) - len(keep),
         "per_tag_roc_auc": {tags[i]: float(roc_auc_score(y[:, j], s[:, j])) for j, i in enumerate(keep)},
+        "per_tag_ap": {tags[i]: float(average_precision_score(y[:, j], s[:, j])) for j, i in enumerate(keep)},
     }
+
+
+def tag_precision_at_k(scores: np.ndarray, labels: np.ndarray, tags: list[str], k: int = 10,
+                       min_positives: int = 5) -> dict[str, object]:
+    """P@k of tag queries: the share of each tag query's top ``k`` tracks that carry the tag, for tags with
+    >= ``min_positives`` positives (not all tracks), macro-averaged; ties are broken by track order."""
+    pos = labels.sum(0)
+    keep = [i for i in range(len(tags)) if pos[i] >= min_positives and pos[i] < labels.shape[0]]
+    if not keep:
+        return {"mean": float("nan"), "k": k, "per_tag": {}}
+    top = min(k, labels.shape[0])
+    per_tag = {}
+    for i in keep:
+        order = np.argsort(-scores[:, i], kind="stable")[:top]
+        per_tag[tags[i]] = float(labels[order, i].mean())
+    return {"mean": float(np.mean(list(per_tag.values()))), "k": k, "per_tag": per_tag}

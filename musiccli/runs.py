@@ -176,6 +176,20 @@ def eval_reports(run_dir: Path, checkpoint: str | None = None) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def held_out_lift(info: "RunInfo", checkpoint: str | None = None) -> dict[str, Any] | None:
+    """The lift over zero-shot that `mtx eval` measured on the test split for the current weights of
+    ``checkpoint`` (default: the run's), or None when there is no such report or the weights are newer."""
+    ckpt = checkpoint or info.default_checkpoint()
+    path = info.dir / f"eval-test-{check_checkpoint(ckpt)}.json"
+    weights = info.checkpoint_dir(ckpt) / "model.safetensors"
+    try:
+        if weights.exists() and weights.stat().st_mtime > path.stat().st_mtime:
+            return None   # trained again since: the report speaks of other weights
+        return read_json(path).get("lift") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def latest_eval_report(run_dir: Path, checkpoint: str) -> dict[str, Any] | None:
     """The newest eval report of ``checkpoint``: a model card quotes the numbers of the weights it ships."""
     reports = eval_reports(run_dir, checkpoint)

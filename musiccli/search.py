@@ -164,7 +164,7 @@ class QueryModel:
     run: RunInfo | None = None     # kind "run" only
     checkpoint: str | None = None  # kind "run" only
     runtime: str = "torch"         # "onnx": an OnnxTextModel (no torch); "torch": torch modules
-    note: str | None = None        # why the ONNX path was not taken
+    note: str | None = None        # why the ONNX path was not taken, or why a native tower answers
     audio: Any = None              # kind "run", torch: the run's AudioTower (identity for align, the head for joint)
 
     @property
@@ -714,11 +714,12 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
         raise MtxError("--checkpoint chooses one of a run's checkpoints",
                        hint="drop it with --text-model native (use --model for the tower)")
     text_model = cfg.text_model
+    why = None
     if text_model == "run" and cfg.run is None and meta is None and cfg.checkpoint is None:
         fallback = _native_fallback(state, cfg)
         if fallback is not None:
             cfg = replace(cfg, text_model="native", audio_encoder=fallback[0], manifest=cfg.manifest or fallback[1])
-            text_model = "native"
+            text_model, why = "native", fallback[2]
     if text_model == "native":
         encoder = cfg.audio_encoder or (meta or {}).get("encoder")
         if not encoder:
@@ -729,8 +730,10 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
 
         manifest = meta.get("manifest") if meta is not None else cfg.manifest
         device = select_runtime(cfg.device, "fp32").device
-        return native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device,
+        text = native_query_model(encoder, library_store(state, encoder, manifest)[2], cfg.model, device,
                                   cfg.allow_degenerate_text)
+        text.note = why
+        return text
     if cfg.model is not None:
         raise MtxError("--model chooses a native text tower's checkpoint",
                        hint="use it with --text-model native; a run's text model is its own checkpoint")
@@ -746,12 +749,19 @@ def query_model(state: StateDir, cfg: SearchConfig) -> QueryModel:
     return run_query_model(info, cfg.device, cfg.checkpoint, onnx_dir, cfg.query_runtime)
 
 
-def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str] | None:
-    """(encoder, manifest) to search with an encoder's own text tower when there is no trained run:
-    the newest library embedded with an encoder that has one (what `mtx sync` leaves). None when a
-    run exists (runs are the default) or no such library does."""
-    if state.list_runs(complete_only=True) or cfg.model is not None:
-        return None   # (checked first: a cold search with a run must not import the towers' torch code)
+def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str, str | None] | None:
+    """(encoder, manifest, why) to search with an encoder's own text tower instead of the default run:
+
+    - there is no trained run: the newest library embedded with an encoder that has a tower (what
+      `mtx sync` leaves);
+    - the newest run did not beat that tower on held-out tracks (``mtx eval``'s ``lift``): a run that
+      does not help must not replace what worked, so the tower keeps answering, and the note says why.
+
+    None when the default run is used (it has a lift, or no measurement) or no such library exists."""
+    if cfg.model is not None:
+        return None
+    if state.list_runs(complete_only=True):
+        return _no_lift_fallback(state, cfg)   # (reads JSON only: a cold search with a run must not import torch)
     from .encoders.native_text import TEXT_TOWERS
 
     manifests = [cfg.manifest] if cfg.manifest else state.list_manifests()
@@ -759,8 +769,29 @@ def _native_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str] | No
         for encoder in state.list_encoders_with_embeddings(name):
             if encoder in TEXT_TOWERS and (cfg.audio_encoder in (None, encoder)):
                 log.info("no trained run: searching %s with the native %s text tower", name, encoder)
-                return encoder, name
+                return encoder, name, None
     return None
+
+
+def _no_lift_fallback(state: StateDir, cfg: SearchConfig) -> tuple[str, str, str] | None:
+    from .runs import held_out_lift
+
+    info = resolve_run(state, None, announce=False)
+    lifted = held_out_lift(info)
+    if (not lifted or lifted.get("beats_baseline") or lifted.get("baseline") != "native"
+            or cfg.audio_encoder not in (None, info.audio_encoder)):
+        return None
+    m = lifted["metrics"]
+
+    def pair(key: str) -> str:
+        e = m.get(key) or {}
+        return "-" if e.get("lift") is None else f"{e['model']:.3f} vs {e['baseline']:.3f}"
+
+    why = (f"run {info.name!r} did not beat the native {info.audio_encoder} text tower on held-out tracks "
+           f"(tag ROC-AUC {pair('tag_roc_auc')}, tag AP {pair('tag_ap')}), so the native tower answers; "
+           f"pass --run {info.name} to search with the run anyway")
+    log.info("%s", why)
+    return str(info.audio_encoder), cfg.manifest or str(info.meta.manifest), why
 
 
 def _check(cfg: SearchConfig) -> bool:

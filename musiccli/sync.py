@@ -27,6 +27,7 @@ from typing import Any
 from .errors import MtxError
 from .manifest import (CONTENT_HASH, Record, content_hash, diff_manifests, from_state_dir, read_manifest,
                        state_relative)
+from .names import LIBRARY_MANIFEST
 from .progress import NullProgress, Progress
 from .state import DEFAULT_MAX_FAILURE_RATE, Resume, StateDir, atomic_write_json, read_json
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 # LAION's music CLAP: trained on music-text pairs, with the text tower `mtx search` needs to answer a
 # description with no training, and light enough for a CPU (about 10x cheaper than MuQ-MuLan-large).
 DEFAULT_ENCODER = "clap"
-DEFAULT_MANIFEST = "library"
+DEFAULT_MANIFEST = LIBRARY_MANIFEST
 SOURCE = "folder"
 COUNTS = ("added", "changed", "moved", "removed", "unchanged", "failed", "embedded")
 

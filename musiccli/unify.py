@@ -34,7 +34,7 @@ from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begi
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3   # 2: records carry their recording's group key; 3: folder artist_source
+CACHE_VERSION = 4   # 2: records carry their recording's group key; 3: folder artist_source; 4: album_key
 MISSING_EXAMPLES = 5
 # Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
 # different sample rate still decodes, so those stay in).

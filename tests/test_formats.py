@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 
 from musiccli import audio
+from tests.sine_audio import encode_pyav
 
 SR = 44100
 SECONDS = 3.0
@@ -37,28 +37,7 @@ def _signal(sr: int, seconds: float = SECONDS, freq: float = 440.0) -> np.ndarra
 
 def write_with_pyav(path: Path, container: str, codec: str, sr: int, fmt: str, tags: dict[str, str],
                     seconds: float = SECONDS) -> None:
-    data = _signal(sr, seconds)
-    with av.open(str(path), "w", format=container) as out:
-        out.metadata.update(tags)
-        # FFmpeg's native Vorbis encoder (the wheel has no libvorbis) is marked experimental.
-        stream = out.add_stream(codec, rate=sr, options={"strict": "experimental"})
-        stream.layout = "stereo"
-        stream.format = fmt
-        frame_size = stream.codec_context.frame_size or 1024
-        if fmt.startswith("s16"):
-            pcm = (np.clip(data, -1, 1) * 32767).astype(np.int16)
-        else:
-            pcm = data
-        for i in range(0, pcm.shape[1], frame_size):
-            block = pcm[:, i:i + frame_size]
-            arr = block if fmt.endswith("p") else block.T.reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt, layout="stereo")
-            frame.sample_rate = sr
-            frame.pts = i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    encode_pyav(path, _signal(sr, seconds), sr, container, codec, fmt, tags)
 
 
 def _tags(name: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -19,36 +18,7 @@ from musiccli.manifest import CONTENT_HASH, read_manifest
 from musiccli.state import StateDir
 from musiccli.store import EmbeddingStore
 from musiccli.sync import COUNTS, SyncConfig, run_sync
-
-SR = 22050
-FORMATS = {".flac": ("flac", "flac", "s16"), ".mp3": ("mp3", "libmp3lame", "fltp"),
-           ".ogg": ("ogg", "vorbis", "fltp"), ".m4a": ("ipod", "aac", "fltp")}
-
-
-def write_audio(path: Path, freq: float, tags: dict[str, str], seconds: float = 1.2) -> None:
-    """A tagged mono tone in the container the suffix names, encoded by FFmpeg (PyAV)."""
-    container, codec, fmt = FORMATS[path.suffix]
-    t = np.arange(int(SR * seconds)) / SR
-    mono = (0.3 * np.sin(2 * np.pi * freq * t) * np.linspace(0.3, 1.0, t.size)).astype(np.float32)
-    data = np.stack([mono, 0.5 * mono])   # stereo: FFmpeg's own Vorbis encoder takes nothing else
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=container) as out:
-        out.metadata.update(tags)
-        stream = out.add_stream(codec, rate=SR, options={"strict": "experimental"})
-        stream.layout = "stereo"
-        stream.format = fmt
-        size = stream.codec_context.frame_size or 1024
-        pcm = (np.clip(data, -1, 1) * 32767).astype(np.int16) if fmt.startswith("s16") else data
-        for i in range(0, pcm.shape[1], size):
-            block = pcm[:, i:i + size]
-            arr = block if fmt.endswith("p") else block.T.reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt, layout="stereo")
-            frame.sample_rate, frame.pts = SR, i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
+from tests.sine_audio import write_audio
 
 def _tags(title: str, artist: str, genre: str) -> dict[str, str]:
     return {"title": title, "artist": artist, "album": "Tests", "genre": genre}

@@ -77,6 +77,9 @@ def command(
     if leaks.get("dropped_training_records"):
         app.out.info(f"[yellow]{leaks['dropped_training_records']} {result.split} record(s) were training records "
                      f"of this run and were left out[/]")
+    line = lift_line(rep)
+    if line:
+        app.out.info(line)
     for system, note in (rep.get("baseline_notes") or {}).items():
         app.out.info(f"{system} baseline {note}")
     for d, r in (rep.get("ratio_r10_model_vs_random") or {}).items():
@@ -116,4 +119,22 @@ def report_table(rep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             rows.append([f"{label} {m}", *[results[s][task].get(m) for s in systems]])
     for m, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
         rows.append([f"tags {label}", *[results[s].get("tags", {}).get(m) for s in systems]])
+    if any("tag_music_p@10" in results[s] for s in systems):
+        rows.append(['"<tag> music" P@10', *[(results[s].get("tag_music_p@10") or {}).get("mean") for s in systems]])
     return ["metric", *systems], rows
+
+
+def lift_line(rep: dict[str, Any]) -> str | None:
+    """One line: the lift over the zero-shot (or untrained) baseline, and what search does with it."""
+    lifted = rep.get("lift")
+    if not lifted:
+        return None
+    parts = []
+    for key, label in (("tag_roc_auc", "tag ROC-AUC"), ("tag_ap", "tag AP"), ("tag_music_p@10", '"<tag> music" P@10')):
+        d = lifted["metrics"][key]["lift"]
+        if d is not None:
+            parts.append(f"{label} {d:+.3f}")
+    verdict = ("[green]beats it[/]" if lifted["beats_baseline"] else
+               "[yellow]no lift: `mtx search` keeps the native tower[/]" if lifted["baseline"] == "native"
+               else "[yellow]no lift[/]")
+    return f"lift over the {lifted['baseline']} baseline: {', '.join(parts) or '-'}; {verdict}"

@@ -118,7 +118,13 @@ def command(
     teacher: Annotated[str | None, _opt("--teacher", help="Distil a (smaller) --text-backbone student "
                                         "from this trained run.")] = None,
     init_from: Annotated[str | None, _opt("--init-from", help="Start from another run's weights: RUN, RUN:best "
-                                          "or RUN:latest (fresh optimiser and schedule).")] = None,
+                                          "or RUN:latest (fresh optimiser and schedule); native: the audio "
+                                          "encoder's own text tower (clap), which the run adapts.")] = None,
+    library: Annotated[bool, _opt("--library", help="Adapt a text tower to your synced library: its tags, "
+                                  "AudioMuse-AI moods and playlist names as captions, splits that keep artists "
+                                  "and albums whole, --init-from native where the encoder has a tower, --text-rep "
+                                  "blend; refused when the library is too thinly labelled. `mtx eval` then "
+                                  "reports the lift over zero-shot.")] = False,
     checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1,
                                                  help="Also checkpoint every N steps (always at epoch end).")] = None,
     eval_every: Annotated[int | None, _opt("--eval-every", min=1, help="Also validate every N steps "
@@ -179,7 +185,8 @@ def command(
         use_alt_captions=use_alt_captions, teachers=teachers, contrastive_weight=contrastive_weight,
         distill_loss=distill_loss, student_blocks=student_blocks, student_channels=student_channels,
         student_residual=student_residual, crop=crop, text_tower=text_tower, vocab_size=vocab_size,
-        num_workers=num_workers, mel_cache=mel_cache, text_teacher=text_teacher, export=export, resume=Resume.from_flags(cont, force))
+        num_workers=num_workers, mel_cache=mel_cache, text_teacher=text_teacher, export=export, library=library,
+        resume=Resume.from_flags(cont, force))
 
     def on_epoch(e: dict) -> None:
         val = "-" if e["val_loss"] is None else f"{e['val_loss']:.4f}"

@@ -86,11 +86,12 @@ class ClapText(NativeTextModel):
     def __init__(self, model_id: str, device: torch.device) -> None:
         from transformers import AutoTokenizer, ClapTextModelWithProjection
 
-        from ..hub import load_error
+        from ..hub import half_checkpoint, load_error
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
-            self.model = ClapTextModelWithProjection.from_pretrained(model_id).to(device).eval()
+            with half_checkpoint():
+                self.model = ClapTextModelWithProjection.from_pretrained(model_id).to(device).eval()
         except (OSError, ValueError) as e:
             raise load_error("CLAP text tower", model_id, e) from None
         super().__init__(model_id, int(self.model.config.projection_dim), device)

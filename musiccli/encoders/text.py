@@ -18,6 +18,7 @@ Saved layout (``save_pretrained``)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,12 +74,20 @@ class TextEmbedderConfig:
     # "audio": predictions live in the audio encoder's standardised space (align);
     # "joint": in a space shared with a trained audio tower (see families/towers/model.py).
     space: str = "audio"
+    # The audio encoder whose own text tower is the backbone (``--init-from native``): its projected
+    # output is the pooled feature, and the head adds a residual to it that starts at zero, so an
+    # untrained model is exactly the native tower (see ``NATIVE_BACKBONES``).
+    native: str | None = None
     model_type: str = MODEL_TYPE
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-POOLINGS = ("mean", "cls", "layers")
+POOLINGS = ("mean", "cls", "layers", "native")
 SPACES = ("audio", "joint")
+# Native text towers that load as one transformers module (tokens in, the joint-space vector out):
+# encoder -> the class whose ``text_embeds`` are the tower's output. MuQ-MuLan's text tower is not
+# a transformers module (musiccli.encoders.muq), so it cannot be the backbone of a trained tower.
+NATIVE_BACKBONES = {"clap": "ClapTextModelWithProjection"}
 
 
 class Head(nn.Module):
@@ -91,12 +100,21 @@ class Head(nn.Module):
         return self.net(x)
 
 
-def _load_backbone(source: str):
+def _load_backbone(source: str, native: str | None = None):
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    if native is not None and native not in NATIVE_BACKBONES:
+        raise MtxError(f"the {native} text tower cannot be trained as a backbone",
+                       hint=f"--init-from native supports: {', '.join(NATIVE_BACKBONES)}; "
+                            "train from --text-backbone minilm instead")
+    from ..hub import half_checkpoint
+
+    model_class = getattr(transformers, NATIVE_BACKBONES[native]) if native else AutoModel
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
+        with half_checkpoint() if native else contextlib.nullcontext():
+            model = model_class.from_pretrained(source)
     except (OSError, ValueError) as e:  # ValueError: an unrecognised or incomplete model folder
         raise MtxError(f"cannot load text backbone {source!r}: {str(e).splitlines()[0]}",
                        hint="pass a local path or a Hub id reachable from this machine "
@@ -119,11 +137,22 @@ class TextEmbedder(nn.Module):
             raise MtxError(f"unknown text pooling {config.pooling!r}", hint=f"choose one of: {', '.join(POOLINGS)}")
         if config.space not in SPACES:
             raise MtxError(f"unknown text-embedder space {config.space!r}", hint=f"one of: {', '.join(SPACES)}")
-        hidden = int(backbone.config.hidden_size)
+        if (config.native is None) != (config.pooling != "native"):
+            raise MtxError("a native text tower is pooled by its own projection (pooling 'native')",
+                           hint="retrain the run: its config mixes native and plain backbones")
+        hidden = int(getattr(backbone.config, "projection_dim", 0) if config.native else backbone.config.hidden_size)
         if config.pooling == "layers":
             # the Navidrome design's multi-layer extraction: L x hidden features before the head
             hidden *= int(backbone.config.num_hidden_layers)
         self.head = Head(hidden, config.hidden_dim, config.out_dim, config.dropout)
+        if config.native:
+            if hidden != config.out_dim:
+                raise MtxError(f"the native {config.native} tower outputs {hidden} dims, the store holds "
+                               f"{config.out_dim}", hint=f"embed with --aggregation mean, whose {config.native} "
+                                                        f"vectors have the tower's {hidden} dims")
+            with torch.no_grad():   # the residual starts at zero: an untrained model is the native tower
+                self.head.net[-1].weight.zero_()
+                self.head.net[-1].bias.zero_()
         self.register_buffer("audio_mean", torch.zeros(config.out_dim))
         self.register_buffer("audio_std", torch.ones(config.out_dim))
 
@@ -131,7 +160,7 @@ class TextEmbedder(nn.Module):
     @classmethod
     def from_backbone(cls, backbone: str, out_dim: int, **kwargs: Any) -> "TextEmbedder":
         source = resolve_backbone(backbone)
-        tok, model = _load_backbone(source)
+        tok, model = _load_backbone(source, kwargs.get("native"))
         config = TextEmbedderConfig(backbone=backbone, out_dim=out_dim, **kwargs)
         return cls(config, model, tok)
 
@@ -148,7 +177,7 @@ class TextEmbedder(nn.Module):
                            hint="for a plain transformers model use --text-backbone instead")
         known = set(TextEmbedderConfig.__dataclass_fields__)
         config = TextEmbedderConfig(**{k: v for k, v in raw.items() if k in known})
-        tok, model = _load_backbone(str(path / BACKBONE_DIR))
+        tok, model = _load_backbone(str(path / BACKBONE_DIR), config.native)
         emb = cls(config, model, tok)
         from ..safe_read import load_safetensors as load_file
 
@@ -217,6 +246,8 @@ class TextEmbedder(nn.Module):
                               return_tensors="pt")
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.native:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).text_embeds
         if self.config.pooling == "layers":
             states = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                    output_hidden_states=True).hidden_states[1:]   # [0] is the embedding output
@@ -227,8 +258,10 @@ class TextEmbedder(nn.Module):
         return _mean_pool(out, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Predictions in the standardised audio space (not normalised)."""
-        return self.head(self.pool(input_ids, attention_mask))
+        """Predictions in the standardised audio space (not normalised); a native tower's plus a residual."""
+        pooled = self.pool(input_ids, attention_mask)
+        out = self.head(pooled)
+        return pooled + out if self.config.native else out
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,

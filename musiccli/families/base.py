@@ -178,3 +178,26 @@ def onnx_query_model(family: Any, info: RunInfo, checkpoint: str, onnx_dir: Path
                             "or drop --query-runtime onnx")
     return None, (f"{why} for run {info.name} ({checkpoint}): using PyTorch (slower start); "
                   f"`mtx export --run {info.name} --checkpoint {checkpoint} --format onnx` makes searches start fast")
+
+
+def lift_card_lines(report: dict[str, Any] | None) -> list[str]:
+    """A model card's "Lift over zero-shot" section from an eval report's ``lift`` (``mtx eval``), or none."""
+    lifted = (report or {}).get("lift")
+    if not lifted:
+        return []
+    base = lifted["baseline"]
+    what = "the audio encoder's own zero-shot text tower" if base == "native" else "the untrained baseline"
+    lines = ["", "## Lift over zero-shot", "",
+             f"Against {what} on the same held-out tracks (split `{report.get('split')}` of "
+             f"`{report.get('manifest')}`, {report.get('counts', {}).get('tracks')} tracks):", "",
+             f"| metric | this model | {base} | lift |", "|---|---|---|---|"]
+    names = {"tag_roc_auc": "tag ROC-AUC", "tag_ap": "mean per-tag AP", "tag_music_p@10": '"<tag> music" P@10'}
+    for key, label in names.items():
+        e = lifted["metrics"].get(key) or {}
+        if e.get("lift") is not None:
+            lines.append(f"| {label} | {e['model']:.4f} | {e['baseline']:.4f} | {e['lift']:+.4f} |")
+    verdict = ("It beats the baseline (tag ROC-AUC and AP both higher)." if lifted["beats_baseline"] else
+               "It does **not** beat the baseline: `mtx search` keeps using the native tower for this library."
+               if base == "native" else "It does **not** beat the baseline.")
+    return [*lines, "", verdict]
+

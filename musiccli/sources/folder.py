@@ -182,9 +182,21 @@ def read_file_info(path: Path, rel: str) -> dict[str, Any]:
         # Only the tags' artist: a folder name becomes one later, library-wide (see folder_artists).
         "tag_artist": _first(tags, "artist") or _first(tags, "albumartist"),
         "album": _first(tags, "album") or (parts[-2] if len(parts) >= 2 else None),
+        "tag_album": _first(tags, "album"),
         "genres": _all(tags, "genre"), "moods": _all(tags, "mood"),
         "year": int(year.group(0)) if year else None, "tagged": tagged,
     }
+
+
+def album_key(info: dict[str, Any]) -> str | None:
+    """The album a file belongs to, for splits (``manifest.album_of``): its folder and its album tag, so a
+    compilation's tracks stay together and two artists' "Greatest Hits" stay apart. Files without an
+    album tag have none (a folder of loose downloads is not an album)."""
+    album = info.get("tag_album")
+    if not album:
+        return None
+    folder = info["rel"].rpartition("/")[0]
+    return f"{folder}|{' '.join(str(album).lower().split())}"
 
 
 # --------------------------------------------------------------------------- artists
@@ -487,7 +499,8 @@ class FolderSource(Source):
                 tags=[*info.get("genres", []), *info.get("moods", [])], license=None,
                 # The recording is the audio: byte-identical copies share it, and a moved file keeps it.
                 group=f"audio:{info[CONTENT_HASH]}" if info.get(CONTENT_HASH) else f"file:{info['id']}",
-                extra={k: v for k, v in {"album": info.get("album"), "year": info.get("year"),
+                extra={k: v for k, v in {"album": info.get("album"), "album_key": album_key(info),
+                                         "year": info.get("year"),
                                          "relative_path": info["rel"],
                                          CONTENT_HASH: info.get(CONTENT_HASH)}.items() if v is not None},
             ))

@@ -65,6 +65,7 @@ class TrainConfig:
     val_split: str = "val"
     use_alt_captions: bool = True
     export: bool = True                   # write exports/<run>/<checkpoint>/onnx at the end (torch-free search)
+    library: bool = False                 # adapt to the synced library: its defaults (training.library) filled in
     # --objective student only (read by musiccli/families/student/train.py)
     teachers: str | None = None           # teacher stores "NAME:WEIGHT,..." (None = musicnn:0.3,dsp:0.4)
     contrastive_weight: float = 0.3       # weight of the music-text InfoNCE
@@ -83,7 +84,7 @@ class TrainConfig:
     # Fields that never change what a run computes (where/how often it is saved or logged, how it was
     # started, whether activations are recomputed in backward, whether it is exported at the end).
     NOT_RESULT_AFFECTING = ("device", "checkpoint_every", "resume", "run", "manifest", "report_to", "eval_every",
-                            "grad_checkpointing", "export")
+                            "grad_checkpointing", "export", "library")
     # Fields only the student objective reads: other objectives refuse them when set and leave them out
     # of their run config (so align/joint stage records are what they were before the student existed).
     STUDENT_FIELDS = ("teachers", "contrastive_weight", "distill_loss", "student_blocks", "student_channels",

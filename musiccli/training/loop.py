@@ -37,6 +37,10 @@ def run_train(state: StateDir, cfg: TrainConfig, progress: Progress | None = Non
     """Train (or resume, or skip when complete) one run of the family ``cfg.objective`` belongs to."""
     from ..families import family_of
 
+    if cfg.library:
+        from .library import apply_library
+
+        cfg = apply_library(state, cfg)   # the library's manifest, encoder and defaults, if it can train
     cfg = resolve_objective(state, cfg)
     family = family_of(cfg.objective)
     ctx = TrainContext(state, cfg.resolved(family.defaults, family.uses_recipes), progress or NullProgress())

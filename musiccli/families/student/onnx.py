@@ -37,6 +37,7 @@ from ...errors import MtxError
 from ...safe_read import load_tokenizer, onnx_session
 from ...onnxio import ONNX_TOLERANCE, check_parity, export_graph
 from ...state import atomic_write_json, atomic_write_text, read_json
+from ..base import lift_card_lines
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def model_card(run: str, checkpoint: str, model, info_meta: Any, checks: dict[st
                          f"tag ROC-AUC {r.get('tags', {}).get('roc_auc', float('nan')):.3f}")
         for t, v in (eval_report.get("teacher_cosine") or {}).items():
             lines.append(f"- cosine to teacher `{t}`: {v:.3f}")
+        lines += lift_card_lines(eval_report)
     else:
         lines += ["", f"No evaluation yet: run `mtx eval --run {run}`."]
     lines += ["", "## Usage (no PyTorch)", "", "```python", "import json, numpy as np, onnxruntime as ort",

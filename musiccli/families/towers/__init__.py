@@ -91,7 +91,7 @@ class TowersFamily:
         from .evaluate import eval_systems
 
         mname, mpath, emb_path = run_manifest_and_store(state, info, manifest)
-        systems = eval_systems(info.audio_encoder, baselines)
+        systems = eval_systems(info.audio_encoder, baselines, bool((info.meta.init_from or {}).get("native")))
         config = {"manifest": mname, "manifest_hash": manifest_hash(mpath), "embeddings": store_identity(emb_path),
                   "weights": weights_identity(ckpt_dir), "baselines": baselines, "systems": systems}
         return EvalPlan(mname, mpath, config, systems, store_path=emb_path)

@@ -21,13 +21,15 @@ SYSTEMS = ("model", "untrained", "random", "native")
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 
-def eval_systems(audio_encoder: str, baselines: bool) -> list[str]:
-    """The systems an evaluation scores: the model, plus baselines (native only for encoders with a text tower)."""
+def eval_systems(audio_encoder: str, baselines: bool, native_start: bool = False) -> list[str]:
+    """The systems an evaluation scores: the model, plus baselines (native only for encoders with a text
+    tower; no untrained one for a run that started from the native tower, which *is* its untrained model)."""
     from ...encoders.native_text import TEXT_TOWERS
 
     if not baselines:
         return ["model"]
-    return [s for s in SYSTEMS if s != "native" or audio_encoder in TEXT_TOWERS]
+    return [s for s in SYSTEMS if (s != "native" or audio_encoder in TEXT_TOWERS)
+            and not (s == "untrained" and native_start)]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

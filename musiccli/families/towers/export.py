@@ -15,6 +15,7 @@ from typing import Any
 
 from ...onnxio import replace_dir, tmp_dir
 from ...runs import RunInfo, latest_eval_report, weights_identity
+from ..base import lift_card_lines
 from ...state import atomic_write_json, atomic_write_text
 from .onnx import export_towers_onnx
 
@@ -59,7 +60,8 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         f"- output dim: {c.out_dim} (every dimension comes from the learned head)",
         f"- text backbone: `{info.meta.text_backbone or c.backbone}` ({c.pooling} pooling, "
         f"max length {c.max_length} tokens)",
-        f"- head: Linear -> GELU -> Dropout({c.dropout}) -> Linear, hidden {c.hidden_dim}",
+        f"- head: Linear -> GELU -> Dropout({c.dropout}) -> Linear, hidden {c.hidden_dim}"
+        + (f", added to the native {c.native} tower's output (a residual that started at zero)" if c.native else ""),
         f"- checkpoint: `{checkpoint}` of run `{info.name}`",
         _health_line(model),
         "",
@@ -89,7 +91,7 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
     lines += ["", "## Evaluation", ""]
     if report:
         res = report.get("results", {})
-        systems = [s for s in ("model", "untrained", "random") if s in res]
+        systems = [s for s in ("model", "native", "untrained", "random") if s in res]
         lines.append(f"Split `{report.get('split')}` of `{report.get('manifest')}`, "
                      f"{report.get('counts', {}).get('tracks')} tracks; median rank is 1-based.")
         lines += ["", "| metric | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
@@ -100,6 +102,7 @@ def model_card(info: RunInfo, model, checkpoint: str, onnx_diff: float | None) -
         for m in ("roc_auc", "pr_auc"):
             vals = [res[s].get("tags", {}).get(m) for s in systems]
             lines.append(f"| tags {m} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
+        lines += lift_card_lines(report)
     else:
         lines.append(f"No evaluation report of these weights yet: run "
                      f"`mtx eval --run {info.name} --checkpoint {checkpoint}`.")

@@ -41,6 +41,7 @@ class TowerSpec:
     audio_encoder: str | None = None
     aggregation: str | None = None
     joint_dim: int | None = None
+    native: str | None = None     # --init-from native: the encoder whose text tower is the backbone
 
 
 class Objective(Protocol):
@@ -75,7 +76,7 @@ class AlignObjective(Objective):
         text = TextEmbedder.from_backbone(
             spec.backbone, out_dim=spec.store_dim, hidden_dim=spec.head_hidden, dropout=spec.dropout,
             pooling=spec.pooling, max_length=spec.max_length, audio_encoder=spec.audio_encoder,
-            aggregation=spec.aggregation, space="audio")
+            aggregation=spec.aggregation, space="audio", native=spec.native)
         text.set_audio_stats(spec.mean, spec.std)
         return Towers(text, AudioTower.identity(text.audio_mean, text.audio_std))
 

@@ -52,11 +52,14 @@ def freeze_backbone_parts(model: torch.nn.Module, embeddings: bool, lowest_layer
     - Optionally the lowest N transformer layers (BERT/RoBERTa ``encoder.layer.i``, DistilBERT
       ``transformer.layer.i``).
     """
+    native = getattr(getattr(model, "config", None), "native", None)
     for name, p in model.named_parameters():
         if not name.startswith("backbone."):
             continue
+        if native:   # a native tower's pooler feeds its projection: it trains; its layers sit under text_model.
+            name = name.replace("backbone.text_model.", "backbone.", 1)
         layer = _LAYER_RE.search(name)
-        if (name.startswith("backbone.pooler.")
+        if ((name.startswith("backbone.pooler.") and not native)
                 or (embeddings and name.startswith("backbone.embeddings."))
                 or (layer is not None and int(layer.group(1)) < lowest_layers)):
             p.requires_grad_(False)
@@ -95,6 +98,33 @@ def parse_init_from(spec: str) -> tuple[str, str | None]:
     if sep and which not in CHECKPOINTS:
         raise unknown_choice("checkpoint", which, CHECKPOINTS)
     return check_name("run", name), (which if sep else None)
+
+
+NATIVE_INIT = "native"
+
+
+def native_source(cfg: TrainConfig, store: EmbeddingStore) -> dict[str, Any]:
+    """``--init-from native``: the audio encoder's own text tower, from the checkpoint that embedded the store."""
+    from ...encoders.text import NATIVE_BACKBONES
+
+    if cfg.audio_encoder not in NATIVE_BACKBONES:
+        has = "has a text tower that is not a transformers module" if cfg.audio_encoder == "muq" else \
+            "has no native text tower"
+        raise MtxError(f"--init-from native: audio encoder {cfg.audio_encoder!r} {has}",
+                       hint=f"native towers train for: {', '.join(NATIVE_BACKBONES)}; for {cfg.audio_encoder} "
+                            "drop --init-from (the run then starts from --text-backbone)")
+    if cfg.objective != "align":
+        raise MtxError("--init-from native trains an align run: the native tower already shares the "
+                       "encoder's space", hint="drop --objective, or pass --objective align")
+    if cfg.text_backbone not in (None, "minilm") or cfg.text_pooling not in (None, "mean"):
+        raise MtxError("--init-from native starts from the encoder's own text tower",
+                       hint="drop --text-backbone/--text-pooling")
+    model = store.attrs.get("model_id") or None
+    if not model:
+        from ...encoders.base import AUDIO_ENCODERS
+
+        model = AUDIO_ENCODERS[cfg.audio_encoder][0].default_model
+    return {"native": cfg.audio_encoder, "model": str(model)}
 
 
 def init_source(state, spec: str) -> dict[str, Any]:
@@ -147,7 +177,10 @@ def check_config(cfg: TrainConfig) -> tuple[Objective, str]:
         raise MtxError("--joint-dim only applies to --objective joint", hint="add --objective joint")
     if cfg.teacher and cfg.loss not in (None, "distillation"):
         log.info("--teacher given: using the distillation loss instead of %s", cfg.loss)
-    loss_name = "distillation" if cfg.teacher else (cfg.loss or objective.default_loss)
+    # A native tower's space is a cosine space of unnormalised vectors: MSE (in "combined") would pull the
+    # text vectors' norms onto the audio vectors', so a native start trains with InfoNCE alone.
+    default_loss = "infonce" if cfg.init_from == NATIVE_INIT else objective.default_loss
+    loss_name = "distillation" if cfg.teacher else (cfg.loss or default_loss)
     parts = loss_names(loss_name)
     check_loss(objective, parts)
     if "distillation" in parts and not cfg.teacher:
@@ -170,17 +203,21 @@ class TowersParts:
         self.objective, self.loss_name = check_config(cfg)
         if cfg.teacher and find_checkpoint(state, cfg.teacher) is None:
             raise unknown_choice("teacher run", cfg.teacher, state.list_runs(complete_only=True) or ["(none trained yet)"])
-        self.init_source = init_source(state, cfg.init_from) if cfg.init_from is not None else None
+        self.native = cfg.init_from == NATIVE_INIT
+        self.init_source = (init_source(state, cfg.init_from) if cfg.init_from is not None and not self.native
+                            else None)
         self.runtime = select_runtime(cfg.device, cfg.precision)
         self.collective = Collective(init_distributed(self.runtime), self.runtime.device)
         self.manifest_name, self.manifest_path = resolve_manifest(state, cfg.manifest)
         self.run_name = check_name("run", cfg.run) if cfg.run else default_run_name(cfg.audio_encoder,
                                                                                      self.manifest_name)
-        if self.init_source is not None and self.init_source["run"] == self.run_name:
+        if self.native:
+            self.init_source = native_source(cfg, self.store or self._open_store())
+        elif self.init_source is not None and self.init_source["run"] == self.run_name:
             raise MtxError(f"--init-from {cfg.init_from} names the run being trained",
                            hint="give the new stage its own --run name")
         self.run_dir = state.run_dir(self.run_name)
-        self.store = self._open_store()
+        self.store = self.store or self._open_store()
         self.result_config = _result_config(cfg, self.runtime, self.loss_name)
         if self.collective.enabled:
             # Each rank has its own data shard and RNG stream: resuming with another process count
@@ -223,7 +260,10 @@ class TowersParts:
         if len(self.train_split) < 2:
             raise MtxError(f"only {len(self.train_split)} training pairs with embeddings in {self.manifest_name}",
                            hint="check the manifest splits and that `mtx embed` covered them")
-        self.mean, self.std = self.store.mean_std(self.train_split.positions)
+        if self.native:   # the native tower's space is the stored vectors' own (cosine, no standardising)
+            self.mean, self.std = np.zeros(self.store.dim, np.float32), np.ones(self.store.dim, np.float32)
+        else:
+            self.mean, self.std = self.store.mean_std(self.train_split.positions)
         self.train_ds = PairDataset(self.train_split, self.store, self.mean, self.std, cfg.seed,
                                     use_alt_captions=cfg.use_alt_captions, text_rep=cfg.text_rep)
         self.val_ds = PairDataset(self.val_split, self.store, self.mean, self.std, cfg.seed, use_alt_captions=False)
@@ -245,17 +285,22 @@ class TowersParts:
 
     def _tower_spec(self) -> TowerSpec:
         cfg = self.cfg
-        return TowerSpec(backbone=str(cfg.text_backbone), store_dim=self.store.dim, mean=self.mean, std=self.std,
-                         head_hidden=cfg.head_hidden, dropout=cfg.dropout, pooling=str(cfg.text_pooling),
-                         max_length=cfg.max_length, audio_encoder=cfg.audio_encoder,
-                         aggregation=self.store.attrs.get("aggregation") or None, joint_dim=cfg.joint_dim)
+        native = self.init_source if self.native else None
+        return TowerSpec(backbone=native["model"] if native else str(cfg.text_backbone), store_dim=self.store.dim,
+                         mean=self.mean, std=self.std, head_hidden=cfg.head_hidden, dropout=cfg.dropout,
+                         pooling="native" if native else str(cfg.text_pooling), max_length=cfg.max_length,
+                         audio_encoder=cfg.audio_encoder, aggregation=self.store.attrs.get("aggregation") or None,
+                         joint_dim=cfg.joint_dim, native=native["native"] if native else None)
 
     def _build_towers(self, resume_state: dict[str, Any] | None) -> Towers:
         device = self.runtime.device
         if resume_state is not None:
             return load_towers(self.run_dir / "latest", device=device)
         spec = self._tower_spec()
-        if self.init_source is None:
+        if self.init_source is None or self.native:
+            if self.native:
+                log.info("initialising from the native %s text tower (%s): the run starts as its zero-shot "
+                         "search and learns a residual", spec.native, spec.backbone)
             return self.objective.build(spec).to(device)
         source = f"run {self.init_source['run']} ({self.init_source['checkpoint']})"
         towers = load_towers(self.init_source["path"], device=device)
@@ -320,14 +365,17 @@ class TowersParts:
         cfg = self.cfg
         meta = RunMeta(run=self.run_name, audio_encoder=cfg.audio_encoder, manifest=self.manifest_name,
                        manifest_path=str(self.manifest_path), embeddings=str(self.store.path),
-                       manifest_hash=self.manifest_hash, text_backbone=cfg.text_backbone, objective=cfg.objective,
+                       manifest_hash=self.manifest_hash, objective=cfg.objective,
+                       text_backbone=self.init_source["model"] if self.native else cfg.text_backbone,
                        space_dim=self.towers.dim, text_rep=cfg.text_rep, loss=self.loss_name, teacher=cfg.teacher,
                        config=to_jsonable({k: v for k, v in asdict(cfg).items()
                                            if k not in TrainConfig.STUDENT_FIELDS}),
                        created=ts.created, status=status, best=ts.best,
                        # What the run learned from (search and eval warn when it meets other sources).
                        training_data=training_data(self.manifest_name, self.manifest_hash, self.train_split.records))
-        if self.init_source is not None:
+        if self.native:
+            meta.init_from = dict(self.init_source)
+        elif self.init_source is not None:
             src = self.init_source
             parent = RunMeta.read(self.state.run_dir(src["run"])) or RunMeta()
             # lineage: the parent and, through it, every earlier stage
