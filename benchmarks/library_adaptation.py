@@ -222,46 +222,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     evals = {r: mtx(state, "eval", "--run", r, "--manifest", name, "--checkpoint", ck, "--no-plots", "--json", log=log)
              for r, ck in checkpoints.items()}
 
-    test = test_set(manifest)
-    tags = sorted(test.labels)
-    n_tracks = sum(test.split_counts.values())
-    systems: dict[str, dict[str, dict[str, float]]] = {}
+    # Two held-out sets, both of artists never trained on: the test split (what `mtx eval` proves the lift
+    # on) and val + test (twice the artists, so more tags reach 5 positives).
+    sets = {"test": test_set(manifest, ("test",)), "val+test": test_set(manifest, ("val", "test"))}
+    held = sets["val+test"]
+    tags = sorted(set(sets["test"].labels) | set(held.labels))
+    n_tracks = sum(held.split_counts.values())
+    scores: dict[str, dict[str, np.ndarray]] = {}
     for label, run_name in (("adapted", args.run), ("demo (synth-trained)", args.demo_run)):
-        scores = search_scores(state, run_name, name, tags, test.ids, n_tracks, log, checkpoints[run_name])
-        systems[label] = {t: tag_scores(test.labels[t], s) for t, s in scores.items()}
-    zs = musicnn_scores(probs, tags, test.ids)
-    systems["MusiCNN tags (zero-shot)"] = {t: tag_scores(test.labels[t], s) for t, s in zs.items()}
-    systems["chance"] = {t: chance(test.labels[t]) for t in tags}
-    mapped = sorted(zs)
-    summary = {
-        "all": {s: macro(per, tags) for s, per in systems.items() if s != "MusiCNN tags (zero-shot)"},
-        "mapped": {s: macro(per, mapped) for s, per in systems.items()},
-    }
+        scores[label] = search_scores(state, run_name, name, tags, held.ids, n_tracks, log, checkpoints[run_name])
+    scores["MusiCNN tags (zero-shot)"] = musicnn_scores(probs, tags, held.ids)
+    results = {}
+    for set_name, ts in sets.items():
+        rows = np.array([held.ids.index(i) for i in ts.ids], dtype=np.int64)
+        per: dict[str, dict[str, dict[str, float]]] = {
+            system: {t: tag_scores(ts.labels[t], sc[t][rows]) for t in ts.labels if t in sc}
+            for system, sc in scores.items()}
+        per["chance"] = {t: chance(ts.labels[t]) for t in ts.labels}
+        set_tags = sorted(ts.labels)
+        mapped = sorted(t for t in set_tags if t in MUSICNN_MAP)
+        results[set_name] = {
+            "tracks": len(ts.ids), "artists": ts.artists, "tags": set_tags, "mapped_tags": mapped,
+            "positives": {t: int(ts.labels[t].sum()) for t in set_tags},
+            "summary": {"all": {s: macro(v, set_tags) for s, v in per.items() if s != "MusiCNN tags (zero-shot)"},
+                        "mapped": {s: macro(v, mapped) for s, v in per.items()}},
+            "per_tag": per}
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, {platform.python_version()}",
         "library": str(args.library), "state_dir": str(state), "manifest": name,
-        "sizes": {"tracks": n_tracks, "splits": test.split_counts, "artists_per_split": test.split_artists,
-                  "held_out_artists": test.artists, "held_out_tracks": len(test.ids),
-                  "tags_scored": len(tags), "tags_mapped_to_musicnn": len(mapped)},
+        "sizes": {"tracks": n_tracks, "splits": held.split_counts, "artists_per_split": held.split_artists},
         "train": {"preset": "--library" if library_preset else "--text-rep blend", "args": train_args,
                   "result": train},
-        "tags": tags, "mapped_tags": {t: list(MUSICNN_MAP[t]) for t in mapped},
-        "positives": {t: int(test.labels[t].sum()) for t in tags},
-        "summary": summary, "per_tag": systems,
+        "musicnn_map": {t: list(MUSICNN_MAP[t]) for t in tags if t in MUSICNN_MAP},
+        "checkpoints": checkpoints, "held_out": results,
         "eval_reports": evals, "sync": sync, "steps": log,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def render_table(result: dict[str, Any]) -> str:
-    sizes = result["sizes"]
-    lines = [f"held-out (val + test splits): {sizes['held_out_tracks']} tracks by {len(sizes['held_out_artists'])} "
-             f"artists never trained on; tags with >= {MIN_POSITIVES} positives", "",
-             "| system | tags | tag ROC-AUC | mean AP | P@10 (\"<tag> music\") |", "| --- | --- | --- | --- | --- |"]
-    for group, title in (("all", "all"), ("mapped", "MusiCNN-mapped")):
-        for system, m in result["summary"][group].items():
-            lines.append(f"| {system} | {title} ({m['n_tags']}) | {m['roc_auc']:.3f} | {m['ap']:.3f} | {m['p@10']:.3f} |")
+    lines = []
+    for set_name, r in result["held_out"].items():
+        lines += [f"held-out {set_name}: {r['tracks']} tracks by {len(r['artists'])} artists never trained on; "
+                  f"tags with >= {MIN_POSITIVES} positives", "",
+                  "| system | tags | tag ROC-AUC | mean AP | P@10 (\"<tag> music\") |", "| --- | --- | --- | --- | --- |"]
+        for group, title in (("all", "all"), ("mapped", "MusiCNN-mapped")):
+            for system, m in r["summary"][group].items():
+                lines.append(f"| {system} | {title} ({m['n_tags']}) | {m['roc_auc']:.3f} | {m['ap']:.3f} | "
+                             f"{m['p@10']:.3f} |")
+        lines.append("")
     return "\n".join(lines)
 
 

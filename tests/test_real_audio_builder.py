@@ -182,3 +182,18 @@ def test_render_midi_with_fluidsynth(tmp_path):
     assert 1.8 <= len(audio) / sr <= 10.0               # 2 s of note plus the release and reverb tail
     assert np.abs(audio[: sr // 2]).max() > 0.01        # the note sounds from the start
     assert bl.leading_silence(audio, sr) < 0.1
+
+
+def test_render_midi_stops_at_max_seconds(tmp_path):
+    if shutil.which("fluidsynth") is None:
+        pytest.skip("fluidsynth is not installed (apt-get install -y fluidsynth fluid-soundfont-gm)")
+    try:
+        soundfont = bl.find_soundfont()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    midi, wav = tmp_path / "long.mid", tmp_path / "long.wav"
+    midi.write_bytes(_smf_one_note(bl.GM["organ"], seconds_per_quarter=10.0))   # a 40 s note
+    bl.render_midi(midi, wav, soundfont, max_seconds=3.0)
+    audio, sr = sf.read(str(wav), always_2d=True)      # the unfinished WAV reads up to what was written
+    assert 3.0 <= len(audio) / sr < 30.0
+    assert np.abs(audio[: sr]).max() > 0.01

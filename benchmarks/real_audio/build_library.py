@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -403,15 +404,32 @@ def safe_name(text: str, limit: int = 80) -> str:
     return name[:limit].rstrip(" .") or "untitled"
 
 
-def render_midi(midi: Path, wav: Path, soundfont: str, sr: int = SAMPLE_RATE, gain: float = 0.6) -> None:
-    """FluidSynth renders ``midi`` to a 16-bit stereo WAV at ``sr`` (no audio driver, no shell)."""
+def render_midi(midi: Path, wav: Path, soundfont: str, sr: int = SAMPLE_RATE, gain: float = 0.6,
+                max_seconds: float | None = None, timeout: float = 300.0) -> None:
+    """FluidSynth renders ``midi`` to a 16-bit stereo WAV at ``sr`` (no audio driver, no shell).
+
+    With ``max_seconds`` the render stops once the file holds that much audio: FluidSynth 2.3 keeps
+    rendering silence after the end of some music21 MIDI files, and libsndfile reads the file it
+    leaves (a WAV whose header was not finalised) up to what was written."""
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise RuntimeError("fluidsynth is not installed (apt-get install -y fluidsynth fluid-soundfont-gm)")
     cmd = [exe, "-ni", "-q", "-g", str(gain), "-r", str(sr), "-F", str(wav), "-T", "wav", soundfont, str(midi)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    limit = None if max_seconds is None else 1024 + int(max_seconds * sr) * 4   # 16-bit stereo frames
+    start = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        while proc.poll() is None:
+            if limit is not None and wav.is_file() and wav.stat().st_size > limit:
+                proc.terminate()
+                proc.wait(timeout=30)
+                return
+            if time.monotonic() - start > timeout:
+                proc.kill()
+                raise RuntimeError(f"fluidsynth did not finish {midi.name} in {timeout:.0f} s")
+            time.sleep(0.1)
+        err = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0 or not wav.is_file():
-        raise RuntimeError(f"fluidsynth failed on {midi.name}: {proc.stderr.strip()[-300:]}")
+        raise RuntimeError(f"fluidsynth failed on {midi.name}: {err.strip()[-300:]}")
 
 
 def find_soundfont(explicit: str | None = None) -> str:
@@ -648,8 +666,9 @@ def build_collection(c: Collection, out: Path, soundfont: str) -> list[Excerpt]:
             # Folk tunes are played at their dance's tempo; art music at its own mark, else the default.
             qpm = ABC_FORMS.get(piece.form, c.qpm) if c.era == "folk" else score_tempo(piece.score, c.qpm)
             try:
-                programs, onsets = prepare_midi(piece, qpm, midi, 31.0 * c.excerpts_per_piece + 15.0)
-                render_midi(midi, wav, soundfont)
+                seconds = 31.0 * c.excerpts_per_piece + 15.0
+                programs, onsets = prepare_midi(piece, qpm, midi, seconds)
+                render_midi(midi, wav, soundfont, max_seconds=seconds + 20.0)
             except Exception as e:  # one bad score must not stop the library
                 log.warning("skip %s: %s", piece.source, e)
                 continue
