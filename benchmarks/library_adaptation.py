@@ -87,7 +87,24 @@ def mtx(state: Path, *args: str, log: list[dict[str, Any]], parse_json: bool = T
         raise SystemExit(f"mtx {' '.join(args)} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     if not parse_json:
         return proc.stdout
-    return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {"stdout": proc.stdout[-5000:]}
+
+
+def find_key(obj: Any, key: str) -> Any:
+    """The first value under ``key`` anywhere in a parsed JSON document (eval's ``lift`` section)."""
+    if isinstance(obj, dict):
+        if key in obj and obj[key] is not None:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
 
 
 def has_flag(state: Path, command: str, flag: str, log: list[dict[str, Any]]) -> bool:
@@ -256,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "result": train},
         "musicnn_map": {t: list(MUSICNN_MAP[t]) for t in tags if t in MUSICNN_MAP},
         "checkpoints": checkpoints, "held_out": results,
+        "eval_lift": {r: find_key(rep, "lift") for r, rep in evals.items()},
         "eval_reports": evals, "sync": sync, "steps": log,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -272,6 +290,13 @@ def render_table(result: dict[str, Any]) -> str:
                 lines.append(f"| {system} | {title} ({m['n_tags']}) | {m['roc_auc']:.3f} | {m['ap']:.3f} | "
                              f"{m['p@10']:.3f} |")
         lines.append("")
+    for run_name, lift in (result.get("eval_lift") or {}).items():
+        if isinstance(lift, dict) and lift.get("metrics"):
+            m = lift["metrics"]
+            parts = [f"{k} {v['model']:.3f} vs {v['baseline']:.3f}" for k, v in m.items()
+                     if v.get("model") is not None and v.get("baseline") is not None]
+            lines.append(f"mtx eval lift of {run_name} over the {lift.get('baseline')} baseline (test split): "
+                         + ", ".join(parts))
     return "\n".join(lines)
 
 

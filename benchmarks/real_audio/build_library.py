@@ -124,7 +124,7 @@ class Collection:
     """A set of scores that share an artist (composer or collection) and how they are rendered."""
     key: str
     artist: str
-    era: str                       # medieval, renaissance, baroque, classical, romantic, modern, folk
+    era: str                       # medieval, renaissance, baroque, classical, romantic, modern, folk ("": none fits)
     form: str                      # chorale, quartet, madrigal, reel (or "abc": each tune's R: field), ...
     ensemble: str | tuple[str, ...]  # one, or several used in turn (Bach's chorales: organ, then choir)
     paths: tuple[str, ...]         # music21 corpus paths or globs (relative to the corpus root)
@@ -198,7 +198,7 @@ COLLECTIONS: tuple[Collection, ...] = (
                album="Aloha Oe", excerpts_per_piece=2, qpm=80.0),
     Collection("johnson", "J. Rosamond Johnson", "romantic", "hymn", "voice and piano", ("johnson_j_r/*.mxl",), 1,
                album="Lift Every Voice and Sing", excerpts_per_piece=2, qpm=80.0),
-    Collection("joplin", "Scott Joplin", "romantic", "ragtime", "piano", ("joplin/*.mxl",), 1,
+    Collection("joplin", "Scott Joplin", "", "ragtime", "piano", ("joplin/*.mxl",), 1,
                album="Maple Leaf Rag", excerpts_per_piece=3, qpm=100.0),
     Collection("schoenberg", "Arnold Schoenberg", "modern", "piano piece", "piano", ("schoenberg/opus19/*.mxl",), 2,
                album="Sechs kleine Klavierstücke Op. 19", qpm=60.0),
@@ -725,7 +725,7 @@ def setup_side_venv(venv: Path = SIDE_VENV) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="the library folder to write")
+    parser.add_argument("--out", type=Path, help="the library folder to write")
     parser.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: FluidR3_GM)")
     parser.add_argument("--only", nargs="*", default=(), help="collection keys to build (default: all not yet built)")
     parser.add_argument("--setup", action="store_true", help=f"create the side venv {SIDE_VENV} and exit")
@@ -734,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup:
         print(setup_side_venv())
         return 0
+    if args.out is None:
+        parser.error("--out is required")
     if importlib.util.find_spec("music21") is None:
         print(f"music21 is missing: run this with {SIDE_VENV}/bin/python (create it with --setup)", file=sys.stderr)
         return 2
