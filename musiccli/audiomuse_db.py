@@ -267,6 +267,24 @@ def iter_pages(conn, schema: Schema, teachers: list[str], server_id: str | None,
         after = rows[-1]["item_id"]
 
 
+def read_playlists(conn) -> dict[str, list[str]]:
+    """AudioMuse-AI's ``playlist`` table (``playlist_name``, ``item_id``): name -> item ids, in table
+    order; {} when the database has no such table."""
+    with conn.transaction():
+        cur = conn.cursor()
+        cur.execute("SET TRANSACTION READ ONLY")
+        cols = [c for c, _ in _columns(cur, "playlist")]
+        if not {"playlist_name", "item_id"} <= set(cols):
+            return {}
+        order = "id" if "id" in cols else "item_id"
+        cur.execute(f"SELECT playlist_name, item_id FROM playlist WHERE playlist_name IS NOT NULL "  # noqa: S608
+                    f"AND item_id IS NOT NULL ORDER BY playlist_name, {order}")
+        out: dict[str, list[str]] = {}
+        for name, item in cur.fetchall():
+            out.setdefault(str(name), []).append(str(item))
+    return out
+
+
 def count_songs(conn) -> int:
     with conn.transaction():
         cur = conn.cursor()
@@ -277,4 +295,4 @@ def count_songs(conn) -> int:
 
 __all__ = ["PG_DEFAULTS", "TEACHERS", "TEACHER_BY_NAME", "Schema", "Teacher", "VectorError", "connect",
            "count_songs", "decode_vector", "describe", "detect_schema", "iter_pages", "page_query",
-           "parse_scores", "pick_server", "resolve_dsn"]
+           "parse_scores", "pick_server", "read_playlists", "resolve_dsn"]

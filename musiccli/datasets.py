@@ -36,9 +36,16 @@ def dataset_identity(root: Path) -> dict[str, Any]:
     ledger = Path(root) / Ledger.FILENAME
     try:
         st = ledger.stat()
-        return {"ledger_bytes": st.st_size, "ledger_mtime_ns": st.st_mtime_ns}
+        out: dict[str, Any] = {"ledger_bytes": st.st_size, "ledger_mtime_ns": st.st_mtime_ns}
     except FileNotFoundError:
         return {"ledger": None}
+    # Playlists the scan read (folder, audiomuse: captions shared by their tracks), rewritten only when they
+    # changed: a changed playlist changes the records' metadata, though no file did.
+    playlists = Path(root) / "playlists.json"
+    if playlists.is_file():
+        pst = playlists.stat()
+        out["playlists"] = [pst.st_size, pst.st_mtime_ns]
+    return out
 
 
 def disk_bytes(root: Path) -> int:

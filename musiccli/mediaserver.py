@@ -50,6 +50,7 @@ class Track:
     path: str | None = None
     suffix: str | None = None        # file extension without the dot ("flac")
     duration: float | None = None    # seconds
+    size: int | None = None          # bytes of the file, where the server says (Subsonic ``size``)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,11 @@ class MediaServer(abc.ABC):
     def download(self, track_id: str) -> tuple[str, dict[str, str]]:
         """(url, headers) for the original file of ``track_id``."""
 
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """(name, track ids) of the playlists the user sees on the server (Jellyfin, Navidrome); the
+        local files have none."""
+        return iter(())
+
     @abc.abstractmethod
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         """Create playlist ``name`` with ``track_ids`` in order, or replace the contents of one that exists."""
@@ -356,6 +362,15 @@ class Jellyfin(MediaServer):
         """Settle which auth header works before handing headers to the file downloader."""
         self._call("GET", f"/Users/{urllib.parse.quote(self.user_id, safe='')}")
         self._probed = True
+
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """The user's playlists (``/Items`` of type Playlist) with their tracks (``/Playlists/{id}/Items``)."""
+        found = self._call("GET", "/Items", {"userId": self.user_id, "IncludeItemTypes": "Playlist",
+                                             "Recursive": "true"}) or {}
+        for it in found.get("Items") or []:
+            entries = self._call("GET", f"/Playlists/{urllib.parse.quote(str(it['Id']), safe='')}/Items",
+                                 {"userId": self.user_id}) or {}
+            yield str(it.get("Name") or it["Id"]), [str(e["Id"]) for e in entries.get("Items") or [] if e.get("Id")]
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         ids = list(track_ids)
@@ -549,7 +564,8 @@ class Navidrome(MediaServer):
             for s in songs:
                 yield Track(id=str(s["id"]), title=s.get("title"), artist=s.get("artist"), album=s.get("album"),
                             path=s.get("path"), suffix=s.get("suffix"),
-                            duration=float(s["duration"]) if isinstance(s.get("duration"), (int, float)) else None)
+                            duration=float(s["duration"]) if isinstance(s.get("duration"), (int, float)) else None,
+                            size=int(s["size"]) if isinstance(s.get("size"), int) else None)
             offset += len(songs)
             if len(songs) < PAGE:
                 return
@@ -580,6 +596,15 @@ class Navidrome(MediaServer):
             raise MtxError("cannot tell which user this API key belongs to (no tokenInfo)",
                            hint="set NAVIDROME_USER and NAVIDROME_PASSWORD to save playlists")
         return [p for p in lists if p.get("name") == name and p.get("owner") == me]
+
+    def playlists(self) -> Iterator[tuple[str, list[str]]]:
+        """Every playlist the user sees (``getPlaylists``: their own and public ones), with its songs
+        (``getPlaylist``)."""
+        if not self._probed:
+            self._probe()
+        for p in (self._call("getPlaylists").get("playlists") or {}).get("playlist") or []:
+            entries = (self._call("getPlaylist", [("id", p["id"])]).get("playlist") or {}).get("entry") or []
+            yield str(p.get("name") or p["id"]), [str(e["id"]) for e in entries if "id" in e]
 
     def save_playlist(self, name: str, track_ids: Sequence[str]) -> PlaylistResult:
         ids = list(track_ids)

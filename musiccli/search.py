@@ -523,7 +523,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
     stage_config = {"text_model": text.kind, "manifest": manifest, "backend": backend, "options": options}
     stage_config.update({"run": text.run.name, "checkpoint": text.checkpoint} if text.run is not None
                         else {"encoder": text.encoder, "model_id": text.model_id})
-    if meta is not None and backend != "milvus":
+    if meta is not None and (backend != "milvus" or update):
         # A working index is replaced only once its successor is complete: the new one is written
         # beside it (an update reuses every unchanged row, a rebuild starts over) and swapped in.
         stage = begin_stage(state, "search", f"index:{name}", stage_config, Resume.FORCE,
@@ -581,7 +581,7 @@ def recover_index(state: StateDir, name: str) -> None:
 def _updatable(state: StateDir, text: QueryModel, meta: dict[str, Any], options: dict[str, Any],
                backend: str) -> bool:
     """Only the library changed (same text model, backend and options; the store keys rows by content)."""
-    if meta.get("format") != INDEX_FORMAT or meta.get("backend", "exact") != backend or backend == "milvus":
+    if meta.get("format") != INDEX_FORMAT or meta.get("backend", "exact") != backend:
         return False
     if meta.get("backend_options", {}) != options:
         return False

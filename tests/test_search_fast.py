@@ -291,7 +291,8 @@ def test_milvus_lite_gives_the_same_top10_as_the_local_index(make_run, state, tm
 
     client = connect(uri)
     assert client.get_collection_stats(collection_name("run1--lib--milvus"))["row_count"] == 40
-    got = client.query(collection_name("run1--lib--milvus"), filter="row == 5", output_fields=["track_id", "artist"])
+    got = client.query(collection_name("run1--lib--milvus"), filter='track_id == "t005"',
+                       output_fields=["track_id", "artist"])
     assert got[0]["track_id"] == run["records"][5].id and got[0]["artist"] == "Artist 2"
 
 

@@ -78,18 +78,17 @@ def test_milvus_server_index_search_upsert_delete(make_run, state, tmp_path) -> 
         d = state.index_dir(res.index)
         q = queries(4, 16, seed=1)
         assert top10_elsewhere(d, q, tmp_path) == exact_top10(state, q)
-        # What the resumable upload relies on, seen by a fresh searcher after the server released
-        # the collection: a delete removes a row, an upsert of that row puts it back.
+        # What the resumable upload and an update rely on, seen by a fresh searcher after the server released
+        # the collection: a delete by track id removes a row, an upsert of that track puts it back.
         client = milvus.connect(uri)
         name = milvus.collection_name(res.index)
         assert client.get_collection_stats(name)["row_count"] == 60
         vec = np.load(d / "vectors.npy")[5]
         client.release_collection(name)
-        client.delete(name, ids=[5])
+        client.delete(name, ids=["t005"])
         searcher = milvus.open(d, json.loads((d / "meta.json").read_text()), np.load(d / "vectors.npy", mmap_mode="r"))
         assert 5 not in searcher.search(vec, 5)[0].tolist()
-        client.upsert(name, [{"row": 5, "track_id": "t005", "title": "Title 5", "artist": "Artist 2",
-                              "vector": vec.tolist()}])
+        client.upsert(name, [{"track_id": "t005", "title": "Title 5", "artist": "Artist 2", "vector": vec.tolist()}])
         client.flush(name)
         assert searcher.search(vec, 5)[0][0] == 5
-        assert client.query(name, filter="row == 5", output_fields=["track_id"])[0]["track_id"] == "t005"
+        assert client.query(name, filter='track_id == "t005"', output_fields=["title"])[0]["title"] == "Title 5"

@@ -82,7 +82,7 @@ class TextEmbedderConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-POOLINGS = ("mean", "cls", "layers", "native")
+POOLINGS = ("mean", "cls", "layers")     # --text-pooling; a native tower is pooled by its own projection
 SPACES = ("audio", "joint")
 # Native text towers that load as one transformers module (tokens in, the joint-space vector out):
 # encoder -> the class whose ``text_embeds`` are the tower's output. MuQ-MuLan's text tower is not
@@ -133,7 +133,7 @@ class TextEmbedder(nn.Module):
         self.config = config
         self.backbone = backbone
         self.tokenizer = tokenizer
-        if config.pooling not in POOLINGS:
+        if config.pooling not in (*POOLINGS, "native"):
             raise MtxError(f"unknown text pooling {config.pooling!r}", hint=f"choose one of: {', '.join(POOLINGS)}")
         if config.space not in SPACES:
             raise MtxError(f"unknown text-embedder space {config.space!r}", hint=f"one of: {', '.join(SPACES)}")

@@ -15,6 +15,11 @@ Captions are synthesised from genre and mood tags, or fall back to "<title> by <
 Rerun ``mtx download folder`` after changing the library: it rescans and records what was added,
 changed, moved and removed (``scan.json``); see :func:`rescan`. ``mtx sync PATH`` does that and
 updates the manifest, the embeddings and the search index in one go.
+
+Playlists in the folder (``.m3u``/``.m3u8``) are captions shared by their tracks: each scan reads them
+(:func:`read_playlists`) into ``playlists.json``, and every member track gets the playlist's name in
+``extra["playlists"]`` and as an alternative caption. A changed playlist changes those tracks'
+metadata only: their content hash stays, so nothing is embedded again.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "folder.json"
 INDEX_NAME = "index.jsonl"
+PLAYLISTS_NAME = "playlists.json"
+PLAYLIST_EXTENSIONS = (".m3u", ".m3u8")
 _SPLIT_TAGS = re.compile(r"\s*[;,]\s*")
 _TRACK_PREFIX = re.compile(r"^\s*(?:\d{1,3}[\s._-]+|\d{1,2}-\d{1,3}[\s._-]+)")
 
@@ -412,6 +419,139 @@ def _scan_one(music: Path, rel: str, fid: str, index: Path, ledger: Ledger, dige
     return True
 
 
+# --------------------------------------------------------------------------- playlists
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def playlist_name(path: Path) -> str:
+    """The caption a playlist gives its tracks: its file name as the user wrote it, minus the
+    extension, with ``_`` as spaces and runs of spaces collapsed ("Late_Night  Drive.m3u8" ->
+    "Late Night Drive")."""
+    return " ".join(path.stem.replace("_", " ").split()) or path.stem
+
+
+def find_playlists(music: Path) -> list[Path]:
+    """The .m3u/.m3u8 files under ``music`` (hidden files and folders skipped, links not followed)."""
+    out = []
+    for folder, dirs, files in os.walk(music):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(folder) / f for f in sorted(files)
+                if not f.startswith((".", TMP_PREFIX)) and f.lower().endswith(PLAYLIST_EXTENSIONS)]
+    return out
+
+
+def _playlist_lines(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:   # .m3u predates UTF-8 (.m3u8 is UTF-8 by definition): Latin-1, as players read it
+        text = raw.decode("latin-1")
+    return text.splitlines()
+
+
+def _entry_rel(entry: str, playlist: Path, music: Path) -> str | None:
+    """The library-relative path an M3U entry names, or None when it points outside the library."""
+    import urllib.parse
+
+    if _URL.match(entry):
+        if not entry.lower().startswith("file://"):
+            return None   # a stream URL is not a file of this library
+        entry = urllib.parse.unquote(urllib.parse.urlparse(entry).path)
+    if "\\" in entry and os.sep == "/":   # written on Windows: "Artist\\Album\\01 x.mp3"
+        entry = entry.replace("\\", "/")
+    path = Path(entry) if os.path.isabs(entry) else playlist.parent / entry
+    root = os.path.normpath(music)
+    norm = os.path.normpath(path)
+    for base, target in ((root, norm), (os.path.realpath(music), os.path.realpath(norm))):
+        if target == base or not target.startswith(base.rstrip(os.sep) + os.sep):
+            continue
+        return Path(os.path.relpath(target, base)).as_posix()
+    return None
+
+
+@dataclass
+class PlaylistScan:
+    """What the library's playlists say: name -> member track ids, and the entries left out."""
+
+    playlists: dict[str, list[str]]
+    outside: int = 0          # entries pointing outside the music folder (or a stream URL)
+    missing: int = 0          # entries naming no audio file of the library
+    unreadable: int = 0       # playlist files that could not be read
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def members(self) -> dict[str, list[str]]:
+        """track id -> the names of the playlists it is in (sorted)."""
+        out: dict[str, set[str]] = {}
+        for name, ids in self.playlists.items():
+            for i in ids:
+                out.setdefault(i, set()).add(name)
+        return {i: sorted(v) for i, v in out.items()}
+
+
+def read_playlists(music: Path, by_rel: dict[str, str], paths: list[Path] | None = None) -> PlaylistScan:
+    """Read every playlist under ``music``; ``by_rel`` maps a library-relative path to its track id.
+
+    Entries are relative (to the playlist's folder) or absolute paths, or ``file://`` URLs;
+    ``#EXTM3U``, ``#EXTINF`` and other ``#`` lines are comments. Entries outside the folder and
+    entries naming no file of the library are left out and counted (and logged as one warning).
+    Two playlist files with the same cleaned name are one playlist.
+    """
+    scan_ = PlaylistScan(playlists={})
+    for path in find_playlists(music) if paths is None else paths:
+        try:
+            lines = _playlist_lines(path)
+        except OSError as e:
+            log.warning("folder: cannot read playlist %s: %s", path.name, e.strerror or e)
+            scan_.unreadable += 1
+            continue
+        ids = scan_.playlists.setdefault(playlist_name(path), [])
+        for line in lines:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            rel = _entry_rel(entry, path, music)
+            if rel is None:
+                scan_.outside += 1
+            elif rel not in by_rel:
+                scan_.missing += 1
+            elif by_rel[rel] not in ids:
+                ids.append(by_rel[rel])
+    if scan_.outside or scan_.missing:
+        log.warning("folder: %d playlist entr%s left out (%d outside the music folder, %d not a file of the library)",
+                    scan_.outside + scan_.missing, "y" if scan_.outside + scan_.missing == 1 else "ies",
+                    scan_.outside, scan_.missing)
+    return scan_
+
+
+def record_playlists(music: Path, root: Path) -> dict[str, int]:
+    """Read the playlists into ``playlists.json`` (rewritten only when they changed, so an unchanged
+    library keeps its identity); returns the scan's playlist counts for ``scan.json`` (none when the
+    library has no playlist): ``playlists`` and ``playlist_changes`` (tracks whose playlists changed)."""
+    path = Path(root) / PLAYLISTS_NAME
+    old = read_json(path) if path.is_file() else None
+    paths = find_playlists(music)
+    if not paths and old is None:   # the common case costs one walk of the folder, nothing more
+        return {}
+    by_rel = {d["rel"]: i for i, d in live_index(root).items()}
+    found = read_playlists(music, by_rel, paths)
+    before = PlaylistScan(playlists=(old or {}).get("playlists", {})).members()
+    after = found.members()
+    changed = sum(1 for i in set(before) | set(after) if before.get(i) != after.get(i))
+    if old != found.to_dict():
+        atomic_write_json(path, found.to_dict())
+    return {"playlists": len(found.playlists), "playlist_changes": changed}
+
+
+def playlist_members(root: Path) -> dict[str, list[str]]:
+    """track id -> its playlists' names, as the last scan read them."""
+    path = Path(root) / PLAYLISTS_NAME
+    return PlaylistScan(playlists=read_json(path).get("playlists", {})).members() if path.is_file() else {}
+
+
 @register
 class FolderSource(Source):
     info = INFO
@@ -460,7 +600,7 @@ class FolderSource(Source):
             files = files[: max(0, cfg.max_items)]
         end_torn_line(root / INDEX_NAME)
         report = rescan(music, root, files, ledger, progress)
-        atomic_write_json(root / SCAN_NAME, report.to_dict())
+        atomic_write_json(root / SCAN_NAME, {**report.to_dict(), **record_playlists(music, root)})
         log.info("folder: %d audio file(s) in %s: %s", len(files), music, report.describe())
 
     def changes(self, root: Path) -> dict[str, Any] | None:
@@ -490,9 +630,11 @@ class FolderSource(Source):
         out = []
         present = [(info, path) for info, path in self._present(Path(root)) if path.is_file()]
         artists = folder_artists([info for info, _ in present])
+        playlists = playlist_members(Path(root))
         for (info, path), (artist, artist_source) in zip(present, artists):
             info = {**info, "artist": artist, "artist_source": artist_source}
-            captions = captions_for(info)
+            # A playlist is a caption its tracks share, as the user wrote it ("Late Night Drive").
+            captions = list(dict.fromkeys([*captions_for(info), *playlists.get(info["id"], [])]))
             out.append(Record(
                 id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
                 alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
@@ -505,6 +647,8 @@ class FolderSource(Source):
                                          CONTENT_HASH: info.get(CONTENT_HASH)}.items() if v is not None},
             ))
             out[-1].extra["artist_source"] = artist_source   # which rule named the artist (folder_artists)
+            if info["id"] in playlists:
+                out[-1].extra["playlists"] = playlists[info["id"]]
         return out
 
     def expected_files(self, root: Path) -> list[ExpectedFile]:
@@ -513,4 +657,5 @@ class FolderSource(Source):
                 for info, path in self._present(Path(root))]
 
 
-__all__ = ["FolderSource", "INFO", "scan", "read_file_info", "captions_for", "file_id", "folder_artists"]
+__all__ = ["FolderSource", "INFO", "scan", "read_file_info", "captions_for", "file_id", "folder_artists",
+           "find_playlists", "playlist_members", "playlist_name", "read_playlists", "record_playlists"]
