@@ -8,8 +8,8 @@ process per step, in one state dir:
 1. ``mtx sync LIBRARY --audio-encoder musicnn`` (scan, unify with artist splits, MusiCNN embeddings);
 2. MusiCNN's own taggrams: ``mtx embed --tags`` (MSD model, beside the store) and, in a second state
    dir over the same manifest, ``mtx embed --model MTT_musicnn --tags`` (MagnaTagATune model);
-3. the adapted model: ``mtx train --library`` where the CLI has it, else the documented recipe
-   ``mtx train --manifest NAME --audio-encoder musicnn --text-rep blend``;
+3. the adapted model: ``mtx train --library`` (MiniLM text tower on the library's tags, ``--text-rep
+   blend``, splits that keep artists and albums whole);
 4. ``mtx eval`` of the adapted run and of the synth-trained demo run (``mtx demo``, the same encoder)
    on the library's test split (the reports are kept in the JSON);
 5. ``mtx search "<tag> music" -k N --json`` with each run: every track's score for each tag.
@@ -105,10 +105,6 @@ def find_key(obj: Any, key: str) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def has_flag(state: Path, command: str, flag: str, log: list[dict[str, Any]]) -> bool:
-    return flag in mtx(state, command, "--help", log=log, parse_json=False)
 
 
 # --------------------------------------------------------------------------- reading outputs
@@ -225,13 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "--tags", "--json", log=log)
     probs = {"MSD": read_tag_probs(store), "MTT": read_tag_probs(mtt_state / "embeddings" / "musicnn" / f"{name}.h5")}
 
-    library_preset = has_flag(state, "train", "--library", log)
-    train_args = ["train", "--manifest", name, "--audio-encoder", "musicnn", "--run", args.run]
-    if library_preset:
-        train_args += ["--library"]
-    else:
-        train_args += ["--text-rep", "blend", "--epochs", str(args.epochs)]
-    train_args += [*(["--force"] if args.force else []), "--seed", str(args.seed), "--json"]
+    train_args = ["train", "--library", "--manifest", name, "--audio-encoder", "musicnn", "--run", args.run,
+                  "--seed", str(args.seed), *(["--force"] if args.force else []), "--json"]
     train = mtx(state, *train_args, log=log)
     # The adapted run is scored at its last checkpoint: "best" is chosen on the val split, which is held out
     # here, so no held-out track chooses anything. The demo run's best was chosen on its own synth val split.
@@ -269,8 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, {platform.python_version()}",
         "library": str(args.library), "state_dir": str(state), "manifest": name,
         "sizes": {"tracks": n_tracks, "splits": held.split_counts, "artists_per_split": held.split_artists},
-        "train": {"preset": "--library" if library_preset else "--text-rep blend", "args": train_args,
-                  "result": train},
+        "train": {"args": train_args, "result": train},
         "musicnn_map": {t: list(MUSICNN_MAP[t]) for t in tags if t in MUSICNN_MAP},
         "checkpoints": checkpoints, "held_out": results,
         "eval_lift": {r: find_key(rep, "lift") for r, rep in evals.items()},
@@ -307,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-run", default="demo", help="the synth-trained run of `mtx demo` (musicnn)")
     parser.add_argument("--name", default="reallib", help="manifest name of the library")
     parser.add_argument("--run", default="reallib-adapted", help="name of the adapted run")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs of the recipe (without --library)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="retrain the adapted run")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: STATE/library_adaptation.json)")
