@@ -13,7 +13,8 @@ Saved layout (``save_pretrained``)::
     config.json          TextEmbedderConfig
     model.safetensors    head weights + audio_mean/audio_std
     backbone/            a plain transformers model + tokenizer
-                         (``AutoModel.from_pretrained(path / "backbone")`` works)
+                         (``AutoModel.from_pretrained(path / "backbone")`` works; a native
+                         tower's loads with its own class, e.g. ``ClapTextModelWithProjection``)
 """
 
 from __future__ import annotations
