@@ -124,7 +124,8 @@ class SearchResult:
     run: str | None
     index: str
     hits: list[dict[str, Any]] = field(default_factory=list)
-    rebuilt: bool = False
+    rebuilt: bool = False          # the index was built or brought up to date by this search
+    index_updated: bool = False    # ... and that was an in-place update (only changed rows embedded)
     search_ms: float = 0.0
     text_model: str = "run"
     encoder: str = ""
@@ -486,8 +487,9 @@ def _default_name(state: StateDir, text: QueryModel, manifest: str, backend: str
 def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebuild: bool = False,
                manifest: str | None = None, progress: Progress | None = None,
                resume: Resume = Resume.FRESH, backend: str = "auto", uri: str | None = None,
-               dtype: str = "float16") -> tuple[Index, bool]:
-    """The requested (or default) index for a text model, rebuilt when asked or stale. Returns (index, rebuilt)."""
+               dtype: str = "float16") -> tuple[Index, str]:
+    """The requested (or default) index for a text model, rebuilt when asked or stale, or updated in place
+    when only some rows changed. Returns (index, how): how is "" (used as it was), "built" or "updated"."""
     if backend not in BACKEND_CHOICES:
         raise unknown_choice("search backend", backend, BACKEND_CHOICES)
     if index is not None:
@@ -517,7 +519,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
             f"it was built for the {meta.get('backend', 'exact')} backend" if meta.get("backend", "exact") != backend
             else None)
         if reason is None:
-            return load_index(state, name), False
+            return load_index(state, name), ""
         update = _updatable(state, text, meta, options, backend)
         log.info("index %s is out of date (%s); %s", name, reason, "updating it in place" if update else "rebuilding")
     stage_config = {"text_model": text.kind, "manifest": manifest, "backend": backend, "options": options}
@@ -531,7 +533,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
         built = (update_index(state, text, name, meta, progress, backend, options) if update
                  else _rebuild_beside(state, text, manifest, name, progress, backend, options))
         stage.complete({"index": name, "count": len(built), "updated": update})
-        return built, True
+        return built, "updated" if update else "built"
     # Building the index is this stage's unit of work. A stale or explicitly rebuilt index starts over;
     # a build that was interrupted before meta.json landed must be resumed (--continue) or forced.
     mode = Resume.FORCE if (meta is not None or rebuild) else resume
@@ -539,7 +541,7 @@ def open_index(state: StateDir, text: QueryModel, index: str | None = None, rebu
     built = build_index(state, text, manifest, name, progress=progress, backend=backend, options=options,
                         stage=stage)
     stage.complete({"index": name, "count": len(built)})
-    return built, True
+    return built, "built"
 
 
 # --------------------------------------------------------------------------- updating in place
@@ -895,7 +897,7 @@ def rank_capped(index: Index, q: np.ndarray, k: int, max_per_artist: int | None,
 def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None) -> SearchResult:
     has_text = _check(cfg)
     text = query_model(state, cfg)
-    index, rebuilt = open_index(state, text, cfg.index, cfg.rebuild, manifest=cfg.manifest, progress=progress,
+    index, how = open_index(state, text, cfg.index, cfg.rebuild, manifest=cfg.manifest, progress=progress,
                                 resume=cfg.resume, backend=cfg.backend, uri=cfg.uri, dtype=cfg.index_dtype)
     log.debug("using %s, index %s (%d tracks, %s)", _owner_of(text), index.name, len(index), index.backend)
     warnings = [w for w in [_provenance_warning(text, index)] if w]
@@ -936,8 +938,8 @@ def search(state: StateDir, cfg: SearchConfig, progress: Progress | None = None)
 
         playlist = asdict(save_playlist(state, index.name, hits, cfg.playlist, cfg.server))
     return SearchResult(query=cfg.query or "", run=text.run.name if text.run is not None else None, index=index.name,
-                        hits=hits, rebuilt=rebuilt, search_ms=ms, text_model=text.kind, encoder=text.encoder,
-                        model_id=text.model_id, query_runtime=text.runtime,
+                        hits=hits, rebuilt=bool(how), index_updated=how == "updated", search_ms=ms,
+                        text_model=text.kind, encoder=text.encoder, model_id=text.model_id, query_runtime=text.runtime,
                         notes=[text.note] if text.note else [], like=cfg.like, backend=index.backend,
                         warnings=warnings, playlist=playlist)
 

@@ -124,7 +124,7 @@ def command(
         result = search(app.state, cfg, progress)
     source = f"run {result.run}" if result.text_model == "run" else \
         f"the native {result.encoder} text tower ({result.model_id})"
-    app.out.info(escape(f"using {source}, index {result.index} ({result.backend})") + (" (rebuilt)" if result.rebuilt else "")
+    app.out.info(escape(f"using {source}, index {result.index} ({result.backend})") + (" (updated in place)" if result.index_updated else " (rebuilt)" if result.rebuilt else "")
                  + f"; query encoded with {result.query_runtime}")
     for note in result.notes:
         app.out.info(escape(note))
