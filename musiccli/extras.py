@@ -74,8 +74,6 @@ def sys_modules_blocked(module: str) -> bool:
 
 def has_extra(*modules: str) -> bool:
     """Whether every module is importable (without importing it)."""
-    import sys
-
     for m in modules:
         if sys_modules_blocked(m.split(".")[0]):
             return False

@@ -48,25 +48,33 @@ class Record:
     group: str | None = None          # the underlying recording (see group_of); None = the record itself
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        # Built field by field (no dataclasses.asdict deepcopy, no generic loop): writing a manifest
-        # of 100k records is mostly this; the output is the same.
-        out: dict[str, Any] = {"id": self.id, "audio_path": self.audio_path, "caption": self.caption,
-                               "duration": self.duration}
+    def to_dict(self, audio_path: str | None = None) -> dict[str, Any]:
+        """The record's JSON object (``audio_path`` replaces the path, as a manifest stores it).
+
+        Built field by field (no dataclasses.asdict deepcopy, no generic loop): writing a manifest of
+        100k records is mostly this; the output is the same."""
+        out: dict[str, Any] = {"id": self.id, "audio_path": self.audio_path if audio_path is None else audio_path,
+                               "caption": self.caption, "duration": self.duration}
         if self.alt_captions:
             out["alt_captions"] = list(self.alt_captions)
-        for key in ("dataset", "artist", "title"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        if self.dataset is not None:
+            out["dataset"] = self.dataset
+        if self.artist is not None:
+            out["artist"] = self.artist
+        if self.title is not None:
+            out["title"] = self.title
         if self.tags:
             out["tags"] = list(self.tags)
-        for key in ("license", "split", "group"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        if self.license is not None:
+            out["license"] = self.license
+        if self.split is not None:
+            out["split"] = self.split
+        if self.group is not None:
+            out["group"] = self.group
         if self.extra:
             out.update(self.extra)
+            if "audio_path" in self.extra and audio_path is not None:
+                out["audio_path"] = audio_path
         return out
 
     @classmethod
@@ -134,7 +142,7 @@ def write_manifest(path: Path, records: Sequence[Record]) -> None:
     path = Path(path)
     stored = _path_writer(path)
     with paused_gc():
-        lines = [encode(_row(r, stored)) for r in records]
+        lines = [encode(r.to_dict(stored(r.audio_path))) for r in records]
     body = ",\n".join(lines)
     del lines
     atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
@@ -152,32 +160,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def _row(r: Record, stored) -> dict[str, Any]:
-    """``r.to_dict()`` with ``audio_path`` as ``stored`` writes it, built without the copies and loops of
-    ``to_dict`` (only encoded, never kept): the same keys in the same order."""
-    out: dict[str, Any] = {"id": r.id, "audio_path": r.audio_path, "caption": r.caption, "duration": r.duration}
-    if r.alt_captions:
-        out["alt_captions"] = r.alt_captions
-    if r.dataset is not None:
-        out["dataset"] = r.dataset
-    if r.artist is not None:
-        out["artist"] = r.artist
-    if r.title is not None:
-        out["title"] = r.title
-    if r.tags:
-        out["tags"] = r.tags
-    if r.license is not None:
-        out["license"] = r.license
-    if r.split is not None:
-        out["split"] = r.split
-    if r.group is not None:
-        out["group"] = r.group
-    if r.extra:
-        out.update(r.extra)
-    out["audio_path"] = stored(r.audio_path)
-    return out
 
 
 def _line_encoder():

@@ -191,3 +191,19 @@ def pg():
         yield server
     finally:
         stop()
+
+
+@pytest.fixture()
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """File names the embed stage decodes (it decodes each track it embeds; in-process with --workers 0)."""
+    from musiccli import embed
+
+    calls: list[str] = []
+    real = embed.decode_windows
+
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(embed, "decode_windows", counting)
+    return calls

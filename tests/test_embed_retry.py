@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from progress_doubles import StopAfter
-from musiccli import embed, store
+from musiccli import store
 from musiccli.embed import EmbedConfig, run_embed
 from musiccli.errors import Interrupted, MtxError
 from musiccli.manifest import Record, write_manifest
@@ -87,20 +87,6 @@ def _assert_same_store(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     assert got["attrs"] == want["attrs"]
     assert got.get("tag_names") == want.get("tag_names")
-
-
-@pytest.fixture()
-def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The audio paths the stage decodes (the loader runs in-process with --workers 0)."""
-    calls: list[str] = []
-    real = embed.decode_windows
-
-    def counting(path, *args, **kwargs):
-        calls.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(embed, "decode_windows", counting)
-    return calls
 
 
 def _clean_store(tmp_path: Path, records: list[Record], **kw) -> dict:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from musiccli import audio
 from tests.sine_audio import encode_pyav

@@ -116,7 +116,6 @@ def test_native_init_starts_exactly_at_the_native_tower(tiny_clap: Path) -> None
     import torch
     from transformers import AutoTokenizer, ClapModel
 
-    from musiccli.families.towers.model import load_towers
     from musiccli.families.towers.objectives import AlignObjective, TowerSpec
 
     spec = TowerSpec(backbone=str(tiny_clap), store_dim=8, mean=np.zeros(8, np.float32), std=np.ones(8, np.float32),

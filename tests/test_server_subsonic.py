@@ -9,7 +9,6 @@ HTTP 200 when it has no transcoder. That is exactly what broke `mtx download aud
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 

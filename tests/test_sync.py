@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musiccli import embed
 from musiccli.manifest import CONTENT_HASH, read_manifest
 from musiccli.state import StateDir
 from musiccli.store import EmbeddingStore
@@ -54,20 +53,6 @@ def _change(root: Path) -> None:
     (root / "Band B/Moved").mkdir()
     shutil.move(root / "Band B/Two/02 d.m4a", root / "Band B/Moved/02 d.m4a")                 # moved
     (root / "Band C/Three/01 e.flac").unlink()                                               # removed
-
-
-@pytest.fixture()
-def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Files the encoder was given (the embed stage decodes each track it embeds, in-process)."""
-    calls: list[str] = []
-    real = embed.decode_windows
-
-    def counting(path, *args, **kwargs):
-        calls.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(embed, "decode_windows", counting)
-    return calls
 
 
 def _cfg(path: Path, **kw) -> SyncConfig:
