@@ -20,21 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from library_store import write_library
 from musiccli import store as store_mod
 from musiccli.errors import Interrupted
-from musiccli.manifest import CONTENT_HASH, Record, write_manifest
+from musiccli.manifest import CONTENT_HASH, Record
 from musiccli.search import SearchConfig, search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _write_library(state, run: dict, records: list[Record], vectors: np.ndarray) -> None:
-    write_manifest(state.manifest_path(run["manifest"]), records)
-    path = run["store"]
-    store_mod.discard(path)
-    store_mod.write_part(path, 0, [r.id for r in records], vectors, hashes=[r.extra[CONTENT_HASH] for r in records])
-    store_mod.assemble(path, run["dim"], "float32", {"encoder": run["encoder"], "dim": run["dim"]}, 1)
-    store_mod.remove_parts(path)
 
 
 def _hashed(records: list[Record]) -> list[Record]:
@@ -87,13 +79,13 @@ def test_index_updates_in_place(make_run, state, counted: list[int], backend: st
     records = _hashed(run["records"])
     with store_mod.EmbeddingStore(run["store"]) as st:
         vectors = st.get([r.id for r in records])
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     first = search(state, SearchConfig(query="dark rock", backend=backend, query_runtime="torch"))
     assert first.rebuilt and not first.index_updated and sum(counted) == 40
     name = first.index
 
     new_records, new_vectors = _changed(run, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     counted.clear()
     second = search(state, SearchConfig(query=new_records[0].caption, backend=backend, query_runtime="torch"))
     assert second.index_updated and sum(counted) == 3          # t010 changed, n900 and n901 new: nothing else mapped
@@ -131,11 +123,11 @@ def test_interrupted_update_keeps_the_working_index(make_run, state) -> None:
     records = _hashed(run["records"])
     with store_mod.EmbeddingStore(run["store"]) as st:
         vectors = st.get([r.id for r in records])
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     name = search(state, SearchConfig(query="rock", query_runtime="torch")).index
     before = np.load(state.index_dir(name) / "vectors.npy")
     new_records, new_vectors = _changed(run, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     with pytest.raises((Interrupted, KeyboardInterrupt)):
         search(state, SearchConfig(query="rock", query_runtime="torch"), StopAfter(1, mode="kbd"))
     np.testing.assert_array_equal(np.load(state.index_dir(name) / "vectors.npy"), before)   # still working
@@ -150,10 +142,10 @@ def test_a_swap_cut_between_its_renames_is_finished(make_run, state, monkeypatch
     records = _hashed(run["records"])
     with store_mod.EmbeddingStore(run["store"]) as st:
         vectors = st.get([r.id for r in records])
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     name = search(state, SearchConfig(query="rock", query_runtime="torch")).index
     new_records, new_vectors = _changed(run, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     real = os.replace
     calls = []
 
@@ -183,7 +175,7 @@ def test_moved_state_dir_search_returns_paths_under_the_new_location(make_run, s
         r.audio_path = str(inside / f"{r.id}.wav")
     with store_mod.EmbeddingStore(run["store"]) as st:
         vectors = st.get([r.id for r in records])
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     search(state, SearchConfig(query="rock", query_runtime="torch"))
     moved = tmp_path / "moved-state"
     shutil.copytree(state.root, moved)
@@ -218,10 +210,10 @@ def test_kill_9_during_an_index_update(make_run, state, backend: str) -> None:
     records = _hashed(run["records"])
     with store_mod.EmbeddingStore(run["store"]) as st:
         vectors = st.get([r.id for r in records])
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     name = search(state, SearchConfig(query="rock", query_runtime="torch", backend=backend)).index
     new_records, new_vectors = _changed(run, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", _KILL, str(state.root), backend], env=env, capture_output=True)

@@ -18,33 +18,13 @@ import sys
 import numpy as np
 import pytest
 
+from library_store import write_library
+from servers.milvus import SEARCH_IN_A_NEW_PROCESS
 from musiccli import store as store_mod
-from musiccli.manifest import CONTENT_HASH, Record, write_manifest
+from musiccli.manifest import CONTENT_HASH, Record
 from musiccli.search import SearchConfig, search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SEARCH_IN_A_NEW_PROCESS = r"""
-import json, sys
-from pathlib import Path
-import numpy as np
-from musiccli.index_backends import milvus
-d, q = Path(sys.argv[1]), np.load(sys.argv[2])
-meta = json.loads((d / "meta.json").read_text())
-ids = json.loads((d / "ids.json").read_text())
-s = milvus.open(d, meta, np.load(d / "vectors.npy", mmap_mode="r"))
-print(json.dumps([[ids[r] for r in s.search(x, 10)[0].tolist()] for x in q]))
-"""
-
-
-def _write_library(state, run: dict, records: list[Record], vectors: np.ndarray) -> None:
-    write_manifest(state.manifest_path(run["manifest"]), records)
-    path = run["store"]
-    store_mod.discard(path)
-    store_mod.write_part(path, 0, [r.id for r in records], vectors, hashes=[r.extra[CONTENT_HASH] for r in records])
-    store_mod.assemble(path, run["dim"], "float32", {"encoder": run["encoder"], "dim": run["dim"]}, 1)
-    store_mod.remove_parts(path)
-
 
 def _library(run: dict) -> tuple[list[Record], np.ndarray]:
     records = run["records"]
@@ -126,7 +106,7 @@ def test_milvus_server_collection_is_updated_in_place(make_run, state, tmp_path,
 
     run = make_run(n=200)
     records, vectors = _library(run)
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     with milvus_server(tmp_path / "milvus") as uri:
         first = search(state, SearchConfig(query="dark rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
         assert first.rebuilt and len(writes["upsert"]) == 200
@@ -136,7 +116,7 @@ def test_milvus_server_collection_is_updated_in_place(make_run, state, tmp_path,
         old_searcher = milvus.open(d, old_meta, np.load(d / "vectors.npy"))   # a search started before the update
 
         new_records, new_vectors = _one_percent_changed(records, vectors)
-        _write_library(state, run, new_records, new_vectors)
+        write_library(state, run, new_records, new_vectors)
         writes["upsert"].clear()
         second = search(state, SearchConfig(query="dark rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
         # (b) only the changed rows were written: 3 upserts (changed audio, new, retitled), 1 delete
@@ -178,12 +158,12 @@ def test_milvus_lite_default_file_is_updated_beside_the_index(make_run, state, t
 
     run = make_run(n=40)
     records, vectors = _library(run)
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     first = search(state, SearchConfig(query="dark rock", k=10, backend="milvus", query_runtime="torch"))
     d = state.index_dir(first.index)
     assert (d / milvus.LITE_FILE).exists()
     new_records, new_vectors = _one_percent_changed(records, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     writes["upsert"].clear()
     second = search(state, SearchConfig(query="dark rock", k=10, backend="milvus", query_runtime="torch"))
     assert sorted(writes["upsert"]) == ["n900", "t020", "t025"] and writes["delete"] == ["t007"]
@@ -209,7 +189,7 @@ def test_milvus_index_built_by_row_is_rebuilt_once(make_run, state, tmp_path, mo
 
     run = make_run(n=30)
     records, vectors = _library(run)
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     uri = str(tmp_path / "lib.db")
     first = search(state, SearchConfig(query="rock", k=5, backend="milvus", uri=uri, query_runtime="torch"))
     d = state.index_dir(first.index)
@@ -217,7 +197,7 @@ def test_milvus_index_built_by_row_is_rebuilt_once(make_run, state, tmp_path, mo
     del meta["backend_meta"]["key"]          # as an older mtx recorded it
     (d / "meta.json").write_text(json.dumps(meta))
     new_records, new_vectors = _one_percent_changed(records, vectors)
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     second = search(state, SearchConfig(query="rock", k=5, backend="milvus", uri=uri, query_runtime="torch"))
     meta = json.loads((d / "meta.json").read_text())
     assert meta["backend_meta"]["key"] == milvus.KEY and meta["backend_meta"]["upserted_rows"] == len(new_records)
@@ -237,7 +217,7 @@ def test_interrupted_milvus_update_is_finished_by_the_next_one(make_run, state, 
     monkeypatch.setattr(milvus, "BATCH", 1)
     run = make_run(n=40)
     records, vectors = _library(run)
-    _write_library(state, run, records, vectors)
+    write_library(state, run, records, vectors)
     uri = str(tmp_path / "shared.db")
     first = search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
     d, name = state.index_dir(first.index), milvus.collection_name(first.index)
@@ -246,7 +226,7 @@ def test_interrupted_milvus_update_is_finished_by_the_next_one(make_run, state, 
                               artist="New Artist", title="Newer", extra={CONTENT_HASH: "h-n901"}))
     new_vectors = np.concatenate([new_vectors, np.random.default_rng(5).standard_normal((1, run["dim"]),
                                                                                       ).astype(np.float32)])
-    _write_library(state, run, new_records, new_vectors)
+    write_library(state, run, new_records, new_vectors)
     writes["upsert"].clear()
     with pytest.raises(KeyboardInterrupt):   # 3 rows mapped, then 3 of 4 upserts sent
         search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"),
@@ -257,7 +237,7 @@ def test_interrupted_milvus_update_is_finished_by_the_next_one(make_run, state, 
 
     keep = [k for k, r in enumerate(new_records) if r.id != "n900"]
     final_records, final_vectors = [new_records[k] for k in keep], new_vectors[keep]
-    _write_library(state, run, final_records, final_vectors)
+    write_library(state, run, final_records, final_vectors)
     writes["upsert"].clear()
     res = search(state, SearchConfig(query="rock", k=10, backend="milvus", uri=uri, query_runtime="torch"))
     assert sorted(writes["delete"]) == ["n900", "t007"] and sorted(writes["upsert"]) == ["n901", "t020", "t025"]

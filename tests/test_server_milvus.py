@@ -16,20 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+from servers.milvus import SEARCH_IN_A_NEW_PROCESS
 from musiccli.search import SearchConfig, load_index, search
-
-SEARCH_IN_A_NEW_PROCESS = r"""
-import json, sys
-from pathlib import Path
-import numpy as np
-from musiccli.index_backends import milvus
-d, q = Path(sys.argv[1]), np.load(sys.argv[2])
-meta = json.loads((d / "meta.json").read_text())
-ids = json.loads((d / "ids.json").read_text())
-s = milvus.open(d, meta, np.load(d / "vectors.npy", mmap_mode="r"))
-print(json.dumps([[ids[r] for r in s.search(x, 10)[0].tolist()] for x in q]))
-"""
-
 
 def queries(n: int, dim: int, seed: int = 0) -> np.ndarray:
     q = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)

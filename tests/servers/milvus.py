@@ -9,6 +9,19 @@ from pathlib import Path
 
 from . import free_port, stop, venv_tool, wait_port
 
+# An index folder searched from a fresh process (argv: index dir, queries .npy): prints the top-10 ids per query.
+SEARCH_IN_A_NEW_PROCESS = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from musiccli.index_backends import milvus
+d, q = Path(sys.argv[1]), np.load(sys.argv[2])
+meta = json.loads((d / "meta.json").read_text())
+ids = json.loads((d / "ids.json").read_text())
+s = milvus.open(d, meta, np.load(d / "vectors.npy", mmap_mode="r"))
+print(json.dumps([[ids[r] for r in s.search(x, 10)[0].tolist()] for x in q]))
+"""
+
 
 @contextmanager
 def milvus_server(tmp: Path) -> Iterator[str]:
