@@ -71,17 +71,17 @@ def count_supervision(records: Sequence[Record]) -> Supervision:
     sup = Supervision()
     train_labels: Counter[str] = Counter()
     held: Counter[str] = Counter()
-    artists = set()
+    artists: set[str | None] = set()
     for r in records:
         labels = labels_of(r)
         if r.split == "train":
-            artists.add(artist_of(r) or f"id:{r.id}")
+            artists.add(artist_of(r))
             sup.labelled += bool(labels)
             train_labels.update(labels)
         elif r.split == HELD_OUT:
             sup.held_out_tracks += 1
             held.update(labels)
-    sup.artists = len({a for a in artists if not a.startswith("id:")}) or (1 if artists else 0)
+    sup.artists = len(artists - {None})
     sup.labels, sup.held_out = dict(train_labels), dict(held)
     return sup
 
@@ -96,7 +96,7 @@ def check_supervision(records: Sequence[Record], manifest: str) -> Supervision:
     where = f"library {manifest!r}"
     if sup.artists < 2:
         raise MtxError(f"{where}: its training tracks are by {sup.artists} artist(s); held-out tracks must be by "
-                       "other artists than training ones, so one artist leaves nothing to prove a lift on",
+                       "other artists than training ones, so fewer than two leave nothing to prove a lift on",
                        hint="add music by more artists (or check the files' artist tags), then `mtx sync` again")
     if sup.labelled < MIN_LABELLED_TRACKS:
         raise MtxError(f"{where}: only {sup.labelled} training track(s) carry a tag or a playlist "
