@@ -444,9 +444,17 @@ def _stable_key(seed: int, s: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest(), "big")
 
 
+def _stable_keys(seed: int, strings: Iterable[str]) -> list[int]:
+    """``[_stable_key(seed, s) for s in strings]`` in one loop (the hash dominates sampling 100k records)."""
+    prefix, blake2b, from_bytes = f"{seed}:", hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b((prefix + s).encode(), digest_size=8).digest(), "big") for s in strings]
+
+
 def _shuffled(records: Iterable[Record], seed: int) -> list[Record]:
     """Deterministic shuffle that depends only on ids, not on input order."""
-    return sorted(records, key=lambda r: _stable_key(seed, r.id))
+    records = list(records)
+    keys = _stable_keys(seed, [r.id for r in records])
+    return [records[i] for i in sorted(range(len(records)), key=keys.__getitem__)]
 
 
 def duration_bin(duration: float) -> str:
@@ -488,33 +496,41 @@ def sample_records(
     samples_per_dataset: int | None = None,
     seed: int = 0,
 ) -> list[Record]:
-    """Pick a subset; the result is ordered deterministically by (group, shuffle key)."""
+    """Pick a subset; the result is ordered by the seeded shuffle key of each id (``_shuffled``).
+
+    ``samples_per_dataset`` keeps the first that many of each dataset in shuffle order; ``max_samples``
+    then takes an even share of each stratum (``allocate_quota``), again the first in shuffle order.
+    Worked on record indices in one global shuffle order, so every step is a pass over a list."""
     if stratify_by not in ("dataset", "duration", "none"):
         raise MtxError(f"unknown --stratify-by {stratify_by!r}", hint="choose dataset, duration or none")
-    # Each record's shuffle key is hashed once (the same keys as ``_shuffled``), then only looked up.
-    key_of = {r.id: _stable_key(seed, r.id) for r in records}
-
-    def shuffled(rs: Iterable[Record]) -> list[Record]:
-        return sorted(rs, key=lambda r: key_of[r.id])
-
-    by_dataset: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_dataset[r.dataset or "unknown"].append(r)
-    pool: list[Record] = []
-    for ds in sorted(by_dataset):
-        group = shuffled(by_dataset[ds])
-        pool.extend(group[:samples_per_dataset] if samples_per_dataset else group)
-    if max_samples is None or max_samples >= len(pool):
-        return shuffled(pool)
-    if stratify_by == "none":
-        return shuffled(pool)[:max_samples]
-    keyf = (lambda r: r.dataset or "unknown") if stratify_by == "dataset" else (lambda r: duration_bin(r.duration))
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for r in shuffled(pool):
-        groups[keyf(r)].append(r)
-    quota = allocate_quota({g: len(v) for g, v in groups.items()}, max_samples)
-    chosen = [r for g in sorted(groups) for r in groups[g][: quota[g]]]
-    return shuffled(chosen)
+    keys = _stable_keys(seed, [r.id for r in records])
+    pool = sorted(range(len(records)), key=keys.__getitem__)
+    if samples_per_dataset:
+        taken: dict[str, int] = defaultdict(int)
+        kept = []
+        for i in pool:
+            ds = records[i].dataset or "unknown"
+            if taken[ds] < samples_per_dataset:
+                taken[ds] += 1
+                kept.append(i)
+        pool = kept
+    if max_samples is not None and max_samples < len(pool):
+        if stratify_by == "none":
+            pool = pool[:max_samples]
+        else:
+            stratum = [records[i].dataset or "unknown" for i in pool] if stratify_by == "dataset" else \
+                [duration_bin(records[i].duration) for i in pool]
+            sizes: dict[str, int] = defaultdict(int)
+            for g in stratum:
+                sizes[g] += 1
+            left = allocate_quota(dict(sizes), max_samples)
+            kept = []
+            for i, g in zip(pool, stratum):
+                if left[g]:
+                    left[g] -= 1
+                    kept.append(i)
+            pool = kept
+    return [records[i] for i in pool]
 
 
 # --------------------------------------------------------------------------- recordings (group keys)
@@ -580,35 +596,48 @@ _HELD_OUT_ORDER = {"test": 0, "val": 1, "train": 2}
 
 
 def recording_components(records: Sequence[Record]) -> list[list[int]]:
-    """Connected components (lists of record indices) of the graph linking records that share a
-    group key, a normalised artist or an album (``album_of``)."""
-    parent: dict[str, str] = {}
+    """Connected components (lists of record indices, ordered by their first index) of the graph linking
+    records that share a group key, a normalised artist or an album (``album_of``)."""
+    return _components(records, [artist_of(r) for r in records])
 
-    def find(x: str) -> str:
+
+def _components(records: Sequence[Record], artists: Sequence[str | None]) -> list[list[int]]:
+    # Union-find over integer nodes: one per record's group, artist and album key.
+    node: dict[str, int] = {}
+    parent: list[int] = []
+
+    def code(key: str) -> int:
+        c = node.get(key)
+        if c is None:
+            c = node[key] = len(parent)
+            parent.append(c)
+        return c
+
+    def find(x: int) -> int:
         root = x
-        while parent.setdefault(root, root) != root:
+        while parent[root] != root:
             root = parent[root]
         while parent[x] != root:          # path compression
             parent[x], x = root, parent[x]
         return root
 
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    for r in records:
-        g = "g:" + group_of(r)
-        find(g)
-        artist = artist_of(r)
-        if artist:
-            union(g, "a:" + artist)
+    groups = []
+    for r, artist in zip(records, artists):
+        g = code("g:" + group_of(r))
+        groups.append(g)
         album = album_of(r)
-        if album:
-            union(g, "l:" + album)
-    members: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        members[find("g:" + group_of(r))].append(i)
+        for other in (artist and "a:" + artist, album and "l:" + album):
+            if other:
+                ra, rb = find(g), find(code(other))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        root = find(g)
+        if root in members:
+            members[root].append(i)
+        else:
+            members[root] = [i]
     return sorted(members.values())
 
 
@@ -621,9 +650,19 @@ def component_key(records: Sequence[Record], seed: int) -> int:
     drops the only record bridging two artists splits the component; each part then keeps the bucket
     of the artist with the smaller hash, so the part holding that artist is unchanged.)
     """
-    artists = {a for a in (artist_of(r) for r in records) if a}
-    nodes = [f"a:{a}" for a in artists] if artists else [f"g:{group_of(r)}" for r in records]
-    return min(_stable_key(seed, n) for n in nodes)
+    return _component_key(records, [artist_of(r) for r in records], seed, {})
+
+
+def _component_key(records: Sequence[Record], artists: Iterable[str | None], seed: int,
+                   memo: dict[str, int]) -> int:
+    """``component_key`` with each record's ``artist_of`` given; ``memo``: node -> hash, shared by the
+    components of one manifest."""
+    named = {a for a in artists if a}
+    nodes = [f"a:{a}" for a in named] if named else [f"g:{group_of(r)}" for r in records]
+    new = [n for n in nodes if n not in memo]
+    if new:
+        memo.update(zip(new, _stable_keys(seed, new)))
+    return min(memo[n] for n in nodes)
 
 
 def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
@@ -692,7 +731,9 @@ def assign_splits(
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
     summary = SplitSummary()
-    components = recording_components(records)
+    artists = [artist_of(r) for r in records]
+    components = _components(records, artists)
+    memo: dict[str, int] = {}
     keys: list[int] = []
     hashed: list[str | None] = []       # the bucketed split; None for components pinned by official splits
     pinned: list[str | None] = []
@@ -700,7 +741,7 @@ def assign_splits(
         rs = [records[i] for i in members]
         official = {r.split for r in rs if r.split} if keep_official else set()
         kept = {previous[r.id] for r in rs if r.id in previous} if previous else set()
-        keys.append(component_key(rs, seed))
+        keys.append(_component_key(rs, [artists[i] for i in members], seed, memo))
         if kept:
             pinned.append(min(kept, key=_HELD_OUT_ORDER.__getitem__))
             hashed.append(None)

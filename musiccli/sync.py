@@ -19,14 +19,14 @@ themselves never import each other.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import MtxError
-from .manifest import (CONTENT_HASH, RealPaths, Record, content_hash, diff_manifests, from_state_dir, read_manifest,
-                       state_relative)
+from .manifest import CONTENT_HASH, Record, content_hash, diff_manifests, from_state_dir, read_manifest
 from .names import LIBRARY_MANIFEST
 from .progress import NullProgress, Progress
 from .state import DEFAULT_MAX_FAILURE_RATE, Resume, StateDir, atomic_write_json, read_json
@@ -151,10 +151,12 @@ def _last_synced(state: StateDir, manifest: str) -> list[Record] | None:
 
 
 def _remember(state: StateDir, manifest: str, records: list[Record]) -> None:
-    real = RealPaths()   # each folder resolved once, not every file
+    # Paths as read_manifest gives them (absolute, normalised): inside the state dir they are stored
+    # relative to it, by their spelling alone (from_state_dir is the inverse), without a stat per file.
+    inside = str(state.root).rstrip(os.sep) + os.sep
     atomic_write_json(_snapshot_path(state, manifest),
-                      {"tracks": {r.id: [content_hash(r), state_relative(r.audio_path, state.root, real)]
-                                  for r in records}}, indent=None)
+                      {"tracks": {r.id: [content_hash(r), r.audio_path[len(inside):] if r.audio_path.startswith(inside)
+                                         else r.audio_path] for r in records}}, indent=None)
 
 
 def _scan(state: StateDir, path: Path, cfg: SyncConfig, progress: Progress):

@@ -623,23 +623,23 @@ class FolderSource(Source):
     def _index(root: Path) -> dict[str, dict[str, Any]]:
         return live_index(root)
 
-    def _present(self, root: Path) -> list[tuple[dict[str, Any], Path]]:
+    def _present(self, root: Path) -> list[tuple[dict[str, Any], str]]:
+        """(index entry, absolute path) of each file the ledger has as scanned, by relative path.
+        Paths are strings: a Path per file of a 20,000-track library showed in every sync."""
         music = self.music_dir(root)
         if music is None:
             return []
         if not music.is_dir():
             raise MtxError(f"the indexed music folder {music} is gone",
                            hint="reconnect the drive, or rerun `mtx download folder --path ... --force`")
-        ledger = Ledger(root)
-        out = []
-        for fid, info in sorted(self._index(root).items(), key=lambda kv: kv[1]["rel"]):
-            if ledger.is_ok(fid):
-                out.append((info, music / info["rel"]))
-        return out
+        ok = Ledger(root).is_ok
+        base = str(music).rstrip(os.sep) + os.sep
+        entries = sorted(self._index(root).items(), key=lambda kv: kv[1]["rel"])
+        return [(info, base + info["rel"]) for fid, info in entries if ok(fid)]
 
     def records(self, root: Path) -> list[Record]:
         out = []
-        present = [(info, path) for info, path in self._present(Path(root)) if path.is_file()]
+        present = [(info, path) for info, path in self._present(Path(root)) if os.path.isfile(path)]
         artists = folder_artists([info for info, _ in present])
         playlists = playlist_members(Path(root))
         for (info, path), (artist, artist_source) in zip(present, artists):
@@ -647,7 +647,7 @@ class FolderSource(Source):
             # A playlist is a caption its tracks share, as the user wrote it ("Late Night Drive").
             captions = list(dict.fromkeys([*captions_for(info), *playlists.get(info["id"], [])]))
             out.append(Record(
-                id=info["id"], audio_path=str(path), caption=captions[0], duration=float(info["duration"]),
+                id=info["id"], audio_path=path, caption=captions[0], duration=float(info["duration"]),
                 alt_captions=captions[1:], dataset=INFO.name, artist=info.get("artist"), title=info.get("title"),
                 tags=[*info.get("genres", []), *info.get("moods", [])], license=None,
                 # The recording is the audio: byte-identical copies share it, and a moved file keeps it.
@@ -663,7 +663,7 @@ class FolderSource(Source):
         return out
 
     def expected_files(self, root: Path) -> list[ExpectedFile]:
-        return [ExpectedFile(id=info["id"], path=path, duration=info.get("duration"),
+        return [ExpectedFile(id=info["id"], path=Path(path), duration=info.get("duration"),
                              duration_tolerance=max(1.0, 0.01 * float(info.get("duration") or 0.0)))
                 for info, path in self._present(Path(root))]
 
