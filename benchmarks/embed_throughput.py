@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from musiccli.audio import decode, frame_windows
+from musiccli.audio import decode_windows
 from musiccli.embed import EmbedConfig, run_embed
 from musiccli.encoders import EncoderOptions, aggregate, build_encoder, encoder_names, get_spec
 from musiccli.manifest import Record, write_manifest
@@ -90,17 +90,21 @@ def run_naive(state: StateDir, args: argparse.Namespace, device: str) -> tuple[f
     spec = get_spec(args.encoder)
     runtime = select_runtime(device, "fp32")
     encoder = build_encoder(args.encoder, EncoderOptions(model=args.model), runtime)
-    window, hop = int(spec.window_s * spec.sample_rate), int(spec.hop_s * spec.sample_rate)
+    sr = spec.sample_rate
+    window, hop = int(round(spec.window_s * sr)), int(round(spec.hop_s * sr))
     records = read_manifest(state.manifest_path("bench"))
     # Load weights and warm up outside the timed loop: the baseline gets a warm model, while the
     # mtx embed time includes everything (model load, worker start-up, HDF5 commits).
-    encoder.embed_windows(torch.zeros(1, window, device=runtime.device))
+    encoder.embed_windows(torch.zeros(1, encoder.context_samples + window, device=runtime.device))
     out = {}
     start = time.perf_counter()
     with torch.inference_mode():
         for r in records:
-            wave, _ = decode(r.audio_path, spec.sample_rate)
-            windows = torch.from_numpy(frame_windows(wave, window, hop, args.max_windows)).to(runtime.device)
+            # The same windows mtx embed cuts (the encoder's context, resampler and edge padding).
+            windows = torch.from_numpy(decode_windows(
+                r.audio_path, sr, window, hop, args.max_windows, context=encoder.context_samples,
+                patch=encoder.patch_samples, tail=spec.tail, resampler=spec.resampler,
+                edge_pad=spec.edge_pad)).to(runtime.device)
             out[r.id] = aggregate(encoder.embed_windows(windows).float().cpu().numpy(), spec.default_aggregation)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()

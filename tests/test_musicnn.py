@@ -334,3 +334,22 @@ def test_fast_forward_equals_literal_graph_with_weights(converted_dir: Path, mod
         ref_probs, ref_emb = _literal_forward(model, patches)
     torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=0)
     torch.testing.assert_close(probs, ref_probs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("orig_sr", [8000, 24000, 48000, 22050])
+def test_kaiser_resampler_products_equal_the_direct_sums(orig_sr: int) -> None:
+    # Both ways of applying the per-phase kernels (FFT polyphase for short periods, a strided product
+    # otherwise) against the definition: out[m * p_out + p] = padded[m * p_in : + width] . kernel[p].
+    import math
+
+    from musiccli import kaiser_resample as kr
+
+    kernels, _, left, right = kr._phase_kernels(orig_sr, 16_000)
+    g = math.gcd(orig_sr, 16_000)
+    p_in, p_out = orig_sr // g, 16_000 // g
+    width, m_total = kernels.shape[1], 37
+    padded = np.random.default_rng(orig_sr).standard_normal(left + m_total * p_in + right + width)
+    direct = np.array([padded[m * p_in:m * p_in + width] @ kernels[p] for m in range(m_total) for p in range(p_out)])
+    np.testing.assert_allclose(kr._strided(padded, kernels, p_in, p_out, m_total), direct, rtol=0, atol=1e-12)
+    if p_in < width:
+        np.testing.assert_allclose(kr._polyphase(padded, kernels, p_in, p_out, m_total), direct, rtol=0, atol=1e-12)
