@@ -440,21 +440,12 @@ def resolve_manifest(state, name_or_path: str | None) -> tuple[str, Path]:
 
 
 # --------------------------------------------------------------------------- sampling
-def _stable_key(seed: int, s: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest(), "big")
-
-
 def _stable_keys(seed: int, strings: Iterable[str]) -> list[int]:
-    """``[_stable_key(seed, s) for s in strings]`` in one loop (the hash dominates sampling 100k records)."""
+    """The seeded 64-bit key of each string: the big-endian BLAKE2b-64 digest of ``"{seed}:{string}"``.
+    Sampling orders records by the key of their id, splits bucket components by the keys of their
+    artists, so neither depends on input order. One loop: the hash dominates sampling 100k records."""
     prefix, blake2b, from_bytes = f"{seed}:", hashlib.blake2b, int.from_bytes
     return [from_bytes(blake2b((prefix + s).encode(), digest_size=8).digest(), "big") for s in strings]
-
-
-def _shuffled(records: Iterable[Record], seed: int) -> list[Record]:
-    """Deterministic shuffle that depends only on ids, not on input order."""
-    records = list(records)
-    keys = _stable_keys(seed, [r.id for r in records])
-    return [records[i] for i in sorted(range(len(records)), key=keys.__getitem__)]
 
 
 def duration_bin(duration: float) -> str:
@@ -496,7 +487,7 @@ def sample_records(
     samples_per_dataset: int | None = None,
     seed: int = 0,
 ) -> list[Record]:
-    """Pick a subset; the result is ordered by the seeded shuffle key of each id (``_shuffled``).
+    """Pick a subset; the result is ordered by the seeded key of each id (``_stable_keys``).
 
     ``samples_per_dataset`` keeps the first that many of each dataset in shuffle order; ``max_samples``
     then takes an even share of each stratum (``allocate_quota``), again the first in shuffle order.
@@ -641,7 +632,8 @@ def _components(records: Sequence[Record], artists: Sequence[str | None]) -> lis
     return sorted(members.values())
 
 
-def component_key(records: Sequence[Record], seed: int) -> int:
+def component_key(records: Sequence[Record], seed: int, artists: Sequence[str | None] | None = None,
+                  memo: dict[str, int] | None = None) -> int:
     """The seeded hash a component is bucketed by.
 
     The minimum hash over the component's artists (over its groups when it has no artist): it depends
@@ -649,16 +641,12 @@ def component_key(records: Sequence[Record], seed: int) -> int:
     sampled or which manifest they are in, so a record keeps its split under sampling. (A sample that
     drops the only record bridging two artists splits the component; each part then keeps the bucket
     of the artist with the smaller hash, so the part holding that artist is unchanged.)
+    ``artists``: each record's ``artist_of`` when known; ``memo``: node -> hash, shared by the
+    components of one manifest.
     """
-    return _component_key(records, [artist_of(r) for r in records], seed, {})
-
-
-def _component_key(records: Sequence[Record], artists: Iterable[str | None], seed: int,
-                   memo: dict[str, int]) -> int:
-    """``component_key`` with each record's ``artist_of`` given; ``memo``: node -> hash, shared by the
-    components of one manifest."""
-    named = {a for a in artists if a}
+    named = {a for a in (artists if artists is not None else map(artist_of, records)) if a}
     nodes = [f"a:{a}" for a in named] if named else [f"g:{group_of(r)}" for r in records]
+    memo = {} if memo is None else memo
     new = [n for n in nodes if n not in memo]
     if new:
         memo.update(zip(new, _stable_keys(seed, new)))
@@ -741,7 +729,7 @@ def assign_splits(
         rs = [records[i] for i in members]
         official = {r.split for r in rs if r.split} if keep_official else set()
         kept = {previous[r.id] for r in rs if r.id in previous} if previous else set()
-        keys.append(_component_key(rs, [artists[i] for i in members], seed, memo))
+        keys.append(component_key(rs, seed, [artists[i] for i in members], memo))
         if kept:
             pinned.append(min(kept, key=_HELD_OUT_ORDER.__getitem__))
             hashed.append(None)
