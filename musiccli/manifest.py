@@ -80,6 +80,25 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> "Record":
         get = d.get
+        ident, path, caption, duration = get("id"), get("audio_path"), get("caption"), get("duration")
+        alt, tags, split, group = get("alt_captions"), get("tags"), get("split"), get("group")
+        # A record as mtx writes it passes these type checks and is built at once (reading a library's
+        # manifest is mostly this); anything else goes through the checks that say what is wrong.
+        if (type(ident) is str and ident and type(path) is str and path and type(caption) is str and caption
+                and (type(duration) is float or type(duration) is int) and 0 < duration < math.inf
+                and (not alt or (type(alt) is list and all(type(v) is str for v in alt)))
+                and (not tags or (type(tags) is list and all(type(v) is str for v in tags)))
+                and (split is None or split in SPLITS) and (group is None or type(group) is str)):
+            known = _KNOWN_FIELDS
+            return cls(id=ident, audio_path=path, caption=caption, duration=float(duration),
+                       alt_captions=list(alt) if alt else [], dataset=get("dataset"), artist=get("artist"),
+                       title=get("title"), tags=list(tags) if tags else [], license=get("license"), split=split,
+                       group=group or None, extra={k: v for k, v in d.items() if k not in known})
+        return cls._checked(d, where)
+
+    @classmethod
+    def _checked(cls, d: dict[str, Any], where: str) -> "Record":
+        get = d.get
         missing = [k for k in REQUIRED if get(k) in (None, "")]
         if missing:
             ident = d.get("id", "?")

@@ -252,3 +252,29 @@ def test_duplicates_and_bad_files_raise(tmp_path):
     (tmp_path / "strings.json").write_text(json.dumps(["a", "b"]))
     with pytest.raises(MtxError, match="not a manifest"):
         read_manifest(tmp_path / "strings.json")
+
+
+@pytest.mark.parametrize("d", [
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3, "alt_captions": ["x"], "tags": ["t"],
+     "split": "train", "group": "g", "style": "s", "album": None},
+    {"id": 5, "audio_path": "/x", "caption": "c", "duration": "3.5"},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0, "group": ""},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0, "group": 7},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0, "alt_captions": [], "tags": None},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": True},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": float("nan")},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0, "tags": [1]},
+    {"id": "a", "audio_path": "/x", "caption": "c", "duration": 3.0, "split": "dev"},
+    {"id": "", "audio_path": "/x", "caption": "c", "duration": 3.0},
+    {"id": "a", "audio_path": "/x", "caption": "", "duration": -1},
+])
+def test_record_fast_path_equals_the_checked_path(d: dict) -> None:
+    # from_dict builds a well-typed record at once; the field-by-field checks must agree on every input.
+    def outcome(build):
+        try:
+            return build()
+        except MtxError as e:
+            return e.message
+
+    assert outcome(lambda: Record.from_dict(d)) == outcome(lambda: Record._checked(d, "manifest"))
