@@ -49,8 +49,8 @@ def command(
     if result.nothing_changed:
         app.out.info(f"nothing changed: {result.tracks:,} track(s) up to date, the encoder did not run")
     else:
-        app.out.info(f"library {escape(result.manifest)}: {result.tracks:,} track(s); the {result.encoder} encoder "
-                     f"ran on {result.embedded:,} of them ({result.seconds:.1f} s)")
+        app.out.info(f"manifest {escape(result.manifest)}: {result.tracks:,} track(s); the {result.encoder} encoder "
+                     f"ran on {result.embedded:,} of them; {result.seconds:.1f} s in all")
     for id_, why in result.failures[:10]:
         app.out.info(f"  [yellow]failed[/] {escape(id_)}: {escape(why)}")
     if result.index:
