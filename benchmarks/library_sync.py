@@ -9,8 +9,8 @@ second must equal the first's work on the changed files only.
 The encoder sets what the from-scratch sync costs, so the ratio is given for two:
 ``--audio-encoder dsp`` (a few DSP statistics per file: the sync is all file I/O and bookkeeping,
 the worst case for the ratio) and ``--audio-encoder musicnn`` (AudioMuse-AI's own analysis network,
-weights bundled, the cheapest real neural encoder a self-hoster runs; CLAP, the sync default, costs
-several times more per track, so its ratio is higher still).
+weights bundled, the cheapest real neural encoder a self-hoster runs; CLAP, the sync default, is a
+larger network, so its ratio would be higher still; its weights are not fetched here).
 
 Prints the wall time of each sync and of each stage, the ratio (from-scratch / incremental),
 the tracks the encoder ran on, and the peak RSS of the process.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"from-scratch sync : {scratch_s:8.1f} s  {first.counts()}  stages {first.stages}")
     print(f"incremental sync  : {incremental_s:8.1f} s  {second.counts()}  stages {second.stages}")
     print(f"unchanged sync    : {nothing_s:8.1f} s  embedded {third.embedded}  stages {third.stages}")
-    print(f"encoder: {args.audio_encoder}; overhead of the unchanged files in the incremental sync: "
+    print(f"encoder: {args.audio_encoder}; the incremental sync less the changed tracks' share of the first: "
           f"{incremental_s - scratch_s * second.embedded / max(first.embedded, 1):.1f} s")
     print(f"ratio (from-scratch / incremental): {scratch_s / incremental_s:.1f}x "
           f"(changes: {n_add} added, {n_change} changed, {n_remove} removed)")
