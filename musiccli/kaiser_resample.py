@@ -181,7 +181,8 @@ def _polyphase(padded: np.ndarray, kernels: np.ndarray, p_in: int, p_out: int, m
     split = np.zeros((p_out, taps * p_in))
     split[:, :width] = kernels
     block = min(_POLYPHASE_BLOCK, m_total)
-    nfft = 1 << (block + taps - 1 - 1).bit_length()
+    size = block + taps - 1                       # inputs per block of one sub-filter's outputs
+    nfft = 1 << (size - 1).bit_length()           # the smallest power of two >= size
     # h_pr reversed: a correlation is a convolution with the reversed filter.
     filters = np.fft.rfft(split.reshape(p_out, taps, p_in).transpose(2, 0, 1)[:, :, ::-1], nfft)  # [r, p, f]
     subs = [padded[r::p_in] for r in range(p_in)]
