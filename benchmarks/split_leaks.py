@@ -36,7 +36,7 @@ def main() -> None:
 
         def manifest(**cfg):
             fresh = {k: [Record.from_dict(r.to_dict()) for r in v] for k, v in by_source.items()}
-            return build_manifest(fresh, UnifyConfig(**cfg))[0]
+            return build_manifest(fresh, UnifyConfig(**cfg))[0].records()
 
         n = sum(len(v) for v in by_source.values())
         print(f"{n} records: {len(fx.shared)} Jamendo tracks in both sources, {len(fx.mtg_only)} in MTG only")

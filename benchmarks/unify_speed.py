@@ -2,7 +2,7 @@
 
 Writes N rows of synth-format metadata split over 4 datasets (no audio; the audio
 existence check is excluded), then times the real code path:
-``SynthSource.records`` (parse) -> ``unify.build_manifest`` (prefix, filter, stratified
+``SynthSource.table`` (parse) -> ``unify.build_manifest`` (prefix, filter, stratified
 sample, artist-aware split) -> ``manifest.write_manifest``.
 
 The baseline, measured in the same run on the same files, is a naive pandas pipeline
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musiccli.manifest import paused_gc, write_manifest  # noqa: E402
+from musiccli.manifest import write_manifest  # noqa: E402
 from musiccli.sources.synth import COLUMNS, SynthSource  # noqa: E402
 from musiccli.unify import UnifyConfig, build_manifest  # noqa: E402
 
@@ -59,12 +59,9 @@ def ours(roots: dict[str, Path], out: Path, cfg: UnifyConfig) -> tuple[float, in
     t0 = time.perf_counter()
     src = SynthSource()
     by_source = {}
-    with paused_gc():   # as run_unify parses its sources
-        for ds, root in roots.items():
-            records = src.records(root)
-            for r in records:
-                r.dataset = ds
-            by_source[ds] = records
+    for ds, root in roots.items():
+        table = src.table(root)
+        by_source[ds] = table.set("dataset", [ds] * len(table))
     t1 = time.perf_counter()
     chosen, _ = build_manifest(by_source, cfg, check_audio=False)
     t2 = time.perf_counter()

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+from json.encoder import encode_basestring as _escape   # the C escaper where there is one
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any
 
 
 from .errors import MtxError
-from .state import atomic_write_text
+from .state import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,399 @@ class Record:
 _KNOWN_FIELDS = frozenset(Record.__dataclass_fields__) - {"extra"}   # the rest of a record's dict is extra
 
 
-def write_manifest(path: Path, records: Sequence[Record]) -> None:
-    ids = [r.id for r in records]
+# --------------------------------------------------------------------------- records as columns
+FIELDS = tuple(f for f in Record.__dataclass_fields__ if f != "extra")   # a record's own fields, in order
+_LIST_FIELDS = ("alt_captions", "tags")                                # written only when not empty
+_ABSENT: Any = object()
+
+
+def _arrow():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pa, pc
+
+
+class RecordTable:
+    """Records as Arrow columns: unify parses, filters, samples, splits and writes 100k records in passes
+    over columns, and builds a :class:`Record` only where one is needed (the LLM captioner, a caption file).
+
+    The columns are the record fields (:data:`FIELDS`; null where a record has none) and then the extra
+    fields, null where a record lacks one. A column Arrow cannot type (mixed values, nested objects, an
+    explicit ``None``) holds each value's JSON text instead, and is named in ``encoded``. Every record writes
+    its extra fields in the table's column order (``_merged_order`` keeps each record's own order where the
+    records agree, as sources' records do)."""
+
+    __slots__ = ("table", "encoded")
+
+    def __init__(self, table, encoded: Iterable[str] = ()) -> None:
+        pa, _ = _arrow()
+        names = table.column_names
+        missing = [f for f in REQUIRED if f not in names]
+        if missing:
+            raise ValueError(f"a record table needs the column(s) {missing}")
+        if names[:len(FIELDS)] != list(FIELDS):      # the record fields first, in order; then the extras
+            n = table.num_rows
+            columns = {f: table.column(f) if f in names else pa.nulls(n, _field_type(f)) for f in FIELDS}
+            columns.update((k, table.column(k)) for k in names if k not in FIELDS)
+            table = pa.table(columns)
+        self.table = table
+        self.encoded = frozenset(encoded)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def extras(self) -> list[str]:
+        return [n for n in self.table.column_names if n not in FIELDS]
+
+    def has(self, name: str) -> bool:
+        return name in self.table.column_names
+
+    def values(self, name: str) -> list[Any]:
+        """A column as Python values (None where a record has none)."""
+        if not self.has(name):
+            return [None] * len(self)
+        values = self.table.column(name).to_pylist()
+        if name in self.encoded:
+            loads = json.loads
+            return [None if v is None else loads(v) for v in values]
+        return values
+
+    def ids(self) -> list[str]:
+        return self.values("id")
+
+    def unique_ids(self) -> bool:
+        _, pc = _arrow()
+        return "id" not in self.encoded and pc.count_distinct(self.table.column("id")).as_py() == len(self)
+
+    def take(self, rows) -> "RecordTable":
+        pa, _ = _arrow()
+        return RecordTable(self.table.take(pa.array(rows, pa.int64())), self.encoded)
+
+    def column(self, name: str):
+        """A column as one Arrow array (the table's own column: JSON text where ``name`` is encoded)."""
+        return self.table.column(name).combine_chunks()
+
+    def set(self, name: str, values) -> "RecordTable":
+        """This table with the column ``name`` set to ``values`` (Python values or an Arrow array)."""
+        pa, _ = _arrow()
+        if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = pa.array(values, _field_type(name) if name in FIELDS else None)
+        t = self.table
+        t = t.set_column(t.column_names.index(name), name, values) if name in t.column_names else \
+            t.append_column(name, values)
+        return RecordTable(t, self.encoded - {name})
+
+    def split_keys(self) -> tuple[list[str], list[str | None], list[str | None]]:
+        """Each record's ``group_of``, ``artist_of`` and ``album_of``, as columns."""
+        pa, pc = _arrow()
+        if "group" in self.encoded or "id" in self.encoded:
+            groups = [g or f"id:{i}" for g, i in zip(self.values("group"), self.ids())]
+        else:
+            group = self.column("group")
+            group = pc.if_else(pc.equal(group, ""), pa.scalar(None, pa.string()), group)
+            groups = pc.coalesce(group, pc.binary_join_element_wise("id:", self.column("id"), "")).to_pylist()
+        artists = _normalised_artists(self.values("artist") if "artist" in self.encoded else self.column("artist"))
+        if self.has("artist_key"):
+            artists = [str(k) if k else a for k, a in zip(self.values("artist_key"), artists)]
+        albums = [str(k) if k else None for k in self.values("album_key")] if self.has("album_key") else \
+            [None] * len(self)
+        return groups, artists, albums
+
+    def records(self) -> list[Record]:
+        fields = [self.values(f) for f in FIELDS]
+        names = self.extras
+        extras = [self.values(k) for k in names]
+        present = [self._present(k) for k in names]
+        out = []
+        for i, values in enumerate(zip(*fields)):
+            r = Record(*values)
+            r.duration = float(r.duration)
+            r.alt_captions = list(r.alt_captions or ())
+            r.tags = list(r.tags or ())
+            r.extra = {k: col[i] for k, col, has in zip(names, extras, present) if has[i]}
+            out.append(r)
+        return out
+
+    def _present(self, name: str) -> list[bool]:
+        return self.table.column(name).is_valid().to_pylist()
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_records(cls, records: Sequence[Record]) -> "RecordTable":
+        names = _merged_order({tuple(r.extra): None for r in records})
+        columns = {f: [getattr(r, f) for r in records] for f in FIELDS}
+        for f in _LIST_FIELDS:
+            columns[f] = [v or None for v in columns[f]]
+        for k in names:
+            if k in FIELDS:
+                raise MtxError(f"record field {k!r} is also an extra field", hint="rename the extra field")
+            columns[k] = [r.extra.get(k, _ABSENT) for r in records]
+        return cls.from_columns(columns, len(records))
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Sequence[Any]], n: int) -> "RecordTable":
+        """A table of Python columns: record fields with None where a record has none, extra fields with
+        ``_ABSENT`` where a record lacks one (None there is a value, written ``null``)."""
+        pa, _ = _arrow()
+        arrays, encoded = {}, set()
+        for name, values in columns.items():
+            if name in FIELDS:
+                arr = _typed(values, _field_type(name))
+            else:
+                absent = _ABSENT in values if values else False
+                present = [v for v in values if v is not _ABSENT] if absent else values
+                arr = _typed(present, _extra_type(present)) if None not in present else None
+                if arr is not None and absent:
+                    arr = _scatter(arr, [v is not _ABSENT for v in values])
+            if arr is None:
+                encode = _line_encoder()
+                arr = pa.array([None if v is _ABSENT or (v is None and name in FIELDS) else encode(v)
+                                for v in values], pa.string())
+                encoded.add(name)
+            arrays[name] = arr
+        if not arrays:
+            return cls(pa.table({f: pa.array([], _field_type(f)) for f in FIELDS}))
+        return cls(pa.table(arrays), encoded)
+
+    @classmethod
+    def concat(cls, tables: Sequence["RecordTable"]) -> "RecordTable":
+        """The tables' rows one after another; a column one table lacks is null there, and a column two
+        tables type differently is JSON text in all of them."""
+        pa, _ = _arrow()
+        types: dict[str, set] = {}
+        for t in tables:
+            for f in t.table.schema:
+                types.setdefault(f.name, set()).add(f.type)
+        encoded = set().union(*(t.encoded for t in tables)) | {n for n, ts in types.items() if len(ts) > 1}
+        parts = [t.as_text(encoded).table for t in tables]
+        merged = pa.concat_tables(parts, promote_options="default")
+        order = _merged_order({tuple(t.extras): None for t in tables})
+        return cls(merged.select(list(FIELDS) + order) if order != merged.column_names[len(FIELDS):] else merged,
+                   encoded)
+
+    def as_text(self, names: Iterable[str]) -> "RecordTable":
+        """This table with the columns ``names`` holding JSON text."""
+        pa, _ = _arrow()
+        t, encode = self.table, _line_encoder()
+        for name in set(names) - self.encoded:
+            if name in t.column_names:
+                text = [encode(v) if has else None for v, has in zip(self.values(name), self._present(name))]
+                t = t.set_column(t.column_names.index(name), name, pa.array(text, pa.string()))
+        return RecordTable(t, self.encoded | set(names))
+
+
+def _merged_order(shapes: Iterable[tuple[str, ...]]) -> list[str]:
+    """One order of all the names in ``shapes`` (each a tuple of extra-field names, in a record's order) that
+    keeps every shape's own order where they agree (a topological order of "comes before", ties broken by
+    first appearance), so each record writes its extra fields as it had them. Where two shapes disagree,
+    the one seen first wins."""
+    first: dict[str, int] = {}
+    after: dict[str, set[str]] = {}
+    for shape in shapes:
+        for k in shape:
+            first.setdefault(k, len(first))
+            after.setdefault(k, set())
+        for a, b in zip(shape, shape[1:]):
+            after[a].add(b)
+    waiting = {k: 0 for k in first}
+    for k, later in after.items():
+        for b in later:
+            waiting[b] += 1
+    out: list[str] = []
+    ready = sorted((k for k, w in waiting.items() if not w), key=first.__getitem__)
+    while len(out) < len(first):
+        if not ready:       # disagreeing orders (a cycle): take the earliest name still waiting
+            ready = [min((k for k in first if k not in set(out)), key=first.__getitem__)]
+            waiting[ready[0]] = 0
+        k = ready.pop(0)
+        if k in out:
+            continue
+        out.append(k)
+        for b in after[k]:
+            waiting[b] -= 1
+            if waiting[b] == 0 and b not in out:
+                ready.append(b)
+                ready.sort(key=first.__getitem__)
+    return out
+
+
+def _field_type(name: str):
+    pa, _ = _arrow()
+    return pa.float64() if name == "duration" else pa.list_(pa.string()) if name in _LIST_FIELDS else pa.string()
+
+
+def _typed(values: Sequence[Any], type_):
+    """An Arrow array of ``values`` as ``type_``, or None where they do not all fit it exactly."""
+    if type_ is None:
+        return None
+    pa, _ = _arrow()
+    try:
+        return pa.array(values, type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _extra_type(values: Sequence[Any]):
+    """The Arrow type an extra field's present values keep exactly, or None (then they are kept as JSON)."""
+    pa, _ = _arrow()
+    types = set(map(type, values))
+    if types == {str}:
+        return pa.string()
+    if types == {int}:
+        return pa.int64()
+    if types == {float} and all(map(math.isfinite, values)):
+        return pa.float64()
+    if types == {bool}:
+        return pa.bool_()
+    if types == {list} and all(type(x) is str for v in values for x in v):
+        return pa.list_(pa.string())
+    return None
+
+
+def _scatter(arr, mask: list[bool]):
+    """``arr`` (one value per True of ``mask``) spread over ``mask``'s rows, null at the others."""
+    pa, pc = _arrow()
+    indices = []
+    k = 0
+    for m in mask:
+        indices.append(k if m else None)
+        k += m
+    return pc.take(arr, pa.array(indices, pa.int64()))
+
+
+# One batch of lines is built at a time: Arrow's string arrays hold at most 2 GiB.
+_WRITE_BATCH = 100_000
+
+
+def _write_table(path: Path, table: RecordTable) -> None:
+    """The manifest of ``table``: byte for byte what :func:`write_manifest` writes for its records (one
+    ``json`` line per record), made by Arrow's string kernels over whole columns."""
+    n = len(table)
+    if not n:
+        atomic_write_text(path, "[]\n")
+        return
+    stored = _path_writer(path)
+    prefix = getattr(stored, "prefix", None)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(b"[\n")
+        for start in range(0, n, _WRITE_BATCH):
+            lines = _json_lines(RecordTable(table.table.slice(start, _WRITE_BATCH), table.encoded), prefix, stored)
+            f.write(lines[:-2] if start + _WRITE_BATCH >= n else lines)      # the last record has no ",\n"
+        f.write(b"\n]\n")
+
+
+def _json_lines(table: RecordTable, prefix: str | None, stored) -> memoryview:
+    """Each record's line and ",\n", concatenated."""
+    pa, pc = _arrow()
+    key = _line_encoder()
+    pieces = []
+    for name in table.table.column_names:
+        col = table.table.column(name).combine_chunks()
+        if name == "audio_path" and prefix is not None:
+            col = _stored_paths(col, prefix, stored)
+        before = ("{" if not pieces else ", ") + key(name) + ": "
+        text = pc.binary_join_element_wise(before, col, "") if name in table.encoded else _json_text(col, before)
+        if name in _LIST_FIELDS and name not in table.encoded:   # an empty list is not written
+            text = pc.if_else(pc.greater(pc.list_value_length(col), 0), text, pa.scalar(None, pa.string()))
+        pieces.append(text)
+    lines = pc.binary_join_element_wise(*pieces, pa.scalar("},\n"), "", null_handling="skip")
+    return joined_bytes(lines)
+
+
+def _json_text(col, before: str = ""):
+    """``before`` + each value's JSON text, as ``json`` writes it (``ensure_ascii=False``); null stays null."""
+    pa, pc = _arrow()
+    t = col.type
+    if pa.types.is_large_string(t):
+        col, t = col.cast(pa.string()), pa.string()
+    if pa.types.is_string(t):
+        return _json_strings(col, before)
+    if pa.types.is_null(t):
+        return pa.nulls(len(col), pa.string())
+    if pa.types.is_list(t) and pa.types.is_string(t.value_type):
+        import numpy as np
+
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        items = _json_strings(pc.list_flatten(col))
+        lists = pa.ListArray.from_arrays(offsets, items, mask=col.is_null())
+        return pc.binary_join_element_wise(before + "[", pc.binary_join(lists, ", "), "]", "")
+    if pa.types.is_integer(t):
+        text = pc.cast(col, pa.string())
+    elif pa.types.is_boolean(t):
+        text = pc.if_else(col, "true", "false")
+    else:
+        values = col.to_pylist()
+        if pa.types.is_float64(t) and not col.null_count and all(map(math.isfinite, values)):
+            text = pa.array(list(map(float.__repr__, values)), pa.string())    # json writes a finite float so
+        else:   # NaN and infinities (json's own spelling), anything else
+            encode = _line_encoder()
+            text = pa.array([None if v is None else encode(v) for v in values], pa.string())
+    return pc.binary_join_element_wise(before, text, "") if before else text
+
+
+def _json_strings(col, before: str = ""):
+    """``before`` + ``json``'s text of each string (null stays null). A column with nothing to
+    escape is joined as it is; backslashes and quotes are escaped by kernels; a string holding a control
+    character goes through the C escaper itself."""
+    pa, pc = _arrow()
+    out = col
+    if pc.any(pc.match_substring_regex(col, '[\\\\"\\x00-\\x1f]')).as_py():
+        out = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
+        control = pc.fill_null(pc.match_substring_regex(col, "[\\x00-\\x1f]"), False)
+        if pc.any(control).as_py():
+            fixed = [_escape(v)[1:-1] for v in pc.filter(col, control).to_pylist()]
+            out = pc.replace_with_mask(out, control, pa.array(fixed, pa.string()))
+    return pc.binary_join_element_wise(before + '"', out, '"', "")
+
+
+def _stored_paths(col, prefix: str, stored):
+    """``stored`` (see :func:`_path_writer`) over a column of paths: a plain path under ``prefix`` by a
+    kernel, one that ``normpath`` would change (``//``, ``.``, ``..``, a trailing ``/``) one by one."""
+    pa, pc = _arrow()
+    under = pc.fill_null(pc.starts_with(col, prefix), False)
+    if not pc.any(under).as_py():
+        return col
+    odd = pc.fill_null(pc.match_substring_regex(col, r"//|/\./|/\.\./|/\.?\.?$"), False)
+    plain = pc.and_(under, pc.invert(odd))
+    out = pc.if_else(plain, pc.replace_substring(col, prefix, ".." + os.sep, max_replacements=1), col)
+    unusual = pc.and_(under, odd)
+    if pc.any(unusual).as_py():
+        fixed = [stored(p) for p in pc.filter(col, unusual).to_pylist()]
+        out = pc.replace_with_mask(out, unusual, pa.array(fixed, pa.string()))
+    return out
+
+
+def joined_bytes(arr) -> memoryview:
+    """The concatenated bytes of a string array without nulls (a view of its data buffer)."""
+    import numpy as np
+
+    pa, _ = _arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    _, offsets, data = arr.buffers()
+    at = np.frombuffer(offsets, dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    return memoryview(data)[int(at[0]):int(at[-1])]
+
+
+def write_manifest(path: Path, records: "Sequence[Record] | RecordTable") -> None:
+    if isinstance(records, RecordTable):
+        ids = records.ids() if not records.unique_ids() else []
+    else:
+        ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
+    path = Path(path)
+    if isinstance(records, RecordTable):
+        _write_table(path, records)
+        return
     # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
     # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
     encode = _line_encoder()
-    path = Path(path)
     stored = _path_writer(path)
     with paused_gc():
         lines = [encode(r.to_dict(stored(r.audio_path))) for r in records]
@@ -220,6 +604,7 @@ def _path_writer(manifest: Path):
             return audio_path
         return ".." + os.sep + normal[len(prefix):]
 
+    stored.prefix = prefix     # type: ignore[attr-defined]  (the table writer's kernel does the plain paths)
     return stored
 
 
@@ -378,10 +763,12 @@ def content_hash(r: Record) -> str:
     manifest that changes only those reuses every embedding.
     """
     value = r.extra.get(CONTENT_HASH)
-    if value:
-        return str(value)
+    return str(value) if value else _stat_hash(r.audio_path)
+
+
+def _stat_hash(path: str) -> str:
     try:
-        st = os.stat(r.audio_path)
+        st = os.stat(path)
     except OSError:
         return "missing"
     return f"stat:{st.st_size}:{st.st_mtime_ns}"
@@ -401,16 +788,22 @@ class ManifestChanges:
         return dict(self.__dict__)
 
 
-def diff_manifests(old: Sequence[Record], new: Sequence[Record]) -> ManifestChanges:
+def diff_manifests(old: Sequence[Record], new: "Sequence[Record] | RecordTable") -> ManifestChanges:
     before = {r.id: r for r in old}
+    if isinstance(new, RecordTable):
+        hashes = new.values(CONTENT_HASH) if new.has(CONTENT_HASH) else [None] * len(new)
+        paths = new.values("audio_path")
+        now = zip(new.ids(), (str(h) if h else _stat_hash(p) for h, p in zip(hashes, paths)), paths)
+    else:
+        now = ((r.id, content_hash(r), r.audio_path) for r in new)
     out = ManifestChanges()
-    for r in new:
-        was = before.pop(r.id, None)
+    for id_, digest, path in now:
+        was = before.pop(id_, None)
         if was is None:
             out.added += 1
-        elif content_hash(was) != content_hash(r):
+        elif content_hash(was) != digest:
             out.changed += 1
-        elif os.path.normpath(was.audio_path) != os.path.normpath(r.audio_path):
+        elif os.path.normpath(was.audio_path) != os.path.normpath(path):
             out.moved += 1
         else:
             out.unchanged += 1
@@ -459,12 +852,21 @@ def resolve_manifest(state, name_or_path: str | None) -> tuple[str, Path]:
 
 
 # --------------------------------------------------------------------------- sampling
-def _stable_keys(seed: int, strings: Iterable[str]) -> list[int]:
-    """The seeded 64-bit key of each string: the big-endian BLAKE2b-64 digest of ``"{seed}:{string}"``.
-    Sampling orders records by the key of their id, splits bucket components by the keys of their
-    artists, so neither depends on input order. One loop: the hash dominates sampling 100k records."""
-    prefix, blake2b, from_bytes = f"{seed}:", hashlib.blake2b, int.from_bytes
-    return [from_bytes(blake2b((prefix + s).encode(), digest_size=8).digest(), "big") for s in strings]
+def _stable_keys(seed: int, strings: Iterable[str]):
+    """The seeded 64-bit key of each string (a numpy uint64 array): the big-endian BLAKE2b-64 digest of
+    ``"{seed}:{string}"``. Sampling orders records by the key of their id, splits bucket components by the
+    keys of their artists, so neither depends on input order. The hash of the seed's prefix is computed
+    once and copied for each string, and the digests are read as one array: the hash dominates sampling."""
+    import numpy as np
+
+    start = hashlib.blake2b(f"{seed}:".encode(), digest_size=8)
+
+    def digest(s: str) -> bytes:
+        h = start.copy()
+        h.update(s.encode())
+        return h.digest()
+
+    return np.frombuffer(b"".join(map(digest, strings)), dtype=">u8").astype(np.uint64)
 
 
 def duration_bin(duration: float) -> str:
@@ -506,41 +908,96 @@ def sample_records(
     samples_per_dataset: int | None = None,
     seed: int = 0,
 ) -> list[Record]:
-    """Pick a subset; the result is ordered by the seeded key of each id (``_stable_keys``).
+    """Pick a subset; the result is ordered by the seeded key of each id (``_stable_keys``). See
+    :func:`sample_indices`."""
+    rows = sample_indices([r.id for r in records], [r.dataset for r in records], [r.duration for r in records],
+                          max_samples=max_samples, stratify_by=stratify_by, samples_per_dataset=samples_per_dataset,
+                          seed=seed)
+    return [records[i] for i in rows]
 
-    ``samples_per_dataset`` keeps the first that many of each dataset in shuffle order; ``max_samples``
-    then takes an even share of each stratum (``allocate_quota``), again the first in shuffle order.
-    Worked on record indices in one global shuffle order, so every step is a pass over a list."""
+
+def sample_indices(ids: Sequence[str], datasets: Sequence[str | None], durations: Sequence[float],
+                   max_samples: int | None = None, stratify_by: str = "dataset",
+                   samples_per_dataset: int | None = None, seed: int = 0) -> list[int]:
+    """The rows to keep, in the order of the seeded key of each id (``_stable_keys``).
+
+    ``samples_per_dataset`` keeps the first that many of each dataset in that order; ``max_samples`` then
+    takes an even share of each stratum (``allocate_quota``), again the first in that order."""
+    import numpy as np
+
     if stratify_by not in ("dataset", "duration", "none"):
         raise MtxError(f"unknown --stratify-by {stratify_by!r}", hint="choose dataset, duration or none")
-    keys = _stable_keys(seed, [r.id for r in records])
-    pool = sorted(range(len(records)), key=keys.__getitem__)
+    keys = _stable_keys(seed, ids)
+    pool = np.argsort(keys, kind="stable")
+    if samples_per_dataset or stratify_by == "dataset":
+        ds_codes, ds_names = _codes(_or_unknown(datasets))
     if samples_per_dataset:
-        taken: dict[str, int] = defaultdict(int)
-        kept = []
-        for i in pool:
-            ds = records[i].dataset or "unknown"
-            if taken[ds] < samples_per_dataset:
-                taken[ds] += 1
-                kept.append(i)
-        pool = kept
+        pool = pool[_rank_within(ds_codes[pool]) < samples_per_dataset]
     if max_samples is not None and max_samples < len(pool):
         if stratify_by == "none":
             pool = pool[:max_samples]
         else:
-            stratum = [records[i].dataset or "unknown" for i in pool] if stratify_by == "dataset" else \
-                [duration_bin(records[i].duration) for i in pool]
-            sizes: dict[str, int] = defaultdict(int)
-            for g in stratum:
-                sizes[g] += 1
-            left = allocate_quota(dict(sizes), max_samples)
-            kept = []
-            for i, g in zip(pool, stratum):
-                if left[g]:
-                    left[g] -= 1
-                    kept.append(i)
-            pool = kept
-    return [records[i] for i in pool]
+            if stratify_by == "dataset":
+                codes, names = ds_codes[pool], ds_names
+            else:
+                codes, names = _duration_bins(np.asarray(durations, dtype=np.float64)[pool]), \
+                    [b[0] for b in DURATION_BINS]
+            sizes = np.bincount(codes, minlength=len(names))
+            quota = allocate_quota({names[c]: int(s) for c, s in enumerate(sizes) if s}, max_samples)
+            limit = np.array([quota.get(name, 0) for name in names], dtype=np.int64)
+            pool = pool[_rank_within(codes) < limit[codes]]
+    return pool.tolist()
+
+
+def _or_unknown(datasets):
+    """``d or "unknown"`` of each dataset (a list or an Arrow string array)."""
+    pa, pc = _arrow()
+    if isinstance(datasets, pa.Array):
+        return pc.if_else(pc.fill_null(pc.equal(datasets, ""), True), "unknown", datasets)
+    return [d or "unknown" for d in datasets]
+
+
+def _codes(values: Sequence[Any]):
+    """(an integer code per value, -1 for None; the distinct other values in order of first appearance)."""
+    import numpy as np
+
+    pa, pc = _arrow()
+    try:
+        encoded = pc.dictionary_encode(values if isinstance(values, pa.Array) else pa.array(values, pa.string()))
+    except (pa.ArrowException, TypeError, UnicodeError):      # not all strings: one dict lookup per value
+        code: dict[Any, int] = {}
+        setdefault = code.setdefault
+        out = np.fromiter((-1 if v is None else setdefault(v, len(code)) for v in values), dtype=np.int64,
+                          count=len(values))
+        return out, list(code)
+    indices = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return indices, encoded.dictionary.to_pylist()
+
+
+def _rank_within(codes):
+    """For each position, how many earlier positions hold the same code."""
+    import numpy as np
+
+    n = len(codes)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(codes, kind="stable")
+    ranked = codes[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(starts, counts)
+    return rank
+
+
+def _duration_bins(durations):
+    """``duration_bin`` of each duration, as an index into ``DURATION_BINS``."""
+    import numpy as np
+
+    out = np.full(len(durations), len(DURATION_BINS) - 1, dtype=np.int64)
+    for k, (_, lo, hi) in reversed(list(enumerate(DURATION_BINS))):
+        out[(lo <= durations) & (durations < hi)] = k
+    return out
 
 
 # --------------------------------------------------------------------------- recordings (group keys)
@@ -567,6 +1024,19 @@ def file_group(path: str | Path) -> str:
 def group_of(r: Record) -> str:
     """The recording a record belongs to: its ``group``, or the record itself when a source set none."""
     return r.group or f"id:{r.id}"
+
+
+def _normalised_artists(column) -> list[str | None]:
+    """``normalised_artist`` of each value of a column (an Arrow array or a list), each distinct name once."""
+    import numpy as np
+
+    pa, pc = _arrow()
+    try:
+        encoded = pc.dictionary_encode(column if isinstance(column, pa.Array) else pa.array(column, pa.string()))
+    except (pa.ArrowException, TypeError, UnicodeError):
+        return [normalised_artist(a) for a in column]
+    names = np.array([normalised_artist(a) for a in encoded.dictionary.to_pylist()] + [None], dtype=object)
+    return names[encoded.indices.fill_null(len(names) - 1).to_numpy(zero_copy_only=False)].tolist()
 
 
 def normalised_artist(artist: str | None) -> str | None:
@@ -608,68 +1078,117 @@ _HELD_OUT_ORDER = {"test": 0, "val": 1, "train": 2}
 def recording_components(records: Sequence[Record]) -> list[list[int]]:
     """Connected components (lists of record indices, ordered by their first index) of the graph linking
     records that share a group key, a normalised artist or an album (``album_of``)."""
-    return _components(records, [artist_of(r) for r in records])
-
-
-def _components(records: Sequence[Record], artists: Sequence[str | None]) -> list[list[int]]:
-    # Union-find over integer nodes: one per record's group, artist and album key.
-    node: dict[str, int] = {}
-    parent: list[int] = []
-
-    def code(key: str) -> int:
-        c = node.get(key)
-        if c is None:
-            c = node[key] = len(parent)
-            parent.append(c)
-        return c
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:          # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    groups = []
-    for r, artist in zip(records, artists):
-        g = code("g:" + group_of(r))
-        groups.append(g)
-        album = album_of(r)
-        for other in (artist and "a:" + artist, album and "l:" + album):
-            if other:
-                ra, rb = find(g), find(code(other))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
+    labels = _component_labels([[group_of(r) for r in records], [artist_of(r) for r in records],
+                                [album_of(r) for r in records]])
     members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        root = find(g)
-        if root in members:
-            members[root].append(i)
-        else:
-            members[root] = [i]
-    return sorted(members.values())
+    for i, label in enumerate(labels.tolist()):
+        members.setdefault(label, []).append(i)
+    return list(members.values())
 
 
-def component_key(records: Sequence[Record], seed: int, artists: Sequence[str | None] | None = None,
-                  memo: dict[str, int] | None = None) -> int:
-    """The seeded hash a component is bucketed by.
+def _component_labels(keys: Sequence[Sequence[str | None]]):
+    """The component of each record, as the smallest record index in it. ``keys``: for each kind of link
+    (group, artist, album), each record's key or None; records sharing a key are linked.
 
-    The minimum hash over the component's artists (over its groups when it has no artist): it depends
-    only on which artists/recordings the component holds, not on how many records of them were
-    sampled or which manifest they are in, so a record keeps its split under sampling. (A sample that
-    drops the only record bridging two artists splits the component; each part then keeps the bucket
-    of the artist with the smaller hash, so the part holding that artist is unchanged.)
-    ``artists``: each record's ``artist_of`` when known; ``memo``: node -> hash, shared by the
-    components of one manifest.
-    """
-    named = {a for a in (artists if artists is not None else map(artist_of, records)) if a}
-    nodes = [f"a:{a}" for a in named] if named else [f"g:{group_of(r)}" for r in records]
-    memo = {} if memo is None else memo
-    new = [n for n in nodes if n not in memo]
-    if new:
-        memo.update(zip(new, _stable_keys(seed, new)))
-    return min(memo[n] for n in nodes)
+    Minimum-label propagation over whole columns: each round gives every record the smallest label among
+    the records of each of its keys, then follows labels to their own labels; it stops when a round
+    changes nothing, which happens once every component carries its smallest index."""
+    import numpy as np
+
+    n = len(keys[0]) if keys else 0
+    labels = np.arange(n)
+    links = []
+    for column in keys:
+        codes, _ = _codes(column)
+        rows = np.flatnonzero(codes >= 0)
+        order = np.argsort(codes[rows], kind="stable")
+        rows, ranked = rows[order], codes[rows][order]
+        new = np.r_[True, ranked[1:] != ranked[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+        links.append((rows, np.flatnonzero(new), np.cumsum(new) - 1))
+    while True:
+        before = labels.copy()
+        for rows, starts, node in links:
+            if len(rows):
+                least = np.minimum.reduceat(labels[rows], starts)
+                labels[rows] = np.minimum(labels[rows], least[node])
+        while True:
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(labels, before):
+            return labels
+
+
+def split_assignment(ids: Sequence[str], groups: Sequence[str], artists: Sequence[str | None],
+                     albums: Sequence[str | None], official: Sequence[str | None],
+                     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, keep_official: bool = False,
+                     previous: dict[str, str] | None = None) -> tuple[list[str], SplitSummary]:
+    """Each record's split, from its id, group (``group_of``), artist (``artist_of``), album (``album_of``) and
+    official split: :func:`assign_splits` on columns."""
+    import numpy as np
+
+    if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
+        raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
+    summary = SplitSummary()
+    n = len(ids)
+    if not n:
+        return [], summary
+    firsts, comp = np.unique(_component_labels([groups, artists, albums]), return_inverse=True)
+    ncomp = len(firsts)
+    summary.components = ncomp
+    # The component's key (see component_key): the least hash of its artists, else of its groups.
+    top = np.iinfo(np.uint64).max
+    keys = np.full(ncomp, top, dtype=np.uint64)
+    art, art_names = _codes(artists)
+    named = art >= 0
+    if named.any():
+        hashes = _stable_keys(seed, [f"a:{a}" for a in art_names])
+        np.minimum.at(keys, comp[named], hashes[art[named]])
+    with_artist = np.zeros(ncomp, dtype=bool)
+    with_artist[comp[named]] = True
+    rest = np.flatnonzero(~with_artist[comp])
+    if len(rest):
+        grp, grp_names = _codes([groups[i] for i in rest])
+        hashes = _stable_keys(seed, [f"g:{g}" for g in grp_names])
+        np.minimum.at(keys, comp[rest], hashes[grp])
+    # Pinned components: by the manifest this one replaces, then by official splits.
+    order = _HELD_OUT_ORDER
+    held = sorted(order, key=order.__getitem__)           # test, val, train
+    pinned = np.full(ncomp, len(held), dtype=np.int64)
+    if previous:
+        was = np.fromiter((order.get(previous.get(i), len(held)) for i in ids), dtype=np.int64, count=n)
+        np.minimum.at(pinned, comp, was)
+    kept = pinned < len(held)
+    by_official = np.zeros(ncomp, dtype=bool)
+    if keep_official:
+        off = np.fromiter((order.get(s, len(held)) if s else len(held) for s in official), dtype=np.int64, count=n)
+        has = off < len(held)
+        least = np.full(ncomp, len(held), dtype=np.int64)
+        most = np.full(ncomp, -1, dtype=np.int64)
+        np.minimum.at(least, comp[has], off[has])
+        np.maximum.at(most, comp[has], off[has])
+        by_official = (least < len(held)) & ~kept
+        conflict = by_official & (most != least)
+        summary.official_conflicts = int(conflict.sum())
+        summary.overridden = int((has & conflict[comp] & (off != least[comp])).sum())
+        pinned = np.where(by_official, least, pinned)
+    key_list = keys.tolist()
+    u = np.array([k / 2.0**64 for k in key_list])     # Python's int-to-float rounding, as bucket() always had
+    fallback = next(i for i, ratio in reversed(list(enumerate(ratios))) if ratio > 0)
+    bucketed = np.full(ncomp, fallback, dtype=np.int64)
+    for i, (lo, hi) in reversed(list(enumerate(_ranges(ratios).values()))):
+        bucketed[(lo <= u) & (u < hi)] = i
+    pinned_now = (kept | by_official).tolist()
+    hashed: list[str | None] = [None if p else SPLITS[b] for b, p in zip(bucketed.tolist(), pinned_now)]
+    if not previous and not by_official.any():
+        summary.filled = _fill_empty_splits(key_list, hashed, ratios)
+    names = [h if h is not None else held[p] for h, p in zip(hashed, pinned.tolist())]
+    if summary.overridden:
+        log.warning("%d record(s) in %d recording/artist component(s) had conflicting official splits and "
+                    "were moved to their component's most held-out split", summary.overridden,
+                    summary.official_conflicts)
+    return [names[c] for c in comp.tolist()], summary
 
 
 def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
@@ -678,14 +1197,6 @@ def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]
         out[name] = (edge, edge + ratio)
         edge += ratio
     return out
-
-
-def bucket(key: int, ratios: tuple[float, float, float]) -> str:
-    u = key / 2.0**64
-    for name, (lo, hi) in _ranges(ratios).items():
-        if lo <= u < hi:
-            return name
-    return next(name for name, ratio in zip(reversed(SPLITS), reversed(ratios)) if ratio > 0)
 
 
 def _fill_empty_splits(keys: list[int], splits: list[str | None], ratios: tuple[float, float, float]) -> int:
@@ -727,51 +1238,19 @@ def assign_splits(
     (``component_key``), so the split sizes follow ``ratios`` in expectation (not exactly: the
     components are indivisible) and a record's split does not depend on what else was sampled, except
     in a manifest so small that a split would be empty (``_fill_empty_splits``). With
-    ``keep_official`` a component with official splits keeps them; when its members disagree it goes to the most held-out one
-    (test, then val), and the records moved are counted.
+    ``keep_official`` a component with official splits keeps them; when its members disagree it goes to the
+    most held-out one (test, then val), and the records moved are counted.
 
     ``previous`` (record id -> split, from the manifest this one replaces) keeps a changed library's
     splits still: a component holding records that had a split keeps it (the most held-out one if
     a new record joined components that had different splits), so an update never moves a track
     between train and test; only new components are bucketed.
     """
-    if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
-        raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
-    summary = SplitSummary()
-    artists = [artist_of(r) for r in records]
-    components = _components(records, artists)
-    memo: dict[str, int] = {}
-    keys: list[int] = []
-    hashed: list[str | None] = []       # the bucketed split; None for components pinned by official splits
-    pinned: list[str | None] = []
-    for members in components:
-        rs = [records[i] for i in members]
-        official = {r.split for r in rs if r.split} if keep_official else set()
-        kept = {previous[r.id] for r in rs if r.id in previous} if previous else set()
-        keys.append(component_key(rs, seed, [artists[i] for i in members], memo))
-        if kept:
-            pinned.append(min(kept, key=_HELD_OUT_ORDER.__getitem__))
-            hashed.append(None)
-        elif official:
-            split = min(official, key=_HELD_OUT_ORDER.__getitem__)
-            if len(official) > 1:
-                summary.official_conflicts += 1
-                summary.overridden += sum(1 for r in rs if r.split and r.split != split)
-            pinned.append(split)
-            hashed.append(None)
-        else:
-            pinned.append(None)
-            hashed.append(bucket(keys[-1], ratios))
-    summary.components = len(components)
-    if not previous and (not keep_official or all(p is None for p in pinned)):
-        summary.filled = _fill_empty_splits(keys, hashed, ratios)
-    for members, p, h in zip(components, pinned, hashed):
-        for i in members:
-            records[i].split = p or h
-    if summary.overridden:
-        log.warning("%d record(s) in %d recording/artist component(s) had conflicting official splits and "
-                    "were moved to their component's most held-out split", summary.overridden,
-                    summary.official_conflicts)
+    splits, summary = split_assignment([r.id for r in records], [group_of(r) for r in records],
+                                       [artist_of(r) for r in records], [album_of(r) for r in records],
+                                       [r.split for r in records], ratios, seed, keep_official, previous)
+    for r, split in zip(records, splits):
+        r.split = split
     return summary
 
 
@@ -789,28 +1268,20 @@ ARTIST_SHARE_WARN = 0.25
 ARTIST_SHARE_MIN_RECORDS = 20   # below this a manifest is a smoke test; shares mean little
 
 
-def dominant_artists(records: Sequence[Record], max_share: float = ARTIST_SHARE_WARN,
+def dominant_artists(artists: Sequence[str | None], names: Sequence[str | None],
+                     max_share: float = ARTIST_SHARE_WARN,
                      min_records: int = ARTIST_SHARE_MIN_RECORDS) -> list[tuple[str, int]]:
-    """(artist as written, records) for each split artist (``artist_of``) holding more than ``max_share``
-    of ``records``, largest first; empty for manifests under ``min_records``."""
-    if len(records) < min_records:
+    """(artist as written, records) for each split artist (``artists``: each record's ``artist_of``; ``names``:
+    its artist as written) holding more than ``max_share`` of the records, largest first; empty for manifests
+    under ``min_records``."""
+    n = len(artists)
+    if n < min_records:
         return []
     counts: dict[str, int] = defaultdict(int)
-    names: dict[str, str] = {}
-    for r in records:
-        key = artist_of(r)
+    written: dict[str, str] = {}
+    for key, name in zip(artists, names):
         if key:
             counts[key] += 1
-            names.setdefault(key, r.artist or key)
-    return sorted(((names[k], n) for k, n in counts.items() if n > max_share * len(records)),
-                  key=lambda x: (-x[1], x[0]))
-
-
-def split_counts_by(records: Iterable[Record], key) -> dict[str, dict[str, int]]:
-    """Split sizes per value of ``key(record)`` (records where it is None are left out)."""
-    by: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        k = key(r)
-        if k is not None:
-            by[k].append(r)
-    return {k: split_counts(v) for k, v in sorted(by.items())}
+            if key not in written:
+                written[key] = name or key
+    return sorted(((written[k], c) for k, c in counts.items() if c > max_share * n), key=lambda x: (-x[1], x[0]))

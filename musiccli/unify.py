@@ -25,16 +25,17 @@ from . import __version__
 from .datasets import dataset_identity, download_status, resolve_source
 from .errors import MtxError
 from .llm_captions import LLMConfig
-from .manifest import (Record, from_state_dir, state_relative, SplitSummary, assign_splits, diff_manifests, paused_gc,
-                       read_manifest, sample_records, split_counts, write_manifest)
+from .manifest import (SPLITS, Record, RecordTable, SplitSummary, diff_manifests, from_state_dir, read_manifest,
+                       sample_indices, split_assignment, state_relative, write_manifest)
 from .progress import NullProgress, Progress
 from .sources import source_names
-from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_text, begin_stage, check_name, config_hash,
+from .state import (DONE, Resume, StageStatus, StateDir, atomic_write_bytes, begin_stage, check_name, config_hash,
                     is_done, load_stage, stage_function, to_jsonable)
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4   # 2: records carry their recording's group key; 3: folder artist_source; 4: album_key
+CACHE_VERSION = 5   # 2: records carry their recording's group key; 3: folder artist_source; 4: album_key;
+                    # 5: an Arrow file of the record table
 MISSING_EXAMPLES = 5
 # Problems found by `mtx verify` that make a file useless downstream (a checksum mismatch or a
 # different sample rate still decodes, so those stay in).
@@ -112,7 +113,7 @@ class UnifyResult:
 
 @dataclass
 class Filtered:
-    records: list[Record]
+    rows: list[int]                        # the rows of the parsed table that are kept
     missing_audio: int = 0
     missing_examples: list[str] = field(default_factory=list)
     dropped_duration: int = 0
@@ -121,89 +122,122 @@ class Filtered:
 
 
 # --------------------------------------------------------------------------- pure steps
-def prefix_ids(records: Sequence[Record], source: str) -> list[Record]:
-    """Make ids unique across sources: ``<source>:<id>`` unless already prefixed with the source name."""
-    prefixes = tuple(f"{source}{sep}" for sep in (":", "-", "_", "/"))
-    for r in records:
-        if not r.id.startswith(prefixes):
-            r.id = f"{source}:{r.id}"
-        if not r.dataset:
-            r.dataset = source
-    return list(records)
+def prefix_ids(table: RecordTable, source: str) -> RecordTable:
+    """Make ids unique across sources: ``<source>:<id>`` unless already prefixed with the source name; a
+    record without a dataset gets the source's name."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(table):
+        return table
+    ids = table.column("id") if "id" not in table.encoded else pa.array(table.ids(), pa.string())
+    prefixed = pc.starts_with(ids, f"{source}:")
+    for sep in ("-", "_", "/"):
+        prefixed = pc.or_(prefixed, pc.starts_with(ids, f"{source}{sep}"))
+    ids = pc.if_else(prefixed, ids, pc.binary_join_element_wise(f"{source}:", ids, ""))
+    dataset = table.column("dataset")
+    if "dataset" in table.encoded or not pa.types.is_string(dataset.type):
+        dataset = pa.array([d or source for d in table.values("dataset")], pa.string())
+    else:
+        dataset = pc.if_else(pc.fill_null(pc.equal(dataset, ""), True), source, dataset)
+    return table.set("id", ids).set("dataset", dataset)
 
 
-def filter_records(records: Sequence[Record], min_duration: float | None, max_duration: float | None,
+def filter_records(table: RecordTable, min_duration: float | None, max_duration: float | None,
                    check_audio: bool = True, rejected: dict[str, str] | None = None) -> Filtered:
-    """Drop records without audio, with a file verify rejected (``rejected``: audio path -> why), or out of range."""
-    out = Filtered(records=[])
-    rejected = rejected or {}
-    for r in records:
-        why = rejected.get(os.path.normpath(r.audio_path)) if rejected else None
+    """The rows with audio, without a file verify rejected (``rejected``: audio path -> why), in range."""
+    import numpy as np
+
+    durations = np.asarray(table.values("duration"), dtype=np.float64)
+    ok = np.ones(len(table), dtype=bool)
+    if min_duration is not None:
+        ok &= durations >= min_duration
+    if max_duration is not None:
+        ok &= durations <= max_duration
+    out = Filtered(rows=[])
+    if not rejected and not check_audio:
+        out.rows = np.flatnonzero(ok).tolist()
+        out.dropped_duration = int(len(ok) - ok.sum())
+        return out
+    exists, normpath = os.path.exists, os.path.normpath
+    for i, (id_, path, in_range) in enumerate(zip(table.ids(), table.values("audio_path"), ok.tolist())):
+        why = rejected.get(normpath(path)) if rejected else None
         if why is not None:
             out.failed_verify += 1
             if len(out.failed_verify_examples) < MISSING_EXAMPLES:
-                out.failed_verify_examples.append(f"{r.id}: {why}")
-            continue
-        if check_audio and not os.path.exists(r.audio_path):
+                out.failed_verify_examples.append(f"{id_}: {why}")
+        elif check_audio and not exists(path):
             out.missing_audio += 1
             if len(out.missing_examples) < MISSING_EXAMPLES:
-                out.missing_examples.append(f"{r.id}: {r.audio_path}")
-            continue
-        if (min_duration is not None and r.duration < min_duration) or \
-                (max_duration is not None and r.duration > max_duration):
+                out.missing_examples.append(f"{id_}: {path}")
+        elif not in_range:
             out.dropped_duration += 1
-            continue
-        out.records.append(r)
+        else:
+            out.rows.append(i)
     return out
 
 
-def select_and_split(records: Sequence[Record], cfg: UnifyConfig,
-                     previous: dict[str, str] | None = None) -> tuple[list[Record], SplitSummary]:
-    chosen = sample_records(records, max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
-                            samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
-    return chosen, assign_splits(chosen, seed=cfg.seed, keep_official=cfg.keep_official_splits, previous=previous)
+def select_and_split(table: RecordTable, cfg: UnifyConfig,
+                     previous: dict[str, str] | None = None) -> tuple[RecordTable, SplitSummary]:
+    plain = "dataset" not in table.encoded and "duration" not in table.encoded
+    datasets = table.column("dataset") if plain else table.values("dataset")
+    durations = table.column("duration").to_numpy(zero_copy_only=False) if plain else table.values("duration")
+    rows = sample_indices(table.ids(), datasets, durations,
+                          max_samples=cfg.max_samples, stratify_by=cfg.stratify_by,
+                          samples_per_dataset=cfg.samples_per_dataset, seed=cfg.seed)
+    chosen = table.take(rows)
+    splits, summary = split_assignment(chosen.ids(), *chosen.split_keys(), chosen.values("split"), seed=cfg.seed,
+                                       keep_official=cfg.keep_official_splits, previous=previous)
+    return chosen.set("split", splits), summary
 
 
-def composition(records: Sequence[Record]) -> list[CompositionRow]:
-    by_ds: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_ds[r.dataset or "unknown"].append(r)
-    rows = []
-    for ds in sorted(by_ds):
-        counts = split_counts(by_ds[ds])
-        rows.append(CompositionRow(dataset=ds, count=len(by_ds[ds]),
-                                   hours=round(sum(r.duration for r in by_ds[ds]) / 3600, 4), **counts))
-    return rows
+def composition(table: RecordTable) -> list[CompositionRow]:
+    return _split_sizes([d or "unknown" for d in table.values("dataset")], table)
 
 
-def _artists_and_folders(records: Sequence[Record]) -> dict[str, Any]:
+def _split_sizes(keys: Sequence[str | None], table: RecordTable) -> list[CompositionRow]:
+    """Records, hours and split sizes per value of ``keys`` (one per record; None is left out), sorted."""
+    counts: dict[str, dict[str, int]] = {}
+    records: dict[str, int] = defaultdict(int)
+    seconds: dict[str, float] = defaultdict(float)
+    for key, split, duration in zip(keys, table.values("split"), table.values("duration")):
+        if key is None:
+            continue
+        c = counts.get(key)
+        if c is None:
+            c = counts[key] = dict.fromkeys(SPLITS, 0)
+        if split in c:
+            c[split] += 1
+        records[key] += 1
+        seconds[key] += duration
+    return [CompositionRow(dataset=k, count=records[k], hours=round(seconds[k] / 3600, 4), **counts[k])
+            for k in sorted(counts)]
+
+
+def _artists_and_folders(table: RecordTable) -> dict[str, Any]:
     """Which rule named each record's artist (per source), artists too big for balanced splits, and the
     split sizes per top-level folder of a library (``relative_path``) with more than one."""
-    from .manifest import dominant_artists, split_counts_by
+    from .manifest import dominant_artists
 
+    datasets = [d or "unknown" for d in table.values("dataset")]
     sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in records:
-        if r.extra.get("artist_source"):   # set where a rule named the artist (folder, a caption file)
-            sources[r.dataset or "unknown"][r.extra["artist_source"]] += 1
-    dominant = dominant_artists(records)
+    if table.has("artist_source"):     # set where a rule named the artist (folder, a caption file)
+        for ds, rule in zip(datasets, table.values("artist_source")):
+            if rule:
+                sources[ds][rule] += 1
+    dominant = dominant_artists(table.split_keys()[1], table.values("artist"))
     for artist, n in dominant:
         log.warning("artist %r holds %d of %d records (%.0f%%): they all go to one split, so the splits cannot "
-                    "be balanced", artist, n, len(records), 100 * n / len(records))
-
-    def top_folder(r: Record) -> str | None:
-        rel = r.extra.get("relative_path")
-        return f"{r.dataset}/{rel.split('/', 1)[0] if '/' in rel else '.'}" if isinstance(rel, str) else None
-
-    by_folder = split_counts_by(records, top_folder)
-    per_source = defaultdict(int)
-    for key in by_folder:
-        per_source[key.split("/", 1)[0]] += 1
-    hours: dict[str, float] = defaultdict(float)
-    for r in records:
-        if (k := top_folder(r)) is not None:
-            hours[k] += r.duration / 3600
-    folders = [CompositionRow(dataset=k, count=sum(c.values()), hours=round(hours[k], 4), **c)
-               for k, c in by_folder.items() if per_source[k.split("/", 1)[0]] > 1]
+                    "be balanced", artist, n, len(table), 100 * n / len(table))
+    folders: list[CompositionRow] = []
+    if table.has("relative_path"):
+        tops = [f"{ds}/{rel.split('/', 1)[0] if '/' in rel else '.'}" if isinstance(rel, str) else None
+                for ds, rel in zip(table.values("dataset"), table.values("relative_path"))]
+        rows = _split_sizes(tops, table)
+        per_source: dict[str, int] = defaultdict(int)
+        for row in rows:
+            per_source[row.dataset.split("/", 1)[0]] += 1
+        folders = [row for row in rows if per_source[row.dataset.split("/", 1)[0]] > 1]
     return {"artist_sources": {ds: dict(sorted(c.items())) for ds, c in sorted(sources.items())},
             "dominant_artists": [[a, n] for a, n in dominant], "folders": folders}
 
@@ -227,39 +261,47 @@ def _validate(cfg: UnifyConfig) -> None:
 # --------------------------------------------------------------------------- parse cache
 def _cache_path(state: StateDir, source: str, identity: dict[str, Any]) -> Path:
     key = config_hash({"source": source, "identity": identity, "v": CACHE_VERSION, "mtx": __version__})
-    return state.manifests_dir / ".cache" / f"{source}-{key}.json"
+    return state.manifests_dir / ".cache" / f"{source}-{key}.arrow"
 
 
 def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cache: bool,
-                  write_cache: bool) -> list[Record]:
+                  write_cache: bool) -> RecordTable:
+    import pyarrow as pa
+
     path = _cache_path(state, name, identity)
     if use_cache and path.exists():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            log.info("%s: using %d parsed records from the cache", name, len(data))
-            records = [Record.from_dict(d, where=path.name) for d in data]
-            for r in records:  # stored relative to the state dir, so a moved state dir reuses the cache
-                r.audio_path = str(state.root / r.audio_path) if not os.path.isabs(r.audio_path) else r.audio_path
-            return records
-        except (json.JSONDecodeError, MtxError):
+            table = pa.ipc.open_file(pa.OSFile(str(path))).read_all()
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            log.info("%s: using %d parsed records from the cache", name, table.num_rows)
+            return _moved(RecordTable(table.replace_schema_metadata(None), json.loads(meta["encoded"])),
+                          meta["root"], str(state.root))
+        except (pa.ArrowInvalid, OSError, KeyError, ValueError):
             log.warning("%s: parse cache %s is unreadable; parsing again", name, path)
     source = resolve_source(name)
-    records = prefix_ids(source.records(state.dataset_dir(name)), name)
+    table = prefix_ids(source.table(state.dataset_dir(name)), name)
     if write_cache:
-        # One committed unit per source: the cache file appears atomically or not at all.
-        atomic_write_text(path, json.dumps([{**r.to_dict(), "audio_path": _under_root(r.audio_path, state.root)}
-                                            for r in records], ensure_ascii=False))
-    return records
+        # One committed unit per source: the cache file appears atomically or not at all. It records the
+        # state dir it was made in, so a moved state dir reuses it (see _moved).
+        t = table.table.replace_schema_metadata({"root": str(state.root), "encoded": json.dumps(sorted(table.encoded))})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, t.schema) as writer:
+            writer.write_table(t)
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return table
 
 
-def _under_root(audio_path: str, root: Path) -> str:
-    """``audio_path`` relative to the state dir when it lies inside it, else unchanged."""
-    if not audio_path.startswith(str(root)):
-        return audio_path   # cheap: a library outside the state dir is most records of a sync
-    try:
-        return Path(audio_path).relative_to(root).as_posix()
-    except ValueError:
-        return audio_path
+def _moved(table: RecordTable, old_root: str, new_root: str) -> RecordTable:
+    """``table``'s audio paths under ``old_root`` moved to ``new_root`` (a state dir moved since)."""
+    import pyarrow.compute as pc
+
+    if old_root == new_root or not len(table):
+        return table
+    paths = table.column("audio_path")
+    under = pc.fill_null(pc.starts_with(paths, old_root.rstrip(os.sep) + os.sep), False)
+    moved = pc.replace_substring(paths, old_root.rstrip(os.sep) + os.sep, new_root.rstrip(os.sep) + os.sep,
+                                 max_replacements=1)
+    return table.set("audio_path", pc.if_else(under, moved, paths))
 
 
 def _select_datasets(state: StateDir, requested: list[str] | None) -> tuple[list[str], dict[str, int]]:
@@ -372,42 +414,46 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
             return UnifyResult.from_dict(run.record.result, skipped=True)
 
     log.info("unifying %s into manifest %r", ", ".join(names), cfg.name)
-    parsed: list[Record] = []
-    # Parsing and sampling build hundreds of thousands of small acyclic objects: the cyclic collector's
-    # passes over them are pure overhead (see manifest.paused_gc).
-    with progress.task("Parsing sources", total=len(names), unit="sources") as task, paused_gc():
+    tables: list[RecordTable] = []
+    with progress.task("Parsing sources", total=len(names), unit="sources") as task:
         for i, name in enumerate(names):
-            parsed.extend(_parse_source(state, name, identities[name], use_cache=True, write_cache=not cfg.dry_run))
+            tables.append(_parse_source(state, name, identities[name], use_cache=True, write_cache=not cfg.dry_run))
             if run is not None:
                 run.update(parsed_sources=names[: i + 1])
             task.advance(1)
             progress.check_interrupt()
+    parsed = RecordTable.concat(tables)
+    del tables
 
     _check_unique(parsed)
     merged = None
     if captions_file is not None:
         from .caption_file import merge_caption_file
 
-        merged = asdict(merge_caption_file(parsed, captions_file))
-    with paused_gc():
-        filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
+        records = parsed.records()
+        merged = asdict(merge_caption_file(records, captions_file))
+        parsed = RecordTable.from_records(records)
+        del records
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, rejected=rejected)
     if filtered.failed_verify:
         log.warning("%d record(s) whose file `mtx verify` found corrupt, truncated or of the wrong duration "
                     "are left out, e.g. %s", filtered.failed_verify, filtered.failed_verify_examples[0])
     if filtered.missing_audio:
         log.warning("%d record(s) have no audio file and are left out, e.g. %s", filtered.missing_audio,
                     filtered.missing_examples[0])
-    if not filtered.records:
+    if not filtered.rows:
         raise MtxError("no records left to unify" + (f" ({filtered.missing_audio} have no audio file)"
                                                      if filtered.missing_audio else ""),
                        hint="check the downloads with `mtx verify SOURCE` and the --min/--max-duration range")
-    with paused_gc():
-        chosen, splits = select_and_split(filtered.records, cfg,
-                                          {r.id: r.split for r in previous if r.split} if previous else None)
+    chosen, splits = select_and_split(_kept(parsed, filtered.rows), cfg,
+                                      {r.id: r.split for r in previous if r.split} if previous else None)
     llm = None
     if cfg.captions == "llm" and not cfg.dry_run:
-        llm = asdict(_caption_with_llm(state, chosen, cfg, progress))
-    synthesised = sum(1 for r in chosen if r.extra.get("caption_source") == "tags")
+        records = chosen.records()
+        llm = asdict(_caption_with_llm(state, records, cfg, progress))
+        chosen = RecordTable.from_records(records)
+        del records
+    synthesised = chosen.values("caption_source").count("tags") if chosen.has("caption_source") else 0
     reports = {"caption_file": merged, **_artists_and_folders(chosen)}
     result = UnifyResult(**reports,
                          name=cfg.name, path=str(out_path), records=len(chosen), composition=composition(chosen),
@@ -477,23 +523,30 @@ def _caption_with_llm(state: StateDir, records: list[Record], cfg: UnifyConfig, 
     return caption_records(state, records, _llm_config(cfg), vectors, progress)
 
 
-def _check_unique(records: Sequence[Record]) -> None:
+def _check_unique(table: RecordTable) -> None:
+    if table.unique_ids():
+        return
     seen: set[str] = set()
-    for r in records:
-        if r.id in seen:
-            raise MtxError(f"duplicate record id {r.id!r} after prefixing with the source name",
+    for i in table.ids():
+        if i in seen:
+            raise MtxError(f"duplicate record id {i!r} after prefixing with the source name",
                            hint="a source produced the same id twice; re-download it with --force")
-        seen.add(r.id)
+        seen.add(i)
 
 
-def build_manifest(records_by_source: dict[str, list[Record]], cfg: UnifyConfig,
-                   check_audio: bool = True) -> tuple[list[Record], Filtered]:
+def build_manifest(by_source: dict[str, "Sequence[Record] | RecordTable"], cfg: UnifyConfig,
+                   check_audio: bool = True) -> tuple[RecordTable, Filtered]:
     """The in-memory part of unify (prefix -> filter -> sample -> split), for library use and benchmarks."""
-    with paused_gc():
-        parsed = [r for name in sorted(records_by_source) for r in prefix_ids(records_by_source[name], name)]
-        _check_unique(parsed)
-        filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
-        return select_and_split(filtered.records, cfg)[0], filtered
+    tables = [prefix_ids(t if isinstance(t, RecordTable) else RecordTable.from_records(t), name)
+              for name, t in sorted(by_source.items())]
+    parsed = RecordTable.concat(tables)
+    _check_unique(parsed)
+    filtered = filter_records(parsed, cfg.min_duration, cfg.max_duration, check_audio=check_audio)
+    return select_and_split(_kept(parsed, filtered.rows), cfg)[0], filtered
+
+
+def _kept(table: RecordTable, rows: list[int]) -> RecordTable:
+    return table if len(rows) == len(table) else table.take(rows)
 
 
 __all__ = ["UnifyConfig", "UnifyResult", "CompositionRow", "run_unify", "build_manifest"]

@@ -26,7 +26,7 @@ def _manifest(parsed, **cfg):
 
     fresh = {k: [Record.from_dict(r.to_dict()) for r in v] for k, v in by_source.items()}
     chosen, _ = build_manifest(fresh, UnifyConfig(**cfg))
-    return chosen
+    return chosen.records()
 
 
 @pytest.mark.parametrize("keep_official", [False, True])

@@ -144,7 +144,7 @@ def test_interrupt_then_continue_gives_the_same_manifest(toy_state: StateDir, cl
     with pytest.raises(KeyboardInterrupt):
         run_unify(toy_state, UnifyConfig(max_samples=16, seed=3), StopAfterFirstSource())
     assert not toy_state.manifest_path("default").exists()
-    assert len(list((toy_state.manifests_dir / ".cache").glob("*.json"))) == 1
+    assert len(list((toy_state.manifests_dir / ".cache").glob("*.arrow"))) == 1
 
     res = cli(*args)
     assert res.exit_code == 1 and "interrupted unify found" in res.output

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..manifest import Record
+from ..manifest import Record, RecordTable
 from ..progress import Progress
 from .ledger import Ledger
 
@@ -100,6 +100,11 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def records(self, root: Path) -> list[Record]:
         """Parse the native layout under ``root`` into unified records (absolute audio paths)."""
+
+    def table(self, root: Path) -> RecordTable:
+        """The same records as columns, which is what unify reads. A source whose native layout is already
+        a table (a CSV, say) makes it directly, without a :class:`Record` per row."""
+        return RecordTable.from_records(self.records(root))
 
     @abc.abstractmethod
     def expected_files(self, root: Path) -> list[ExpectedFile]:

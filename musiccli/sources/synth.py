@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MtxError
-from ..manifest import Record, paused_gc
+from ..manifest import Record, RecordTable, joined_bytes
 from ..progress import Progress
 from ..state import atomic_write_text, file_sha256
 from ._parallel import run_bounded
@@ -171,43 +171,91 @@ class SynthSource(Source):
         return header, [row if len(row) >= width else row + [""] * (width - len(row)) for row in rows]
 
     def records(self, root: Path) -> list[Record]:
-        """One Record per row, built column by column: 100k rows are parsed in C (csv, the JSON scanner,
-        str.split, float) and assembled in one pass, the same records the per-row parser gave."""
+        return self.table(root).records()
+
+    def table(self, root: Path) -> RecordTable:
+        """The records as columns, parsed in C: Arrow reads the CSV and splits the tag lists; the JSON of
+        the alternative captions is scanned per cell, so a bad cell is named as before."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         root = Path(root).resolve()
-        with paused_gc():
-            return self._records(root)
+        t = self._arrow_table(root)
+        n = t.num_rows
+        if not n:
+            return RecordTable.from_columns({}, 0)
 
-    def _records(self, root: Path) -> list[Record]:
-        base = str(root) + "/"  # plain string joins: Path arithmetic dominated parsing 100k rows
-        header, rows = self._table(root)
-        if not rows:
-            return []
-        col = {name: header.index(name) for name in COLUMNS}
-        cols = list(zip(*rows))
-        del rows
+        def column(name: str):
+            return t.column(name).combine_chunks()
 
-        def column(name: str) -> tuple[str, ...]:
-            return cols[col[name]]
+        def text(name: str):      # "" is no value
+            col = column(name)
+            return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+        def items(name: str):     # "a;b" -> ["a", "b"], empty items dropped
+            lists = pc.split_pattern(column(name), ";")
+            flat, parents = pc.list_flatten(lists), pc.list_parent_indices(lists)
+            keep = pc.not_equal(flat, "")
+            counts = np.bincount(parents.filter(keep).to_numpy(), minlength=n)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+            return pa.ListArray.from_arrays(offsets, flat.filter(keep))
 
         ids = column("id")
         try:
-            durations = list(map(float, column("duration")))
-            alts = _json_lists(column("alt_captions"))
+            duration = self._numbers(column("duration"), pa.float64(), float)
+            alts = _json_list_column(column("alt_captions"))
         except ValueError:
-            self._raise_bad_row(root, ids, column)
+            self._raise_bad_row(root, ids.to_pylist(), lambda name: column(name).to_pylist())
             raise
-        bpms = list(map(int, column("bpm")))
-        split = _split_items
-        return [
-            Record(id=id_, audio_path=base + path, caption=caption, duration=duration, alt_captions=alt,
-                   dataset=NAME_, artist=artist or None, title=title or None, tags=split(tags), license="CC0-1.0",
-                   extra={"style": style, "bpm": bpm, "key": key, "mode": mode, "instruments": split(instruments),
-                          "mood": mood, "loudness": loudness})
-            for id_, path, caption, duration, alt, artist, title, tags, style, bpm, key, mode, instruments, mood,
-            loudness in zip(ids, column("path"), column("caption"), durations, alts, column("artist"),
-                            column("title"), column("tags"), column("style"), bpms, column("key"), column("mode"),
-                            column("instruments"), column("mood"), column("loudness"))
-        ]
+        constant = pa.array([NAME_], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64)))
+        arrays = {
+            "id": ids, "audio_path": pc.binary_join_element_wise(str(root) + "/", column("path"), ""),
+            "caption": column("caption"), "duration": duration, "alt_captions": alts, "dataset": constant,
+            "artist": text("artist"), "title": text("title"), "tags": items("tags"),
+            "license": pa.array(["CC0-1.0"], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64))),
+            "style": column("style"), "bpm": self._numbers(column("bpm"), pa.int64(), int), "key": column("key"),
+            "mode": column("mode"), "instruments": items("instruments"), "mood": column("mood"),
+            "loudness": column("loudness"),
+        }
+        return RecordTable(pa.table(arrays))
+
+    @staticmethod
+    def _numbers(col, type_, parse):
+        """``parse`` of each cell (float or int), by Arrow's cast where it takes every cell."""
+        import pyarrow as pa
+
+        try:
+            return col.cast(type_)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return pa.array([parse(v) for v in col.to_pylist()], type_)   # Python's own rules (" 5 ", "1_0")
+
+    def _arrow_table(self, root: Path):
+        """``metadata.csv`` as a table of strings: Arrow's reader, or the csv module's where Arrow refuses the
+        file (a short row, say: the csv module reads its missing cells as "")."""
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
+        path = root / METADATA
+        if not path.exists():
+            raise MtxError(f"synth dataset in {root} is incomplete (no {METADATA})",
+                           hint="run `mtx download synth --continue` to finish it")
+        try:
+            with open(path, "rb") as f:
+                header = next(csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline="")), [])
+            parse = pcsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
+            convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=False,
+                                          quoted_strings_can_be_null=False)
+            t = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
+        except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration):
+            header, rows = self._table(root)
+            t = pa.table({c: pa.array([row[i] for row in rows], pa.string()) for i, c in enumerate(header)
+                          if c not in header[:i]})
+        missing = [c for c in COLUMNS if t.num_rows and c not in t.column_names]
+        if missing:
+            raise MtxError(f"{path} lacks column(s): {', '.join(missing)}",
+                           hint="regenerate it with `mtx download synth --force`")
+        return t
 
     def _raise_bad_row(self, root: Path, ids, column) -> None:
         """The per-row check, for the error message: the first row whose JSON or duration is bad."""
@@ -255,6 +303,27 @@ def _json_lists(cells) -> list[list[str]]:
             value = json.loads(cell)
         append(value if type(value) is list and all(type(a) is str for a in value) else [str(a) for a in value])
     return out
+
+
+def _json_list_column(cells):
+    """``_json_lists`` of a column of cells, as an Arrow list column. Arrow's JSON reader parses them all
+    at once where every cell is one JSON array of strings on one line; anything else (a number in the
+    list, a line break, bad JSON, ``null``) goes through ``_json_lists``, which keeps Python's rules."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    listed = pa.list_(pa.string())
+    if not pc.any(pc.match_substring_regex(cells, "[\\r\\n]")).as_py():
+        lines = pc.binary_join_element_wise('{"a":', pc.if_else(pc.equal(cells, ""), "[]", cells), "}\n", "")
+        try:
+            parsed = pj.read_json(pa.BufferReader(joined_bytes(lines)), parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([("a", listed)]), unexpected_field_behavior="error"))
+        except pa.ArrowInvalid:
+            parsed = None
+        if parsed is not None and parsed.num_rows == len(cells) and not parsed.column("a").null_count:
+            return parsed.column("a").combine_chunks()
+    return pa.array(_json_lists(cells.to_pylist()), listed)
 
 
 def _split_items(value: str) -> list[str]:
