@@ -6,10 +6,16 @@ artist, then the threshold ``mtx duplicates`` should use: the midpoint of the ga
 re-encode similarity and the highest different-track similarity (or a refusal when they overlap).
 
 Everything goes through the user's path, in separate processes: `mtx download synth` renders the
-originals, the script re-encodes them with FFmpeg (PyAV), then `mtx download folder`, `mtx unify`
-and `mtx embed` build the stores that `mtx duplicates` reads.
+originals (or ``--originals`` names real ones), the script re-encodes them with FFmpeg (PyAV), then
+`mtx download folder`, `mtx unify` and `mtx embed` build the stores that `mtx duplicates` reads.
 
     python benchmarks/duplicate_thresholds.py --n 60 --encoders dsp musicnn
+    python benchmarks/duplicate_thresholds.py --originals /work/realaudio/dup-originals --encoders dsp musicnn
+
+``--originals`` takes a library built by ``benchmarks/real_audio/build_library.py``: real compositions
+rendered with a real soundfont, where different pieces by one composer share the instruments, the key
+and the style, which makes them harder to tell apart than the procedural synth tracks. Its
+``library.json`` says which files are by which artist.
 
 The numbers in ``musiccli/duplicates.py`` (THRESHOLDS) come from this script; rerun it when an
 encoder's version changes.
@@ -87,6 +93,25 @@ def build_library(work: Path, n: int, duration: float) -> dict[str, dict[str, st
     return truth
 
 
+def build_from_originals(work: Path, originals: Path, limit: int | None) -> dict[str, dict[str, str]]:
+    """Re-encode the excerpts of a real-audio library (``build_library.py``'s ``library.json``)."""
+    excerpts = json.loads((originals / "library.json").read_text())[:limit]
+    lib = work / "library"
+    lib.mkdir()
+    truth: dict[str, dict[str, str]] = {}
+    for k, x in enumerate(excerpts):
+        src = originals / x["path"]
+        track, artist = x["path"], x["tags"]["artist"]
+        original = lib / f"{k:04d}.flac"
+        reencode(src, original, "flac", None, None)
+        truth[original.name] = {"track": track, "artist": artist, "codec": "original"}
+        for name, (suffix, codec, bitrate, rate) in CODECS.items():
+            dst = lib / f"{k:04d}.{name}{suffix}"
+            reencode(original, dst, codec, bitrate, rate)
+            truth[dst.name] = {"track": track, "artist": artist, "codec": name}
+    return truth
+
+
 def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standardise: bool) -> dict:
     from musiccli.duplicates import comparable_vectors
     from musiccli.manifest import read_manifest
@@ -127,8 +152,10 @@ def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standar
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=60, help="original tracks")
+    ap.add_argument("--n", type=int, default=None, help="original tracks (default: 60 synth, every real one)")
     ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--originals", type=Path, help="a real-audio library from benchmarks/real_audio/build_library.py "
+                    "(default: render synth originals); --n then caps how many of its excerpts are used")
     ap.add_argument("--encoders", nargs="+", default=["dsp", "musicnn"])
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it; an existing one is reused")
@@ -140,7 +167,8 @@ def main() -> None:
             truth = json.loads((work / "truth.json").read_text())
         else:
             work.mkdir(parents=True, exist_ok=True)
-            truth = build_library(work, args.n, args.duration)
+            truth = (build_from_originals(work, args.originals, args.n) if args.originals
+                     else build_library(work, args.n or 60, args.duration))
             (work / "truth.json").write_text(json.dumps(truth))
         state = work / "state"
         mtx(state, "download", "folder", "--path", str(work / "library"))
