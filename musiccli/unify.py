@@ -1,13 +1,15 @@
 """The unify stage: parse downloaded sources into one manifest, sample it and split it.
 
-Steps: parse each source (``Source.records``), cached per source under
-``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
+Everything between parsing and writing works on columns (``manifest.RecordTable``, Arrow arrays),
+not on a ``Record`` per row. Steps: parse each source (``Source.table``), cached per source as an
+Arrow file under ``manifests/.cache/`` keyed by the source's ledger identity, so an interrupted
 unify resumes without re-parsing; make ids unique across sources; drop records
 whose audio is missing (a cheap existence check, no decoding), that the source's
 last complete ``verify`` of the same download found corrupt, truncated or of the wrong
-duration, or whose duration is out of range; sample (``manifest.sample_records``); split artist-aware 80/10/10
-(``manifest.assign_splits``: connected components of recording
-group and artist, bucketed by a seeded hash); write with ``manifest.write_manifest``.
+duration, or whose duration is out of range; sample (``manifest.sample_indices``); split artist-aware
+80/10/10 (``manifest.split_assignment``: connected components of recording group, artist and album,
+bucketed by a seeded hash); write with ``manifest.write_manifest``. Records are built only for the
+steps that edit them one by one: ``--captions FILE`` and ``--captions llm``.
 """
 
 from __future__ import annotations
@@ -411,7 +413,9 @@ def run_unify(state: StateDir, cfg: UnifyConfig, progress: Progress | None = Non
         run = begin_stage(state, "unify", f"unify:{cfg.name}", config=config, mode=mode, discard=discard,
                           rename_hint="choose another manifest name with --name")
         if run.already_complete:
-            return UnifyResult.from_dict(run.record.result, skipped=True)
+            done = UnifyResult.from_dict(run.record.result, skipped=True)
+            done.path = str(out_path)       # where it is now (the state dir may have moved since)
+            return done
 
     log.info("unifying %s into manifest %r", ", ".join(names), cfg.name)
     tables: list[RecordTable] = []

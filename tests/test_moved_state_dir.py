@@ -57,6 +57,12 @@ def test_moved_state_dir_keeps_working(tmp_path: Path, tiny_backbone: Path) -> N
     assert r.exit_code == 0 and "already" in r.output.lower(), r.output     # not "different config"
     r = cli("unify", "--name", "lib")
     assert r.exit_code == 0 and ("already" in r.output.lower() or "up to date" in r.output.lower()), r.output
+    assert str(old) not in r.output.replace("\n", "")                      # it names the manifest where it is now
+    # A new manifest from the parse cache written before the move names the files where they are now.
+    assert cli("unify", "--name", "lib2", "--max-samples", "10").exit_code == 0
+    from musiccli.manifest import read_manifest
+
+    assert all(r.audio_path.startswith(str(new)) for r in read_manifest(new / "manifests" / "lib2.json"))
     r = cli("eval", "--json")
     assert r.exit_code == 0, r.output
     r = cli("search", "dark metal", "-k", "3", "--json")
