@@ -113,13 +113,14 @@ def build_from_originals(work: Path, originals: Path, limit: int | None) -> dict
 
 
 def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standardise: bool) -> dict:
-    from musiccli.duplicates import comparable_vectors
+    from musiccli.duplicates import comparable_vectors, durations_agree
     from musiccli.manifest import read_manifest
     from musiccli.store import EmbeddingStore
 
     manifests = sorted((state / "manifests").glob("*.json"))
     records = read_manifest(manifests[0])
     by_id = {r.id: truth[Path(r.audio_path).name] for r in records}
+    seconds = {r.id: r.duration for r in records}
     with EmbeddingStore(state / "embeddings" / encoder / f"{manifests[0].stem}.h5") as store:
         ids = [i for i in store.ids if i in by_id]
         x = comparable_vectors(store, ids, standardise).astype(np.float64)
@@ -129,6 +130,7 @@ def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standar
     pos: dict[str, list[float]] = {c: [] for c in CODECS}
     neg_same_artist: list[float] = []
     neg_any: list[float] = []
+    neg_same_length: list[float] = []     # different tracks whose durations agree: the pairs the tool compares
     for k in originals:
         t = info[k]
         for j, u in enumerate(info):
@@ -136,8 +138,11 @@ def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standar
                 pos[u["codec"]].append(float(sims[k, j]))
             elif u["track"] != t["track"]:
                 (neg_same_artist if u["artist"] == t["artist"] else neg_any).append(float(sims[k, j]))
+                if durations_agree(seconds[ids[k]], seconds[ids[j]]):
+                    neg_same_length.append(float(sims[k, j]))
     lo_pos = min(min(v) for v in pos.values())
     hi_neg = max(neg_same_artist + neg_any)
+    hi_gated = max(neg_same_length) if neg_same_length else None
     return {
         "encoder": encoder, "standardised": standardise, "tracks": len(originals),
         "reencode_min": {c: round(min(v), 5) for c, v in pos.items()},
@@ -147,6 +152,12 @@ def measure(state: Path, encoder: str, truth: dict[str, dict[str, str]], standar
         "different_any_max": round(max(neg_any), 5) if neg_any else None,
         "gap": round(lo_pos - hi_neg, 5),
         "threshold": round((lo_pos + hi_neg) / 2, 4) if lo_pos > hi_neg else None,
+        # What `mtx duplicates` decides on: a pair is compared only when the durations agree.
+        "different_same_duration_pairs": len(neg_same_length),
+        "different_same_duration_max": round(hi_gated, 5) if hi_gated is not None else None,
+        "gap_with_duration": round(lo_pos - hi_gated, 5) if hi_gated is not None else None,
+        "threshold_with_duration": round((lo_pos + hi_gated) / 2, 4)
+        if hi_gated is not None and lo_pos > hi_gated else None,
     }
 
 
