@@ -14,7 +14,8 @@ import io
 import numpy as np
 import pytest
 
-CORE_NATIVE = ["torch", "torchaudio", "soundfile", "h5py", "safetensors", "tokenizers", "pyarrow",
+CORE_NATIVE = ["torch", "torchaudio", "soundfile", "h5py", "safetensors", "tokenizers", "pyarrow", "pyarrow.compute",
+               "pyarrow.csv", "pyarrow.json", "pyarrow.ipc",
                "zstandard", "sklearn", "av", "onnxruntime", "numpy", "pandas"]
 EXTRA_NATIVE = ["onnx", "psycopg", "faiss"]
 
