@@ -273,7 +273,8 @@ def _parse_source(state: StateDir, name: str, identity: dict[str, Any], use_cach
     path = _cache_path(state, name, identity)
     if use_cache and path.exists():
         try:
-            table = pa.ipc.open_file(pa.OSFile(str(path))).read_all()
+            with pa.OSFile(str(path)) as f:
+                table = pa.ipc.open_file(f).read_all()
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
             log.info("%s: using %d parsed records from the cache", name, table.num_rows)
             return _moved(RecordTable(table.replace_schema_metadata(None), json.loads(meta["encoded"])),

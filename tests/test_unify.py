@@ -154,8 +154,8 @@ def test_interrupt_then_continue_gives_the_same_manifest(toy_state: StateDir, cl
     synth_parses = []
     from musiccli.sources import synth
 
-    real = synth.SynthSource.records
-    monkeypatch.setattr(synth.SynthSource, "records",
+    real = synth.SynthSource.table
+    monkeypatch.setattr(synth.SynthSource, "table",
                         lambda self, root: synth_parses.append(root) or real(self, root))
     res = cli(*args, "--continue")
     assert res.exit_code == 0, res.output
@@ -172,6 +172,22 @@ def test_interrupt_then_continue_gives_the_same_manifest(toy_state: StateDir, cl
 
     res = cli(*args)
     assert res.exit_code == 0 and "already up to date" in res.output
+
+
+def test_a_damaged_parse_cache_is_parsed_again_to_the_same_manifest(toy_state: StateDir, cli, tmp_path: Path):
+    with pytest.raises(KeyboardInterrupt):
+        run_unify(toy_state, UnifyConfig(max_samples=16, seed=3), StopAfterFirstSource())
+    (cache,) = (toy_state.manifests_dir / ".cache").glob("*.arrow")
+    cache.write_bytes(cache.read_bytes()[:100])          # torn by a crash of something else
+    res = cli("unify", "--stratify-by", "dataset", "--max-samples", "16", "--seed", "3", "--continue")
+    assert res.exit_code == 0, res.output
+    other = StateDir.resolve(tmp_path / "other")
+    shutil.copytree(toy_state.root / "datasets", other.root / "datasets")
+    rec = other.dataset_dir("toy") / "records.json"
+    rec.write_text(rec.read_text().replace(str(toy_state.root), str(other.root)))
+    run_unify(other, UnifyConfig(max_samples=16, seed=3))
+    assert manifest_view(other.manifest_path("default"), other.root) == \
+        manifest_view(toy_state.manifest_path("default"), toy_state.root)
 
 
 def test_changed_config_on_complete_manifest_needs_force(toy_state: StateDir, cli):
