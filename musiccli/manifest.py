@@ -1049,7 +1049,7 @@ def artist_of(r: Record) -> str | None:
     """The artist identity used for splits: a source's catalogue id (``extra["artist_key"]``, e.g. the
     Jamendo artist id that all three Jamendo sources share) when it has one, else the normalised name.
     One identity per record, so that every source spells one artist the same way and a component's
-    key (see ``component_key``) does not depend on which sources were sampled."""
+    key (see ``split_assignment``) does not depend on which sources were sampled."""
     key = r.extra.get("artist_key")
     return str(key) if key else normalised_artist(r.artist)
 
@@ -1137,7 +1137,9 @@ def split_assignment(ids: Sequence[str], groups: Sequence[str], artists: Sequenc
     firsts, comp = np.unique(_component_labels([groups, artists, albums]), return_inverse=True)
     ncomp = len(firsts)
     summary.components = ncomp
-    # The component's key (see component_key): the least hash of its artists, else of its groups.
+    # The component's key: the least hash of its artists, else of its groups. It depends only on which
+    # artists/recordings the component holds, not on how many of their records were sampled, so a record
+    # keeps its split under sampling.
     top = np.iinfo(np.uint64).max
     keys = np.full(ncomp, top, dtype=np.uint64)
     art, art_names = _codes(artists)
@@ -1234,10 +1236,11 @@ def assign_splits(
     """Assign train/val/test in place: a split is a property of the recording, never of the sample.
 
     Records that share a recording (``group``), an artist (``artist_of``) or an album (``album_of``)
-    form connected components; each component goes whole into the split its seeded hash falls in
-    (``component_key``), so the split sizes follow ``ratios`` in expectation (not exactly: the
-    components are indivisible) and a record's split does not depend on what else was sampled, except
-    in a manifest so small that a split would be empty (``_fill_empty_splits``). With
+    form connected components; each component goes whole into the split its seeded hash falls in (the
+    least seeded hash of its artists, else of its groups), so the split sizes follow ``ratios`` in
+    expectation (not exactly: the components are indivisible) and a record's split does not depend on
+    what else was sampled, except in a manifest so small that a split would be empty
+    (``_fill_empty_splits``). With
     ``keep_official`` a component with official splits keeps them; when its members disagree it goes to the
     most held-out one (test, then val), and the records moved are counted.
 

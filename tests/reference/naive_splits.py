@@ -14,8 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from musiccli.errors import MtxError
-from musiccli.manifest import (_HELD_OUT_ORDER, SPLITS, Record, SplitSummary, album_of, allocate_quota, artist_of,
-                               duration_bin, group_of)
+# _fill_empty_splits, _ranges, allocate_quota and duration_bin were not changed: both sides share them.
+from musiccli.manifest import (_HELD_OUT_ORDER, SPLITS, Record, SplitSummary, _fill_empty_splits, _ranges, album_of,
+                               allocate_quota, artist_of, duration_bin, group_of)
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,8 @@ def _stable_keys(seed: int, strings: Iterable[str]) -> list[int]:
     return [from_bytes(blake2b((prefix + s).encode(), digest_size=8).digest(), "big") for s in strings]
 
 
-def sample_records(
-    records: Sequence[Record],
-    max_samples: int | None = None,
-    stratify_by: str = "dataset",
-    samples_per_dataset: int | None = None,
-    seed: int = 0,
-) -> list[Record]:
+def sample_records(records: Sequence[Record], max_samples: int | None = None, stratify_by: str = "dataset",
+                   samples_per_dataset: int | None = None, seed: int = 0) -> list[Record]:
     """Pick a subset; the result is ordered by the seeded key of each id (``_stable_keys``).
 
     ``samples_per_dataset`` keeps the first that many of each dataset in shuffle order; ``max_samples``
@@ -133,14 +129,6 @@ def component_key(records: Sequence[Record], seed: int, artists: Sequence[str | 
     return min(memo[n] for n in nodes)
 
 
-def _ranges(ratios: tuple[float, float, float]) -> dict[str, tuple[float, float]]:
-    out, edge = {}, 0.0
-    for name, ratio in zip(SPLITS, ratios):
-        out[name] = (edge, edge + ratio)
-        edge += ratio
-    return out
-
-
 def bucket(key: int, ratios: tuple[float, float, float]) -> str:
     u = key / 2.0**64
     for name, (lo, hi) in _ranges(ratios).items():
@@ -149,53 +137,9 @@ def bucket(key: int, ratios: tuple[float, float, float]) -> str:
     return next(name for name, ratio in zip(reversed(SPLITS), reversed(ratios)) if ratio > 0)
 
 
-def _fill_empty_splits(keys: list[int], splits: list[str | None], ratios: tuple[float, float, float]) -> int:
-    """Tiny manifests: give each empty split (with a positive ratio) the component whose hash lies nearest
-    its range, taken from a split that keeps at least one component. Returns how many moved.
-
-    Only here does a component's split depend on the rest of the sample; with a few dozen
-    components or more no split comes out empty and nothing moves."""
-    ranges = _ranges(ratios)
-    moved = 0
-    for name in ("test", "val", "train"):
-        counts = {n: splits.count(n) for n in SPLITS}
-        if ratios[SPLITS.index(name)] <= 0 or counts[name] > 0:
-            continue
-        lo, hi = ranges[name]
-
-        def distance(i: int) -> tuple[float, int]:
-            u = keys[i] / 2.0**64
-            return (lo - u if u < lo else u - hi, keys[i])
-
-        donors = [i for i, sp in enumerate(splits) if sp is not None and counts[sp] > 1]
-        if donors:
-            splits[min(donors, key=distance)] = name
-            moved += 1
-    return moved
-
-
-def assign_splits(
-    records: Sequence[Record],
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    keep_official: bool = False,
-    previous: dict[str, str] | None = None,
-) -> SplitSummary:
-    """Assign train/val/test in place: a split is a property of the recording, never of the sample.
-
-    Records that share a recording (``group``), an artist (``artist_of``) or an album (``album_of``)
-    form connected components; each component goes whole into the split its seeded hash falls in
-    (``component_key``), so the split sizes follow ``ratios`` in expectation (not exactly: the
-    components are indivisible) and a record's split does not depend on what else was sampled, except
-    in a manifest so small that a split would be empty (``_fill_empty_splits``). With
-    ``keep_official`` a component with official splits keeps them; when its members disagree it goes to the
-    most held-out one (test, then val), and the records moved are counted.
-
-    ``previous`` (record id -> split, from the manifest this one replaces) keeps a changed library's
-    splits still: a component holding records that had a split keeps it (the most held-out one if
-    a new record joined components that had different splits), so an update never moves a track
-    between train and test; only new components are bucketed.
-    """
+def assign_splits(records: Sequence[Record], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  keep_official: bool = False, previous: dict[str, str] | None = None) -> SplitSummary:
+    """The per-record ``manifest.assign_splits``, which documents what it does."""
     if abs(sum(ratios) - 1.0) > 1e-6 or any(x < 0 for x in ratios):
         raise MtxError(f"split ratios {ratios} must be non-negative and sum to 1")
     summary = SplitSummary()
