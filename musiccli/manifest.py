@@ -311,6 +311,8 @@ class RecordTable:
         """The tables' rows one after another; a column one table lacks is null there, and a column two
         tables type differently is JSON text in all of them."""
         pa, _ = _arrow()
+        if not tables:
+            return cls.from_columns({}, 0)
         types: dict[str, set] = {}
         for t in tables:
             for f in t.table.schema:

@@ -90,6 +90,13 @@ def test_concat_fills_a_missing_column_and_types_a_conflict_as_text():
     assert [r.extra for r in both.records()] == [{"k": 1, "only_a": "x"}, {"k": "one"}]
 
 
+def test_nothing_concatenates_to_an_empty_table_and_an_empty_manifest(tmp_path: Path):
+    empty = RecordTable.concat([])
+    assert len(empty) == 0 and empty.records() == []
+    write_manifest(tmp_path / "m.json", empty)
+    assert (tmp_path / "m.json").read_text() == "[]\n"
+
+
 def test_the_writer_crosses_its_batch_boundary(tmp_path: Path, monkeypatch):
     import musiccli.manifest as manifest
 
