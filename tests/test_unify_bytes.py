@@ -57,7 +57,7 @@ def _rewrite_row(path: Path, row: int, column: str, value: str) -> None:
 
 
 @pytest.mark.parametrize("column,value", [("alt_captions", '["a", "b"'), ("alt_captions", '["a"] x'),
-                                          ("duration", "five")])
+                                          ("duration", "five"), ("bpm", "fast")])
 def test_a_bad_row_is_one_clear_error_naming_it(tmp_path, column, value):
     root = _roots(tmp_path)["beta"]
     _rewrite_row(root / "metadata.csv", 7, column, value)

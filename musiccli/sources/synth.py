@@ -174,8 +174,9 @@ class SynthSource(Source):
         return self.table(root).records()
 
     def table(self, root: Path) -> RecordTable:
-        """The records as columns, parsed in C: Arrow reads the CSV and splits the tag lists; the JSON of
-        the alternative captions is scanned per cell, so a bad cell is named as before."""
+        """The records as columns, parsed in C: Arrow reads the CSV, the numbers and the JSON lists of
+        alternative captions (``_json_list_column``) and splits the tag lists. A bad cell is named in a
+        one-line error (``_raise_bad_row``)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -201,20 +202,22 @@ class SynthSource(Source):
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
             return pa.ListArray.from_arrays(offsets, flat.filter(keep))
 
+        def repeated(value: str):
+            return pa.array([value], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64)))
+
         ids = column("id")
         try:
             duration = self._numbers(column("duration"), pa.float64(), float)
+            bpm = self._numbers(column("bpm"), pa.int64(), int)
             alts = _json_list_column(column("alt_captions"))
         except ValueError:
             self._raise_bad_row(root, ids.to_pylist(), lambda name: column(name).to_pylist())
             raise
-        constant = pa.array([NAME_], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64)))
         arrays = {
             "id": ids, "audio_path": pc.binary_join_element_wise(str(root) + "/", column("path"), ""),
-            "caption": column("caption"), "duration": duration, "alt_captions": alts, "dataset": constant,
-            "artist": text("artist"), "title": text("title"), "tags": items("tags"),
-            "license": pa.array(["CC0-1.0"], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64))),
-            "style": column("style"), "bpm": self._numbers(column("bpm"), pa.int64(), int), "key": column("key"),
+            "caption": column("caption"), "duration": duration, "alt_captions": alts, "dataset": repeated(NAME_),
+            "artist": text("artist"), "title": text("title"), "tags": items("tags"), "license": repeated("CC0-1.0"),
+            "style": column("style"), "bpm": bpm, "key": column("key"),
             "mode": column("mode"), "instruments": items("instruments"), "mood": column("mood"),
             "loudness": column("loudness"),
         }
@@ -227,7 +230,7 @@ class SynthSource(Source):
 
         try:
             return col.cast(type_)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        except pa.ArrowException:            # a cell Arrow will not cast: Python parses them all
             return pa.array([parse(v) for v in col.to_pylist()], type_)   # Python's own rules (" 5 ", "1_0")
 
     def _arrow_table(self, root: Path):
@@ -247,7 +250,7 @@ class SynthSource(Source):
             convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=False,
                                           quoted_strings_can_be_null=False)
             t = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
-        except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration):
+        except (pa.ArrowInvalid, UnicodeDecodeError):
             header, rows = self._table(root)
             t = pa.table({c: pa.array([row[i] for row in rows], pa.string()) for i, c in enumerate(header)
                           if c not in header[:i]})
@@ -258,11 +261,12 @@ class SynthSource(Source):
         return t
 
     def _raise_bad_row(self, root: Path, ids, column) -> None:
-        """The per-row check, for the error message: the first row whose JSON or duration is bad."""
-        for id_, alt, duration in zip(ids, column("alt_captions"), column("duration")):
+        """The per-row check, for the error message: the first row whose JSON, duration or bpm is bad."""
+        for id_, alt, duration, bpm in zip(ids, column("alt_captions"), column("duration"), column("bpm")):
             try:
                 json.loads(alt) if alt else None
                 float(duration)
+                int(bpm)
             except (json.JSONDecodeError, ValueError) as e:
                 raise MtxError(f"{root / METADATA}: bad row for {id_!r}: {e}",
                                hint="regenerate it with `mtx download synth --force`") from None
@@ -324,12 +328,6 @@ def _json_list_column(cells):
         if parsed is not None and parsed.num_rows == len(cells) and not parsed.column("a").null_count:
             return parsed.column("a").combine_chunks()
     return pa.array(_json_lists(cells.to_pylist()), listed)
-
-
-def _split_items(value: str) -> list[str]:
-    """``"a;b"`` -> ``["a", "b"]``, empty items dropped."""
-    items = value.split(";")
-    return items if "" not in items else [t for t in items if t]
 
 
 __all__ = ["SynthSource", "INFO", "relative_path"]
