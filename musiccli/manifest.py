@@ -214,7 +214,10 @@ class RecordTable:
 
     def unique_ids(self) -> bool:
         _, pc = _arrow()
-        return "id" not in self.encoded and pc.count_distinct(self.table.column("id")).as_py() == len(self)
+        if "id" in self.encoded:
+            ids = self.ids()
+            return len(set(ids)) == len(ids)
+        return pc.count_distinct(self.table.column("id")).as_py() == len(self)
 
     def take(self, rows) -> "RecordTable":
         pa, _ = _arrow()
@@ -530,27 +533,14 @@ def joined_bytes(arr) -> memoryview:
 
 
 def write_manifest(path: Path, records: "Sequence[Record] | RecordTable") -> None:
-    if isinstance(records, RecordTable):
-        ids = records.ids() if not records.unique_ids() else []
-    else:
-        ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
+    """One record per line: a plain JSON array, diff-friendly, each line what ``json`` writes for the record's
+    dict (``_write_table``). Records are turned into a table first."""
+    table = records if isinstance(records, RecordTable) else RecordTable.from_records(records)
+    if not table.unique_ids():
         seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
+        dup = next(i for i in table.ids() if i in seen or seen.add(i))
         raise MtxError(f"duplicate record id {dup!r}", hint="ids must be unique across sources")
-    path = Path(path)
-    if isinstance(records, RecordTable):
-        _write_table(path, records)
-        return
-    # One record per line: still a plain JSON array, diff-friendly, and encoded by the C encoder
-    # (``indent=`` forces json's pure-Python path, several times slower on 100k records).
-    encode = _line_encoder()
-    stored = _path_writer(path)
-    with paused_gc():
-        lines = [encode(r.to_dict(stored(r.audio_path))) for r in records]
-    body = ",\n".join(lines)
-    del lines
-    atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
+    _write_table(Path(path), table)
 
 
 @contextmanager

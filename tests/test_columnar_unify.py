@@ -1,7 +1,7 @@
 """The columnar unify against naive references.
 
-- ``RecordTable`` and its manifest writer against ``json``'s own encoder on each record's dict (the
-  per-record writer), on random records full of what JSON escapes;
+- ``RecordTable`` and its manifest writer against ``json``'s own encoder on each record's dict, on
+  random records full of what JSON escapes;
 - ``sample_indices`` and ``split_assignment`` against the per-record code they replaced
   (``tests/reference/naive_splits.py``), on random manifests with groups, artists, albums, official
   splits and a previous manifest;
@@ -54,10 +54,13 @@ def _record(rng: random.Random, i: int, root: str) -> Record:
                   group=rng.choice([None, f"g{i % 7}"]), extra=extra)
 
 
-def _reference_lines(records, manifest: Path) -> list[str]:
-    """What the per-record writer writes (``write_manifest`` of a list of records)."""
-    write_manifest(manifest, records)
-    return manifest.read_text(encoding="utf-8").splitlines()
+def _reference(records, manifest: Path) -> str:
+    """The manifest as ``json`` writes it, one record's dict per line (paths stored by the manifest's rule)."""
+    from musiccli.manifest import _path_writer
+
+    stored = _path_writer(manifest)
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    return "[\n" + ",\n".join(encode(r.to_dict(stored(r.audio_path))) for r in records) + "\n]\n"
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -67,10 +70,10 @@ def test_the_table_writer_writes_the_bytes_json_writes(tmp_path: Path, seed: int
     records = [_record(rng, i, root) for i in range(rng.randint(1, 60))]
     (tmp_path / "state" / "manifests").mkdir(parents=True)
     for where in (tmp_path / "state" / "manifests", tmp_path):       # paths rewritten in a state dir, or not
-        table = RecordTable.from_records(records)
-        write_manifest(where / "table.json", table)
-        assert (where / "table.json").read_text(encoding="utf-8").splitlines() == \
-            _reference_lines(records, where / "records.json")
+        write_manifest(where / "table.json", RecordTable.from_records(records))
+        assert (where / "table.json").read_text(encoding="utf-8") == _reference(records, where / "table.json")
+        write_manifest(where / "records.json", records)
+        assert (where / "records.json").read_text(encoding="utf-8") == _reference(records, where / "records.json")
 
 
 def test_a_table_round_trips_its_records_and_keeps_absent_apart_from_null():
@@ -104,8 +107,7 @@ def test_the_writer_crosses_its_batch_boundary(tmp_path: Path, monkeypatch):
     rng = random.Random(3)
     records = [_record(rng, i, "/s") for i in range(23)]
     write_manifest(tmp_path / "t.json", RecordTable.from_records(records))
-    assert (tmp_path / "t.json").read_text(encoding="utf-8").splitlines() == \
-        _reference_lines(records, tmp_path / "r.json")
+    assert (tmp_path / "t.json").read_text(encoding="utf-8") == _reference(records, tmp_path / "t.json")
     assert len(read_manifest(tmp_path / "t.json")) == 23
 
 
